@@ -1,0 +1,38 @@
+//! flowseg-kernels: the numeric layer. CPU reference kernels on contiguous NCHW slices, each
+//! forward beside its backward, the one GEMM entry point, and the Philox counter-based RNG.
+//!
+//! What this crate holds: plain functions over slices and small shape/param structs. Every
+//! kernel is generic over [`Real`] (f32 for training, f64 for the finite-difference gradient
+//! checks), returns [`KernelError`] on a length mismatch instead of panicking, and documents the
+//! shape of every argument with the letters below.
+//!
+//! What it does not hold: tensors, graphs, devices, autodiff or scheduling (`flowseg-engine`),
+//! ops and their params as users write them (`flowseg-ops`). CUDA twins of these kernels come in
+//! `kernels/cuda/*.cu` later, each tested against the function of the same name here.
+//!
+//! Shape letters, used in every doc comment: N batch, C channels (Ci in, Co out), K classes,
+//! H and W height and width (Ho, Wo after an op), kh and kw kernel extent. Layout is always
+//! NCHW row-major: element (n, c, y, x) lives at `((n*C + c)*H + y)*W + x`.
+
+pub mod activation;
+pub mod argmax;
+pub mod batch_norm;
+pub mod conv2d;
+pub mod dropout;
+pub mod elementwise;
+mod error;
+pub mod gemm;
+pub mod loss;
+pub mod optim;
+pub mod philox;
+pub mod pool;
+mod real;
+pub mod reduce;
+pub mod resize;
+mod shape;
+pub mod softmax;
+pub mod testing;
+
+pub use error::{check_len, KernelError};
+pub use real::Real;
+pub use shape::Nchw;

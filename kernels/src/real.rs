@@ -1,0 +1,50 @@
+//! The float trait every kernel is generic over. Two instances matter: `f32` (what runs) and
+//! `f64` (the oracle for finite-difference gradient checks). Nothing here is numeric policy; it
+//! only gathers the bounds the kernels need so signatures stay short.
+
+use num_traits::Float;
+use std::fmt::Debug;
+use std::iter::Sum;
+use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
+
+/// A floating-point element type a kernel can run on (`f32`, `f64`).
+pub trait Real:
+    Float
+    + Default
+    + Debug
+    + Sum
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + Send
+    + Sync
+    + 'static
+{
+    /// Converts an `f64` constant (hyper-parameters, literals) into this type.
+    fn of(v: f64) -> Self;
+    /// Widens to `f64` (reductions that must not lose precision, tests).
+    fn f64(self) -> f64;
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn f64(self) -> f64 {
+        self
+    }
+}
