@@ -1,1 +1,695 @@
-//! (placeholder, being written)
+//! 2-d convolution (PyTorch `nn.Conv2d` semantics: cross-correlation, zero padding, stride,
+//! dilation, groups), forward and backward, on contiguous NCHW.
+//!
+//! Strategy, per image (images are independent, so the batch is split across the rayon pool and
+//! each GEMM runs single-threaded — on 2 cores this keeps both busy without relying on the GEMM's
+//! own split heuristics, which do not scale on the weight-gradient shape):
+//! * general case: im2col into `col` [Cg·kh·kw, Ho·Wo], then one GEMM per group
+//!   `y_g = w_g · col` ([Co/g, Cg·kh·kw]·[Cg·kh·kw, Ho·Wo]);
+//! * 1×1, stride 1, no padding: the image already *is* `col`, so it is a plain GEMM, no copy;
+//! * depthwise (groups = Ci = Co): direct loops, one row-wise multiply-add per tap — a GEMM with
+//!   one output row per group would waste the kernel.
+//!
+//! Backward reuses the same `col`: dW_g += dY_g · col_gᵀ, dcol = W_gᵀ · dY_g then col2im
+//! (the adjoint of im2col) into dX. Per-chunk dW partials are summed in chunk order, so results
+//! are bitwise reproducible for a given thread count.
+//!
+//! Not here: transposed convolution, channel multipliers other than 1 on the direct depthwise
+//! path (they take the grouped-GEMM path), NHWC.
+
+use crate::gemm::{gemm, Trans};
+use crate::{check_len, KernelError, Nchw, Real};
+use rayon::prelude::*;
+
+/// Convolution hyper-parameters (kernel extent, stride, zero padding, dilation, groups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2d {
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Vertical stride.
+    pub sh: usize,
+    /// Horizontal stride.
+    pub sw: usize,
+    /// Zero padding added above and below.
+    pub ph: usize,
+    /// Zero padding added left and right.
+    pub pw: usize,
+    /// Vertical dilation.
+    pub dh: usize,
+    /// Horizontal dilation.
+    pub dw: usize,
+    /// Groups: Ci and Co must both be divisible by it. 1 = dense; Ci = Co = groups = depthwise.
+    pub groups: usize,
+}
+
+impl Conv2d {
+    /// A square `k`×`k` dense convolution with the same stride, padding and dilation both ways.
+    pub const fn square(k: usize, stride: usize, pad: usize, dilation: usize) -> Self {
+        Conv2d {
+            kh: k,
+            kw: k,
+            sh: stride,
+            sw: stride,
+            ph: pad,
+            pw: pad,
+            dh: dilation,
+            dw: dilation,
+            groups: 1,
+        }
+    }
+
+    /// The same convolution with `groups` groups.
+    pub const fn with_groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Output (Ho, Wo) for an H×W input: `(H + 2p − d·(k−1) − 1)/s + 1`.
+    pub fn out_hw(&self, h: usize, w: usize) -> Result<(usize, usize), KernelError> {
+        if self.kh == 0 || self.kw == 0 || self.sh == 0 || self.sw == 0 || self.dh == 0 || self.dw == 0
+        {
+            return Err(shape_err("kernel, stride and dilation must be at least 1"));
+        }
+        let span_h = self.dh * (self.kh - 1) + 1;
+        let span_w = self.dw * (self.kw - 1) + 1;
+        if h + 2 * self.ph < span_h || w + 2 * self.pw < span_w {
+            return Err(shape_err(format!(
+                "input {h}×{w} with padding ({}, {}) is smaller than the dilated kernel {span_h}×{span_w}",
+                self.ph, self.pw
+            )));
+        }
+        Ok((
+            (h + 2 * self.ph - span_h) / self.sh + 1,
+            (w + 2 * self.pw - span_w) / self.sw + 1,
+        ))
+    }
+
+    /// Output shape for input `x` and `co` output channels.
+    pub fn out_shape(&self, x: Nchw, co: usize) -> Result<Nchw, KernelError> {
+        let (ho, wo) = self.out_hw(x.h, x.w)?;
+        Ok(Nchw::new(x.n, co, ho, wo))
+    }
+
+    /// Weight length: Co · (Ci/groups) · kh · kw.
+    pub fn weight_len(&self, ci: usize, co: usize) -> usize {
+        co * (ci / self.groups.max(1)) * self.kh * self.kw
+    }
+
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    }
+}
+
+fn shape_err(reason: impl Into<String>) -> KernelError {
+    KernelError::Shape {
+        kernel: "conv2d",
+        reason: reason.into(),
+    }
+}
+
+/// Everything derived from (input shape, Co, params) that the per-image loops need.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    x: Nchw,
+    y: Nchw,
+    p: Conv2d,
+    /// Input / output channels per group.
+    cig: usize,
+    cog: usize,
+    /// Rows of `col` per group: Cg·kh·kw.
+    kg: usize,
+    /// Output pixels per image: Ho·Wo.
+    pix: usize,
+    depthwise: bool,
+    pointwise: bool,
+}
+
+impl Geom {
+    fn new(x: Nchw, co: usize, p: &Conv2d) -> Result<Self, KernelError> {
+        let g = p.groups;
+        if g == 0 || x.c % g != 0 || co % g != 0 {
+            return Err(shape_err(format!(
+                "groups = {g} must divide both Ci = {} and Co = {co}",
+                x.c
+            )));
+        }
+        let y = p.out_shape(x, co)?;
+        let cig = x.c / g;
+        Ok(Geom {
+            x,
+            y,
+            p: *p,
+            cig,
+            cog: co / g,
+            kg: cig * p.kh * p.kw,
+            pix: y.plane(),
+            depthwise: g == x.c && g == co && g > 1,
+            pointwise: p.is_pointwise(),
+        })
+    }
+
+    fn col_len(&self) -> usize {
+        if self.depthwise || self.pointwise {
+            0
+        } else {
+            self.kg * self.pix
+        }
+    }
+
+    /// For kernel column `kj`: the range of output columns whose input column lies inside the
+    /// image, and the input-column offset `ix = ox·sw + off`.
+    fn valid_ox(&self, kj: usize) -> (usize, usize, isize) {
+        let off = (kj * self.p.dw) as isize - self.p.pw as isize;
+        valid_range(off, self.p.sw, self.x.w, self.y.w)
+    }
+
+    /// Input row for output row `oy` and kernel row `ki`, if inside the image.
+    fn iy(&self, oy: usize, ki: usize) -> Option<usize> {
+        let iy = (oy * self.p.sh + ki * self.p.dh) as isize - self.p.ph as isize;
+        (iy >= 0 && (iy as usize) < self.x.h).then_some(iy as usize)
+    }
+}
+
+/// Output indices o in [lo, hi) with `o·s + off` in [0, n), clipped to [0, out).
+fn valid_range(off: isize, s: usize, n: usize, out: usize) -> (usize, usize, isize) {
+    let s_i = s as isize;
+    let lo = if off >= 0 { 0 } else { ((-off) + s_i - 1) / s_i };
+    let last = n as isize - 1 - off;
+    let hi = if last < 0 { 0 } else { (last / s_i + 1).min(out as isize) };
+    let lo = (lo as usize).min(out);
+    (lo, (hi.max(0) as usize).max(lo), off)
+}
+
+/// Forward convolution.
+///
+/// * `x`: [N, Ci, H, W] with shape `xs`.
+/// * `w`: [Co, Ci/groups, kh, kw].
+/// * `bias`: [Co] or `None`.
+/// * `y`: [N, Co, Ho, Wo] with (Ho, Wo) = `p.out_hw(H, W)`.
+pub fn conv2d_fwd<T: Real>(
+    x: &[T],
+    xs: Nchw,
+    w: &[T],
+    bias: Option<&[T]>,
+    co: usize,
+    p: &Conv2d,
+    y: &mut [T],
+) -> Result<(), KernelError> {
+    let g = Geom::new(xs, co, p)?;
+    check_len("conv2d_fwd", "x", x, xs.len())?;
+    check_len("conv2d_fwd", "w", w, p.weight_len(xs.c, co))?;
+    if let Some(b) = bias {
+        check_len("conv2d_fwd", "bias", b, co)?;
+    }
+    check_len("conv2d_fwd", "y", y, g.y.len())?;
+    if g.y.is_empty() {
+        return Ok(());
+    }
+    let threads = rayon::current_num_threads();
+    let col_len = g.col_len();
+    if xs.n > 1 && threads > 1 {
+        y.par_chunks_mut(g.y.image())
+            .zip(x.par_chunks(xs.image()))
+            .try_for_each_init(
+                || vec![T::zero(); col_len],
+                |col, (yn, xn)| fwd_image(&g, xn, w, bias, yn, col, 1),
+            )
+    } else {
+        let mut col = vec![T::zero(); col_len];
+        for (yn, xn) in y.chunks_mut(g.y.image()).zip(x.chunks(xs.image())) {
+            fwd_image(&g, xn, w, bias, yn, &mut col, threads)?;
+        }
+        Ok(())
+    }
+}
+
+/// One image: `xn` [Ci, H, W] → `yn` [Co, Ho, Wo].
+fn fwd_image<T: Real>(
+    g: &Geom,
+    xn: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    yn: &mut [T],
+    col: &mut [T],
+    threads: usize,
+) -> Result<(), KernelError> {
+    if g.depthwise {
+        depthwise_fwd_image(g, xn, w, bias, yn);
+        return Ok(());
+    }
+    let xg_len = g.cig * g.x.plane();
+    for grp in 0..g.p.groups {
+        let xg = &xn[grp * xg_len..(grp + 1) * xg_len];
+        let wg = &w[grp * g.cog * g.kg..(grp + 1) * g.cog * g.kg];
+        let yg = &mut yn[grp * g.cog * g.pix..(grp + 1) * g.cog * g.pix];
+        let colg: &[T] = if g.pointwise {
+            xg
+        } else {
+            im2col(g, xg, col);
+            col
+        };
+        gemm(g.cog, g.pix, g.kg, wg, Trans::No, colg, Trans::No, yg, false, threads)?;
+    }
+    if let Some(b) = bias {
+        for (plane, &bv) in yn.chunks_mut(g.pix).zip(b) {
+            plane.iter_mut().for_each(|v| *v += bv);
+        }
+    }
+    Ok(())
+}
+
+/// `xg` [Cg, H, W] → `col` [Cg·kh·kw, Ho·Wo]; out-of-image taps are zero.
+fn im2col<T: Real>(g: &Geom, xg: &[T], col: &mut [T]) {
+    let (h, w, wo, p) = (g.x.h, g.x.w, g.y.w, g.p);
+    let mut rows = col.chunks_exact_mut(g.pix);
+    for c in 0..g.cig {
+        let xc = &xg[c * h * w..(c + 1) * h * w];
+        for ki in 0..p.kh {
+            for kj in 0..p.kw {
+                let Some(row) = rows.next() else { return };
+                let (lo, hi, off) = g.valid_ox(kj);
+                for (oy, dst) in row.chunks_exact_mut(wo).enumerate() {
+                    let Some(iy) = g.iy(oy, ki) else {
+                        dst.fill(T::zero());
+                        continue;
+                    };
+                    dst[..lo].fill(T::zero());
+                    dst[hi..].fill(T::zero());
+                    let src = &xc[iy * w..(iy + 1) * w];
+                    if p.sw == 1 {
+                        let s0 = (lo as isize + off) as usize;
+                        dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                    } else {
+                        for ox in lo..hi {
+                            dst[ox] = src[(ox as isize * p.sw as isize + off) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adjoint of [`im2col`]: `dxg` [Cg, H, W] = Σ of `dcol` [Cg·kh·kw, Ho·Wo] over the taps that
+/// read each input pixel. Overwrites `dxg`.
+fn col2im<T: Real>(g: &Geom, dcol: &[T], dxg: &mut [T]) {
+    let (h, w, wo, p) = (g.x.h, g.x.w, g.y.w, g.p);
+    dxg.fill(T::zero());
+    let mut rows = dcol.chunks_exact(g.pix);
+    for c in 0..g.cig {
+        let dxc = &mut dxg[c * h * w..(c + 1) * h * w];
+        for ki in 0..p.kh {
+            for kj in 0..p.kw {
+                let Some(row) = rows.next() else { return };
+                let (lo, hi, off) = g.valid_ox(kj);
+                for (oy, src) in row.chunks_exact(wo).enumerate() {
+                    let Some(iy) = g.iy(oy, ki) else { continue };
+                    let dst = &mut dxc[iy * w..(iy + 1) * w];
+                    if p.sw == 1 {
+                        let d0 = (lo as isize + off) as usize;
+                        for (d, &s) in dst[d0..d0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                            *d += s;
+                        }
+                    } else {
+                        for ox in lo..hi {
+                            dst[(ox as isize * p.sw as isize + off) as usize] += src[ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise forward, one image: `y[c] = Σ_taps w[c, ki, kj] · shifted x[c]` (+ bias).
+fn depthwise_fwd_image<T: Real>(g: &Geom, xn: &[T], w: &[T], bias: Option<&[T]>, yn: &mut [T]) {
+    let (h, wd, wo, p) = (g.x.h, g.x.w, g.y.w, g.p);
+    let kk = p.kh * p.kw;
+    for c in 0..g.x.c {
+        let xc = &xn[c * h * wd..(c + 1) * h * wd];
+        let yc = &mut yn[c * g.pix..(c + 1) * g.pix];
+        yc.fill(bias.map_or(T::zero(), |b| b[c]));
+        for ki in 0..p.kh {
+            for kj in 0..p.kw {
+                let wv = w[c * kk + ki * p.kw + kj];
+                let (lo, hi, off) = g.valid_ox(kj);
+                for (oy, dst) in yc.chunks_exact_mut(wo).enumerate() {
+                    let Some(iy) = g.iy(oy, ki) else { continue };
+                    let src = &xc[iy * wd..(iy + 1) * wd];
+                    for ox in lo..hi {
+                        dst[ox] += wv * src[(ox as isize * p.sw as isize + off) as usize];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise backward, one image: `dxn` is overwritten, `dw` [C, kh, kw] accumulated.
+fn depthwise_bwd_image<T: Real>(
+    g: &Geom,
+    xn: &[T],
+    w: &[T],
+    dyn_: &[T],
+    mut dxn: Option<&mut [T]>,
+    mut dw: Option<&mut [T]>,
+) {
+    let (h, wd, wo, p) = (g.x.h, g.x.w, g.y.w, g.p);
+    let kk = p.kh * p.kw;
+    if let Some(dx) = dxn.as_deref_mut() {
+        dx.fill(T::zero());
+    }
+    for c in 0..g.x.c {
+        let xc = &xn[c * h * wd..(c + 1) * h * wd];
+        let dyc = &dyn_[c * g.pix..(c + 1) * g.pix];
+        for ki in 0..p.kh {
+            for kj in 0..p.kw {
+                let tap = c * kk + ki * p.kw + kj;
+                let wv = w[tap];
+                let (lo, hi, off) = g.valid_ox(kj);
+                let mut dw_acc = T::zero();
+                for (oy, dyr) in dyc.chunks_exact(wo).enumerate() {
+                    let Some(iy) = g.iy(oy, ki) else { continue };
+                    let row = iy * wd;
+                    for ox in lo..hi {
+                        let ix = row + (ox as isize * p.sw as isize + off) as usize;
+                        dw_acc += dyr[ox] * xc[ix];
+                        if let Some(dx) = dxn.as_deref_mut() {
+                            dx[c * h * wd + ix] += wv * dyr[ox];
+                        }
+                    }
+                }
+                if let Some(dwv) = dw.as_deref_mut() {
+                    dwv[tap] += dw_acc;
+                }
+            }
+        }
+    }
+}
+
+/// Backward convolution: any of `dx`, `dw`, `db` may be `None` to skip it (a frozen layer needs
+/// only `dx`; the first layer needs no `dx`).
+///
+/// * `x`: [N, Ci, H, W] (the forward input), shape `xs`.
+/// * `w`: [Co, Ci/groups, kh, kw].
+/// * `dy`: [N, Co, Ho, Wo].
+/// * `dx`: [N, Ci, H, W], overwritten.
+/// * `dw`: [Co, Ci/groups, kh, kw], overwritten.
+/// * `db`: [Co], overwritten.
+pub fn conv2d_bwd<T: Real>(
+    x: &[T],
+    xs: Nchw,
+    w: &[T],
+    co: usize,
+    p: &Conv2d,
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    dw: Option<&mut [T]>,
+    db: Option<&mut [T]>,
+) -> Result<(), KernelError> {
+    let g = Geom::new(xs, co, p)?;
+    check_len("conv2d_bwd", "x", x, xs.len())?;
+    check_len("conv2d_bwd", "w", w, p.weight_len(xs.c, co))?;
+    check_len("conv2d_bwd", "dy", dy, g.y.len())?;
+    if let Some(d) = dx.as_deref() {
+        check_len("conv2d_bwd", "dx", d, xs.len())?;
+    }
+    if let Some(d) = dw.as_deref() {
+        check_len("conv2d_bwd", "dw", d, w.len())?;
+    }
+    if let Some(d) = db {
+        check_len("conv2d_bwd", "db", d, co)?;
+        d.fill(T::zero());
+        for dyn_ in dy.chunks(g.y.image().max(1)) {
+            for (acc, plane) in d.iter_mut().zip(dyn_.chunks(g.pix.max(1))) {
+                *acc += plane.iter().copied().sum::<T>();
+            }
+        }
+    }
+    let want_dw = dw.is_some();
+    if dx.is_none() && !want_dw {
+        return Ok(());
+    }
+    let n = xs.n;
+    let threads = rayon::current_num_threads();
+    let chunks = if n > 1 && threads > 1 { threads.min(n) } else { 1 };
+    let per = n.div_ceil(chunks.max(1)).max(1);
+    let nchunks = n.div_ceil(per);
+    let dx_parts: Vec<Option<&mut [T]>> = match dx {
+        Some(d) => d.chunks_mut(per * xs.image().max(1)).map(Some).collect(),
+        None => (0..nchunks).map(|_| None).collect(),
+    };
+    let gemm_threads = if nchunks > 1 { 1 } else { threads };
+    let run_chunk = |t: usize, mut dxc: Option<&mut [T]>| -> Result<Vec<T>, KernelError> {
+        let mut dw_local = vec![T::zero(); if want_dw { w.len() } else { 0 }];
+        let mut col = vec![T::zero(); g.col_len()];
+        let mut dcol = vec![T::zero(); g.col_len()];
+        for i in 0..per {
+            let img = t * per + i;
+            if img >= n {
+                break;
+            }
+            let xn = &x[img * xs.image()..(img + 1) * xs.image()];
+            let dyn_ = &dy[img * g.y.image()..(img + 1) * g.y.image()];
+            let dxn = dxc
+                .as_deref_mut()
+                .map(|d| &mut d[i * xs.image()..(i + 1) * xs.image()]);
+            let dwl = want_dw.then_some(dw_local.as_mut_slice());
+            bwd_image(&g, xn, w, dyn_, dxn, dwl, &mut col, &mut dcol, gemm_threads)?;
+        }
+        Ok(dw_local)
+    };
+    let partials: Vec<Vec<T>> = if nchunks > 1 {
+        dx_parts
+            .into_par_iter()
+            .enumerate()
+            .map(|(t, dxc)| run_chunk(t, dxc))
+            .collect::<Result<_, _>>()?
+    } else {
+        dx_parts
+            .into_iter()
+            .enumerate()
+            .map(|(t, dxc)| run_chunk(t, dxc))
+            .collect::<Result<_, _>>()?
+    };
+    if let Some(dw) = dw {
+        dw.fill(T::zero());
+        for part in &partials {
+            for (a, &b) in dw.iter_mut().zip(part) {
+                *a += b;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One image of the backward: `dxn` [Ci, H, W] overwritten, `dw` accumulated.
+fn bwd_image<T: Real>(
+    g: &Geom,
+    xn: &[T],
+    w: &[T],
+    dyn_: &[T],
+    mut dxn: Option<&mut [T]>,
+    mut dw: Option<&mut [T]>,
+    col: &mut [T],
+    dcol: &mut [T],
+    threads: usize,
+) -> Result<(), KernelError> {
+    if g.depthwise {
+        depthwise_bwd_image(g, xn, w, dyn_, dxn, dw);
+        return Ok(());
+    }
+    let xg_len = g.cig * g.x.plane();
+    let wg_len = g.cog * g.kg;
+    for grp in 0..g.p.groups {
+        let xg = &xn[grp * xg_len..(grp + 1) * xg_len];
+        let wg = &w[grp * wg_len..(grp + 1) * wg_len];
+        let dyg = &dyn_[grp * g.cog * g.pix..(grp + 1) * g.cog * g.pix];
+        if let Some(dw) = dw.as_deref_mut() {
+            let colg: &[T] = if g.pointwise {
+                xg
+            } else {
+                im2col(g, xg, col);
+                col
+            };
+            // dW_g [Cog, Kg] += dY_g [Cog, P] · col_gᵀ [P, Kg]
+            let dwg = &mut dw[grp * wg_len..(grp + 1) * wg_len];
+            gemm(g.cog, g.kg, g.pix, dyg, Trans::No, colg, Trans::Yes, dwg, true, threads)?;
+        }
+        if let Some(dx) = dxn.as_deref_mut() {
+            let dxg = &mut dx[grp * xg_len..(grp + 1) * xg_len];
+            if g.pointwise {
+                // dX_g [Cig, P] = W_gᵀ [Cig, Cog] · dY_g [Cog, P]
+                gemm(g.cig, g.pix, g.cog, wg, Trans::Yes, dyg, Trans::No, dxg, false, threads)?;
+            } else {
+                // dcol [Kg, P] = W_gᵀ [Kg, Cog] · dY_g [Cog, P], then scatter back.
+                gemm(g.kg, g.pix, g.cog, wg, Trans::Yes, dyg, Trans::No, dcol, false, threads)?;
+                col2im(g, dcol, dxg);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Direct 7-loop convolution, the reference the fast paths are tested against.
+#[cfg(test)]
+pub(crate) fn conv2d_naive(
+    x: &[f64],
+    xs: Nchw,
+    w: &[f64],
+    bias: Option<&[f64]>,
+    co: usize,
+    p: &Conv2d,
+) -> Vec<f64> {
+    let (ho, wo) = p.out_hw(xs.h, xs.w).unwrap();
+    let (cig, cog) = (xs.c / p.groups, co / p.groups);
+    let mut y = vec![0.0; xs.n * co * ho * wo];
+    for n in 0..xs.n {
+        for o in 0..co {
+            let grp = o / cog;
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = bias.map_or(0.0, |b| b[o]);
+                    for c in 0..cig {
+                        let ci = grp * cig + c;
+                        for ki in 0..p.kh {
+                            for kj in 0..p.kw {
+                                let iy = (oy * p.sh + ki * p.dh) as isize - p.ph as isize;
+                                let ix = (ox * p.sw + kj * p.dw) as isize - p.pw as isize;
+                                if iy < 0 || ix < 0 || iy >= xs.h as isize || ix >= xs.w as isize {
+                                    continue;
+                                }
+                                acc += w[((o * cig + c) * p.kh + ki) * p.kw + kj]
+                                    * x[xs.at(n, ci, iy as usize, ix as usize)];
+                            }
+                        }
+                    }
+                    y[((n * co + o) * ho + oy) * wo + ox] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, gradcheck, rand_vec};
+
+    #[test]
+    fn hand_computed_3x3() {
+        // x = 1..9 as a 3×3 image, w = all ones 2×2, stride 1, no padding:
+        // y[0,0] = 1+2+4+5 = 12, y[0,1] = 2+3+5+6 = 16, y[1,0] = 24, y[1,1] = 28; bias 0.5.
+        let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let p = Conv2d { kh: 2, kw: 2, ..Conv2d::square(1, 1, 0, 1) };
+        let mut y = [0f32; 4];
+        conv2d_fwd(&x, Nchw::new(1, 1, 3, 3), &[1.0; 4], Some(&[0.5]), 1, &p, &mut y).unwrap();
+        assert_eq!(y, [12.5, 16.5, 24.5, 28.5]);
+        // Padding 1, stride 2, 3×3 kernel of ones: corners sum their 2×2 neighbourhoods.
+        // y = [[1+2+4+5, 2+3+5+6], [4+5+7+8, 5+6+8+9]] = [[12, 16], [24, 28]].
+        let p = Conv2d::square(3, 2, 1, 1);
+        conv2d_fwd(&x, Nchw::new(1, 1, 3, 3), &[1.0; 9], None, 1, &p, &mut y).unwrap();
+        assert_eq!(y, [12.0, 16.0, 24.0, 28.0]);
+    }
+
+    fn cases() -> Vec<(&'static str, Nchw, usize, Conv2d)> {
+        vec![
+            ("3x3 s1 p1", Nchw::new(2, 3, 7, 5), 4, Conv2d::square(3, 1, 1, 1)),
+            ("3x3 s2 p1 odd input", Nchw::new(2, 3, 7, 9), 2, Conv2d::square(3, 2, 1, 1)),
+            ("3x3 dilation 2 p2", Nchw::new(2, 2, 9, 7), 3, Conv2d::square(3, 1, 2, 2)),
+            ("1x1 pointwise", Nchw::new(3, 5, 4, 3), 6, Conv2d::square(1, 1, 0, 1)),
+            ("1x1 stride 2", Nchw::new(2, 3, 5, 5), 2, Conv2d::square(1, 2, 0, 1)),
+            (
+                "rect 3x2 s(2,1) p(1,0) d(1,2)",
+                Nchw::new(2, 2, 8, 7),
+                3,
+                Conv2d { kh: 3, kw: 2, sh: 2, sw: 1, ph: 1, pw: 0, dh: 1, dw: 2, groups: 1 },
+            ),
+            ("depthwise 3x3 s2", Nchw::new(2, 4, 7, 6), 4, Conv2d::square(3, 2, 1, 1).with_groups(4)),
+            ("depthwise dil 2", Nchw::new(3, 3, 6, 7), 3, Conv2d::square(3, 1, 2, 2).with_groups(3)),
+            ("groups 2", Nchw::new(2, 4, 5, 6), 6, Conv2d::square(3, 1, 1, 1).with_groups(2)),
+            ("7x7 s2 p3 stem", Nchw::new(2, 3, 11, 10), 2, Conv2d::square(7, 2, 3, 1)),
+        ]
+    }
+
+    #[test]
+    fn forward_matches_direct_loops() {
+        for (name, xs, co, p) in cases() {
+            let x = rand_vec(1, xs.len(), -1.0, 1.0);
+            let w = rand_vec(2, p.weight_len(xs.c, co), -1.0, 1.0);
+            let b = rand_vec(3, co, -1.0, 1.0);
+            let ys = p.out_shape(xs, co).unwrap();
+            let mut y = vec![0.0; ys.len()];
+            conv2d_fwd(&x, xs, &w, Some(&b), co, &p, &mut y).unwrap();
+            assert_close(name, &y, &conv2d_naive(&x, xs, &w, Some(&b), co, &p), 1e-12, 1e-12);
+            // The f32 instance agrees with the f64 one to f32 precision.
+            let (x32, w32, b32) = (crate::testing::to_f32(&x), crate::testing::to_f32(&w), crate::testing::to_f32(&b));
+            let mut y32 = vec![0f32; ys.len()];
+            conv2d_fwd(&x32, xs, &w32, Some(&b32), co, &p, &mut y32).unwrap();
+            let y32: Vec<f64> = y32.iter().map(|&v| v as f64).collect();
+            assert_close(name, &y32, &y, 1e-5, 1e-5);
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        for (name, xs, co, p) in cases() {
+            let x = rand_vec(4, xs.len(), -1.0, 1.0);
+            let w = rand_vec(5, p.weight_len(xs.c, co), -1.0, 1.0);
+            let b = rand_vec(6, co, -1.0, 1.0);
+            let ys = p.out_shape(xs, co).unwrap();
+            gradcheck(
+                name,
+                &[x, w, b],
+                |i| {
+                    let mut y = vec![0.0; ys.len()];
+                    conv2d_fwd(&i[0], xs, &i[1], Some(&i[2]), co, &p, &mut y).unwrap();
+                    y
+                },
+                |i, dy| {
+                    let (mut dx, mut dw, mut db) =
+                        (vec![0.0; i[0].len()], vec![0.0; i[1].len()], vec![0.0; co]);
+                    conv2d_bwd(&i[0], xs, &i[1], co, &p, dy, Some(&mut dx), Some(&mut dw), Some(&mut db))
+                        .unwrap();
+                    vec![dx, dw, db]
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn partial_backward_equals_full_backward() {
+        let (xs, co, p) = (Nchw::new(3, 3, 6, 5), 4, Conv2d::square(3, 1, 1, 1));
+        let x = rand_vec(7, xs.len(), -1.0, 1.0);
+        let w = rand_vec(8, p.weight_len(xs.c, co), -1.0, 1.0);
+        let dy = rand_vec(9, p.out_shape(xs, co).unwrap().len(), -1.0, 1.0);
+        let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        conv2d_bwd(&x, xs, &w, co, &p, &dy, Some(&mut dx), Some(&mut dw), None).unwrap();
+        let (mut dx2, mut dw2) = (vec![7.0; x.len()], vec![7.0; w.len()]);
+        conv2d_bwd(&x, xs, &w, co, &p, &dy, Some(&mut dx2), None, None).unwrap();
+        conv2d_bwd(&x, xs, &w, co, &p, &dy, None, Some(&mut dw2), None).unwrap();
+        assert_eq!(dx, dx2);
+        assert_eq!(dw, dw2);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let p = Conv2d::square(3, 1, 0, 1);
+        let mut y = vec![0f32; 4];
+        // Input smaller than the kernel.
+        let e = conv2d_fwd(&[0f32; 4], Nchw::new(1, 1, 2, 2), &[0.0; 9], None, 1, &p, &mut y)
+            .unwrap_err();
+        assert!(e.to_string().contains("smaller than the dilated kernel"), "{e}");
+        // Groups that do not divide the channels.
+        let e = conv2d_fwd(&[0f32; 75], Nchw::new(1, 3, 5, 5), &[0.0; 18], None, 2, &p.with_groups(2), &mut y)
+            .unwrap_err();
+        assert!(e.to_string().contains("groups = 2 must divide"), "{e}");
+        // Wrong weight length.
+        let e = conv2d_fwd(&[0f32; 25], Nchw::new(1, 1, 5, 5), &[0.0; 8], None, 1, &p, &mut vec![0.0; 9])
+            .unwrap_err();
+        assert!(matches!(e, KernelError::Len { arg: "w", .. }), "{e}");
+    }
+}

@@ -1,1 +1,148 @@
-//! (placeholder, being written)
+//! The one CPU matrix-product entry point. Every GEMM in flowseg goes through [`gemm`], so the
+//! backing library (the `gemm` crate with AVX-512 kernels today; OpenBLAS as an optional
+//! feature later) is swapped in one place.
+//!
+//! Matrices are row-major and contiguous as stored; `Trans::Yes` reads the stored matrix as its
+//! transpose through strides (no copy). Not here: batching, broadcasting, integer types.
+
+use crate::{check_len, KernelError, Real};
+use gemm::Parallelism;
+
+/// Whether an operand is used as stored or transposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trans {
+    /// Use the matrix as stored.
+    No,
+    /// Use the transpose of the stored matrix.
+    Yes,
+}
+
+/// C = op(A)·op(B), or C += op(A)·op(B) when `accumulate`.
+///
+/// * `a`: op(A) is [m×k]; stored as [m×k] (`Trans::No`) or [k×m] (`Trans::Yes`), row-major.
+/// * `b`: op(B) is [k×n]; stored as [k×n] or [n×k].
+/// * `c`: [m×n] row-major.
+/// * `threads`: 1 runs on the calling thread (the right choice inside a parallel batch loop);
+///   more splits the product over the rayon pool.
+pub fn gemm<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    ta: Trans,
+    b: &[T],
+    tb: Trans,
+    c: &mut [T],
+    accumulate: bool,
+    threads: usize,
+) -> Result<(), KernelError> {
+    check_len("gemm", "a", a, m * k)?;
+    check_len("gemm", "b", b, k * n)?;
+    check_len("gemm", "c", c, m * n)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            c.fill(T::zero());
+        }
+        return Ok(());
+    }
+    // (row stride, column stride) of op(X) in elements.
+    let (a_rs, a_cs) = match ta {
+        Trans::No => (k as isize, 1),
+        Trans::Yes => (1, m as isize),
+    };
+    let (b_rs, b_cs) = match tb {
+        Trans::No => (n as isize, 1),
+        Trans::Yes => (1, k as isize),
+    };
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the lengths were checked above, so every (i, p), (p, j), (i, j) index reached
+    // through these strides lies inside `a`, `b` and `c`; `c` is a unique borrow and does not
+    // alias `a` or `b`; `T` is f32 or f64 (Real is sealed), which `gemm` supports.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, rand_vec};
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f64], ta: Trans, b: &[f64], tb: Trans) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let av = if ta == Trans::No { a[i * k + p] } else { a[p * m + i] };
+                    let bv = if tb == Trans::No { b[p * n + j] } else { b[j * k + p] };
+                    c[i * n + j] += av * bv;
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn hand_computed_2x2() {
+        // [1 2; 3 4]·[5 6; 7 8] = [19 22; 43 50]
+        let mut c = [0f32; 4];
+        gemm(2, 2, 2, &[1., 2., 3., 4.], Trans::No, &[5., 6., 7., 8.], Trans::No, &mut c, false, 1)
+            .unwrap();
+        assert_eq!(c, [19., 22., 43., 50.]);
+        // Accumulate adds onto what is there.
+        gemm(2, 2, 2, &[1., 0., 0., 1.], Trans::No, &[1., 1., 1., 1.], Trans::No, &mut c, true, 1)
+            .unwrap();
+        assert_eq!(c, [20., 23., 44., 51.]);
+    }
+
+    #[test]
+    fn all_transposes_match_naive_at_odd_sizes() {
+        let (m, n, k) = (7, 13, 5);
+        let a = rand_vec(1, m * k, -1.0, 1.0);
+        let b = rand_vec(2, k * n, -1.0, 1.0);
+        for ta in [Trans::No, Trans::Yes] {
+            for tb in [Trans::No, Trans::Yes] {
+                for threads in [1, 2] {
+                    let mut c = vec![0.0; m * n];
+                    gemm(m, n, k, &a, ta, &b, tb, &mut c, false, threads).unwrap();
+                    let want = naive(m, n, k, &a, ta, &b, tb);
+                    assert_close(&format!("{ta:?}{tb:?}"), &c, &want, 1e-12, 1e-12);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_length_is_an_error() {
+        let mut c = [0f32; 4];
+        assert!(gemm(2, 2, 2, &[1.0; 3], Trans::No, &[1.0; 4], Trans::No, &mut c, false, 1).is_err());
+    }
+}

@@ -7,9 +7,18 @@ use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
 
-/// A floating-point element type a kernel can run on (`f32`, `f64`).
+mod sealed {
+    /// Only f32 and f64 may implement `Real`: the GEMM entry point dispatches on the type and
+    /// has no path for anything else.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A floating-point element type a kernel can run on (`f32`, `f64`). Sealed.
 pub trait Real:
-    Float
+    sealed::Sealed
+    + Float
     + Default
     + Debug
     + Sum
