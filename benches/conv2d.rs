@@ -23,18 +23,50 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     vec![
-        Case { name: "b16_32to32_64x64_k3", x: Nchw::new(16, 32, 64, 64), co: 32, p: Conv2d::square(3, 1, 1, 1) },
-        Case { name: "b16_64to64_32x32_k3", x: Nchw::new(16, 64, 32, 32), co: 64, p: Conv2d::square(3, 1, 1, 1) },
-        Case { name: "b16_128to128_16x16_k3", x: Nchw::new(16, 128, 16, 16), co: 128, p: Conv2d::square(3, 1, 1, 1) },
-        Case { name: "b16_128to128_8x8_k3_dil2", x: Nchw::new(16, 128, 8, 8), co: 128, p: Conv2d::square(3, 1, 2, 2) },
-        Case { name: "b16_64to128_32x32_k1", x: Nchw::new(16, 64, 32, 32), co: 128, p: Conv2d::square(1, 1, 0, 1) },
-        Case { name: "b16_64to64_32x32_dw3", x: Nchw::new(16, 64, 32, 32), co: 64, p: Conv2d::square(3, 1, 1, 1).with_groups(64) },
+        Case {
+            name: "b16_32to32_64x64_k3",
+            x: Nchw::new(16, 32, 64, 64),
+            co: 32,
+            p: Conv2d::square(3, 1, 1, 1),
+        },
+        Case {
+            name: "b16_64to64_32x32_k3",
+            x: Nchw::new(16, 64, 32, 32),
+            co: 64,
+            p: Conv2d::square(3, 1, 1, 1),
+        },
+        Case {
+            name: "b16_128to128_16x16_k3",
+            x: Nchw::new(16, 128, 16, 16),
+            co: 128,
+            p: Conv2d::square(3, 1, 1, 1),
+        },
+        Case {
+            name: "b16_128to128_8x8_k3_dil2",
+            x: Nchw::new(16, 128, 8, 8),
+            co: 128,
+            p: Conv2d::square(3, 1, 2, 2),
+        },
+        Case {
+            name: "b16_64to128_32x32_k1",
+            x: Nchw::new(16, 64, 32, 32),
+            co: 128,
+            p: Conv2d::square(1, 1, 0, 1),
+        },
+        Case {
+            name: "b16_64to64_32x32_dw3",
+            x: Nchw::new(16, 64, 32, 32),
+            co: 64,
+            p: Conv2d::square(3, 1, 1, 1).with_groups(64),
+        },
     ]
 }
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("cpu_f32");
-    g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
     for case in cases() {
         let Case { name, x: xs, co, p } = case;
         let ys = p.out_shape(xs, co).expect("bench shape");
@@ -54,8 +86,18 @@ fn bench(c: &mut Criterion) {
         let (mut dx, mut dw) = (vec![0f32; xs.len()], vec![0f32; w.len()]);
         g.bench_function(BenchmarkId::new("conv2d_bwd_dx_dw", name), |b| {
             b.iter(|| {
-                conv2d_bwd(black_box(&x), xs, &w, co, &p, &dy, Some(&mut dx), Some(&mut dw), None)
-                    .expect("bwd")
+                conv2d_bwd(
+                    black_box(&x),
+                    xs,
+                    &w,
+                    co,
+                    &p,
+                    &dy,
+                    Some(&mut dx),
+                    Some(&mut dw),
+                    None,
+                )
+                .expect("bwd")
             })
         });
 
@@ -71,14 +113,40 @@ fn bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("gemm_per_image", name), |b| {
             b.iter(|| {
                 y.par_chunks_mut(co * pix).for_each(|yn| {
-                    gemm(co, pix, k, &w, Trans::No, black_box(&col), Trans::No, yn, false, 1).expect("gemm")
+                    gemm(
+                        co,
+                        pix,
+                        k,
+                        &w,
+                        Trans::No,
+                        black_box(&col),
+                        Trans::No,
+                        yn,
+                        false,
+                        1,
+                    )
+                    .expect("gemm")
                 })
             })
         });
         let big = to_f32(&rand_vec(5, k * pix * xs.n, -1.0, 1.0));
         let threads = rayon::current_num_threads();
         g.bench_function(BenchmarkId::new("gemm_one_product", name), |b| {
-            b.iter(|| gemm(co, pix * xs.n, k, &w, Trans::No, black_box(&big), Trans::No, &mut y, false, threads).expect("gemm"))
+            b.iter(|| {
+                gemm(
+                    co,
+                    pix * xs.n,
+                    k,
+                    &w,
+                    Trans::No,
+                    black_box(&big),
+                    Trans::No,
+                    &mut y,
+                    false,
+                    threads,
+                )
+                .expect("gemm")
+            })
         });
     }
     g.finish();

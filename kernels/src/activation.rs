@@ -70,7 +70,11 @@ mod tests {
     fn length_mismatch_is_an_error() {
         let mut y = [0f32; 2];
         let e = relu_fwd(&[1.0f32; 3], &mut y).unwrap_err();
-        assert!(e.to_string().contains("relu_fwd: `y` has 2 elements, expected 3"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("relu_fwd: `y` has 2 elements, expected 3"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -83,7 +87,7 @@ mod tests {
             .collect();
         gradcheck(
             "relu",
-            &[x.clone()],
+            std::slice::from_ref(&x),
             |i| {
                 let mut y = vec![0.0; i[0].len()];
                 relu_fwd(&i[0], &mut y).unwrap();

@@ -68,7 +68,12 @@ impl Conv2d {
 
     /// Output (Ho, Wo) for an H×W input: `(H + 2p − d·(k−1) − 1)/s + 1`.
     pub fn out_hw(&self, h: usize, w: usize) -> Result<(usize, usize), KernelError> {
-        if self.kh == 0 || self.kw == 0 || self.sh == 0 || self.sw == 0 || self.dh == 0 || self.dw == 0
+        if self.kh == 0
+            || self.kw == 0
+            || self.sh == 0
+            || self.sw == 0
+            || self.dh == 0
+            || self.dw == 0
         {
             return Err(shape_err("kernel, stride and dilation must be at least 1"));
         }
@@ -175,9 +180,17 @@ impl Geom {
 /// Output indices o in [lo, hi) with `o·s + off` in [0, n), clipped to [0, out).
 fn valid_range(off: isize, s: usize, n: usize, out: usize) -> (usize, usize, isize) {
     let s_i = s as isize;
-    let lo = if off >= 0 { 0 } else { ((-off) + s_i - 1) / s_i };
+    let lo = if off >= 0 {
+        0
+    } else {
+        ((-off) + s_i - 1) / s_i
+    };
     let last = n as isize - 1 - off;
-    let hi = if last < 0 { 0 } else { (last / s_i + 1).min(out as isize) };
+    let hi = if last < 0 {
+        0
+    } else {
+        (last / s_i + 1).min(out as isize)
+    };
     let lo = (lo as usize).min(out);
     (lo, (hi.max(0) as usize).max(lo), off)
 }
@@ -250,7 +263,18 @@ fn fwd_image<T: Real>(
             im2col(g, xg, col);
             col
         };
-        gemm(g.cog, g.pix, g.kg, wg, Trans::No, colg, Trans::No, yg, false, threads)?;
+        gemm(
+            g.cog,
+            g.pix,
+            g.kg,
+            wg,
+            Trans::No,
+            colg,
+            Trans::No,
+            yg,
+            false,
+            threads,
+        )?;
     }
     if let Some(b) = bias {
         for (plane, &bv) in yn.chunks_mut(g.pix).zip(b) {
@@ -434,7 +458,11 @@ pub fn conv2d_bwd<T: Real>(
     }
     let n = xs.n;
     let threads = rayon::current_num_threads();
-    let chunks = if n > 1 && threads > 1 { threads.min(n) } else { 1 };
+    let chunks = if n > 1 && threads > 1 {
+        threads.min(n)
+    } else {
+        1
+    };
     let per = n.div_ceil(chunks.max(1)).max(1);
     let nchunks = n.div_ceil(per);
     let dx_parts: Vec<Option<&mut [T]>> = match dx {
@@ -516,16 +544,49 @@ fn bwd_image<T: Real>(
             };
             // dW_g [Cog, Kg] += dY_g [Cog, P] · col_gᵀ [P, Kg]
             let dwg = &mut dw[grp * wg_len..(grp + 1) * wg_len];
-            gemm(g.cog, g.kg, g.pix, dyg, Trans::No, colg, Trans::Yes, dwg, true, threads)?;
+            gemm(
+                g.cog,
+                g.kg,
+                g.pix,
+                dyg,
+                Trans::No,
+                colg,
+                Trans::Yes,
+                dwg,
+                true,
+                threads,
+            )?;
         }
         if let Some(dx) = dxn.as_deref_mut() {
             let dxg = &mut dx[grp * xg_len..(grp + 1) * xg_len];
             if g.pointwise {
                 // dX_g [Cig, P] = W_gᵀ [Cig, Cog] · dY_g [Cog, P]
-                gemm(g.cig, g.pix, g.cog, wg, Trans::Yes, dyg, Trans::No, dxg, false, threads)?;
+                gemm(
+                    g.cig,
+                    g.pix,
+                    g.cog,
+                    wg,
+                    Trans::Yes,
+                    dyg,
+                    Trans::No,
+                    dxg,
+                    false,
+                    threads,
+                )?;
             } else {
                 // dcol [Kg, P] = W_gᵀ [Kg, Cog] · dY_g [Cog, P], then scatter back.
-                gemm(g.kg, g.pix, g.cog, wg, Trans::Yes, dyg, Trans::No, dcol, false, threads)?;
+                gemm(
+                    g.kg,
+                    g.pix,
+                    g.cog,
+                    wg,
+                    Trans::Yes,
+                    dyg,
+                    Trans::No,
+                    dcol,
+                    false,
+                    threads,
+                )?;
                 col2im(g, dcol, dxg);
             }
         }
@@ -584,9 +645,22 @@ mod tests {
         // x = 1..9 as a 3×3 image, w = all ones 2×2, stride 1, no padding:
         // y[0,0] = 1+2+4+5 = 12, y[0,1] = 2+3+5+6 = 16, y[1,0] = 24, y[1,1] = 28; bias 0.5.
         let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
-        let p = Conv2d { kh: 2, kw: 2, ..Conv2d::square(1, 1, 0, 1) };
+        let p = Conv2d {
+            kh: 2,
+            kw: 2,
+            ..Conv2d::square(1, 1, 0, 1)
+        };
         let mut y = [0f32; 4];
-        conv2d_fwd(&x, Nchw::new(1, 1, 3, 3), &[1.0; 4], Some(&[0.5]), 1, &p, &mut y).unwrap();
+        conv2d_fwd(
+            &x,
+            Nchw::new(1, 1, 3, 3),
+            &[1.0; 4],
+            Some(&[0.5]),
+            1,
+            &p,
+            &mut y,
+        )
+        .unwrap();
         assert_eq!(y, [12.5, 16.5, 24.5, 28.5]);
         // Padding 1, stride 2, 3×3 kernel of ones: corners sum their 2×2 neighbourhoods.
         // y = [[1+2+4+5, 2+3+5+6], [4+5+7+8, 5+6+8+9]] = [[12, 16], [24, 28]].
@@ -597,21 +671,76 @@ mod tests {
 
     fn cases() -> Vec<(&'static str, Nchw, usize, Conv2d)> {
         vec![
-            ("3x3 s1 p1", Nchw::new(2, 3, 7, 5), 4, Conv2d::square(3, 1, 1, 1)),
-            ("3x3 s2 p1 odd input", Nchw::new(2, 3, 7, 9), 2, Conv2d::square(3, 2, 1, 1)),
-            ("3x3 dilation 2 p2", Nchw::new(2, 2, 9, 7), 3, Conv2d::square(3, 1, 2, 2)),
-            ("1x1 pointwise", Nchw::new(3, 5, 4, 3), 6, Conv2d::square(1, 1, 0, 1)),
-            ("1x1 stride 2", Nchw::new(2, 3, 5, 5), 2, Conv2d::square(1, 2, 0, 1)),
+            (
+                "3x3 s1 p1",
+                Nchw::new(2, 3, 7, 5),
+                4,
+                Conv2d::square(3, 1, 1, 1),
+            ),
+            (
+                "3x3 s2 p1 odd input",
+                Nchw::new(2, 3, 7, 9),
+                2,
+                Conv2d::square(3, 2, 1, 1),
+            ),
+            (
+                "3x3 dilation 2 p2",
+                Nchw::new(2, 2, 9, 7),
+                3,
+                Conv2d::square(3, 1, 2, 2),
+            ),
+            (
+                "1x1 pointwise",
+                Nchw::new(3, 5, 4, 3),
+                6,
+                Conv2d::square(1, 1, 0, 1),
+            ),
+            (
+                "1x1 stride 2",
+                Nchw::new(2, 3, 5, 5),
+                2,
+                Conv2d::square(1, 2, 0, 1),
+            ),
             (
                 "rect 3x2 s(2,1) p(1,0) d(1,2)",
                 Nchw::new(2, 2, 8, 7),
                 3,
-                Conv2d { kh: 3, kw: 2, sh: 2, sw: 1, ph: 1, pw: 0, dh: 1, dw: 2, groups: 1 },
+                Conv2d {
+                    kh: 3,
+                    kw: 2,
+                    sh: 2,
+                    sw: 1,
+                    ph: 1,
+                    pw: 0,
+                    dh: 1,
+                    dw: 2,
+                    groups: 1,
+                },
             ),
-            ("depthwise 3x3 s2", Nchw::new(2, 4, 7, 6), 4, Conv2d::square(3, 2, 1, 1).with_groups(4)),
-            ("depthwise dil 2", Nchw::new(3, 3, 6, 7), 3, Conv2d::square(3, 1, 2, 2).with_groups(3)),
-            ("groups 2", Nchw::new(2, 4, 5, 6), 6, Conv2d::square(3, 1, 1, 1).with_groups(2)),
-            ("7x7 s2 p3 stem", Nchw::new(2, 3, 11, 10), 2, Conv2d::square(7, 2, 3, 1)),
+            (
+                "depthwise 3x3 s2",
+                Nchw::new(2, 4, 7, 6),
+                4,
+                Conv2d::square(3, 2, 1, 1).with_groups(4),
+            ),
+            (
+                "depthwise dil 2",
+                Nchw::new(3, 3, 6, 7),
+                3,
+                Conv2d::square(3, 1, 2, 2).with_groups(3),
+            ),
+            (
+                "groups 2",
+                Nchw::new(2, 4, 5, 6),
+                6,
+                Conv2d::square(3, 1, 1, 1).with_groups(2),
+            ),
+            (
+                "7x7 s2 p3 stem",
+                Nchw::new(2, 3, 11, 10),
+                2,
+                Conv2d::square(7, 2, 3, 1),
+            ),
         ]
     }
 
@@ -624,9 +753,19 @@ mod tests {
             let ys = p.out_shape(xs, co).unwrap();
             let mut y = vec![0.0; ys.len()];
             conv2d_fwd(&x, xs, &w, Some(&b), co, &p, &mut y).unwrap();
-            assert_close(name, &y, &conv2d_naive(&x, xs, &w, Some(&b), co, &p), 1e-12, 1e-12);
+            assert_close(
+                name,
+                &y,
+                &conv2d_naive(&x, xs, &w, Some(&b), co, &p),
+                1e-12,
+                1e-12,
+            );
             // The f32 instance agrees with the f64 one to f32 precision.
-            let (x32, w32, b32) = (crate::testing::to_f32(&x), crate::testing::to_f32(&w), crate::testing::to_f32(&b));
+            let (x32, w32, b32) = (
+                crate::testing::to_f32(&x),
+                crate::testing::to_f32(&w),
+                crate::testing::to_f32(&b),
+            );
             let mut y32 = vec![0f32; ys.len()];
             conv2d_fwd(&x32, xs, &w32, Some(&b32), co, &p, &mut y32).unwrap();
             let y32: Vec<f64> = y32.iter().map(|&v| v as f64).collect();
@@ -652,8 +791,18 @@ mod tests {
                 |i, dy| {
                     let (mut dx, mut dw, mut db) =
                         (vec![0.0; i[0].len()], vec![0.0; i[1].len()], vec![0.0; co]);
-                    conv2d_bwd(&i[0], xs, &i[1], co, &p, dy, Some(&mut dx), Some(&mut dw), Some(&mut db))
-                        .unwrap();
+                    conv2d_bwd(
+                        &i[0],
+                        xs,
+                        &i[1],
+                        co,
+                        &p,
+                        dy,
+                        Some(&mut dx),
+                        Some(&mut dw),
+                        Some(&mut db),
+                    )
+                    .unwrap();
                     vec![dx, dw, db]
                 },
             );
@@ -680,16 +829,43 @@ mod tests {
         let p = Conv2d::square(3, 1, 0, 1);
         let mut y = vec![0f32; 4];
         // Input smaller than the kernel.
-        let e = conv2d_fwd(&[0f32; 4], Nchw::new(1, 1, 2, 2), &[0.0; 9], None, 1, &p, &mut y)
-            .unwrap_err();
-        assert!(e.to_string().contains("smaller than the dilated kernel"), "{e}");
+        let e = conv2d_fwd(
+            &[0f32; 4],
+            Nchw::new(1, 1, 2, 2),
+            &[0.0; 9],
+            None,
+            1,
+            &p,
+            &mut y,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("smaller than the dilated kernel"),
+            "{e}"
+        );
         // Groups that do not divide the channels.
-        let e = conv2d_fwd(&[0f32; 75], Nchw::new(1, 3, 5, 5), &[0.0; 18], None, 2, &p.with_groups(2), &mut y)
-            .unwrap_err();
+        let e = conv2d_fwd(
+            &[0f32; 75],
+            Nchw::new(1, 3, 5, 5),
+            &[0.0; 18],
+            None,
+            2,
+            &p.with_groups(2),
+            &mut y,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("groups = 2 must divide"), "{e}");
         // Wrong weight length.
-        let e = conv2d_fwd(&[0f32; 25], Nchw::new(1, 1, 5, 5), &[0.0; 8], None, 1, &p, &mut vec![0.0; 9])
-            .unwrap_err();
+        let e = conv2d_fwd(
+            &[0f32; 25],
+            Nchw::new(1, 1, 5, 5),
+            &[0.0; 8],
+            None,
+            1,
+            &p,
+            &mut [0.0; 9],
+        )
+        .unwrap_err();
         assert!(matches!(e, KernelError::Len { arg: "w", .. }), "{e}");
     }
 }

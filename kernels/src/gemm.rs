@@ -101,8 +101,16 @@ mod tests {
         for i in 0..m {
             for j in 0..n {
                 for p in 0..k {
-                    let av = if ta == Trans::No { a[i * k + p] } else { a[p * m + i] };
-                    let bv = if tb == Trans::No { b[p * n + j] } else { b[j * k + p] };
+                    let av = if ta == Trans::No {
+                        a[i * k + p]
+                    } else {
+                        a[p * m + i]
+                    };
+                    let bv = if tb == Trans::No {
+                        b[p * n + j]
+                    } else {
+                        b[j * k + p]
+                    };
                     c[i * n + j] += av * bv;
                 }
             }
@@ -114,12 +122,34 @@ mod tests {
     fn hand_computed_2x2() {
         // [1 2; 3 4]·[5 6; 7 8] = [19 22; 43 50]
         let mut c = [0f32; 4];
-        gemm(2, 2, 2, &[1., 2., 3., 4.], Trans::No, &[5., 6., 7., 8.], Trans::No, &mut c, false, 1)
-            .unwrap();
+        gemm(
+            2,
+            2,
+            2,
+            &[1., 2., 3., 4.],
+            Trans::No,
+            &[5., 6., 7., 8.],
+            Trans::No,
+            &mut c,
+            false,
+            1,
+        )
+        .unwrap();
         assert_eq!(c, [19., 22., 43., 50.]);
         // Accumulate adds onto what is there.
-        gemm(2, 2, 2, &[1., 0., 0., 1.], Trans::No, &[1., 1., 1., 1.], Trans::No, &mut c, true, 1)
-            .unwrap();
+        gemm(
+            2,
+            2,
+            2,
+            &[1., 0., 0., 1.],
+            Trans::No,
+            &[1., 1., 1., 1.],
+            Trans::No,
+            &mut c,
+            true,
+            1,
+        )
+        .unwrap();
         assert_eq!(c, [20., 23., 44., 51.]);
     }
 
@@ -143,6 +173,18 @@ mod tests {
     #[test]
     fn bad_length_is_an_error() {
         let mut c = [0f32; 4];
-        assert!(gemm(2, 2, 2, &[1.0; 3], Trans::No, &[1.0; 4], Trans::No, &mut c, false, 1).is_err());
+        assert!(gemm(
+            2,
+            2,
+            2,
+            &[1.0; 3],
+            Trans::No,
+            &[1.0; 4],
+            Trans::No,
+            &mut c,
+            false,
+            1
+        )
+        .is_err());
     }
 }

@@ -13,6 +13,10 @@
 //! Shape letters, used in every doc comment: N batch, C channels (Ci in, Co out), K classes,
 //! H and W height and width (Ho, Wo after an op), kh and kw kernel extent. Layout is always
 //! NCHW row-major: element (n, c, y, x) lives at `((n*C + c)*H + y)*W + x`.
+//!
+//! Argument order, everywhere: data inputs (and tensors only read, such as weights or running
+//! statistics), then the input shape, then scalar or struct params, then outputs and in-out state.
+//! Backward kernels overwrite their outputs; a backward output passed as `None` is skipped.
 
 pub mod activation;
 pub mod argmax;

@@ -1,1 +1,339 @@
-//! (placeholder, being written)
+//! Softmax and log-softmax over the class axis of a [N,K,H,W] map, forward and backward.
+//!
+//! At each pixel (n, y, x), with m = max_k x_k and s = Σ_k exp(x_k − m):
+//!
+//! * softmax: y_k = exp(x_k − m) / s; backward dx_k = y_k·(dy_k − Σ_j dy_j·y_j).
+//! * log-softmax: y_k = x_k − m − ln s; backward dx_k = dy_k − exp(y_k)·Σ_j dy_j.
+//!
+//! These are `torch.softmax(x, dim=1)` and `torch.log_softmax(x, dim=1)` and their autograd
+//! backwards. Subtracting the per-pixel max keeps exp from overflowing, so logits in the
+//! thousands are fine.
+//!
+//! Layout and speed: classes are H·W apart, so a per-pixel loop over k would stride through
+//! memory. Instead each kernel walks one (n, k) plane at a time with the inner loop over the
+//! contiguous H·W pixels, keeping per-pixel running max / sum in plane-sized scratch buffers.
+//! Images are independent and run in parallel (rayon); nothing is reduced across images, so the
+//! result does not depend on the thread count. The per-pixel sums over K run in `T`: K is small
+//! (tens) and every term of s lies in (0, 1], so f32 loses nothing worth an f64 widen.
+//!
+//! Not here: softmax over any other axis, temperature (scale the logits first), masking, and
+//! the fused softmax + cross-entropy (see `loss`).
+
+use crate::{check_len, KernelError, Nchw, Real};
+use rayon::prelude::*;
+
+/// Writes into `m` the per-pixel max over classes of one image `x` (K planes of `m.len()`).
+fn plane_max<T: Real>(x: &[T], m: &mut [T]) {
+    let plane = m.len();
+    m.copy_from_slice(&x[..plane]);
+    for xk in x.chunks_exact(plane).skip(1) {
+        for (mv, &v) in m.iter_mut().zip(xk) {
+            if v > *mv {
+                *mv = v;
+            }
+        }
+    }
+}
+
+/// Per-pixel max `m` and Σ_k exp(x_k − m) `s` over the K planes of one image `x`; `m` and `s`
+/// have one plane's length. Shared with the fused losses in `loss`.
+pub(crate) fn max_sumexp<T: Real>(x: &[T], m: &mut [T], s: &mut [T]) {
+    plane_max(x, m);
+    s.fill(T::zero());
+    for xk in x.chunks_exact(m.len()) {
+        for ((sv, &v), &mv) in s.iter_mut().zip(xk).zip(m.iter()) {
+            *sv += (v - mv).exp();
+        }
+    }
+}
+
+/// y = softmax over K at every pixel. x, y: [N,K,H,W] (`shape.c` is K).
+pub fn softmax_fwd<T: Real>(x: &[T], shape: Nchw, y: &mut [T]) -> Result<(), KernelError> {
+    check_len("softmax_fwd", "x", x, shape.len())?;
+    check_len("softmax_fwd", "y", y, shape.len())?;
+    if shape.is_empty() {
+        return Ok(());
+    }
+    let plane = shape.plane();
+    y.par_chunks_mut(shape.image())
+        .zip(x.par_chunks(shape.image()))
+        .for_each(|(yi, xi)| {
+            let mut m = vec![T::zero(); plane];
+            let mut s = vec![T::zero(); plane];
+            plane_max(xi, &mut m);
+            for (yk, xk) in yi.chunks_exact_mut(plane).zip(xi.chunks_exact(plane)) {
+                for (((o, &v), &mv), sv) in yk.iter_mut().zip(xk).zip(&m).zip(s.iter_mut()) {
+                    let e = (v - mv).exp();
+                    *o = e;
+                    *sv += e;
+                }
+            }
+            // One division per pixel, then a multiply per element.
+            for sv in s.iter_mut() {
+                *sv = sv.recip();
+            }
+            for yk in yi.chunks_exact_mut(plane) {
+                for (o, &r) in yk.iter_mut().zip(&s) {
+                    *o *= r;
+                }
+            }
+        });
+    Ok(())
+}
+
+/// dx = y·(dy − Σ_k dy·y) at every pixel, from the softmax *output* y.
+/// y, dy, dx: [N,K,H,W] (`shape.c` is K).
+pub fn softmax_bwd<T: Real>(
+    y: &[T],
+    dy: &[T],
+    shape: Nchw,
+    dx: &mut [T],
+) -> Result<(), KernelError> {
+    check_len("softmax_bwd", "y", y, shape.len())?;
+    check_len("softmax_bwd", "dy", dy, shape.len())?;
+    check_len("softmax_bwd", "dx", dx, shape.len())?;
+    if shape.is_empty() {
+        return Ok(());
+    }
+    let (plane, image) = (shape.plane(), shape.image());
+    dx.par_chunks_mut(image)
+        .zip(y.par_chunks(image))
+        .zip(dy.par_chunks(image))
+        .for_each(|((dxi, yi), dyi)| {
+            let mut dot = vec![T::zero(); plane];
+            for (yk, gk) in yi.chunks_exact(plane).zip(dyi.chunks_exact(plane)) {
+                for ((d, &yv), &g) in dot.iter_mut().zip(yk).zip(gk) {
+                    *d += yv * g;
+                }
+            }
+            for ((ok, yk), gk) in dxi
+                .chunks_exact_mut(plane)
+                .zip(yi.chunks_exact(plane))
+                .zip(dyi.chunks_exact(plane))
+            {
+                for (((o, &yv), &g), &d) in ok.iter_mut().zip(yk).zip(gk).zip(&dot) {
+                    *o = yv * (g - d);
+                }
+            }
+        });
+    Ok(())
+}
+
+/// y = log-softmax over K at every pixel: x − max − ln Σ exp(x − max).
+/// x, y: [N,K,H,W] (`shape.c` is K).
+pub fn log_softmax_fwd<T: Real>(x: &[T], shape: Nchw, y: &mut [T]) -> Result<(), KernelError> {
+    check_len("log_softmax_fwd", "x", x, shape.len())?;
+    check_len("log_softmax_fwd", "y", y, shape.len())?;
+    if shape.is_empty() {
+        return Ok(());
+    }
+    let plane = shape.plane();
+    y.par_chunks_mut(shape.image())
+        .zip(x.par_chunks(shape.image()))
+        .for_each(|(yi, xi)| {
+            let mut m = vec![T::zero(); plane];
+            let mut s = vec![T::zero(); plane];
+            max_sumexp(xi, &mut m, &mut s);
+            for sv in s.iter_mut() {
+                *sv = sv.ln();
+            }
+            // (x − m) − ln s, not x − (m + ln s): with logits near 1000 the f32 sum m + ln s
+            // would round ln s to the ulp of m (~6e-5).
+            for (yk, xk) in yi.chunks_exact_mut(plane).zip(xi.chunks_exact(plane)) {
+                for (((o, &v), &mv), &l) in yk.iter_mut().zip(xk).zip(&m).zip(&s) {
+                    *o = (v - mv) - l;
+                }
+            }
+        });
+    Ok(())
+}
+
+/// dx = dy − softmax·Σ_k dy at every pixel, from the log-softmax *output* y (softmax = exp(y)).
+/// y, dy, dx: [N,K,H,W] (`shape.c` is K).
+pub fn log_softmax_bwd<T: Real>(
+    y: &[T],
+    dy: &[T],
+    shape: Nchw,
+    dx: &mut [T],
+) -> Result<(), KernelError> {
+    check_len("log_softmax_bwd", "y", y, shape.len())?;
+    check_len("log_softmax_bwd", "dy", dy, shape.len())?;
+    check_len("log_softmax_bwd", "dx", dx, shape.len())?;
+    if shape.is_empty() {
+        return Ok(());
+    }
+    let (plane, image) = (shape.plane(), shape.image());
+    dx.par_chunks_mut(image)
+        .zip(y.par_chunks(image))
+        .zip(dy.par_chunks(image))
+        .for_each(|((dxi, yi), dyi)| {
+            let mut sum = vec![T::zero(); plane];
+            for gk in dyi.chunks_exact(plane) {
+                for (sv, &g) in sum.iter_mut().zip(gk) {
+                    *sv += g;
+                }
+            }
+            for ((ok, yk), gk) in dxi
+                .chunks_exact_mut(plane)
+                .zip(yi.chunks_exact(plane))
+                .zip(dyi.chunks_exact(plane))
+            {
+                for (((o, &yv), &g), &sv) in ok.iter_mut().zip(yk).zip(gk).zip(&sum) {
+                    *o = g - yv.exp() * sv;
+                }
+            }
+        });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, gradcheck, rand_vec, to_f32};
+
+    /// Per-pixel softmax with the obvious strided loop, as an independent oracle for the
+    /// plane-wise kernels.
+    fn naive_softmax(x: &[f64], s: Nchw) -> Vec<f64> {
+        let mut y = vec![0.0; x.len()];
+        for n in 0..s.n {
+            for r in 0..s.h {
+                for c in 0..s.w {
+                    let m = (0..s.c)
+                        .map(|k| x[s.at(n, k, r, c)])
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = (0..s.c).map(|k| (x[s.at(n, k, r, c)] - m).exp()).sum();
+                    for k in 0..s.c {
+                        y[s.at(n, k, r, c)] = (x[s.at(n, k, r, c)] - m).exp() / z;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn hand_computed() {
+        // [N=1,K=2,H=1,W=2]; pixel 0 has logits (0, ln 3), pixel 1 has (0, 0).
+        // softmax: pixel 0 → (1/4, 3/4), pixel 1 → (1/2, 1/2). Layout is [k0p0, k0p1, k1p0, k1p1].
+        let s = Nchw::new(1, 2, 1, 2);
+        let x = [0.0, 0.0, 3f64.ln(), 0.0];
+        let mut y = [0.0; 4];
+        softmax_fwd(&x, s, &mut y).unwrap();
+        assert_close("softmax", &y, &[0.25, 0.5, 0.75, 0.5], 1e-15, 0.0);
+        log_softmax_fwd(&x, s, &mut y).unwrap();
+        let want = [0.25f64.ln(), 0.5f64.ln(), 0.75f64.ln(), 0.5f64.ln()];
+        assert_close("log_softmax", &y, &want, 1e-15, 0.0);
+
+        // softmax_bwd at pixel 0 with dy = (1, 0): Σ dy·y = 1/4, so
+        // dx = (1/4·(1 − 1/4), 3/4·(0 − 1/4)) = (3/16, −3/16). Pixel 1, dy = (2, 2): dx = 0.
+        let yv = [0.25, 0.5, 0.75, 0.5];
+        let dy = [1.0, 2.0, 0.0, 2.0];
+        let mut dx = [9.0; 4];
+        softmax_bwd(&yv, &dy, s, &mut dx).unwrap();
+        assert_close("softmax_bwd", &dx, &[0.1875, 0.0, -0.1875, 0.0], 1e-15, 0.0);
+
+        // log_softmax_bwd at pixel 0 with dy = (1, 0): Σ dy = 1, so dx = dy − p = (3/4, −3/4).
+        // Pixel 1 with dy = (2, 2): dx = (2, 2) − (1/2, 1/2)·4 = (0, 0).
+        let ly = want;
+        let mut dx = [9.0; 4];
+        log_softmax_bwd(&ly, &dy, s, &mut dx).unwrap();
+        assert_close("log_softmax_bwd", &dx, &[0.75, 0.0, -0.75, 0.0], 1e-15, 0.0);
+    }
+
+    #[test]
+    fn huge_logits_are_stable() {
+        // Logits (1000, 1001) and (−1000, −1001): exp would overflow/underflow without the max
+        // shift; the result must equal softmax of (0, 1) and (0, −1).
+        let s = Nchw::new(1, 2, 1, 2);
+        let x = [1000.0f32, -1000.0, 1001.0, -1001.0];
+        let mut y = [0f32; 4];
+        softmax_fwd(&x, s, &mut y).unwrap();
+        let e = 1f64.exp();
+        let want = [
+            1.0 / (1.0 + e),
+            e / (1.0 + e),
+            e / (1.0 + e),
+            1.0 / (1.0 + e),
+        ];
+        assert_close("softmax", &y.map(f64::from), &want, 1e-6, 0.0);
+        log_softmax_fwd(&x, s, &mut y).unwrap();
+        assert_close(
+            "log_softmax",
+            &y.map(f64::from),
+            &want.map(f64::ln),
+            1e-5,
+            0.0,
+        );
+    }
+
+    #[test]
+    fn matches_naive_per_pixel_loop_in_f32_and_f64() {
+        let s = Nchw::new(2, 5, 7, 3);
+        let x = rand_vec(3, s.len(), -6.0, 6.0);
+        let want = naive_softmax(&x, s);
+        let mut y = vec![0.0; s.len()];
+        softmax_fwd(&x, s, &mut y).unwrap();
+        assert_close("softmax f64", &y, &want, 1e-14, 1e-12);
+        log_softmax_fwd(&x, s, &mut y).unwrap();
+        let log_want: Vec<f64> = want.iter().map(|v| v.ln()).collect();
+        assert_close("log_softmax f64", &y, &log_want, 1e-12, 1e-12);
+
+        let mut y32 = vec![0f32; s.len()];
+        softmax_fwd(&to_f32(&x), s, &mut y32).unwrap();
+        let y32: Vec<f64> = y32.iter().map(|&v| v as f64).collect();
+        assert_close("softmax f32", &y32, &want, 1e-6, 1e-5);
+    }
+
+    #[test]
+    fn length_mismatch_is_an_error() {
+        let s = Nchw::new(1, 2, 1, 2);
+        let mut y = [0f32; 3];
+        let e = softmax_fwd(&[0f32; 4], s, &mut y).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("softmax_fwd: `y` has 3 elements, expected 4"),
+            "{e}"
+        );
+        let mut dx = [0f32; 4];
+        let e = log_softmax_bwd(&[0f32; 4], &[0f32; 5], s, &mut dx).unwrap_err();
+        assert!(e.to_string().contains("log_softmax_bwd: `dy` has 5"), "{e}");
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let s = Nchw::new(2, 3, 5, 3);
+        let x = rand_vec(7, s.len(), -3.0, 3.0);
+        gradcheck(
+            "softmax",
+            std::slice::from_ref(&x),
+            |i| {
+                let mut y = vec![0.0; s.len()];
+                softmax_fwd(&i[0], s, &mut y).unwrap();
+                y
+            },
+            |i, dy| {
+                let mut y = vec![0.0; s.len()];
+                softmax_fwd(&i[0], s, &mut y).unwrap();
+                let mut dx = vec![0.0; s.len()];
+                softmax_bwd(&y, dy, s, &mut dx).unwrap();
+                vec![dx]
+            },
+        );
+        gradcheck(
+            "log_softmax",
+            &[x],
+            |i| {
+                let mut y = vec![0.0; s.len()];
+                log_softmax_fwd(&i[0], s, &mut y).unwrap();
+                y
+            },
+            |i, dy| {
+                let mut y = vec![0.0; s.len()];
+                log_softmax_fwd(&i[0], s, &mut y).unwrap();
+                let mut dx = vec![0.0; s.len()];
+                log_softmax_bwd(&y, dy, s, &mut dx).unwrap();
+                vec![dx]
+            },
+        );
+    }
+}

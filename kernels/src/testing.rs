@@ -32,13 +32,21 @@ pub fn to_f32(v: &[f64]) -> Vec<f32> {
 /// Asserts |got − want| ≤ atol + rtol·|want| element-wise; on failure prints the first ten
 /// mismatches with their indices and panics, naming `what`.
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
     let mut bad = Vec::new();
     let mut max_err = 0f64;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
         max_err = max_err.max(err);
-        if !(err <= atol + rtol * w.abs()) {
+        // Written so that a NaN on either side counts as a mismatch.
+        let within = err <= atol + rtol * w.abs();
+        if !within {
             bad.push((i, g, w));
         }
     }
@@ -87,14 +95,22 @@ pub fn gradcheck_with(
     let y = forward(inputs);
     let dy = rand_vec(0xd1, y.len(), -1.0, 1.0);
     let analytic = vjp(inputs, &dy);
-    assert_eq!(analytic.len(), inputs.len(), "{what}: vjp returned wrong input count");
+    assert_eq!(
+        analytic.len(),
+        inputs.len(),
+        "{what}: vjp returned wrong input count"
+    );
     let dot = |v: &[f64]| v.iter().zip(&dy).map(|(a, b)| a * b).sum::<f64>();
     let mut checked = 0;
     for (k, grad) in analytic.iter().enumerate() {
         if grad.is_empty() {
             continue;
         }
-        assert_eq!(grad.len(), inputs[k].len(), "{what}: gradient {k} has wrong length");
+        assert_eq!(
+            grad.len(),
+            inputs[k].len(),
+            "{what}: gradient {k} has wrong length"
+        );
         let mut numeric = vec![0f64; grad.len()];
         let mut xs = inputs.to_vec();
         for i in 0..grad.len() {
@@ -106,7 +122,13 @@ pub fn gradcheck_with(
             xs[k][i] = x0;
             numeric[i] = (lp - lm) / (2.0 * eps);
         }
-        assert_close(&format!("{what}: d/d input {k}"), grad, &numeric, atol, rtol);
+        assert_close(
+            &format!("{what}: d/d input {k}"),
+            grad,
+            &numeric,
+            atol,
+            rtol,
+        );
         checked += 1;
     }
     assert!(checked > 0, "{what}: no input was checked");
