@@ -10,14 +10,14 @@
 //! * depthwise (groups = Ci = Co): direct loops, one row-wise multiply-add per tap — a GEMM with
 //!   one output row per group would waste the kernel.
 //!
-//! Backward reuses the same `col`: dW_g += dY_g · col_gᵀ, dcol = W_gᵀ · dY_g then col2im
-//! (the adjoint of im2col) into dX. Per-chunk dW partials are summed in chunk order, so results
+//! Backward rebuilds `col`: dW_gᵀ += col_g · dY_gᵀ (computed transposed so both GEMM operands are
+//! row-major; see `bwd_image`), dcol = W_gᵀ · dY_g then col2im (the adjoint of im2col) into dX. Per-chunk dW partials are summed in chunk order, so results
 //! are bitwise reproducible for a given thread count.
 //!
 //! Not here: transposed convolution, channel multipliers other than 1 on the direct depthwise
 //! path (they take the grouped-GEMM path), NHWC.
 
-use crate::gemm::{gemm, Trans};
+use crate::gemm::{gemm, transpose, Trans};
 use crate::{check_len, KernelError, Nchw, Real};
 use rayon::prelude::*;
 
@@ -473,6 +473,7 @@ pub fn conv2d_bwd<T: Real>(
     let run_chunk = |t: usize, mut dxc: Option<&mut [T]>| -> Result<Vec<T>, KernelError> {
         let mut dw_local = vec![T::zero(); if want_dw { w.len() } else { 0 }];
         let mut col = vec![T::zero(); g.col_len()];
+        let mut dy_t = vec![T::zero(); if want_dw { g.cog * g.pix } else { 0 }];
         let mut dcol = vec![T::zero(); g.col_len()];
         for i in 0..per {
             let img = t * per + i;
@@ -485,7 +486,27 @@ pub fn conv2d_bwd<T: Real>(
                 .as_deref_mut()
                 .map(|d| &mut d[i * xs.image()..(i + 1) * xs.image()]);
             let dwl = want_dw.then_some(dw_local.as_mut_slice());
-            bwd_image(&g, xn, w, dyn_, dxn, dwl, &mut col, &mut dcol, gemm_threads)?;
+            bwd_image(
+                &g,
+                xn,
+                w,
+                dyn_,
+                dxn,
+                dwl,
+                &mut col,
+                &mut dy_t,
+                &mut dcol,
+                gemm_threads,
+            )?;
+        }
+        if want_dw && !g.depthwise {
+            // [groups][Kg, Cog] → [groups][Cog, Kg], the weight layout.
+            let mut dw = vec![T::zero(); dw_local.len()];
+            let wg_len = g.cog * g.kg;
+            for (src, dst) in dw_local.chunks(wg_len).zip(dw.chunks_mut(wg_len)) {
+                transpose(src, g.kg, g.cog, dst)?;
+            }
+            return Ok(dw);
         }
         Ok(dw_local)
     };
@@ -513,20 +534,24 @@ pub fn conv2d_bwd<T: Real>(
     Ok(())
 }
 
-/// One image of the backward: `dxn` [Ci, H, W] overwritten, `dw` accumulated.
+/// One image of the backward: `dxn` [Ci, H, W] overwritten; `dw_t` accumulates the weight
+/// gradient *transposed* per group, [groups][Kg, Cog] (except on the depthwise path, which
+/// accumulates [C, kh, kw] directly); the caller transposes once per chunk.
 fn bwd_image<T: Real>(
     g: &Geom,
     xn: &[T],
     w: &[T],
     dyn_: &[T],
     mut dxn: Option<&mut [T]>,
-    mut dw: Option<&mut [T]>,
+    mut dw_t: Option<&mut [T]>,
     col: &mut [T],
+    dy_t: &mut [T],
     dcol: &mut [T],
     threads: usize,
 ) -> Result<(), KernelError> {
     if g.depthwise {
-        depthwise_bwd_image(g, xn, w, dyn_, dxn, dw);
+        // The direct path accumulates dW in its natural [C, kh, kw] layout.
+        depthwise_bwd_image(g, xn, w, dyn_, dxn, dw_t);
         return Ok(());
     }
     let xg_len = g.cig * g.x.plane();
@@ -535,24 +560,27 @@ fn bwd_image<T: Real>(
         let xg = &xn[grp * xg_len..(grp + 1) * xg_len];
         let wg = &w[grp * wg_len..(grp + 1) * wg_len];
         let dyg = &dyn_[grp * g.cog * g.pix..(grp + 1) * g.cog * g.pix];
-        if let Some(dw) = dw.as_deref_mut() {
+        if let Some(dw_t) = dw_t.as_deref_mut() {
             let colg: &[T] = if g.pointwise {
                 xg
             } else {
                 im2col(g, xg, col);
                 col
             };
-            // dW_g [Cog, Kg] += dY_g [Cog, P] · col_gᵀ [P, Kg]
-            let dwg = &mut dw[grp * wg_len..(grp + 1) * wg_len];
+            // dW_gᵀ [Kg, Cog] += col_g [Kg, P] · dY_gᵀ [P, Cog]. Both operands row-major: the
+            // `gemm` crate runs 3–5× slower when it reads a transpose through strides, and
+            // transposing dY (Cog·P) is far cheaper than transposing col (Kg·P).
+            transpose(dyg, g.cog, g.pix, dy_t)?;
+            let dwg_t = &mut dw_t[grp * wg_len..(grp + 1) * wg_len];
             gemm(
-                g.cog,
                 g.kg,
+                g.cog,
                 g.pix,
-                dyg,
-                Trans::No,
                 colg,
-                Trans::Yes,
-                dwg,
+                Trans::No,
+                dy_t,
+                Trans::No,
+                dwg_t,
                 true,
                 threads,
             )?;
