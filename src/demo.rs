@@ -51,7 +51,7 @@ pub struct DemoConfig {
 impl Default for DemoConfig {
     fn default() -> Self {
         DemoConfig {
-            iterations: 600,
+            iterations: 1500,
             batch: 16,
             size: 32,
             width: 32,
