@@ -362,7 +362,7 @@ fn batch(seed: u64, first: u64, n: usize, s: usize) -> (Vec<f32>, Vec<i32>) {
 
 /// Trains and evaluates; `log` receives one line per progress report.
 pub fn run(cfg: &DemoConfig, mut log: impl FnMut(&str)) -> Result<DemoReport, KernelError> {
-    if cfg.size < 8 || cfg.size % 2 != 0 || cfg.batch == 0 || cfg.width == 0 {
+    if cfg.size < 8 || !cfg.size.is_multiple_of(2) || cfg.batch == 0 || cfg.width == 0 {
         return Err(KernelError::Shape {
             kernel: "demo",
             reason: format!(

@@ -134,7 +134,7 @@ struct Geom {
 impl Geom {
     fn new(x: Nchw, co: usize, p: &Conv2d) -> Result<Self, KernelError> {
         let g = p.groups;
-        if g == 0 || x.c % g != 0 || co % g != 0 {
+        if g == 0 || !x.c.is_multiple_of(g) || !co.is_multiple_of(g) {
             return Err(shape_err(format!(
                 "groups = {g} must divide both Ci = {} and Co = {co}",
                 x.c

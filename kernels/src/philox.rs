@@ -92,7 +92,7 @@ impl Philox {
         let b = self.block(i / 4);
         let pair = ((i % 4) / 2) as usize * 2;
         let (z0, z1) = box_muller(b[pair], b[pair + 1]);
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             z0
         } else {
             z1

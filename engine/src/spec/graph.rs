@@ -1,0 +1,287 @@
+//! The schema of a method graph file, section by section. Plain serde structs with
+//! `deny_unknown_fields` and located fields ([`Sp`]) where later checks need to point at a value;
+//! free-form parts that belong to someone else (a node's `params`, a model's arch params, the data
+//! source) stay located trees ([`Node`]) for their owner to decode.
+//!
+//! ```yaml
+//! name: supervised
+//! data: { source: synthetic, classes: 4 }      # decoded by the data source
+//! models:
+//!   student: { arch: deeplab_lite, params: { width: 32 } }
+//!   teacher: { ema_of: student }
+//! optim:
+//!   student: { kind: sgd, lr: 0.01, momentum: 0.9, weight_decay: 1.0e-4,
+//!              schedule: { kind: poly, power: 0.9, warmup: 100 }, lr_mult: { backbone: 0.1 } }
+//! train: { iterations: 2000, eval_every: 500, checkpoint_every: 1000, seed: 0 }
+//! nodes:
+//!   - { name: fwd, op: forward, inputs: { image: batch.image }, params: { model: student } }
+//! ```
+
+use super::de::{from_node, DeError, Sp};
+use super::value::{Node, Value};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A whole method graph, as written (after `--set` overrides).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphSpec {
+    /// The method's name; runs are written under `runs/<name>/`.
+    pub name: Sp<String>,
+    /// The data source and its params (decoded by the data source).
+    pub data: Option<Node>,
+    /// Networks by name, in file order.
+    pub models: Vec<(Sp<String>, ModelSpec)>,
+    /// Optimizers by the model they step, in file order (which is also the step order).
+    pub optim: Vec<(Sp<String>, OptimSpec)>,
+    /// The schedule.
+    pub train: TrainSpec,
+    /// The ops, in file order.
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// A network: an architecture with params, or an EMA copy of another model.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Architecture name (`deeplab_lite`, `resnet50_deeplabv3plus`, ...).
+    #[serde(default)]
+    pub arch: Option<Sp<String>>,
+    /// This model is the exponential moving average of the named model.
+    #[serde(default)]
+    pub ema_of: Option<Sp<String>>,
+    /// Architecture params (decoded by the architecture).
+    #[serde(default)]
+    pub params: Option<Node>,
+    /// Initialisation (e.g. `{ weights: file.safetensors }`), decoded by the model loader.
+    #[serde(default)]
+    pub init: Option<Node>,
+}
+
+/// Optimizer families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimKind {
+    /// `torch.optim.SGD`.
+    Sgd,
+    /// `torch.optim.AdamW`.
+    Adamw,
+}
+
+/// Learning-rate schedule over the run's iterations, after an optional linear warm-up.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum Schedule {
+    /// lr stays at its base value.
+    Constant {
+        /// Linear warm-up iterations from 0.
+        #[serde(default)]
+        warmup: u64,
+    },
+    /// lr · (1 − t/T)^power.
+    Poly {
+        /// Exponent (0.9 in most segmentation codebases).
+        #[serde(default = "default_power")]
+        power: f64,
+        /// Linear warm-up iterations from 0.
+        #[serde(default)]
+        warmup: u64,
+    },
+    /// Half-cosine from lr to `min_lr`.
+    Cosine {
+        /// Final learning rate.
+        #[serde(default)]
+        min_lr: f64,
+        /// Linear warm-up iterations from 0.
+        #[serde(default)]
+        warmup: u64,
+    },
+}
+
+fn default_power() -> f64 {
+    0.9
+}
+
+/// One optimizer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSpec {
+    /// `sgd` or `adamw`.
+    pub kind: OptimKind,
+    /// Base learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    #[serde(default)]
+    pub momentum: f64,
+    /// SGD Nesterov momentum.
+    #[serde(default)]
+    pub nesterov: bool,
+    /// L2 (SGD) or decoupled (AdamW) weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// AdamW (β1, β2).
+    #[serde(default = "default_betas")]
+    pub betas: (f64, f64),
+    /// AdamW ε.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Learning-rate schedule; constant when absent.
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    /// Per-parameter-group multipliers by name prefix, e.g. `{ backbone: 0.1 }`.
+    #[serde(default)]
+    pub lr_mult: BTreeMap<String, f64>,
+}
+
+fn default_betas() -> (f64, f64) {
+    (0.9, 0.999)
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+/// The run schedule.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// Training iterations.
+    pub iterations: u64,
+    /// Evaluate every this many iterations (0: only at the end).
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Checkpoint every this many iterations (0: only at the end).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// Seed of every random stream in the run.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// One op instance.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Unique snake_case name.
+    pub name: Sp<String>,
+    /// Registered op name.
+    pub op: Sp<String>,
+    /// Input port → `node.port` or `batch.<field>`.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, Sp<String>>,
+    /// Params, decoded by the op's own `Params` type.
+    #[serde(default)]
+    pub params: Option<Node>,
+    /// Nodes that must run before this one although no data flows between them.
+    #[serde(default)]
+    pub after: Vec<Sp<String>>,
+    /// Pin to a named stream.
+    #[serde(default)]
+    pub stream: Option<Sp<String>>,
+}
+
+const SECTIONS: [&str; 6] = ["name", "data", "models", "optim", "train", "nodes"];
+
+/// Decodes the sections one by one (and nodes one by one), collecting every error.
+pub(super) fn decode(root: &Node) -> Result<GraphSpec, Vec<DeError>> {
+    let mut errors = Vec::new();
+    let Value::Map(entries) = &root.value else {
+        return Err(vec![DeError::new(
+            format!(
+                "a graph file is a mapping of sections, found {}",
+                root.kind()
+            ),
+            root.loc,
+        )]);
+    };
+    for (k, _) in entries {
+        let known = k.as_str().is_some_and(|s| SECTIONS.contains(&s));
+        if !known {
+            errors.push(DeError::new(
+                format!(
+                    "unknown section `{}`, expected one of {}",
+                    k.as_str().unwrap_or("?"),
+                    SECTIONS.map(|s| format!("`{s}`")).join(", ")
+                ),
+                k.loc,
+            ));
+        }
+    }
+    let missing = |name: &str| DeError::new(format!("missing section `{name}`"), root.loc);
+
+    let name = match root.get("name") {
+        Some(n) => take(from_node::<Sp<String>>(n), &mut errors),
+        None => {
+            errors.push(missing("name"));
+            None
+        }
+    };
+    let train = match root.get("train") {
+        Some(n) => take(from_node::<TrainSpec>(n), &mut errors),
+        None => {
+            errors.push(missing("train"));
+            None
+        }
+    };
+    let models = named_entries::<ModelSpec>(root.get("models"), &mut errors);
+    let optim = named_entries::<OptimSpec>(root.get("optim"), &mut errors);
+    let mut nodes = Vec::new();
+    match root.get("nodes").map(|n| &n.value) {
+        Some(Value::Seq(items)) => {
+            for item in items {
+                if let Some(n) = take(from_node::<NodeSpec>(item), &mut errors) {
+                    nodes.push(n);
+                }
+            }
+        }
+        Some(_) => errors.push(DeError::new(
+            "`nodes` is a sequence of nodes",
+            root.get("nodes").map_or(root.loc, |n| n.loc),
+        )),
+        None => errors.push(missing("nodes")),
+    }
+    match (name, train, errors.is_empty()) {
+        (Some(name), Some(train), true) => Ok(GraphSpec {
+            name,
+            data: root.get("data").cloned(),
+            models,
+            optim,
+            train,
+            nodes,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// The value, or `None` after recording the error.
+fn take<T>(r: Result<T, DeError>, errors: &mut Vec<DeError>) -> Option<T> {
+    r.map_err(|e| errors.push(e)).ok()
+}
+
+/// A mapping of name → T, each entry decoded on its own.
+fn named_entries<T: serde::de::DeserializeOwned>(
+    section: Option<&Node>,
+    errors: &mut Vec<DeError>,
+) -> Vec<(Sp<String>, T)> {
+    let mut out = Vec::new();
+    let Some(section) = section else { return out };
+    let Value::Map(entries) = &section.value else {
+        errors.push(DeError::new(
+            format!("expected a mapping of names, found {}", section.kind()),
+            section.loc,
+        ));
+        return out;
+    };
+    for (k, v) in entries {
+        let name = match from_node::<Sp<String>>(k) {
+            Ok(n) => n,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        match from_node::<T>(v) {
+            Ok(t) => out.push((name, t)),
+            Err(e) => errors.push(e),
+        }
+    }
+    out
+}

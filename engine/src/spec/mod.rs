@@ -1,0 +1,194 @@
+//! spec: a graph file (YAML) → the located tree ([`value::Node`]) → `--set` overrides → the typed,
+//! located graph spec ([`GraphSpec`]). The first stage of the engine: spec → ir → autodiff → plan
+//! → exec.
+//!
+//! Every problem found here is a [`SpecError`] with a stable code (FS0001–FS0003, one page each
+//! under docs/errors/), a line:column and, where it helps, a hint. Sections and nodes are decoded
+//! one by one so a file with several mistakes reports all of them at once.
+//!
+//! Not here: whether an op exists or its params are right (the registry decodes `params` with the
+//! op's own type, through [`de::from_node`]), references between nodes, shapes (ir).
+
+pub mod de;
+mod graph;
+pub mod value;
+
+pub use de::{from_node, DeError, Sp};
+pub use graph::{GraphSpec, ModelSpec, NodeSpec, OptimKind, OptimSpec, Schedule, TrainSpec};
+pub use value::{Loc, Node, Value};
+
+use std::fmt;
+
+/// A problem in a graph file or an override.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecError {
+    /// Stable code, `FS0xxx`; docs/errors/<code>.md explains it.
+    pub code: &'static str,
+    /// What is wrong.
+    pub message: String,
+    /// Where; `Loc::NONE` for problems outside the file (a `--set` flag).
+    pub loc: Loc,
+    /// How to fix it, when there is something specific to say.
+    pub help: Option<String>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}] {}", self.loc, self.code, self.message)?;
+        if let Some(h) = &self.help {
+            write!(f, " (help: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+/// FS0001: the text is not valid YAML.
+pub const YAML_SYNTAX: &str = "FS0001";
+/// FS0002: valid YAML that does not match the schema (unknown key, wrong type, missing field).
+pub const SCHEMA: &str = "FS0002";
+/// FS0003: a `--set key=value` override that cannot be applied.
+pub const BAD_OVERRIDE: &str = "FS0003";
+
+impl SpecError {
+    fn schema(e: DeError) -> Self {
+        SpecError {
+            code: SCHEMA,
+            message: e.message,
+            loc: e.loc,
+            help: None,
+        }
+    }
+}
+
+/// Parses YAML text into the located tree.
+pub fn parse_yaml(text: &str) -> Result<Node, SpecError> {
+    serde_saphyr::from_str::<Node>(text).map_err(|e| {
+        let loc = e.location().map_or(Loc::NONE, |l| Loc {
+            line: u32::try_from(l.line()).unwrap_or(u32::MAX),
+            col: u32::try_from(l.column()).unwrap_or(u32::MAX),
+        });
+        // serde-saphyr's message embeds a rendered snippet; the first line is the diagnosis.
+        let message = e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid YAML")
+            .to_owned();
+        SpecError {
+            code: YAML_SYNTAX,
+            message,
+            loc,
+            help: None,
+        }
+    })
+}
+
+/// Applies one `key.path=value` override to the tree. Path segments name mapping keys; inside a
+/// sequence a segment is an index or the `name` of an element (so `nodes.sup_loss.params.weight`
+/// reaches a node by name). Missing mapping keys are created. The value is parsed as YAML.
+pub fn apply_override(root: &mut Node, assignment: &str) -> Result<(), SpecError> {
+    let err = |message: String, help: Option<&str>| SpecError {
+        code: BAD_OVERRIDE,
+        message,
+        loc: Loc::NONE,
+        help: help.map(str::to_owned),
+    };
+    let (path, raw) = assignment.split_once('=').ok_or_else(|| {
+        err(
+            format!("`{assignment}` has no `=`"),
+            Some("write --set a.b.c=value"),
+        )
+    })?;
+    let segments: Vec<&str> = path.trim().split('.').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(err(format!("`{path}` has an empty path segment"), None));
+    }
+    let mut value = parse_yaml(raw.trim()).map_err(|e| {
+        err(
+            format!("the value of `{path}` is not valid YAML: {}", e.message),
+            None,
+        )
+    })?;
+    detach(&mut value);
+    let mut cur = root;
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        let here = segments[..=i].join(".");
+        if !matches!(cur.value, Value::Map(_) | Value::Seq(_)) {
+            return Err(err(
+                format!("`{here}` goes inside {}, which has no keys", cur.kind()),
+                None,
+            ));
+        }
+        cur = match &mut cur.value {
+            Value::Map(entries) => {
+                let pos = entries.iter().position(|(k, _)| k.as_str() == Some(seg));
+                let pos = match pos {
+                    Some(p) => p,
+                    None => {
+                        let fresh = if last {
+                            Value::Null
+                        } else {
+                            Value::Map(Vec::new())
+                        };
+                        entries.push((
+                            Node::detached(Value::Str((*seg).to_owned())),
+                            Node::detached(fresh),
+                        ));
+                        entries.len() - 1
+                    }
+                };
+                &mut entries[pos].1
+            }
+            Value::Seq(items) => {
+                let pos = match seg.parse::<usize>() {
+                    Ok(ix) if ix < items.len() => Some(ix),
+                    _ => items
+                        .iter()
+                        .position(|n| n.get("name").and_then(Node::as_str) == Some(seg)),
+                };
+                let Some(pos) = pos else {
+                    return Err(err(
+                        format!("`{here}`: the sequence has no element with index or name `{seg}`"),
+                        None,
+                    ));
+                };
+                &mut items[pos]
+            }
+            _ => unreachable!("checked to be a mapping or a sequence above"),
+        };
+    }
+    *cur = value;
+    Ok(())
+}
+
+fn detach(n: &mut Node) {
+    n.loc = Loc::NONE;
+    match &mut n.value {
+        Value::Seq(items) => items.iter_mut().for_each(detach),
+        Value::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+            detach(k);
+            detach(v);
+        }),
+        _ => {}
+    }
+}
+
+/// Parses a graph file: YAML → tree → overrides → [`GraphSpec`]. All schema problems are
+/// returned together.
+pub fn parse_graph(text: &str, overrides: &[String]) -> Result<(GraphSpec, Node), Vec<SpecError>> {
+    let mut root = parse_yaml(text).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    for o in overrides {
+        if let Err(e) = apply_override(&mut root, o) {
+            errors.push(e);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    match graph::decode(&root) {
+        Ok(g) => Ok((g, root)),
+        Err(errs) => Err(errs.into_iter().map(SpecError::schema).collect()),
+    }
+}

@@ -1,0 +1,210 @@
+//! The YAML tree every graph file is read into first: plain values, each node carrying the
+//! line:column it came from. Everything after parsing (the `--set` overrides, the graph schema,
+//! each op's typed params) works on this tree, so every later error can point into the file.
+//!
+//! Not here: the schema of a graph (`spec::graph`), turning the tree into typed structs
+//! (`spec::de`).
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::fmt;
+
+/// A 1-based line and column in the source file; `line == 0` means "not from the file" (e.g. a
+/// `--set` override or a default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Loc {
+    /// Line, from 1; 0 when unknown.
+    pub line: u32,
+    /// Column, from 1; 0 when unknown.
+    pub col: u32,
+}
+
+impl Loc {
+    /// A location that is not in the file.
+    pub const NONE: Loc = Loc { line: 0, col: 0 };
+
+    /// True when this points into the file.
+    pub fn is_known(&self) -> bool {
+        self.line > 0
+    }
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_known() {
+            write!(f, "{}:{}", self.line, self.col)
+        } else {
+            f.write_str("?:?")
+        }
+    }
+}
+
+/// A YAML value whose children carry their locations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `~`, `null` or an empty value.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer that fits i64.
+    Int(i64),
+    /// Any other number.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// A sequence.
+    Seq(Vec<Node>),
+    /// A mapping, in file order (keys are scalars, kept as nodes for their locations).
+    Map(Vec<(Node, Node)>),
+}
+
+/// A value and where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// The value.
+    pub value: Value,
+    /// Where it starts in the file.
+    pub loc: Loc,
+}
+
+impl Node {
+    /// A node that is not from the file.
+    pub fn detached(value: Value) -> Self {
+        Node {
+            value,
+            loc: Loc::NONE,
+        }
+    }
+
+    /// The value under `key` if this is a mapping that has it.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The string, if this is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A short name of the value's kind, for messages ("a mapping", "a string", ...).
+    pub fn kind(&self) -> &'static str {
+        match self.value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a sequence",
+            Value::Map(_) => "a mapping",
+        }
+    }
+}
+
+/// Newtype name a [`Node`] asks for: the located-tree deserializer (`spec::de`) answers it with
+/// (line, column, value); serde-saphyr treats it as a plain newtype, and the node then reads its
+/// location through `serde_saphyr::Spanned`.
+pub(crate) const NODE_MARKER: &str = "__flowseg_node";
+
+pub(crate) fn loc_of(l: &serde_saphyr::Location) -> Loc {
+    Loc {
+        line: u32::try_from(l.line()).unwrap_or(u32::MAX),
+        col: u32::try_from(l.column()).unwrap_or(u32::MAX),
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Node, A::Error> {
+                let line: u32 = s.next_element()?.unwrap_or(0);
+                let col: u32 = s.next_element()?.unwrap_or(0);
+                let value = s
+                    .next_element()?
+                    .ok_or_else(|| de::Error::custom("missing node value"))?;
+                Ok(Node {
+                    value,
+                    loc: Loc { line, col },
+                })
+            }
+            fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+                let sp = serde_saphyr::Spanned::<Value>::deserialize(d)?;
+                Ok(Node {
+                    value: sp.value,
+                    loc: loc_of(&sp.referenced),
+                })
+            }
+        }
+        d.deserialize_newtype_struct(NODE_MARKER, V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Value::deserialize(d)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Str(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::Str(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(n) = seq.next_element::<Node>()? {
+            out.push(n);
+        }
+        Ok(Value::Seq(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out: Vec<(Node, Node)> = Vec::new();
+        while let Some(k) = map.next_key::<Node>()? {
+            let v = map.next_value::<Node>()?;
+            out.push((k, v));
+        }
+        Ok(Value::Map(out))
+    }
+}

@@ -1,0 +1,174 @@
+//! The spec stage: a graph file parses into a located tree and a typed spec; every error carries
+//! its code and line:column, all errors in a file are reported together, and `--set` overrides
+//! reach any key (nodes by name).
+
+use flowseg_engine::spec::{self, from_node, Loc, OptimKind, Schedule, Sp};
+use serde::Deserialize;
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn at(line: u32, col: u32) -> Loc {
+    Loc { line, col }
+}
+
+#[test]
+fn minimal_graph_parses_with_locations() {
+    let (g, _) = spec::parse_graph(&fixture("ok_minimal.yaml"), &[]).unwrap();
+    assert_eq!(g.name.value, "supervised");
+    assert_eq!(g.name.loc, at(1, 7));
+    assert_eq!(g.models.len(), 2);
+    assert_eq!(g.models[1].1.ema_of.as_ref().unwrap().value, "student");
+    let (opt_name, opt) = &g.optim[0];
+    assert_eq!(
+        (opt_name.value.as_str(), opt.kind),
+        ("student", OptimKind::Sgd)
+    );
+    assert_eq!(
+        opt.schedule,
+        Some(Schedule::Poly {
+            power: 0.9,
+            warmup: 100
+        })
+    );
+    assert_eq!(opt.lr_mult["backbone"], 0.1);
+    assert_eq!(
+        (
+            g.train.iterations,
+            g.train.eval_every,
+            g.train.checkpoint_every
+        ),
+        (2000, 500, 0)
+    );
+    assert_eq!(g.nodes.len(), 2);
+    let loss = &g.nodes[1];
+    assert_eq!(loss.op.value, "cross_entropy");
+    assert_eq!(loss.op.loc, at(21, 9));
+    assert_eq!(loss.inputs["logits"].value, "fwd.logits");
+    assert_eq!(loss.inputs["logits"].loc, at(22, 23));
+    assert_eq!(loss.after[0].loc, at(24, 13));
+}
+
+#[test]
+fn yaml_syntax_error_is_fs0001_with_position() {
+    let errs = spec::parse_graph(&fixture("FS0001_tab_indent.yaml"), &[]).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].code, "FS0001");
+    assert!(errs[0].loc.is_known(), "{}", errs[0]);
+}
+
+#[test]
+fn schema_errors_are_all_reported_with_positions() {
+    let errs = spec::parse_graph(&fixture("FS0002_many.yaml"), &[]).unwrap_err();
+    let got: Vec<(Loc, &str)> = errs.iter().map(|e| (e.loc, e.message.as_str())).collect();
+    assert!(errs.iter().all(|e| e.code == "FS0002"), "{got:?}");
+    assert_eq!(errs.len(), 4, "{got:?}");
+    // Unknown key in `train`: points at the key.
+    assert_eq!(errs[0].loc, at(4, 3), "{got:?}");
+    assert!(
+        errs[0].message.contains("unknown field `eval_evry`"),
+        "{got:?}"
+    );
+    // Wrong type: points at the value.
+    assert_eq!(errs[1].loc, at(6, 29), "{got:?}");
+    assert!(errs[1].message.contains("fast"), "{got:?}");
+    // Unknown key in the first node.
+    assert_eq!(errs[2].loc, at(10, 5), "{got:?}");
+    assert!(
+        errs[2].message.contains("unknown field `inputz`"),
+        "{got:?}"
+    );
+    // `after` must be a list.
+    assert_eq!(errs[3].loc, at(13, 12), "{got:?}");
+}
+
+#[test]
+fn op_params_decode_later_with_positions() {
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ema {
+        decay: Sp<f64>,
+    }
+    let root = spec::parse_yaml("params:\n  decay: 0.99\n").unwrap();
+    let ok: Ema = from_node(root.get("params").unwrap()).unwrap();
+    assert_eq!((ok.decay.value, ok.decay.loc), (0.99, at(2, 10)));
+    let root = spec::parse_yaml("params:\n  decy: 0.99\n").unwrap();
+    let e = from_node::<Ema>(root.get("params").unwrap()).unwrap_err();
+    assert_eq!(e.loc, at(2, 3));
+    assert!(
+        e.message.contains("unknown field `decy`, expected `decay`"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn overrides_reach_keys_and_nodes_by_name() {
+    let text = fixture("ok_minimal.yaml");
+    let sets = [
+        "train.iterations=5".to_owned(),
+        "nodes.sup_loss.params.ignore_index=-1".to_owned(),
+        "optim.student.lr=0.5".to_owned(),
+        "models.student.params.depth=3".to_owned(),
+    ];
+    let (g, root) = spec::parse_graph(&text, &sets).unwrap();
+    assert_eq!(g.train.iterations, 5);
+    assert_eq!(g.optim[0].1.lr, 0.5);
+    let ignore = root.get("nodes").map(|n| match &n.value {
+        spec::Value::Seq(items) => items[1]
+            .get("params")
+            .unwrap()
+            .get("ignore_index")
+            .unwrap()
+            .clone(),
+        _ => panic!("nodes is a sequence"),
+    });
+    assert_eq!(ignore.unwrap().value, spec::Value::Int(-1));
+    let depth = g.models[0].1.params.as_ref().unwrap().get("depth").unwrap();
+    assert_eq!(
+        (depth.value.clone(), depth.loc),
+        (spec::Value::Int(3), Loc::NONE)
+    );
+}
+
+#[test]
+fn bad_overrides_are_fs0003() {
+    let text = fixture("ok_minimal.yaml");
+    for bad in [
+        "train.iterations",
+        "nodes.nope.params.x=1",
+        "name.sub=1",
+        "a..b=1",
+        "train.seed=[1",
+    ] {
+        let errs = spec::parse_graph(&text, &[bad.to_owned()]).unwrap_err();
+        assert_eq!(errs[0].code, "FS0003", "{bad}: {}", errs[0]);
+    }
+    // An override that parses but breaks the schema is a schema error.
+    let errs = spec::parse_graph(&text, &["train.iterations=many".to_owned()]).unwrap_err();
+    assert_eq!(errs[0].code, "FS0002");
+    assert_eq!(errs[0].loc, Loc::NONE);
+}
+
+#[test]
+fn missing_sections_and_duplicate_keys_are_reported() {
+    let errs = spec::parse_graph("name: x\n", &[]).unwrap_err();
+    let msgs: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+    assert!(msgs.contains(&"missing section `train`"), "{msgs:?}");
+    assert!(msgs.contains(&"missing section `nodes`"), "{msgs:?}");
+    let errs = spec::parse_graph("name: a\nname: b\ntrain: {iterations: 1}\nnodes: []\n", &[])
+        .unwrap_err();
+    assert_eq!(
+        (errs[0].code, errs[0].loc),
+        ("FS0001", at(2, 1)),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[0].message.contains("duplicate mapping key"),
+        "{}",
+        errs[0]
+    );
+}
