@@ -29,36 +29,48 @@ use std::time::Instant;
 pub const CLASSES: [&str; 3] = ["background", "disc", "square"];
 const K: usize = CLASSES.len();
 
-/// What to train and for how long.
-#[derive(Debug, Clone)]
+/// What to train and for how long. Also the `flowseg demo` flags (each field is `--field`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct DemoConfig {
     /// Training iterations.
+    #[arg(long, default_value_t = DemoConfig::DEFAULT.iterations)]
     pub iterations: usize,
     /// Images per batch.
+    #[arg(long, default_value_t = DemoConfig::DEFAULT.batch)]
     pub batch: usize,
-    /// Image side in pixels (square images; must be even).
+    /// Image side in pixels (square images; even, at least 8).
+    #[arg(long, default_value_t = DemoConfig::DEFAULT.size)]
     pub size: usize,
     /// Channel width of the network.
+    #[arg(long, default_value_t = DemoConfig::DEFAULT.width)]
     pub width: usize,
-    /// SGD learning rate (momentum 0.9, weight decay 1e-4).
+    /// Initial SGD learning rate (poly decay; momentum 0.9, weight decay 1e-4).
+    #[arg(long, default_value_t = DemoConfig::DEFAULT.lr)]
     pub lr: f64,
     /// Seed of the data and of the initial weights.
+    #[arg(long, default_value_t = DemoConfig::DEFAULT.seed)]
     pub seed: u64,
     /// Held-out images evaluated at the end.
+    #[arg(long, default_value_t = DemoConfig::DEFAULT.eval_images)]
     pub eval_images: usize,
+}
+
+impl DemoConfig {
+    /// The defaults (also the CLI's): ~20 s of training on 2 cores.
+    pub const DEFAULT: DemoConfig = DemoConfig {
+        iterations: 1500,
+        batch: 16,
+        size: 32,
+        width: 32,
+        lr: 0.05,
+        seed: 0,
+        eval_images: 128,
+    };
 }
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        DemoConfig {
-            iterations: 1500,
-            batch: 16,
-            size: 32,
-            width: 32,
-            lr: 0.05,
-            seed: 0,
-            eval_images: 128,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -123,7 +135,6 @@ pub fn demo_sample(seed: u64, index: u64, s: usize) -> (Vec<f32>, Vec<i32>) {
 /// activations its backward needs.
 struct ConvBnRelu {
     p: Conv2d,
-    ci: usize,
     co: usize,
     w: Vec<f32>,
     gamma: Vec<f32>,
@@ -146,7 +157,6 @@ impl ConvBnRelu {
         let lens = [w.len(), co, co];
         ConvBnRelu {
             p,
-            ci,
             co,
             w,
             gamma: vec![1.0; co],
@@ -237,7 +247,6 @@ impl ConvBnRelu {
             Some(dw),
             None,
         )?;
-        let _ = self.ci;
         Ok(dx)
     }
 

@@ -20,29 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a small segmentation network on embedded procedural data and evaluate it.
-    Demo {
-        /// Training iterations.
-        #[arg(long, default_value_t = DemoConfig::default().iterations)]
-        iterations: usize,
-        /// Images per batch.
-        #[arg(long, default_value_t = DemoConfig::default().batch)]
-        batch: usize,
-        /// Image side in pixels (even, ≥ 8).
-        #[arg(long, default_value_t = DemoConfig::default().size)]
-        size: usize,
-        /// Channel width of the network.
-        #[arg(long, default_value_t = DemoConfig::default().width)]
-        width: usize,
-        /// Initial SGD learning rate (poly decay).
-        #[arg(long, default_value_t = DemoConfig::default().lr)]
-        lr: f64,
-        /// Seed of the data and the initial weights.
-        #[arg(long, default_value_t = DemoConfig::default().seed)]
-        seed: u64,
-        /// Held-out images to evaluate.
-        #[arg(long, default_value_t = DemoConfig::default().eval_images)]
-        eval_images: usize,
-    },
+    Demo(DemoConfig),
 }
 
 #[allow(
@@ -53,33 +31,21 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Demo {
-            iterations,
-            batch,
-            size,
-            width,
-            lr,
-            seed,
-            eval_images,
-        } => {
-            let cfg = DemoConfig {
-                iterations,
-                batch,
-                size,
-                width,
-                lr,
-                seed,
-                eval_images,
-            };
+        Command::Demo(cfg) => {
             println!(
-                "flowseg demo: {iterations} iterations, batch {batch} of {size}×{size}, width {width}, {} threads",
-                rayon::current_num_threads()
+                "flowseg demo: {} iterations, batch {} of {s}×{s}, width {}, {} threads",
+                cfg.iterations,
+                cfg.batch,
+                cfg.width,
+                rayon::current_num_threads(),
+                s = cfg.size,
             );
             match demo::run(&cfg, |line| println!("{line}")) {
                 Ok(r) => {
                     println!(
-                        "trained in {:.1} s; held-out ({eval_images} images): pixel accuracy {:.1}%, mIoU {:.1}",
+                        "trained in {:.1} s; held-out ({} images): pixel accuracy {:.1}%, mIoU {:.1}",
                         r.train_secs,
+                        cfg.eval_images,
                         100.0 * r.pixel_acc,
                         100.0 * r.miou
                     );

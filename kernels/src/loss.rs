@@ -201,6 +201,37 @@ fn check_pair<T>(
     Ok(())
 }
 
+/// The prologue every masked loss shares: validates the two maps and the mask, and resolves the
+/// denominator. Returns 1/D (0 when D = 0, see [`inv`]).
+fn masked_prologue<T: Real>(
+    kernel: &'static str,
+    names: [&'static str; 2],
+    a: &[T],
+    b: &[T],
+    mask: Option<&[T]>,
+    shape: Nchw,
+    denominator: Denominator,
+) -> Result<f64, KernelError> {
+    check_pair(kernel, names, a, b, mask, shape)?;
+    let pixels = shape.n * shape.plane();
+    let (valid, wsum) = mask_stats(mask, pixels);
+    Ok(inv(denominator.resolve(kernel, valid, wsum, pixels)?))
+}
+
+/// Σ_p w_p·ℓ_p over the pixels of image `n` (`per_pixel` is [H·W]), skipping w = 0 outright so
+/// that NaN or ∞ at masked pixels cannot leak into the loss.
+fn masked_image_sum<T: Real>(per_pixel: &[f64], mask: Option<&[T]>, n: usize) -> f64 {
+    let plane = per_pixel.len();
+    let mut acc = 0f64;
+    for (p, &v) in per_pixel.iter().enumerate() {
+        let w = mask.map_or(1.0, |mk| mk[n * plane + p].f64());
+        if w != 0.0 {
+            acc += w * v;
+        }
+    }
+    acc
+}
+
 /// Cross entropy of logits against hard labels; returns the scalar loss.
 ///
 /// logits: [N,K,H,W] (`shape.c` is K); target: [N,H,W], each `ignore_index` or in [0, K) (else
@@ -348,10 +379,8 @@ pub fn soft_cross_entropy_fwd<T: Real>(
     denominator: Denominator,
 ) -> Result<T, KernelError> {
     const K: &str = "soft_cross_entropy_fwd";
-    check_pair(K, ["logits", "q"], logits, q, mask, shape)?;
-    let (pixels, plane, image) = (shape.n * shape.plane(), shape.plane(), shape.image());
-    let (valid, wsum) = mask_stats(mask, pixels);
-    let d = denominator.resolve(K, valid, wsum, pixels)?;
+    let inv_d = masked_prologue(K, ["logits", "q"], logits, q, mask, shape, denominator)?;
+    let (plane, image) = (shape.plane(), shape.image());
     if shape.is_empty() {
         return Ok(T::zero());
     }
@@ -370,16 +399,12 @@ pub fn soft_cross_entropy_fwd<T: Real>(
                 qx[p] += qk[p].f64() * (xk[p] - m[p]).f64();
             }
         }
-        let mut acc = 0f64;
-        for p in 0..plane {
-            let w = mask.map_or(1.0, |mk| mk[n * plane + p].f64());
-            if w != 0.0 {
-                acc += w * (s[p].f64().ln() * qsum[p] - qx[p]);
-            }
-        }
-        acc
+        let per_pixel: Vec<f64> = (0..plane)
+            .map(|p| s[p].f64().ln() * qsum[p] - qx[p])
+            .collect();
+        masked_image_sum(&per_pixel, mask, n)
     });
-    Ok(T::of(total * inv(d)))
+    Ok(T::of(total * inv_d))
 }
 
 /// Gradient of [`soft_cross_entropy_fwd`] w.r.t. the logits: dlogits = dloss·w·(p·Σ_k q_k − q)/D,
@@ -395,15 +420,13 @@ pub fn soft_cross_entropy_bwd<T: Real>(
     dlogits: &mut [T],
 ) -> Result<(), KernelError> {
     const K: &str = "soft_cross_entropy_bwd";
-    check_pair(K, ["logits", "q"], logits, q, mask, shape)?;
+    let inv_d = masked_prologue(K, ["logits", "q"], logits, q, mask, shape, denominator)?;
     check_len(K, "dlogits", dlogits, shape.len())?;
     let (pixels, plane, image) = (shape.n * shape.plane(), shape.plane(), shape.image());
-    let (valid, wsum) = mask_stats(mask, pixels);
-    let d = denominator.resolve(K, valid, wsum, pixels)?;
     if shape.is_empty() {
         return Ok(());
     }
-    let coef = coefficients(pixels, mask, |_| false, dloss.f64() * inv(d));
+    let coef = coefficients(pixels, mask, |_| false, dloss.f64() * inv_d);
     dlogits
         .par_chunks_mut(image)
         .zip(logits.par_chunks(image))
@@ -450,10 +473,8 @@ pub fn squared_error_fwd<T: Real>(
     denominator: Denominator,
 ) -> Result<T, KernelError> {
     const K: &str = "squared_error_fwd";
-    check_pair(K, ["a", "b"], a, b, mask, shape)?;
-    let (pixels, plane, image) = (shape.n * shape.plane(), shape.plane(), shape.image());
-    let (valid, wsum) = mask_stats(mask, pixels);
-    let d = denominator.resolve(K, valid, wsum, pixels)?;
+    let inv_d = masked_prologue(K, ["a", "b"], a, b, mask, shape, denominator)?;
+    let (plane, image) = (shape.plane(), shape.image());
     if shape.is_empty() {
         return Ok(T::zero());
     }
@@ -467,16 +488,9 @@ pub fn squared_error_fwd<T: Real>(
                 *acc += e * e;
             }
         }
-        let mut acc = 0f64;
-        for (p, &v) in sq.iter().enumerate() {
-            let w = mask.map_or(1.0, |mk| mk[n * plane + p].f64());
-            if w != 0.0 {
-                acc += w * v;
-            }
-        }
-        acc
+        masked_image_sum(&sq, mask, n)
     });
-    Ok(T::of(total * inv(d)))
+    Ok(T::of(total * inv_d))
 }
 
 /// Gradients of [`squared_error_fwd`]: da = 2·dloss·w·(a − b)/D, db = −da, 0 where the mask is
@@ -493,7 +507,7 @@ pub fn squared_error_bwd<T: Real>(
     db: Option<&mut [T]>,
 ) -> Result<(), KernelError> {
     const K: &str = "squared_error_bwd";
-    check_pair(K, ["a", "b"], a, b, mask, shape)?;
+    let inv_d = masked_prologue(K, ["a", "b"], a, b, mask, shape, denominator)?;
     if let Some(g) = da.as_deref() {
         check_len(K, "da", g, shape.len())?;
     }
@@ -501,12 +515,10 @@ pub fn squared_error_bwd<T: Real>(
         check_len(K, "db", g, shape.len())?;
     }
     let (pixels, plane, image) = (shape.n * shape.plane(), shape.plane(), shape.image());
-    let (valid, wsum) = mask_stats(mask, pixels);
-    let d = denominator.resolve(K, valid, wsum, pixels)?;
     if shape.is_empty() {
         return Ok(());
     }
-    let two = 2.0 * dloss.f64() * inv(d);
+    let two = 2.0 * dloss.f64() * inv_d;
     for (out, sign) in [(da, 1.0), (db, -1.0)] {
         let Some(out) = out else { continue };
         let coef = coefficients(pixels, mask, |_| false, sign * two);
@@ -544,10 +556,16 @@ pub fn kl_div_fwd<T: Real>(
     denominator: Denominator,
 ) -> Result<T, KernelError> {
     const K: &str = "kl_div_fwd";
-    check_pair(K, ["log_p", "log_q"], log_p, log_q, mask, shape)?;
-    let (pixels, plane, image) = (shape.n * shape.plane(), shape.plane(), shape.image());
-    let (valid, wsum) = mask_stats(mask, pixels);
-    let d = denominator.resolve(K, valid, wsum, pixels)?;
+    let inv_d = masked_prologue(
+        K,
+        ["log_p", "log_q"],
+        log_p,
+        log_q,
+        mask,
+        shape,
+        denominator,
+    )?;
+    let (plane, image) = (shape.plane(), shape.image());
     if shape.is_empty() {
         return Ok(T::zero());
     }
@@ -564,16 +582,9 @@ pub fn kl_div_fwd<T: Real>(
                 }
             }
         }
-        let mut acc = 0f64;
-        for (p, &v) in kl.iter().enumerate() {
-            let w = mask.map_or(1.0, |mk| mk[n * plane + p].f64());
-            if w != 0.0 {
-                acc += w * v;
-            }
-        }
-        acc
+        masked_image_sum(&kl, mask, n)
     });
-    Ok(T::of(total * inv(d)))
+    Ok(T::of(total * inv_d))
 }
 
 /// Gradients of [`kl_div_fwd`]: dlog_q = −dloss·w·p/D and dlog_p = dloss·w·p·(log p − log q +
@@ -591,7 +602,15 @@ pub fn kl_div_bwd<T: Real>(
     dlog_q: Option<&mut [T]>,
 ) -> Result<(), KernelError> {
     const K: &str = "kl_div_bwd";
-    check_pair(K, ["log_p", "log_q"], log_p, log_q, mask, shape)?;
+    let inv_d = masked_prologue(
+        K,
+        ["log_p", "log_q"],
+        log_p,
+        log_q,
+        mask,
+        shape,
+        denominator,
+    )?;
     if let Some(g) = dlog_p.as_deref() {
         check_len(K, "dlog_p", g, shape.len())?;
     }
@@ -599,12 +618,10 @@ pub fn kl_div_bwd<T: Real>(
         check_len(K, "dlog_q", g, shape.len())?;
     }
     let (pixels, plane, image) = (shape.n * shape.plane(), shape.plane(), shape.image());
-    let (valid, wsum) = mask_stats(mask, pixels);
-    let d = denominator.resolve(K, valid, wsum, pixels)?;
     if shape.is_empty() {
         return Ok(());
     }
-    let coef = coefficients(pixels, mask, |_| false, dloss.f64() * inv(d));
+    let coef = coefficients(pixels, mask, |_| false, dloss.f64() * inv_d);
     // `wrt_p` picks the formula; both share the walk over (n, k) planes.
     let fill = |out: &mut [T], wrt_p: bool| {
         out.par_chunks_mut(image)
