@@ -1,9 +1,17 @@
 //! flowseg-engine: the graph engine. Stages in data-flow order: spec (YAML → located tree →
 //! typed graph spec) → ir (validated DAG) → autodiff → plan (streams, events, memory) → exec.
-//! Today only `spec` exists; the rest arrives with the graph-engine issue.
+//! Today: `spec`, the `Op` trait and the registry; the rest arrives with the graph-engine issue.
 //!
 //! The engine never depends on `flowseg-ops`: ops reach it through the registry.
 
+pub mod ir;
+pub mod op;
+pub mod registry;
 pub mod spec;
+pub mod tensor;
+
+pub use op::{Access, ExecCx, NoParams, Op, OpError, OpNode, Port};
+pub use registry::{Plugin, Registry, RegistryError};
+pub use tensor::{DType, Tensor, TensorSpec};
 
 pub use flowseg_kernels as kernels;

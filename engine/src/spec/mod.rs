@@ -2,7 +2,7 @@
 //! located graph spec ([`GraphSpec`]). The first stage of the engine: spec → ir → autodiff → plan
 //! → exec.
 //!
-//! Every problem found here is a [`SpecError`] with a stable code (FS0001–FS0003, one page each
+//! Every problem found here is a [`GraphError`] with a stable code (FS0001–FS0003, one page each
 //! under docs/errors/), a line:column and, where it helps, a hint. Sections and nodes are decoded
 //! one by one so a file with several mistakes reports all of them at once.
 //!
@@ -19,22 +19,55 @@ pub use value::{Loc, Node, Value};
 
 use std::fmt;
 
-/// A problem in a graph file or an override.
+/// A problem in a graph file or an override, found by any stage (spec, ir, plan).
 #[derive(Debug, Clone, PartialEq)]
-pub struct SpecError {
+pub struct GraphError {
     /// Stable code, `FS0xxx`; docs/errors/<code>.md explains it.
     pub code: &'static str,
     /// What is wrong.
     pub message: String,
     /// Where; `Loc::NONE` for problems outside the file (a `--set` flag).
     pub loc: Loc,
+    /// The node it concerns, when it concerns one.
+    pub node: Option<String>,
     /// How to fix it, when there is something specific to say.
     pub help: Option<String>,
+    /// A warning (reported, not fatal unless `--strict`).
+    pub warning: bool,
 }
 
-impl fmt::Display for SpecError {
+impl GraphError {
+    /// An error with a code, message and location.
+    pub fn new(code: &'static str, message: impl Into<String>, loc: Loc) -> Self {
+        GraphError {
+            code,
+            message: message.into(),
+            loc,
+            node: None,
+            help: None,
+            warning: false,
+        }
+    }
+    /// The same, about node `node`.
+    pub fn in_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_owned());
+        self
+    }
+    /// The same, with a hint.
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+impl fmt::Display for GraphError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} [{}] {}", self.loc, self.code, self.message)?;
+        let kind = if self.warning { "warning" } else { "error" };
+        write!(f, "{} {kind}[{}]", self.loc, self.code)?;
+        if let Some(n) = &self.node {
+            write!(f, " node `{n}`")?;
+        }
+        write!(f, ": {}", self.message)?;
         if let Some(h) = &self.help {
             write!(f, " (help: {h})")?;
         }
@@ -49,19 +82,14 @@ pub const SCHEMA: &str = "FS0002";
 /// FS0003: a `--set key=value` override that cannot be applied.
 pub const BAD_OVERRIDE: &str = "FS0003";
 
-impl SpecError {
+impl GraphError {
     fn schema(e: DeError) -> Self {
-        SpecError {
-            code: SCHEMA,
-            message: e.message,
-            loc: e.loc,
-            help: None,
-        }
+        GraphError::new(SCHEMA, e.message, e.loc)
     }
 }
 
 /// Parses YAML text into the located tree.
-pub fn parse_yaml(text: &str) -> Result<Node, SpecError> {
+pub fn parse_yaml(text: &str) -> Result<Node, GraphError> {
     serde_saphyr::from_str::<Node>(text).map_err(|e| {
         let loc = e.location().map_or(Loc::NONE, |l| Loc {
             line: u32::try_from(l.line()).unwrap_or(u32::MAX),
@@ -74,24 +102,17 @@ pub fn parse_yaml(text: &str) -> Result<Node, SpecError> {
             .next()
             .unwrap_or("invalid YAML")
             .to_owned();
-        SpecError {
-            code: YAML_SYNTAX,
-            message,
-            loc,
-            help: None,
-        }
+        GraphError::new(YAML_SYNTAX, message, loc)
     })
 }
 
 /// Applies one `key.path=value` override to the tree. Path segments name mapping keys; inside a
 /// sequence a segment is an index or the `name` of an element (so `nodes.sup_loss.params.weight`
 /// reaches a node by name). Missing mapping keys are created. The value is parsed as YAML.
-pub fn apply_override(root: &mut Node, assignment: &str) -> Result<(), SpecError> {
-    let err = |message: String, help: Option<&str>| SpecError {
-        code: BAD_OVERRIDE,
-        message,
-        loc: Loc::NONE,
+pub fn apply_override(root: &mut Node, assignment: &str) -> Result<(), GraphError> {
+    let err = |message: String, help: Option<&str>| GraphError {
         help: help.map(str::to_owned),
+        ..GraphError::new(BAD_OVERRIDE, message, Loc::NONE)
     };
     let (path, raw) = assignment.split_once('=').ok_or_else(|| {
         err(
@@ -176,7 +197,7 @@ fn detach(n: &mut Node) {
 
 /// Parses a graph file: YAML → tree → overrides → [`GraphSpec`]. All schema problems are
 /// returned together.
-pub fn parse_graph(text: &str, overrides: &[String]) -> Result<(GraphSpec, Node), Vec<SpecError>> {
+pub fn parse_graph(text: &str, overrides: &[String]) -> Result<(GraphSpec, Node), Vec<GraphError>> {
     let mut root = parse_yaml(text).map_err(|e| vec![e])?;
     let mut errors = Vec::new();
     for o in overrides {
@@ -189,6 +210,6 @@ pub fn parse_graph(text: &str, overrides: &[String]) -> Result<(GraphSpec, Node)
     }
     match graph::decode(&root) {
         Ok(g) => Ok((g, root)),
-        Err(errs) => Err(errs.into_iter().map(SpecError::schema).collect()),
+        Err(errs) => Err(errs.into_iter().map(GraphError::schema).collect()),
     }
 }

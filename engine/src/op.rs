@@ -1,0 +1,322 @@
+//! The `Op` trait: everything the engine knows about one kind of node — name, ports, typed
+//! params, shape inference, declared state access, and the CPU reference. An op is one file in
+//! `flowseg-ops` implementing [`Op`] plus one registration line; the engine only ever sees the
+//! object-safe views [`DynOp`] (the registry entry) and [`OpNode`] (a configured instance).
+//!
+//! Not yet here (arriving with the autodiff and CUDA work, as default methods so existing ops
+//! keep compiling): the vector-Jacobian rule, the CUDA launcher, test `samples`.
+
+use crate::spec::{from_node, DeError, Node, Value};
+use crate::tensor::{Tensor, TensorSpec};
+use flowseg_kernels::philox::Philox;
+use flowseg_kernels::KernelError;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// A named input or output of an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port {
+    /// Name used in YAML (`node.port`, `inputs: { port: ... }`).
+    pub name: &'static str,
+    /// An optional input may be left unconnected.
+    pub optional: bool,
+    /// One line for `flowseg ops`: what flows here, with its shape letters.
+    pub doc: &'static str,
+}
+
+impl Port {
+    /// A required port.
+    pub const fn req(name: &'static str, doc: &'static str) -> Self {
+        Port {
+            name,
+            optional: false,
+            doc,
+        }
+    }
+    /// An optional input.
+    pub const fn opt(name: &'static str, doc: &'static str) -> Self {
+        Port {
+            name,
+            optional: true,
+            doc,
+        }
+    }
+}
+
+/// Persistent state a node reads or writes (`student.params`, `teacher.bn_stats`, ...). Two
+/// nodes that conflict on state must be ordered by the graph, or the plan is rejected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// State read.
+    pub reads: Vec<String>,
+    /// State written.
+    pub writes: Vec<String>,
+}
+
+/// Why an op failed at run time.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// A kernel refused its arguments.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// An input is missing or of the wrong dtype (a planner bug if inference passed).
+    #[error("input `{port}`: {problem}")]
+    Input {
+        /// Port name.
+        port: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Per-node run-time context.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecCx {
+    /// The run's seed.
+    pub seed: u64,
+    /// Current iteration.
+    pub iteration: u64,
+    /// The node's index in the op graph (stable for a given graph file).
+    pub node: u32,
+}
+
+impl ExecCx {
+    /// The node's random stream this iteration: Philox keyed by the seed, stream
+    /// `node << 40 | iteration` — identical on every device and independent of execution order.
+    pub fn rng(&self) -> Philox {
+        Philox::new(
+            self.seed,
+            (u64::from(self.node) << 40) | (self.iteration & ((1 << 40) - 1)),
+        )
+    }
+}
+
+/// One kind of op. Implemented once per file in `flowseg-ops`.
+pub trait Op: Send + Sync + 'static {
+    /// YAML name (`relu`, `conv2d`, `cross_entropy`); also the file name.
+    const NAME: &'static str;
+    /// One line for `flowseg ops`.
+    const SUMMARY: &'static str;
+    /// Inputs, in order.
+    const INPUTS: &'static [Port];
+    /// Outputs, in order.
+    const OUTPUTS: &'static [Port];
+    /// A YAML node that uses the op; the registry tests decode it, `flowseg ops` prints it.
+    const EXAMPLE: &'static str;
+    /// Params as written under `params:` (use `deny_unknown_fields`; document every field).
+    type Params: DeserializeOwned + fmt::Debug + Clone + Send + Sync + 'static;
+
+    /// Output specs from input specs (`None` for an unconnected optional input); an `Err`
+    /// explains the mismatch in words ("`x` must be f32[N,C,H,W], got i32[4]").
+    fn infer(p: &Self::Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String>;
+
+    /// State read and written. Most ops touch none.
+    fn access(_p: &Self::Params) -> Access {
+        Access::default()
+    }
+
+    /// The CPU reference: fill `outputs` (allocated from `infer`) from `inputs`.
+    fn cpu(
+        p: &Self::Params,
+        cx: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError>;
+}
+
+/// The registry's view of an op kind (object-safe).
+pub trait DynOp: Send + Sync {
+    /// YAML name.
+    fn name(&self) -> &'static str;
+    /// One line.
+    fn summary(&self) -> &'static str;
+    /// Inputs.
+    fn inputs(&self) -> &'static [Port];
+    /// Outputs.
+    fn outputs(&self) -> &'static [Port];
+    /// Example YAML node.
+    fn example(&self) -> &'static str;
+    /// Decodes `params` (absent = an empty mapping) into a configured node; errors carry the
+    /// line:column of the offending key or value.
+    fn configure(&self, params: Option<&Node>) -> Result<Arc<dyn OpNode>, DeError>;
+}
+
+/// A configured op instance (params decoded), as the IR, planner and executors see it.
+pub trait OpNode: Send + Sync + fmt::Debug {
+    /// The op's name.
+    fn name(&self) -> &'static str;
+    /// See [`Op::infer`].
+    fn infer(&self, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String>;
+    /// See [`Op::access`].
+    fn access(&self) -> Access;
+    /// See [`Op::cpu`].
+    fn cpu(
+        &self,
+        cx: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError>;
+}
+
+/// Adapts an [`Op`] type to [`DynOp`].
+pub(crate) struct Entry<O>(pub(crate) PhantomData<O>);
+
+impl<O: Op> DynOp for Entry<O> {
+    fn name(&self) -> &'static str {
+        O::NAME
+    }
+    fn summary(&self) -> &'static str {
+        O::SUMMARY
+    }
+    fn inputs(&self) -> &'static [Port] {
+        O::INPUTS
+    }
+    fn outputs(&self) -> &'static [Port] {
+        O::OUTPUTS
+    }
+    fn example(&self) -> &'static str {
+        O::EXAMPLE
+    }
+    fn configure(&self, params: Option<&Node>) -> Result<Arc<dyn OpNode>, DeError> {
+        let params: O::Params = match params {
+            Some(n) if n.value != Value::Null => from_node(n)?,
+            // No params: decode an empty mapping, so required fields are reported as missing.
+            other => {
+                let mut empty = Node::detached(Value::Map(Vec::new()));
+                if let Some(n) = other {
+                    empty.loc = n.loc;
+                }
+                from_node(&empty)?
+            }
+        };
+        Ok(Arc::new(Configured::<O> { params }))
+    }
+}
+
+struct Configured<O: Op> {
+    params: O::Params,
+}
+
+impl<O: Op> fmt::Debug for Configured<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({:?})", O::NAME, self.params)
+    }
+}
+
+impl<O: Op> OpNode for Configured<O> {
+    fn name(&self) -> &'static str {
+        O::NAME
+    }
+    fn infer(&self, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        O::infer(&self.params, inputs)
+    }
+    fn access(&self) -> Access {
+        O::access(&self.params)
+    }
+    fn cpu(
+        &self,
+        cx: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        O::cpu(&self.params, cx, inputs, outputs)
+    }
+}
+
+/// Params of an op that takes none (`params:` absent or `{}`; any key is an error).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// Helpers for `infer` and `cpu` implementations: fetch an input by position with a message
+/// naming its port.
+pub mod io {
+    use super::{OpError, Port};
+    use crate::tensor::{DType, Tensor, TensorSpec};
+    use flowseg_kernels::Nchw;
+
+    /// Input spec `i`, required.
+    pub fn spec<'a>(
+        ports: &[Port],
+        inputs: &[Option<&'a TensorSpec>],
+        i: usize,
+    ) -> Result<&'a TensorSpec, String> {
+        inputs
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("input `{}` is required", port_name(ports, i)))
+    }
+
+    /// Input spec `i` as f32 NCHW.
+    pub fn nchw_f32(
+        ports: &[Port],
+        inputs: &[Option<&TensorSpec>],
+        i: usize,
+    ) -> Result<Nchw, String> {
+        let s = spec(ports, inputs, i)?;
+        match (s.dtype, s.as_nchw()) {
+            (DType::F32, Some(n)) => Ok(n),
+            _ => Err(format!(
+                "input `{}` must be f32[N, C, H, W], got {s}",
+                port_name(ports, i)
+            )),
+        }
+    }
+
+    /// The f32 data of input `i`.
+    pub fn f32<'a>(
+        ports: &[Port],
+        inputs: &[Option<&'a Tensor>],
+        i: usize,
+    ) -> Result<&'a [f32], OpError> {
+        let port = port_name(ports, i);
+        let t = inputs.get(i).copied().flatten().ok_or(OpError::Input {
+            port,
+            problem: "not connected".into(),
+        })?;
+        t.f32().ok_or(OpError::Input {
+            port,
+            problem: format!("expected f32, got {}", t.spec()),
+        })
+    }
+
+    /// The i32 data of input `i`.
+    pub fn i32<'a>(
+        ports: &[Port],
+        inputs: &[Option<&'a Tensor>],
+        i: usize,
+    ) -> Result<&'a [i32], OpError> {
+        let port = port_name(ports, i);
+        let t = inputs.get(i).copied().flatten().ok_or(OpError::Input {
+            port,
+            problem: "not connected".into(),
+        })?;
+        t.i32().ok_or(OpError::Input {
+            port,
+            problem: format!("expected i32, got {}", t.spec()),
+        })
+    }
+
+    /// The f32 data of output `i`, mutably.
+    pub fn f32_out<'a>(
+        ports: &[Port],
+        outputs: &'a mut [Tensor],
+        i: usize,
+    ) -> Result<&'a mut [f32], OpError> {
+        let port = port_name(ports, i);
+        outputs
+            .get_mut(i)
+            .and_then(Tensor::f32_mut)
+            .ok_or(OpError::Input {
+                port,
+                problem: "output missing or not f32".into(),
+            })
+    }
+
+    fn port_name(ports: &[Port], i: usize) -> &'static str {
+        ports.get(i).map_or("?", |p| p.name)
+    }
+}

@@ -1,0 +1,113 @@
+//! The op registry and plugins. Built-in ops register explicitly (one line each, in
+//! `flowseg_ops::register_builtin_ops`); a user crate adds its own ops through a [`Plugin`] and
+//! ships a binary with `flowseg::main_with(&[&MyPlugin])`.
+//!
+//! Not here: dynamic loading of plugins (a versioned C ABI, later).
+
+use crate::op::{DynOp, Entry, Op};
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+
+/// Every op the engine can instantiate, by YAML name.
+#[derive(Default)]
+pub struct Registry {
+    ops: BTreeMap<&'static str, Box<dyn DynOp>>,
+}
+
+/// Registration failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// Two ops share a name (a plugin shadowing a built-in, or registered twice).
+    #[error("op `{0}` is registered twice")]
+    Duplicate(&'static str),
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers op type `O`.
+    pub fn add<O: Op>(&mut self) -> Result<&mut Self, RegistryError> {
+        if self.ops.contains_key(O::NAME) {
+            return Err(RegistryError::Duplicate(O::NAME));
+        }
+        self.ops.insert(O::NAME, Box::new(Entry::<O>(PhantomData)));
+        Ok(self)
+    }
+
+    /// Runs a plugin's registrations.
+    pub fn install(&mut self, plugin: &dyn Plugin) -> Result<&mut Self, RegistryError> {
+        plugin.build(self)?;
+        Ok(self)
+    }
+
+    /// The op named `name`.
+    pub fn get(&self, name: &str) -> Option<&dyn DynOp> {
+        self.ops.get(name).map(|b| b.as_ref())
+    }
+
+    /// All ops, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &dyn DynOp> {
+        self.ops.values().map(|b| b.as_ref())
+    }
+
+    /// Registered names closest to `name` (edit distance ≤ 2, or sharing a prefix of at least
+    /// 4 characters), best first: the "did you mean" of an unknown-op error.
+    pub fn suggest(&self, name: &str) -> Vec<&'static str> {
+        let mut scored: Vec<(usize, &'static str)> = self
+            .ops
+            .keys()
+            .filter_map(|&k| {
+                let d = edit_distance(name, k);
+                let prefix = name.len() >= 4 && (k.starts_with(name) || name.starts_with(k));
+                (d <= 2 || prefix).then_some((d, k))
+            })
+            .collect();
+        scored.sort();
+        scored.into_iter().map(|(_, k)| k).take(3).collect()
+    }
+}
+
+/// A bundle of ops (and later data sources, model architectures) added to a registry.
+pub trait Plugin {
+    /// Adds its ops.
+    fn build(&self, registry: &mut Registry) -> Result<(), RegistryError>;
+}
+
+impl<F: Fn(&mut Registry) -> Result<(), RegistryError>> Plugin for F {
+    fn build(&self, registry: &mut Registry) -> Result<(), RegistryError> {
+        self(registry)
+    }
+}
+
+/// Levenshtein distance over chars.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        cur[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_distance;
+
+    #[test]
+    fn edit_distance_hand_cases() {
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("relu", "relu"), 0);
+        assert_eq!(edit_distance("rleu", "relu"), 2);
+        assert_eq!(edit_distance("cross_entropi", "cross_entropy"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}
