@@ -69,10 +69,18 @@ pub enum OpError {
         /// What is wrong.
         problem: String,
     },
+    /// An output buffer is missing or of the wrong dtype (an executor bug).
+    #[error("output `{port}`: {problem}")]
+    Output {
+        /// Port name.
+        port: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// Per-node run-time context.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ExecCx {
     /// The run's seed.
     pub seed: u64,
@@ -230,14 +238,18 @@ impl<O: Op> OpNode for Configured<O> {
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
-/// Helpers for `infer` and `cpu` implementations: fetch an input by position with a message
-/// naming its port.
+/// Helpers for `infer` and `cpu` implementations: fetch an input or output by position, checked,
+/// with messages that name the port. Messages read "`port` must be ..., got ...".
 pub mod io {
     use super::{OpError, Port};
     use crate::tensor::{DType, Tensor, TensorSpec};
     use flowseg_kernels::Nchw;
 
-    /// Input spec `i`, required.
+    fn port_name(ports: &[Port], i: usize) -> &'static str {
+        ports.get(i).map_or("?", |p| p.name)
+    }
+
+    /// Input spec `i`, required, any dtype and shape.
     pub fn spec<'a>(
         ports: &[Port],
         inputs: &[Option<&'a TensorSpec>],
@@ -247,7 +259,20 @@ pub mod io {
             .get(i)
             .copied()
             .flatten()
-            .ok_or_else(|| format!("input `{}` is required", port_name(ports, i)))
+            .ok_or_else(|| format!("`{}` is required", port_name(ports, i)))
+    }
+
+    /// Input spec `i`, required, f32 of any shape.
+    pub fn f32_spec<'a>(
+        ports: &[Port],
+        inputs: &[Option<&'a TensorSpec>],
+        i: usize,
+    ) -> Result<&'a TensorSpec, String> {
+        let s = spec(ports, inputs, i)?;
+        match s.dtype {
+            DType::F32 => Ok(s),
+            DType::I32 => Err(format!("`{}` must be f32, got {s}", port_name(ports, i))),
+        }
     }
 
     /// Input spec `i` as f32 NCHW.
@@ -260,10 +285,30 @@ pub mod io {
         match (s.dtype, s.as_nchw()) {
             (DType::F32, Some(n)) => Ok(n),
             _ => Err(format!(
-                "input `{}` must be f32[N, C, H, W], got {s}",
+                "`{}` must be f32[N, C, H, W], got {s}",
                 port_name(ports, i)
             )),
         }
+    }
+
+    fn tensor<'a>(
+        ports: &[Port],
+        inputs: &[Option<&'a Tensor>],
+        i: usize,
+    ) -> Result<&'a Tensor, OpError> {
+        inputs.get(i).copied().flatten().ok_or(OpError::Input {
+            port: port_name(ports, i),
+            problem: "not connected".into(),
+        })
+    }
+
+    /// The NCHW shape of run-time input `i`.
+    pub fn nchw(ports: &[Port], inputs: &[Option<&Tensor>], i: usize) -> Result<Nchw, OpError> {
+        let t = tensor(ports, inputs, i)?;
+        t.spec().as_nchw().ok_or_else(|| OpError::Input {
+            port: port_name(ports, i),
+            problem: format!("expected rank 4 [N, C, H, W], got {}", t.spec()),
+        })
     }
 
     /// The f32 data of input `i`.
@@ -272,15 +317,23 @@ pub mod io {
         inputs: &[Option<&'a Tensor>],
         i: usize,
     ) -> Result<&'a [f32], OpError> {
-        let port = port_name(ports, i);
-        let t = inputs.get(i).copied().flatten().ok_or(OpError::Input {
-            port,
-            problem: "not connected".into(),
-        })?;
+        let t = tensor(ports, inputs, i)?;
         t.f32().ok_or(OpError::Input {
-            port,
+            port: port_name(ports, i),
             problem: format!("expected f32, got {}", t.spec()),
         })
+    }
+
+    /// The f32 data of optional input `i`, `None` when unconnected.
+    pub fn f32_opt<'a>(
+        ports: &[Port],
+        inputs: &[Option<&'a Tensor>],
+        i: usize,
+    ) -> Result<Option<&'a [f32]>, OpError> {
+        match inputs.get(i).copied().flatten() {
+            Some(_) => f32(ports, inputs, i).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The i32 data of input `i`.
@@ -289,13 +342,9 @@ pub mod io {
         inputs: &[Option<&'a Tensor>],
         i: usize,
     ) -> Result<&'a [i32], OpError> {
-        let port = port_name(ports, i);
-        let t = inputs.get(i).copied().flatten().ok_or(OpError::Input {
-            port,
-            problem: "not connected".into(),
-        })?;
+        let t = tensor(ports, inputs, i)?;
         t.i32().ok_or(OpError::Input {
-            port,
+            port: port_name(ports, i),
             problem: format!("expected i32, got {}", t.spec()),
         })
     }
@@ -306,17 +355,27 @@ pub mod io {
         outputs: &'a mut [Tensor],
         i: usize,
     ) -> Result<&'a mut [f32], OpError> {
-        let port = port_name(ports, i);
         outputs
             .get_mut(i)
             .and_then(Tensor::f32_mut)
-            .ok_or(OpError::Input {
-                port,
-                problem: "output missing or not f32".into(),
+            .ok_or(OpError::Output {
+                port: port_name(ports, i),
+                problem: "missing or not f32".into(),
             })
     }
 
-    fn port_name(ports: &[Port], i: usize) -> &'static str {
-        ports.get(i).map_or("?", |p| p.name)
+    /// The i32 data of output `i`, mutably.
+    pub fn i32_out<'a>(
+        ports: &[Port],
+        outputs: &'a mut [Tensor],
+        i: usize,
+    ) -> Result<&'a mut [i32], OpError> {
+        outputs
+            .get_mut(i)
+            .and_then(Tensor::i32_mut)
+            .ok_or(OpError::Output {
+                port: port_name(ports, i),
+                problem: "missing or not i32".into(),
+            })
     }
 }

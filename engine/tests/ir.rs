@@ -2,7 +2,10 @@
 //! a file is reported at once with its code, line:column and node. Uses three small test ops so
 //! the engine is tested without the built-in op crate.
 
-#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] fns; a panic is the report")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns; a panic is the report"
+)]
 
 use flowseg_engine::ir::{self, Source};
 use flowseg_engine::op::io;

@@ -1,5 +1,58 @@
-//! flowseg-ops: the built-in ops, one file each, grouped by family (augment, forward, ema, mix,
-//! fuse, loss, optim, data, eval). Empty until the graph-engine issue defines the `Op` trait; each
-//! op will then be one file plus one line in `register_builtin_ops`.
+//! flowseg-ops: the built-in ops. One op per file, in a folder per family, the file named after
+//! the op's YAML name (`forward/conv2d.rs` is `op: conv2d`); each is registered by one line in
+//! [`register_builtin_ops`]. The engine never names these types: it sees them through the
+//! [`Registry`].
+//!
+//! Families so far: `forward` (layers and activations), `loss` (scalar objectives), `fuse`
+//! (turning predictions into pseudo-labels). Still to come: augment, ema, mix, optim, data, eval.
+//!
+//! Every op here is forward only for now: the vector-Jacobian rules arrive with the autodiff
+//! pass and the CUDA launchers with the CUDA kernels, as new `Op` methods.
+
+use flowseg_engine::{Registry, RegistryError};
 
 pub use flowseg_engine as engine;
+
+#[cfg(test)]
+mod support;
+
+/// Network layers and activations.
+pub mod forward {
+    pub mod add;
+    pub mod conv2d;
+    pub mod leaky_relu;
+    pub mod relu;
+    pub mod resize_bilinear;
+    pub mod softmax;
+}
+
+/// Predictions combined into training signals (pseudo-labels, confidences).
+pub mod fuse {
+    pub mod max_confidence;
+}
+
+/// Losses: a scalar from predictions and targets.
+pub mod loss {
+    pub mod cross_entropy;
+}
+
+/// Adds every built-in op to `r`, one line each. Also usable as a plugin
+/// (`r.install(&register_builtin_ops)`); fails only if a name is already taken.
+pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
+    r.add::<forward::add::Add>()?;
+    r.add::<forward::conv2d::Conv2d>()?;
+    r.add::<forward::leaky_relu::LeakyRelu>()?;
+    r.add::<forward::relu::Relu>()?;
+    r.add::<forward::resize_bilinear::ResizeBilinear>()?;
+    r.add::<forward::softmax::Softmax>()?;
+    r.add::<fuse::max_confidence::MaxConfidence>()?;
+    r.add::<loss::cross_entropy::CrossEntropy>()?;
+    Ok(())
+}
+
+/// A registry holding exactly the built-in ops.
+pub fn builtin_registry() -> Result<Registry, RegistryError> {
+    let mut r = Registry::new();
+    register_builtin_ops(&mut r)?;
+    Ok(r)
+}

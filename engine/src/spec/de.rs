@@ -365,7 +365,8 @@ impl<'de, 'a> VariantAccess<'de> for NodeDe<'a> {
         }
     }
     fn newtype_variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<S::Value, DeError> {
-        seed.deserialize(self)
+        let loc = self.0.loc;
+        seed.deserialize(self).map_err(|e| e.at(loc))
     }
     fn tuple_variant<V: Visitor<'de>>(self, _: usize, v: V) -> Result<V::Value, DeError> {
         self.deserialize_any(v)

@@ -1,0 +1,228 @@
+//! `conv2d`: 2-d cross-correlation with zero padding, stride, dilation and groups, PyTorch
+//! `F.conv2d(x, weight, bias, stride, padding, dilation, groups)` with one value for both axes:
+//!
+//! y[n, o, i, j] = bias[o] + Σ_{c, a, b} weight[o, c, a, b] · x[n, g·Ci/groups + c,
+//! i·stride − padding + a·dilation, j·stride − padding + b·dilation], g = o / (Co/groups),
+//! out-of-image taps reading 0.
+//!
+//! Shapes: `x` f32[N, Ci, H, W], `weight` f32[Co, Ci/groups, kh, kw], `bias` f32[Co] (optional)
+//! → `y` f32[N, Co, Ho, Wo] with Ho = (H + 2·padding − dilation·(kh − 1) − 1)/stride + 1 (Wo
+//! likewise). The kernel extent and Co are read off `weight`'s shape, not given as params.
+//!
+//! Forward only: the vector-Jacobian rule (dx, dweight, dbias) and CUDA launcher come later.
+
+use flowseg_engine::op::io;
+use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+use flowseg_kernels::conv2d::{conv2d_fwd, Conv2d as Geometry};
+use flowseg_kernels::KernelError;
+use serde::Deserialize;
+use std::num::NonZeroUsize;
+
+/// The `conv2d` op.
+pub struct Conv2d;
+
+/// Params of `conv2d`; each spatial one applies to both axes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Step between output pixels, in input pixels; default 1.
+    #[serde(default = "one")]
+    pub stride: NonZeroUsize,
+    /// Zeros added on every side of the input; default 0.
+    #[serde(default)]
+    pub padding: usize,
+    /// Spacing between kernel taps (atrous rate); default 1.
+    #[serde(default = "one")]
+    pub dilation: NonZeroUsize,
+    /// Channel groups: Ci and Co must both be divisible by it (Ci = Co = groups is depthwise);
+    /// default 1.
+    #[serde(default = "one")]
+    pub groups: NonZeroUsize,
+}
+
+fn one() -> NonZeroUsize {
+    NonZeroUsize::MIN
+}
+
+impl Params {
+    /// The kernel's geometry for a kh×kw weight.
+    fn geometry(&self, kh: usize, kw: usize) -> Geometry {
+        let s = Geometry::square(1, self.stride.get(), self.padding, self.dilation.get())
+            .with_groups(self.groups.get());
+        Geometry { kh, kw, ..s }
+    }
+}
+
+impl Op for Conv2d {
+    const NAME: &'static str = "conv2d";
+    const SUMMARY: &'static str =
+        "2-d convolution (cross-correlation) with stride, zero padding, dilation and groups";
+    const INPUTS: &'static [Port] = &[
+        Port::req("x", "f32[N, Ci, H, W] input"),
+        Port::req("weight", "f32[Co, Ci/groups, kh, kw] filters"),
+        Port::opt("bias", "f32[Co], added to every output pixel"),
+    ];
+    const OUTPUTS: &'static [Port] = &[Port::req("y", "f32[N, Co, Ho, Wo]")];
+    const EXAMPLE: &'static str = "name: stem\nop: conv2d\n\
+        inputs: { x: batch.image, weight: stem_w.y, bias: stem_b.y }\n\
+        params: { stride: 2, padding: 1 }\n";
+    type Params = Params;
+
+    fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
+        let w_spec = io::spec(Self::INPUTS, inputs, 1)?;
+        let w = match (w_spec.dtype, w_spec.as_nchw()) {
+            (DType::F32, Some(w)) => w,
+            _ => {
+                return Err(format!(
+                    "`weight` must be f32[Co, Ci/groups, kh, kw], got {w_spec}"
+                ))
+            }
+        };
+        let (co, groups) = (w.n, p.groups.get());
+        if !x.c.is_multiple_of(groups) {
+            return Err(format!(
+                "`x` has Ci = {} channels, not divisible by groups = {groups}",
+                x.c
+            ));
+        }
+        if !co.is_multiple_of(groups) {
+            return Err(format!(
+                "`weight` has Co = {co} filters, not divisible by groups = {groups}: got {w_spec}"
+            ));
+        }
+        if w.c != x.c / groups {
+            return Err(format!(
+                "`weight` must have Ci/groups = {} input channels, got {w_spec}",
+                x.c / groups
+            ));
+        }
+        if w.h == 0 || w.w == 0 {
+            return Err(format!(
+                "`weight` must have a kernel of at least 1×1, got {w_spec}"
+            ));
+        }
+        if let Some(b) = inputs.get(2).copied().flatten() {
+            let want = TensorSpec::f32(&[co]);
+            if *b != want {
+                return Err(format!("`bias` must be {want} (Co of `weight`), got {b}"));
+            }
+        }
+        let y = p.geometry(w.h, w.w).out_shape(x, co).map_err(|e| {
+            let reason = match e {
+                KernelError::Shape { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            format!("`x` is too small for a {}×{} kernel: {reason}", w.h, w.w)
+        })?;
+        Ok(vec![TensorSpec::nchw(y)])
+    }
+
+    fn cpu(
+        p: &Params,
+        _: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let xs = io::nchw(Self::INPUTS, inputs, 0)?;
+        // The weight is rank 4 too: (n, c, h, w) read as (Co, Ci/groups, kh, kw).
+        let ws = io::nchw(Self::INPUTS, inputs, 1)?;
+        let x = io::f32(Self::INPUTS, inputs, 0)?;
+        let w = io::f32(Self::INPUTS, inputs, 1)?;
+        let bias = io::f32_opt(Self::INPUTS, inputs, 2)?;
+        let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(conv2d_fwd(
+            x,
+            xs,
+            w,
+            bias,
+            ws.n,
+            &p.geometry(ws.h, ws.w),
+            y,
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::support::test::{f32s, infer_err, run, try_configure};
+    use flowseg_engine::TensorSpec;
+
+    /// x = [[1, 2, 3], [4, 5, 6], [7, 8, 9]] as [1, 1, 3, 3]; weight [[1, 0], [0, 1]] sums each
+    /// 2×2 window's main diagonal.
+    fn x_and_diag() -> Vec<Option<flowseg_engine::Tensor>> {
+        let x = f32s(
+            &[1, 1, 3, 3],
+            &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+        );
+        let w = f32s(&[1, 1, 2, 2], &[1.0, 0.0, 0.0, 1.0]);
+        vec![Some(x), Some(w), Some(f32s(&[1], &[10.0]))]
+    }
+
+    #[test]
+    fn hand_computed_defaults() {
+        // Windows' diagonals: 1+5, 2+6, 4+8, 5+9; plus bias 10.
+        let y = run("name: c\nop: conv2d\n", &x_and_diag());
+        assert_eq!(y[0].spec(), &TensorSpec::f32(&[1, 1, 2, 2]));
+        assert_eq!(y[0].f32(), Some(&[16.0, 18.0, 22.0, 24.0][..]));
+    }
+
+    #[test]
+    fn hand_computed_stride_padding_no_bias() {
+        // Padded to 5×5, stride 2: output (i, j) adds x[2i−1, 2j−1] (zero outside) and
+        // x[2i, 2j]: (0 + 1), (0 + 3), (0 + 7), (5 + 9).
+        let mut inputs = x_and_diag();
+        inputs[2] = None;
+        let y = run(
+            "name: c\nop: conv2d\nparams: { stride: 2, padding: 1 }\n",
+            &inputs,
+        );
+        assert_eq!(y[0].f32(), Some(&[1.0, 3.0, 7.0, 14.0][..]));
+    }
+
+    #[test]
+    fn hand_computed_depthwise() {
+        // Two groups of one channel each: y = (2·3, 5·4).
+        let x = f32s(&[1, 2, 1, 1], &[3.0, 4.0]);
+        let w = f32s(&[2, 1, 1, 1], &[2.0, 5.0]);
+        let y = run(
+            "name: c\nop: conv2d\nparams: { groups: 2 }\n",
+            &[Some(x), Some(w), None],
+        );
+        assert_eq!(y[0].f32(), Some(&[6.0, 20.0][..]));
+    }
+
+    #[test]
+    fn infer_names_the_port_and_both_specs() {
+        let node = "name: c\nop: conv2d\nparams: { padding: 1 }\n";
+        let x = Some(TensorSpec::f32(&[1, 3, 8, 8]));
+        let e = infer_err(
+            node,
+            &[x.clone(), Some(TensorSpec::f32(&[8, 4, 3, 3])), None],
+        );
+        assert_eq!(
+            e,
+            "`weight` must have Ci/groups = 3 input channels, got f32[8, 4, 3, 3]"
+        );
+        let w = Some(TensorSpec::f32(&[8, 3, 3, 3]));
+        let e = infer_err(node, &[x.clone(), w.clone(), Some(TensorSpec::f32(&[4]))]);
+        assert_eq!(e, "`bias` must be f32[8] (Co of `weight`), got f32[4]");
+        let e = infer_err(
+            "name: c\nop: conv2d\nparams: { groups: 2 }\n",
+            &[x.clone(), w.clone(), None],
+        );
+        assert_eq!(e, "`x` has Ci = 3 channels, not divisible by groups = 2");
+        let e = infer_err(
+            "name: c\nop: conv2d\n",
+            &[Some(TensorSpec::f32(&[1, 3, 2, 2])), w, None],
+        );
+        assert!(e.starts_with("`x` is too small for a 3×3 kernel: "), "{e}");
+    }
+
+    #[test]
+    fn zero_stride_is_rejected_where_written() {
+        let e = try_configure("name: c\nop: conv2d\nparams:\n  stride: 0\n").unwrap_err();
+        assert!(e.message.contains("nonzero"), "{e}");
+        assert_eq!((e.loc.line, e.loc.col), (4, 11));
+    }
+}

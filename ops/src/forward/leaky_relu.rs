@@ -1,0 +1,79 @@
+//! `leaky_relu`: y = x if x > 0 else slope·x, element-wise; `F.leaky_relu(x, negative_slope)`.
+//! `x` and `y`: f32, any shape, the same.
+//!
+//! Forward only: the vector-Jacobian rule (dx = dy or slope·dy) and the CUDA launcher come later.
+
+use flowseg_engine::op::io;
+use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+use flowseg_kernels::activation::leaky_relu_fwd;
+use serde::Deserialize;
+
+/// The `leaky_relu` op.
+pub struct LeakyRelu;
+
+/// Params of `leaky_relu`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Multiplier applied to non-positive inputs (PyTorch's `negative_slope`); default 0.01.
+    #[serde(default = "default_slope")]
+    pub slope: f32,
+}
+
+fn default_slope() -> f32 {
+    0.01
+}
+
+impl Op for LeakyRelu {
+    const NAME: &'static str = "leaky_relu";
+    const SUMMARY: &'static str = "leaky rectifier, y = x if x > 0 else slope·x, element-wise";
+    const INPUTS: &'static [Port] = &[Port::req("x", "f32, any shape")];
+    const OUTPUTS: &'static [Port] = &[Port::req("y", "f32, the shape of `x`")];
+    const EXAMPLE: &'static str =
+        "name: act\nop: leaky_relu\ninputs: { x: conv.y }\nparams: { slope: 0.1 }\n";
+    type Params = Params;
+
+    fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        Ok(vec![io::f32_spec(Self::INPUTS, inputs, 0)?.clone()])
+    }
+
+    fn cpu(
+        p: &Params,
+        _: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let x = io::f32(Self::INPUTS, inputs, 0)?;
+        let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(leaky_relu_fwd(x, p.slope, y)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::support::test::{f32s, infer_err, run, try_configure};
+    use flowseg_engine::TensorSpec;
+
+    #[test]
+    fn hand_computed() {
+        let x = || Some(f32s(&[5], &[-2.0, -0.5, 0.0, 0.5, 3.0]));
+        let y = run("name: a\nop: leaky_relu\nparams: { slope: 0.1 }\n", &[x()]);
+        assert_eq!(y[0].f32(), Some(&[-0.2, -0.05, 0.0, 0.5, 3.0][..]));
+        // Default slope 0.01, also when `params` is absent.
+        let y = run("name: a\nop: leaky_relu\n", &[x()]);
+        assert_eq!(y[0].f32(), Some(&[-0.02, -0.005, 0.0, 0.5, 3.0][..]));
+    }
+
+    #[test]
+    fn infer_rejects_i32() {
+        let e = infer_err("name: a\nop: leaky_relu\n", &[Some(TensorSpec::i32(&[4]))]);
+        assert_eq!(e, "`x` must be f32, got i32[4]");
+    }
+
+    #[test]
+    fn slope_must_be_a_number() {
+        let e = try_configure("name: a\nop: leaky_relu\nparams:\n  slope: steep\n").unwrap_err();
+        assert!(e.message.contains("expected f32"), "{e}");
+        assert_eq!((e.loc.line, e.loc.col), (4, 10));
+    }
+}

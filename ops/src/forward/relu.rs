@@ -1,0 +1,64 @@
+//! `relu`: y = max(x, 0) element-wise, `torch.relu(x)`. `x` and `y`: f32, any shape, the same.
+//!
+//! Forward only: the vector-Jacobian rule (dx = dy·[x > 0]) and the CUDA launcher come later.
+
+use flowseg_engine::op::io;
+use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
+use flowseg_kernels::activation::relu_fwd;
+
+/// The `relu` op (no params).
+pub struct Relu;
+
+impl Op for Relu {
+    const NAME: &'static str = "relu";
+    const SUMMARY: &'static str = "rectified linear unit, y = max(x, 0) element-wise";
+    const INPUTS: &'static [Port] = &[Port::req("x", "f32, any shape")];
+    const OUTPUTS: &'static [Port] = &[Port::req("y", "f32, the shape of `x`")];
+    const EXAMPLE: &'static str = "name: act\nop: relu\ninputs: { x: conv.y }\n";
+    type Params = NoParams;
+
+    fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        Ok(vec![io::f32_spec(Self::INPUTS, inputs, 0)?.clone()])
+    }
+
+    fn cpu(
+        _: &NoParams,
+        _: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let x = io::f32(Self::INPUTS, inputs, 0)?;
+        let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(relu_fwd(x, y)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::support::test::{f32s, infer_err, run, try_configure};
+    use flowseg_engine::TensorSpec;
+
+    const NODE: &str = "name: act\nop: relu\ninputs: { x: conv.y }\n";
+
+    #[test]
+    fn hand_computed() {
+        let x = f32s(&[1, 1, 1, 5], &[-2.0, -0.5, 0.0, 0.5, 3.0]);
+        let y = run(NODE, &[Some(x)]);
+        assert_eq!(y[0].spec(), &TensorSpec::f32(&[1, 1, 1, 5]));
+        assert_eq!(y[0].f32(), Some(&[0.0, 0.0, 0.0, 0.5, 3.0][..]));
+    }
+
+    #[test]
+    fn infer_rejects_i32_and_missing_input() {
+        let e = infer_err(NODE, &[Some(TensorSpec::i32(&[2, 3]))]);
+        assert_eq!(e, "`x` must be f32, got i32[2, 3]");
+        assert_eq!(infer_err(NODE, &[None]), "`x` is required");
+    }
+
+    #[test]
+    fn any_param_is_rejected() {
+        let e = try_configure("name: act\nop: relu\nparams: { slope: 0.1 }\n").unwrap_err();
+        assert!(e.message.contains("unknown field `slope`"), "{e}");
+        assert_eq!((e.loc.line, e.loc.col), (3, 11));
+    }
+}

@@ -1,0 +1,64 @@
+//! `softmax`: probabilities over the class axis, y_k = exp(x_k − m) / Σ_j exp(x_j − m) at
+//! every pixel with m = max_k x_k; `torch.softmax(x, dim=1)`. `x` and `y`: f32[N, K, H, W].
+//!
+//! Forward only: the vector-Jacobian rule (dx = y·(dy − Σ_k dy·y)) and CUDA launcher come later.
+
+use flowseg_engine::op::io;
+use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
+use flowseg_kernels::softmax::softmax_fwd;
+
+/// The `softmax` op (no params).
+pub struct Softmax;
+
+impl Op for Softmax {
+    const NAME: &'static str = "softmax";
+    const SUMMARY: &'static str = "softmax over the class (channel) axis at every pixel";
+    const INPUTS: &'static [Port] = &[Port::req("x", "f32[N, K, H, W] logits")];
+    const OUTPUTS: &'static [Port] = &[Port::req(
+        "y",
+        "f32[N, K, H, W] probabilities, summing to 1 over K",
+    )];
+    const EXAMPLE: &'static str = "name: probs\nop: softmax\ninputs: { x: head.y }\n";
+    type Params = NoParams;
+
+    fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
+        Ok(vec![TensorSpec::nchw(x)])
+    }
+
+    fn cpu(
+        _: &NoParams,
+        _: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let shape = io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = io::f32(Self::INPUTS, inputs, 0)?;
+        let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(softmax_fwd(x, shape, y)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::support::test::{assert_close, f32s, infer_err, run};
+    use flowseg_engine::TensorSpec;
+
+    const NODE: &str = "name: probs\nop: softmax\n";
+
+    #[test]
+    fn hand_computed() {
+        // [N=1, K=2, H=1, W=2], class-major: pixel 0 is (0, ln 3) → (1/4, 3/4); pixel 1 is
+        // (0, 0) → (1/2, 1/2).
+        let x = f32s(&[1, 2, 1, 2], &[0.0, 0.0, 3f32.ln(), 0.0]);
+        let y = run(NODE, &[Some(x)]);
+        assert_eq!(y[0].spec(), &TensorSpec::f32(&[1, 2, 1, 2]));
+        assert_close(y[0].f32().unwrap(), &[0.25, 0.5, 0.75, 0.5], 1e-6);
+    }
+
+    #[test]
+    fn infer_needs_nchw() {
+        let e = infer_err(NODE, &[Some(TensorSpec::f32(&[2, 3, 4]))]);
+        assert_eq!(e, "`x` must be f32[N, C, H, W], got f32[2, 3, 4]");
+    }
+}
