@@ -42,10 +42,13 @@ pub const SHAPE: &str = "FS0107";
 pub const UNUSED_OUTPUT: &str = "FS0108";
 
 /// Where an input comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
     /// A field of the data batch (`batch.image`).
     Batch(String),
+    /// A persistent tensor (`state.student.conv1.weight`): model parameters and buffers, which
+    /// outlive an iteration and are what optimizers update.
+    State(String),
     /// Output `port` of node `node` (index into [`Graph::nodes`]).
     Node {
         /// Producer index.
@@ -53,6 +56,16 @@ pub enum Source {
         /// Output index of the producer.
         port: usize,
     },
+}
+
+/// What a graph can read besides node outputs: the data batch's fields and the persistent state,
+/// each with its spec.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// Batch fields (`batch.<field>`).
+    pub batch: BTreeMap<String, TensorSpec>,
+    /// Persistent tensors (`state.<name>`).
+    pub state: BTreeMap<String, TensorSpec>,
 }
 
 /// A validated node.
@@ -79,6 +92,8 @@ pub struct Graph {
     pub nodes: Vec<IrNode>,
     /// Batch fields the graph reads, with their specs.
     pub batch: BTreeMap<String, TensorSpec>,
+    /// Persistent tensors the graph reads, with their specs.
+    pub state: BTreeMap<String, TensorSpec>,
     /// Non-fatal findings (unused outputs).
     pub warnings: Vec<GraphError>,
 }
@@ -88,6 +103,7 @@ impl Graph {
     pub fn spec_of(&self, s: &Source) -> Option<&TensorSpec> {
         match s {
             Source::Batch(f) => self.batch.get(f),
+            Source::State(f) => self.state.get(f),
             Source::Node { node, port } => self.nodes.get(*node)?.outputs.get(*port),
         }
     }
@@ -109,16 +125,13 @@ struct Pending {
 #[derive(Clone)]
 enum Ref {
     Batch(String),
+    State(String),
     Node(usize, usize),
 }
 
-/// Builds and validates the op graph. `batch` gives the spec of every field the data source
-/// provides. Returns every error found; warnings ride along in [`Graph::warnings`].
-pub fn build(
-    spec: &GraphSpec,
-    registry: &Registry,
-    batch: &BTreeMap<String, TensorSpec>,
-) -> Result<Graph, Vec<GraphError>> {
+/// Builds and validates the op graph against what the data source and the models provide
+/// (`env`). Returns every error found; warnings ride along in [`Graph::warnings`].
+pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, Vec<GraphError>> {
     let mut errors = Vec::new();
 
     // Names first, so references can be resolved in any order.
@@ -217,7 +230,7 @@ pub fn build(
                 inputs.push(None);
                 continue;
             };
-            match resolve(r, spec, registry, &index, batch) {
+            match resolve(r, spec, registry, &index, env) {
                 Ok(x) => inputs.push(Some((x, r.loc))),
                 Err(e) => {
                     errors.push(e.in_node(&n.name));
@@ -293,7 +306,11 @@ pub fn build(
                 }
                 Some((Ref::Batch(f), _)) => {
                     sources.push(Some(Source::Batch(f.clone())));
-                    specs.push(batch.get(f).cloned());
+                    specs.push(env.batch.get(f).cloned());
+                }
+                Some((Ref::State(f), _)) => {
+                    sources.push(Some(Source::State(f.clone())));
+                    specs.push(env.state.get(f).cloned());
                 }
                 Some((Ref::Node(j, port), _)) => {
                     used.insert((*j, *port));
@@ -374,42 +391,57 @@ pub fn build(
             }
         }
     }
-    let batch_used: BTreeMap<String, TensorSpec> = nodes
-        .iter()
-        .flat_map(|n| n.inputs.iter().flatten())
-        .filter_map(|s| match s {
-            Source::Batch(f) => batch.get(f).map(|spec| (f.clone(), spec.clone())),
-            Source::Node { .. } => None,
-        })
-        .collect();
+    let (mut batch, mut state) = (BTreeMap::new(), BTreeMap::new());
+    for s in nodes.iter().flat_map(|n| n.inputs.iter().flatten()) {
+        match s {
+            Source::Batch(f) => {
+                batch.insert(f.clone(), env.batch[f].clone());
+            }
+            Source::State(f) => {
+                state.insert(f.clone(), env.state[f].clone());
+            }
+            Source::Node { .. } => {}
+        }
+    }
     Ok(Graph {
         nodes,
-        batch: batch_used,
+        batch,
+        state,
         warnings,
     })
 }
 
-/// Resolves `batch.field` or `node.port`.
+/// Resolves `batch.<field>`, `state.<name>` or `<node>.<port>`.
 fn resolve(
     r: &Sp<String>,
     spec: &GraphSpec,
     registry: &Registry,
     index: &BTreeMap<&str, usize>,
-    batch: &BTreeMap<String, TensorSpec>,
+    env: &Env,
 ) -> Result<Ref, GraphError> {
     let Some((head, port)) = r.split_once('.') else {
         return Err(
             GraphError::new(DANGLING, format!("`{}` is not a reference", r.value), r.loc)
-                .help("write `<node>.<output>` or `batch.<field>`"),
+                .help("write `<node>.<output>`, `batch.<field>` or `state.<name>`"),
         );
     };
     if head == "batch" {
-        return if batch.contains_key(port) {
+        return if env.batch.contains_key(port) {
             Ok(Ref::Batch(port.to_owned()))
         } else {
             Err(
                 GraphError::new(DANGLING, format!("the batch has no field `{port}`"), r.loc)
-                    .help(port_list("batch fields", batch.keys().map(String::as_str))),
+                    .help(port_list("batch fields", env.batch.keys().map(String::as_str))),
+            )
+        };
+    }
+    if head == "state" {
+        return if env.state.contains_key(port) {
+            Ok(Ref::State(port.to_owned()))
+        } else {
+            Err(
+                GraphError::new(DANGLING, format!("there is no state tensor `{port}`"), r.loc)
+                    .help(nearest_names(port, env.state.keys().map(String::as_str))),
             )
         };
     }

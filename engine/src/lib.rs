@@ -4,6 +4,8 @@
 //!
 //! The engine never depends on `flowseg-ops`: ops reach it through the registry.
 
+pub mod autodiff;
+pub mod exec;
 pub mod ir;
 pub mod op;
 pub mod registry;

@@ -3,9 +3,15 @@
 //! `flowseg-ops` implementing [`Op`] plus one registration line; the engine only ever sees the
 //! object-safe views [`DynOp`] (the registry entry) and [`OpNode`] (a configured instance).
 //!
-//! Not yet here (arriving with the autodiff and CUDA work, as default methods so existing ops
-//! keep compiling): the vector-Jacobian rule, the CUDA launcher, test `samples`.
+//! Differentiation: an op either emits its vector-Jacobian product as graph nodes ([`Op::vjp`],
+//! through a [`Vjp`] builder — backward runs through the same planner as forward), or declares
+//! itself a stop-gradient ([`Op::STOP_GRAD`]: argmax, confidences, `detach`), or neither, in which
+//! case autodiff refuses a gradient that would have to flow through it.
+//!
+//! Not yet here (arriving with the CUDA work, as default methods so existing ops keep
+//! compiling): the CUDA launcher, test `samples`.
 
+pub use crate::autodiff::Vjp;
 use crate::spec::{from_node, DeError, Node, Value};
 use crate::tensor::{Tensor, TensorSpec};
 use flowseg_kernels::philox::Philox;
@@ -120,9 +126,20 @@ pub trait Op: Send + Sync + 'static {
     /// explains the mismatch in words ("`x` must be f32[N,C,H,W], got i32[4]").
     fn infer(p: &Self::Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String>;
 
+    /// True for ops whose outputs carry no gradient by definition (pseudo-labels, confidences,
+    /// `detach`): autodiff stops there instead of asking for a [`Op::vjp`].
+    const STOP_GRAD: bool = false;
+
     /// State read and written. Most ops touch none.
     fn access(_p: &Self::Params) -> Access {
         Access::default()
+    }
+
+    /// Emits the backward pass of this node into the graph: read the forward values and the
+    /// output gradients from `g`, emit backward nodes with [`Vjp::emit`], and set the gradient of
+    /// each input that [`Vjp::needs_grad`]. `None` (the default): not differentiable.
+    fn vjp(_p: &Self::Params, _g: &mut Vjp<'_>) -> Option<Result<(), String>> {
+        None
     }
 
     /// The CPU reference: fill `outputs` (allocated from `infer`) from `inputs`.
@@ -159,6 +176,10 @@ pub trait OpNode: Send + Sync + fmt::Debug {
     fn infer(&self, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String>;
     /// See [`Op::access`].
     fn access(&self) -> Access;
+    /// See [`Op::STOP_GRAD`].
+    fn stop_grad(&self) -> bool;
+    /// See [`Op::vjp`].
+    fn vjp(&self, g: &mut Vjp<'_>) -> Option<Result<(), String>>;
     /// See [`Op::cpu`].
     fn cpu(
         &self,
@@ -203,8 +224,9 @@ impl<O: Op> DynOp for Entry<O> {
     }
 }
 
-struct Configured<O: Op> {
-    params: O::Params,
+/// An [`Op`] with decoded params: what [`DynOp::configure`] and [`Vjp::emit`] create.
+pub(crate) struct Configured<O: Op> {
+    pub(crate) params: O::Params,
 }
 
 impl<O: Op> fmt::Debug for Configured<O> {
@@ -222,6 +244,12 @@ impl<O: Op> OpNode for Configured<O> {
     }
     fn access(&self) -> Access {
         O::access(&self.params)
+    }
+    fn stop_grad(&self) -> bool {
+        O::STOP_GRAD
+    }
+    fn vjp(&self, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
+        O::vjp(&self.params, g)
     }
     fn cpu(
         &self,

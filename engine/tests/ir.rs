@@ -105,16 +105,19 @@ fn registry() -> Registry {
     r
 }
 
-fn batch() -> BTreeMap<String, TensorSpec> {
-    BTreeMap::from([
-        ("image".to_owned(), TensorSpec::f32(&[2, 3, 4, 4])),
-        ("label".to_owned(), TensorSpec::i32(&[2, 4, 4])),
-    ])
+fn env() -> ir::Env {
+    ir::Env {
+        batch: BTreeMap::from([
+            ("image".to_owned(), TensorSpec::f32(&[2, 3, 4, 4])),
+            ("label".to_owned(), TensorSpec::i32(&[2, 4, 4])),
+        ]),
+        state: BTreeMap::from([("net.w".to_owned(), TensorSpec::f32(&[2, 3, 4, 4]))]),
+    }
 }
 
 fn build(yaml: &str) -> Result<ir::Graph, Vec<GraphError>> {
     let (g, _) = spec::parse_graph(yaml, &[]).unwrap();
-    ir::build(&g, &registry(), &batch())
+    ir::build(&g, &registry(), &env())
 }
 
 fn at(line: u32, col: u32) -> Loc {

@@ -1,0 +1,322 @@
+//! autodiff: reverse-mode differentiation as a compiler pass over the validated graph. No tape:
+//! the backward pass is appended to the same [`Graph`] as ordinary nodes, so it is planned,
+//! scheduled and executed like the forward pass.
+//!
+//! Which nodes get a backward: F = nodes reachable along data edges from the trainable state,
+//! stopping at stop-gradient ops (`Op::STOP_GRAD`); L = nodes from which a loss is reachable;
+//! active = F ∩ L, visited in reverse topological order. Each active node's op emits its
+//! vector-Jacobian product through [`Vjp`]; gradients reaching one value from several consumers
+//! are summed by an emitted `grad_add` node. A branch that does not connect trainable state to a
+//! loss (a teacher) never gets a backward node. An op with neither a VJP nor `STOP_GRAD` on an
+//! active path is FS0109.
+//!
+//! Not here: higher-order gradients, gradient checkpointing, the `grad` op for gradients with
+//! respect to activations (it will call [`differentiate`] on a sub-graph).
+
+use crate::ir::{Graph, IrNode, Source};
+use crate::op::{io, Configured, ExecCx, NoParams, Op, OpError, Port};
+use crate::spec::{GraphError, Loc, Sp};
+use crate::tensor::{DType, Tensor, TensorSpec};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// FS0109: gradient required through a non-differentiable op.
+pub const NOT_DIFFERENTIABLE: &str = "FS0109";
+/// FS0110: a loss that is not an f32 scalar.
+pub const BAD_LOSS: &str = "FS0110";
+
+/// The builder an op's VJP rule talks to: the forward node's values, the gradients of its
+/// outputs, and a way to emit backward nodes and set input gradients.
+pub struct Vjp<'a> {
+    graph: &'a mut Graph,
+    node: usize,
+    inputs: Vec<Option<Source>>,
+    grad_outputs: Vec<Option<Source>>,
+    needs: Vec<bool>,
+    grads: Vec<Option<Source>>,
+}
+
+impl Vjp<'_> {
+    /// Forward input `i` (`None` when an optional input is unconnected).
+    pub fn input(&self, i: usize) -> Option<Source> {
+        self.inputs.get(i).cloned().flatten()
+    }
+
+    /// Forward output `k`.
+    pub fn output(&self, k: usize) -> Source {
+        Source::Node {
+            node: self.node,
+            port: k,
+        }
+    }
+
+    /// The gradient flowing into output `k`, `None` when nothing downstream needs it.
+    pub fn grad_output(&self, k: usize) -> Option<Source> {
+        self.grad_outputs.get(k).cloned().flatten()
+    }
+
+    /// Whether input `i` needs a gradient (it depends on trainable state and is f32).
+    pub fn needs_grad(&self, i: usize) -> bool {
+        self.needs.get(i).copied().unwrap_or(false)
+    }
+
+    /// The spec of a value.
+    pub fn spec(&self, s: &Source) -> Option<&TensorSpec> {
+        self.graph.spec_of(s)
+    }
+
+    /// Sets the gradient of input `i`.
+    pub fn set_grad(&mut self, i: usize, g: Source) {
+        if let Some(slot) = self.grads.get_mut(i) {
+            *slot = Some(g);
+        }
+    }
+
+    /// Appends a node running op `O` with `params` on `inputs` (one per port of `O`) and
+    /// returns its outputs. The op need not be registered: backward ops live in their forward
+    /// op's file.
+    pub fn emit<O: Op>(
+        &mut self,
+        params: O::Params,
+        inputs: Vec<Option<Source>>,
+    ) -> Result<Vec<Source>, String> {
+        let fwd = self.graph.nodes[self.node].name.value.clone();
+        let name = format!("{fwd}/grad/{}", O::NAME);
+        emit_node::<O>(self.graph, name, params, inputs)
+    }
+}
+
+fn emit_node<O: Op>(
+    graph: &mut Graph,
+    name: String,
+    params: O::Params,
+    inputs: Vec<Option<Source>>,
+) -> Result<Vec<Source>, String> {
+    let op = Arc::new(Configured::<O> { params });
+    let specs: Vec<Option<TensorSpec>> = inputs
+        .iter()
+        .map(|s| s.as_ref().and_then(|s| graph.spec_of(s).cloned()))
+        .collect();
+    let refs: Vec<Option<&TensorSpec>> = specs.iter().map(Option::as_ref).collect();
+    let outputs = crate::op::OpNode::infer(op.as_ref(), &refs)
+        .map_err(|e| format!("backward node `{name}`: {e}"))?;
+    let index = graph.nodes.len();
+    let n = outputs.len();
+    graph.nodes.push(IrNode {
+        name: Sp::detached(name),
+        op,
+        inputs,
+        outputs,
+        after: Vec::new(),
+        stream: None,
+    });
+    Ok((0..n).map(|port| Source::Node { node: index, port }).collect())
+}
+
+/// Appends the backward pass of `losses` (each an f32 scalar; their sum is differentiated)
+/// with respect to the state tensors `wrt`, and returns the gradient of each of them that the
+/// losses depend on.
+pub fn differentiate(
+    graph: &mut Graph,
+    losses: &[Source],
+    wrt: &BTreeSet<String>,
+) -> Result<BTreeMap<String, Source>, Vec<GraphError>> {
+    let mut errors = Vec::new();
+    for l in losses {
+        match graph.spec_of(l) {
+            Some(s) if s.dtype == DType::F32 && s.shape.is_empty() => {}
+            other => errors.push(GraphError::new(
+                BAD_LOSS,
+                format!(
+                    "a loss must be an f32 scalar, got {}",
+                    other.map_or("nothing".into(), ToString::to_string)
+                ),
+                Loc::NONE,
+            )),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let forward_len = graph.nodes.len();
+
+    // F: depends on trainable state, through ops that pass gradients.
+    let depends = |s: &Source, f: &[bool]| match s {
+        Source::State(name) => wrt.contains(name),
+        Source::Node { node, .. } => f[*node],
+        Source::Batch(_) => false,
+    };
+    let mut in_f = vec![false; forward_len];
+    for i in 0..forward_len {
+        let n = &graph.nodes[i];
+        in_f[i] = !n.op.stop_grad() && n.inputs.iter().flatten().any(|s| depends(s, &in_f));
+    }
+    // L: a loss is reachable from it.
+    let mut in_l = vec![false; forward_len];
+    for l in losses {
+        if let Source::Node { node, .. } = l {
+            in_l[*node] = true;
+        }
+    }
+    for i in (0..forward_len).rev() {
+        if in_l[i] {
+            for s in graph.nodes[i].inputs.iter().flatten() {
+                if let Source::Node { node, .. } = s {
+                    in_l[*node] = true;
+                }
+            }
+        }
+    }
+
+    // Seeds: d(Σ losses)/d loss = 1.
+    let mut grads: BTreeMap<Source, Source> = BTreeMap::new();
+    for l in losses {
+        let seed = emit_node::<GradSeed>(graph, "loss/grad/seed".into(), NoParams {}, vec![])
+            .map_err(|e| vec![GraphError::new(BAD_LOSS, e, Loc::NONE)])?;
+        accumulate(graph, &mut grads, l.clone(), seed[0].clone()).map_err(|e| vec![e])?;
+    }
+
+    for i in (0..forward_len).rev() {
+        if !(in_f[i] && in_l[i]) {
+            continue;
+        }
+        let n_out = graph.nodes[i].outputs.len();
+        let grad_outputs: Vec<Option<Source>> = (0..n_out)
+            .map(|port| grads.get(&Source::Node { node: i, port }).cloned())
+            .collect();
+        if grad_outputs.iter().all(Option::is_none) {
+            continue;
+        }
+        let inputs = graph.nodes[i].inputs.clone();
+        let needs: Vec<bool> = inputs
+            .iter()
+            .map(|s| {
+                s.as_ref().is_some_and(|s| {
+                    depends(s, &in_f) && graph.spec_of(s).is_some_and(|t| t.dtype == DType::F32)
+                })
+            })
+            .collect();
+        let op = graph.nodes[i].op.clone();
+        let name = graph.nodes[i].name.clone();
+        let mut g = Vjp {
+            graph,
+            node: i,
+            inputs: inputs.clone(),
+            grad_outputs,
+            grads: vec![None; inputs.len()],
+            needs: needs.clone(),
+        };
+        match op.vjp(&mut g) {
+            None => {
+                errors.push(
+                    GraphError::new(
+                        NOT_DIFFERENTIABLE,
+                        format!("a gradient must flow through `{}`, which is not differentiable", op.name()),
+                        name.loc,
+                    )
+                    .in_node(&name)
+                    .help("if this path should carry no gradient, make it explicit with a `detach` node"),
+                );
+                continue;
+            }
+            Some(Err(e)) => {
+                errors.push(GraphError::new(NOT_DIFFERENTIABLE, e, name.loc).in_node(&name));
+                continue;
+            }
+            Some(Ok(())) => {}
+        }
+        let produced = std::mem::take(&mut g.grads);
+        for (k, (src, grad)) in inputs.into_iter().zip(produced).enumerate() {
+            match (src, grad, needs[k]) {
+                (Some(src), Some(grad), true) => {
+                    if let Err(e) = accumulate(graph, &mut grads, src, grad) {
+                        errors.push(e.in_node(&name));
+                    }
+                }
+                (Some(_), None, true) => errors.push(
+                    GraphError::new(
+                        NOT_DIFFERENTIABLE,
+                        format!("the VJP of `{}` set no gradient for input {k}", op.name()),
+                        name.loc,
+                    )
+                    .in_node(&name),
+                ),
+                _ => {}
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(grads
+        .into_iter()
+        .filter_map(|(s, g)| match s {
+            Source::State(name) if wrt.contains(&name) => Some((name, g)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// grads[target] += g, emitting a `grad_add` when a gradient is already there.
+fn accumulate(
+    graph: &mut Graph,
+    grads: &mut BTreeMap<Source, Source>,
+    target: Source,
+    g: Source,
+) -> Result<(), GraphError> {
+    let merged = match grads.remove(&target) {
+        None => g,
+        Some(prev) => {
+            let out = emit_node::<GradAdd>(graph, "grad/add".into(), NoParams {}, vec![Some(prev), Some(g)])
+                .map_err(|e| GraphError::new(NOT_DIFFERENTIABLE, e, Loc::NONE))?;
+            out[0].clone()
+        }
+    };
+    grads.insert(target, merged);
+    Ok(())
+}
+
+/// The seed of the backward pass: an f32 scalar 1.
+struct GradSeed;
+
+impl Op for GradSeed {
+    const NAME: &'static str = "grad_seed";
+    const SUMMARY: &'static str = "the constant 1, seeding d(loss)/d(loss)";
+    const INPUTS: &'static [Port] = &[];
+    const OUTPUTS: &'static [Port] = &[Port::req("one", "f32[] = 1")];
+    const EXAMPLE: &'static str = "";
+    type Params = NoParams;
+    fn infer(_: &NoParams, _: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        Ok(vec![TensorSpec::scalar()])
+    }
+    fn cpu(_: &NoParams, _: &ExecCx, _: &[Option<&Tensor>], out: &mut [Tensor]) -> Result<(), OpError> {
+        io::f32_out(Self::OUTPUTS, out, 0)?.fill(1.0);
+        Ok(())
+    }
+}
+
+/// Sum of two gradients of one value.
+struct GradAdd;
+
+impl Op for GradAdd {
+    const NAME: &'static str = "grad_add";
+    const SUMMARY: &'static str = "y = a + b, summing gradient contributions";
+    const INPUTS: &'static [Port] = &[Port::req("a", "f32"), Port::req("b", "like a")];
+    const OUTPUTS: &'static [Port] = &[Port::req("y", "like a")];
+    const EXAMPLE: &'static str = "";
+    type Params = NoParams;
+    fn infer(_: &NoParams, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        let a = io::f32_spec(Self::INPUTS, ins, 0)?;
+        let b = io::f32_spec(Self::INPUTS, ins, 1)?;
+        if a != b {
+            return Err(format!("gradients of one value disagree: {a} vs {b}"));
+        }
+        Ok(vec![a.clone()])
+    }
+    fn cpu(_: &NoParams, _: &ExecCx, ins: &[Option<&Tensor>], out: &mut [Tensor]) -> Result<(), OpError> {
+        let a = io::f32(Self::INPUTS, ins, 0)?;
+        let b = io::f32(Self::INPUTS, ins, 1)?;
+        let y = io::f32_out(Self::OUTPUTS, out, 0)?;
+        Ok(flowseg_kernels::elementwise::add_fwd(a, b, y)?)
+    }
+}
