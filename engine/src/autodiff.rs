@@ -110,19 +110,20 @@ fn emit_node<O: Op>(
         after: Vec::new(),
         stream: None,
     });
-    Ok((0..n).map(|port| Source::Node { node: index, port }).collect())
+    Ok((0..n)
+        .map(|port| Source::Node { node: index, port })
+        .collect())
 }
 
-/// Appends the backward pass of `losses` (each an f32 scalar; their sum is differentiated)
-/// with respect to the state tensors `wrt`, and returns the gradient of each of them that the
-/// losses depend on.
+/// Appends the backward pass of Σ weight·loss (each loss an f32 scalar) with respect to the
+/// state tensors `wrt`, and returns the gradient of each of them that the losses depend on.
 pub fn differentiate(
     graph: &mut Graph,
-    losses: &[Source],
+    losses: &[(Source, f32)],
     wrt: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, Source>, Vec<GraphError>> {
     let mut errors = Vec::new();
-    for l in losses {
+    for (l, _) in losses {
         match graph.spec_of(l) {
             Some(s) if s.dtype == DType::F32 && s.shape.is_empty() => {}
             other => errors.push(GraphError::new(
@@ -153,7 +154,7 @@ pub fn differentiate(
     }
     // L: a loss is reachable from it.
     let mut in_l = vec![false; forward_len];
-    for l in losses {
+    for (l, _) in losses {
         if let Source::Node { node, .. } = l {
             in_l[*node] = true;
         }
@@ -168,10 +169,10 @@ pub fn differentiate(
         }
     }
 
-    // Seeds: d(Σ losses)/d loss = 1.
+    // Seeds: d(Σ w·loss)/d loss = w.
     let mut grads: BTreeMap<Source, Source> = BTreeMap::new();
-    for l in losses {
-        let seed = emit_node::<GradSeed>(graph, "loss/grad/seed".into(), NoParams {}, vec![])
+    for (l, weight) in losses {
+        let seed = emit_node::<GradSeed>(graph, "loss/grad/seed".into(), *weight, vec![])
             .map_err(|e| vec![GraphError::new(BAD_LOSS, e, Loc::NONE)])?;
         accumulate(graph, &mut grads, l.clone(), seed[0].clone()).map_err(|e| vec![e])?;
     }
@@ -267,8 +268,13 @@ fn accumulate(
     let merged = match grads.remove(&target) {
         None => g,
         Some(prev) => {
-            let out = emit_node::<GradAdd>(graph, "grad/add".into(), NoParams {}, vec![Some(prev), Some(g)])
-                .map_err(|e| GraphError::new(NOT_DIFFERENTIABLE, e, Loc::NONE))?;
+            let out = emit_node::<GradAdd>(
+                graph,
+                "grad/add".into(),
+                NoParams {},
+                vec![Some(prev), Some(g)],
+            )
+            .map_err(|e| GraphError::new(NOT_DIFFERENTIABLE, e, Loc::NONE))?;
             out[0].clone()
         }
     };
@@ -276,21 +282,21 @@ fn accumulate(
     Ok(())
 }
 
-/// The seed of the backward pass: an f32 scalar 1.
+/// The seed of the backward pass: the loss's weight, d(Σ w·loss)/d loss.
 struct GradSeed;
 
 impl Op for GradSeed {
     const NAME: &'static str = "grad_seed";
-    const SUMMARY: &'static str = "the constant 1, seeding d(loss)/d(loss)";
+    const SUMMARY: &'static str = "the loss weight w, seeding d(w·loss)/d(loss)";
     const INPUTS: &'static [Port] = &[];
-    const OUTPUTS: &'static [Port] = &[Port::req("one", "f32[] = 1")];
+    const OUTPUTS: &'static [Port] = &[Port::req("w", "f32[]")];
     const EXAMPLE: &'static str = "";
-    type Params = NoParams;
-    fn infer(_: &NoParams, _: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+    type Params = f32;
+    fn infer(_: &f32, _: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         Ok(vec![TensorSpec::scalar()])
     }
-    fn cpu(_: &NoParams, _: &ExecCx, _: &[Option<&Tensor>], out: &mut [Tensor]) -> Result<(), OpError> {
-        io::f32_out(Self::OUTPUTS, out, 0)?.fill(1.0);
+    fn cpu(w: &f32, _: &ExecCx, _: &[Option<&Tensor>], out: &mut [Tensor]) -> Result<(), OpError> {
+        io::f32_out(Self::OUTPUTS, out, 0)?.fill(*w);
         Ok(())
     }
 }
@@ -313,7 +319,12 @@ impl Op for GradAdd {
         }
         Ok(vec![a.clone()])
     }
-    fn cpu(_: &NoParams, _: &ExecCx, ins: &[Option<&Tensor>], out: &mut [Tensor]) -> Result<(), OpError> {
+    fn cpu(
+        _: &NoParams,
+        _: &ExecCx,
+        ins: &[Option<&Tensor>],
+        out: &mut [Tensor],
+    ) -> Result<(), OpError> {
         let a = io::f32(Self::INPUTS, ins, 0)?;
         let b = io::f32(Self::INPUTS, ins, 1)?;
         let y = io::f32_out(Self::OUTPUTS, out, 0)?;

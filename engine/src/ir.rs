@@ -430,8 +430,9 @@ fn resolve(
             Ok(Ref::Batch(port.to_owned()))
         } else {
             Err(
-                GraphError::new(DANGLING, format!("the batch has no field `{port}`"), r.loc)
-                    .help(port_list("batch fields", env.batch.keys().map(String::as_str))),
+                GraphError::new(DANGLING, format!("the batch has no field `{port}`"), r.loc).help(
+                    port_list("batch fields", env.batch.keys().map(String::as_str)),
+                ),
             )
         };
     }
@@ -439,10 +440,12 @@ fn resolve(
         return if env.state.contains_key(port) {
             Ok(Ref::State(port.to_owned()))
         } else {
-            Err(
-                GraphError::new(DANGLING, format!("there is no state tensor `{port}`"), r.loc)
-                    .help(nearest_names(port, env.state.keys().map(String::as_str))),
+            Err(GraphError::new(
+                DANGLING,
+                format!("there is no state tensor `{port}`"),
+                r.loc,
             )
+            .help(nearest_names(port, env.state.keys().map(String::as_str))))
         };
     }
     let Some(&j) = index.get(head) else {

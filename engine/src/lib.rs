@@ -11,6 +11,7 @@ pub mod op;
 pub mod registry;
 pub mod spec;
 pub mod tensor;
+pub mod train;
 
 pub use op::{Access, ExecCx, NoParams, Op, OpError, OpNode, Port};
 pub use registry::{Plugin, Registry, RegistryError};

@@ -68,8 +68,8 @@ pub fn from_node<T: DeserializeOwned>(node: &Node) -> Result<T, DeError> {
 }
 
 /// A value with the location it was read from. Deserialises from any serde format; only the
-/// [`Node`] deserializer fills in the location.
-#[derive(Debug, Clone, PartialEq)]
+/// [`Node`] deserializer fills in the location. Equality and order look at the value only.
+#[derive(Debug, Clone)]
 pub struct Sp<T> {
     /// The value.
     pub value: T,
@@ -84,6 +84,24 @@ impl<T> Sp<T> {
             value,
             loc: Loc::NONE,
         }
+    }
+}
+
+// Ordered and compared by value only, so `Sp<String>` can key a map as the plain string would.
+impl<T: PartialEq> PartialEq for Sp<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+impl<T: Eq> Eq for Sp<T> {}
+impl<T: PartialOrd> PartialOrd for Sp<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        self.value.partial_cmp(&other.value)
+    }
+}
+impl<T: Ord> Ord for Sp<T> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.value.cmp(&other.value)
     }
 }
 

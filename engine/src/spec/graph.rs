@@ -127,9 +127,13 @@ pub struct OptimSpec {
     /// Learning-rate schedule; constant when absent.
     #[serde(default)]
     pub schedule: Option<Schedule>,
-    /// Per-parameter-group multipliers by name prefix, e.g. `{ backbone: 0.1 }`.
+    /// Per-parameter-group multipliers by name prefix within the model, e.g. `{ backbone: 0.1 }`.
     #[serde(default)]
     pub lr_mult: BTreeMap<String, f64>,
+    /// What this optimizer minimizes: loss references (`node.port`, f32 scalars) → weight. The
+    /// weighted sum is differentiated with respect to the model's parameters.
+    #[serde(default)]
+    pub minimize: BTreeMap<Sp<String>, f64>,
 }
 
 fn default_betas() -> (f64, f64) {

@@ -1,0 +1,354 @@
+//! train: one training step of a method graph, built once — the validated forward graph, one
+//! backward pass per optimizer (each differentiating its own weighted `minimize:` losses with
+//! respect to its model's parameters), then the optimizer updates in declared order — and the
+//! learning-rate schedules.
+//!
+//! State naming: a model's parameters are the state tensors named `<model>.<name>`; `lr_mult`
+//! prefixes match `<name>`.
+//!
+//! Not here yet: models traced from an architecture (state is handed in), EMA copies, the run
+//! directory, checkpoints, metrics, the progress bar.
+
+use crate::autodiff;
+use crate::exec::{self, ExecError};
+use crate::ir::{self, Env, Graph, Source};
+use crate::registry::Registry;
+use crate::spec::{GraphError, GraphSpec, Loc, OptimKind, OptimSpec, Schedule};
+use crate::tensor::Tensor;
+use flowseg_kernels::optim::{adamw_step, sgd_step, AdamW, Sgd};
+use flowseg_kernels::KernelError;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// FS0111: a `minimize:` entry that names no loss, or an optimizer for a model without
+/// parameters.
+pub const BAD_OBJECTIVE: &str = "FS0111";
+
+/// Learning rate at `iteration` (0-based) of `total`: linear warm-up from 0 over `warmup`
+/// iterations, then the schedule over the remaining ones.
+pub fn lr_at(base: f64, schedule: Option<&Schedule>, iteration: u64, total: u64) -> f64 {
+    let warmup = match schedule {
+        Some(
+            Schedule::Constant { warmup }
+            | Schedule::Poly { warmup, .. }
+            | Schedule::Cosine { warmup, .. },
+        ) => *warmup,
+        None => 0,
+    };
+    if iteration < warmup {
+        return base * (iteration + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1) as f64;
+    let t = ((iteration - warmup) as f64 / span).min(1.0);
+    match schedule {
+        None | Some(Schedule::Constant { .. }) => base,
+        Some(Schedule::Poly { power, .. }) => base * (1.0 - t).powf(*power),
+        Some(Schedule::Cosine { min_lr, .. }) => {
+            min_lr + (base - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+    }
+}
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Running the graph failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// An update kernel refused (a shape bug, or a bad hyper-parameter).
+    #[error("optimizer of `{model}`: {source}")]
+    Update {
+        /// The model.
+        model: String,
+        /// The failure.
+        source: KernelError,
+    },
+    /// A loss came out NaN or infinite: the update is skipped and the state left unchanged.
+    #[error("loss `{name}` is {value} at iteration {iteration}; state left unchanged")]
+    NonFinite {
+        /// Loss reference.
+        name: String,
+        /// Its value.
+        value: f32,
+        /// Iteration.
+        iteration: u64,
+    },
+}
+
+struct Param {
+    state: String,
+    grad: Source,
+    lr_mult: f64,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+struct Optimizer {
+    model: String,
+    spec: OptimSpec,
+    params: Vec<Param>,
+    steps: u64,
+}
+
+/// A method graph ready to train.
+pub struct Trainer {
+    /// Forward and backward nodes.
+    pub graph: Graph,
+    /// Every loss some optimizer minimizes, by reference, for logging.
+    pub losses: Vec<(String, Source)>,
+    /// Persistent tensors (parameters), updated in place by [`Trainer::step`].
+    pub state: BTreeMap<String, Tensor>,
+    optimizers: Vec<Optimizer>,
+    total: u64,
+    seed: u64,
+}
+
+impl Trainer {
+    /// Validates the graph against `env`, differentiates every optimizer's objective and
+    /// prepares optimizer buffers. `state` holds the initial value of every tensor in
+    /// `env.state`.
+    pub fn new(
+        spec: &GraphSpec,
+        registry: &Registry,
+        env: &Env,
+        state: BTreeMap<String, Tensor>,
+    ) -> Result<Self, Vec<GraphError>> {
+        let mut graph = ir::build(spec, registry, env)?;
+        let mut errors = Vec::new();
+        let mut losses: Vec<(String, Source)> = Vec::new();
+        let mut optimizers = Vec::new();
+        for (model, ospec) in &spec.optim {
+            let prefix = format!("{}.", model.value);
+            let wrt: BTreeSet<String> = graph
+                .state
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect();
+            if wrt.is_empty() {
+                errors.push(GraphError::new(
+                    BAD_OBJECTIVE,
+                    format!(
+                        "the graph reads no parameter of model `{}` (state `{prefix}*`)",
+                        model.value
+                    ),
+                    model.loc,
+                ));
+                continue;
+            }
+            let mut objective = Vec::new();
+            for (reference, weight) in &ospec.minimize {
+                match resolve_output(&graph, registry, reference) {
+                    Some(src) => {
+                        if !losses.iter().any(|(r, _)| r == &reference.value) {
+                            losses.push((reference.value.clone(), src.clone()));
+                        }
+                        objective.push((src, *weight as f32));
+                    }
+                    None => errors.push(
+                        GraphError::new(
+                            BAD_OBJECTIVE,
+                            format!(
+                                "`minimize` names `{}`, which is no node output",
+                                reference.value
+                            ),
+                            reference.loc,
+                        )
+                        .help("write `<node>.<output>`, e.g. `sup_loss.loss: 1.0`"),
+                    ),
+                }
+            }
+            if objective.is_empty() {
+                if ospec.minimize.is_empty() {
+                    errors.push(
+                        GraphError::new(
+                            BAD_OBJECTIVE,
+                            format!("optimizer of `{}` minimizes nothing", model.value),
+                            model.loc,
+                        )
+                        .help("add `minimize: { <node>.<output>: 1.0 }`"),
+                    );
+                }
+                continue;
+            }
+            match autodiff::differentiate(&mut graph, &objective, &wrt) {
+                Ok(grads) => {
+                    let params = grads
+                        .into_iter()
+                        .map(|(name, grad)| {
+                            let len = env.state.get(&name).map_or(0, |s| s.len());
+                            let local = &name[prefix.len()..];
+                            let lr_mult = ospec
+                                .lr_mult
+                                .iter()
+                                .filter(|(p, _)| local.starts_with(p.as_str()))
+                                .max_by_key(|(p, _)| p.len())
+                                .map_or(1.0, |(_, m)| *m);
+                            Param {
+                                state: name,
+                                grad,
+                                lr_mult,
+                                m: vec![0.0; len],
+                                v: if ospec.kind == OptimKind::Adamw {
+                                    vec![0.0; len]
+                                } else {
+                                    Vec::new()
+                                },
+                            }
+                        })
+                        .collect();
+                    optimizers.push(Optimizer {
+                        model: model.value.clone(),
+                        spec: ospec.clone(),
+                        params,
+                        steps: 0,
+                    });
+                }
+                Err(e) => errors.extend(e),
+            }
+        }
+        for name in env.state.keys() {
+            if !state.contains_key(name) {
+                errors.push(GraphError::new(
+                    BAD_OBJECTIVE,
+                    format!("no initial value for state tensor `{name}`"),
+                    Loc::NONE,
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Trainer {
+            graph,
+            losses,
+            state,
+            optimizers,
+            total: spec.train.iterations,
+            seed: spec.train.seed,
+        })
+    }
+
+    /// One iteration on `batch`: run forward and backward, then every optimizer in declared
+    /// order. Returns the losses. A non-finite loss skips every update (the state is unchanged).
+    pub fn step(
+        &mut self,
+        batch: &BTreeMap<String, Tensor>,
+        iteration: u64,
+    ) -> Result<Vec<(String, f32)>, StepError> {
+        let run = exec::run_cpu(&self.graph, batch, &self.state, self.seed, iteration)?;
+        let mut values = Vec::with_capacity(self.losses.len());
+        for (name, src) in &self.losses {
+            let v = run.scalar(src).unwrap_or(f32::NAN);
+            if !v.is_finite() {
+                return Err(StepError::NonFinite {
+                    name: name.clone(),
+                    value: v,
+                    iteration,
+                });
+            }
+            values.push((name.clone(), v));
+        }
+        // Copy the gradients out so the state can be updated after the run's borrows end.
+        let grads: Vec<Vec<Vec<f32>>> = self
+            .optimizers
+            .iter()
+            .map(|o| {
+                o.params
+                    .iter()
+                    .map(|p| {
+                        run.get(&p.grad)
+                            .and_then(Tensor::f32)
+                            .map(<[f32]>::to_vec)
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .collect();
+        drop(run);
+        for (opt, grads) in self.optimizers.iter_mut().zip(grads) {
+            opt.steps += 1;
+            let base = lr_at(
+                opt.spec.lr,
+                opt.spec.schedule.as_ref(),
+                iteration,
+                self.total,
+            );
+            for (p, g) in opt.params.iter_mut().zip(grads) {
+                let Some(value) = self.state.get_mut(&p.state).and_then(Tensor::f32_mut) else {
+                    continue;
+                };
+                let lr = base * p.lr_mult;
+                let result = match opt.spec.kind {
+                    OptimKind::Sgd => sgd_step(
+                        value,
+                        &g,
+                        &mut p.m,
+                        &Sgd {
+                            lr,
+                            momentum: opt.spec.momentum,
+                            nesterov: opt.spec.nesterov,
+                            weight_decay: opt.spec.weight_decay,
+                        },
+                    ),
+                    OptimKind::Adamw => adamw_step(
+                        value,
+                        &g,
+                        &mut p.m,
+                        &mut p.v,
+                        &AdamW {
+                            lr,
+                            beta1: opt.spec.betas.0,
+                            beta2: opt.spec.betas.1,
+                            eps: opt.spec.eps,
+                            weight_decay: opt.spec.weight_decay,
+                        },
+                        opt.steps,
+                    ),
+                };
+                result.map_err(|source| StepError::Update {
+                    model: opt.model.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(values)
+    }
+}
+
+/// The source of `node.port` among the graph's nodes.
+fn resolve_output(graph: &Graph, registry: &Registry, reference: &str) -> Option<Source> {
+    let (node, port) = reference.split_once('.')?;
+    let index = graph.nodes.iter().position(|n| n.name.value == node)?;
+    let outputs = registry.get(graph.nodes[index].op.name())?.outputs();
+    let port = outputs.iter().position(|p| p.name == port)?;
+    Some(Source::Node { node: index, port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_match_their_formulas() {
+        // Constant, no warm-up.
+        assert_eq!(lr_at(0.1, None, 50, 100), 0.1);
+        // Warm-up: linear from lr/warmup to lr over `warmup` iterations.
+        let s = Schedule::Constant { warmup: 10 };
+        assert!((lr_at(0.1, Some(&s), 0, 100) - 0.01).abs() < 1e-12);
+        assert!((lr_at(0.1, Some(&s), 9, 100) - 0.1).abs() < 1e-12);
+        // Poly 0.9: lr·(1 − t)^0.9, t = 50/100 → 0.1 · 0.5^0.9 = 0.0535886731...
+        let s = Schedule::Poly {
+            power: 0.9,
+            warmup: 0,
+        };
+        assert!((lr_at(0.1, Some(&s), 50, 100) - 0.053_588_673_1).abs() < 1e-9);
+        assert_eq!(lr_at(0.1, Some(&s), 100, 100), 0.0);
+        // Cosine from 0.1 to 0.0 over 90 iterations after 10 of warm-up: halfway → 0.05.
+        let s = Schedule::Cosine {
+            min_lr: 0.0,
+            warmup: 10,
+        };
+        assert!((lr_at(0.1, Some(&s), 55, 100) - 0.05).abs() < 1e-12);
+        assert!((lr_at(0.1, Some(&s), 10, 100) - 0.1).abs() < 1e-12);
+    }
+}
