@@ -6,13 +6,16 @@
 //! Families so far: `forward` (layers and activations), `loss` (scalar objectives), `fuse`
 //! (turning predictions into pseudo-labels). Still to come: augment, ema, mix, optim, data, eval.
 //!
-//! Every op here is forward only for now: the vector-Jacobian rules arrive with the autodiff
-//! pass and the CUDA launchers with the CUDA kernels, as new `Op` methods.
+//! Every differentiable op implements `Op::vjp` by emitting backward ops, which live in the
+//! forward op's file and are not registered (they are never written in YAML); the others
+//! (`max_confidence`, `detach`) are stop-gradients (`Op::STOP_GRAD`). The CUDA launchers arrive
+//! with the CUDA kernels, as new `Op` methods.
 
 use flowseg_engine::{Registry, RegistryError};
 
 pub use flowseg_engine as engine;
 
+mod grad;
 #[cfg(test)]
 mod support;
 
@@ -26,8 +29,10 @@ pub mod forward {
     pub mod softmax;
 }
 
-/// Predictions combined into training signals (pseudo-labels, confidences).
+/// Predictions combined into training signals (pseudo-labels, confidences), and the explicit
+/// stop-gradient `detach`.
 pub mod fuse {
+    pub mod detach;
     pub mod max_confidence;
 }
 
@@ -45,6 +50,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::relu::Relu>()?;
     r.add::<forward::resize_bilinear::ResizeBilinear>()?;
     r.add::<forward::softmax::Softmax>()?;
+    r.add::<fuse::detach::Detach>()?;
     r.add::<fuse::max_confidence::MaxConfidence>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
     Ok(())

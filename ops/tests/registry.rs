@@ -25,6 +25,7 @@ fn the_expected_ops_are_registered() {
         "add",
         "conv2d",
         "cross_entropy",
+        "detach",
         "leaky_relu",
         "max_confidence",
         "relu",

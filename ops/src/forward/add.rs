@@ -1,9 +1,11 @@
 //! `add`: y = a + b element-wise, `torch.add(a, b)`. `a`, `b` and `y`: f32, any shape, all the
 //! same spec (no broadcasting).
 //!
-//! Forward only: the vector-Jacobian rule (da = db = dy) and the CUDA launcher come later.
+//! Backward: da = db = dy, the output gradient itself, so the VJP emits no node. The CUDA
+//! launcher comes later.
 
-use flowseg_engine::op::io;
+use crate::grad;
+use flowseg_engine::op::{io, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::elementwise::add_fwd;
 
@@ -40,6 +42,21 @@ impl Op for Add {
         let b = io::f32(Self::INPUTS, inputs, 1)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(add_fwd(a, b, y)?)
+    }
+
+    /// da = db = dy: both inputs get the gradient of `y` as it is (no node). When `a` and `b`
+    /// are the same value, autodiff's fan-in sums the two into 2·dy.
+    fn vjp(_: &NoParams, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
+        let dy = match grad::grad_output(g, Self::OUTPUTS, 0) {
+            Ok(dy) => dy,
+            Err(e) => return Some(Err(e)),
+        };
+        for i in 0..Self::INPUTS.len() {
+            if g.needs_grad(i) {
+                g.set_grad(i, dy.clone());
+            }
+        }
+        Some(Ok(()))
     }
 }
 

@@ -9,11 +9,13 @@
 //! → `y` f32[N, Co, Ho, Wo] with Ho = (H + 2·padding − dilation·(kh − 1) − 1)/stride + 1 (Wo
 //! likewise). The kernel extent and Co are read off `weight`'s shape, not given as params.
 //!
-//! Forward only: the vector-Jacobian rule (dx, dweight, dbias) and CUDA launcher come later.
+//! Backward: one `conv2d_bwd` node (below, unregistered) produces whichever of dx, dweight and
+//! dbias the graph needs; the CUDA launcher comes later.
 
-use flowseg_engine::op::io;
+use crate::grad;
+use flowseg_engine::op::{io, Vjp};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
-use flowseg_kernels::conv2d::{conv2d_fwd, Conv2d as Geometry};
+use flowseg_kernels::conv2d::{conv2d_bwd, conv2d_fwd, Conv2d as Geometry};
 use flowseg_kernels::KernelError;
 use serde::Deserialize;
 use std::num::NonZeroUsize;
@@ -141,12 +143,169 @@ impl Op for Conv2d {
             y,
         )?)
     }
+
+    fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
+        Some(backward(p, g))
+    }
+}
+
+/// The VJP of `conv2d`: one `conv2d_bwd` node, asked (by flags in its params) for exactly the
+/// gradients whose inputs need one.
+///
+/// One node with flags rather than a node per gradient: it is one call of the kernel, whose
+/// `Option` outputs exist for exactly this (a frozen layer needs only dx, the first layer no
+/// dx), and one launcher for the CUDA twin; separate nodes would each need x, weight and dy all
+/// the same (the kernel reads both) and buy nothing until the planner has streams. Unwanted
+/// outputs are empty (f32[0]) rather than absent, so the ports keep their positions. When the
+/// planner wants dX ‖ dW on two streams (DESIGN §2), the split is made here: emit this op twice
+/// with disjoint flags.
+fn backward(p: &Params, g: &mut Vjp<'_>) -> Result<(), String> {
+    let want = Wanted {
+        dx: g.needs_grad(0),
+        dweight: g.needs_grad(1),
+        dbias: g.needs_grad(2),
+    };
+    if !(want.dx || want.dweight || want.dbias) {
+        return Ok(());
+    }
+    let x = grad::input(g, Conv2d::INPUTS, 0)?;
+    let w = grad::input(g, Conv2d::INPUTS, 1)?;
+    let dy = grad::grad_output(g, Conv2d::OUTPUTS, 0)?;
+    let params = BwdParams {
+        conv: p.clone(),
+        want,
+    };
+    let [dx, dw, db] =
+        grad::outputs(g.emit::<Conv2dBwd>(params, vec![Some(x), Some(w), Some(dy)])?)?;
+    for (i, wanted, grad) in [(0, want.dx, dx), (1, want.dweight, dw), (2, want.dbias, db)] {
+        if wanted {
+            g.set_grad(i, grad);
+        }
+    }
+    Ok(())
+}
+
+/// Backward of `conv2d` (emitted by its VJP, not registered): any of dx, dweight, dbias, as
+/// its params ask.
+struct Conv2dBwd;
+
+/// Which gradients a `conv2d_bwd` node produces; the others are empty outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wanted {
+    /// The input gradient.
+    dx: bool,
+    /// The filter gradient.
+    dweight: bool,
+    /// The bias gradient (the forward had a bias).
+    dbias: bool,
+}
+
+/// Params of `conv2d_bwd`, filled in by the VJP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BwdParams {
+    /// The forward's params.
+    conv: Params,
+    /// The gradients to produce.
+    want: Wanted,
+}
+
+impl Op for Conv2dBwd {
+    const NAME: &'static str = "conv2d_bwd";
+    const SUMMARY: &'static str = "gradient of conv2d: any of dx, dweight, dbias from dy";
+    const INPUTS: &'static [Port] = &[
+        Port::req("x", "f32[N, Ci, H, W]: conv2d's input"),
+        Port::req("weight", "f32[Co, Ci/groups, kh, kw]: conv2d's filters"),
+        Port::req("dy", "f32[N, Co, Ho, Wo]: the gradient of conv2d's `y`"),
+    ];
+    const OUTPUTS: &'static [Port] = &[
+        Port::req("dx", "f32[N, Ci, H, W], or f32[0] when not wanted"),
+        Port::req(
+            "dweight",
+            "f32[Co, Ci/groups, kh, kw], or f32[0] when not wanted",
+        ),
+        Port::req("dbias", "f32[Co], or f32[0] when not wanted"),
+    ];
+    const EXAMPLE: &'static str = "";
+    type Params = BwdParams;
+
+    fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        // The forward's checks on x and weight, and the y they give, which dy must match.
+        let y = Conv2d::infer(&p.conv, &inputs[..inputs.len().min(2)])?;
+        let dy = io::spec(Self::INPUTS, inputs, 2)?;
+        if Some(dy) != y.first() {
+            let want = y.first().map_or("?".into(), ToString::to_string);
+            return Err(format!("`dy` must be {want} (conv2d's `y`), got {dy}"));
+        }
+        let x = io::spec(Self::INPUTS, inputs, 0)?;
+        let w = io::spec(Self::INPUTS, inputs, 1)?;
+        let co = w.shape.first().copied().unwrap_or(0);
+        let pick = |wanted: bool, spec: TensorSpec| {
+            if wanted {
+                spec
+            } else {
+                TensorSpec::f32(&[0])
+            }
+        };
+        Ok(vec![
+            pick(p.want.dx, x.clone()),
+            pick(p.want.dweight, w.clone()),
+            pick(p.want.dbias, TensorSpec::f32(&[co])),
+        ])
+    }
+
+    fn cpu(
+        p: &BwdParams,
+        _: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let xs = io::nchw(Self::INPUTS, inputs, 0)?;
+        let ws = io::nchw(Self::INPUTS, inputs, 1)?;
+        let x = io::f32(Self::INPUTS, inputs, 0)?;
+        let w = io::f32(Self::INPUTS, inputs, 1)?;
+        let dy = io::f32(Self::INPUTS, inputs, 2)?;
+        let n = outputs.len();
+        let [dx, dw, db] = outputs else {
+            return Err(OpError::Output {
+                port: "dx",
+                problem: format!("expected 3 outputs, got {n}"),
+            });
+        };
+        let dx = wanted_output(p.want.dx, 0, dx)?;
+        let dw = wanted_output(p.want.dweight, 1, dw)?;
+        let db = wanted_output(p.want.dbias, 2, db)?;
+        Ok(conv2d_bwd(
+            x,
+            xs,
+            w,
+            ws.n,
+            &p.conv.geometry(ws.h, ws.w),
+            dy,
+            dx,
+            dw,
+            db,
+        )?)
+    }
+}
+
+/// `conv2d_bwd`'s output `k` as an f32 slice if it is wanted, else `None` (the kernel then
+/// skips that gradient).
+fn wanted_output(wanted: bool, k: usize, t: &mut Tensor) -> Result<Option<&mut [f32]>, OpError> {
+    if !wanted {
+        return Ok(None);
+    }
+    // A one-tensor slice and the ports from `k` on, so the helper's message names port `k`.
+    let ports = Conv2dBwd::OUTPUTS.get(k..).unwrap_or(&[]);
+    io::f32_out(ports, std::slice::from_mut(t), 0).map(Some)
 }
 
 #[cfg(test)]
 mod tests {
     use crate::support::test::{f32s, infer_err, run, try_configure};
     use flowseg_engine::TensorSpec;
+    use std::num::NonZeroUsize;
 
     /// x = [[1, 2, 3], [4, 5, 6], [7, 8, 9]] as [1, 1, 3, 3]; weight [[1, 0], [0, 1]] sums each
     /// 2×2 window's main diagonal.
@@ -217,6 +376,42 @@ mod tests {
             &[Some(TensorSpec::f32(&[1, 3, 2, 2])), w, None],
         );
         assert!(e.starts_with("`x` is too small for a 3×3 kernel: "), "{e}");
+    }
+
+    #[test]
+    fn backward_outputs_only_the_wanted_gradients() {
+        use super::{BwdParams, Conv2dBwd, Params, Wanted};
+        use flowseg_engine::{ExecCx, Op, Tensor};
+        let conv = Params {
+            stride: NonZeroUsize::MIN,
+            padding: 0,
+            dilation: NonZeroUsize::MIN,
+            groups: NonZeroUsize::MIN,
+        };
+        let p = |dx, dweight, dbias| BwdParams {
+            conv: conv.clone(),
+            want: Wanted { dx, dweight, dbias },
+        };
+        let inputs = x_and_diag();
+        let dy = f32s(&[1, 1, 2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let ins: Vec<Option<&Tensor>> = vec![inputs[0].as_ref(), inputs[1].as_ref(), Some(&dy)];
+        let specs: Vec<Option<&TensorSpec>> = ins.iter().map(|t| t.map(Tensor::spec)).collect();
+        let run = |p: &BwdParams| {
+            let specs = Conv2dBwd::infer(p, &specs).unwrap();
+            let mut outs: Vec<Tensor> = specs.iter().map(Tensor::zeros).collect();
+            Conv2dBwd::cpu(p, &ExecCx::default(), &ins, &mut outs).unwrap();
+            outs
+        };
+        let all = run(&p(true, true, true));
+        let dw_only = run(&p(false, true, false));
+        let empty = TensorSpec::f32(&[0]);
+        assert_eq!(dw_only[0].spec(), &empty);
+        assert_eq!(dw_only[2].spec(), &empty);
+        assert_eq!(dw_only[1].spec(), &TensorSpec::f32(&[1, 1, 2, 2]));
+        assert_eq!(dw_only[1].f32(), all[1].f32());
+        // dW[a, b] = Σ_ij dy[i, j]·x[i + a, j + b]: 1·1 + 2·2 + 3·4 + 4·5 = 37, ...
+        assert_eq!(all[1].f32(), Some(&[37.0, 47.0, 67.0, 77.0][..]));
+        assert_eq!(all[2].f32(), Some(&[10.0][..]));
     }
 
     #[test]

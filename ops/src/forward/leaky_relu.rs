@@ -1,11 +1,13 @@
 //! `leaky_relu`: y = x if x > 0 else slope·x, element-wise; `F.leaky_relu(x, negative_slope)`.
 //! `x` and `y`: f32, any shape, the same.
 //!
-//! Forward only: the vector-Jacobian rule (dx = dy or slope·dy) and the CUDA launcher come later.
+//! Backward: `leaky_relu_bwd` (below, unregistered) computes dx = dy if x > 0 else slope·dy
+//! from the forward input (slope·dy at x = 0, as in PyTorch). The CUDA launcher comes later.
 
-use flowseg_engine::op::io;
+use crate::grad;
+use flowseg_engine::op::{io, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
-use flowseg_kernels::activation::leaky_relu_fwd;
+use flowseg_kernels::activation::{leaky_relu_bwd, leaky_relu_fwd};
 use serde::Deserialize;
 
 /// The `leaky_relu` op.
@@ -46,6 +48,62 @@ impl Op for LeakyRelu {
         let x = io::f32(Self::INPUTS, inputs, 0)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(leaky_relu_fwd(x, p.slope, y)?)
+    }
+
+    fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
+        Some(backward(p, g))
+    }
+}
+
+/// The VJP of `leaky_relu`: one `leaky_relu_bwd` node (same params), dx from x and dy.
+fn backward(p: &Params, g: &mut Vjp<'_>) -> Result<(), String> {
+    if !g.needs_grad(0) {
+        return Ok(());
+    }
+    let x = grad::input(g, LeakyRelu::INPUTS, 0)?;
+    let dy = grad::grad_output(g, LeakyRelu::OUTPUTS, 0)?;
+    let [dx] = grad::outputs(g.emit::<LeakyReluBwd>(p.clone(), vec![Some(x), Some(dy)])?)?;
+    g.set_grad(0, dx);
+    Ok(())
+}
+
+/// Backward of `leaky_relu` (emitted by its VJP, not registered): dx = dy if x > 0 else
+/// slope·dy, with the forward's params.
+struct LeakyReluBwd;
+
+impl Op for LeakyReluBwd {
+    const NAME: &'static str = "leaky_relu_bwd";
+    const SUMMARY: &'static str = "gradient of leaky_relu, dx = dy if x > 0 else slope·dy";
+    const INPUTS: &'static [Port] = &[
+        Port::req("x", "f32, any shape: leaky_relu's input"),
+        Port::req(
+            "dy",
+            "f32, the spec of `x`: the gradient of leaky_relu's `y`",
+        ),
+    ];
+    const OUTPUTS: &'static [Port] = &[Port::req("dx", "f32, the spec of `x`")];
+    const EXAMPLE: &'static str = "";
+    type Params = Params;
+
+    fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        let x = io::f32_spec(Self::INPUTS, inputs, 0)?;
+        let dy = io::spec(Self::INPUTS, inputs, 1)?;
+        if dy != x {
+            return Err(format!("`dy` must match `x` ({x}), got {dy}"));
+        }
+        Ok(vec![x.clone()])
+    }
+
+    fn cpu(
+        p: &Params,
+        _: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let x = io::f32(Self::INPUTS, inputs, 0)?;
+        let dy = io::f32(Self::INPUTS, inputs, 1)?;
+        let dx = io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(leaky_relu_bwd(x, p.slope, dy, dx)?)
     }
 }
 

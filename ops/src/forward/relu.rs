@@ -1,10 +1,12 @@
 //! `relu`: y = max(x, 0) element-wise, `torch.relu(x)`. `x` and `y`: f32, any shape, the same.
 //!
-//! Forward only: the vector-Jacobian rule (dx = dy·[x > 0]) and the CUDA launcher come later.
+//! Backward: `relu_bwd` (below, unregistered) computes dx = dy·[x > 0] from the forward input,
+//! so the gradient at x = 0 is 0, as in PyTorch. The CUDA launcher comes later.
 
-use flowseg_engine::op::io;
+use crate::grad;
+use flowseg_engine::op::{io, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
-use flowseg_kernels::activation::relu_fwd;
+use flowseg_kernels::activation::{relu_bwd, relu_fwd};
 
 /// The `relu` op (no params).
 pub struct Relu;
@@ -30,6 +32,58 @@ impl Op for Relu {
         let x = io::f32(Self::INPUTS, inputs, 0)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(relu_fwd(x, y)?)
+    }
+
+    fn vjp(_: &NoParams, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
+        Some(backward(g))
+    }
+}
+
+/// The VJP of `relu`: one `relu_bwd` node, dx from x and dy.
+fn backward(g: &mut Vjp<'_>) -> Result<(), String> {
+    if !g.needs_grad(0) {
+        return Ok(());
+    }
+    let x = grad::input(g, Relu::INPUTS, 0)?;
+    let dy = grad::grad_output(g, Relu::OUTPUTS, 0)?;
+    let [dx] = grad::outputs(g.emit::<ReluBwd>(NoParams {}, vec![Some(x), Some(dy)])?)?;
+    g.set_grad(0, dx);
+    Ok(())
+}
+
+/// Backward of `relu` (emitted by its VJP, not registered): dx = dy·[x > 0].
+struct ReluBwd;
+
+impl Op for ReluBwd {
+    const NAME: &'static str = "relu_bwd";
+    const SUMMARY: &'static str = "gradient of relu, dx = dy where x > 0, else 0";
+    const INPUTS: &'static [Port] = &[
+        Port::req("x", "f32, any shape: relu's input"),
+        Port::req("dy", "f32, the spec of `x`: the gradient of relu's `y`"),
+    ];
+    const OUTPUTS: &'static [Port] = &[Port::req("dx", "f32, the spec of `x`")];
+    const EXAMPLE: &'static str = "";
+    type Params = NoParams;
+
+    fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        let x = io::f32_spec(Self::INPUTS, inputs, 0)?;
+        let dy = io::spec(Self::INPUTS, inputs, 1)?;
+        if dy != x {
+            return Err(format!("`dy` must match `x` ({x}), got {dy}"));
+        }
+        Ok(vec![x.clone()])
+    }
+
+    fn cpu(
+        _: &NoParams,
+        _: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let x = io::f32(Self::INPUTS, inputs, 0)?;
+        let dy = io::f32(Self::INPUTS, inputs, 1)?;
+        let dx = io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(relu_bwd(x, dy, dx)?)
     }
 }
 

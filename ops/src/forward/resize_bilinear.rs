@@ -6,11 +6,14 @@
 //!
 //! Shapes: `x` f32[N, C, H, W] → `y` f32[N, C, h, w]; H, W, h and w must be positive.
 //!
-//! Forward only: the vector-Jacobian rule (the adjoint scatter) and the CUDA launcher come later.
+//! Backward: `resize_bilinear_bwd` (below, unregistered) scatters dy back through the same
+//! taps and weights (the adjoint of the blend); it needs only dy and the input's size. The CUDA
+//! launcher comes later.
 
-use flowseg_engine::op::io;
+use crate::grad;
+use flowseg_engine::op::{io, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
-use flowseg_kernels::resize::resize_bilinear_fwd;
+use flowseg_kernels::resize::{resize_bilinear_bwd, resize_bilinear_fwd};
 use flowseg_kernels::Nchw;
 use serde::Deserialize;
 use std::num::NonZeroUsize;
@@ -64,6 +67,90 @@ impl Op for ResizeBilinear {
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         let [h, w] = p.size.map(NonZeroUsize::get);
         Ok(resize_bilinear_fwd(x, shape, h, w, p.align_corners, y)?)
+    }
+
+    fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
+        Some(backward(p, g))
+    }
+}
+
+/// The VJP of `resize_bilinear`: one `resize_bilinear_bwd` node reading only dy; the input's
+/// [H, W] goes into its params, so x need not be kept for the backward.
+fn backward(p: &Params, g: &mut Vjp<'_>) -> Result<(), String> {
+    if !g.needs_grad(0) {
+        return Ok(());
+    }
+    let x = grad::input(g, ResizeBilinear::INPUTS, 0)?;
+    let x = g
+        .spec(&x)
+        .and_then(TensorSpec::as_nchw)
+        .ok_or("`x` has no NCHW spec")?;
+    let dy = grad::grad_output(g, ResizeBilinear::OUTPUTS, 0)?;
+    let params = BwdParams {
+        in_size: [x.h, x.w],
+        align_corners: p.align_corners,
+    };
+    let [dx] = grad::outputs(g.emit::<ResizeBilinearBwd>(params, vec![Some(dy)])?)?;
+    g.set_grad(0, dx);
+    Ok(())
+}
+
+/// Backward of `resize_bilinear` (emitted by its VJP, not registered): dx = the adjoint of the
+/// bilinear blend applied to dy.
+struct ResizeBilinearBwd;
+
+/// Params of `resize_bilinear_bwd`, filled in by the VJP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BwdParams {
+    /// The forward input's `[H, W]`, both positive: the size of `dx`.
+    in_size: [usize; 2],
+    /// The forward's `align_corners`.
+    align_corners: bool,
+}
+
+impl Op for ResizeBilinearBwd {
+    const NAME: &'static str = "resize_bilinear_bwd";
+    const SUMMARY: &'static str = "gradient of resize_bilinear: dy scattered back to the input";
+    const INPUTS: &'static [Port] = &[Port::req(
+        "dy",
+        "f32[N, C, h, w]: the gradient of resize_bilinear's `y`",
+    )];
+    const OUTPUTS: &'static [Port] = &[Port::req("dx", "f32[N, C, H, W] with [H, W] = `in_size`")];
+    const EXAMPLE: &'static str = "";
+    type Params = BwdParams;
+
+    fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        let dy = io::nchw_f32(Self::INPUTS, inputs, 0)?;
+        let [h, w] = p.in_size;
+        if h == 0 || w == 0 || dy.h == 0 || dy.w == 0 {
+            return Err(format!(
+                "sizes must be positive: `dy` is {}, in_size [{h}, {w}]",
+                TensorSpec::nchw(dy)
+            ));
+        }
+        Ok(vec![TensorSpec::nchw(Nchw::new(dy.n, dy.c, h, w))])
+    }
+
+    fn cpu(
+        p: &BwdParams,
+        _: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let dys = io::nchw(Self::INPUTS, inputs, 0)?;
+        let dy = io::f32(Self::INPUTS, inputs, 0)?;
+        let dx = io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let [h, w] = p.in_size;
+        let shape = Nchw::new(dys.n, dys.c, h, w);
+        Ok(resize_bilinear_bwd(
+            dy,
+            shape,
+            dys.h,
+            dys.w,
+            p.align_corners,
+            dx,
+        )?)
     }
 }
 

@@ -1,11 +1,13 @@
 //! `softmax`: probabilities over the class axis, y_k = exp(x_k − m) / Σ_j exp(x_j − m) at
 //! every pixel with m = max_k x_k; `torch.softmax(x, dim=1)`. `x` and `y`: f32[N, K, H, W].
 //!
-//! Forward only: the vector-Jacobian rule (dx = y·(dy − Σ_k dy·y)) and CUDA launcher come later.
+//! Backward: `softmax_bwd` (below, unregistered) computes dx = y·(dy − Σ_k dy·y) from the
+//! forward *output* y, so x need not be kept for it. The CUDA launcher comes later.
 
-use flowseg_engine::op::io;
+use crate::grad;
+use flowseg_engine::op::{io, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
-use flowseg_kernels::softmax::softmax_fwd;
+use flowseg_kernels::softmax::{softmax_bwd, softmax_fwd};
 
 /// The `softmax` op (no params).
 pub struct Softmax;
@@ -36,6 +38,60 @@ impl Op for Softmax {
         let x = io::f32(Self::INPUTS, inputs, 0)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(softmax_fwd(x, shape, y)?)
+    }
+
+    fn vjp(_: &NoParams, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
+        Some(backward(g))
+    }
+}
+
+/// The VJP of `softmax`: one `softmax_bwd` node, dx from the output y and dy.
+fn backward(g: &mut Vjp<'_>) -> Result<(), String> {
+    if !g.needs_grad(0) {
+        return Ok(());
+    }
+    let y = g.output(0);
+    let dy = grad::grad_output(g, Softmax::OUTPUTS, 0)?;
+    let [dx] = grad::outputs(g.emit::<SoftmaxBwd>(NoParams {}, vec![Some(y), Some(dy)])?)?;
+    g.set_grad(0, dx);
+    Ok(())
+}
+
+/// Backward of `softmax` (emitted by its VJP, not registered): dx = y·(dy − Σ_k dy·y) at every
+/// pixel.
+struct SoftmaxBwd;
+
+impl Op for SoftmaxBwd {
+    const NAME: &'static str = "softmax_bwd";
+    const SUMMARY: &'static str = "gradient of softmax over K, dx = y·(dy − Σ_k dy·y)";
+    const INPUTS: &'static [Port] = &[
+        Port::req("y", "f32[N, K, H, W]: softmax's output"),
+        Port::req("dy", "f32[N, K, H, W]: the gradient of `y`"),
+    ];
+    const OUTPUTS: &'static [Port] = &[Port::req("dx", "f32[N, K, H, W]")];
+    const EXAMPLE: &'static str = "";
+    type Params = NoParams;
+
+    fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        let y = TensorSpec::nchw(io::nchw_f32(Self::INPUTS, inputs, 0)?);
+        let dy = io::spec(Self::INPUTS, inputs, 1)?;
+        if *dy != y {
+            return Err(format!("`dy` must match `y` ({y}), got {dy}"));
+        }
+        Ok(vec![y])
+    }
+
+    fn cpu(
+        _: &NoParams,
+        _: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let shape = io::nchw(Self::INPUTS, inputs, 0)?;
+        let y = io::f32(Self::INPUTS, inputs, 0)?;
+        let dy = io::f32(Self::INPUTS, inputs, 1)?;
+        let dx = io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(softmax_bwd(y, dy, shape, dx)?)
     }
 }
 

@@ -5,8 +5,8 @@
 //! Shapes: `probs` f32[N, K, H, W] with K ≥ 1 → `confidence` f32[N, H, W] and `label`
 //! i32[N, H, W]. Thresholding the confidence into a mask is a separate element-wise op.
 //!
-//! Forward only: the vector-Jacobian rule (the gradient of `confidence` routed to the winning
-//! class; `label` carries none) and the CUDA launcher come later.
+//! A stop-gradient (`Op::STOP_GRAD`): neither output carries a gradient back to `probs`. The
+//! CUDA launcher comes later.
 
 use flowseg_engine::op::io;
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
@@ -30,6 +30,12 @@ impl Op for MaxConfidence {
     const EXAMPLE: &'static str =
         "name: pseudo\nop: max_confidence\ninputs: { probs: teacher_probs.y }\n";
     type Params = NoParams;
+
+    /// The pseudo-label primitive: its label and confidence are targets and weights for another
+    /// branch's loss, constants by definition (FixMatch, UniMatch and kin detach them), so
+    /// autodiff stops here. (`confidence` does have a gradient — routed to the winning class —
+    /// but no method wants it; a method that did would need its own op.)
+    const STOP_GRAD: bool = true;
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let p = io::nchw_f32(Self::INPUTS, inputs, 0)?;
@@ -84,10 +90,7 @@ mod tests {
     #[test]
     fn infer_rejects_labels_and_zero_classes() {
         let e = infer_err(NODE, &[Some(TensorSpec::i32(&[2, 4, 8, 8]))]);
-        assert_eq!(
-            e,
-            "`probs` must be f32[N, C, H, W], got i32[2, 4, 8, 8]"
-        );
+        assert_eq!(e, "`probs` must be f32[N, C, H, W], got i32[2, 4, 8, 8]");
         let e = infer_err(NODE, &[Some(TensorSpec::f32(&[2, 0, 8, 8]))]);
         assert_eq!(
             e,

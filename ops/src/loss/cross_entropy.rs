@@ -7,12 +7,17 @@
 //! Shapes: `logits` f32[N, K, H, W], `target` i32[N, H, W] (each in [0, K) or `ignore_index`,
 //! checked at run time), `weight` f32[N, H, W] (optional) → `loss` f32[] (a scalar).
 //!
-//! Forward only: the vector-Jacobian rule (dlogits = w·(softmax − onehot)/D) and the CUDA
-//! launcher come later.
+//! Backward: `cross_entropy_bwd` (below, unregistered) computes dlogits = dloss·w·(softmax −
+//! onehot)/D. Only `logits` gets a gradient: `target` is i32, and the per-pixel `weight` is
+//! treated as a constant (it is a mask or a confidence from a detached branch; with
+//! `weight_sum` D would depend on it too). A `weight` that depends on trainable state is an
+//! error rather than a silently dropped gradient: pass it through `detach` to say it is
+//! constant. The CUDA launcher comes later.
 
-use flowseg_engine::op::io;
+use crate::grad;
+use flowseg_engine::op::{io, Vjp};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
-use flowseg_kernels::loss::{self, cross_entropy_fwd, CrossEntropyParams};
+use flowseg_kernels::loss::{self, cross_entropy_bwd, cross_entropy_fwd, CrossEntropyParams};
 use serde::{Deserialize, Deserializer};
 
 /// The `cross_entropy` op.
@@ -74,6 +79,16 @@ impl From<Denominator> for loss::Denominator {
     }
 }
 
+impl Params {
+    /// The kernel's view of the params.
+    fn kernel(&self) -> CrossEntropyParams {
+        CrossEntropyParams {
+            ignore_index: self.ignore_index,
+            denominator: self.denominator.into(),
+        }
+    }
+}
+
 impl Op for CrossEntropy {
     const NAME: &'static str = "cross_entropy";
     const SUMMARY: &'static str =
@@ -129,11 +144,7 @@ impl Op for CrossEntropy {
         let logits = io::f32(Self::INPUTS, inputs, 0)?;
         let target = io::i32(Self::INPUTS, inputs, 1)?;
         let weight = io::f32_opt(Self::INPUTS, inputs, 2)?;
-        let params = CrossEntropyParams {
-            ignore_index: p.ignore_index,
-            denominator: p.denominator.into(),
-        };
-        let value = cross_entropy_fwd(logits, target, weight, shape, params, None)?;
+        let value = cross_entropy_fwd(logits, target, weight, shape, p.kernel(), None)?;
         match io::f32_out(Self::OUTPUTS, outputs, 0)? {
             [out] => {
                 *out = value;
@@ -144,6 +155,103 @@ impl Op for CrossEntropy {
                 problem: format!("expected a scalar output, got {} elements", other.len()),
             }),
         }
+    }
+
+    fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
+        Some(backward(p, g))
+    }
+}
+
+/// The VJP of `cross_entropy`: one `cross_entropy_bwd` node for dlogits; `target` (i32) never
+/// needs a gradient and a `weight` that would need one is refused (see the file header).
+fn backward(p: &Params, g: &mut Vjp<'_>) -> Result<(), String> {
+    if g.needs_grad(2) {
+        return Err(
+            "`weight` depends on trainable state, but cross_entropy treats the per-pixel \
+             weight as a constant and computes no gradient for it; pass it through a `detach` \
+             node to make that explicit"
+                .into(),
+        );
+    }
+    if !g.needs_grad(0) {
+        return Ok(());
+    }
+    let logits = grad::input(g, CrossEntropy::INPUTS, 0)?;
+    let target = grad::input(g, CrossEntropy::INPUTS, 1)?;
+    let dloss = grad::grad_output(g, CrossEntropy::OUTPUTS, 0)?;
+    let inputs = vec![Some(logits), Some(target), g.input(2), Some(dloss)];
+    let [dlogits] = grad::outputs(g.emit::<CrossEntropyBwd>(p.clone(), inputs)?)?;
+    g.set_grad(0, dlogits);
+    Ok(())
+}
+
+/// Backward of `cross_entropy` (emitted by its VJP, not registered): dlogits = dloss·w·(softmax
+/// − onehot)/D at valid pixels, 0 at ignored ones, with the forward's params.
+struct CrossEntropyBwd;
+
+impl Op for CrossEntropyBwd {
+    const NAME: &'static str = "cross_entropy_bwd";
+    const SUMMARY: &'static str =
+        "gradient of cross_entropy w.r.t. the logits, dloss·w·(softmax − onehot)/D";
+    const INPUTS: &'static [Port] = &[
+        Port::req("logits", "f32[N, K, H, W]: cross_entropy's logits"),
+        Port::req("target", "i32[N, H, W]: its target"),
+        Port::opt(
+            "weight",
+            "f32[N, H, W]: its per-pixel weight, if it had one",
+        ),
+        Port::req(
+            "dloss",
+            "f32[]: the gradient of its `loss`, read at run time",
+        ),
+    ];
+    const OUTPUTS: &'static [Port] = &[Port::req("dlogits", "f32[N, K, H, W]")];
+    const EXAMPLE: &'static str = "";
+    type Params = Params;
+
+    fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        // The forward's checks on logits, target and weight.
+        CrossEntropy::infer(p, &inputs[..inputs.len().min(3)])?;
+        let dloss = io::spec(Self::INPUTS, inputs, 3)?;
+        if *dloss != TensorSpec::scalar() {
+            return Err(format!("`dloss` must be f32[], got {dloss}"));
+        }
+        Ok(vec![TensorSpec::nchw(io::nchw_f32(
+            Self::INPUTS,
+            inputs,
+            0,
+        )?)])
+    }
+
+    fn cpu(
+        p: &Params,
+        _: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let shape = io::nchw(Self::INPUTS, inputs, 0)?;
+        let logits = io::f32(Self::INPUTS, inputs, 0)?;
+        let target = io::i32(Self::INPUTS, inputs, 1)?;
+        let weight = io::f32_opt(Self::INPUTS, inputs, 2)?;
+        let dloss = match io::f32(Self::INPUTS, inputs, 3)? {
+            [v] => *v,
+            other => {
+                return Err(OpError::Input {
+                    port: "dloss",
+                    problem: format!("expected a scalar, got {} elements", other.len()),
+                })
+            }
+        };
+        let dlogits = io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cross_entropy_bwd(
+            logits,
+            target,
+            weight,
+            shape,
+            p.kernel(),
+            dloss,
+            dlogits,
+        )?)
     }
 }
 

@@ -1,0 +1,32 @@
+//! Small helpers for the ops' vector-Jacobian rules ([`flowseg_engine::Op::vjp`]): fetch a
+//! required forward input or an output gradient, and take apart what [`Vjp::emit`] returns, as
+//! `Result`s whose messages name the port, so a rule reads as a straight line of `?`s.
+//!
+//! Not here: the backward ops themselves (each lives beside its forward, in the forward's file).
+
+use flowseg_engine::ir::Source;
+use flowseg_engine::op::Vjp;
+use flowseg_engine::Port;
+
+fn port_name(ports: &[Port], i: usize) -> &'static str {
+    ports.get(i).map_or("?", |p| p.name)
+}
+
+/// Forward input `i` of the node being differentiated, which must be connected.
+pub(crate) fn input(g: &Vjp<'_>, inputs: &[Port], i: usize) -> Result<Source, String> {
+    g.input(i)
+        .ok_or_else(|| format!("`{}` is not connected", port_name(inputs, i)))
+}
+
+/// The gradient flowing into forward output `k`.
+pub(crate) fn grad_output(g: &Vjp<'_>, outputs: &[Port], k: usize) -> Result<Source, String> {
+    g.grad_output(k)
+        .ok_or_else(|| format!("no gradient reached output `{}`", port_name(outputs, k)))
+}
+
+/// The `N` outputs of an emitted backward node, in its port order.
+pub(crate) fn outputs<const N: usize>(emitted: Vec<Source>) -> Result<[Source; N], String> {
+    let got = emitted.len();
+    <[Source; N]>::try_from(emitted)
+        .map_err(|_| format!("a backward node produced {got} outputs, expected {N}"))
+}
