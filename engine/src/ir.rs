@@ -13,13 +13,17 @@
 //! | FS0106 | cycle through inputs and `after:` edges |
 //! | FS0107 | shape or dtype mismatch found by shape inference |
 //! | FS0108 | an output nothing consumes (warning; an error under `--strict`) |
+//! | FS0112 | a `forward` names no model, or a model has no known architecture |
 //!
-//! Not here yet: models traced into nodes, autodiff, state-conflict checks (they need the plan's
-//! ordering), streams.
+//! `forward` nodes are composites: the named model's architecture traces its primitive nodes into
+//! the graph in place of the `forward` node (see `model.rs`), declaring its parameters as state.
+//!
+//! Not here yet: state-conflict checks (they need the plan's ordering), streams.
 
-use crate::op::OpNode;
+use crate::model::{Net, StateDecl, Tracer};
+use crate::op::{OpNode, Port};
 use crate::registry::Registry;
-use crate::spec::{GraphError, GraphSpec, Loc, Sp};
+use crate::spec::{from_node, GraphError, GraphSpec, Loc, Sp};
 use crate::tensor::TensorSpec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -38,6 +42,31 @@ pub const DUPLICATE_NODE: &str = "FS0105";
 pub const CYCLE: &str = "FS0106";
 /// FS0107: shape or dtype mismatch.
 pub const SHAPE: &str = "FS0107";
+/// FS0112: bad model reference.
+pub const BAD_MODEL: &str = "FS0112";
+/// The op name of the model-call composite.
+pub const FORWARD: &str = "forward";
+const FORWARD_INPUTS: &[Port] = &[Port::req("image", "f32[N, 3, H, W]")];
+
+/// Params of a `forward` node.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForwardParams {
+    /// The model (a key of `models:`).
+    model: Sp<String>,
+    /// `train` (batch statistics, updated running statistics) or `eval`.
+    #[serde(default)]
+    mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Mode {
+    #[default]
+    Train,
+    Eval,
+}
+
 /// FS0108: unused output.
 pub const UNUSED_OUTPUT: &str = "FS0108";
 
@@ -94,6 +123,10 @@ pub struct Graph {
     pub batch: BTreeMap<String, TensorSpec>,
     /// Persistent tensors the graph reads, with their specs.
     pub state: BTreeMap<String, TensorSpec>,
+    /// State declared by the models (parameters and buffers), with initialisers.
+    pub params: BTreeMap<String, StateDecl>,
+    /// Buffers written at the end of an iteration: (value, state name), in order.
+    pub assigns: Vec<(Source, String)>,
     /// Non-fatal findings (unused outputs).
     pub warnings: Vec<GraphError>,
 }
@@ -113,13 +146,29 @@ impl Graph {
 struct Pending {
     file_index: usize,
     name: Sp<String>,
-    op: Arc<dyn OpNode>,
+    kind: Kind,
     /// Per input port: the reference as written (name, port), or a batch field.
     inputs: Vec<Option<(Ref, Loc)>>,
     after: Vec<usize>,
     stream: Option<String>,
     /// An error was already reported for this node: skip its shape inference.
     broken: bool,
+}
+
+/// A primitive op, or a model call to expand.
+enum Kind {
+    Op(Arc<dyn OpNode>),
+    Forward {
+        net: Arc<dyn Net>,
+        model: String,
+        train: bool,
+    },
+}
+
+/// What a spec node offers: its input and output ports, when known.
+struct Ports {
+    inputs: &'static [Port],
+    outputs: &'static [Port],
 }
 
 #[derive(Clone)]
@@ -129,8 +178,9 @@ enum Ref {
     Node(usize, usize),
 }
 
-/// Builds and validates the op graph against what the data source and the models provide
-/// (`env`). Returns every error found; warnings ride along in [`Graph::warnings`].
+/// Builds and validates the op graph against what the data source provides (`env`; state the
+/// models declare is added as they are traced). Returns every error found; warnings ride along
+/// in [`Graph::warnings`].
 pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, Vec<GraphError>> {
     let mut errors = Vec::new();
 
@@ -155,32 +205,44 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
         }
     }
 
-    // Ops, params, ports, references.
-    let mut pending: Vec<Option<Pending>> = Vec::new();
-    for (i, n) in spec.nodes.iter().enumerate() {
-        let errors_before = errors.len();
+    // What each node is, and its ports (needed to resolve references to it).
+    let mut kinds: Vec<Option<(Kind, Ports)>> = Vec::with_capacity(spec.nodes.len());
+    for n in &spec.nodes {
         let node_err = |code, msg: String, loc| GraphError::new(code, msg, loc).in_node(&n.name);
+        if n.op.value == FORWARD {
+            kinds.push(
+                match forward_kind(spec, registry, n.params.as_ref(), n.op.loc) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        errors.push(e.in_node(&n.name));
+                        None
+                    }
+                },
+            );
+            continue;
+        }
         let Some(def) = registry.get(&n.op) else {
             let near = registry.suggest(&n.op);
             let help = if near.is_empty() {
                 "`flowseg ops` lists the registered ops; plugins add more".to_owned()
             } else {
-                format!(
-                    "did you mean {}?",
-                    near.iter()
-                        .map(|s| format!("`{s}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                let names: Vec<String> = near.iter().map(|s| format!("`{s}`")).collect();
+                format!("did you mean {}?", names.join(", "))
             };
             errors.push(
                 node_err(UNKNOWN_OP, format!("unknown op `{}`", n.op.value), n.op.loc).help(help),
             );
-            pending.push(None);
+            kinds.push(None);
             continue;
         };
-        let op = match def.configure(n.params.as_ref()) {
-            Ok(op) => op,
+        match def.configure(n.params.as_ref()) {
+            Ok(op) => kinds.push(Some((
+                Kind::Op(op),
+                Ports {
+                    inputs: def.inputs(),
+                    outputs: def.outputs(),
+                },
+            ))),
             Err(e) => {
                 let loc = if e.loc.is_known() { e.loc } else { n.op.loc };
                 errors.push(
@@ -194,25 +256,40 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
                         def.name()
                     )),
                 );
-                pending.push(None);
-                continue;
+                kinds.push(None);
             }
+        }
+    }
+    let out_ports: Vec<Option<&'static [Port]>> = kinds
+        .iter()
+        .map(|k| k.as_ref().map(|(_, p)| p.outputs))
+        .collect();
+    let outputs_of = |j: usize| out_ports[j];
+
+    // Ports and references.
+    let mut pending: Vec<Option<Pending>> = Vec::new();
+    for (i, n) in spec.nodes.iter().enumerate() {
+        let errors_before = errors.len();
+        let node_err = |code, msg: String, loc| GraphError::new(code, msg, loc).in_node(&n.name);
+        let Some((_, ports)) = &kinds[i] else {
+            pending.push(None);
+            continue;
         };
-        let ports = def.inputs();
+        let what = if n.op.value == FORWARD {
+            "a model call"
+        } else {
+            n.op.as_str()
+        };
         for (port, r) in &n.inputs {
-            if !ports.iter().any(|p| p.name == port) {
+            if !ports.inputs.iter().any(|p| p.name == port) {
                 errors.push(
-                    node_err(
-                        BAD_PORT,
-                        format!("`{}` has no input `{port}`", def.name()),
-                        r.loc,
-                    )
-                    .help(port_list("inputs", ports.iter().map(|p| p.name))),
+                    node_err(BAD_PORT, format!("`{what}` has no input `{port}`"), r.loc)
+                        .help(port_list("inputs", ports.inputs.iter().map(|p| p.name))),
                 );
             }
         }
-        let mut inputs = Vec::with_capacity(ports.len());
-        for p in ports {
+        let mut inputs = Vec::with_capacity(ports.inputs.len());
+        for p in ports.inputs {
             let Some(r) = n.inputs.get(p.name) else {
                 if !p.optional {
                     errors.push(
@@ -230,7 +307,7 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
                 inputs.push(None);
                 continue;
             };
-            match resolve(r, spec, registry, &index, env) {
+            match resolve(r, &index, &outputs_of, env) {
                 Ok(x) => inputs.push(Some((x, r.loc))),
                 Err(e) => {
                     errors.push(e.in_node(&n.name));
@@ -255,7 +332,10 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
         pending.push(Some(Pending {
             file_index: i,
             name: n.name.clone(),
-            op,
+            kind: match kinds[i].take() {
+                Some((k, _)) => k,
+                None => unreachable!("checked above"),
+            },
             inputs,
             after,
             stream: n.stream.as_ref().map(|s| s.value.clone()),
@@ -282,90 +362,122 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
         }
     };
 
-    // Shape inference in order; nodes after a failure are skipped rather than re-reported.
-    let mut position = vec![usize::MAX; pending.len()];
-    for (pos, &i) in order.iter().enumerate() {
-        position[i] = pos;
-    }
+    // Shape inference and model tracing in order. `produced[j]` holds the output sources of
+    // spec node j once built; nodes downstream of a failure are skipped, not re-reported.
     let mut nodes: Vec<IrNode> = Vec::with_capacity(order.len());
-    let mut failed = vec![false; pending.len()];
+    let mut state_specs = env.state.clone();
+    let mut decls: BTreeMap<String, StateDecl> = BTreeMap::new();
+    let mut assigns: Vec<(Source, String)> = Vec::new();
+    let mut produced: Vec<Option<Vec<Source>>> = vec![None; pending.len()];
+    // Index in `nodes` of the last node each spec node emitted, for `after:` edges.
+    let mut last_emitted: Vec<Option<usize>> = vec![None; pending.len()];
     let mut used: BTreeSet<(usize, usize)> = BTreeSet::new();
     for &i in &order {
         let Some(p) = pending[i].as_ref() else {
-            failed[i] = true;
             continue;
         };
         let mut sources = Vec::with_capacity(p.inputs.len());
-        let mut specs: Vec<Option<TensorSpec>> = Vec::with_capacity(p.inputs.len());
         let mut upstream_failed = false;
         for inp in &p.inputs {
-            match inp {
-                None => {
-                    sources.push(None);
-                    specs.push(None);
-                }
-                Some((Ref::Batch(f), _)) => {
-                    sources.push(Some(Source::Batch(f.clone())));
-                    specs.push(env.batch.get(f).cloned());
-                }
-                Some((Ref::State(f), _)) => {
-                    sources.push(Some(Source::State(f.clone())));
-                    specs.push(env.state.get(f).cloned());
-                }
+            sources.push(match inp {
+                None => None,
+                Some((Ref::Batch(f), _)) => Some(Source::Batch(f.clone())),
+                Some((Ref::State(f), _)) => Some(Source::State(f.clone())),
                 Some((Ref::Node(j, port), _)) => {
                     used.insert((*j, *port));
-                    if failed[*j] || pending[*j].is_none() {
-                        upstream_failed = true;
-                        sources.push(None);
-                        specs.push(None);
-                        continue;
+                    match produced[*j].as_ref().and_then(|outs| outs.get(*port)) {
+                        Some(s) => Some(s.clone()),
+                        None => {
+                            upstream_failed = true;
+                            None
+                        }
                     }
-                    let producer = &nodes[position[*j]];
-                    sources.push(Some(Source::Node {
-                        node: position[*j],
-                        port: *port,
-                    }));
-                    specs.push(producer.outputs.get(*port).cloned());
+                }
+            });
+        }
+        if upstream_failed || p.broken {
+            continue;
+        }
+        let spec_of = |s: &Source, nodes: &[IrNode], state: &BTreeMap<String, TensorSpec>| match s {
+            Source::Batch(f) => env.batch.get(f).cloned(),
+            Source::State(f) => state.get(f).cloned(),
+            Source::Node { node, port } => nodes.get(*node)?.outputs.get(*port).cloned(),
+        };
+        let after: Vec<usize> = p.after.iter().filter_map(|&a| last_emitted[a]).collect();
+        let first_new = nodes.len();
+        match &p.kind {
+            Kind::Op(op) => {
+                let specs: Vec<Option<TensorSpec>> = sources
+                    .iter()
+                    .map(|s| s.as_ref().and_then(|s| spec_of(s, &nodes, &state_specs)))
+                    .collect();
+                let refs: Vec<Option<&TensorSpec>> = specs.iter().map(Option::as_ref).collect();
+                match op.infer(&refs) {
+                    Ok(outputs) => {
+                        let k = nodes.len();
+                        produced[i] = Some(
+                            (0..outputs.len())
+                                .map(|port| Source::Node { node: k, port })
+                                .collect(),
+                        );
+                        nodes.push(IrNode {
+                            name: p.name.clone(),
+                            op: op.clone(),
+                            inputs: sources,
+                            outputs,
+                            after,
+                            stream: p.stream.clone(),
+                        });
+                    }
+                    Err(msg) => {
+                        let ports = registry.get(op.name()).map_or(&[][..], |d| d.inputs());
+                        let shapes: Vec<String> = ports
+                            .iter()
+                            .zip(&refs)
+                            .filter_map(|(port, s)| s.map(|s| format!("{} = {s}", port.name)))
+                            .collect();
+                        errors.push(
+                            GraphError::new(SHAPE, msg, spec.nodes[p.file_index].op.loc)
+                                .in_node(&p.name)
+                                .help(format!("inputs here: {}", shapes.join(", "))),
+                        );
+                    }
+                }
+            }
+            Kind::Forward { net, model, train } => {
+                let Some(image) = sources.first().cloned().flatten() else {
+                    continue;
+                };
+                let mut tracer = Tracer {
+                    nodes: &mut nodes,
+                    batch: &env.batch,
+                    state: &mut state_specs,
+                    decls: &mut decls,
+                    assigns: &mut assigns,
+                    model: model.clone(),
+                    node: p.name.clone(),
+                    train: *train,
+                    scope: Vec::new(),
+                };
+                match net.trace(&mut tracer, image) {
+                    Ok(outs) => produced[i] = Some(outs),
+                    Err(msg) => errors.push(
+                        GraphError::new(
+                            SHAPE,
+                            format!("model `{model}`: {msg}"),
+                            spec.nodes[p.file_index].op.loc,
+                        )
+                        .in_node(&p.name),
+                    ),
+                }
+                // The first traced node waits for the `after:` nodes.
+                if let Some(n) = nodes.get_mut(first_new) {
+                    n.after.extend(after);
                 }
             }
         }
-        if upstream_failed || p.broken {
-            failed[i] = true;
-            continue;
-        }
-        let refs: Vec<Option<&TensorSpec>> = specs.iter().map(Option::as_ref).collect();
-        match p.op.infer(&refs) {
-            Ok(outputs) => nodes.push(IrNode {
-                name: p.name.clone(),
-                op: p.op.clone(),
-                inputs: sources,
-                outputs,
-                after: p.after.iter().map(|&a| position[a]).collect(),
-                stream: p.stream.clone(),
-            }),
-            Err(msg) => {
-                failed[i] = true;
-                let loc = spec.nodes[p.file_index].op.loc;
-                let shapes: Vec<String> = p
-                    .inputs
-                    .iter()
-                    .zip(&refs)
-                    .zip(registry.get(p.op.name()).map_or(&[][..], |d| d.inputs()))
-                    .filter(|((inp, _), _)| inp.is_some())
-                    .map(|((_, s), port)| {
-                        format!(
-                            "{} = {}",
-                            port.name,
-                            s.map_or("?".into(), |s| s.to_string())
-                        )
-                    })
-                    .collect();
-                errors.push(
-                    GraphError::new(SHAPE, msg, loc)
-                        .in_node(&p.name)
-                        .help(format!("inputs here: {}", shapes.join(", "))),
-                );
-            }
+        if nodes.len() > first_new {
+            last_emitted[i] = Some(nodes.len() - 1);
         }
     }
     if !errors.is_empty() {
@@ -375,10 +487,12 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
     // Unused outputs: warnings.
     let mut warnings = Vec::new();
     for p in pending.iter().flatten() {
-        let Some(def) = registry.get(p.op.name()) else {
-            continue;
+        let outputs = match &p.kind {
+            Kind::Op(op) => registry.get(op.name()).map_or(&[][..], |d| d.outputs()),
+            // A model's ports are optional taps (features, low_level): not all are used.
+            Kind::Forward { .. } => &[][..],
         };
-        for (k, port) in def.outputs().iter().enumerate() {
+        for (k, port) in outputs.iter().enumerate() {
             if !used.contains(&(p.file_index, k)) {
                 let mut w = GraphError::new(
                     UNUSED_OUTPUT,
@@ -395,28 +509,130 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
     for s in nodes.iter().flat_map(|n| n.inputs.iter().flatten()) {
         match s {
             Source::Batch(f) => {
-                batch.insert(f.clone(), env.batch[f].clone());
+                if let Some(spec) = env.batch.get(f) {
+                    batch.insert(f.clone(), spec.clone());
+                }
             }
             Source::State(f) => {
-                state.insert(f.clone(), env.state[f].clone());
+                if let Some(spec) = state_specs.get(f) {
+                    state.insert(f.clone(), spec.clone());
+                }
             }
             Source::Node { .. } => {}
+        }
+    }
+    for name in decls.keys() {
+        if let Some(spec) = state_specs.get(name) {
+            state.insert(name.clone(), spec.clone());
         }
     }
     Ok(Graph {
         nodes,
         batch,
         state,
+        params: decls,
+        assigns,
         warnings,
     })
+}
+
+/// Looks up the model a `forward` node calls and configures its architecture.
+fn forward_kind(
+    spec: &GraphSpec,
+    registry: &Registry,
+    params: Option<&crate::spec::Node>,
+    op_loc: Loc,
+) -> Result<(Kind, Ports), GraphError> {
+    let empty = crate::spec::Node::detached(crate::spec::Value::Map(Vec::new()));
+    let fp: ForwardParams = from_node(params.unwrap_or(&empty)).map_err(|e| {
+        let loc = if e.loc.is_known() { e.loc } else { op_loc };
+        GraphError::new(
+            BAD_PARAMS,
+            format!("params of `forward`: {}", e.message),
+            loc,
+        )
+        .help("write `params: { model: <name>, mode: train | eval }`")
+    })?;
+    let find = |name: &str| {
+        spec.models
+            .iter()
+            .find(|(k, _)| k.value == name)
+            .map(|(_, m)| m)
+    };
+    let Some(m) = find(&fp.model) else {
+        let names = spec.models.iter().map(|(k, _)| k.as_str());
+        return Err(GraphError::new(
+            BAD_MODEL,
+            format!("no model named `{}`", fp.model.value),
+            fp.model.loc,
+        )
+        .help(nearest_names(&fp.model, names)));
+    };
+    // An EMA copy has its source's architecture (one level: `ema_of` an `ema_of` is refused).
+    let (arch_model, arch) = match (&m.arch, &m.ema_of) {
+        (Some(a), _) => (m, a),
+        (None, Some(src)) => match find(src) {
+            Some(s) => match &s.arch {
+                Some(a) => (s, a),
+                None => {
+                    return Err(GraphError::new(
+                        BAD_MODEL,
+                        format!("`{}` is an EMA of a model without `arch`", fp.model.value),
+                        src.loc,
+                    ))
+                }
+            },
+            None => {
+                return Err(GraphError::new(
+                    BAD_MODEL,
+                    format!("`ema_of` names no model `{}`", src.value),
+                    src.loc,
+                ))
+            }
+        },
+        (None, None) => {
+            return Err(GraphError::new(
+                BAD_MODEL,
+                format!("model `{}` has neither `arch` nor `ema_of`", fp.model.value),
+                fp.model.loc,
+            ))
+        }
+    };
+    let Some(def) = registry.model(arch) else {
+        let names: Vec<&str> = registry.models().map(|m| m.name()).collect();
+        return Err(GraphError::new(
+            BAD_MODEL,
+            format!("unknown architecture `{}`", arch.value),
+            arch.loc,
+        )
+        .help(port_list("architectures", names.into_iter())));
+    };
+    let net = def.configure(arch_model.params.as_ref()).map_err(|e| {
+        let loc = if e.loc.is_known() { e.loc } else { arch.loc };
+        GraphError::new(
+            BAD_PARAMS,
+            format!("params of `{}`: {}", def.name(), e.message),
+            loc,
+        )
+    })?;
+    Ok((
+        Kind::Forward {
+            net,
+            model: fp.model.value.clone(),
+            train: fp.mode == Mode::Train,
+        },
+        Ports {
+            inputs: FORWARD_INPUTS,
+            outputs: def.outputs(),
+        },
+    ))
 }
 
 /// Resolves `batch.<field>`, `state.<name>` or `<node>.<port>`.
 fn resolve(
     r: &Sp<String>,
-    spec: &GraphSpec,
-    registry: &Registry,
     index: &BTreeMap<&str, usize>,
+    outputs_of: &dyn Fn(usize) -> Option<&'static [Port]>,
     env: &Env,
 ) -> Result<Ref, GraphError> {
     let Some((head, port)) = r.split_once('.') else {
@@ -437,6 +653,8 @@ fn resolve(
         };
     }
     if head == "state" {
+        // Model parameters are declared while tracing, after references are resolved; a
+        // `state.` reference must name a tensor the environment provides.
         return if env.state.contains_key(port) {
             Ok(Ref::State(port.to_owned()))
         } else {
@@ -454,13 +672,12 @@ fn resolve(
                 .help(nearest_names(head, index.keys().copied())),
         );
     };
-    // The producer's output ports come from its op; an unknown op was reported already.
-    let outputs = registry
-        .get(&spec.nodes[j].op)
-        .map_or(&[][..], |d| d.outputs());
+    // A producer whose op or model is unknown was reported already: accept the reference.
+    let Some(outputs) = outputs_of(j) else {
+        return Ok(Ref::Node(j, 0));
+    };
     match outputs.iter().position(|p| p.name == port) {
         Some(k) => Ok(Ref::Node(j, k)),
-        None if outputs.is_empty() => Ok(Ref::Node(j, 0)),
         None => Err(GraphError::new(
             DANGLING,
             format!("node `{head}` has no output `{port}`"),

@@ -5,8 +5,10 @@
 //! The engine never depends on `flowseg-ops`: ops reach it through the registry.
 
 pub mod autodiff;
+pub mod checkpoint;
 pub mod exec;
 pub mod ir;
+pub mod model;
 pub mod op;
 pub mod registry;
 pub mod spec;

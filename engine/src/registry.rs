@@ -4,14 +4,16 @@
 //!
 //! Not here: dynamic loading of plugins (a versioned C ABI, later).
 
+use crate::model::{DynModel, Model, ModelEntry};
 use crate::op::{DynOp, Entry, Op};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
-/// Every op the engine can instantiate, by YAML name.
+/// Every op and model architecture the engine can instantiate, by YAML name.
 #[derive(Default)]
 pub struct Registry {
     ops: BTreeMap<&'static str, Box<dyn DynOp>>,
+    models: BTreeMap<&'static str, Box<dyn DynModel>>,
 }
 
 /// Registration failed.
@@ -20,6 +22,12 @@ pub enum RegistryError {
     /// Two ops share a name (a plugin shadowing a built-in, or registered twice).
     #[error("op `{0}` is registered twice")]
     Duplicate(&'static str),
+    /// Two model architectures share a name.
+    #[error("model architecture `{0}` is registered twice")]
+    DuplicateModel(&'static str),
+    /// An op may not be called `forward`: that name is the model-call composite.
+    #[error("`forward` is reserved for model calls and cannot name an op")]
+    Reserved,
 }
 
 impl Registry {
@@ -30,11 +38,34 @@ impl Registry {
 
     /// Registers op type `O`.
     pub fn add<O: Op>(&mut self) -> Result<&mut Self, RegistryError> {
+        if O::NAME == crate::ir::FORWARD {
+            return Err(RegistryError::Reserved);
+        }
         if self.ops.contains_key(O::NAME) {
             return Err(RegistryError::Duplicate(O::NAME));
         }
         self.ops.insert(O::NAME, Box::new(Entry::<O>(PhantomData)));
         Ok(self)
+    }
+
+    /// Registers model architecture `M`.
+    pub fn add_model<M: Model>(&mut self) -> Result<&mut Self, RegistryError> {
+        if self.models.contains_key(M::NAME) {
+            return Err(RegistryError::DuplicateModel(M::NAME));
+        }
+        self.models
+            .insert(M::NAME, Box::new(ModelEntry::<M>(PhantomData)));
+        Ok(self)
+    }
+
+    /// The architecture named `name`.
+    pub fn model(&self, name: &str) -> Option<&dyn DynModel> {
+        self.models.get(name).map(|b| b.as_ref())
+    }
+
+    /// All architectures, sorted by name.
+    pub fn models(&self) -> impl Iterator<Item = &dyn DynModel> {
+        self.models.values().map(|b| b.as_ref())
     }
 
     /// Runs a plugin's registrations.

@@ -6,8 +6,11 @@
 //! State naming: a model's parameters are the state tensors named `<model>.<name>`; `lr_mult`
 //! prefixes match `<name>`.
 //!
-//! Not here yet: models traced from an architecture (state is handed in), EMA copies, the run
-//! directory, checkpoints, metrics, the progress bar.
+//! State comes from two places: tensors handed in (`env.state` + their values) and tensors the
+//! models declare while tracing, initialised here from their `Init` with a Philox stream per
+//! name. Buffers the models assign (BN running statistics) are written after the updates.
+//!
+//! Not here yet: EMA copies, the run directory, checkpoints, metrics, the progress bar.
 
 use crate::autodiff;
 use crate::exec::{self, ExecError};
@@ -110,18 +113,27 @@ impl Trainer {
         spec: &GraphSpec,
         registry: &Registry,
         env: &Env,
-        state: BTreeMap<String, Tensor>,
+        mut state: BTreeMap<String, Tensor>,
     ) -> Result<Self, Vec<GraphError>> {
         let mut graph = ir::build(spec, registry, env)?;
+        for (name, decl) in &graph.params {
+            if !state.contains_key(name) {
+                let t = decl
+                    .init
+                    .tensor(&decl.spec, spec.train.seed, name_stream(name));
+                state.insert(name.clone(), t);
+            }
+        }
         let mut errors = Vec::new();
         let mut losses: Vec<(String, Source)> = Vec::new();
         let mut optimizers = Vec::new();
         for (model, ospec) in &spec.optim {
             let prefix = format!("{}.", model.value);
+            let trainable = |k: &String| graph.params.get(k).is_none_or(|d| d.trainable);
             let wrt: BTreeSet<String> = graph
                 .state
                 .keys()
-                .filter(|k| k.starts_with(&prefix))
+                .filter(|k| k.starts_with(&prefix) && trainable(k))
                 .cloned()
                 .collect();
             if wrt.is_empty() {
@@ -206,7 +218,7 @@ impl Trainer {
                 Err(e) => errors.extend(e),
             }
         }
-        for name in env.state.keys() {
+        for name in graph.state.keys() {
             if !state.contains_key(name) {
                 errors.push(GraphError::new(
                     BAD_OBJECTIVE,
@@ -248,6 +260,12 @@ impl Trainer {
             }
             values.push((name.clone(), v));
         }
+        let assigned: Vec<(String, Tensor)> = self
+            .graph
+            .assigns
+            .iter()
+            .filter_map(|(src, name)| run.get(src).map(|t| (name.clone(), t.clone())))
+            .collect();
         // Copy the gradients out so the state can be updated after the run's borrows end.
         let grads: Vec<Vec<Vec<f32>>> = self
             .optimizers
@@ -311,8 +329,19 @@ impl Trainer {
                 })?;
             }
         }
+        for (name, t) in assigned {
+            self.state.insert(name, t);
+        }
         Ok(values)
     }
+}
+
+/// A Philox stream id per state name (FNV-1a), so every tensor draws independent numbers and
+/// adding a parameter does not shift the others'.
+fn name_stream(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The source of `node.port` among the graph's nodes.

@@ -449,3 +449,152 @@ fn non_finite_losses_leave_the_state_unchanged() {
     );
     assert_eq!(t.state, init);
 }
+
+/// A one-layer "network": logits = image ⊙ scale, plus a buffer tracking the last input.
+struct Scaler;
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScalerParams {
+    #[serde(default)]
+    init_one: bool,
+}
+impl flowseg_engine::model::Model for Scaler {
+    const NAME: &'static str = "scaler";
+    const SUMMARY: &'static str = "logits = image ⊙ scale";
+    const OUTPUTS: &'static [Port] = &[
+        Port::req("logits", "like image"),
+        Port::req("features", "the input"),
+    ];
+    type Params = ScalerParams;
+    fn trace(
+        p: &ScalerParams,
+        t: &mut flowseg_engine::model::Tracer<'_>,
+        image: Source,
+    ) -> Result<Vec<Source>, String> {
+        use flowseg_engine::model::Init;
+        let spec = t.spec(&image).ok_or("no image spec")?;
+        let init = if p.init_one {
+            Init::Ones
+        } else {
+            Init::Uniform { bound: 0.5 }
+        };
+        let w = t.scope("head", |t| t.param("scale", spec.clone(), init))?;
+        let last = t.buffer("last_input", spec, Init::Zeros)?;
+        let y = t.op::<Mul>("mul", NoParams {}, vec![Some(image.clone()), Some(w)])?;
+        let copy = t.op::<Detach>("remember", NoParams {}, vec![Some(image.clone())])?;
+        t.assign(copy[0].clone(), &last)?;
+        Ok(vec![y[0].clone(), image])
+    }
+}
+
+const MODEL_GRAPH: &str = "\
+name: m
+train: { iterations: 30, seed: 3 }
+models:
+  student: { arch: scaler, params: { init_one: true } }
+  teacher: { ema_of: student }
+optim:
+  student: { kind: sgd, lr: 0.3, minimize: { loss.loss: 1.0 } }
+nodes:
+  - { name: s1, op: forward, inputs: { image: batch.x }, params: { model: student } }
+  - { name: s2, op: forward, inputs: { image: s1.logits }, params: { model: student } }
+  - { name: t1, op: forward, inputs: { image: batch.x }, params: { model: teacher, mode: eval } }
+  - { name: loss, op: mse, inputs: { x: s2.logits, t: batch.t } }
+  - { name: tl, op: mse, inputs: { x: t1.logits, t: batch.t } }
+";
+
+fn model_registry() -> Registry {
+    let mut r = registry();
+    r.add_model::<Scaler>().unwrap();
+    r
+}
+
+#[test]
+fn forward_nodes_trace_models_and_share_their_state() {
+    let (spec, _) = spec::parse_graph(MODEL_GRAPH, &[]).unwrap();
+    let g = ir::build(&spec, &model_registry(), &env()).unwrap();
+    let names: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "s1/mul",
+            "s1/remember",
+            "s2/mul",
+            "s2/remember",
+            "t1/mul",
+            "t1/remember",
+            "loss",
+            "tl"
+        ]
+    );
+    // Both student calls read one parameter; the EMA copy has its own under its own name.
+    let declared: Vec<&str> = g.params.keys().map(String::as_str).collect();
+    assert_eq!(
+        declared,
+        [
+            "student.head.scale",
+            "student.last_input",
+            "teacher.head.scale",
+            "teacher.last_input"
+        ]
+    );
+    assert!(g.params["student.head.scale"].trainable && !g.params["student.last_input"].trainable);
+    assert_eq!(
+        g.nodes[2].inputs[0],
+        Some(Source::Node { node: 0, port: 0 })
+    );
+    assert_eq!(g.assigns.len(), 3);
+}
+
+#[test]
+fn traced_models_train_and_assign_their_buffers() {
+    let (spec, _) = spec::parse_graph(MODEL_GRAPH, &[]).unwrap();
+    let batch = tensors(&[("x", vec_of(1, 0.5, 1.5)), ("t", vec_of(2, 0.5, 2.0))]);
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    assert_eq!(
+        t.state["student.head.scale"].f32().unwrap(),
+        &[1.0; N],
+        "Init::Ones"
+    );
+    let teacher_before = t.state["teacher.head.scale"].clone();
+    let first = t.step(&batch, 0).unwrap()[0].1;
+    let mut last = first;
+    for it in 1..30 {
+        last = t.step(&batch, it).unwrap()[0].1;
+    }
+    assert!(last < 0.05 * first, "{first} -> {last}");
+    // Only the student's optimizer exists: the teacher's parameter is untouched; the buffers
+    // hold the last forward's input (s2's input is s1's output, assigned after s1's).
+    assert_eq!(t.state["teacher.head.scale"], teacher_before);
+    assert_eq!(t.state["teacher.last_input"], batch["x"]);
+    assert_ne!(t.state["student.last_input"], batch["x"]);
+}
+
+#[test]
+fn bad_model_references_are_fs0112() {
+    for (from, to, code, line) in [
+        (
+            "params: { model: teacher, mode: eval }",
+            "params: { model: techer }",
+            "FS0112",
+            11,
+        ),
+        ("arch: scaler, params", "arch: scalar, params", "FS0112", 4),
+        (
+            "teacher: { ema_of: student }",
+            "teacher: { ema_of: nobody }",
+            "FS0112",
+            5,
+        ),
+        ("mode: eval", "mode: inference", "FS0102", 11),
+    ] {
+        let yaml = MODEL_GRAPH.replace(from, to);
+        let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+        let errs = ir::build(&spec, &model_registry(), &env()).err().unwrap();
+        assert_eq!(
+            (errs[0].code, errs[0].loc.line),
+            (code, line),
+            "{to}: {errs:#?}"
+        );
+    }
+}

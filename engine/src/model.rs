@@ -1,0 +1,292 @@
+//! Models: network architectures that *trace* themselves into the op graph. A method graph's
+//! `forward` node (`{ op: forward, params: { model: student }, inputs: { image: ... } }`) is a
+//! composite: at build time the model's architecture emits its primitive nodes (conv2d,
+//! batch_norm, relu, ...) through a [`Tracer`], declares its parameters and buffers as state
+//! (`<model>.<path>`, e.g. `student.layer1.0.conv1.weight`, torchvision's names where the
+//! architecture mirrors one), and returns its output ports (`logits`, `features`, ...).
+//!
+//! A model used by several `forward` nodes (weak and strong views) shares one set of state. An
+//! `ema_of:` model reuses the architecture of its source under its own name.
+//!
+//! Not here: the architectures themselves (`flowseg-ops`, `models/`), loading ImageNet weights
+//! (checkpoint), EMA updates (an op).
+
+use crate::ir::{IrNode, Source};
+use crate::op::{Configured, Op, Port};
+use crate::spec::{from_node, DeError, Node, Sp, Value};
+use crate::tensor::{Tensor, TensorSpec};
+use flowseg_kernels::philox::Philox;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// How a state tensor starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// All zeros (biases, BN β and running mean).
+    Zeros,
+    /// All ones (BN γ and running variance).
+    Ones,
+    /// He normal, N(0, 2/fan_in) (conv weights followed by relu).
+    KaimingNormal {
+        /// Inputs per output: Ci/groups · kh · kw.
+        fan_in: usize,
+    },
+    /// Uniform in [−bound, bound].
+    Uniform {
+        /// Half-width.
+        bound: f32,
+    },
+}
+
+impl Init {
+    /// The initial tensor, drawn from Philox stream `stream` of `seed`.
+    pub fn tensor(&self, spec: &TensorSpec, seed: u64, stream: u64) -> Tensor {
+        let mut t = Tensor::zeros(spec);
+        if let Some(v) = t.f32_mut() {
+            let g = Philox::new(seed, stream);
+            match *self {
+                Init::Zeros => {}
+                Init::Ones => v.fill(1.0),
+                Init::KaimingNormal { fan_in } => {
+                    g.fill_normal(0, 0.0, (2.0 / fan_in.max(1) as f32).sqrt(), v)
+                }
+                Init::Uniform { bound } => {
+                    g.fill_uniform(0, v);
+                    v.iter_mut().for_each(|x| *x = (2.0 * *x - 1.0) * bound);
+                }
+            }
+        }
+        t
+    }
+}
+
+/// A state tensor a model declared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateDecl {
+    /// Its spec.
+    pub spec: TensorSpec,
+    /// How it starts.
+    pub init: Init,
+    /// Parameters are trained by the model's optimizer; buffers (BN running statistics) are
+    /// only assigned.
+    pub trainable: bool,
+}
+
+/// One network architecture. Implemented once per file in `flowseg-ops` (models/).
+pub trait Model: Send + Sync + 'static {
+    /// `arch:` name (`deeplab_lite`).
+    const NAME: &'static str;
+    /// One line for `flowseg ops`.
+    const SUMMARY: &'static str;
+    /// Output ports of a `forward` of this model, in order.
+    const OUTPUTS: &'static [Port];
+    /// Architecture params (`models: { student: { arch: ..., params: {...} } }`).
+    type Params: DeserializeOwned + fmt::Debug + Clone + Send + Sync + 'static;
+
+    /// Emits the network applied to `image` (f32[N, 3, H, W]); returns one source per
+    /// [`Model::OUTPUTS`] entry.
+    fn trace(p: &Self::Params, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String>;
+}
+
+/// The registry's view of a model (object-safe).
+pub trait DynModel: Send + Sync {
+    /// `arch:` name.
+    fn name(&self) -> &'static str;
+    /// One line.
+    fn summary(&self) -> &'static str;
+    /// Output ports.
+    fn outputs(&self) -> &'static [Port];
+    /// Decodes the architecture params (absent = empty mapping).
+    fn configure(&self, params: Option<&Node>) -> Result<Arc<dyn Net>, DeError>;
+}
+
+/// A configured network.
+pub trait Net: Send + Sync + fmt::Debug {
+    /// See [`Model::trace`].
+    fn trace(&self, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String>;
+}
+
+pub(crate) struct ModelEntry<M>(pub(crate) PhantomData<M>);
+
+impl<M: Model> DynModel for ModelEntry<M> {
+    fn name(&self) -> &'static str {
+        M::NAME
+    }
+    fn summary(&self) -> &'static str {
+        M::SUMMARY
+    }
+    fn outputs(&self) -> &'static [Port] {
+        M::OUTPUTS
+    }
+    fn configure(&self, params: Option<&Node>) -> Result<Arc<dyn Net>, DeError> {
+        let params: M::Params = match params {
+            Some(n) if n.value != Value::Null => from_node(n)?,
+            other => {
+                let mut empty = Node::detached(Value::Map(Vec::new()));
+                if let Some(n) = other {
+                    empty.loc = n.loc;
+                }
+                from_node(&empty)?
+            }
+        };
+        Ok(Arc::new(ConfiguredNet::<M> { params }))
+    }
+}
+
+struct ConfiguredNet<M: Model> {
+    params: M::Params,
+}
+
+impl<M: Model> fmt::Debug for ConfiguredNet<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({:?})", M::NAME, self.params)
+    }
+}
+
+impl<M: Model> Net for ConfiguredNet<M> {
+    fn trace(&self, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String> {
+        M::trace(&self.params, t, image)
+    }
+}
+
+/// What a model sees while tracing: emit nodes, declare state, assign buffers.
+pub struct Tracer<'a> {
+    pub(crate) nodes: &'a mut Vec<IrNode>,
+    pub(crate) batch: &'a BTreeMap<String, TensorSpec>,
+    pub(crate) state: &'a mut BTreeMap<String, TensorSpec>,
+    pub(crate) decls: &'a mut BTreeMap<String, StateDecl>,
+    pub(crate) assigns: &'a mut Vec<(Source, String)>,
+    pub(crate) model: String,
+    pub(crate) node: Sp<String>,
+    pub(crate) train: bool,
+    pub(crate) scope: Vec<String>,
+}
+
+impl Tracer<'_> {
+    /// True in training mode (batch statistics, dropout on), false in eval mode.
+    pub fn train(&self) -> bool {
+        self.train
+    }
+
+    /// The spec of a value.
+    pub fn spec(&self, s: &Source) -> Option<TensorSpec> {
+        match s {
+            Source::Batch(f) => self.batch.get(f).cloned(),
+            Source::State(f) => self.state.get(f).cloned(),
+            Source::Node { node, port } => self.nodes.get(*node)?.outputs.get(*port).cloned(),
+        }
+    }
+
+    /// Runs `f` inside the sub-module `name`: parameter and node names get `name.` prepended,
+    /// as PyTorch's module paths do (`layer1.0.conv1`).
+    pub fn scope<R>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut Self) -> Result<R, String>,
+    ) -> Result<R, String> {
+        self.scope.push(name.to_owned());
+        let r = f(self);
+        self.scope.pop();
+        r
+    }
+
+    fn path(&self, leaf: &str) -> String {
+        let mut p = self.scope.join(".");
+        if !p.is_empty() {
+            p.push('.');
+        }
+        p.push_str(leaf);
+        p
+    }
+
+    fn declare(
+        &mut self,
+        leaf: &str,
+        spec: TensorSpec,
+        init: Init,
+        trainable: bool,
+    ) -> Result<Source, String> {
+        let name = format!("{}.{}", self.model, self.path(leaf));
+        match self.decls.get(&name) {
+            Some(d) if d.spec != spec || d.trainable != trainable => {
+                return Err(format!(
+                    "state `{name}` declared twice with different specs ({} and {spec})",
+                    d.spec
+                ))
+            }
+            Some(_) => {}
+            None => {
+                self.decls.insert(
+                    name.clone(),
+                    StateDecl {
+                        spec: spec.clone(),
+                        init,
+                        trainable,
+                    },
+                );
+                self.state.insert(name.clone(), spec);
+            }
+        }
+        Ok(Source::State(name))
+    }
+
+    /// A trainable parameter `leaf` of the current scope.
+    pub fn param(&mut self, leaf: &str, spec: TensorSpec, init: Init) -> Result<Source, String> {
+        self.declare(leaf, spec, init, true)
+    }
+
+    /// A non-trainable buffer `leaf` of the current scope (BN running statistics).
+    pub fn buffer(&mut self, leaf: &str, spec: TensorSpec, init: Init) -> Result<Source, String> {
+        self.declare(leaf, spec, init, false)
+    }
+
+    /// After the iteration, the buffer `state` (a [`Source::State`]) takes the value `value`.
+    pub fn assign(&mut self, value: Source, state: &Source) -> Result<(), String> {
+        match state {
+            Source::State(name) if self.decls.get(name).is_some_and(|d| !d.trainable) => {
+                self.assigns.push((value, name.clone()));
+                Ok(())
+            }
+            other => Err(format!(
+                "only a declared buffer can be assigned, not {other:?}"
+            )),
+        }
+    }
+
+    /// Emits a node of op `O` named `<forward node>/<scope>/<leaf>`, returning its outputs.
+    pub fn op<O: Op>(
+        &mut self,
+        leaf: &str,
+        params: O::Params,
+        inputs: Vec<Option<Source>>,
+    ) -> Result<Vec<Source>, String> {
+        let name = format!("{}/{}", self.node.value, self.path(leaf));
+        let op = Arc::new(Configured::<O> { params });
+        let specs: Vec<Option<TensorSpec>> = inputs
+            .iter()
+            .map(|s| s.as_ref().and_then(|s| self.spec(s)))
+            .collect();
+        let refs: Vec<Option<&TensorSpec>> = specs.iter().map(Option::as_ref).collect();
+        let outputs =
+            crate::op::OpNode::infer(op.as_ref(), &refs).map_err(|e| format!("`{name}`: {e}"))?;
+        let index = self.nodes.len();
+        let n = outputs.len();
+        self.nodes.push(IrNode {
+            name: Sp {
+                value: name,
+                loc: self.node.loc,
+            },
+            op,
+            inputs,
+            outputs,
+            after: Vec::new(),
+            stream: None,
+        });
+        Ok((0..n)
+            .map(|port| Source::Node { node: index, port })
+            .collect())
+    }
+}
