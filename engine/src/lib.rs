@@ -5,6 +5,7 @@
 //! The engine never depends on `flowseg-ops`: ops reach it through the registry.
 
 pub mod autodiff;
+pub mod data;
 pub mod checkpoint;
 pub mod exec;
 pub mod ir;

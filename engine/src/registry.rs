@@ -4,6 +4,7 @@
 //!
 //! Not here: dynamic loading of plugins (a versioned C ABI, later).
 
+use crate::data::{DataEntry, DataSource, DynDataSource};
 use crate::model::{DynModel, Model, ModelEntry};
 use crate::op::{DynOp, Entry, Op};
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::marker::PhantomData;
 pub struct Registry {
     ops: BTreeMap<&'static str, Box<dyn DynOp>>,
     models: BTreeMap<&'static str, Box<dyn DynModel>>,
+    data: BTreeMap<&'static str, Box<dyn DynDataSource>>,
 }
 
 /// Registration failed.
@@ -22,6 +24,9 @@ pub enum RegistryError {
     /// Two ops share a name (a plugin shadowing a built-in, or registered twice).
     #[error("op `{0}` is registered twice")]
     Duplicate(&'static str),
+    /// Two data sources share a name.
+    #[error("data source `{0}` is registered twice")]
+    DuplicateData(&'static str),
     /// Two model architectures share a name.
     #[error("model architecture `{0}` is registered twice")]
     DuplicateModel(&'static str),
@@ -66,6 +71,25 @@ impl Registry {
     /// All architectures, sorted by name.
     pub fn models(&self) -> impl Iterator<Item = &dyn DynModel> {
         self.models.values().map(|b| b.as_ref())
+    }
+
+    /// Registers data source `D`.
+    pub fn add_data<D: DataSource>(&mut self) -> Result<&mut Self, RegistryError> {
+        if self.data.contains_key(D::NAME) {
+            return Err(RegistryError::DuplicateData(D::NAME));
+        }
+        self.data.insert(D::NAME, Box::new(DataEntry::<D>(PhantomData)));
+        Ok(self)
+    }
+
+    /// The data source named `name`.
+    pub fn data(&self, name: &str) -> Option<&dyn DynDataSource> {
+        self.data.get(name).map(|b| b.as_ref())
+    }
+
+    /// All data sources, sorted by name.
+    pub fn data_sources(&self) -> impl Iterator<Item = &dyn DynDataSource> {
+        self.data.values().map(|b| b.as_ref())
     }
 
     /// Runs a plugin's registrations.

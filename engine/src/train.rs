@@ -10,9 +10,13 @@
 //! models declare while tracing, initialised here from their `Init` with a Philox stream per
 //! name. Buffers the models assign (BN running statistics) are written after the updates.
 //!
-//! Not here yet: EMA copies, the run directory, checkpoints, metrics, the progress bar.
+//! [`Trainer::checkpoint`] / [`Trainer::resume`] capture and restore everything a run needs to
+//! continue exactly: state, optimizer buffers and step counts, the next iteration.
+//!
+//! Not here yet: EMA copies, the run directory, metrics, the progress bar (the CLI's run loop).
 
 use crate::autodiff;
+use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::exec::{self, ExecError};
 use crate::ir::{self, Env, Graph, Source};
 use crate::registry::Registry;
@@ -187,7 +191,7 @@ impl Trainer {
                     let params = grads
                         .into_iter()
                         .map(|(name, grad)| {
-                            let len = env.state.get(&name).map_or(0, |s| s.len());
+                            let len = graph.state.get(&name).map_or(0, |s| s.len());
                             let local = &name[prefix.len()..];
                             let lr_mult = ospec
                                 .lr_mult
@@ -333,6 +337,92 @@ impl Trainer {
             self.state.insert(name, t);
         }
         Ok(values)
+    }
+}
+
+impl Trainer {
+    /// Everything needed to continue after `next_iteration` − 1: the state, each optimizer's
+    /// buffers (`optim/<model>/<param>/m`, `/v`) and step count (meta `optim/<model>/steps`),
+    /// the next iteration and the seed.
+    pub fn checkpoint(&self, next_iteration: u64) -> Checkpoint {
+        let mut c = Checkpoint::default();
+        c.tensors = self.state.clone();
+        for o in &self.optimizers {
+            c.meta
+                .insert(format!("optim/{}/steps", o.model), o.steps.to_string());
+            for p in &o.params {
+                for (kind, buf) in [("m", &p.m), ("v", &p.v)] {
+                    if buf.is_empty() {
+                        continue;
+                    }
+                    if let Some(t) = Tensor::from_f32(&[buf.len()], buf.clone()) {
+                        c.tensors
+                            .insert(format!("optim/{}/{}/{kind}", o.model, p.state), t);
+                    }
+                }
+            }
+        }
+        c.meta
+            .insert("iteration".into(), next_iteration.to_string());
+        c.meta.insert("seed".into(), self.seed.to_string());
+        c
+    }
+
+    /// Restores a [`Trainer::checkpoint`] (all or nothing: every mismatch is reported and
+    /// nothing changes) and returns the iteration to continue from.
+    pub fn resume(&mut self, c: &Checkpoint) -> Result<u64, CheckpointError> {
+        let invalid = |detail: String| CheckpointError::Invalid {
+            path: std::path::PathBuf::from("<checkpoint>"),
+            detail,
+        };
+        let meta_u64 = |k: &str| -> Result<u64, CheckpointError> {
+            c.meta
+                .get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| invalid(format!("meta `{k}` missing or not a number")))
+        };
+        let next = meta_u64("iteration")?;
+        let mut state = self.state.clone();
+        let plain = Checkpoint {
+            tensors: c
+                .tensors
+                .iter()
+                .filter(|(k, _)| !k.starts_with("optim/"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            meta: c.meta.clone(),
+        };
+        checkpoint::restore(&mut state, &plain, "")?;
+        let mut optimizers: Vec<(u64, Vec<(Vec<f32>, Vec<f32>)>)> = Vec::new();
+        for o in &self.optimizers {
+            let steps = meta_u64(&format!("optim/{}/steps", o.model))?;
+            let mut bufs = Vec::new();
+            for p in &o.params {
+                let get = |kind: &str, want: usize| -> Result<Vec<f32>, CheckpointError> {
+                    if want == 0 {
+                        return Ok(Vec::new());
+                    }
+                    let name = format!("optim/{}/{}/{kind}", o.model, p.state);
+                    match c.tensors.get(&name).and_then(Tensor::f32) {
+                        Some(v) if v.len() == want => Ok(v.to_vec()),
+                        _ => Err(invalid(format!(
+                            "optimizer buffer `{name}` missing or of the wrong size"
+                        ))),
+                    }
+                };
+                bufs.push((get("m", p.m.len())?, get("v", p.v.len())?));
+            }
+            optimizers.push((steps, bufs));
+        }
+        self.state = state;
+        for (o, (steps, bufs)) in self.optimizers.iter_mut().zip(optimizers) {
+            o.steps = steps;
+            for (p, (m, v)) in o.params.iter_mut().zip(bufs) {
+                p.m = m;
+                p.v = v;
+            }
+        }
+        Ok(next)
     }
 }
 

@@ -598,3 +598,68 @@ fn bad_model_references_are_fs0112() {
         );
     }
 }
+
+#[test]
+fn resuming_from_a_checkpoint_continues_the_same_run() {
+    use flowseg_engine::checkpoint;
+    for kind in ["sgd", "adamw"] {
+        let yaml = MODEL_GRAPH.replace(
+            "kind: sgd, lr: 0.3",
+            &format!("kind: {kind}, lr: 0.05, momentum: 0.9"),
+        );
+        let yaml = if kind == "adamw" {
+            yaml.replace(", momentum: 0.9", "")
+        } else {
+            yaml
+        };
+        let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+        let batch = |it: u64| {
+            tensors(&[
+                ("x", vec_of(10 + it, 0.5, 1.5)),
+                ("t", vec_of(50 + it, 0.5, 2.0)),
+            ])
+        };
+        let new = || Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+        let mut straight = new();
+        let whole: Vec<f32> = (0..10)
+            .map(|it| straight.step(&batch(it), it).unwrap()[0].1)
+            .collect();
+
+        let mut first = new();
+        let mut resumed: Vec<f32> = (0..5)
+            .map(|it| first.step(&batch(it), it).unwrap()[0].1)
+            .collect();
+        let dir =
+            std::env::temp_dir().join(format!("flowseg-resume-{kind}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("last.safetensors");
+        checkpoint::save(&path, &first.checkpoint(5)).unwrap();
+        drop(first);
+        let mut second = new();
+        let next = second.resume(&checkpoint::load(&path).unwrap()).unwrap();
+        assert_eq!(next, 5);
+        resumed.extend((next..10).map(|it| second.step(&batch(it), it).unwrap()[0].1));
+        assert_eq!(resumed, whole, "{kind}");
+        assert_eq!(second.state, straight.state, "{kind}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn a_checkpoint_of_another_graph_is_refused_whole() {
+    let (spec, _) = spec::parse_graph(MODEL_GRAPH, &[]).unwrap();
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    let mut c = t.checkpoint(3);
+    c.tensors.remove("student.head.scale");
+    c.tensors.insert(
+        "student.extra".into(),
+        Tensor::from_f32(&[1], vec![0.0]).unwrap(),
+    );
+    let before = t.state.clone();
+    let e = t.resume(&c).unwrap_err().to_string();
+    assert!(
+        e.contains("student.head.scale") && e.contains("student.extra"),
+        "{e}"
+    );
+    assert_eq!(t.state, before);
+}

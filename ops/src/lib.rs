@@ -19,6 +19,11 @@ mod grad;
 #[cfg(test)]
 mod support;
 
+/// Data sources (`data: { source: ... }`).
+pub mod data {
+    pub mod shapes;
+}
+
 /// Network layers and activations.
 pub mod forward {
     pub mod add;
@@ -53,6 +58,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<fuse::detach::Detach>()?;
     r.add::<fuse::max_confidence::MaxConfidence>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
+    r.add_data::<data::shapes::Shapes>()?;
     Ok(())
 }
 

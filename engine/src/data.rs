@@ -1,0 +1,143 @@
+//! Data sources: what fills `batch.*`. A source is registered like an op (one file, one line)
+//! and selected by the graph's `data: { source: <name>, ... }` section; the rest of that mapping
+//! is the source's typed params. The engine asks it for the batch specs once (they fix every
+//! shape in the plan) and for one batch per iteration.
+//!
+//! Not here: the sources themselves (`flowseg-ops`, data/), loader threads and prefetching
+//! (a source may run them internally), evaluation splits (the data issue).
+
+use crate::spec::{from_node, DeError, Node, Value};
+use crate::tensor::{Tensor, TensorSpec};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+/// A batch: field name → tensor.
+pub type Batch = BTreeMap<String, Tensor>;
+
+/// Why a source could not deliver.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DataError(pub String);
+
+/// An opened data source.
+pub trait Source: Send {
+    /// The spec of every field each batch holds (static for the whole run).
+    fn specs(&self) -> BTreeMap<String, TensorSpec>;
+    /// The training batch of `iteration` (a pure function of the seed and the iteration, so
+    /// a resumed run sees the batches an uninterrupted one would).
+    fn batch(&mut self, iteration: u64) -> Result<Batch, DataError>;
+}
+
+/// One kind of data source. Implemented once per file in `flowseg-ops`.
+pub trait DataSource: Send + Sync + 'static {
+    /// `source:` name.
+    const NAME: &'static str;
+    /// One line for `flowseg ops`.
+    const SUMMARY: &'static str;
+    /// The source's params: the `data:` mapping without `source`.
+    type Params: DeserializeOwned + fmt::Debug + Clone + Send + Sync + 'static;
+    /// Opens the source with the run's seed.
+    fn open(p: &Self::Params, seed: u64) -> Result<Box<dyn Source>, DataError>;
+}
+
+/// The registry's view of a data source (object-safe).
+pub trait DynDataSource: Send + Sync {
+    /// `source:` name.
+    fn name(&self) -> &'static str;
+    /// One line.
+    fn summary(&self) -> &'static str;
+    /// Decodes `params` (the `data:` mapping minus `source`) and opens the source.
+    fn open(&self, params: &Node, seed: u64)
+        -> Result<Result<Box<dyn Source>, DataError>, DeError>;
+}
+
+pub(crate) struct DataEntry<D>(pub(crate) PhantomData<D>);
+
+impl<D: DataSource> DynDataSource for DataEntry<D> {
+    fn name(&self) -> &'static str {
+        D::NAME
+    }
+    fn summary(&self) -> &'static str {
+        D::SUMMARY
+    }
+    fn open(
+        &self,
+        params: &Node,
+        seed: u64,
+    ) -> Result<Result<Box<dyn Source>, DataError>, DeError> {
+        // The `source` key selects the source; the rest is the source's own.
+        let rest = match &params.value {
+            Value::Map(entries) => Node {
+                value: Value::Map(
+                    entries
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != Some("source"))
+                        .cloned()
+                        .collect(),
+                ),
+                loc: params.loc,
+            },
+            _ => params.clone(),
+        };
+        let p: D::Params = from_node(&rest)?;
+        Ok(D::open(&p, seed))
+    }
+}
+
+/// FS0113: the `data:` section names no known source, its params are wrong, or it failed to open.
+pub const BAD_DATA: &str = "FS0113";
+
+/// Opens the source a graph's `data:` section describes.
+pub fn open_source(
+    spec: &crate::spec::GraphSpec,
+    registry: &crate::registry::Registry,
+) -> Result<Box<dyn Source>, crate::spec::GraphError> {
+    use crate::spec::{GraphError, Loc};
+    let Some(data) = &spec.data else {
+        return Err(
+            GraphError::new(BAD_DATA, "the graph has no `data:` section", Loc::NONE)
+                .help("add e.g. `data: { source: shapes, batch: 8, size: 32 }`"),
+        );
+    };
+    let names = || {
+        let v: Vec<String> = registry
+            .data_sources()
+            .map(|d| format!("`{}`", d.name()))
+            .collect();
+        format!("data sources: {}", v.join(", "))
+    };
+    let Some(name_node) = data.get("source") else {
+        return Err(GraphError::new(BAD_DATA, "`data:` has no `source:`", data.loc).help(names()));
+    };
+    let Some(name) = name_node.as_str() else {
+        return Err(
+            GraphError::new(BAD_DATA, "`source:` must be a name", name_node.loc).help(names()),
+        );
+    };
+    let Some(def) = registry.data(name) else {
+        return Err(GraphError::new(
+            BAD_DATA,
+            format!("unknown data source `{name}`"),
+            name_node.loc,
+        )
+        .help(names()));
+    };
+    match def.open(data, spec.train.seed) {
+        Err(e) => {
+            let loc = if e.loc.is_known() { e.loc } else { data.loc };
+            Err(GraphError::new(
+                BAD_DATA,
+                format!("params of data source `{name}`: {}", e.message),
+                loc,
+            ))
+        }
+        Ok(Err(e)) => Err(GraphError::new(
+            BAD_DATA,
+            format!("data source `{name}`: {e}"),
+            data.loc,
+        )),
+        Ok(Ok(source)) => Ok(source),
+    }
+}
