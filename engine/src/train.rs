@@ -345,8 +345,10 @@ impl Trainer {
     /// buffers (`optim/<model>/<param>/m`, `/v`) and step count (meta `optim/<model>/steps`),
     /// the next iteration and the seed.
     pub fn checkpoint(&self, next_iteration: u64) -> Checkpoint {
-        let mut c = Checkpoint::default();
-        c.tensors = self.state.clone();
+        let mut c = Checkpoint {
+            tensors: self.state.clone(),
+            ..Checkpoint::default()
+        };
         for o in &self.optimizers {
             c.meta
                 .insert(format!("optim/{}/steps", o.model), o.steps.to_string());
@@ -393,7 +395,9 @@ impl Trainer {
             meta: c.meta.clone(),
         };
         checkpoint::restore(&mut state, &plain, "")?;
-        let mut optimizers: Vec<(u64, Vec<(Vec<f32>, Vec<f32>)>)> = Vec::new();
+        // Per optimizer: its step count and each parameter's (m, v).
+        type Buffers = Vec<(Vec<f32>, Vec<f32>)>;
+        let mut optimizers: Vec<(u64, Buffers)> = Vec::new();
         for o in &self.optimizers {
             let steps = meta_u64(&format!("optim/{}/steps", o.model))?;
             let mut bufs = Vec::new();
