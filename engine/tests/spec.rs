@@ -172,3 +172,30 @@ fn missing_sections_and_duplicate_keys_are_reported() {
         errs[0]
     );
 }
+
+#[test]
+fn the_resolved_tree_writes_back_as_yaml_with_the_same_values() {
+    let text = fixture("ok_minimal.yaml");
+    let sets = [
+        "nodes.sup_loss.params.ignore_index=-1".to_owned(),
+        "optim.student.lr=1e-3".to_owned(),
+    ];
+    let (_, root) = spec::parse_graph(&text, &sets).unwrap();
+    let yaml = root.to_yaml();
+    let again = spec::parse_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    assert_eq!(
+        again.without_locations(),
+        root.without_locations(),
+        "{yaml}"
+    );
+    // Strings stay strings, floats stay floats.
+    let odd =
+        spec::parse_yaml("a: \"1\"\nb: 1.0\nc: [\"x: y\", 'it''s']\nd: {}\ne: []\nf: ~\n").unwrap();
+    let back = spec::parse_yaml(&odd.to_yaml()).unwrap();
+    assert_eq!(
+        back.without_locations(),
+        odd.without_locations(),
+        "{}",
+        odd.to_yaml()
+    );
+}

@@ -120,6 +120,90 @@ pub(crate) fn loc_of(l: &serde_saphyr::Location) -> Loc {
     }
 }
 
+impl Node {
+    /// The tree as block-style YAML that parses back to the same values (locations aside): the
+    /// "resolved graph" a run writes next to its results, overrides applied.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        emit(&self.value, 0, &mut out);
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The same tree with every location cleared (to compare values).
+    pub fn without_locations(&self) -> Node {
+        let value = match &self.value {
+            Value::Seq(items) => Value::Seq(items.iter().map(Node::without_locations).collect()),
+            Value::Map(entries) => Value::Map(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.without_locations(), v.without_locations()))
+                    .collect(),
+            ),
+            other => other.clone(),
+        };
+        Node {
+            value,
+            loc: Loc::NONE,
+        }
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    Some(match v {
+        Value::Null => "~".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        // `{:?}` keeps a decimal point (1.0, not 1), so the value reads back as a float.
+        Value::Float(f) if f.is_finite() => format!("{f:?}"),
+        Value::Float(f) if f.is_nan() => ".nan".to_owned(),
+        Value::Float(f) => (if *f > 0.0 { ".inf" } else { "-.inf" }).to_owned(),
+        Value::Str(s) => format!("{s:?}"),
+        Value::Seq(items) if items.is_empty() => "[]".to_owned(),
+        Value::Map(entries) if entries.is_empty() => "{}".to_owned(),
+        _ => return None,
+    })
+}
+
+fn emit(v: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Map(entries) if !entries.is_empty() => {
+            for (k, val) in entries {
+                let key = scalar(&k.value).unwrap_or_else(|| "~".to_owned());
+                match scalar(&val.value) {
+                    Some(s) => out.push_str(&format!("{pad}{key}: {s}\n")),
+                    None => {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        emit(&val.value, indent + 2, out);
+                    }
+                }
+            }
+        }
+        Value::Seq(items) if !items.is_empty() => {
+            for item in items {
+                match scalar(&item.value) {
+                    Some(s) => out.push_str(&format!("{pad}- {s}\n")),
+                    None => {
+                        // The first line of the nested block goes after the dash.
+                        let mut inner = String::new();
+                        emit(&item.value, indent + 2, &mut inner);
+                        let trimmed = inner.trim_start();
+                        out.push_str(&format!("{pad}- {trimmed}"));
+                    }
+                }
+            }
+        }
+        other => {
+            if let Some(s) = scalar(other) {
+                out.push_str(&format!("{pad}{s}\n"));
+            }
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
