@@ -1,5 +1,39 @@
-//! The `flowseg` package: the command-line front end (`src/main.rs`) and the small library it
-//! is built from. Until the graph engine lands, the only job is `demo`: a tiny segmentation
-//! network trained end to end with the CPU kernels (see `demo.rs`).
+//! The `flowseg` package: the command line (`flowseg demo`, `flowseg ops`; the graph commands
+//! arrive with the engine) and the small library it is built from, including the entry point of
+//! custom binaries: a crate with its own ops ships `fn main() -> ExitCode {
+//! flowseg::main_with(&[&MyPlugin]) }` and gets the whole CLI with its ops registered.
+//!
+//! Modules: `demo` (a tiny segmentation network trained end to end with the CPU kernels),
+//! `report` (graph errors rendered with the file's source), and the CLI itself (private; entered
+//! through [`main_with`] or, in tests, [`run_cli`]).
 
+mod cli;
 pub mod demo;
+mod ops_doc;
+pub mod report;
+
+pub use cli::{registry, run_cli};
+pub use flowseg_engine::{Plugin, Registry, RegistryError};
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+/// The `flowseg` binary with the built-in ops plus `plugins`: runs the command line from
+/// `std::env::args_os()` against stdout and stderr (styled where they are terminals and
+/// `NO_COLOR` is unset). Exit codes: 0 ok, 1 run-time failure, 2 usage or graph error, including
+/// a plugin op whose name is already taken.
+pub fn main_with(plugins: &[&dyn Plugin]) -> ExitCode {
+    let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+    let styled = cli::Styled {
+        out: color && stdout.is_terminal(),
+        err: color && stderr.is_terminal(),
+    };
+    cli::run_styled(
+        std::env::args_os(),
+        plugins,
+        &mut stdout.lock(),
+        &mut stderr.lock(),
+        styled,
+    )
+}

@@ -1,0 +1,192 @@
+//! The `flowseg` command line: argument parsing (clap) and the commands, writing to the streams
+//! it is given so tests can run it in-process. Commands: `demo` (train and evaluate the demo
+//! network with the CPU kernels) and `ops` (list the registered ops). The graph commands (`run`,
+//! `check`, `plan`, `graph`) arrive with the engine.
+//!
+//! Exit codes: 0 ok, 1 a run-time failure (including failing to write the output), 2 a usage or
+//! graph error (bad flags, a bad demo configuration, a plugin that cannot be registered).
+
+use crate::demo::{self, DemoConfig};
+use crate::ops_doc;
+use clap::{Parser, Subcommand};
+use flowseg_engine::{Plugin, Registry, RegistryError};
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "flowseg",
+    version,
+    about = "Semi-supervised semantic segmentation as a dataflow engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a small segmentation network on embedded procedural data and evaluate it.
+    Demo(DemoConfig),
+    /// List every registered op: summary, inputs and outputs, and an example node.
+    Ops {
+        /// Print Markdown (the content of docs/ops.md) instead of plain text.
+        #[arg(long)]
+        markdown: bool,
+    },
+}
+
+/// Whether to style each stream (ANSI colours): true only for a terminal.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Styled {
+    pub(crate) out: bool,
+    pub(crate) err: bool,
+}
+
+/// The built-in ops, then each plugin's, in order.
+pub fn registry(plugins: &[&dyn Plugin]) -> Result<Registry, RegistryError> {
+    let mut r = flowseg_ops::builtin_registry()?;
+    for p in plugins {
+        r.install(*p)?;
+    }
+    Ok(r)
+}
+
+/// Runs the command line `args` (the first is the program name, as in `std::env::args`) with
+/// the built-in ops plus `plugins`, writing the command's output to `out` and diagnostics to
+/// `err`, unstyled. Returns the exit code: 0 ok, 1 run-time failure, 2 usage or graph error
+/// (including a plugin whose op name is already taken).
+pub fn run_cli<I, T>(
+    args: I,
+    plugins: &[&dyn Plugin],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    run_styled(args, plugins, out, err, Styled::default())
+}
+
+pub(crate) fn run_styled<I, T>(
+    args: I,
+    plugins: &[&dyn Plugin],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    styled: Styled,
+) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    // Diagnostics are best effort: if stderr itself fails there is nobody left to tell.
+    let registry = match registry(plugins) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot build the registry: {e}");
+            if matches!(
+                e,
+                RegistryError::Duplicate(_)
+                    | RegistryError::DuplicateData(_)
+                    | RegistryError::DuplicateModel(_)
+            ) {
+                let _ = writeln!(
+                    err,
+                    "help: every name must be unique across the built-ins and all plugins: \
+                     rename the plugin's op, data source or model"
+                );
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version arrive here too, for stdout and with exit code 0.
+            let (stream, style): (&mut dyn Write, bool) = if e.use_stderr() {
+                (err, styled.err)
+            } else {
+                (out, styled.out)
+            };
+            let text = if style {
+                e.render().ansi().to_string()
+            } else {
+                e.render().to_string()
+            };
+            let _ = stream.write_all(text.as_bytes());
+            return exit_code(e.exit_code());
+        }
+    };
+    let result = match cli.command {
+        Command::Demo(cfg) => return run_demo(&cfg, out, err),
+        Command::Ops { markdown } => {
+            let text = if markdown {
+                ops_doc::markdown(&registry)
+            } else {
+                ops_doc::text(&registry)
+            };
+            out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        }
+    };
+    finish(result, err)
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// The exit code after writing the output: a closed pipe (`flowseg ops | head`) is not a
+/// failure; any other write error is (1).
+fn finish(result: io::Result<()>, err: &mut dyn Write) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot write the output: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_demo(cfg: &DemoConfig, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
+    let mut written = writeln!(
+        out,
+        "flowseg demo: {} iterations, batch {} of {s}×{s}, width {}, {} threads",
+        cfg.iterations,
+        cfg.batch,
+        cfg.width,
+        rayon::current_num_threads(),
+        s = cfg.size,
+    );
+    let report = demo::run(cfg, |line| {
+        // Keep training if the progress cannot be shown; the first write error is reported.
+        if written.is_ok() {
+            written = writeln!(out, "{line}");
+        }
+    });
+    match report {
+        Ok(r) => {
+            let result = written.and_then(|()| {
+                writeln!(
+                    out,
+                    "trained in {:.1} s; held-out ({} images): pixel accuracy {:.1}%, mIoU {:.1}",
+                    r.train_secs,
+                    cfg.eval_images,
+                    100.0 * r.pixel_acc,
+                    100.0 * r.miou
+                )?;
+                for (name, iou) in demo::CLASSES.iter().zip(&r.class_iou) {
+                    writeln!(out, "  IoU {name:<10} {:.1}", 100.0 * iou)?;
+                }
+                out.flush()
+            });
+            finish(result, err)
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
