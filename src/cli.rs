@@ -1,13 +1,14 @@
 //! The `flowseg` command line: argument parsing (clap) and the commands, writing to the streams
-//! it is given so tests can run it in-process. Commands: `demo` (train and evaluate the demo
-//! network with the CPU kernels) and `ops` (list the registered ops). The graph commands (`run`,
-//! `check`, `plan`, `graph`) arrive with the engine.
+//! it is given so tests can run it in-process. Commands: `run` (train a method graph), `check`
+//! (validate one), `ops` (list the registered ops) and `demo` (the kernels-only demo network).
+//! `plan` and `graph` arrive with the planner.
 //!
 //! Exit codes: 0 ok, 1 a run-time failure (including failing to write the output), 2 a usage or
 //! graph error (bad flags, a bad demo configuration, a plugin that cannot be registered).
 
 use crate::demo::{self, DemoConfig};
 use crate::ops_doc;
+use crate::run::{self, CheckArgs, RunArgs};
 use clap::{Parser, Subcommand};
 use flowseg_engine::{Plugin, Registry, RegistryError};
 use std::ffi::OsString;
@@ -27,6 +28,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a method graph: validate, differentiate, iterate; write runs/<name>/<time>/.
+    Run(RunArgs),
+    /// Validate a method graph (parse, data, models, shapes, gradients) and report every problem.
+    Check(CheckArgs),
     /// Train a small segmentation network on embedded procedural data and evaluate it.
     Demo(DemoConfig),
     /// List every registered op: summary, inputs and outputs, and an example node.
@@ -121,6 +126,8 @@ where
     };
     let result = match cli.command {
         Command::Demo(cfg) => return run_demo(&cfg, out, err),
+        Command::Run(a) => return run::run(&a, &registry, out, err, styled.err),
+        Command::Check(a) => return run::check(&a, &registry, out, err, styled.err),
         Command::Ops { markdown } => {
             let text = if markdown {
                 ops_doc::markdown(&registry)
@@ -139,7 +146,7 @@ fn exit_code(code: i32) -> ExitCode {
 
 /// The exit code after writing the output: a closed pipe (`flowseg ops | head`) is not a
 /// failure; any other write error is (1).
-fn finish(result: io::Result<()>, err: &mut dyn Write) -> ExitCode {
+pub(crate) fn finish(result: io::Result<()>, err: &mut dyn Write) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

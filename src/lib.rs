@@ -11,6 +11,7 @@ mod cli;
 pub mod demo;
 mod ops_doc;
 pub mod report;
+mod run;
 
 pub use cli::{registry, run_cli};
 pub use flowseg_engine::{Plugin, Registry, RegistryError};

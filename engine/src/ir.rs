@@ -372,6 +372,15 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
     // Index in `nodes` of the last node each spec node emitted, for `after:` edges.
     let mut last_emitted: Vec<Option<usize>> = vec![None; pending.len()];
     let mut used: BTreeSet<(usize, usize)> = BTreeSet::new();
+    // An output an optimizer minimizes is used (by the optimizer); a bad reference there is the
+    // trainer's error to report (FS0111).
+    for (_, o) in &spec.optim {
+        for r in o.minimize.keys() {
+            if let Ok(Ref::Node(j, k)) = resolve(r, &index, &outputs_of, env) {
+                used.insert((j, k));
+            }
+        }
+    }
     for &i in &order {
         let Some(p) = pending[i].as_ref() else {
             continue;

@@ -5,8 +5,8 @@
 //! The engine never depends on `flowseg-ops`: ops reach it through the registry.
 
 pub mod autodiff;
-pub mod data;
 pub mod checkpoint;
+pub mod data;
 pub mod exec;
 pub mod ir;
 pub mod model;

@@ -78,7 +78,8 @@ impl Registry {
         if self.data.contains_key(D::NAME) {
             return Err(RegistryError::DuplicateData(D::NAME));
         }
-        self.data.insert(D::NAME, Box::new(DataEntry::<D>(PhantomData)));
+        self.data
+            .insert(D::NAME, Box::new(DataEntry::<D>(PhantomData)));
         Ok(self)
     }
 

@@ -302,7 +302,9 @@ fn im2col<T: Real>(g: &Geom, xg: &[T], col: &mut [T]) {
                     dst[..lo].fill(T::zero());
                     dst[hi..].fill(T::zero());
                     let src = &xc[iy * w..(iy + 1) * w];
-                    if p.sw == 1 {
+                    // `hi > lo` first: with no valid column (a dilation wider than the map) the
+                    // start offset below would be negative.
+                    if p.sw == 1 && hi > lo {
                         let s0 = (lo as isize + off) as usize;
                         dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
                     } else {
@@ -331,7 +333,7 @@ fn col2im<T: Real>(g: &Geom, dcol: &[T], dxg: &mut [T]) {
                 for (oy, src) in row.chunks_exact(wo).enumerate() {
                     let Some(iy) = g.iy(oy, ki) else { continue };
                     let dst = &mut dxc[iy * w..(iy + 1) * w];
-                    if p.sw == 1 {
+                    if p.sw == 1 && hi > lo {
                         let d0 = (lo as isize + off) as usize;
                         for (d, &s) in dst[d0..d0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
                             *d += s;
@@ -768,6 +770,20 @@ mod tests {
                 Nchw::new(2, 3, 11, 10),
                 2,
                 Conv2d::square(7, 2, 3, 1),
+            ),
+            // Dilation wider than the map: some tap columns see no pixel at all (ASPP on a
+            // tiny feature map).
+            (
+                "dilation 3 on 2x3",
+                Nchw::new(2, 2, 2, 3),
+                2,
+                Conv2d::square(3, 1, 3, 3),
+            ),
+            (
+                "dilation 5 on 2x2",
+                Nchw::new(1, 2, 2, 2),
+                3,
+                Conv2d::square(3, 1, 5, 5),
             ),
         ]
     }

@@ -5,6 +5,8 @@
 //!
 //! Families so far: `forward` (layers and activations), `loss` (scalar objectives), `fuse`
 //! (turning predictions into pseudo-labels). Still to come: augment, ema, mix, optim, data, eval.
+//! Beside the ops, `models/` holds the built-in architectures (`deeplab_lite`), one per file,
+//! registered the same way with `add_model`.
 //!
 //! Every differentiable op implements `Op::vjp` by emitting backward ops, which live in the
 //! forward op's file and are not registered (they are never written in YAML); the others
@@ -27,6 +29,8 @@ pub mod data {
 /// Network layers and activations.
 pub mod forward {
     pub mod add;
+    pub mod batch_norm;
+    pub mod concat;
     pub mod conv2d;
     pub mod leaky_relu;
     pub mod relu;
@@ -46,10 +50,18 @@ pub mod loss {
     pub mod cross_entropy;
 }
 
-/// Adds every built-in op to `r`, one line each. Also usable as a plugin
+/// Network architectures (`arch:` in a graph's `models:`), traced into the primitive ops above by
+/// a `forward` node.
+pub mod models {
+    pub mod deeplab_lite;
+}
+
+/// Adds every built-in op and model to `r`, one line each. Also usable as a plugin
 /// (`r.install(&register_builtin_ops)`); fails only if a name is already taken.
 pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::add::Add>()?;
+    r.add::<forward::batch_norm::BatchNorm>()?;
+    r.add::<forward::concat::Concat>()?;
     r.add::<forward::conv2d::Conv2d>()?;
     r.add::<forward::leaky_relu::LeakyRelu>()?;
     r.add::<forward::relu::Relu>()?;
@@ -59,6 +71,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<fuse::max_confidence::MaxConfidence>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
     r.add_data::<data::shapes::Shapes>()?;
+    r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     Ok(())
 }
 

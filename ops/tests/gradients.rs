@@ -379,6 +379,48 @@ const CASES: &[Case] = &[
         params: "{}",
         feeds: &[("a", Feed::Trainable(X)), ("b", Feed::Trainable(X))],
     },
+    // Train mode: the batch statistics depend on x (the two correction terms of dx).
+    Case {
+        op: "batch_norm",
+        params: "{ eps: 1.0e-3 }",
+        feeds: &[
+            ("x", Feed::Trainable(X)),
+            ("gamma", Feed::Trainable(&[3])),
+            ("beta", Feed::Trainable(&[3])),
+            ("running_mean", Feed::Constant(&[3])),
+            ("running_var", Feed::Constant(&[3])),
+        ],
+    },
+    // Eval mode: constant running statistics, read by the backward from the forward's inputs.
+    Case {
+        op: "batch_norm",
+        params: "{ mode: eval }",
+        feeds: &[
+            ("x", Feed::Trainable(X)),
+            ("gamma", Feed::Trainable(&[3])),
+            ("beta", Feed::Trainable(&[3])),
+            ("running_mean", Feed::Constant(&[3])),
+            ("running_var", Feed::Constant(&[3])),
+        ],
+    },
+    // Both halves of dy wanted (one concat_channels_bwd pass).
+    Case {
+        op: "concat",
+        params: "{}",
+        feeds: &[
+            ("a", Feed::Trainable(X)),
+            ("b", Feed::Trainable(&[2, 2, 5, 7])),
+        ],
+    },
+    // Only b's half: a channel slice of dy.
+    Case {
+        op: "concat",
+        params: "{}",
+        feeds: &[
+            ("a", Feed::Constant(&[2, 1, 5, 7])),
+            ("b", Feed::Trainable(X)),
+        ],
+    },
     // im2col path, stride and padding, with a bias.
     Case {
         op: "conv2d",
@@ -731,4 +773,48 @@ fn an_op_without_vjp_on_the_path_is_fs0109() {
         "{:?}",
         errs[0].help
     );
+}
+
+#[test]
+fn batch_norm_statistics_carry_no_gradient() {
+    // The running statistics are buffers (assigned, never trained), and the statistics outputs
+    // feed assigns: a gradient through either is refused, not dropped.
+    let r = registry();
+    let inputs = |mean: Feed| {
+        let mut i = Inputs::default();
+        i.add("x", Feed::Trainable(X));
+        i.add("gamma", Feed::Constant(&[3]));
+        i.add("beta", Feed::Constant(&[3]));
+        let mean = i.add("running_mean", mean);
+        i.add("running_var", Feed::Constant(&[3]));
+        i.add("reduce_w", Feed::Trainable(X));
+        i.add("reduce_wc", Feed::Trainable(&[3]));
+        (i, mean)
+    };
+    let refused = |port: &str, mean: Feed| {
+        let (inputs, mean) = inputs(mean);
+        let w = if port == "y" { "reduce_w" } else { "reduce_wc" };
+        let nodes = [
+            format!(
+                "{{ name: bn, op: batch_norm, inputs: {{ x: state.x, gamma: batch.gamma, beta: \
+                 batch.beta, running_mean: {mean}, running_var: batch.running_var }} }}"
+            ),
+            format!("{{ name: loss, op: weighted_sum, inputs: {{ x: bn.{port}, w: state.{w} }} }}"),
+        ];
+        let g = build(&r, &nodes, &inputs);
+        let loss = output(&r, &g, "loss", "loss");
+        let errs = gradients(&g, &inputs, &[loss], &inputs.trainable()).expect_err("refused");
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(
+            (errs[0].code, errs[0].node.as_deref()),
+            (NOT_DIFFERENTIABLE, Some("bn"))
+        );
+        errs[0].message.clone()
+    };
+    // A trainable running mean, even with the loss on `y` (train mode does not read it there).
+    let m = refused("y", Feed::Trainable(&[3]));
+    assert!(m.contains("`running_mean`") && m.contains("buffers"), "{m}");
+    // A loss on `new_mean`, which depends on x through the batch mean.
+    let m = refused("new_mean", Feed::Constant(&[3]));
+    assert!(m.contains("`new_mean`") && m.contains("detach"), "{m}");
 }

@@ -23,6 +23,8 @@ fn the_expected_ops_are_registered() {
     let names: Vec<&str> = registry().iter().map(|op| op.name()).collect();
     for want in [
         "add",
+        "batch_norm",
+        "concat",
         "conv2d",
         "cross_entropy",
         "detach",

@@ -1,0 +1,437 @@
+//! `flowseg check` and `flowseg run`: a graph file → the validated, differentiated training step →
+//! iterations, with a run directory holding everything a result needs:
+//!
+//! ```text
+//! runs/<name>/<UTC timestamp>/
+//!   graph.yaml                  the resolved graph (overrides applied): what actually ran
+//!   metrics.jsonl               one JSON object per iteration: losses, seconds since start
+//!   checkpoints/last.safetensors  state + optimizer buffers, written atomically
+//!   checkpoints/iter-<N>.safetensors  every `train.checkpoint_every` iterations
+//! ```
+//!
+//! `--resume DIR` reloads DIR/graph.yaml (plus new `--set`s), the last checkpoint, drops
+//! metrics lines past it, and continues in DIR; with the batch a pure function of (seed,
+//! iteration) a resumed run repeats the losses of an uninterrupted one.
+//!
+//! Not here yet: evaluation during training, the multi-stream planner (`flowseg plan`), tracing
+//! spans.
+
+use crate::report;
+use flowseg_engine::checkpoint;
+use flowseg_engine::data::{open_source, Source as DataSource};
+use flowseg_engine::ir::Env;
+use flowseg_engine::spec::{self, GraphError, GraphSpec};
+use flowseg_engine::train::Trainer;
+use flowseg_engine::Registry;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Flags of `flowseg run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The method graph (YAML). With `--resume`, optional: the run's own graph.yaml is used.
+    pub graph: Option<PathBuf>,
+    /// Override any key: `--set train.iterations=100 --set nodes.sup_loss.params.ignore_index=255`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Where run directories are created.
+    #[arg(long, default_value = "runs", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Treat warnings (unused outputs) as errors.
+    #[arg(long)]
+    pub strict: bool,
+    /// Stop after this iteration as if interrupted, without the final checkpoint (time-sliced
+    /// jobs; `--resume` continues from the last periodic checkpoint).
+    #[arg(long, value_name = "ITER")]
+    pub stop_at: Option<u64>,
+}
+
+/// Flags of `flowseg check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// The method graph (YAML).
+    pub graph: PathBuf,
+    /// Override any key, as for `run`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Treat warnings as errors.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// A graph loaded up to a ready trainer.
+struct Loaded {
+    spec: GraphSpec,
+    root: spec::Node,
+    source: Box<dyn DataSource>,
+    trainer: Trainer,
+}
+
+/// A failure already worth exit code 2, rendered into text.
+struct Rejected(String);
+
+fn load(
+    path: &Path,
+    text: &str,
+    sets: &[String],
+    strict: bool,
+    registry: &Registry,
+    color: bool,
+    err: &mut dyn Write,
+) -> Result<Loaded, Rejected> {
+    let shown = path.display().to_string();
+    let reject = |errors: &[GraphError]| Rejected(report::render(&shown, text, errors, color));
+    let (spec, root) = spec::parse_graph(text, sets).map_err(|e| reject(&e))?;
+    let source = open_source(&spec, registry).map_err(|e| reject(&[e]))?;
+    let env = Env {
+        batch: source.specs(),
+        state: BTreeMap::new(),
+    };
+    let trainer = Trainer::new(&spec, registry, &env, BTreeMap::new()).map_err(|e| reject(&e))?;
+    let warnings = &trainer.graph.warnings;
+    if !warnings.is_empty() {
+        if strict {
+            let as_errors: Vec<GraphError> = warnings
+                .iter()
+                .map(|w| GraphError {
+                    warning: false,
+                    ..w.clone()
+                })
+                .collect();
+            return Err(reject(&as_errors));
+        }
+        let _ = err.write_all(report::render(&shown, text, warnings, color).as_bytes());
+    }
+    Ok(Loaded {
+        spec,
+        root,
+        source,
+        trainer,
+    })
+}
+
+fn read(path: &Path, err: &mut dyn Write) -> Option<String> {
+    match fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot read {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// `flowseg check`: parse, open the data source, validate, trace the models and differentiate;
+/// report every problem. Exit 0 when the graph would train, 2 otherwise.
+pub fn check(
+    a: &CheckArgs,
+    registry: &Registry,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> ExitCode {
+    let Some(text) = read(&a.graph, err) else {
+        return ExitCode::from(2);
+    };
+    match load(&a.graph, &text, &a.set, a.strict, registry, color, err) {
+        Ok(l) => {
+            let g = &l.trainer.graph;
+            let params: usize = g
+                .params
+                .values()
+                .filter(|d| d.trainable)
+                .map(|d| d.spec.len())
+                .sum();
+            let r = writeln!(
+                out,
+                "{}: ok — `{}`: {} nodes (forward and backward), {} state tensors, {} trainable parameters",
+                a.graph.display(),
+                l.spec.name.value,
+                g.nodes.len(),
+                g.state.len(),
+                params
+            );
+            crate::cli::finish(r, err)
+        }
+        Err(Rejected(text)) => {
+            let _ = err.write_all(text.as_bytes());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `flowseg run`.
+pub fn run(
+    a: &RunArgs,
+    registry: &Registry,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> ExitCode {
+    match run_inner(a, registry, out, err, color) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            let _ = err.write_all(msg.as_bytes());
+            if !msg.ends_with('\n') {
+                let _ = writeln!(err);
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+type Failure = (u8, String);
+
+fn io_fail(what: &str, path: &Path, e: impl std::fmt::Display) -> Failure {
+    (1, format!("error: cannot {what} {}: {e}", path.display()))
+}
+
+fn run_inner(
+    a: &RunArgs,
+    registry: &Registry,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<(), Failure> {
+    // Which graph, which directory.
+    let (graph_path, dir) = match (&a.resume, &a.graph) {
+        (Some(dir), _) => (
+            a.graph.clone().unwrap_or_else(|| dir.join("graph.yaml")),
+            Some(dir.clone()),
+        ),
+        (None, Some(g)) => (g.clone(), None),
+        (None, None) => return Err((2, "error: give a graph file, or --resume DIR".into())),
+    };
+    let text = fs::read_to_string(&graph_path).map_err(|e| {
+        (
+            2,
+            format!("error: cannot read {}: {e}", graph_path.display()),
+        )
+    })?;
+    let Loaded {
+        spec,
+        root,
+        mut source,
+        mut trainer,
+    } = load(&graph_path, &text, &a.set, a.strict, registry, color, err)
+        .map_err(|Rejected(t)| (2, t))?;
+
+    let (dir, start) = match dir {
+        Some(dir) => {
+            let ckpt = dir.join("checkpoints").join("last.safetensors");
+            let c =
+                checkpoint::load(&ckpt).map_err(|e| (2, format!("error: cannot resume: {e}")))?;
+            let next = trainer.resume(&c).map_err(|e| {
+                (
+                    2,
+                    format!("error: cannot resume from {}: {e}", ckpt.display()),
+                )
+            })?;
+            truncate_metrics(&dir.join("metrics.jsonl"), next)
+                .map_err(|e| io_fail("rewrite", &dir.join("metrics.jsonl"), e))?;
+            (dir, next)
+        }
+        None => {
+            let dir = fresh_run_dir(&a.out, &spec.name.value)
+                .map_err(|e| io_fail("create a run directory in", &a.out, e))?;
+            (dir, 0)
+        }
+    };
+    fs::create_dir_all(dir.join("checkpoints")).map_err(|e| io_fail("create", &dir, e))?;
+    write_atomic(&dir.join("graph.yaml"), root.to_yaml().as_bytes())
+        .map_err(|e| io_fail("write", &dir.join("graph.yaml"), e))?;
+    let metrics_path = dir.join("metrics.jsonl");
+    let mut metrics = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| io_fail("open", &metrics_path, e))?;
+
+    let total = spec.train.iterations;
+    let _ = writeln!(
+        out,
+        "flowseg run `{}`: iterations {start}..{total}, {} threads, writing {}",
+        spec.name.value,
+        rayon::current_num_threads(),
+        dir.display()
+    );
+    let started = Instant::now();
+    let every = (total / 20).max(1);
+    let save = |trainer: &Trainer, next: u64| -> Result<(), Failure> {
+        let c = trainer.checkpoint(next);
+        let last = dir.join("checkpoints").join("last.safetensors");
+        checkpoint::save(&last, &c).map_err(|e| (1, format!("error: {e}")))?;
+        if spec.train.checkpoint_every > 0 && next.is_multiple_of(spec.train.checkpoint_every) {
+            let named = dir
+                .join("checkpoints")
+                .join(format!("iter-{next}.safetensors"));
+            checkpoint::save(&named, &c).map_err(|e| (1, format!("error: {e}")))?;
+        }
+        Ok(())
+    };
+    let end = a.stop_at.map_or(total, |s| s.min(total));
+    for it in start..end {
+        let batch = source
+            .batch(it)
+            .map_err(|e| (1, format!("error: data, iteration {it}: {e}")))?;
+        let losses = trainer
+            .step(&batch, it)
+            .map_err(|e| (1, format!("error: iteration {it}: {e}")))?;
+        let secs = started.elapsed().as_secs_f64();
+        let mut line = serde_json::Map::new();
+        line.insert("iteration".into(), it.into());
+        line.insert(
+            "time_s".into(),
+            serde_json::json!((secs * 1000.0).round() / 1000.0),
+        );
+        for (name, v) in &losses {
+            line.insert(format!("loss/{name}"), serde_json::json!(v));
+        }
+        writeln!(metrics, "{}", serde_json::Value::Object(line))
+            .map_err(|e| io_fail("append to", &metrics_path, e))?;
+        let done = it + 1;
+        if spec.train.checkpoint_every > 0
+            && done.is_multiple_of(spec.train.checkpoint_every)
+            && done < total
+        {
+            save(&trainer, done)?;
+        }
+        if done.is_multiple_of(every) || done == total {
+            let rate = (done - start) as f64 / secs.max(1e-9);
+            let eta = (total - done) as f64 / rate.max(1e-9);
+            let shown: Vec<String> = losses.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+            let _ = writeln!(
+                out,
+                "iter {done:>6}/{total}  {}  {rate:.2} it/s  ETA {}",
+                shown.join("  "),
+                hms(eta)
+            );
+        }
+    }
+    metrics
+        .sync_all()
+        .map_err(|e| io_fail("sync", &metrics_path, e))?;
+    if end < total {
+        let _ = writeln!(
+            out,
+            "stopped after iteration {end} (--stop-at); continue with --resume {}",
+            dir.display()
+        );
+        return Ok(());
+    }
+    save(&trainer, total)?;
+    let _ = writeln!(
+        out,
+        "done in {}; checkpoint {}",
+        hms(started.elapsed().as_secs_f64()),
+        dir.join("checkpoints").join("last.safetensors").display()
+    );
+    Ok(())
+}
+
+fn hms(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m{:02}s", s / 3600, s / 60 % 60, s % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// `out/<name>/<UTC YYYYmmdd-HHMMSS>`, with `-2`, `-3`, ... when that exists already.
+fn fresh_run_dir(out: &Path, name: &str) -> io::Result<PathBuf> {
+    let base = out.join(name).join(utc_stamp(SystemTime::now()));
+    let mut dir = base.clone();
+    let mut n = 2;
+    while dir.exists() {
+        dir = PathBuf::from(format!("{}-{n}", base.display()));
+        n += 1;
+    }
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// `YYYYmmdd-HHMMSS` in UTC (civil-from-days, Howard Hinnant's algorithm).
+fn utc_stamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a crash leaves the old
+/// file or the new one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+/// Keeps the metrics lines of iterations before `next` (lines written after the checkpoint a
+/// resume starts from would otherwise appear twice).
+fn truncate_metrics(path: &Path, next: u64) -> io::Result<()> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("iteration").and_then(serde_json::Value::as_u64))
+                .is_some_and(|it| it < next)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps_match_known_dates() {
+        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101-000000");
+        // 2026-11-26 19:57:25 UTC = 1795723045 s.
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_723_045);
+        assert_eq!(utc_stamp(t), "20261126-195725");
+        // 2000-02-29 (leap day) 12:00:00 = 951825600 s.
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(951_825_600);
+        assert_eq!(utc_stamp(t), "20000229-120000");
+    }
+
+    #[test]
+    fn durations_read_as_hours_minutes_seconds() {
+        assert_eq!(hms(5.4), "5s");
+        assert_eq!(hms(125.0), "2m05s");
+        assert_eq!(hms(3725.0), "1h02m05s");
+    }
+}
