@@ -94,7 +94,13 @@ fn load(
         batch: source.specs(),
         state: BTreeMap::new(),
     };
-    let trainer = Trainer::new(&spec, registry, &env, BTreeMap::new()).map_err(|e| reject(&e))?;
+    let mut trainer =
+        Trainer::new(&spec, registry, &env, BTreeMap::new()).map_err(|e| reject(&e))?;
+    // `init: { weights: ... }` paths are relative to the graph file.
+    let base = path.parent().unwrap_or(Path::new("."));
+    for note in trainer.load_init_weights(&spec, base).map_err(|e| reject(&[e]))? {
+        let _ = writeln!(err, "note: {note}");
+    }
     let warnings = &trainer.graph.warnings;
     if !warnings.is_empty() {
         if strict {

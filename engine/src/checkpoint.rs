@@ -273,6 +273,16 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 
 /// Reads a checkpoint written by [`save`]. `meta` comes back with [`FORMAT_KEY`] in it.
 pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    read(path, true)
+}
+
+/// Reads the f32/i32 tensors of any safetensors file, by name — weights exported from PyTorch
+/// (`safetensors.torch.save_file(model.state_dict(), ...)`) have no flowseg format metadata.
+pub fn load_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>, CheckpointError> {
+    read(path, false).map(|c| c.tensors)
+}
+
+fn read(path: &Path, require_format: bool) -> Result<Checkpoint, CheckpointError> {
     let bytes = fs::read(path).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => CheckpointError::NotFound {
             path: path.to_path_buf(),
@@ -300,12 +310,13 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         .into_iter()
         .collect();
     match meta.get(FORMAT_KEY) {
+        None if !require_format => {}
         None => {
             return Err(CheckpointError::MissingVersion {
                 path: path.to_path_buf(),
             })
         }
-        Some(v) if v != FORMAT_VERSION => {
+        Some(v) if require_format && v != FORMAT_VERSION => {
             return Err(CheckpointError::UnsupportedVersion {
                 path: path.to_path_buf(),
                 found: v.clone(),

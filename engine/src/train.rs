@@ -105,8 +105,19 @@ pub struct Trainer {
     /// Persistent tensors (parameters), updated in place by [`Trainer::step`].
     pub state: BTreeMap<String, Tensor>,
     optimizers: Vec<Optimizer>,
+    emas: Vec<Ema>,
     total: u64,
     seed: u64,
+}
+
+/// An `ema_of` model: its parameters follow the source model's.
+struct Ema {
+    /// (teacher parameter, student parameter) pairs.
+    pairs: Vec<(String, String)>,
+    /// State names of the teacher (parameters and buffers) and their sources, copied at start.
+    copies: Vec<(String, String)>,
+    decay: f64,
+    ramp: bool,
 }
 
 impl Trainer {
@@ -231,17 +242,92 @@ impl Trainer {
                 ));
             }
         }
+        let emas = ema_pairs(spec, &graph, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Trainer {
+        let mut t = Trainer {
             graph,
             losses,
             state,
             optimizers,
+            emas,
             total: spec.train.iterations,
             seed: spec.train.seed,
-        })
+        };
+        t.sync_emas();
+        Ok(t)
+    }
+
+    /// Every EMA model becomes an exact copy of its source (parameters and buffers), as at the
+    /// start of Mean Teacher; called after initialisation and after loading initial weights.
+    fn sync_emas(&mut self) {
+        for e in &self.emas {
+            for (teacher, student) in &e.copies {
+                if let Some(v) = self.state.get(student).cloned() {
+                    self.state.insert(teacher.clone(), v);
+                }
+            }
+        }
+    }
+
+    /// Loads each model's `init: { weights: file }` (a path relative to `base_dir`): every
+    /// tensor whose name (after the `<model>.` prefix) the model declares and whose spec matches
+    /// is copied; returns one line per tensor skipped (unknown name — torchvision's `fc.*`, say
+    /// — or a spec mismatch) and per model parameter the file lacks. EMA copies are re-synced.
+    pub fn load_init_weights(
+        &mut self,
+        spec: &GraphSpec,
+        base_dir: &std::path::Path,
+    ) -> Result<Vec<String>, GraphError> {
+        let mut notes = Vec::new();
+        for (model, m) in &spec.models {
+            let Some(init) = &m.init else { continue };
+            let path = base_dir.join(&init.weights.value);
+            let ckpt = checkpoint::load_tensors(&path).map_err(|e| {
+                GraphError::new(
+                    BAD_OBJECTIVE,
+                    format!("initial weights of `{}`: {e}", model.value),
+                    init.weights.loc,
+                )
+            })?;
+            let prefix = format!("{}.", model.value);
+            let mut loaded = BTreeSet::new();
+            for (name, t) in ckpt {
+                let full = format!("{prefix}{name}");
+                match self.state.get_mut(&full) {
+                    Some(slot) if slot.spec() == t.spec() => {
+                        *slot = t;
+                        loaded.insert(full);
+                    }
+                    Some(slot) => notes.push(format!(
+                        "{}: `{name}` is {} in the file, {} in the model: skipped",
+                        path.display(),
+                        t.spec(),
+                        slot.spec()
+                    )),
+                    None => notes.push(format!(
+                        "{}: `{name}` is not a parameter of `{}`: ignored",
+                        path.display(),
+                        model.value
+                    )),
+                }
+            }
+            for name in self
+                .graph
+                .params
+                .keys()
+                .filter(|k| k.starts_with(&prefix) && !loaded.contains(*k))
+            {
+                notes.push(format!(
+                    "{}: no `{}`: keeps its initialiser",
+                    path.display(),
+                    &name[prefix.len()..]
+                ));
+            }
+        }
+        self.sync_emas();
+        Ok(notes)
     }
 
     /// One iteration on `batch`: run forward and backward, then every optimizer in declared
@@ -336,6 +422,33 @@ impl Trainer {
         for (name, t) in assigned {
             self.state.insert(name, t);
         }
+        for e in &self.emas {
+            // Mean Teacher's warm-up: α_t = min(α, 1 − 1/(t + 1)), t = 1 after the first step.
+            let step = (iteration + 1) as f64;
+            let alpha = if e.ramp {
+                e.decay.min(1.0 - 1.0 / (step + 1.0))
+            } else {
+                e.decay
+            };
+            for (teacher, student) in &e.pairs {
+                let Some(src) = self
+                    .state
+                    .get(student)
+                    .and_then(Tensor::f32)
+                    .map(<[f32]>::to_vec)
+                else {
+                    continue;
+                };
+                if let Some(dst) = self.state.get_mut(teacher).and_then(Tensor::f32_mut) {
+                    flowseg_kernels::optim::ema_update(dst, &src, alpha).map_err(|source| {
+                        StepError::Update {
+                            model: teacher.clone(),
+                            source,
+                        }
+                    })?;
+                }
+            }
+        }
         Ok(values)
     }
 }
@@ -428,6 +541,65 @@ impl Trainer {
         }
         Ok(next)
     }
+}
+
+/// The EMA models of the spec and their parameter pairs. Only trainable parameters are
+/// averaged (as Mean Teacher's official code does); buffers (BN running statistics) are copied
+/// at the start and then follow the teacher's own forwards.
+fn ema_pairs(spec: &GraphSpec, graph: &Graph, errors: &mut Vec<GraphError>) -> Vec<Ema> {
+    let mut out = Vec::new();
+    for (name, m) in &spec.models {
+        let Some(src) = &m.ema_of else {
+            if m.decay.is_some() || m.ramp.is_some() {
+                errors.push(GraphError::new(
+                    BAD_OBJECTIVE,
+                    format!("`decay`/`ramp` of `{}` need `ema_of`", name.value),
+                    name.loc,
+                ));
+            }
+            continue;
+        };
+        let decay = m.decay.unwrap_or(0.99);
+        if !(0.0..=1.0).contains(&decay) {
+            errors.push(GraphError::new(
+                BAD_OBJECTIVE,
+                format!(
+                    "EMA decay of `{}` must be in [0, 1], got {decay}",
+                    name.value
+                ),
+                name.loc,
+            ));
+            continue;
+        }
+        let (tp, sp) = (format!("{}.", name.value), format!("{}.", src.value));
+        let mut pairs = Vec::new();
+        let mut copies = Vec::new();
+        for (k, d) in graph.params.iter().filter(|(k, _)| k.starts_with(&tp)) {
+            let student = format!("{sp}{}", &k[tp.len()..]);
+            if !graph.params.contains_key(&student) {
+                errors.push(GraphError::new(
+                    BAD_OBJECTIVE,
+                    format!(
+                        "`{}` is an EMA of `{}`, but the graph never runs `{}` (no `{student}`)",
+                        name.value, src.value, src.value
+                    ),
+                    src.loc,
+                ));
+                break;
+            }
+            copies.push((k.clone(), student.clone()));
+            if d.trainable {
+                pairs.push((k.clone(), student));
+            }
+        }
+        out.push(Ema {
+            pairs,
+            copies,
+            decay,
+            ramp: m.ramp.unwrap_or(true),
+        });
+    }
+    out
 }
 
 /// A Philox stream id per state name (FNV-1a), so every tensor draws independent numbers and

@@ -556,16 +556,18 @@ fn traced_models_train_and_assign_their_buffers() {
         &[1.0; N],
         "Init::Ones"
     );
-    let teacher_before = t.state["teacher.head.scale"].clone();
+    // The EMA teacher starts as an exact copy of the student.
+    assert_eq!(t.state["teacher.head.scale"], t.state["student.head.scale"]);
     let first = t.step(&batch, 0).unwrap()[0].1;
     let mut last = first;
     for it in 1..30 {
         last = t.step(&batch, it).unwrap()[0].1;
     }
     assert!(last < 0.05 * first, "{first} -> {last}");
-    // Only the student's optimizer exists: the teacher's parameter is untouched; the buffers
-    // hold the last forward's input (s2's input is s1's output, assigned after s1's).
-    assert_eq!(t.state["teacher.head.scale"], teacher_before);
+    // The teacher follows the student by EMA (not by its own optimizer): it moved, but is not
+    // the student. The buffers hold the last forward's input (s2's input is s1's output,
+    // assigned after s1's).
+    assert_ne!(t.state["teacher.head.scale"], t.state["student.head.scale"]);
     assert_eq!(t.state["teacher.last_input"], batch["x"]);
     assert_ne!(t.state["student.last_input"], batch["x"]);
 }
@@ -662,4 +664,101 @@ fn a_checkpoint_of_another_graph_is_refused_whole() {
         "{e}"
     );
     assert_eq!(t.state, before);
+}
+
+#[test]
+fn ema_teachers_follow_the_formula() {
+    // α = 0.5 without warm-up: teacher ← ½ teacher + ½ student after every step.
+    let yaml = MODEL_GRAPH.replace(
+        "teacher: { ema_of: student }",
+        "teacher: { ema_of: student, decay: 0.5, ramp: false }",
+    );
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let batch = tensors(&[("x", vec_of(1, 0.5, 1.5)), ("t", vec_of(2, 0.5, 2.0))]);
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    let mut want: Vec<f32> = t.state["teacher.head.scale"].f32().unwrap().to_vec();
+    for it in 0..3 {
+        t.step(&batch, it).unwrap();
+        let s = t.state["student.head.scale"].f32().unwrap();
+        for (w, v) in want.iter_mut().zip(s) {
+            *w = 0.5 * *w + 0.5 * v;
+        }
+        assert_eq!(
+            t.state["teacher.head.scale"].f32().unwrap(),
+            &want[..],
+            "step {it}"
+        );
+    }
+    // Mean Teacher's warm-up: the first step uses α = min(0.99, 1 − 1/2) = 0.5 as well.
+    let (spec, _) = spec::parse_graph(MODEL_GRAPH, &[]).unwrap();
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    let before: Vec<f32> = t.state["teacher.head.scale"].f32().unwrap().to_vec();
+    t.step(&batch, 0).unwrap();
+    let s = t.state["student.head.scale"].f32().unwrap();
+    for ((got, b), v) in t.state["teacher.head.scale"]
+        .f32()
+        .unwrap()
+        .iter()
+        .zip(&before)
+        .zip(s)
+    {
+        assert_eq!(*got, 0.5 * b + 0.5 * v);
+    }
+    // A decay outside [0, 1] or an EMA of a model the graph never runs is FS0111.
+    let bad = MODEL_GRAPH.replace(
+        "teacher: { ema_of: student }",
+        "teacher: { ema_of: student, decay: 1.5 }",
+    );
+    let (spec, _) = spec::parse_graph(&bad, &[]).unwrap();
+    let errs = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new())
+        .err()
+        .unwrap();
+    assert!(errs[0].message.contains("must be in [0, 1]"), "{errs:#?}");
+}
+
+#[test]
+fn initial_weights_load_by_name_and_report_the_rest() {
+    use flowseg_engine::checkpoint;
+    let dir = std::env::temp_dir().join(format!("flowseg-init-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = checkpoint::Checkpoint::default();
+    c.tensors.insert(
+        "head.scale".into(),
+        Tensor::from_f32(&[N], vec![2.0; N]).unwrap(),
+    );
+    c.tensors.insert(
+        "fc.weight".into(),
+        Tensor::from_f32(&[3], vec![0.0; 3]).unwrap(),
+    );
+    checkpoint::save(&dir.join("w.safetensors"), &c).unwrap();
+    let yaml = MODEL_GRAPH.replace(
+        "student: { arch: scaler, params: { init_one: true } }",
+        "student: { arch: scaler, params: { init_one: true }, init: { weights: w.safetensors } }",
+    );
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    let notes = t.load_init_weights(&spec, &dir).unwrap();
+    assert_eq!(t.state["student.head.scale"].f32().unwrap(), &[2.0; N]);
+    assert_eq!(
+        t.state["teacher.head.scale"].f32().unwrap(),
+        &[2.0; N],
+        "EMA copy re-synced"
+    );
+    assert_eq!(notes.len(), 2, "{notes:#?}");
+    assert!(
+        notes[0].contains("`fc.weight` is not a parameter of `student`"),
+        "{notes:#?}"
+    );
+    assert!(
+        notes[1].contains("no `last_input`: keeps its initialiser"),
+        "{notes:#?}"
+    );
+    // A missing file is an error located at the `weights:` value.
+    let missing = yaml.replace("w.safetensors", "nope.safetensors");
+    let (spec, _) = spec::parse_graph(&missing, &[]).unwrap();
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    let e = t.load_init_weights(&spec, &dir).unwrap_err();
+    assert_eq!(e.loc.line, 4, "{e}");
+    assert!(e.message.contains("nope.safetensors"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -52,9 +52,27 @@ pub struct ModelSpec {
     /// Architecture params (decoded by the architecture).
     #[serde(default)]
     pub params: Option<Node>,
-    /// Initialisation (e.g. `{ weights: file.safetensors }`), decoded by the model loader.
+    /// Initial weights: a safetensors file whose tensor names are the model's parameter names
+    /// (torchvision's for the ResNet backbones), relative to the graph file's folder. Names the
+    /// file lacks keep their initialiser; names the model lacks are reported and ignored.
     #[serde(default)]
-    pub init: Option<Node>,
+    pub init: Option<InitSpec>,
+    /// EMA decay α for an `ema_of` model: teacher ← α·teacher + (1 − α)·student after every
+    /// optimizer step.
+    #[serde(default)]
+    pub decay: Option<f64>,
+    /// For an `ema_of` model: use α_t = min(α, 1 − 1/(t + 1)) at step t (Mean Teacher's
+    /// warm-up, so early teachers follow the student closely). Default true.
+    #[serde(default)]
+    pub ramp: Option<bool>,
+}
+
+/// Where a model's initial weights come from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitSpec {
+    /// A safetensors file of parameters by name.
+    pub weights: Sp<String>,
 }
 
 /// Optimizer families.
