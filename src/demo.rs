@@ -5,8 +5,8 @@
 //! the same thing as `graphs/supervised.yaml`; the engine's executor replaces the hand-written
 //! forward/backward chaining below.
 //!
-//! Data: 3 classes (background, disc, square). Object colours are random and independent of the
-//! class, so the network must use shape. Every image is a pure function of (seed, index).
+//! Data: the `shapes` source of flowseg-ops (3 classes: background, disc, square; colours
+//! independent of the class, so the network must use shape), drawn directly.
 //!
 //! Not here: YAML, datasets on disk, checkpoints, multi-stream anything.
 
@@ -23,10 +23,10 @@ use flowseg_kernels::optim::{sgd_step, Sgd};
 use flowseg_kernels::philox::Philox;
 use flowseg_kernels::resize::{resize_bilinear_bwd, resize_bilinear_fwd};
 use flowseg_kernels::{KernelError, Nchw};
+use flowseg_ops::data::shapes::shapes_batch as batch;
 use std::time::Instant;
 
-/// Classes of the demo data.
-pub const CLASSES: [&str; 3] = ["background", "disc", "square"];
+pub use flowseg_ops::data::shapes::CLASSES;
 const K: usize = CLASSES.len();
 
 /// What to train and for how long. Also the `flowseg demo` flags (each field is `--field`).
@@ -87,48 +87,6 @@ pub struct DemoReport {
     pub miou: f64,
     /// Wall-clock seconds spent training.
     pub train_secs: f64,
-}
-
-/// Draws image `index` of the demo set: (image [3, S, S] in [0, 1], labels [S, S]).
-pub fn demo_sample(seed: u64, index: u64, s: usize) -> (Vec<f32>, Vec<i32>) {
-    let g = Philox::new(seed, index);
-    let mut ctr = 0u64;
-    let mut u = || {
-        ctr += 1;
-        g.uniform_at(ctr)
-    };
-    let base = [u(), u(), u()];
-    let mut img = vec![0f32; 3 * s * s];
-    let mut lab = vec![0i32; s * s];
-    for c in 0..3 {
-        for p in 0..s * s {
-            img[c * s * s + p] = 0.5 * base[c] + 0.25 * u();
-        }
-    }
-    let objects = 1 + (u() * 3.0) as usize;
-    for _ in 0..objects {
-        let class = 1 + (u() * 2.0) as i32;
-        let r = s as f32 * (0.1 + 0.12 * u());
-        let (cy, cx) = (u() * s as f32, u() * s as f32);
-        let colour = [u(), u(), u()];
-        for y in 0..s {
-            for x in 0..s {
-                let (dy, dx) = (y as f32 + 0.5 - cy, x as f32 + 0.5 - cx);
-                let inside = if class == 1 {
-                    dy * dy + dx * dx <= r * r
-                } else {
-                    dy.abs() <= r && dx.abs() <= r
-                };
-                if inside {
-                    lab[y * s + x] = class;
-                    for c in 0..3 {
-                        img[c * s * s + y * s + x] = colour[c];
-                    }
-                }
-            }
-        }
-    }
-    (img, lab)
 }
 
 /// conv (no bias) → batch norm → relu, with its parameters, gradients, SGD state and the
@@ -353,20 +311,6 @@ impl Net {
         sgd_step(&mut self.head_w, gw, mw, sgd)?;
         sgd_step(&mut self.head_b, gb, mb, sgd)
     }
-}
-
-/// A batch of demo images starting at `first`: (images [N,3,S,S], labels [N,S,S]).
-fn batch(seed: u64, first: u64, n: usize, s: usize) -> (Vec<f32>, Vec<i32>) {
-    let (mut x, mut y) = (
-        Vec::with_capacity(n * 3 * s * s),
-        Vec::with_capacity(n * s * s),
-    );
-    for i in 0..n as u64 {
-        let (img, lab) = demo_sample(seed, first + i, s);
-        x.extend_from_slice(&img);
-        y.extend_from_slice(&lab);
-    }
-    (x, y)
 }
 
 /// Trains and evaluates; `log` receives one line per progress report.

@@ -1,7 +1,8 @@
 //! End-to-end: the demo network trains on the procedural data (loss falls, held-out accuracy
 //! beats the all-background baseline), deterministically, and the binary reports bad flags.
 
-use flowseg::demo::{demo_sample, run, DemoConfig};
+use flowseg::demo::{run, DemoConfig};
+use flowseg_ops::data::shapes::shapes_sample;
 use std::process::Command;
 
 fn small() -> DemoConfig {
@@ -25,7 +26,7 @@ fn demo_trains_and_is_deterministic() {
     // The share of background pixels is what predicting "background" everywhere would score.
     let (mut bg, mut all) = (0usize, 0usize);
     for i in 0..32u64 {
-        let (_, lab) = demo_sample(3, (1u64 << 40) + i, 24);
+        let (_, lab) = shapes_sample(3, (1u64 << 40) + i, 24);
         bg += lab.iter().filter(|&&l| l == 0).count();
         all += lab.len();
     }
@@ -37,16 +38,6 @@ fn demo_trains_and_is_deterministic() {
     );
     let b = run(&small(), |_| {}).unwrap();
     assert_eq!(a.losses, b.losses, "same seed must give identical losses");
-}
-
-#[test]
-fn demo_samples_are_pure_functions_of_seed_and_index() {
-    assert_eq!(demo_sample(1, 5, 16), demo_sample(1, 5, 16));
-    assert_ne!(demo_sample(1, 5, 16).0, demo_sample(1, 6, 16).0);
-    let (img, lab) = demo_sample(1, 5, 16);
-    assert_eq!((img.len(), lab.len()), (3 * 16 * 16, 16 * 16));
-    assert!(img.iter().all(|v| (0.0..=1.0).contains(v)));
-    assert!(lab.iter().all(|l| (0..3).contains(l)));
 }
 
 #[test]
