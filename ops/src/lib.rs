@@ -32,7 +32,9 @@ pub mod forward {
     pub mod batch_norm;
     pub mod concat;
     pub mod conv2d;
+    pub mod global_avg_pool;
     pub mod leaky_relu;
+    pub mod max_pool2d;
     pub mod relu;
     pub mod resize_bilinear;
     pub mod softmax;
@@ -54,6 +56,7 @@ pub mod loss {
 /// a `forward` node.
 pub mod models {
     pub mod deeplab_lite;
+    pub mod resnet;
 }
 
 /// Adds every built-in op and model to `r`, one line each. Also usable as a plugin
@@ -63,7 +66,9 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::batch_norm::BatchNorm>()?;
     r.add::<forward::concat::Concat>()?;
     r.add::<forward::conv2d::Conv2d>()?;
+    r.add::<forward::global_avg_pool::GlobalAvgPool>()?;
     r.add::<forward::leaky_relu::LeakyRelu>()?;
+    r.add::<forward::max_pool2d::MaxPool2d>()?;
     r.add::<forward::relu::Relu>()?;
     r.add::<forward::resize_bilinear::ResizeBilinear>()?;
     r.add::<forward::softmax::Softmax>()?;
@@ -72,6 +77,8 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<loss::cross_entropy::CrossEntropy>()?;
     r.add_data::<data::shapes::Shapes>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
+    r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;
+    r.add_model::<models::resnet::Resnet50DeepLabV3Plus>()?;
     Ok(())
 }
 

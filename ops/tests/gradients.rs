@@ -181,6 +181,9 @@ enum Feed {
     Trainable(&'static [usize]),
     /// As `Trainable`, but |x| ∈ [0.1, 1.1): for kinked ops, so x ± eps stays on one side.
     TrainableOffZero(&'static [usize]),
+    /// As `Trainable`, but a random permutation of values 0.05 apart (centred on 0): for
+    /// selecting ops (max pooling), so x ± eps never changes which element wins.
+    TrainableDistinct(&'static [usize]),
     /// A constant f32 batch field `batch.<port>`, uniform in [0.1, 1) (weights, frozen inputs).
     Constant(&'static [usize]),
     /// An i32 batch field `batch.<port>` of labels in [0, 3) (K = 3), every 9th one 255.
@@ -212,6 +215,17 @@ impl Inputs {
             Feed::TrainableOffZero(s) => {
                 let v = rand_vec(seed, n(s), -1.0, 1.0);
                 let v = v.into_iter().map(|u| u + 0.1f64.copysign(u)).collect();
+                (true, f32s(s, v))
+            }
+            Feed::TrainableDistinct(s) => {
+                let keys = rand_vec(seed, n(s), 0.0, 1.0);
+                let mut order: Vec<usize> = (0..n(s)).collect();
+                order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]));
+                let mut v = vec![0.0; n(s)];
+                let centre = (n(s) as f64 - 1.0) / 2.0;
+                for (rank, &i) in order.iter().enumerate() {
+                    v[i] = (rank as f64 - centre) * 0.05;
+                }
                 (true, f32s(s, v))
             }
             Feed::Constant(s) => (false, f32s(s, rand_vec(seed, n(s), 0.1, 1.0))),
@@ -473,6 +487,11 @@ const CASES: &[Case] = &[
         feeds: &[("x", Feed::Trainable(X))],
     },
     Case {
+        op: "global_avg_pool",
+        params: "{}",
+        feeds: &[("x", Feed::Trainable(X))],
+    },
+    Case {
         op: "leaky_relu",
         params: "{ slope: 0.2 }",
         feeds: &[("x", Feed::TrainableOffZero(X))],
@@ -481,6 +500,18 @@ const CASES: &[Case] = &[
         op: "max_confidence",
         params: "{}",
         feeds: &[("probs", Feed::Trainable(X))],
+    },
+    // Overlapping windows with padding (ResNet's stem pool): overlaps sum in the backward.
+    Case {
+        op: "max_pool2d",
+        params: "{ kernel: 3, stride: 2, padding: 1 }",
+        feeds: &[("x", Feed::TrainableDistinct(X))],
+    },
+    // Default stride (= kernel), a 5×7 plane that leaves a row and a column unpooled.
+    Case {
+        op: "max_pool2d",
+        params: "{ kernel: 2 }",
+        feeds: &[("x", Feed::TrainableDistinct(X))],
     },
     Case {
         op: "relu",
