@@ -5,8 +5,9 @@
 //!
 //! Families so far: `forward` (layers and activations), `loss` (scalar objectives), `fuse`
 //! (turning predictions into pseudo-labels). Still to come: augment, ema, mix, optim, data, eval.
-//! Beside the ops, `models/` holds the built-in architectures (`deeplab_lite`), one per file,
-//! registered the same way with `add_model`.
+//! Beside the ops, `models/` holds the built-in architectures (`deeplab_lite`,
+//! `resnet18_deeplabv3plus`, `resnet50_deeplabv3plus`), one file per family, registered the same
+//! way with `add_model`, and `models/layers.rs` the building blocks they trace with.
 //!
 //! Every differentiable op implements `Op::vjp` by emitting backward ops, which live in the
 //! forward op's file and are not registered (they are never written in YAML); the others
@@ -56,6 +57,7 @@ pub mod loss {
 /// a `forward` node.
 pub mod models {
     pub mod deeplab_lite;
+    mod layers;
     pub mod resnet;
 }
 

@@ -50,15 +50,12 @@
 //! Not here: pretrained (ImageNet) weights, dropout, the image-pooling ASPP branch, separable
 //! convs, multi-grid dilations.
 
-use crate::forward::add::Add;
-use crate::forward::batch_norm::{self, BatchNorm};
-use crate::forward::concat::Concat;
-use crate::forward::conv2d::{self, Conv2d};
-use crate::forward::relu::Relu;
-use crate::forward::resize_bilinear::{self, ResizeBilinear};
+use crate::models::layers::{
+    basic_block, concat, conv, conv_bn_relu, image_size, resize, size_of, Bias, Conv, Fan,
+};
 use flowseg_engine::ir::Source;
-use flowseg_engine::model::{Init, Model, Tracer};
-use flowseg_engine::{DType, NoParams, Port, TensorSpec};
+use flowseg_engine::model::{Model, Tracer};
+use flowseg_engine::Port;
 use serde::Deserialize;
 use std::num::NonZeroUsize;
 
@@ -134,15 +131,11 @@ impl Model for DeepLabLite {
     type Params = Params;
 
     fn trace(p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String> {
-        let spec = t.spec(&image).ok_or("`image` has no spec")?;
-        let size = match (spec.dtype, spec.as_nchw()) {
-            (DType::F32, Some(s)) if s.c == 3 && s.h > 0 && s.w > 0 => [s.h, s.w],
-            _ => return Err(format!("`image` must be f32[N, 3, H, W], got {spec}")),
-        };
+        let size = image_size(t, &image)?;
         let c = p.width.get();
         let depth = p.depth.get();
 
-        let mut x = t.scope("stem", |t| conv_bn_relu(t, image, c, 3, 2, 1))?;
+        let mut x = t.scope("stem", |t| cbr(t, image, Conv::new(c, 3).stride(2)))?;
         // (channels, stride of the first block) per stage.
         let mut stages = vec![(c, 1), (2 * c, 2), (4 * c, 2)];
         if p.output_stride == OutputStride::Sixteen {
@@ -154,7 +147,9 @@ impl Model for DeepLabLite {
                 let mut y = x.clone();
                 for j in 0..depth {
                     let s = if j == 0 { stride } else { 1 };
-                    y = t.scope(&j.to_string(), |t| basic_block(t, y.clone(), co, s))?;
+                    y = t.scope(&j.to_string(), |t| {
+                        basic_block(t, y.clone(), co, s, 1, Fan::In)
+                    })?;
                 }
                 Ok(y)
             })?;
@@ -165,191 +160,29 @@ impl Model for DeepLabLite {
         let low_level = low_level.ok_or("no layer2")?;
         let features = t.scope("aspp", |t| aspp(t, x, 2 * c))?;
         let decoded = t.scope("decoder", |t| decoder(t, &features, &low_level, c, 2 * c))?;
-        let (weight, bias) = t.scope("classifier", |t| {
-            let ci = channels(t, &decoded)?;
-            let k = p.classes.get();
-            let weight = t.param(
-                "weight",
-                TensorSpec::f32(&[k, ci, 1, 1]),
-                Init::KaimingNormal { fan_in: ci },
-            )?;
-            let bias = t.param("bias", TensorSpec::f32(&[k]), Init::Zeros)?;
-            Ok((weight, bias))
-        })?;
-        let logits = single(t.op::<Conv2d>(
-            "classifier",
-            conv_params(1, 0, 1),
-            vec![Some(decoded), Some(weight), Some(bias)],
-        )?)?;
+        let classifier = Conv::new(p.classes.get(), 1).bias(Bias::Zeros);
+        let logits = conv(t, "classifier", decoded, classifier)?;
         let logits = resize(t, "upsample", logits, size)?;
         Ok(vec![logits, features, low_level])
     }
 }
 
-/// The only output of an emitted node.
-fn single(outs: Vec<Source>) -> Result<Source, String> {
-    outs.into_iter()
-        .next()
-        .ok_or_else(|| "a node has no output".into())
-}
-
-/// C of an NCHW value.
-fn channels(t: &Tracer<'_>, x: &Source) -> Result<usize, String> {
-    t.spec(x)
-        .and_then(|s| s.as_nchw())
-        .map(|s| s.c)
-        .ok_or_else(|| format!("{x:?} is not NCHW"))
-}
-
-/// [H, W] of an NCHW value.
-fn size_of(t: &Tracer<'_>, x: &Source) -> Result<[usize; 2], String> {
-    t.spec(x)
-        .and_then(|s| s.as_nchw())
-        .map(|s| [s.h, s.w])
-        .ok_or_else(|| format!("{x:?} is not NCHW"))
-}
-
-fn nonzero(v: usize) -> NonZeroUsize {
-    NonZeroUsize::new(v).unwrap_or(NonZeroUsize::MIN)
-}
-
-fn conv_params(stride: usize, padding: usize, dilation: usize) -> conv2d::Params {
-    conv2d::Params {
-        stride: nonzero(stride),
-        padding,
-        dilation: nonzero(dilation),
-        groups: NonZeroUsize::MIN,
-    }
-}
-
-/// Module `name`: a bias-free k×k conv to `co` channels (`name.weight`, Kaiming normal).
-fn conv(
-    t: &mut Tracer<'_>,
-    name: &str,
-    x: Source,
-    co: usize,
-    k: usize,
-    stride: usize,
-    dilation: usize,
-) -> Result<Source, String> {
-    let ci = channels(t, &x)?;
-    let weight = t.scope(name, |t| {
-        t.param(
-            "weight",
-            TensorSpec::f32(&[co, ci, k, k]),
-            Init::KaimingNormal { fan_in: ci * k * k },
-        )
-    })?;
-    // "Same" padding for odd k: the dilated kernel's half-extent.
-    let padding = dilation * (k - 1) / 2;
-    single(t.op::<Conv2d>(
-        name,
-        conv_params(stride, padding, dilation),
-        vec![Some(x), Some(weight), None],
-    )?)
-}
-
-/// Module `name`: `nn.BatchNorm2d` — γ (`weight`), β (`bias`) and the two running buffers; in
-/// train mode the buffers are assigned the op's updated statistics.
-fn bn(t: &mut Tracer<'_>, name: &str, x: Source) -> Result<Source, String> {
-    let c = TensorSpec::f32(&[channels(t, &x)?]);
-    let [gamma, beta, mean, var] = t.scope(name, |t| {
-        Ok([
-            t.param("weight", c.clone(), Init::Ones)?,
-            t.param("bias", c.clone(), Init::Zeros)?,
-            t.buffer("running_mean", c.clone(), Init::Zeros)?,
-            t.buffer("running_var", c.clone(), Init::Ones)?,
-        ])
-    })?;
-    let train = t.train();
-    let params = batch_norm::Params {
-        eps: 1e-5,
-        momentum: 0.1,
-        mode: if train {
-            batch_norm::Mode::Train
-        } else {
-            batch_norm::Mode::Eval
-        },
-    };
-    let outs = t.op::<BatchNorm>(
-        name,
-        params,
-        vec![
-            Some(x),
-            Some(gamma),
-            Some(beta),
-            Some(mean.clone()),
-            Some(var.clone()),
-        ],
-    )?;
-    let [y, new_mean, new_var, _, _] =
-        <[Source; 5]>::try_from(outs).map_err(|_| "batch_norm has 5 outputs")?;
-    if train {
-        t.assign(new_mean, &mean)?;
-        t.assign(new_var, &var)?;
-    }
-    Ok(y)
-}
-
-fn relu(t: &mut Tracer<'_>, name: &str, x: Source) -> Result<Source, String> {
-    single(t.op::<Relu>(name, NoParams {}, vec![Some(x)])?)
-}
-
-fn resize(t: &mut Tracer<'_>, name: &str, x: Source, size: [usize; 2]) -> Result<Source, String> {
-    let params = resize_bilinear::Params {
-        size: size.map(nonzero),
-        align_corners: false,
-    };
-    single(t.op::<ResizeBilinear>(name, params, vec![Some(x)])?)
-}
-
-/// In the current scope: `conv` → `bn` → `relu`.
-fn conv_bn_relu(
-    t: &mut Tracer<'_>,
-    x: Source,
-    co: usize,
-    k: usize,
-    stride: usize,
-    dilation: usize,
-) -> Result<Source, String> {
-    let y = conv(t, "conv", x, co, k, stride, dilation)?;
-    let y = bn(t, "bn", y)?;
-    relu(t, "relu", y)
-}
-
-/// torchvision's `BasicBlock` in the current scope (`layer<i>.<j>`).
-fn basic_block(t: &mut Tracer<'_>, x: Source, co: usize, stride: usize) -> Result<Source, String> {
-    let ci = channels(t, &x)?;
-    let y = conv(t, "conv1", x.clone(), co, 3, stride, 1)?;
-    let y = bn(t, "bn1", y)?;
-    let y = relu(t, "relu1", y)?;
-    let y = conv(t, "conv2", y, co, 3, 1, 1)?;
-    let y = bn(t, "bn2", y)?;
-    let shortcut = if stride != 1 || ci != co {
-        t.scope("downsample", |t| {
-            let s = conv(t, "0", x, co, 1, stride, 1)?;
-            bn(t, "1", s)
-        })?
-    } else {
-        x
-    };
-    let y = single(t.op::<Add>("add", NoParams {}, vec![Some(y), Some(shortcut)])?)?;
-    relu(t, "relu2", y)
+/// In the current scope: `conv` → `bn` → `relu` (module names `conv`, `bn`, node `relu`).
+fn cbr(t: &mut Tracer<'_>, x: Source, c: Conv) -> Result<Source, String> {
+    conv_bn_relu(t, ["conv", "bn", "relu"], x, c)
 }
 
 /// The ASPP head in scope `aspp`: branches `0` (1×1) and `1`..`3` (3×3, dilation b) of `a`
 /// channels each, joined by a chain of pairwise concats, then `project`.
 fn aspp(t: &mut Tracer<'_>, x: Source, a: usize) -> Result<Source, String> {
-    let mut joined = t.scope("0", |t| conv_bn_relu(t, x.clone(), a, 1, 1, 1))?;
+    let mut joined = t.scope("0", |t| cbr(t, x.clone(), Conv::new(a, 1)))?;
     for b in 1..=3 {
-        let branch = t.scope(&b.to_string(), |t| conv_bn_relu(t, x.clone(), a, 3, 1, b))?;
-        joined = single(t.op::<Concat>(
-            &format!("cat{b}"),
-            NoParams {},
-            vec![Some(joined), Some(branch)],
-        )?)?;
+        let branch = t.scope(&b.to_string(), |t| {
+            cbr(t, x.clone(), Conv::new(a, 3).dilation(b))
+        })?;
+        joined = concat(t, &format!("cat{b}"), joined, branch)?;
     }
-    t.scope("project", |t| conv_bn_relu(t, joined, a, 1, 1, 1))
+    t.scope("project", |t| cbr(t, joined, Conv::new(a, 1)))
 }
 
 /// The DeepLabv3+ decoder in scope `decoder`: `reduce` the skip to `r` channels, upsample the
@@ -361,11 +194,11 @@ fn decoder(
     r: usize,
     d: usize,
 ) -> Result<Source, String> {
-    let skip = t.scope("reduce", |t| conv_bn_relu(t, low_level.clone(), r, 1, 1, 1))?;
+    let skip = t.scope("reduce", |t| cbr(t, low_level.clone(), Conv::new(r, 1)))?;
     let size = size_of(t, low_level)?;
     let up = resize(t, "upsample", features.clone(), size)?;
-    let joined = single(t.op::<Concat>("cat", NoParams {}, vec![Some(up), Some(skip)])?)?;
-    t.scope("fuse", |t| conv_bn_relu(t, joined, d, 3, 1, 1))
+    let joined = concat(t, "cat", up, skip)?;
+    t.scope("fuse", |t| cbr(t, joined, Conv::new(d, 3)))
 }
 
 #[cfg(test)]

@@ -79,18 +79,16 @@
 //! Not here: dropout, `fc`/`avgpool`, multi-grid dilations, separable convs (the Xception
 //! variant), ResNet-34/101/152 (another `Arch` line each), frozen BN, `strict=False` loading.
 
-use crate::forward::add::Add;
-use crate::forward::batch_norm::{self, BatchNorm};
-use crate::forward::concat::Concat;
-use crate::forward::conv2d::{self, Conv2d};
 use crate::forward::global_avg_pool::GlobalAvgPool;
 use crate::forward::max_pool2d::{self, MaxPool2d};
-use crate::forward::relu::Relu;
-use crate::forward::resize_bilinear::{self, ResizeBilinear};
 use crate::models::deeplab_lite::OutputStride;
+use crate::models::layers::{
+    add, basic_block, bn, concat, conv, conv_bn_relu, image_size, nonzero, relu, resize, shortcut,
+    single, size_of, Bias, Conv, Fan,
+};
 use flowseg_engine::ir::Source;
-use flowseg_engine::model::{Init, Model, Tracer};
-use flowseg_engine::{DType, NoParams, Port, TensorSpec};
+use flowseg_engine::model::{Model, Tracer};
+use flowseg_engine::{NoParams, Port};
 use serde::Deserialize;
 use std::num::NonZeroUsize;
 
@@ -208,18 +206,14 @@ impl Model for Resnet50DeepLabV3Plus {
 
 /// Backbone, then head; returns [logits, features, low_level].
 fn trace(arch: Arch, p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String> {
-    let spec = t.spec(&image).ok_or("`image` has no spec")?;
-    let size = match (spec.dtype, spec.as_nchw()) {
-        (DType::F32, Some(s)) if s.c == 3 && s.h > 0 && s.w > 0 => [s.h, s.w],
-        _ => return Err(format!("`image` must be f32[N, 3, H, W], got {spec}")),
-    };
+    let size = image_size(t, &image)?;
     let (replace, rates) = match p.output_stride {
         OutputStride::Sixteen => ([false, false, true], [6, 12, 18]),
         OutputStride::Eight => ([false, true, true], [12, 24, 36]),
     };
 
     // Stem.
-    let x = conv(t, "conv1", image, 64, 7, 2, 1, Fan::Out)?;
+    let x = conv(t, "conv1", image, Conv::new(64, 7).stride(2).fan(Fan::Out))?;
     let x = bn(t, "bn1", x)?;
     let x = relu(t, "relu", x)?;
     let pool = max_pool2d::Params {
@@ -250,7 +244,7 @@ fn trace(arch: Arch, p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Ve
                     (1, dilation)
                 };
                 y = t.scope(&j.to_string(), |t| match arch.block {
-                    Block::Basic => basic_block(t, y.clone(), planes, s, d),
+                    Block::Basic => basic_block(t, y.clone(), planes, s, d, Fan::Out),
                     Block::Bottleneck => bottleneck(t, y.clone(), planes, s, d),
                 })?;
             }
@@ -269,169 +263,6 @@ fn trace(arch: Arch, p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Ve
     })
 }
 
-/// The only output of an emitted node.
-fn single(outs: Vec<Source>) -> Result<Source, String> {
-    outs.into_iter()
-        .next()
-        .ok_or_else(|| "a node has no output".into())
-}
-
-/// C of an NCHW value.
-fn channels(t: &Tracer<'_>, x: &Source) -> Result<usize, String> {
-    t.spec(x)
-        .and_then(|s| s.as_nchw())
-        .map(|s| s.c)
-        .ok_or_else(|| format!("{x:?} is not NCHW"))
-}
-
-/// [H, W] of an NCHW value.
-fn size_of(t: &Tracer<'_>, x: &Source) -> Result<[usize; 2], String> {
-    t.spec(x)
-        .and_then(|s| s.as_nchw())
-        .map(|s| [s.h, s.w])
-        .ok_or_else(|| format!("{x:?} is not NCHW"))
-}
-
-fn nonzero(v: usize) -> NonZeroUsize {
-    NonZeroUsize::new(v).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// Which fan a conv weight's Kaiming-normal init divides by.
-#[derive(Debug, Clone, Copy)]
-enum Fan {
-    /// Co·k²: torchvision's ResNet (`mode="fan_out"`).
-    Out,
-    /// Ci·k²: PyTorch's default mode, the DeepLab head.
-    In,
-}
-
-/// Module `name`: a bias-free k×k conv to `co` channels (`name.weight`), "same" padding
-/// (dilation·(k − 1)/2: 3 for the 7×7 stem, the dilation for a 3×3, 0 for a 1×1).
-fn conv(
-    t: &mut Tracer<'_>,
-    name: &str,
-    x: Source,
-    co: usize,
-    k: usize,
-    stride: usize,
-    dilation: usize,
-    fan: Fan,
-) -> Result<Source, String> {
-    let ci = channels(t, &x)?;
-    let fan = match fan {
-        Fan::Out => co * k * k,
-        Fan::In => ci * k * k,
-    };
-    let weight = t.scope(name, |t| {
-        t.param(
-            "weight",
-            TensorSpec::f32(&[co, ci, k, k]),
-            Init::KaimingNormal { fan_in: fan },
-        )
-    })?;
-    let params = conv2d::Params {
-        stride: nonzero(stride),
-        padding: dilation * (k - 1) / 2,
-        dilation: nonzero(dilation),
-        groups: NonZeroUsize::MIN,
-    };
-    single(t.op::<Conv2d>(name, params, vec![Some(x), Some(weight), None])?)
-}
-
-/// Module `name`: `nn.BatchNorm2d` (eps 1e-5, momentum 0.1) — γ (`weight`), β (`bias`) and the
-/// two running buffers, assigned the op's updated statistics in train mode.
-fn bn(t: &mut Tracer<'_>, name: &str, x: Source) -> Result<Source, String> {
-    let c = TensorSpec::f32(&[channels(t, &x)?]);
-    let [gamma, beta, mean, var] = t.scope(name, |t| {
-        Ok([
-            t.param("weight", c.clone(), Init::Ones)?,
-            t.param("bias", c.clone(), Init::Zeros)?,
-            t.buffer("running_mean", c.clone(), Init::Zeros)?,
-            t.buffer("running_var", c.clone(), Init::Ones)?,
-        ])
-    })?;
-    let train = t.train();
-    let params = batch_norm::Params {
-        eps: 1e-5,
-        momentum: 0.1,
-        mode: if train {
-            batch_norm::Mode::Train
-        } else {
-            batch_norm::Mode::Eval
-        },
-    };
-    let outs = t.op::<BatchNorm>(
-        name,
-        params,
-        vec![
-            Some(x),
-            Some(gamma),
-            Some(beta),
-            Some(mean.clone()),
-            Some(var.clone()),
-        ],
-    )?;
-    let [y, new_mean, new_var, _, _] =
-        <[Source; 5]>::try_from(outs).map_err(|_| "batch_norm has 5 outputs")?;
-    if train {
-        t.assign(new_mean, &mean)?;
-        t.assign(new_var, &var)?;
-    }
-    Ok(y)
-}
-
-fn relu(t: &mut Tracer<'_>, name: &str, x: Source) -> Result<Source, String> {
-    single(t.op::<Relu>(name, NoParams {}, vec![Some(x)])?)
-}
-
-fn add(t: &mut Tracer<'_>, name: &str, a: Source, b: Source) -> Result<Source, String> {
-    single(t.op::<Add>(name, NoParams {}, vec![Some(a), Some(b)])?)
-}
-
-fn concat(t: &mut Tracer<'_>, name: &str, a: Source, b: Source) -> Result<Source, String> {
-    single(t.op::<Concat>(name, NoParams {}, vec![Some(a), Some(b)])?)
-}
-
-/// Bilinear, align_corners false (`F.interpolate`'s default), to `size`.
-fn resize(t: &mut Tracer<'_>, name: &str, x: Source, size: [usize; 2]) -> Result<Source, String> {
-    let params = resize_bilinear::Params {
-        size: size.map(nonzero),
-        align_corners: false,
-    };
-    single(t.op::<ResizeBilinear>(name, params, vec![Some(x)])?)
-}
-
-/// The block's shortcut: `x` itself, or `downsample.0` (1×1 conv(stride)) + `downsample.1`
-/// (BN) when the stride or the width changes — torchvision's condition in `_make_layer`.
-fn shortcut(t: &mut Tracer<'_>, x: Source, co: usize, stride: usize) -> Result<Source, String> {
-    if stride == 1 && channels(t, &x)? == co {
-        return Ok(x);
-    }
-    t.scope("downsample", |t| {
-        let s = conv(t, "0", x, co, 1, stride, 1, Fan::Out)?;
-        bn(t, "1", s)
-    })
-}
-
-/// torchvision's `BasicBlock` in the current scope (`layer<i>.<j>`); both 3×3 convs dilated by
-/// `dilation` (torchvision itself refuses dilation > 1 here; module doc).
-fn basic_block(
-    t: &mut Tracer<'_>,
-    x: Source,
-    planes: usize,
-    stride: usize,
-    dilation: usize,
-) -> Result<Source, String> {
-    let y = conv(t, "conv1", x.clone(), planes, 3, stride, dilation, Fan::Out)?;
-    let y = bn(t, "bn1", y)?;
-    let y = relu(t, "relu1", y)?;
-    let y = conv(t, "conv2", y, planes, 3, 1, dilation, Fan::Out)?;
-    let y = bn(t, "bn2", y)?;
-    let s = shortcut(t, x, planes, stride)?;
-    let y = add(t, "add", y, s)?;
-    relu(t, "relu2", y)
-}
-
 /// torchvision's `Bottleneck` (v1.5: stride and dilation on the 3×3 `conv2`) in the current
 /// scope; output 4·`planes` channels.
 fn bottleneck(
@@ -442,22 +273,28 @@ fn bottleneck(
     dilation: usize,
 ) -> Result<Source, String> {
     let co = planes * Block::Bottleneck.expansion();
-    let y = conv(t, "conv1", x.clone(), planes, 1, 1, 1, Fan::Out)?;
+    let c1 = Conv::new(planes, 1).fan(Fan::Out);
+    let y = conv(t, "conv1", x.clone(), c1)?;
     let y = bn(t, "bn1", y)?;
     let y = relu(t, "relu1", y)?;
-    let y = conv(t, "conv2", y, planes, 3, stride, dilation, Fan::Out)?;
+    let c2 = Conv::new(planes, 3)
+        .stride(stride)
+        .dilation(dilation)
+        .fan(Fan::Out);
+    let y = conv(t, "conv2", y, c2)?;
     let y = bn(t, "bn2", y)?;
     let y = relu(t, "relu2", y)?;
-    let y = conv(t, "conv3", y, co, 1, 1, 1, Fan::Out)?;
+    let y = conv(t, "conv3", y, Conv::new(co, 1).fan(Fan::Out))?;
     let y = bn(t, "bn3", y)?;
-    let s = shortcut(t, x, co, stride)?;
+    let s = shortcut(t, x, co, stride, Fan::Out)?;
     let y = add(t, "add", y, s)?;
     relu(t, "relu3", y)
 }
 
-/// In the current scope, `nn.Sequential(conv, BN, ReLU)` numbered from `first`: the conv is
-/// module `first`, the BN `first + 1`, the relu node `first + 2`.
-fn conv_bn_relu(
+/// In the current scope, `nn.Sequential(conv, BN, ReLU)` numbered from `first`: the conv (a
+/// k×k to `co` channels, fan-in init as the DeepLab head) is module `first`, the BN `first + 1`,
+/// the relu node `first + 2`.
+fn seq_cbr(
     t: &mut Tracer<'_>,
     first: usize,
     x: Source,
@@ -465,9 +302,8 @@ fn conv_bn_relu(
     k: usize,
     dilation: usize,
 ) -> Result<Source, String> {
-    let y = conv(t, &first.to_string(), x, co, k, 1, dilation, Fan::In)?;
-    let y = bn(t, &(first + 1).to_string(), y)?;
-    relu(t, &(first + 2).to_string(), y)
+    let [c, b, r] = [first, first + 1, first + 2].map(|i| i.to_string());
+    conv_bn_relu(t, [&c, &b, &r], x, Conv::new(co, k).dilation(dilation))
 }
 
 /// torchvision's `ASPP` (without its dropout) in scope `aspp`: `convs.0` 1×1, `convs.1..3`
@@ -476,22 +312,20 @@ fn conv_bn_relu(
 fn aspp(t: &mut Tracer<'_>, x: Source, rates: [usize; 3]) -> Result<Source, String> {
     let size = size_of(t, &x)?;
     let joined = t.scope("convs", |t| {
-        let mut joined = t.scope("0", |t| conv_bn_relu(t, 0, x.clone(), ASPP, 1, 1))?;
+        let mut joined = t.scope("0", |t| seq_cbr(t, 0, x.clone(), ASPP, 1, 1))?;
         for (b, rate) in (1..).zip(rates) {
-            let branch = t.scope(&b.to_string(), |t| {
-                conv_bn_relu(t, 0, x.clone(), ASPP, 3, rate)
-            })?;
+            let branch = t.scope(&b.to_string(), |t| seq_cbr(t, 0, x.clone(), ASPP, 3, rate))?;
             joined = concat(t, &format!("cat{b}"), joined, branch)?;
         }
         // `ASPPPooling`: module 0 is the pool, so the conv is 1 and the BN 2.
         let pooled = t.scope("4", |t| {
             let g = single(t.op::<GlobalAvgPool>("0", NoParams {}, vec![Some(x.clone())])?)?;
-            let g = conv_bn_relu(t, 1, g, ASPP, 1, 1)?;
+            let g = seq_cbr(t, 1, g, ASPP, 1, 1)?;
             resize(t, "upsample", g, size)
         })?;
         concat(t, "cat4", joined, pooled)
     })?;
-    t.scope("project", |t| conv_bn_relu(t, 0, joined, ASPP, 1, 1))
+    t.scope("project", |t| seq_cbr(t, 0, joined, ASPP, 1, 1))
 }
 
 /// The DeepLabv3+ decoder and classifier in scope `head`: `reduce` the skip to 48 channels,
@@ -504,38 +338,16 @@ fn decoder(
     classes: usize,
     size: [usize; 2],
 ) -> Result<Source, String> {
-    let skip = t.scope("reduce", |t| {
-        conv_bn_relu(t, 0, low_level.clone(), SKIP, 1, 1)
-    })?;
+    let skip = t.scope("reduce", |t| seq_cbr(t, 0, low_level.clone(), SKIP, 1, 1))?;
     let up = resize(t, "upsample", features.clone(), size_of(t, low_level)?)?;
     let joined = concat(t, "cat", up, skip)?;
     let fused = t.scope("fuse", |t| {
-        let y = conv_bn_relu(t, 0, joined, ASPP, 3, 1)?;
-        conv_bn_relu(t, 3, y, ASPP, 3, 1)
+        let y = seq_cbr(t, 0, joined, ASPP, 3, 1)?;
+        seq_cbr(t, 3, y, ASPP, 3, 1)
     })?;
-    let ci = channels(t, &fused)?;
-    let (weight, bias) = t.scope("classifier", |t| {
-        let weight = t.param(
-            "weight",
-            TensorSpec::f32(&[classes, ci, 1, 1]),
-            Init::KaimingNormal { fan_in: ci },
-        )?;
-        // nn.Conv2d's default bias: U(−1/√fan_in, 1/√fan_in).
-        let bound = 1.0 / (ci as f32).sqrt();
-        let bias = t.param("bias", TensorSpec::f32(&[classes]), Init::Uniform { bound })?;
-        Ok((weight, bias))
-    })?;
-    let params = conv2d::Params {
-        stride: NonZeroUsize::MIN,
-        padding: 0,
-        dilation: NonZeroUsize::MIN,
-        groups: NonZeroUsize::MIN,
-    };
-    let logits = single(t.op::<Conv2d>(
-        "classifier",
-        params,
-        vec![Some(fused), Some(weight), Some(bias)],
-    )?)?;
+    // nn.Conv2d's default bias: U(−1/√fan_in, 1/√fan_in).
+    let classifier = Conv::new(classes, 1).bias(Bias::Uniform);
+    let logits = conv(t, "classifier", fused, classifier)?;
     resize(t, "upsample_logits", logits, size)
 }
 
