@@ -1,14 +1,14 @@
 //! The `flowseg` command line: argument parsing (clap) and the commands, writing to the streams
 //! it is given so tests can run it in-process. Commands: `run` (train a method graph), `check`
-//! (validate one), `ops` (list the registered ops) and `demo` (the kernels-only demo network).
-//! `plan` and `graph` arrive with the planner.
+//! (validate one), `plan` (print the plan of its training step), `ops` (list the registered ops)
+//! and `demo` (the kernels-only demo network).
 //!
 //! Exit codes: 0 ok, 1 a run-time failure (including failing to write the output), 2 a usage or
 //! graph error (bad flags, a bad demo configuration, a plugin that cannot be registered).
 
 use crate::demo::{self, DemoConfig};
 use crate::ops_doc;
-use crate::run::{self, CheckArgs, RunArgs};
+use crate::run::{self, CheckArgs, PlanArgs, RunArgs};
 use clap::{Parser, Subcommand};
 use flowseg_engine::{Plugin, Registry, RegistryError};
 use std::ffi::OsString;
@@ -32,6 +32,19 @@ enum Command {
     Run(RunArgs),
     /// Validate a method graph (parse, data, models, shapes, gradients) and report every problem.
     Check(CheckArgs),
+    /// Print the plan of a graph's training step: streams, events, buffers, peak memory.
+    Plan(PlanArgs),
+    /// Draw a method graph (Graphviz DOT or Mermaid).
+    Graph {
+        /// The method graph (YAML).
+        graph: std::path::PathBuf,
+        /// Override any key, as for `run`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "dot")]
+        format: crate::graph_fmt::Format,
+    },
     /// Train a small segmentation network on embedded procedural data and evaluate it.
     Demo(DemoConfig),
     /// List every registered op: summary, inputs and outputs, and an example node.
@@ -128,6 +141,26 @@ where
         Command::Demo(cfg) => return run_demo(&cfg, out, err),
         Command::Run(a) => return run::run(&a, &registry, out, err, styled.err),
         Command::Check(a) => return run::check(&a, &registry, out, err, styled.err),
+        Command::Plan(a) => return run::plan(&a, &registry, out, err, styled.err),
+        Command::Graph { graph, set, format } => {
+            let text = match std::fs::read_to_string(&graph) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = writeln!(err, "error: cannot read {}: {e}", graph.display());
+                    return ExitCode::from(2);
+                }
+            };
+            match flowseg_engine::spec::parse_graph(&text, &set) {
+                Ok((spec, _)) => out.write_all(crate::graph_fmt::render(&spec, format).as_bytes()),
+                Err(errors) => {
+                    let shown = graph.display().to_string();
+                    let _ = err.write_all(
+                        crate::report::render(&shown, &text, &errors, styled.err).as_bytes(),
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+        }
         Command::Ops { markdown } => {
             let text = if markdown {
                 ops_doc::markdown(&registry)

@@ -9,6 +9,7 @@
 
 mod cli;
 pub mod demo;
+mod graph_fmt;
 mod ops_doc;
 pub mod report;
 mod run;

@@ -13,13 +13,18 @@
 //! metrics lines past it, and continues in DIR; with the batch a pure function of (seed,
 //! iteration) a resumed run repeats the losses of an uninterrupted one.
 //!
-//! Not here yet: evaluation during training, the multi-stream planner (`flowseg plan`), tracing
-//! spans.
+//! `flowseg plan` loads a graph the same way and prints the plan of its training step (streams,
+//! events, buffers, peak memory); `--verify N` also runs that plan on the first batch under N
+//! random stream interleavings against the trainer's single-stream run.
+//!
+//! Not here yet: evaluation during training, tracing spans.
 
 use crate::report;
 use flowseg_engine::checkpoint;
 use flowseg_engine::data::{open_source, Source as DataSource};
+use flowseg_engine::exec::{self, ExecOrder};
 use flowseg_engine::ir::Env;
+use flowseg_engine::plan::{self, PlanOptions};
 use flowseg_engine::spec::{self, GraphError, GraphSpec};
 use flowseg_engine::train::Trainer;
 use flowseg_engine::Registry;
@@ -66,6 +71,27 @@ pub struct CheckArgs {
     pub strict: bool,
 }
 
+/// Flags of `flowseg plan`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    /// The method graph (YAML).
+    pub graph: PathBuf,
+    /// Override any key, as for `run`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Streams to spread independent work over (1 = one queue, no events).
+    #[arg(long, default_value_t = 2, value_name = "K",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub streams: u16,
+    /// Also run the step on the first batch: the K-stream plan under N random stream
+    /// interleavings, over poisoned memory, must match the single-stream run bit for bit.
+    #[arg(long, value_name = "N")]
+    pub verify: Option<u64>,
+    /// Treat warnings as errors.
+    #[arg(long)]
+    pub strict: bool,
+}
+
 /// A graph loaded up to a ready trainer.
 struct Loaded {
     spec: GraphSpec,
@@ -98,7 +124,10 @@ fn load(
         Trainer::new(&spec, registry, &env, BTreeMap::new()).map_err(|e| reject(&e))?;
     // `init: { weights: ... }` paths are relative to the graph file.
     let base = path.parent().unwrap_or(Path::new("."));
-    for note in trainer.load_init_weights(&spec, base).map_err(|e| reject(&[e]))? {
+    for note in trainer
+        .load_init_weights(&spec, base)
+        .map_err(|e| reject(&[e]))?
+    {
         let _ = writeln!(err, "note: {note}");
     }
     let warnings = &trainer.graph.warnings;
@@ -170,6 +199,127 @@ pub fn check(
             ExitCode::from(2)
         }
     }
+}
+
+/// `flowseg plan`: load as `check` does, plan the training step (forward and backward) on
+/// `--streams` streams and print it. Exit 0, 1 when `--verify` finds a difference, 2 for a graph
+/// error.
+pub fn plan(
+    a: &PlanArgs,
+    registry: &Registry,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> ExitCode {
+    let Some(text) = read(&a.graph, err) else {
+        return ExitCode::from(2);
+    };
+    let mut l = match load(&a.graph, &text, &a.set, a.strict, registry, color, err) {
+        Ok(l) => l,
+        Err(Rejected(text)) => {
+            let _ = err.write_all(text.as_bytes());
+            return ExitCode::from(2);
+        }
+    };
+    let trainer = &l.trainer;
+    let opts = PlanOptions {
+        streams: usize::from(a.streams),
+        keep: trainer.plan.keep.clone(),
+    };
+    // State conflicts do not depend on the stream count: `load` reported them already.
+    let p = match plan::plan(&trainer.graph, &opts) {
+        Ok(p) => p,
+        Err(errors) => {
+            let shown = a.graph.display().to_string();
+            let _ = err.write_all(report::render(&shown, &text, &errors, color).as_bytes());
+            return ExitCode::from(2);
+        }
+    };
+    // The plan's text ends with a newline.
+    let written = write!(
+        out,
+        "{}: `{}`, the training step (forward and backward)\n{p}",
+        a.graph.display(),
+        l.spec.name.value
+    );
+    if written.is_err() {
+        return crate::cli::finish(written, err);
+    }
+    let Some(n) = a.verify else {
+        return crate::cli::finish(out.flush(), err);
+    };
+    match verify(&mut l, &p, n) {
+        Ok(kept) => crate::cli::finish(
+            writeln!(
+                out,
+                "verified: {n} interleavings of this plan give the single-stream run's {kept} \
+                 kept values bit for bit"
+            )
+            .and_then(|()| out.flush()),
+            err,
+        ),
+        Err(msg) => {
+            let _ = writeln!(err, "error: verify: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the trainer's single-stream plan in order, then `p` under `n` interleavings, on the
+/// first batch; returns how many kept values matched bit for bit.
+fn verify(l: &mut Loaded, p: &plan::Plan, n: u64) -> Result<usize, String> {
+    let batch = l.source.batch(0).map_err(|e| format!("data: {e}"))?;
+    let t = &l.trainer;
+    let seed = l.spec.train.seed;
+    let bits = |run: &exec::Run<'_>| -> Vec<Option<Vec<u32>>> {
+        p.keep
+            .iter()
+            .map(|s| {
+                let t = run.get(s)?;
+                match (t.f32(), t.i32()) {
+                    (Some(v), _) => Some(v.iter().map(|x| x.to_bits()).collect()),
+                    (_, Some(v)) => Some(v.iter().map(|&x| x as u32).collect()),
+                    _ => None,
+                }
+            })
+            .collect()
+    };
+    let reference = exec::run_plan(
+        &t.graph,
+        &t.plan,
+        &batch,
+        &t.state,
+        seed,
+        0,
+        ExecOrder::Sequential,
+    )
+    .map_err(|e| e.to_string())?;
+    let want = bits(&reference);
+    for s in 0..n {
+        let run = exec::run_plan(
+            &t.graph,
+            p,
+            &batch,
+            &t.state,
+            seed,
+            0,
+            ExecOrder::Interleaved { seed: s },
+        )
+        .map_err(|e| format!("interleaving {s}: {e}"))?;
+        let got = bits(&run);
+        if let Some(k) = (0..want.len()).find(|&k| got[k] != want[k]) {
+            let name = match &p.keep[k] {
+                flowseg_engine::ir::Source::Node { node, port } => {
+                    format!("{}.{port}", t.graph.nodes[*node].name.value)
+                }
+                other => format!("{other:?}"),
+            };
+            return Err(format!(
+                "interleaving {s}: `{name}` differs from the single-stream run"
+            ));
+        }
+    }
+    Ok(want.len())
 }
 
 /// `flowseg run`.

@@ -197,3 +197,22 @@ fn bad_graphs_exit_2_with_located_reports() {
     assert!(err.contains("nowhere"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn graphs_draw_as_dot_and_mermaid() {
+    for g in graphs() {
+        let g = g.to_str().unwrap();
+        let (code, out, err) = cli(&["graph", g]);
+        assert_eq!(code, ExitCode::SUCCESS, "{err}");
+        assert!(
+            out.starts_with("digraph") && out.trim_end().ends_with('}'),
+            "{out}"
+        );
+        let (code, out, _) = cli(&["graph", g, "--format", "mermaid"]);
+        assert_eq!(code, ExitCode::SUCCESS);
+        assert!(out.starts_with("flowchart LR"), "{out}");
+    }
+    let (code, _, err) = cli(&["graph", "nope.yaml"]);
+    assert_eq!(code, ExitCode::from(2));
+    assert!(err.contains("nope.yaml"), "{err}");
+}

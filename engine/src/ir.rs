@@ -18,7 +18,7 @@
 //! `forward` nodes are composites: the named model's architecture traces its primitive nodes into
 //! the graph in place of the `forward` node (see `model.rs`), declaring its parameters as state.
 //!
-//! Not here yet: state-conflict checks (they need the plan's ordering), streams.
+//! Not here: state-conflict checks and streams (`plan.rs`, which has the ordering).
 
 use crate::model::{Net, StateDecl, Tracer};
 use crate::op::{OpNode, Port};

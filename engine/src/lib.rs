@@ -1,8 +1,12 @@
 //! flowseg-engine: the graph engine. Stages in data-flow order: spec (YAML → located tree →
-//! typed graph spec) → ir (validated DAG) → autodiff → plan (streams, events, memory) → exec.
-//! Today: `spec`, the `Op` trait and the registry; the rest arrives with the graph-engine issue.
+//! typed graph spec) → ir (validated DAG, models traced) → autodiff (backward appended as nodes)
+//! → plan (streams, events, memory) → exec (CPU reference executor); `train` ties them into one
+//! training step with optimizers, EMA teachers and checkpoints. The traits that ops, models and
+//! data sources implement (`Op`, `Model`, `DataSource`) and the `Registry` that holds them live
+//! here too. docs/layout.md walks through the modules.
 //!
-//! The engine never depends on `flowseg-ops`: ops reach it through the registry.
+//! The engine never depends on `flowseg-ops`: ops reach it through the registry. Not here yet:
+//! devices (CUDA), evaluation.
 
 pub mod autodiff;
 pub mod checkpoint;
@@ -11,6 +15,7 @@ pub mod exec;
 pub mod ir;
 pub mod model;
 pub mod op;
+pub mod plan;
 pub mod registry;
 pub mod spec;
 pub mod tensor;

@@ -108,6 +108,9 @@ pub struct Trainer {
     emas: Vec<Ema>,
     total: u64,
     seed: u64,
+    /// How [`Trainer::step`] runs `graph`: one stream (the CPU runs one op at a time), keeping
+    /// the losses, gradients and assigned buffers. `flowseg plan` re-plans from its `keep`.
+    pub plan: crate::plan::Plan,
 }
 
 /// An `ema_of` model: its parameters follow the source model's.
@@ -246,7 +249,16 @@ impl Trainer {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let grads = optimizers
+            .iter()
+            .flat_map(|o| o.params.iter().map(|p| &p.grad));
+        let keep = (losses.iter().map(|(_, s)| s).chain(grads))
+            .chain(graph.assigns.iter().map(|(s, _)| s))
+            .cloned()
+            .collect();
+        let plan = crate::plan::plan(&graph, &crate::plan::PlanOptions { streams: 1, keep })?;
         let mut t = Trainer {
+            plan,
             graph,
             losses,
             state,
@@ -337,7 +349,8 @@ impl Trainer {
         batch: &BTreeMap<String, Tensor>,
         iteration: u64,
     ) -> Result<Vec<(String, f32)>, StepError> {
-        let run = exec::run_cpu(&self.graph, batch, &self.state, self.seed, iteration)?;
+        let (graph, plan, order) = (&self.graph, &self.plan, exec::ExecOrder::Sequential);
+        let run = exec::run_plan(graph, plan, batch, &self.state, self.seed, iteration, order)?;
         let mut values = Vec::with_capacity(self.losses.len());
         for (name, src) in &self.losses {
             let v = run.scalar(src).unwrap_or(f32::NAN);

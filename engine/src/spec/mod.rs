@@ -14,7 +14,9 @@ mod graph;
 pub mod value;
 
 pub use de::{from_node, DeError, Sp};
-pub use graph::{GraphSpec, InitSpec, ModelSpec, NodeSpec, OptimKind, OptimSpec, Schedule, TrainSpec};
+pub use graph::{
+    GraphSpec, InitSpec, ModelSpec, NodeSpec, OptimKind, OptimSpec, Schedule, TrainSpec,
+};
 pub use value::{Loc, Node, Value};
 
 use std::fmt;
