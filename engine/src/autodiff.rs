@@ -122,6 +122,25 @@ pub fn differentiate(
     losses: &[(Source, f32)],
     wrt: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, Source>, Vec<GraphError>> {
+    let sources: BTreeSet<Source> = wrt.iter().cloned().map(Source::State).collect();
+    let grads = differentiate_sources(graph, losses, &sources)?;
+    Ok(grads
+        .into_iter()
+        .filter_map(|(s, g)| match s {
+            Source::State(name) => Some((name, g)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// [`differentiate`] with respect to any values: state tensors, or node outputs (activations,
+/// for the `grad` node of Grad-CAM or VAT). Returns the gradient of each of `wrt` the losses
+/// depend on.
+pub fn differentiate_sources(
+    graph: &mut Graph,
+    losses: &[(Source, f32)],
+    wrt: &BTreeSet<Source>,
+) -> Result<BTreeMap<Source, Source>, Vec<GraphError>> {
     let mut errors = Vec::new();
     for (l, _) in losses {
         match graph.spec_of(l) {
@@ -141,11 +160,13 @@ pub fn differentiate(
     }
     let forward_len = graph.nodes.len();
 
-    // F: depends on trainable state, through ops that pass gradients.
-    let depends = |s: &Source, f: &[bool]| match s {
-        Source::State(name) => wrt.contains(name),
-        Source::Node { node, .. } => f[*node],
-        Source::Batch(_) => false,
+    // F: depends on a `wrt` value, through ops that pass gradients.
+    let depends = |s: &Source, f: &[bool]| {
+        wrt.contains(s)
+            || match s {
+                Source::Node { node, .. } => f[*node],
+                Source::State(_) | Source::Batch(_) => false,
+            }
     };
     let mut in_f = vec![false; forward_len];
     for i in 0..forward_len {
@@ -160,7 +181,8 @@ pub fn differentiate(
         }
     }
     for i in (0..forward_len).rev() {
-        if in_l[i] {
+        // A loss reached only through a stop-gradient does not pull its inputs into L.
+        if in_l[i] && !graph.nodes[i].op.stop_grad() {
             for s in graph.nodes[i].inputs.iter().flatten() {
                 if let Source::Node { node, .. } = s {
                     in_l[*node] = true;
@@ -249,13 +271,7 @@ pub fn differentiate(
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(grads
-        .into_iter()
-        .filter_map(|(s, g)| match s {
-            Source::State(name) if wrt.contains(&name) => Some((name, g)),
-            _ => None,
-        })
-        .collect())
+    Ok(grads.into_iter().filter(|(s, _)| wrt.contains(s)).collect())
 }
 
 /// grads[target] += g, emitting a `grad_add` when a gradient is already there.
@@ -329,5 +345,32 @@ impl Op for GradAdd {
         let b = io::f32(Self::INPUTS, ins, 1)?;
         let y = io::f32_out(Self::OUTPUTS, out, 0)?;
         Ok(flowseg_kernels::elementwise::add_fwd(a, b, y)?)
+    }
+}
+
+/// An identity that carries no gradient: the value of a `grad` node (the gradient is data for
+/// whatever uses it; no second-order terms).
+pub(crate) struct StopGradient;
+
+impl Op for StopGradient {
+    const NAME: &'static str = "stop_gradient";
+    const SUMMARY: &'static str = "y = x, no gradient through it";
+    const INPUTS: &'static [Port] = &[Port::req("x", "f32")];
+    const OUTPUTS: &'static [Port] = &[Port::req("y", "like x")];
+    const EXAMPLE: &'static str = "";
+    const STOP_GRAD: bool = true;
+    type Params = NoParams;
+    fn infer(_: &NoParams, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        Ok(vec![io::f32_spec(Self::INPUTS, ins, 0)?.clone()])
+    }
+    fn cpu(
+        _: &NoParams,
+        _: &ExecCx,
+        ins: &[Option<&Tensor>],
+        out: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let x = io::f32(Self::INPUTS, ins, 0)?;
+        io::f32_out(Self::OUTPUTS, out, 0)?.copy_from_slice(x);
+        Ok(())
     }
 }

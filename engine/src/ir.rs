@@ -46,6 +46,16 @@ pub const SHAPE: &str = "FS0107";
 pub const BAD_MODEL: &str = "FS0112";
 /// The op name of the model-call composite.
 pub const FORWARD: &str = "forward";
+/// The op name of the gradient composite: `{ op: grad, inputs: { of: <scalar>, wrt: <value> } }`
+/// gives d(of)/d(wrt) as a value (Grad-CAM, VAT), with no gradient flowing through it.
+pub const GRAD: &str = "grad";
+const GRAD_INPUTS: &[Port] = &[
+    Port::req("of", "f32[] (a scalar, usually a loss)"),
+    Port::req("wrt", "f32, any shape (an activation or input)"),
+];
+const GRAD_OUTPUTS: &[Port] = &[Port::req("grad", "like wrt: d(of)/d(wrt), a stop-gradient")];
+/// FS0115: a `grad` whose `of` does not depend on its `wrt`.
+pub const NO_GRADIENT: &str = "FS0115";
 const FORWARD_INPUTS: &[Port] = &[Port::req("image", "f32[N, 3, H, W]")];
 
 /// Params of a `forward` node.
@@ -163,6 +173,7 @@ enum Kind {
         model: String,
         train: bool,
     },
+    Grad,
 }
 
 /// What a spec node offers: its input and output ports, when known.
@@ -209,6 +220,27 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
     let mut kinds: Vec<Option<(Kind, Ports)>> = Vec::with_capacity(spec.nodes.len());
     for n in &spec.nodes {
         let node_err = |code, msg: String, loc| GraphError::new(code, msg, loc).in_node(&n.name);
+        if n.op.value == GRAD {
+            let empty = crate::spec::Node::detached(crate::spec::Value::Map(Vec::new()));
+            match from_node::<crate::op::NoParams>(n.params.as_ref().unwrap_or(&empty)) {
+                Ok(_) => kinds.push(Some((
+                    Kind::Grad,
+                    Ports {
+                        inputs: GRAD_INPUTS,
+                        outputs: GRAD_OUTPUTS,
+                    },
+                ))),
+                Err(e) => {
+                    errors.push(node_err(
+                        BAD_PARAMS,
+                        format!("`grad` takes no params: {}", e.message),
+                        e.loc,
+                    ));
+                    kinds.push(None);
+                }
+            }
+            continue;
+        }
         if n.op.value == FORWARD {
             kinds.push(
                 match forward_kind(spec, registry, n.params.as_ref(), n.op.loc) {
@@ -484,6 +516,15 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
                     n.after.extend(after);
                 }
             }
+            Kind::Grad => {
+                let (Some(Some(of)), Some(Some(wrt))) = (sources.first(), sources.get(1)) else {
+                    continue;
+                };
+                match grad_of(&mut nodes, env, &state_specs, of, wrt, &p.name) {
+                    Ok(g) => produced[i] = Some(vec![g]),
+                    Err(e) => errors.push(e.in_node(&p.name)),
+                }
+            }
         }
         if nodes.len() > first_new {
             last_emitted[i] = Some(nodes.len() - 1);
@@ -499,7 +540,7 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
         let outputs = match &p.kind {
             Kind::Op(op) => registry.get(op.name()).map_or(&[][..], |d| d.outputs()),
             // A model's ports are optional taps (features, low_level): not all are used.
-            Kind::Forward { .. } => &[][..],
+            Kind::Forward { .. } | Kind::Grad => &[][..],
         };
         for (k, port) in outputs.iter().enumerate() {
             if !used.contains(&(p.file_index, k)) {
@@ -542,6 +583,67 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
         params: decls,
         assigns,
         warnings,
+    })
+}
+
+/// Appends d(of)/d(wrt) to `nodes` (a backward pass of the graph so far) followed by a
+/// stop-gradient copy, whose output is the `grad` node's value: later passes treat the
+/// gradient as data (no second-order terms), as Grad-CAM and VAT use it.
+fn grad_of(
+    nodes: &mut Vec<IrNode>,
+    env: &Env,
+    state: &BTreeMap<String, TensorSpec>,
+    of: &Source,
+    wrt: &Source,
+    name: &Sp<String>,
+) -> Result<Source, GraphError> {
+    let mut partial = Graph {
+        nodes: std::mem::take(nodes),
+        batch: env.batch.clone(),
+        state: state.clone(),
+        params: BTreeMap::new(),
+        assigns: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let wanted: BTreeSet<Source> = [wrt.clone()].into();
+    let result =
+        crate::autodiff::differentiate_sources(&mut partial, &[(of.clone(), 1.0)], &wanted);
+    let g = match result {
+        Ok(mut grads) => grads.remove(wrt),
+        Err(errs) => {
+            *nodes = partial.nodes;
+            let first = errs
+                .into_iter()
+                .next()
+                .map_or_else(|| "no gradient".to_owned(), |e| e.message);
+            return Err(GraphError::new(NO_GRADIENT, first, name.loc));
+        }
+    };
+    let Some(g) = g else {
+        *nodes = partial.nodes;
+        return Err(GraphError::new(
+            NO_GRADIENT,
+            "`of` does not depend on `wrt`: the gradient would be zero",
+            name.loc,
+        )
+        .help("check that `wrt` feeds the computation of `of` through differentiable ops"));
+    };
+    let spec = partial.spec_of(&g).cloned();
+    *nodes = partial.nodes;
+    let index = nodes.len();
+    nodes.push(IrNode {
+        name: name.clone(),
+        op: Arc::new(crate::op::Configured::<crate::autodiff::StopGradient> {
+            params: crate::op::NoParams {},
+        }),
+        inputs: vec![Some(g)],
+        outputs: spec.into_iter().collect(),
+        after: Vec::new(),
+        stream: None,
+    });
+    Ok(Source::Node {
+        node: index,
+        port: 0,
     })
 }
 

@@ -30,8 +30,8 @@ pub enum RegistryError {
     /// Two model architectures share a name.
     #[error("model architecture `{0}` is registered twice")]
     DuplicateModel(&'static str),
-    /// An op may not be called `forward`: that name is the model-call composite.
-    #[error("`forward` is reserved for model calls and cannot name an op")]
+    /// An op may not be called `forward` or `grad`: those names are the engine's composites.
+    #[error("`forward` and `grad` are reserved for the engine's composites and cannot name an op")]
     Reserved,
 }
 
@@ -43,7 +43,7 @@ impl Registry {
 
     /// Registers op type `O`.
     pub fn add<O: Op>(&mut self) -> Result<&mut Self, RegistryError> {
-        if O::NAME == crate::ir::FORWARD {
+        if O::NAME == crate::ir::FORWARD || O::NAME == crate::ir::GRAD {
             return Err(RegistryError::Reserved);
         }
         if self.ops.contains_key(O::NAME) {

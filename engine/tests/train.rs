@@ -762,3 +762,71 @@ fn initial_weights_load_by_name_and_report_the_rest() {
     assert!(e.message.contains("nope.safetensors"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+const GRAD_GRAPH: &str = "\
+name: g
+train: { iterations: 5 }
+optim:
+  net: { kind: sgd, lr: 0.1, minimize: { l1.loss: 1.0, l2.loss: 1.0 } }
+nodes:
+  - { name: y1, op: mul, inputs: { a: batch.x, b: state.net.w } }
+  - { name: l1, op: mse, inputs: { x: y1.y, t: batch.t } }
+  - { name: g, op: grad, inputs: { of: l1.loss, wrt: y1.y } }
+  - { name: p, op: mul, inputs: { a: g.grad, b: state.net.v } }
+  - { name: l2, op: mse, inputs: { x: p.y, t: batch.t } }
+";
+
+#[test]
+fn grad_nodes_give_activation_gradients_as_data() {
+    let (spec, _) = spec::parse_graph(GRAD_GRAPH, &[]).unwrap();
+    let g = ir::build(&spec, &registry(), &env()).unwrap();
+    let gi = g.nodes.iter().position(|n| n.name.value == "g").unwrap();
+    let batch = tensors(&[("x", vec_of(1, 0.5, 1.5)), ("t", vec_of(2, -1.0, 1.0))]);
+    let state = tensors(&[
+        ("net.w", vec_of(3, -1.0, 1.0)),
+        ("net.v", vec_of(4, -1.0, 1.0)),
+        ("teacher.w", vec![0.0; N]),
+    ]);
+    let run = run_cpu(&g, &batch, &state, 0, 0).unwrap();
+    // d mse(y1, t)/d y1 = 2 (y1 − t)/n.
+    let (x, w, t) = (
+        batch["x"].f32().unwrap(),
+        state["net.w"].f32().unwrap(),
+        batch["t"].f32().unwrap(),
+    );
+    let got = run
+        .get(&Source::Node { node: gi, port: 0 })
+        .unwrap()
+        .f32()
+        .unwrap();
+    for i in 0..N {
+        let want = 2.0 * (x[i] * w[i] - t[i]) / N as f32;
+        assert!((got[i] - want).abs() < 1e-6, "{i}: {} vs {want}", got[i]);
+    }
+    drop(run);
+    // Training through a graph that consumes the gradient: it is data, so w's gradient comes
+    // from l1 only and nothing asks for a second-order VJP.
+    let mut t = Trainer::new(&spec, &registry(), &env(), state).unwrap();
+    let first = t.step(&batch, 0).unwrap();
+    let later = (1..5).map(|it| t.step(&batch, it).unwrap()).last().unwrap();
+    assert!(later[0].1 < first[0].1, "{first:?} -> {later:?}");
+}
+
+#[test]
+fn grad_of_an_unrelated_value_is_fs0115() {
+    let yaml = GRAD_GRAPH.replace("wrt: y1.y", "wrt: batch.x");
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    // `of` depends on batch.x through y1, so this one works...
+    ir::build(&spec, &registry(), &env()).unwrap();
+    // ...but not on teacher.w.
+    let mut e = env();
+    e.state.insert("other".into(), TensorSpec::f32(&[N]));
+    let yaml = GRAD_GRAPH.replace("wrt: y1.y", "wrt: state.other");
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let errs = ir::build(&spec, &registry(), &e).err().unwrap();
+    assert_eq!(
+        (errs[0].code, errs[0].node.as_deref(), errs[0].loc.line),
+        ("FS0115", Some("g"), 8),
+        "{errs:#?}"
+    );
+}
