@@ -1,4 +1,5 @@
-//! docs/ops.md is exactly what `flowseg ops --markdown` prints, so it cannot go stale.
+//! Docs that cannot go stale: docs/ops.md is exactly what `flowseg ops --markdown` prints, and
+//! every error code the engine can raise has its page under docs/errors/.
 
 use std::process::ExitCode;
 
@@ -22,4 +23,41 @@ fn ops_md_is_up_to_date() {
             line + 1
         );
     }
+}
+
+#[test]
+fn every_error_code_has_a_page() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut codes = std::collections::BTreeSet::new();
+    let mut stack = vec![std::path::PathBuf::from(root).join("engine/src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("engine/src is readable") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("source is utf-8");
+                // Code constants are written as "FS" + 4 digits inside a string literal.
+                for (i, _) in text.match_indices("\"FS") {
+                    let code = &text[i + 1..(i + 7).min(text.len())];
+                    if code.len() == 6 && code[2..].chars().all(|c| c.is_ascii_digit()) {
+                        codes.insert(code.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    assert!(codes.len() >= 18, "found only {codes:?}");
+    let missing: Vec<&String> = codes
+        .iter()
+        .filter(|c| {
+            !std::path::Path::new(root)
+                .join(format!("docs/errors/{c}.md"))
+                .exists()
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "error codes without a page in docs/errors/: {missing:?}"
+    );
 }

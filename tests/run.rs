@@ -216,3 +216,27 @@ fn graphs_draw_as_dot_and_mermaid() {
     assert_eq!(code, ExitCode::from(2));
     assert!(err.contains("nope.yaml"), "{err}");
 }
+
+#[test]
+fn a_bad_data_section_is_fs0113_at_its_position() {
+    let dir = scratch("data");
+    let g = graphs()
+        .into_iter()
+        .find(|p| p.ends_with("supervised.yaml"))
+        .unwrap();
+    let text = std::fs::read_to_string(g).unwrap();
+    for (from, to, col) in [
+        ("source: shapes", "source: shapez", 17),
+        ("batch: 8, size: 32", "batch: 8, sise: 32", 35),
+    ] {
+        let bad = dir.join("data.yaml");
+        std::fs::write(&bad, text.replace(from, to)).unwrap();
+        let (code, _, err) = cli(&["check", bad.to_str().unwrap()]);
+        assert_eq!(code, ExitCode::from(2), "{to}");
+        assert!(
+            err.contains("FS0113") && err.contains(&format!("data.yaml:10:{col}")),
+            "{to}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
