@@ -22,6 +22,9 @@ use std::process::ExitCode;
     about = "Semi-supervised semantic segmentation as a dataflow engine"
 )]
 struct Cli {
+    /// Log level of the engine's diagnostics on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    log: tracing::Level,
     #[command(subcommand)]
     command: Command,
 }
@@ -137,6 +140,13 @@ where
             return exit_code(e.exit_code());
         }
     };
+    // One global subscriber per process: the first CLI run installs it (tests run many).
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(cli.log)
+        .with_writer(std::io::stderr)
+        .with_ansi(styled.err)
+        .with_target(false)
+        .try_init();
     let result = match cli.command {
         Command::Demo(cfg) => return run_demo(&cfg, out, err),
         Command::Run(a) => return run::run(&a, &registry, out, err, styled.err),

@@ -419,6 +419,20 @@ fn run_inner(
     );
     let started = Instant::now();
     let every = (total / 20).max(1);
+    // On a terminal a live bar (stderr); otherwise (logs, CI) a line every 5 % of the run.
+    let bar = color.then(|| {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(total),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        bar.set_position(start);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len}  {msg}  {per_sec}  ETA {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    });
     let save = |trainer: &Trainer, next: u64| -> Result<(), Failure> {
         let c = trainer.checkpoint(next);
         let last = dir.join("checkpoints").join("last.safetensors");
@@ -458,7 +472,11 @@ fn run_inner(
         {
             save(&trainer, done)?;
         }
-        if done.is_multiple_of(every) || done == total {
+        if let Some(bar) = &bar {
+            let shown: Vec<String> = losses.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+            bar.set_message(shown.join("  "));
+            bar.set_position(done);
+        } else if done.is_multiple_of(every) || done == total {
             let rate = (done - start) as f64 / secs.max(1e-9);
             let eta = (total - done) as f64 / rate.max(1e-9);
             let shown: Vec<String> = losses.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
@@ -469,6 +487,9 @@ fn run_inner(
                 hms(eta)
             );
         }
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
     }
     metrics
         .sync_all()

@@ -194,6 +194,7 @@ impl View for Le<'_> {
 ///
 /// One writer per path at a time: two concurrent saves from one process share the temp name.
 pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<(), CheckpointError> {
+    tracing::debug!(path = %path.display(), tensors = ckpt.tensors.len(), "saving checkpoint");
     let invalid = |detail: String| CheckpointError::Invalid {
         path: path.to_path_buf(),
         detail,

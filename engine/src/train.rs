@@ -268,6 +268,13 @@ impl Trainer {
             seed: spec.train.seed,
         };
         t.sync_emas();
+        tracing::info!(
+            nodes = t.graph.nodes.len(),
+            state = t.graph.state.len(),
+            optimizers = t.optimizers.len(),
+            emas = t.emas.len(),
+            "training step built"
+        );
         Ok(t)
     }
 
