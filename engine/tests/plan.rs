@@ -12,129 +12,17 @@
     reason = "test helpers outside #[test] fns; a panic is the report"
 )]
 
-use flowseg_engine::autodiff::{self, Vjp};
+use flowseg_engine::autodiff::{self};
 use flowseg_engine::exec::{run_cpu, run_plan, ExecError, ExecOrder};
-use flowseg_engine::ir::{self, Env, Graph, Source};
+use flowseg_engine::ir::{self, Graph, Source};
 use flowseg_engine::op::io;
 use flowseg_engine::plan::{pin_stream, plan, Plan, PlanOptions, Step};
 use flowseg_engine::spec;
-use flowseg_engine::{Access, ExecCx, NoParams, Op, OpError, Port, Registry, Tensor, TensorSpec};
+use flowseg_engine::{Access, ExecCx, Op, OpError, Port, Registry, Tensor, TensorSpec};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// y = a ⊙ b.
-struct Mul;
-impl Op for Mul {
-    const NAME: &'static str = "mul";
-    const SUMMARY: &'static str = "y = a ⊙ b";
-    const INPUTS: &'static [Port] = &[Port::req("a", "f32"), Port::req("b", "like a")];
-    const OUTPUTS: &'static [Port] = &[Port::req("y", "like a")];
-    const EXAMPLE: &'static str = "";
-    type Params = NoParams;
-    fn infer(_: &NoParams, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
-        Ok(vec![io::f32_spec(Self::INPUTS, ins, 0)?.clone()])
-    }
-    fn cpu(
-        _: &NoParams,
-        _: &ExecCx,
-        ins: &[Option<&Tensor>],
-        out: &mut [Tensor],
-    ) -> Result<(), OpError> {
-        let (a, b) = (
-            io::f32(Self::INPUTS, ins, 0)?,
-            io::f32(Self::INPUTS, ins, 1)?,
-        );
-        Ok(flowseg_engine::kernels::elementwise::mul_fwd(
-            a,
-            b,
-            io::f32_out(Self::OUTPUTS, out, 0)?,
-        )?)
-    }
-    fn vjp(_: &NoParams, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
-        let dy = g.grad_output(0)?;
-        let (a, b) = (g.input(0)?, g.input(1)?);
-        if g.needs_grad(0) {
-            match g.emit::<Mul>(NoParams {}, vec![Some(dy.clone()), Some(b.clone())]) {
-                Ok(o) => g.set_grad(0, o[0].clone()),
-                Err(e) => return Some(Err(e)),
-            }
-        }
-        if g.needs_grad(1) {
-            match g.emit::<Mul>(NoParams {}, vec![Some(dy), Some(a)]) {
-                Ok(o) => g.set_grad(1, o[0].clone()),
-                Err(e) => return Some(Err(e)),
-            }
-        }
-        Some(Ok(()))
-    }
-}
-
-/// loss = mean((x − t)²).
-struct MseLoss;
-impl Op for MseLoss {
-    const NAME: &'static str = "mse";
-    const SUMMARY: &'static str = "mean squared error";
-    const INPUTS: &'static [Port] = &[Port::req("x", "f32"), Port::req("t", "like x")];
-    const OUTPUTS: &'static [Port] = &[Port::req("loss", "f32[]")];
-    const EXAMPLE: &'static str = "";
-    type Params = NoParams;
-    fn infer(_: &NoParams, _: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
-        Ok(vec![TensorSpec::scalar()])
-    }
-    fn cpu(
-        _: &NoParams,
-        _: &ExecCx,
-        ins: &[Option<&Tensor>],
-        out: &mut [Tensor],
-    ) -> Result<(), OpError> {
-        let (x, t) = (
-            io::f32(Self::INPUTS, ins, 0)?,
-            io::f32(Self::INPUTS, ins, 1)?,
-        );
-        let s: f64 = x.iter().zip(t).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-        io::f32_out(Self::OUTPUTS, out, 0)?[0] = (s / x.len() as f64) as f32;
-        Ok(())
-    }
-    fn vjp(_: &NoParams, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
-        let dl = g.grad_output(0)?;
-        let r = g.emit::<MseBwd>(NoParams {}, vec![g.input(0), g.input(1), Some(dl)]);
-        Some(r.map(|o| g.set_grad(0, o[0].clone())))
-    }
-}
-
-/// dx = dloss · 2(x − t)/n.
-struct MseBwd;
-impl Op for MseBwd {
-    const NAME: &'static str = "mse_bwd";
-    const SUMMARY: &'static str = "gradient of mse";
-    const INPUTS: &'static [Port] = &[
-        Port::req("x", "f32"),
-        Port::req("t", "like x"),
-        Port::req("dloss", "f32[]"),
-    ];
-    const OUTPUTS: &'static [Port] = &[Port::req("dx", "like x")];
-    const EXAMPLE: &'static str = "";
-    type Params = NoParams;
-    fn infer(_: &NoParams, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
-        Ok(vec![io::f32_spec(Self::INPUTS, ins, 0)?.clone()])
-    }
-    fn cpu(
-        _: &NoParams,
-        _: &ExecCx,
-        ins: &[Option<&Tensor>],
-        out: &mut [Tensor],
-    ) -> Result<(), OpError> {
-        let (x, t) = (
-            io::f32(Self::INPUTS, ins, 0)?,
-            io::f32(Self::INPUTS, ins, 1)?,
-        );
-        let dl = io::f32(Self::INPUTS, ins, 2)?[0];
-        let n = x.len() as f32;
-        for ((o, a), b) in io::f32_out(Self::OUTPUTS, out, 0)?.iter_mut().zip(x).zip(t) {
-            *o = dl * 2.0 * (a - b) / n;
-        }
-        Ok(())
-    }
-}
+mod common;
+use common::*;
 
 /// y = x, declaring that it writes the state named in its params (an EMA update, say).
 struct Bump;
@@ -180,33 +68,6 @@ fn registry() -> Registry {
         .add::<Bump>()
         .unwrap();
     r
-}
-
-const N: usize = 7;
-
-fn env() -> Env {
-    let s = TensorSpec::f32(&[N]);
-    Env {
-        batch: BTreeMap::from([("x".into(), s.clone()), ("t".into(), s.clone())]),
-        state: BTreeMap::from([
-            ("net.w".into(), s.clone()),
-            ("net.v".into(), s.clone()),
-            ("teacher.w".into(), s),
-        ]),
-    }
-}
-
-fn vec_of(seed: u64, lo: f64, hi: f64) -> Vec<f32> {
-    flowseg_engine::kernels::testing::to_f32(&flowseg_engine::kernels::testing::rand_vec(
-        seed, N, lo, hi,
-    ))
-}
-
-fn tensors(entries: &[(&str, Vec<f32>)]) -> BTreeMap<String, Tensor> {
-    entries
-        .iter()
-        .map(|(k, v)| (k.to_string(), Tensor::from_f32(&[N], v.clone()).unwrap()))
-        .collect()
 }
 
 fn batch() -> BTreeMap<String, Tensor> {
