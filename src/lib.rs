@@ -9,6 +9,7 @@
 
 mod cli;
 pub mod demo;
+mod eval;
 mod graph_fmt;
 mod ops_doc;
 pub mod report;

@@ -377,6 +377,10 @@ fn run_inner(
         mut trainer,
     } = load(&graph_path, &text, &a.set, a.strict, registry, color, err)
         .map_err(|Rejected(t)| (2, t))?;
+    let evaluator = crate::eval::Evaluator::new(&spec, registry, source.as_ref()).map_err(|e| {
+        let shown = graph_path.display().to_string();
+        (2, crate::report::render(&shown, &text, &e, color))
+    })?;
 
     let (dir, start) = match dir {
         Some(dir) => {
@@ -418,6 +422,9 @@ fn run_inner(
         dir.display()
     );
     let started = Instant::now();
+    // Best and last evaluation per model; on resume the best so far comes from metrics.jsonl.
+    let mut best: BTreeMap<String, (f64, u64)> = earlier_best(&metrics_path);
+    let mut last: BTreeMap<String, (f64, f64, u64)> = BTreeMap::new();
     let every = (total / 20).max(1);
     // On a terminal a live bar (stderr); otherwise (logs, CI) a line every 5 % of the run.
     let bar = color.then(|| {
@@ -472,6 +479,46 @@ fn run_inner(
         {
             save(&trainer, done)?;
         }
+        let eval_now = spec.train.eval_every > 0 && done.is_multiple_of(spec.train.eval_every)
+            || done == total;
+        if let (Some(ev), true) = (&evaluator, eval_now) {
+            let results = ev
+                .run(source.as_mut(), &trainer.state)
+                .map_err(|e| (1, format!("error: evaluation after iteration {done}: {e}")))?;
+            let mut line = serde_json::Map::new();
+            line.insert("iteration".into(), it.into());
+            let mut shown = Vec::new();
+            for (model, sc) in &results {
+                line.insert(format!("eval/{model}/miou"), serde_json::json!(sc.miou));
+                line.insert(
+                    format!("eval/{model}/pixel_acc"),
+                    serde_json::json!(sc.pixel_acc),
+                );
+                let ious: Vec<serde_json::Value> =
+                    sc.iou.iter().map(|v| serde_json::json!(v)).collect();
+                line.insert(format!("eval/{model}/iou"), serde_json::Value::Array(ious));
+                let best = best.entry(model.clone()).or_insert((f64::NEG_INFINITY, 0));
+                if sc.miou > best.0 {
+                    *best = (sc.miou, done);
+                }
+                last.insert(model.clone(), (sc.miou, sc.pixel_acc, done));
+                shown.push(format!(
+                    "{model} mIoU {:.1} (best {:.1} @{})",
+                    100.0 * sc.miou,
+                    100.0 * best.0,
+                    best.1
+                ));
+            }
+            writeln!(metrics, "{}", serde_json::Value::Object(line))
+                .map_err(|e| io_fail("append to", &metrics_path, e))?;
+            let msg = format!("eval after {done}: {}", shown.join(", "));
+            match &bar {
+                Some(bar) => bar.println(msg),
+                None => {
+                    let _ = writeln!(out, "{msg}");
+                }
+            }
+        }
         if let Some(bar) = &bar {
             let shown: Vec<String> = losses.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
             bar.set_message(shown.join("  "));
@@ -503,6 +550,15 @@ fn run_inner(
         return Ok(());
     }
     save(&trainer, total)?;
+    if !last.is_empty() {
+        let results = serde_json::json!({
+            "last": last.iter().map(|(m, (miou, acc, it))| (m.clone(), serde_json::json!({"miou": miou, "pixel_acc": acc, "after_iteration": it}))).collect::<serde_json::Map<_, _>>(),
+            "best": best.iter().map(|(m, (miou, it))| (m.clone(), serde_json::json!({"miou": miou, "after_iteration": it}))).collect::<serde_json::Map<_, _>>(),
+        });
+        let path = dir.join("results.json");
+        write_atomic(&path, format!("{results:#}\n").as_bytes())
+            .map_err(|e| io_fail("write", &path, e))?;
+    }
     let _ = writeln!(
         out,
         "done in {}; checkpoint {}",
@@ -510,6 +566,40 @@ fn run_inner(
         dir.join("checkpoints").join("last.safetensors").display()
     );
     Ok(())
+}
+
+/// The best `eval/<model>/miou` per model in an existing metrics file (and the iteration after
+/// which it was measured).
+fn earlier_best(path: &Path) -> BTreeMap<String, (f64, u64)> {
+    let mut best: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    let Ok(text) = fs::read_to_string(path) else {
+        return best;
+    };
+    for line in text.lines() {
+        let Ok(serde_json::Value::Object(v)) = serde_json::from_str(line) else {
+            continue;
+        };
+        let it = v
+            .get("iteration")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        for (k, val) in &v {
+            let (Some(model), Some(m)) = (
+                k.strip_prefix("eval/")
+                    .and_then(|r| r.strip_suffix("/miou")),
+                val.as_f64(),
+            ) else {
+                continue;
+            };
+            let e = best
+                .entry(model.to_owned())
+                .or_insert((f64::NEG_INFINITY, 0));
+            if m > e.0 {
+                *e = (m, it + 1);
+            }
+        }
+    }
+    best
 }
 
 fn hms(secs: f64) -> String {

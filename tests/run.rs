@@ -104,7 +104,15 @@ fn every_shipped_graph_checks_and_trains_a_few_iterations() {
         let (code, _, err) = cli(&args);
         assert_eq!(code, ExitCode::SUCCESS, "{g}: {err}");
         let run = the_run_dir(&dir);
-        assert_eq!(losses(&run).len(), 3, "{g}");
+        // Three training lines, then the final evaluation of every model.
+        let lines = losses(&run);
+        assert_eq!(lines.len(), 4, "{g}: {lines:?}");
+        assert!(lines[3].contains("eval/student/miou"), "{lines:?}");
+        let results: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap())
+                .unwrap();
+        let miou = results["last"]["student"]["miou"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&miou), "{results}");
         let c =
             flowseg_engine::checkpoint::load(&run.join("checkpoints/last.safetensors")).unwrap();
         assert_eq!(c.meta["iteration"], "3");
@@ -136,7 +144,11 @@ fn resume_repeats_the_uninterrupted_losses() {
     args.extend(base);
     assert_eq!(cli(&args).0, ExitCode::SUCCESS);
     let want = losses(&the_run_dir(&straight));
-    assert_eq!(want.len(), 6);
+    assert_eq!(
+        want.len(),
+        7,
+        "6 iterations and the final evaluation: {want:?}"
+    );
 
     // Stop after 4 iterations (as if killed; the last checkpoint is at 3) with a half-written
     // checkpoint left behind, then resume: iteration 3 is redone, under the same schedule

@@ -28,6 +28,19 @@ pub trait Source: Send {
     /// The training batch of `iteration` (a pure function of the seed and the iteration, so
     /// a resumed run sees the batches an uninterrupted one would).
     fn batch(&mut self, iteration: u64) -> Result<Batch, DataError>;
+
+    /// Number of held-out batches for evaluation (0: the source has no evaluation split). They
+    /// have the training batches' specs and hold at least `image` and `label`.
+    fn eval_batches(&self) -> usize {
+        0
+    }
+
+    /// Held-out batch `index` (< [`Source::eval_batches`]).
+    fn eval_batch(&mut self, index: usize) -> Result<Batch, DataError> {
+        Err(DataError(format!(
+            "no evaluation split (asked for batch {index})"
+        )))
+    }
 }
 
 /// One kind of data source. Implemented once per file in `flowseg-ops`.

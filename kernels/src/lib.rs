@@ -27,6 +27,7 @@ pub mod elementwise;
 mod error;
 pub mod gemm;
 pub mod loss;
+pub mod metrics;
 pub mod optim;
 pub mod philox;
 pub mod pool;

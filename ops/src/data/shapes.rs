@@ -31,7 +31,18 @@ pub struct Params {
     /// Image side in pixels.
     #[serde(default = "default_size")]
     pub size: usize,
+    /// Held-out images for evaluation, rounded down to whole batches (drawn from indices
+    /// 2⁴⁰ on, so they never meet a training image).
+    #[serde(default = "default_eval_images")]
+    pub eval_images: usize,
 }
+
+fn default_eval_images() -> usize {
+    64
+}
+
+/// First index of the held-out images.
+pub const EVAL_OFFSET: u64 = 1 << 40;
 
 fn default_batch() -> usize {
     8
@@ -69,9 +80,30 @@ impl Source for Opened {
         ])
     }
 
+    fn eval_batches(&self) -> usize {
+        self.p.eval_images / self.p.batch
+    }
+
+    fn eval_batch(&mut self, index: usize) -> Result<Batch, DataError> {
+        if index >= self.eval_batches() {
+            return Err(DataError(format!(
+                "evaluation batch {index} of {}",
+                self.eval_batches()
+            )));
+        }
+        self.make(EVAL_OFFSET + (index * self.p.batch) as u64)
+    }
+
     fn batch(&mut self, iteration: u64) -> Result<Batch, DataError> {
+        self.make(iteration * self.p.batch as u64)
+    }
+}
+
+impl Opened {
+    /// The batch of images `first ..`.
+    fn make(&self, first: u64) -> Result<Batch, DataError> {
         let (b, s) = (self.p.batch, self.p.size);
-        let (images, labels) = shapes_batch(self.seed, iteration * b as u64, b, s);
+        let (images, labels) = shapes_batch(self.seed, first, b, s);
         let err = || DataError("internal: batch length mismatch".into());
         Ok(BTreeMap::from([
             (
@@ -161,7 +193,15 @@ mod tests {
 
     #[test]
     fn batches_follow_the_iteration_and_match_the_specs() {
-        let mut src = Shapes::open(&Params { batch: 3, size: 8 }, 7).unwrap();
+        let mut src = Shapes::open(
+            &Params {
+                batch: 3,
+                size: 8,
+                eval_images: 7,
+            },
+            7,
+        )
+        .unwrap();
         let specs = src.specs();
         let b1 = src.batch(1).unwrap();
         for (k, t) in &b1 {
@@ -170,6 +210,20 @@ mod tests {
         // Iteration 1 holds images 3, 4, 5.
         let (img4, _) = shapes_sample(7, 4, 8);
         assert_eq!(&b1["image"].f32().unwrap()[3 * 64..6 * 64], &img4[..]);
-        assert!(Shapes::open(&Params { batch: 0, size: 8 }, 0).is_err());
+        assert!(Shapes::open(
+            &Params {
+                batch: 0,
+                size: 8,
+                eval_images: 0
+            },
+            0
+        )
+        .is_err());
+        // 7 held-out images make 2 whole batches of 3, starting at index 2^40.
+        assert_eq!(src.eval_batches(), 2);
+        let e1 = src.eval_batch(1).unwrap();
+        let (first, _) = shapes_sample(7, EVAL_OFFSET + 3, 8);
+        assert_eq!(&e1["image"].f32().unwrap()[..3 * 64], &first[..]);
+        assert!(src.eval_batch(2).is_err());
     }
 }

@@ -1,0 +1,123 @@
+//! Segmentation metrics: the confusion matrix of predicted against true labels, and what it
+//! gives — per-class IoU, mIoU, pixel accuracy. Counts are u64 so a whole validation set of
+//! large images accumulates without overflow.
+//!
+//! Not here: argmax (argmax.rs), sliding-window or flip evaluation (the eval pipeline).
+
+use crate::{check_len, KernelError};
+
+/// Adds predictions to a K×K confusion matrix, row = true class, column = predicted class.
+/// Pixels whose label is `ignore_index` are skipped; a label or prediction outside [0, K) that is
+/// not ignored is an error naming the pixel.
+///
+/// * `pred`, `label`: [N, H, W] (any flat length, equal).
+/// * `confusion`: [K, K], accumulated.
+pub fn confusion_add(
+    pred: &[i32],
+    label: &[i32],
+    k: usize,
+    ignore_index: i32,
+    confusion: &mut [u64],
+) -> Result<(), KernelError> {
+    check_len("confusion_add", "label", label, pred.len())?;
+    check_len("confusion_add", "confusion", confusion, k * k)?;
+    for (i, (&p, &t)) in pred.iter().zip(label).enumerate() {
+        if t == ignore_index {
+            continue;
+        }
+        let (Ok(pu), Ok(tu)) = (usize::try_from(p), usize::try_from(t)) else {
+            return Err(bad(i, p, t, k));
+        };
+        if pu >= k || tu >= k {
+            return Err(bad(i, p, t, k));
+        }
+        confusion[tu * k + pu] += 1;
+    }
+    Ok(())
+}
+
+fn bad(i: usize, p: i32, t: i32, k: usize) -> KernelError {
+    KernelError::Shape {
+        kernel: "confusion_add",
+        reason: format!("pixel {i}: label {t} / prediction {p} outside the {k} classes"),
+    }
+}
+
+/// Scores from a K×K confusion matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    /// IoU per class, TP / (TP + FP + FN); `None` for a class absent from both labels and
+    /// predictions (it does not enter the mean, as in mmsegmentation).
+    pub iou: Vec<Option<f64>>,
+    /// Mean of the defined IoUs.
+    pub miou: f64,
+    /// Correct pixels / counted pixels.
+    pub pixel_acc: f64,
+}
+
+/// IoU per class, mIoU and pixel accuracy of `confusion` [K, K].
+pub fn scores(confusion: &[u64], k: usize) -> Scores {
+    let at = |t: usize, p: usize| confusion.get(t * k + p).copied().unwrap_or(0) as f64;
+    let iou: Vec<Option<f64>> = (0..k)
+        .map(|c| {
+            let tp = at(c, c);
+            let row: f64 = (0..k).map(|p| at(c, p)).sum();
+            let col: f64 = (0..k).map(|t| at(t, c)).sum();
+            let union = row + col - tp;
+            (union > 0.0).then(|| tp / union)
+        })
+        .collect();
+    let defined: Vec<f64> = iou.iter().flatten().copied().collect();
+    let total: f64 = confusion.iter().map(|&v| v as f64).sum();
+    let correct: f64 = (0..k).map(|c| at(c, c)).sum();
+    Scores {
+        miou: if defined.is_empty() {
+            0.0
+        } else {
+            defined.iter().sum::<f64>() / defined.len() as f64
+        },
+        pixel_acc: if total > 0.0 { correct / total } else { 0.0 },
+        iou,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_computed_confusion_and_miou() {
+        // K = 3. label: 0 0 1 1 2 255, pred: 0 1 1 1 0 2.
+        let label = [0, 0, 1, 1, 2, 255];
+        let pred = [0, 1, 1, 1, 0, 2];
+        let mut c = vec![0u64; 9];
+        confusion_add(&pred, &label, 3, 255, &mut c).unwrap();
+        // rows = truth: 0 → [1,1,0], 1 → [0,2,0], 2 → [1,0,0]
+        assert_eq!(c, [1, 1, 0, 0, 2, 0, 1, 0, 0]);
+        let s = scores(&c, 3);
+        // IoU0 = 1/(2+2−1) = 1/3, IoU1 = 2/(2+3−2) = 2/3, IoU2 = 0/(1+0−0) = 0.
+        assert_eq!(s.iou, [Some(1.0 / 3.0), Some(2.0 / 3.0), Some(0.0)]);
+        assert!((s.miou - 1.0 / 3.0).abs() < 1e-12);
+        assert!((s.pixel_acc - 3.0 / 5.0).abs() < 1e-12);
+        // Accumulates.
+        confusion_add(&[2], &[2], 3, 255, &mut c).unwrap();
+        assert_eq!(c[8], 1);
+    }
+
+    #[test]
+    fn absent_classes_do_not_enter_the_mean() {
+        let c = [3u64, 0, 0, 0]; // K = 2, class 1 never seen nor predicted
+        let s = scores(&c, 2);
+        assert_eq!(s.iou, [Some(1.0), None]);
+        assert_eq!(s.miou, 1.0);
+    }
+
+    #[test]
+    fn out_of_range_labels_are_errors() {
+        let mut c = vec![0u64; 4];
+        let e = confusion_add(&[0, 5], &[0, 1], 2, 255, &mut c).unwrap_err();
+        assert!(e.to_string().contains("pixel 1"), "{e}");
+        assert!(confusion_add(&[0], &[-1], 2, 255, &mut c).is_err());
+        assert!(confusion_add(&[0], &[0, 1], 2, 255, &mut c).is_err());
+    }
+}
