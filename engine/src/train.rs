@@ -474,6 +474,16 @@ impl Trainer {
 }
 
 impl Trainer {
+    /// Every trained parameter's state name and the source of its gradient in [`Trainer::graph`]
+    /// (optimizers in declared order), for tools that inspect one step: after
+    /// [`exec::run_cpu`], `run.get(&source)` is the gradient the update would use.
+    pub fn gradient_sources(&self) -> Vec<(String, Source)> {
+        self.optimizers
+            .iter()
+            .flat_map(|o| o.params.iter().map(|p| (p.state.clone(), p.grad.clone())))
+            .collect()
+    }
+
     /// Everything needed to continue after `next_iteration` − 1: the state, each optimizer's
     /// buffers (`optim/<model>/<param>/m`, `/v`) and step count (meta `optim/<model>/steps`),
     /// the next iteration and the seed.

@@ -1,0 +1,444 @@
+"""deeplab_lite in PyTorch, the peer of flowseg's built-in model (ops/src/models/deeplab_lite.rs).
+
+Same layers in the same order, same BN settings (eps 1e-5, momentum 0.1), conv padding and
+dilation, ASPP rates (1x1, then 3x3 with dilation 1, 2, 3), decoder and bilinear upsampling
+(align_corners=False); parameter and buffer names equal flowseg's state names without the model
+prefix (`student.stem.conv.weight` -> `stem.conv.weight`), so `load_state_dict` takes flowseg's
+initial weights. PyTorch's BN adds one buffer flowseg has not, `num_batches_tracked` (read only
+when momentum is None); it is the one name allowed to differ.
+
+Modes (driven by benches/peer/run.sh; see docs/BENCHMARKS.md, "Peer: PyTorch, same machine"):
+
+  check <dir>          numerical cross-check against `cargo bench --bench peer_step -- export <dir>`
+  time <n>             median ms per step, one JSON line (as `peer_step time <n>`)
+  profile <n>          torch.profiler self-time by aten op of one training step
+  report <jsonl>       medians over rounds and the flowseg/PyTorch ratios, as a Markdown table
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EPS = 1e-5
+MOMENTUM = 0.1
+IGNORE_INDEX = 255
+
+
+def bn(c):
+    return nn.BatchNorm2d(c, eps=EPS, momentum=MOMENTUM)
+
+
+def conv(ci, co, k, stride=1, dilation=1, bias=False):
+    # flowseg's "same" padding: dilation * (k - 1) / 2.
+    return nn.Conv2d(ci, co, k, stride=stride, padding=dilation * (k - 1) // 2,
+                     dilation=dilation, bias=bias)
+
+
+class CBR(nn.Module):
+    """conv -> bn -> relu, modules `conv` and `bn` (flowseg's `conv_bn_relu`)."""
+
+    def __init__(self, ci, co, k, stride=1, dilation=1):
+        super().__init__()
+        self.conv = conv(ci, co, k, stride, dilation)
+        self.bn = bn(co)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock: conv1-bn1-relu-conv2-bn2 + (x | downsample(x)), relu."""
+
+    def __init__(self, ci, planes, stride):
+        super().__init__()
+        self.conv1 = conv(ci, planes, 3, stride)
+        self.bn1 = bn(planes)
+        self.conv2 = conv(planes, planes, 3)
+        self.bn2 = bn(planes)
+        self.downsample = None
+        if stride != 1 or ci != planes:
+            self.downsample = nn.Sequential(conv(ci, planes, 1, stride), bn(planes))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        s = x if self.downsample is None else self.downsample(x)
+        return F.relu(y + s)
+
+
+class ASPP(nn.Module):
+    """Branches `0` (1x1) and `1`..`3` (3x3, dilation b), concatenated in order, `project`."""
+
+    def __init__(self, ci, a):
+        super().__init__()
+        self.add_module("0", CBR(ci, a, 1))
+        for b in (1, 2, 3):
+            self.add_module(str(b), CBR(ci, a, 3, dilation=b))
+        self.project = CBR(4 * a, a, 1)
+
+    def forward(self, x):
+        branches = [getattr(self, str(b))(x) for b in range(4)]
+        return self.project(torch.cat(branches, 1))
+
+
+class Decoder(nn.Module):
+    """`reduce` the skip to r channels; ASPP output upsampled to the skip's size; cat (upsampled
+    first); `fuse` 3x3 to d channels."""
+
+    def __init__(self, a, low, r, d):
+        super().__init__()
+        self.reduce = CBR(low, r, 1)
+        self.fuse = CBR(a + r, d, 3)
+
+    def forward(self, features, low_level):
+        skip = self.reduce(low_level)
+        up = F.interpolate(features, size=low_level.shape[-2:], mode="bilinear",
+                           align_corners=False)
+        return self.fuse(torch.cat([up, skip], 1))
+
+
+class DeepLabLite(nn.Module):
+    def __init__(self, classes=3, width=16, depth=1, output_stride=8):
+        super().__init__()
+        c = width
+        self.stem = CBR(3, c, 3, stride=2)
+        stages = [(c, 1), (2 * c, 2), (4 * c, 2)] + ([(8 * c, 2)] if output_stride == 16 else [])
+        ci = c
+        self.stages = []
+        for i, (co, stride) in enumerate(stages):
+            blocks = []
+            for j in range(depth):
+                blocks.append(BasicBlock(ci, co, stride if j == 0 else 1))
+                ci = co
+            layer = nn.Sequential(*blocks)
+            self.add_module(f"layer{i + 1}", layer)
+            self.stages.append(layer)
+        self.aspp = ASPP(ci, 2 * c)
+        self.decoder = Decoder(2 * c, 2 * c, c, 2 * c)
+        self.classifier = nn.Conv2d(2 * c, classes, 1, bias=True)
+
+    def forward(self, image):
+        x = self.stem(image)
+        low_level = None
+        for i, layer in enumerate(self.stages):
+            x = layer(x)
+            if i == 1:
+                low_level = x
+        features = self.aspp(x)
+        y = self.classifier(self.decoder(features, low_level))
+        return F.interpolate(y, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def config_of(state):
+    """(classes, width, depth, output_stride) from a flowseg state dict."""
+    width = state["stem.conv.weight"].shape[0]
+    classes = state["classifier.weight"].shape[0]
+    depth = len({k.split(".")[1] for k in state if k.startswith("layer1.")})
+    output_stride = 16 if any(k.startswith("layer4.") for k in state) else 8
+    return classes, width, depth, output_stride
+
+
+# ---------------------------------------------------------------------------------- check
+
+
+def rel(a, ref):
+    """max |a - ref| / max |ref| over one tensor (the scale-free error of a whole tensor)."""
+    a, ref = a.double(), ref.double()
+    scale = ref.abs().max().item()
+    return (a - ref).abs().max().item() / max(scale, 1e-30)
+
+
+def group_of(name):
+    leaf = name.rsplit(".", 2)
+    if name.startswith("classifier."):
+        return "classifier weight/bias"
+    if leaf[-1] == "weight" and ("conv" in name or "downsample.0" in name):
+        return "conv weights"
+    return "BN gamma/beta"
+
+
+def check(args):
+    from safetensors.torch import load_file
+
+    init = load_file(f"{args.dir}/init.safetensors")
+    batch = load_file(f"{args.dir}/batch.safetensors")
+    expected = load_file(f"{args.dir}/expected.safetensors")
+    cfg = config_of(init)
+    torch.manual_seed(0)
+    model = DeepLabLite(*cfg)
+
+    # Names and shapes: PyTorch's state dict minus `num_batches_tracked` equals flowseg's.
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+    theirs = {k: tuple(v.shape) for k, v in init.items()}
+    missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    shapes = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
+    assert not (missing or extra or shapes), (
+        f"state names differ: not in flowseg {missing}, not in PyTorch {extra}, "
+        f"shapes {[(k, ours[k], theirs[k]) for k in shapes]}")
+    params = dict(model.named_parameters())
+    n_params = sum(p.numel() for p in params.values())
+    grads_flowseg = {k[len("grad."):]: v for k, v in expected.items() if k.startswith("grad.")}
+    assert set(params) == set(grads_flowseg), (
+        f"trained parameters differ: {sorted(set(params) ^ set(grads_flowseg))}")
+    n_flowseg = sum(v.numel() for v in grads_flowseg.values())
+    assert n_params == n_flowseg, f"parameter counts differ: PyTorch {n_params}, flowseg {n_flowseg}"
+    result = model.load_state_dict(init, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    assert all(k.endswith("num_batches_tracked") for k in result.missing_keys), result.missing_keys
+    print(f"deeplab_lite(classes={cfg[0]}, width={cfg[1]}, depth={cfg[2]}, "
+          f"output_stride={cfg[3]}): {len(params)} parameter tensors, {n_params} parameters, "
+          f"{len(theirs) - len(params)} BN buffers; names and shapes equal flowseg's")
+
+    image, label = batch["image"], batch["label"].long()
+    print(f"batch: image {tuple(image.shape)}, label {tuple(label.shape)}")
+
+    def one_step(m, dtype):
+        m = m.to(dtype)
+        m.train()
+        m.zero_grad(set_to_none=True)
+        logits = m(image.to(dtype))
+        loss = F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX)
+        loss.backward()
+        grads = {k: p.grad.detach().clone() for k, p in m.named_parameters()}
+        running = {k: v.detach().clone() for k, v in m.state_dict().items()
+                   if k.endswith(("running_mean", "running_var"))}
+        return logits.detach(), loss.detach(), grads, running
+
+    import copy
+    model64 = copy.deepcopy(model)
+    logits, loss, grads, running = one_step(model, torch.float32)
+    logits64, loss64, grads64, running64 = one_step(model64, torch.float64)
+
+    tolerances = {"logits": 1e-4, "loss": 1e-4, "gradients": 1e-3, "running stats": 1e-4}
+    groups = {}  # group -> (tolerance, [(name, flowseg vs torch, torch vs f64, flowseg vs f64)])
+
+    def add(group, tol, name, flowseg, torch32, torch64):
+        groups.setdefault(group, (tol, []))[1].append(
+            (name, rel(flowseg, torch32), rel(torch32, torch64), rel(flowseg, torch64)))
+
+    add("logits", tolerances["logits"], "logits", expected["logits"], logits, logits64)
+    add("loss", tolerances["loss"], "loss", expected["loss"], loss, loss64)
+    for k in sorted(grads):
+        add(f"grad: {group_of(k)}", tolerances["gradients"], k, grads_flowseg[k], grads[k],
+            grads64[k])
+    for k in sorted(running):
+        add("BN running stats (updated)", tolerances["running stats"], k,
+            expected[f"running.{k}"], running[k], running64[k])
+
+    print(f"loss: flowseg {expected['loss'].item():.7f}, PyTorch {loss.item():.7f} "
+          f"(f64 {loss64.item():.7f})")
+    print("max relative error per group, err = max|a - b| / max|b| over each tensor:")
+    print(f"  {'group':36} {'tensors':>7} {'tol':>6} {'flowseg vs torch':>17} "
+          f"{'torch f32 vs f64':>17} {'flowseg vs f64':>15}  worst tensor")
+    ok = True
+    for group, (tol, rows) in groups.items():
+        worst = max(rows, key=lambda r: r[1])
+        m32 = max(r[2] for r in rows)
+        mfs = max(r[3] for r in rows)
+        status = "ok" if worst[1] <= tol else "FAIL"
+        ok &= worst[1] <= tol
+        print(f"  {group:36} {len(rows):7d} {tol:6.0e} {worst[1]:17.2e} {m32:17.2e} "
+              f"{mfs:15.2e}  {worst[0]} {status}")
+    print("cross-check:", "PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------------- timing
+
+
+def setup(args):
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(n, f, device, warmup=3):
+    for _ in range(warmup):
+        f()
+    sync(device)
+    times = []
+    for _ in range(max(n, 1)):
+        t = time.perf_counter()
+        f()
+        sync(device)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def data(size, device, batch=16, classes=3):
+    g = torch.Generator().manual_seed(size)
+    image = torch.rand(batch, 3, size, size, generator=g)
+    label = torch.randint(0, classes, (batch, size, size), generator=g)
+    return image.to(device), label.to(device)
+
+
+def train_step(model, opt, image, label):
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(image), label, ignore_index=IGNORE_INDEX)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def make(device):
+    # graphs/supervised.yaml: width 16, 3 classes; SGD lr 0.02, momentum 0.9, wd 1e-4.
+    model = DeepLabLite(classes=3, width=16).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
+    return model, opt
+
+
+def time_all(args):
+    device = setup(args)
+    out = {"impl": "pytorch", "threads": torch.get_num_threads(), "n": args.n,
+           "device": device.type}
+    faults = {}
+    for size in (64, 128):
+        model, opt = make(device)
+        step = train_step(model, opt, *data(size, device))
+        for _ in range(3):
+            step()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        out[f"sup_b16_{size}"] = round(median_ms(args.n, step, device, warmup=0), 3)
+        faults[f"faults_per_step_{size}"] = (
+            resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // max(args.n, 1)
+    model, _ = make(device)
+    model.eval()
+    image, _ = data(64, device)
+
+    def forward():
+        with torch.inference_mode():
+            model(image)
+    out["eval_b16_64"] = round(median_ms(args.n, forward, device), 3)
+    print(json.dumps({**out, **faults}))
+
+
+def profile(args):
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    device = setup(args)
+    for size in (64, 128):
+        model, opt = make(device)
+        step = train_step(model, opt, *data(size, device))
+        for _ in range(3):
+            step()
+        with prof(activities=[ProfilerActivity.CPU]) as p:
+            for _ in range(args.n):
+                step()
+        rows = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        ms = lambda us: round(us / args.n / 1e3, 3)
+        total = sum(e.self_cpu_time_total for e in rows)
+        kinds = {}
+        for e in rows:
+            kind = KINDS.get(e.key, "other")
+            if e.key.startswith("aten::_foreach") or e.key.startswith("Optimizer."):
+                kind = "sgd update"
+            kinds[kind] = kinds.get(kind, 0) + e.self_cpu_time_total
+        kinds = {k: ms(v) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
+        top = {e.key: ms(e.self_cpu_time_total) for e in rows[:12]}
+        print(json.dumps({"impl": "pytorch", "size": size, "threads": torch.get_num_threads(),
+                          "self_ms_per_step": ms(total), "by_flowseg_kind": kinds,
+                          "top_self_ms": top}))
+
+
+# aten ops (self time) by the flowseg op kind doing the same work; the rest is "other"
+# (autograd engine, allocation, copies and fills, views).
+KINDS = {
+    "aten::mkldnn_convolution": "conv2d",
+    "aten::convolution": "conv2d",
+    "aten::_convolution": "conv2d",
+    "aten::conv2d": "conv2d",
+    "aten::convolution_backward": "conv2d_bwd",
+    "aten::native_batch_norm": "batch_norm",
+    "aten::_batch_norm_impl_index": "batch_norm",
+    "aten::batch_norm": "batch_norm",
+    "aten::native_batch_norm_backward": "batch_norm_bwd",
+    "aten::clamp_min": "relu",
+    "aten::relu": "relu",
+    "aten::threshold_backward": "relu_bwd",
+    "aten::upsample_bilinear2d": "resize_bilinear",
+    "aten::upsample_bilinear2d_backward": "resize_bilinear_bwd",
+    "aten::cat": "concat",
+    "aten::add": "add",
+    "aten::add_": "grad_add",
+    "aten::_log_softmax": "cross_entropy",
+    "aten::log_softmax": "cross_entropy",
+    "aten::nll_loss2d_forward": "cross_entropy",
+    "aten::nll_loss_nd": "cross_entropy",
+    "aten::cross_entropy_loss": "cross_entropy",
+    "aten::_log_softmax_backward_data": "cross_entropy_bwd",
+    "aten::nll_loss2d_backward": "cross_entropy_bwd",
+}
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def report(args):
+    rows = [json.loads(line) for line in open(args.jsonl) if line.startswith("{")]
+    by_impl = {}
+    for r in rows:
+        by_impl.setdefault(r["impl"], []).append(r)
+    fs, pt = by_impl["flowseg"], by_impl["pytorch"]
+    names = [("sup_b16_64", "supervised step, batch 16 of 64×64"),
+             ("sup_b16_128", "supervised step, batch 16 of 128×128"),
+             ("eval_b16_64", "eval forward, batch 16 of 64×64")]
+    print(f"rounds: flowseg {len(fs)}, PyTorch {len(pt)} (alternating); threads: flowseg "
+          f"{fs[0]['threads']}, PyTorch {pt[0]['threads']} ({pt[0]['device']}); "
+          f"{fs[0]['n']} timed steps per round")
+    print()
+    print("| measurement | flowseg ms: median (each round) | PyTorch ms: median (each round) | "
+          "flowseg / PyTorch, medians | best rounds |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for key, label in names:
+        a = [r[key] for r in fs]
+        b = [r[key] for r in pt]
+        ma, mb = statistics.median(a), statistics.median(b)
+        fmt = lambda v: ", ".join(f"{x:.1f}" for x in v)
+        print(f"| {label} | **{ma:.2f}** ({fmt(a)}) | **{mb:.2f}** ({fmt(b)}) | "
+              f"**{ma / mb:.2f}×** | {min(a) / min(b):.2f}× |")
+    faults = [f"{k[16:]}×{k[16:]}: flowseg {statistics.median(r[k] for r in fs):.0f}, "
+              f"PyTorch {statistics.median(r[k] for r in pt):.0f}"
+              for k in ("faults_per_step_64", "faults_per_step_128") if k in fs[0] and k in pt[0]]
+    if faults:
+        print("\nminor page faults per training step (median): " + "; ".join(faults))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="mode", required=True)
+    c = sub.add_parser("check")
+    c.add_argument("dir")
+    for name in ("time", "profile"):
+        t = sub.add_parser(name)
+        t.add_argument("n", type=int)
+        t.add_argument("--threads", type=int, default=2)
+        t.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    r = sub.add_parser("report")
+    r.add_argument("jsonl")
+    args = ap.parse_args()
+    if args.mode == "check":
+        torch.set_num_threads(2)
+        return check(args)
+    return {"time": time_all, "profile": profile, "report": report}[args.mode](args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+//! Peer benchmark, flowseg side: `graphs/supervised.yaml` (deeplab_lite) against the PyTorch
+//! implementation in `benches/peer/deeplab_lite.py`. Driven by `benches/peer/run.sh`, which
+//! alternates this binary and the PyTorch script on the same machine and thread count; the table
+//! is in docs/BENCHMARKS.md ("Peer: PyTorch, same machine").
+//!
+//! Modes (the first argument after the bench name; cargo's own `--bench` flag is skipped):
+//!
+//! * `export <dir> [--set k=v]...` — for the numerical cross-check, with the graph's overrides
+//!   (default `data.batch=16`, `data.size=64`; later `--set`s win):
+//!   `<dir>/init.safetensors`: the initial state of model `student` (parameters and BN buffers),
+//!   named without `student.` — PyTorch's `state_dict` names;
+//!   `<dir>/batch.safetensors`: batch 0 (`image` f32[N, 3, S, S], `label` i32[N, S, S]);
+//!   `<dir>/expected.safetensors`: after one forward + backward on that batch (`run_cpu`, no
+//!   update): `logits`, `loss`, `grad.<name>` per trained parameter and `running.<name>` per BN
+//!   buffer the train-mode forward assigns.
+//! * `time <n>` — median ms of `n` timed `Trainer::step`s (after 3 warm-up steps) at batch 16 of
+//!   64×64 and of 128×128, and of `n` eval-mode forwards (`mode: eval`, logits only, through the
+//!   plan executor) at batch 16 of 64×64, and the minor page faults per timed step (read from
+//!   `/proc/self/stat`); one JSON line.
+//! * `profile <n>` — where a step's time goes: every node of `trainer.graph` run on its own on
+//!   captured inputs (as `benches/engine.rs` does), median over `n` passes, summed by op name;
+//!   one JSON line per image size, with `Trainer::step`'s median beside the sum.
+//!
+//! Threads: rayon's pool, `RAYON_NUM_THREADS` (run.sh sets 2).
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a bench binary"
+)]
+
+use flowseg_engine::checkpoint::{self, Checkpoint};
+use flowseg_engine::data::{open_source, Batch};
+use flowseg_engine::exec::{run_cpu, run_plan, ExecOrder};
+use flowseg_engine::ir::{self, Env, Graph, Source};
+use flowseg_engine::plan::{plan, PlanOptions};
+use flowseg_engine::registry::Registry;
+use flowseg_engine::spec::{self, GraphSpec};
+use flowseg_engine::train::Trainer;
+use flowseg_engine::{ExecCx, Tensor};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+const GRAPH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/graphs/supervised.yaml");
+const MODEL: &str = "student.";
+const WARMUP: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median seconds of `n` calls of `f`, after `WARMUP` untimed ones.
+fn time(n: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..WARMUP {
+        f();
+    }
+    median(
+        (0..n.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+fn parse(sets: &[String]) -> GraphSpec {
+    let text = std::fs::read_to_string(GRAPH).unwrap();
+    match spec::parse_graph(&text, sets) {
+        Ok((g, _)) => g,
+        Err(e) => panic!("{GRAPH}: {e:?}"),
+    }
+}
+
+/// The supervised trainer for `sets` and batch 0 of its data.
+fn trainer(registry: &Registry, sets: &[String]) -> (Trainer, Batch) {
+    let gspec = parse(sets);
+    let mut source = open_source(&gspec, registry).unwrap();
+    let env = Env {
+        batch: source.specs(),
+        state: BTreeMap::new(),
+    };
+    let trainer = match Trainer::new(&gspec, registry, &env, BTreeMap::new()) {
+        Ok(t) => t,
+        Err(e) => panic!("{e:?}"),
+    };
+    let batch = source.batch(0).unwrap();
+    (trainer, batch)
+}
+
+fn sizes(batch: usize, size: usize) -> Vec<String> {
+    vec![format!("data.batch={batch}"), format!("data.size={size}")]
+}
+
+/// The node named `name`, output 0.
+fn output_of(graph: &Graph, name: &str) -> Source {
+    let node = graph
+        .nodes
+        .iter()
+        .position(|n| n.name.value == name)
+        .unwrap_or_else(|| panic!("no node `{name}`"));
+    Source::Node { node, port: 0 }
+}
+
+fn save(path: &Path, tensors: BTreeMap<String, Tensor>) {
+    let ckpt = Checkpoint {
+        tensors,
+        meta: BTreeMap::from([("graph".to_owned(), "graphs/supervised.yaml".to_owned())]),
+    };
+    checkpoint::save(path, &ckpt).unwrap();
+    println!("wrote {}", path.display());
+}
+
+fn export(registry: &Registry, dir: &Path, extra: &[String]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut sets = sizes(16, 64);
+    sets.extend_from_slice(extra);
+    let (trainer, batch) = trainer(registry, &sets);
+    let local = |name: &str| name.strip_prefix(MODEL).unwrap_or(name).to_owned();
+
+    let init = trainer
+        .state
+        .iter()
+        .map(|(k, v)| (local(k), v.clone()))
+        .collect();
+    save(&dir.join("init.safetensors"), init);
+    save(&dir.join("batch.safetensors"), batch.clone());
+
+    let run = run_cpu(&trainer.graph, &batch, &trainer.state, 0, 0).unwrap();
+    let (_, loss) = trainer.losses.first().expect("a loss").clone();
+    // The logits: what the loss node reads first.
+    let Source::Node { node, .. } = loss else {
+        panic!("the loss is no node output")
+    };
+    let logits = trainer.graph.nodes[node].inputs[0].clone().unwrap();
+    let mut expected = BTreeMap::new();
+    expected.insert("logits".to_owned(), run.get(&logits).unwrap().clone());
+    expected.insert("loss".to_owned(), run.get(&loss).unwrap().clone());
+    let grads = trainer.gradient_sources();
+    for (name, src) in &grads {
+        let g = run.get(src).expect("gradient kept by run_cpu").clone();
+        expected.insert(format!("grad.{}", local(name)), g);
+    }
+    for (src, name) in &trainer.graph.assigns {
+        expected.insert(
+            format!("running.{}", local(name)),
+            run.get(src).unwrap().clone(),
+        );
+    }
+    println!(
+        "loss {:.6}, {} gradients, {} assigned buffers, {} state tensors",
+        run.scalar(&loss).unwrap(),
+        grads.len(),
+        trainer.graph.assigns.len(),
+        trainer.state.len()
+    );
+    drop(run);
+    save(&dir.join("expected.safetensors"), expected);
+}
+
+/// Median seconds of a training step at batch 16 of `size`², and the minor page faults per
+/// timed step.
+fn time_step(registry: &Registry, size: usize, n: usize) -> (f64, u64) {
+    let (mut trainer, batch) = trainer(registry, &sizes(16, size));
+    let mut it = 0;
+    let mut faults = 0;
+    let secs = time(n, || {
+        if it == WARMUP as u64 {
+            faults = minor_faults();
+        }
+        trainer.step(&batch, it).unwrap();
+        it += 1;
+    });
+    (secs, (minor_faults() - faults) / n.max(1) as u64)
+}
+
+/// Median seconds of an eval-mode forward (logits only) at batch 16 of `size`², with the
+/// supervised trainer's initial state.
+fn time_eval(registry: &Registry, size: usize, n: usize) -> f64 {
+    let mut sets = sizes(16, size);
+    let (trainer, batch) = trainer(registry, &sets);
+    sets.push("optim={}".to_owned());
+    sets.push(
+        "nodes=[{ name: fwd, op: forward, inputs: { image: batch.image }, \
+         params: { model: student, mode: eval } }]"
+            .to_owned(),
+    );
+    let gspec = parse(&sets);
+    let env = Env {
+        batch: batch
+            .iter()
+            .map(|(k, v)| (k.clone(), v.spec().clone()))
+            .collect(),
+        state: BTreeMap::new(),
+    };
+    let graph = match ir::build(&gspec, registry, &env) {
+        Ok(g) => g,
+        Err(e) => panic!("{e:?}"),
+    };
+    let logits = output_of(&graph, "fwd/upsample");
+    let p = plan(
+        &graph,
+        &PlanOptions {
+            streams: 1,
+            keep: vec![logits.clone()],
+        },
+    )
+    .unwrap();
+    // Only the image: the eval graph reads no label.
+    let batch: Batch = batch.into_iter().filter(|(k, _)| k == "image").collect();
+    time(n, || {
+        let run = run_plan(
+            &graph,
+            &p,
+            &batch,
+            &trainer.state,
+            0,
+            0,
+            ExecOrder::Sequential,
+        )
+        .unwrap();
+        std::hint::black_box(run.get(&logits));
+    })
+}
+
+fn time_all(registry: &Registry, n: usize) {
+    let (s64, f64_) = time_step(registry, 64, n);
+    let (s128, f128) = time_step(registry, 128, n);
+    let e64 = time_eval(registry, 64, n);
+    println!(
+        "{{\"impl\": \"flowseg\", \"threads\": {}, \"n\": {n}, \"sup_b16_64\": {:.3}, \
+         \"sup_b16_128\": {:.3}, \"eval_b16_64\": {:.3}, \"faults_per_step_64\": {f64_}, \
+         \"faults_per_step_128\": {f128}}}",
+        rayon::current_num_threads(),
+        s64 * 1e3,
+        s128 * 1e3,
+        e64 * 1e3
+    );
+}
+
+/// Minor page faults of this process so far (field 10 of `/proc/self/stat`; 0 elsewhere).
+fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // After the parenthesised command name: state is field 3, minflt field 10.
+            let rest = s.rsplit_once(')')?.1;
+            rest.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Per-op-kind time of one step's graph at batch 16 of `size`², each node run on its own.
+fn profile(registry: &Registry, size: usize, n: usize) {
+    let (mut trainer, batch) = trainer(registry, &sizes(16, size));
+    let graph = &trainer.graph;
+    let reference = run_cpu(graph, &batch, &trainer.state, 0, 0).unwrap();
+    let inputs: Vec<Vec<Option<Tensor>>> = graph
+        .nodes
+        .iter()
+        .map(|n| {
+            n.inputs
+                .iter()
+                .map(|s| s.as_ref().and_then(|s| reference.get(s).cloned()))
+                .collect()
+        })
+        .collect();
+    drop(reference);
+    let mut outputs: Vec<Vec<Tensor>> = graph
+        .nodes
+        .iter()
+        .map(|n| n.outputs.iter().map(Tensor::zeros).collect())
+        .collect();
+    let mut per_node: Vec<Vec<f64>> = vec![Vec::new(); graph.nodes.len()];
+    let mut faults_ops = 0;
+    for pass in 0..WARMUP + n.max(1) {
+        if pass == WARMUP {
+            faults_ops = minor_faults();
+        }
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let ins: Vec<Option<&Tensor>> = inputs[i].iter().map(Option::as_ref).collect();
+            let cx = ExecCx {
+                seed: 0,
+                iteration: 0,
+                node: i as u32,
+            };
+            let t = Instant::now();
+            node.op.cpu(&cx, &ins, &mut outputs[i]).unwrap();
+            if pass >= WARMUP {
+                per_node[i].push(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    // op name → (nodes, ms)
+    let mut kinds: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
+    for (node, times) in graph.nodes.iter().zip(per_node) {
+        let e = kinds.entry(node.op.name()).or_default();
+        e.0 += 1;
+        e.1 += median(times) * 1e3;
+    }
+    let ops: f64 = kinds.values().map(|(_, ms)| ms).sum();
+    let passes = n.max(1) as u64;
+    let faults_ops = (minor_faults() - faults_ops) / passes;
+    let mut it = 0;
+    let mut faults_step = 0;
+    let step = time(n, || {
+        if it == WARMUP as u64 {
+            faults_step = minor_faults();
+        }
+        trainer.step(&batch, it).unwrap();
+        it += 1;
+    }) * 1e3;
+    let faults_step = (minor_faults() - faults_step) / passes;
+    let mut sorted: Vec<_> = kinds.into_iter().collect();
+    sorted.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    let body: Vec<String> = sorted
+        .iter()
+        .map(|(k, (c, ms))| format!("\"{k}\": {{\"nodes\": {c}, \"ms\": {ms:.3}}}"))
+        .collect();
+    println!(
+        "{{\"impl\": \"flowseg\", \"size\": {size}, \"threads\": {}, \"step_ms\": {step:.3}, \
+         \"ops_ms\": {ops:.3}, \"minor_faults_per_step\": {faults_step}, \
+         \"minor_faults_per_ops_pass\": {faults_ops}, \"ops\": {{{}}}}}",
+        rayon::current_num_threads(),
+        body.join(", ")
+    );
+}
+
+fn usage() -> ! {
+    eprintln!("usage: peer_step export <dir> [--set k=v]... | time <n> | profile <n>");
+    std::process::exit(2)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; run.sh calls the binary directly.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let registry = flowseg_ops::builtin_registry().unwrap();
+    let count =
+        |a: Option<&String>| -> usize { a.and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()) };
+    match args.first().map(String::as_str) {
+        Some("export") => {
+            let dir = args.get(1).unwrap_or_else(|| usage());
+            let mut sets = Vec::new();
+            let mut rest = args[2..].iter();
+            while let Some(a) = rest.next() {
+                match (a.as_str(), rest.next()) {
+                    ("--set", Some(v)) => sets.push(v.clone()),
+                    _ => usage(),
+                }
+            }
+            export(&registry, Path::new(dir), &sets);
+        }
+        Some("time") => time_all(&registry, count(args.get(1))),
+        Some("profile") => {
+            let n = count(args.get(1));
+            profile(&registry, 64, n);
+            profile(&registry, 128, n);
+        }
+        // Plain `cargo bench` (every bench binary): a short timing, so it does something useful.
+        None => time_all(&registry, 5),
+        Some(_) => usage(),
+    }
+}
