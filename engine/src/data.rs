@@ -3,8 +3,10 @@
 //! is the source's typed params. The engine asks it for the batch specs once (they fix every
 //! shape in the plan) and for one batch per iteration.
 //!
-//! Not here: the sources themselves (`flowseg-ops`, data/), loader threads and prefetching
-//! (a source may run them internally), evaluation splits (the data issue).
+//! Held-out images come one at a time at their own size ([`EvalItem`]): evaluation modes (whole,
+//! centre crop, sliding window, flip) are the evaluator's business, not the source's.
+//!
+//! Not here: the sources themselves, splits and loader threads (`flowseg-ops`, data/).
 
 use crate::spec::{from_node, DeError, Node, Value};
 use crate::tensor::{Tensor, TensorSpec};
@@ -21,6 +23,36 @@ pub type Batch = BTreeMap<String, Tensor>;
 #[error("{0}")]
 pub struct DataError(pub String);
 
+/// One held-out image at its own size (evaluation crops, slides or flips it as the run asks).
+#[derive(Debug, Clone)]
+pub struct EvalItem {
+    /// A name for reports and `flowseg predict` (the file stem for file datasets).
+    pub name: String,
+    /// f32[3, H, W], normalised as the training images are.
+    pub image: Tensor,
+    /// i32[H, W]; 255 is ignored.
+    pub label: Tensor,
+}
+
+/// The labeled/unlabeled split a run trained with, one item name per line; written into the
+/// run directory so a result can be reproduced (and the split reused) later.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SplitLists {
+    /// Items whose labels the run used.
+    pub labeled: Vec<String>,
+    /// Items used without labels.
+    pub unlabeled: Vec<String>,
+}
+
+/// What a full scan of a dataset found (`flowseg check --data`).
+#[derive(Debug, Clone, Default)]
+pub struct ScanReport {
+    /// Items read.
+    pub items: usize,
+    /// One line per bad item: the file and the problem.
+    pub problems: Vec<String>,
+}
+
 /// An opened data source.
 pub trait Source: Send {
     /// The spec of every field each batch holds (static for the whole run).
@@ -29,17 +61,33 @@ pub trait Source: Send {
     /// a resumed run sees the batches an uninterrupted one would).
     fn batch(&mut self, iteration: u64) -> Result<Batch, DataError>;
 
-    /// Number of held-out batches for evaluation (0: the source has no evaluation split). They
-    /// have the training batches' specs and hold at least `image` and `label`.
-    fn eval_batches(&self) -> usize {
+    /// Class names, by label (empty: unnamed).
+    fn classes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Number of held-out images for evaluation (0: the source has no evaluation split).
+    fn eval_len(&self) -> usize {
         0
     }
 
-    /// Held-out batch `index` (< [`Source::eval_batches`]).
-    fn eval_batch(&mut self, index: usize) -> Result<Batch, DataError> {
+    /// Held-out image `index` (< [`Source::eval_len`]).
+    fn eval_item(&mut self, index: usize) -> Result<EvalItem, DataError> {
         Err(DataError(format!(
-            "no evaluation split (asked for batch {index})"
+            "no evaluation split (asked for image {index})"
         )))
+    }
+
+    /// The labeled/unlabeled split, if the source has one.
+    fn split(&self) -> Option<SplitLists> {
+        None
+    }
+
+    /// Reads every item once and reports each bad one; `progress(done, total)` is called as it
+    /// goes. Sources without files have nothing to scan.
+    fn scan(&mut self, progress: &mut dyn FnMut(usize, usize)) -> Result<ScanReport, DataError> {
+        progress(0, 0);
+        Ok(ScanReport::default())
     }
 }
 

@@ -24,7 +24,10 @@ mod support;
 
 /// Data sources (`data: { source: ... }`).
 pub mod data {
+    pub mod loader;
+    pub mod palette;
     pub mod shapes;
+    pub mod split;
 }
 
 /// Network layers and activations.

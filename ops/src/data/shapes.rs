@@ -7,9 +7,9 @@
 //!
 //! Batch fields: `image` f32[B, 3, S, S] in [0, 1], `label` i32[B, S, S].
 //!
-//! Not here: a held-out split (the demo draws indices from 2⁴⁰ on), augmentation, files.
+//! Not here: splits and unlabeled batches (`synthetic` has them), augmentation, files.
 
-use flowseg_engine::data::{Batch, DataError, DataSource, Source};
+use flowseg_engine::data::{Batch, DataError, DataSource, EvalItem, Source};
 use flowseg_engine::kernels::philox::Philox;
 use flowseg_engine::{Tensor, TensorSpec};
 use serde::Deserialize;
@@ -31,8 +31,8 @@ pub struct Params {
     /// Image side in pixels.
     #[serde(default = "default_size")]
     pub size: usize,
-    /// Held-out images for evaluation, rounded down to whole batches (drawn from indices
-    /// 2⁴⁰ on, so they never meet a training image).
+    /// Held-out images for evaluation (drawn from indices 2⁴⁰ on, so they never meet a
+    /// training image).
     #[serde(default = "default_eval_images")]
     pub eval_images: usize,
 }
@@ -80,18 +80,29 @@ impl Source for Opened {
         ])
     }
 
-    fn eval_batches(&self) -> usize {
-        self.p.eval_images / self.p.batch
+    fn classes(&self) -> Vec<String> {
+        CLASSES.iter().map(|c| (*c).to_owned()).collect()
     }
 
-    fn eval_batch(&mut self, index: usize) -> Result<Batch, DataError> {
-        if index >= self.eval_batches() {
+    fn eval_len(&self) -> usize {
+        self.p.eval_images
+    }
+
+    fn eval_item(&mut self, index: usize) -> Result<EvalItem, DataError> {
+        if index >= self.eval_len() {
             return Err(DataError(format!(
-                "evaluation batch {index} of {}",
-                self.eval_batches()
+                "evaluation image {index} of {}",
+                self.eval_len()
             )));
         }
-        self.make(EVAL_OFFSET + (index * self.p.batch) as u64)
+        let s = self.p.size;
+        let (img, lab) = shapes_sample(self.seed, EVAL_OFFSET + index as u64, s);
+        let err = || DataError("internal: image length mismatch".into());
+        Ok(EvalItem {
+            name: format!("shapes-{index:05}"),
+            image: Tensor::from_f32(&[3, s, s], img).ok_or_else(err)?,
+            label: Tensor::from_i32(&[s, s], lab).ok_or_else(err)?,
+        })
     }
 
     fn batch(&mut self, iteration: u64) -> Result<Batch, DataError> {
@@ -219,11 +230,12 @@ mod tests {
             0
         )
         .is_err());
-        // 7 held-out images make 2 whole batches of 3, starting at index 2^40.
-        assert_eq!(src.eval_batches(), 2);
-        let e1 = src.eval_batch(1).unwrap();
-        let (first, _) = shapes_sample(7, EVAL_OFFSET + 3, 8);
-        assert_eq!(&e1["image"].f32().unwrap()[..3 * 64], &first[..]);
-        assert!(src.eval_batch(2).is_err());
+        // 7 held-out images, starting at index 2^40.
+        assert_eq!(src.eval_len(), 7);
+        let e3 = src.eval_item(3).unwrap();
+        let (img, lab) = shapes_sample(7, EVAL_OFFSET + 3, 8);
+        assert_eq!(e3.image.f32().unwrap(), &img[..]);
+        assert_eq!(e3.label.i32().unwrap(), &lab[..]);
+        assert!(src.eval_item(7).is_err());
     }
 }
