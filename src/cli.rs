@@ -35,6 +35,10 @@ enum Command {
     Run(RunArgs),
     /// Validate a method graph (parse, data, models, shapes, gradients) and report every problem.
     Check(CheckArgs),
+    /// Score a trained model on the held-out split: per-class IoU, mIoU, pixel accuracy.
+    Eval(crate::predict::EvalArgs),
+    /// Segment a folder of images with a trained model: palette PNG masks and overlays.
+    Predict(crate::predict::PredictArgs),
     /// Print the plan of a graph's training step: streams, events, buffers, peak memory.
     Plan(PlanArgs),
     /// Draw a method graph (Graphviz DOT or Mermaid).
@@ -152,6 +156,8 @@ where
         Command::Run(a) => return run::run(&a, &registry, out, err, styled.err),
         Command::Check(a) => return run::check(&a, &registry, out, err, styled.err),
         Command::Plan(a) => return run::plan(&a, &registry, out, err, styled.err),
+        Command::Eval(a) => return crate::predict::eval(&a, &registry, out, err, styled.err),
+        Command::Predict(a) => return crate::predict::predict(&a, &registry, out, err, styled.err),
         Command::Graph { graph, set, format } => {
             let text = match std::fs::read_to_string(&graph) {
                 Ok(t) => t,

@@ -1,133 +1,499 @@
-//! Evaluation during `flowseg run`: every model with an architecture (the student, EMA teachers)
-//! is run in eval mode (running batch-norm statistics) on the data source's held-out batches,
-//! predictions are the per-pixel argmax, and a confusion matrix gives per-class IoU, mIoU and
-//! pixel accuracy (label 255 ignored).
+//! Evaluation: every chosen model (by default the student and every EMA teacher) in eval mode
+//! (running batch-norm statistics) on the data source's held-out images, in the graph's `eval:`
+//! mode — whole image, centre crop, or sliding window with softmax probabilities averaged where
+//! windows overlap — optionally with the horizontally flipped image averaged in. The per-pixel
+//! argmax is compared with the label in a confusion matrix: per-class IoU, mIoU, pixel accuracy
+//! (label 255 ignored). `flowseg predict` uses the same [`Predictor`] on image files.
 //!
-//! Not here: sliding-window, centre-crop or flip evaluation, `flowseg eval` / `predict` on a
-//! checkpoint (the data issue).
+//! Forward passes are batched: crops of consecutive images that share a shape go through one
+//! eval graph, built once per (model, batch, height, width) and cached.
+//!
+//! Not here: multi-scale evaluation, the CLI commands (run.rs, predict.rs).
 
 use flowseg_engine::data::Source as DataSource;
 use flowseg_engine::exec::run_cpu;
 use flowseg_engine::ir::{self, Env, Graph, Source};
-use flowseg_engine::kernels::argmax::argmax_fwd;
 use flowseg_engine::kernels::metrics::{confusion_add, scores, Scores};
-use flowseg_engine::spec::{GraphError, GraphSpec, Node, NodeSpec, Sp, TrainSpec, Value};
-use flowseg_engine::{Registry, Tensor};
-use std::collections::BTreeMap;
+use flowseg_engine::kernels::softmax::softmax_fwd;
+use flowseg_engine::kernels::Nchw;
+use flowseg_engine::spec::{EvalMode, EvalSpec, GraphSpec, Node, NodeSpec, Sp, TrainSpec, Value};
+use flowseg_engine::{Registry, Tensor, TensorSpec};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Label value that evaluation skips.
 pub const IGNORE: i32 = 255;
-
-/// One eval-mode forward graph per model.
-pub struct Evaluator {
-    models: Vec<(String, Graph, Source)>,
-}
 
 fn text(v: &str) -> Node {
     Node::detached(Value::Str(v.to_owned()))
 }
 
-impl Evaluator {
-    /// `None` when the source has no evaluation split.
+/// The YAML spelling of a mode.
+pub fn mode_name(m: EvalMode) -> &'static str {
+    match m {
+        EvalMode::Whole => "whole",
+        EvalMode::CenterCrop => "center_crop",
+        EvalMode::Sliding => "sliding",
+    }
+}
+
+/// Settings resolved from the graph's `eval:` section and the training batch shape.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    mode: EvalMode,
+    crop: (usize, usize),
+    stride: (usize, usize),
+    flip: bool,
+    batch: usize,
+}
+
+/// Turns images into per-pixel class predictions with one model, in the graph's eval mode.
+pub struct Predictor<'r> {
+    spec: GraphSpec,
+    registry: &'r Registry,
+    model: String,
+    mode: Mode,
+    graphs: HashMap<(usize, usize, usize), (Graph, Source, usize)>,
+}
+
+/// One forward input: a crop of an image, where it goes back, and whether it is mirrored.
+struct Crop {
+    owner: usize,
+    y: usize,
+    x: usize,
+    flipped: bool,
+    pixels: Vec<f32>,
+}
+
+/// Probabilities being accumulated for one image.
+struct Acc<T> {
+    payload: T,
+    h: usize,
+    w: usize,
+    /// Padded extent the crops cover.
+    ph: usize,
+    pw: usize,
+    probs: Vec<f32>,
+    remaining: usize,
+}
+
+impl<'r> Predictor<'r> {
+    /// A predictor for `model` of `spec`, with crops defaulting to `train_hw` and batches of
+    /// `train_batch`.
     pub fn new(
         spec: &GraphSpec,
-        registry: &Registry,
-        source: &dyn DataSource,
-    ) -> Result<Option<Self>, Vec<GraphError>> {
-        if source.eval_batches() == 0 {
-            return Ok(None);
+        registry: &'r Registry,
+        model: &str,
+        train_hw: (usize, usize),
+        train_batch: usize,
+    ) -> Result<Self, String> {
+        let e: &EvalSpec = &spec.eval;
+        let crop = e.crop.map_or(train_hw, |s| s.hw());
+        if crop.0 == 0 || crop.1 == 0 {
+            return Err("eval.crop must be at least 1×1".into());
         }
-        let env = Env {
-            batch: source.specs(),
-            state: BTreeMap::new(),
+        let stride = e
+            .stride
+            .map_or(((crop.0 * 2).div_ceil(3), (crop.1 * 2).div_ceil(3)), |s| {
+                s.hw()
+            });
+        if stride.0 == 0 || stride.1 == 0 {
+            return Err("eval.stride must be at least 1×1".into());
+        }
+        let batch = e.batch.unwrap_or(train_batch).max(1);
+        let mut p = Predictor {
+            spec: spec.clone(),
+            registry,
+            model: model.to_owned(),
+            mode: Mode {
+                mode: e.mode,
+                crop,
+                stride,
+                flip: e.flip,
+                batch,
+            },
+            graphs: HashMap::new(),
         };
-        let mut models = Vec::new();
-        for (name, m) in &spec.models {
-            if m.arch.is_none() && m.ema_of.is_none() {
-                continue;
-            }
-            // forward(model, eval) → detach: the detach node names the logits in the graph.
+        // Build the common graph now, so a model that cannot be evaluated fails before training.
+        p.graph(batch, crop.0, crop.1)
+            .map_err(|e| format!("evaluating `{model}`: {e}"))?;
+        Ok(p)
+    }
+
+    /// The eval-mode forward graph for `n` images of h×w (built on first use).
+    fn graph(&mut self, n: usize, h: usize, w: usize) -> Result<&(Graph, Source, usize), String> {
+        if !self.graphs.contains_key(&(n, h, w)) {
             let params = Node::detached(Value::Map(vec![
-                (text("model"), text(&name.value)),
+                (text("model"), text(&self.model)),
                 (text("mode"), text("eval")),
             ]));
+            let node = |name: &str, op: &str, port: &str, from: &str, params| NodeSpec {
+                name: Sp::detached(name.to_owned()),
+                op: Sp::detached(op.to_owned()),
+                inputs: BTreeMap::from([(port.to_owned(), Sp::detached(from.to_owned()))]),
+                params,
+                after: Vec::new(),
+                stream: None,
+            };
+            // forward(model, eval) → detach: the detach node names the logits in the graph.
             let nodes = vec![
-                NodeSpec {
-                    name: Sp::detached("eval".to_owned()),
-                    op: Sp::detached("forward".to_owned()),
-                    inputs: BTreeMap::from([(
-                        "image".to_owned(),
-                        Sp::detached("batch.image".to_owned()),
-                    )]),
-                    params: Some(params),
-                    after: Vec::new(),
-                    stream: None,
-                },
-                NodeSpec {
-                    name: Sp::detached("logits".to_owned()),
-                    op: Sp::detached("detach".to_owned()),
-                    inputs: BTreeMap::from([(
-                        "x".to_owned(),
-                        Sp::detached("eval.logits".to_owned()),
-                    )]),
-                    params: None,
-                    after: Vec::new(),
-                    stream: None,
-                },
+                node("eval", "forward", "image", "batch.image", Some(params)),
+                node("logits", "detach", "x", "eval.logits", None),
             ];
             let eval_spec = GraphSpec {
-                name: Sp::detached(format!("{}-eval-{}", spec.name.value, name.value)),
+                name: Sp::detached(format!("{}-eval-{}", self.spec.name.value, self.model)),
                 data: None,
-                models: spec.models.clone(),
+                models: self.spec.models.clone(),
                 optim: Vec::new(),
                 train: TrainSpec {
                     iterations: 0,
                     eval_every: 0,
                     checkpoint_every: 0,
-                    seed: spec.train.seed,
+                    seed: self.spec.train.seed,
                 },
+                eval: EvalSpec::default(),
                 nodes,
             };
-            let graph = ir::build(&eval_spec, registry, &env)?;
-            let Some(k) = graph.nodes.iter().position(|n| n.name.value == "logits") else {
-                continue;
+            let env = Env {
+                batch: BTreeMap::from([("image".to_owned(), TensorSpec::f32(&[n, 3, h, w]))]),
+                state: BTreeMap::new(),
             };
-            models.push((name.value.clone(), graph, Source::Node { node: k, port: 0 }));
+            let graph = ir::build(&eval_spec, self.registry, &env).map_err(|errs| {
+                errs.iter()
+                    .map(|e| e.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+            let k = graph
+                .nodes
+                .iter()
+                .position(|n| n.name.value == "logits")
+                .ok_or("internal: the eval graph lost its logits")?;
+            let out = Source::Node { node: k, port: 0 };
+            let classes = graph
+                .spec_of(&out)
+                .and_then(TensorSpec::as_nchw)
+                .map(|s| s.c)
+                .ok_or("the model's logits are not f32[N, K, H, W]")?;
+            self.graphs.insert((n, h, w), (graph, out, classes));
+        }
+        self.graphs
+            .get(&(n, h, w))
+            .ok_or_else(|| "internal: eval graph cache".to_owned())
+    }
+
+    /// Predicts every image of `items` (each f32[3, H, W] with a payload) and hands each
+    /// prediction i32[H, W] to `done(payload, prediction, H, W, classes)`, in input order.
+    /// Pixels no crop covered (outside a centre crop) are predicted -1.
+    pub fn predict<T>(
+        &mut self,
+        state: &BTreeMap<String, Tensor>,
+        items: impl IntoIterator<Item = Result<(Tensor, T), String>>,
+        mut done: impl FnMut(T, &[i32], usize, usize, usize) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut accs: VecDeque<(usize, Acc<T>)> = VecDeque::new();
+        let mut queue: Vec<Crop> = Vec::new();
+        let mut queue_hw = (0, 0);
+        for (idx, item) in items.into_iter().enumerate() {
+            let (image, payload) = item?;
+            let s = image.spec().shape.clone();
+            let [3, h, w] = s[..] else {
+                return Err(format!("an image must be f32[3, H, W], got {:?}", s));
+            };
+            let pixels = image.f32().ok_or("an image must be f32")?;
+            let (crops, ph, pw) = self.crops(idx, pixels, h, w);
+            if crops.is_empty() {
+                return Err(format!("image {idx} is empty ({h}×{w})"));
+            }
+            accs.push_back((
+                idx,
+                Acc {
+                    payload,
+                    h,
+                    w,
+                    ph,
+                    pw,
+                    probs: Vec::new(),
+                    remaining: crops.len(),
+                },
+            ));
+            let crop_hw = self.crop_hw(h, w);
+            for c in crops {
+                if queue_hw != crop_hw || queue.len() == self.mode.batch {
+                    self.flush(state, &mut queue, queue_hw, &mut accs, &mut done)?;
+                    queue_hw = crop_hw;
+                }
+                queue.push(c);
+            }
+        }
+        self.flush(state, &mut queue, queue_hw, &mut accs, &mut done)?;
+        if accs.is_empty() {
+            Ok(())
+        } else {
+            Err("internal: images left unpredicted".into())
+        }
+    }
+
+    /// The forward input extent for an h×w image.
+    fn crop_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        match self.mode.mode {
+            EvalMode::Whole => (h, w),
+            EvalMode::CenterCrop | EvalMode::Sliding => self.mode.crop,
+        }
+    }
+
+    /// The crops of one image and the padded extent they cover.
+    fn crops(&self, owner: usize, img: &[f32], h: usize, w: usize) -> (Vec<Crop>, usize, usize) {
+        let (ch, cw) = self.crop_hw(h, w);
+        let (mut ys, mut xs) = (vec![0usize], vec![0usize]);
+        let (ph, pw);
+        match self.mode.mode {
+            EvalMode::Whole => (ph, pw) = (h, w),
+            EvalMode::CenterCrop => {
+                // The centre window of the image (negative offsets mean padding around it).
+                (ph, pw) = (h.max(ch), w.max(cw));
+                ys[0] = (ph - ch) / 2;
+                xs[0] = (pw - cw) / 2;
+            }
+            EvalMode::Sliding => {
+                (ph, pw) = (h.max(ch), w.max(cw));
+                ys = starts(ph, ch, self.mode.stride.0);
+                xs = starts(pw, cw, self.mode.stride.1);
+            }
+        }
+        let mut out = Vec::new();
+        for &y in &ys {
+            for &x in &xs {
+                for flipped in [false, true] {
+                    if flipped && !self.mode.flip {
+                        continue;
+                    }
+                    let mut pixels = vec![0f32; 3 * ch * cw];
+                    // Pixels beyond the image (padding) stay 0.
+                    for c in 0..3 {
+                        for yy in 0..ch.min(h.saturating_sub(y)) {
+                            for xx in 0..cw.min(w.saturating_sub(x)) {
+                                let xo = if flipped { cw - 1 - xx } else { xx };
+                                pixels[(c * ch + yy) * cw + xo] =
+                                    img[(c * h + y + yy) * w + x + xx];
+                            }
+                        }
+                    }
+                    out.push(Crop {
+                        owner,
+                        y,
+                        x,
+                        flipped,
+                        pixels,
+                    });
+                }
+            }
+        }
+        (out, ph, pw)
+    }
+
+    /// Runs the queued crops and finishes every image whose crops are all done.
+    fn flush<T>(
+        &mut self,
+        state: &BTreeMap<String, Tensor>,
+        queue: &mut Vec<Crop>,
+        (ch, cw): (usize, usize),
+        accs: &mut VecDeque<(usize, Acc<T>)>,
+        done: &mut impl FnMut(T, &[i32], usize, usize, usize) -> Result<(), String>,
+    ) -> Result<(), String> {
+        if queue.is_empty() {
+            return Ok(());
+        }
+        let n = queue.len();
+        let mut x = Vec::with_capacity(n * 3 * ch * cw);
+        for c in queue.iter() {
+            x.extend_from_slice(&c.pixels);
+        }
+        let (graph, out, k) = self.graph(n, ch, cw)?;
+        let k = *k;
+        let batch = BTreeMap::from([(
+            "image".to_owned(),
+            Tensor::from_f32(&[n, 3, ch, cw], x).ok_or("internal: crop batch size")?,
+        )]);
+        let run = run_cpu(graph, &batch, state, 0, 0).map_err(|e| e.to_string())?;
+        let logits = run
+            .get(out)
+            .and_then(Tensor::f32)
+            .ok_or("the model gave no f32 logits")?;
+        let shape = Nchw {
+            n,
+            c: k,
+            h: ch,
+            w: cw,
+        };
+        let mut probs = vec![0f32; logits.len()];
+        softmax_fwd(logits, shape, &mut probs).map_err(|e| e.to_string())?;
+        let plane = ch * cw;
+        for (i, c) in queue.drain(..).enumerate() {
+            let Some((_, acc)) = accs.iter_mut().find(|(o, _)| *o == c.owner) else {
+                return Err("internal: a crop lost its image".into());
+            };
+            if acc.probs.is_empty() {
+                acc.probs = vec![0f32; k * acc.ph * acc.pw];
+            }
+            let p = &probs[i * k * plane..(i + 1) * k * plane];
+            for kk in 0..k {
+                for yy in 0..ch.min(acc.ph - c.y) {
+                    for xx in 0..cw.min(acc.pw - c.x) {
+                        let xi = if c.flipped { cw - 1 - xx } else { xx };
+                        acc.probs[(kk * acc.ph + c.y + yy) * acc.pw + c.x + xx] +=
+                            p[kk * plane + yy * cw + xi];
+                    }
+                }
+            }
+            acc.remaining -= 1;
+        }
+        // Finish images in order as soon as they are complete.
+        while accs.front().is_some_and(|(_, a)| a.remaining == 0) {
+            let Some((_, acc)) = accs.pop_front() else {
+                break;
+            };
+            let pred = argmax_region(&acc, k);
+            done(acc.payload, &pred, acc.h, acc.w, k)?;
+        }
+        Ok(())
+    }
+}
+
+/// Window starts covering `0..len` with windows of `win` every `stride`, the last one flush
+/// with the end (so every pixel is covered and no window leaves the padded image).
+fn starts(len: usize, win: usize, stride: usize) -> Vec<usize> {
+    let mut v = vec![0];
+    if len <= win {
+        return v;
+    }
+    let last = len - win;
+    let mut s = 0;
+    while s + stride < last {
+        s += stride;
+        v.push(s);
+    }
+    v.push(last);
+    v
+}
+
+/// Per-pixel argmax of the accumulated probabilities over the image's own h×w; -1 where no crop
+/// covered the pixel (outside a centre crop), which evaluation leaves out.
+fn argmax_region<T>(acc: &Acc<T>, k: usize) -> Vec<i32> {
+    let (h, w, ph, pw) = (acc.h, acc.w, acc.ph, acc.pw);
+    let mut pred = vec![0i32; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let mut best = (f32::NEG_INFINITY, -1i32);
+            let mut total = 0f32;
+            for kk in 0..k {
+                let v = acc.probs[(kk * ph + y) * pw + x];
+                total += v;
+                if v > best.0 {
+                    best = (v, kk as i32);
+                }
+            }
+            // No crop covered this pixel (centre crop): no prediction.
+            pred[y * w + x] = if total > 0.0 { best.1 } else { -1 };
+        }
+    }
+    pred
+}
+
+/// Every evaluated model's predictor.
+pub struct Evaluator<'r> {
+    models: Vec<Predictor<'r>>,
+}
+
+impl<'r> Evaluator<'r> {
+    /// `None` when the source has no evaluation split.
+    pub fn new(
+        spec: &GraphSpec,
+        registry: &'r Registry,
+        source: &dyn DataSource,
+    ) -> Result<Option<Self>, String> {
+        if source.eval_len() == 0 {
+            return Ok(None);
+        }
+        let image = source
+            .specs()
+            .get("image")
+            .and_then(TensorSpec::as_nchw)
+            .ok_or("the data source has no f32[N, 3, H, W] `image` field")?;
+        let chosen: Vec<String> = match &spec.eval.models {
+            Some(list) => list.iter().map(|m| m.value.clone()).collect(),
+            None => spec
+                .models
+                .iter()
+                .filter(|(_, m)| m.arch.is_some() || m.ema_of.is_some())
+                .map(|(n, _)| n.value.clone())
+                .collect(),
+        };
+        let mut models = Vec::new();
+        for name in chosen {
+            if !spec.models.iter().any(|(n, _)| n.value == name) {
+                return Err(format!("eval.models names `{name}`, which is not a model"));
+            }
+            models.push(Predictor::new(
+                spec,
+                registry,
+                &name,
+                (image.h, image.w),
+                image.n,
+            )?);
         }
         Ok(Some(Evaluator { models }))
     }
 
-    /// Scores of every model on every held-out batch, with the given state.
+    /// Scores of every model on every held-out image, with the given state.
     pub fn run(
-        &self,
+        &mut self,
         source: &mut dyn DataSource,
         state: &BTreeMap<String, Tensor>,
     ) -> Result<Vec<(String, Scores)>, String> {
+        let n = source.eval_len();
         let mut out = Vec::new();
-        for (model, graph, logits) in &self.models {
+        for p in &mut self.models {
             let mut confusion: Vec<u64> = Vec::new();
             let mut k = 0;
-            for b in 0..source.eval_batches() {
-                let batch = source.eval_batch(b).map_err(|e| e.to_string())?;
-                let run = run_cpu(graph, &batch, state, 0, 0).map_err(|e| e.to_string())?;
-                let l = run.get(logits).ok_or("no logits")?;
-                let shape = l.spec().as_nchw().ok_or("logits are not NCHW")?;
-                k = shape.c;
+            let items = (0..n).map(|i| {
+                let item = source.eval_item(i).map_err(|e| e.to_string())?;
+                Ok((item.image, (item.name, item.label)))
+            });
+            p.predict(state, items, |(name, label), pred, h, w, classes| {
+                let label = label
+                    .i32()
+                    .filter(|l| l.len() == h * w)
+                    .ok_or_else(|| format!("held-out `{name}`: label is not i32[{h}, {w}]"))?;
                 if confusion.is_empty() {
+                    k = classes;
                     confusion = vec![0; k * k];
                 }
-                let mut pred = vec![0i32; shape.n * shape.h * shape.w];
-                argmax_fwd(l.f32().ok_or("logits are not f32")?, shape, &mut pred)
-                    .map_err(|e| e.to_string())?;
-                let label = batch
-                    .get("label")
-                    .and_then(Tensor::i32)
-                    .ok_or("the held-out batch has no i32 `label`")?;
-                confusion_add(&pred, label, k, IGNORE, &mut confusion)
-                    .map_err(|e| e.to_string())?;
-            }
-            out.push((model.clone(), scores(&confusion, k)));
+                // Pixels without a prediction (outside a centre crop) are left out.
+                let (pred, label): (Vec<i32>, Vec<i32>) = pred
+                    .iter()
+                    .zip(label)
+                    .filter(|(p, _)| **p >= 0)
+                    .map(|(p, l)| (*p, *l))
+                    .unzip();
+                confusion_add(&pred, &label, k, IGNORE, &mut confusion)
+                    .map_err(|e| format!("held-out `{name}`: {e}"))
+            })?;
+            out.push((p.model.clone(), scores(&confusion, k)));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::starts;
+
+    #[test]
+    fn windows_cover_the_image_and_end_flush() {
+        assert_eq!(starts(4, 4, 3), vec![0]);
+        assert_eq!(starts(3, 4, 3), vec![0]);
+        assert_eq!(starts(10, 4, 3), vec![0, 3, 6]);
+        assert_eq!(starts(11, 4, 3), vec![0, 3, 6, 7]);
+        assert_eq!(starts(12, 4, 4), vec![0, 4, 8]);
     }
 }

@@ -12,6 +12,7 @@ pub mod demo;
 mod eval;
 mod graph_fmt;
 mod ops_doc;
+mod predict;
 pub mod report;
 mod run;
 

@@ -69,6 +69,10 @@ pub struct CheckArgs {
     /// Treat warnings as errors.
     #[arg(long)]
     pub strict: bool,
+    /// Also read every file of the dataset once and report each bad one (undecodable image,
+    /// mask size mismatch, class id out of range).
+    #[arg(long)]
+    pub data: bool,
 }
 
 /// Flags of `flowseg plan`.
@@ -93,17 +97,17 @@ pub struct PlanArgs {
 }
 
 /// A graph loaded up to a ready trainer.
-struct Loaded {
-    spec: GraphSpec,
-    root: spec::Node,
-    source: Box<dyn DataSource>,
-    trainer: Trainer,
+pub(crate) struct Loaded {
+    pub(crate) spec: GraphSpec,
+    pub(crate) root: spec::Node,
+    pub(crate) source: Box<dyn DataSource>,
+    pub(crate) trainer: Trainer,
 }
 
 /// A failure already worth exit code 2, rendered into text.
-struct Rejected(String);
+pub(crate) struct Rejected(pub(crate) String);
 
-fn load(
+pub(crate) fn load(
     path: &Path,
     text: &str,
     sets: &[String],
@@ -152,7 +156,7 @@ fn load(
     })
 }
 
-fn read(path: &Path, err: &mut dyn Write) -> Option<String> {
+pub(crate) fn read(path: &Path, err: &mut dyn Write) -> Option<String> {
     match fs::read_to_string(path) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -175,7 +179,12 @@ pub fn check(
         return ExitCode::from(2);
     };
     match load(&a.graph, &text, &a.set, a.strict, registry, color, err) {
-        Ok(l) => {
+        Ok(mut l) => {
+            if a.data {
+                if let Err(code) = scan_data(l.source.as_mut(), out, err) {
+                    return code;
+                }
+            }
             let g = &l.trainer.graph;
             let params: usize = g
                 .params
@@ -199,6 +208,49 @@ pub fn check(
             ExitCode::from(2)
         }
     }
+}
+
+/// `flowseg check --data`: every item of the source read once; each problem printed. Err with
+/// exit code 2 when any item is bad.
+fn scan_data(
+    source: &mut dyn DataSource,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), ExitCode> {
+    let started = Instant::now();
+    let mut last_shown = Instant::now();
+    let report = source.scan(&mut |done, total| {
+        if last_shown.elapsed().as_secs_f64() > 2.0 {
+            last_shown = Instant::now();
+            let _ = writeln!(err, "scanning data: {done}/{total}");
+        }
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot scan the data: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    if report.problems.is_empty() {
+        let _ = writeln!(
+            out,
+            "data: {} items read in {:.1} s, no problems",
+            report.items,
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    for p in &report.problems {
+        let _ = writeln!(err, "error: {p}");
+    }
+    let _ = writeln!(
+        err,
+        "data: {} of {} items are bad",
+        report.problems.len(),
+        report.items
+    );
+    Err(ExitCode::from(2))
 }
 
 /// `flowseg plan`: load as `check` does, plan the training step (forward and backward) on
@@ -377,10 +429,8 @@ fn run_inner(
         mut trainer,
     } = load(&graph_path, &text, &a.set, a.strict, registry, color, err)
         .map_err(|Rejected(t)| (2, t))?;
-    let evaluator = crate::eval::Evaluator::new(&spec, registry, source.as_ref()).map_err(|e| {
-        let shown = graph_path.display().to_string();
-        (2, crate::report::render(&shown, &text, &e, color))
-    })?;
+    let mut evaluator = crate::eval::Evaluator::new(&spec, registry, source.as_ref())
+        .map_err(|e| (2, format!("error: {}: {e}", graph_path.display())))?;
 
     let (dir, start) = match dir {
         Some(dir) => {
@@ -406,6 +456,20 @@ fn run_inner(
     fs::create_dir_all(dir.join("checkpoints")).map_err(|e| io_fail("create", &dir, e))?;
     write_atomic(&dir.join("graph.yaml"), root.to_yaml().as_bytes())
         .map_err(|e| io_fail("write", &dir.join("graph.yaml"), e))?;
+    // The labeled/unlabeled split the run trains with, so a result can be reproduced with it.
+    if let Some(split) = source.split() {
+        let split_dir = dir.join("split");
+        fs::create_dir_all(&split_dir).map_err(|e| io_fail("create", &split_dir, e))?;
+        for (file, names) in [
+            ("labeled.txt", &split.labeled),
+            ("unlabeled.txt", &split.unlabeled),
+        ] {
+            let mut text = names.join("\n");
+            text.push('\n');
+            let path = split_dir.join(file);
+            write_atomic(&path, text.as_bytes()).map_err(|e| io_fail("write", &path, e))?;
+        }
+    }
     let metrics_path = dir.join("metrics.jsonl");
     let mut metrics = fs::OpenOptions::new()
         .create(true)
@@ -481,7 +545,7 @@ fn run_inner(
         }
         let eval_now = spec.train.eval_every > 0 && done.is_multiple_of(spec.train.eval_every)
             || done == total;
-        if let (Some(ev), true) = (&evaluator, eval_now) {
+        if let (Some(ev), true) = (&mut evaluator, eval_now) {
             let results = ev
                 .run(source.as_mut(), &trainer.state)
                 .map_err(|e| (1, format!("error: evaluation after iteration {done}: {e}")))?;

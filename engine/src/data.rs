@@ -78,6 +78,10 @@ pub trait Source: Send {
         )))
     }
 
+    /// Applies the source's input normalisation to an RGB image f32[3, H, W] in [0, 1] (what
+    /// `flowseg predict` does to image files so they look like the training images).
+    fn normalize(&self, _image: &mut [f32]) {}
+
     /// The labeled/unlabeled split, if the source has one.
     fn split(&self) -> Option<SplitLists> {
         None

@@ -35,6 +35,8 @@ pub struct GraphSpec {
     pub optim: Vec<(Sp<String>, OptimSpec)>,
     /// The schedule.
     pub train: TrainSpec,
+    /// How held-out images are evaluated.
+    pub eval: EvalSpec,
     /// The ops, in file order.
     pub nodes: Vec<NodeSpec>,
 }
@@ -178,6 +180,82 @@ pub struct TrainSpec {
     pub seed: u64,
 }
 
+/// How held-out images are evaluated (the `eval:` section; every key optional).
+///
+/// ```yaml
+/// eval: { mode: sliding, crop: 64, stride: 43, flip: true, batch: 8 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSpec {
+    /// `whole` (the image as it is), `center_crop` (the central crop), or `sliding` (crop-sized
+    /// windows at a stride, softmax probabilities averaged where they overlap).
+    #[serde(default)]
+    pub mode: EvalMode,
+    /// Crop / window side `[h, w]` (a single number for a square); default: the training batch's
+    /// image size.
+    #[serde(default)]
+    pub crop: Option<Side>,
+    /// Sliding-window stride `[h, w]`; default: 2/3 of the window (as UniMatch and U2PL).
+    #[serde(default)]
+    pub stride: Option<Side>,
+    /// Also run the horizontally flipped image and average the two softmax maps.
+    #[serde(default)]
+    pub flip: bool,
+    /// Images (or windows) per forward pass; default: the training batch size.
+    #[serde(default)]
+    pub batch: Option<usize>,
+    /// Which models to evaluate; default: every model with an architecture or `ema_of`.
+    #[serde(default)]
+    pub models: Option<Vec<Sp<String>>>,
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        EvalSpec {
+            mode: EvalMode::Whole,
+            crop: None,
+            stride: None,
+            flip: false,
+            batch: None,
+            models: None,
+        }
+    }
+}
+
+/// Evaluation mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalMode {
+    /// The whole image in one forward pass.
+    #[default]
+    Whole,
+    /// The central `crop` (padded with ignore where the image is smaller).
+    CenterCrop,
+    /// `crop`-sized windows every `stride`, softmax accumulated.
+    Sliding,
+}
+
+/// A 2-D extent written `64` or `[48, 64]` (height, width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Side {
+    /// Square.
+    Square(usize),
+    /// `[h, w]`.
+    Rect([usize; 2]),
+}
+
+impl Side {
+    /// (height, width).
+    pub fn hw(self) -> (usize, usize) {
+        match self {
+            Side::Square(s) => (s, s),
+            Side::Rect([h, w]) => (h, w),
+        }
+    }
+}
+
 /// One op instance.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,7 +278,7 @@ pub struct NodeSpec {
     pub stream: Option<Sp<String>>,
 }
 
-const SECTIONS: [&str; 6] = ["name", "data", "models", "optim", "train", "nodes"];
+const SECTIONS: [&str; 7] = ["name", "data", "models", "optim", "train", "eval", "nodes"];
 
 /// Decodes the sections one by one (and nodes one by one), collecting every error.
 pub(super) fn decode(root: &Node) -> Result<GraphSpec, Vec<DeError>> {
@@ -243,6 +321,10 @@ pub(super) fn decode(root: &Node) -> Result<GraphSpec, Vec<DeError>> {
             None
         }
     };
+    let eval = match root.get("eval") {
+        Some(n) => take(from_node::<EvalSpec>(n), &mut errors),
+        None => Some(EvalSpec::default()),
+    };
     let models = named_entries::<ModelSpec>(root.get("models"), &mut errors);
     let optim = named_entries::<OptimSpec>(root.get("optim"), &mut errors);
     let mut nodes = Vec::new();
@@ -260,13 +342,14 @@ pub(super) fn decode(root: &Node) -> Result<GraphSpec, Vec<DeError>> {
         )),
         None => errors.push(missing("nodes")),
     }
-    match (name, train, errors.is_empty()) {
-        (Some(name), Some(train), true) => Ok(GraphSpec {
+    match (name, train, eval, errors.is_empty()) {
+        (Some(name), Some(train), Some(eval), true) => Ok(GraphSpec {
             name,
             data: root.get("data").cloned(),
             models,
             optim,
             train,
+            eval,
             nodes,
         }),
         _ => Err(errors),

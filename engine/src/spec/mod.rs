@@ -15,7 +15,8 @@ pub mod value;
 
 pub use de::{from_node, DeError, Sp};
 pub use graph::{
-    GraphSpec, InitSpec, ModelSpec, NodeSpec, OptimKind, OptimSpec, Schedule, TrainSpec,
+    EvalMode, EvalSpec, GraphSpec, InitSpec, ModelSpec, NodeSpec, OptimKind, OptimSpec, Schedule,
+    Side, TrainSpec,
 };
 pub use value::{Loc, Node, Value};
 

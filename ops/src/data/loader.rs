@@ -74,6 +74,9 @@ pub trait SampleSet: Send + Sync + 'static {
     fn sample(&self, i: usize, rng: &Philox, with_label: bool) -> Result<Sample, DataError>;
     /// Held-out item `i` at its own size.
     fn eval_item(&self, i: usize) -> Result<EvalItem, DataError>;
+    /// Normalises an RGB image f32[3, H, W] in [0, 1] as the dataset's images are (default:
+    /// unchanged).
+    fn normalize(&self, _image: &mut [f32]) {}
     /// Reads item `i` of `part` completely and checks it (decodes, sizes, class ids).
     fn check(&self, part: Part, i: usize) -> Result<(), DataError>;
 }
@@ -407,6 +410,10 @@ impl<S: SampleSet> Source for SemiSource<S> {
             return Err(DataError(format!("evaluation image {index} of {n}")));
         }
         self.set.eval_item(index)
+    }
+
+    fn normalize(&self, image: &mut [f32]) {
+        self.set.normalize(image);
     }
 
     fn split(&self) -> Option<SplitLists> {

@@ -22,9 +22,10 @@ pub const fn tag(s: &[u8; 4]) -> u64 {
 pub const SPLIT_STREAM: u64 = tag(b"SPLT");
 
 /// How many training items keep their labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Labeled {
     /// Every item (a fully supervised run; there is no unlabeled pool).
+    #[default]
     All,
     /// `num/den` of the items, rounded to the nearest whole item, at least one.
     Fraction {
@@ -35,12 +36,6 @@ pub enum Labeled {
     },
     /// Exactly this many items.
     Count(usize),
-}
-
-impl Default for Labeled {
-    fn default() -> Self {
-        Labeled::All
-    }
 }
 
 impl fmt::Display for Labeled {
