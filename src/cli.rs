@@ -35,6 +35,11 @@ enum Command {
     Run(RunArgs),
     /// Validate a method graph (parse, data, models, shapes, gradients) and report every problem.
     Check(CheckArgs),
+    /// Dataset tools: write a labeled/unlabeled split, generate the m2nist dataset.
+    Data {
+        #[command(subcommand)]
+        cmd: crate::data_cmd::DataCommand,
+    },
     /// Score a trained model on the held-out split: per-class IoU, mIoU, pixel accuracy.
     Eval(crate::predict::EvalArgs),
     /// Segment a folder of images with a trained model: palette PNG masks and overlays.
@@ -156,6 +161,7 @@ where
         Command::Run(a) => return run::run(&a, &registry, out, err, styled.err),
         Command::Check(a) => return run::check(&a, &registry, out, err, styled.err),
         Command::Plan(a) => return run::plan(&a, &registry, out, err, styled.err),
+        Command::Data { cmd } => return crate::data_cmd::run(&cmd, out, err),
         Command::Eval(a) => return crate::predict::eval(&a, &registry, out, err, styled.err),
         Command::Predict(a) => return crate::predict::predict(&a, &registry, out, err, styled.err),
         Command::Graph { graph, set, format } => {

@@ -8,6 +8,7 @@
 //! through [`main_with`] or, in tests, [`run_cli`]).
 
 mod cli;
+mod data_cmd;
 pub mod demo;
 mod eval;
 mod graph_fmt;
