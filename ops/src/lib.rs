@@ -25,6 +25,7 @@ mod support;
 /// Data sources (`data: { source: ... }`).
 pub mod data {
     pub mod loader;
+    pub mod m2nist;
     pub mod palette;
     pub mod shapes;
     pub mod split;
