@@ -28,6 +28,7 @@ mod error;
 pub mod gemm;
 pub mod loss;
 pub mod metrics;
+pub mod mix;
 pub mod optim;
 pub mod philox;
 pub mod pool;

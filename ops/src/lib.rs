@@ -4,15 +4,16 @@
 //! [`Registry`].
 //!
 //! Families so far: `forward` (layers and activations), `loss` (scalar objectives), `fuse`
-//! (turning predictions into pseudo-labels). Still to come: augment, ema, mix, optim, data, eval.
+//! (turning predictions into pseudo-labels), `mix` (CutMix / ClassMix masks and the masked mix).
+//! Still to come: augment, ema, optim, data, eval.
 //! Beside the ops, `models/` holds the built-in architectures (`deeplab_lite`,
 //! `resnet18_deeplabv3plus`, `resnet50_deeplabv3plus`), one file per family, registered the same
 //! way with `add_model`, and `models/layers.rs` the building blocks they trace with.
 //!
 //! Every differentiable op implements `Op::vjp` by emitting backward ops, which live in the
 //! forward op's file and are not registered (they are never written in YAML); the others
-//! (`max_confidence`, `detach`) are stop-gradients (`Op::STOP_GRAD`). The CUDA launchers arrive
-//! with the CUDA kernels, as new `Op` methods.
+//! (`max_confidence`, `detach`, `box_mask`, `class_mask`) are stop-gradients (`Op::STOP_GRAD`).
+//! The CUDA launchers arrive with the CUDA kernels, as new `Op` methods.
 
 use flowseg_engine::{Registry, RegistryError};
 
@@ -57,6 +58,16 @@ pub mod loss {
     pub mod cross_entropy;
 }
 
+/// Mixing two samples by a mask: box (CutMix) and class (ClassMix) masks with their partners,
+/// and the masked mix itself.
+pub mod mix {
+    pub mod box_mask;
+    pub mod class_mask;
+    // The op file is named after the op, `mix`, inside the family of the same name.
+    #[allow(clippy::module_inception)]
+    pub mod mix;
+}
+
 /// Network architectures (`arch:` in a graph's `models:`), traced into the primitive ops above by
 /// a `forward` node.
 pub mod models {
@@ -81,6 +92,9 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<fuse::detach::Detach>()?;
     r.add::<fuse::max_confidence::MaxConfidence>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
+    r.add::<mix::box_mask::BoxMask>()?;
+    r.add::<mix::class_mask::ClassMask>()?;
+    r.add::<mix::mix::Mix>()?;
     r.add_data::<data::shapes::Shapes>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;

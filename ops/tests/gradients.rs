@@ -6,8 +6,8 @@
 //! must have a case in [`CASES`] (a new op without one fails the test), each case is
 //! differentiated with respect to the op's trainable inputs, and an op that yields no gradient
 //! must declare `STOP_GRAD`, while one that is neither differentiable nor a stop-gradient is
-//! FS0109 and fails. Today the stop-gradients are `detach` and `max_confidence`; every other
-//! built-in op is checked.
+//! FS0109 and fails. Today the stop-gradients are `detach`, `max_confidence`, `box_mask` and
+//! `class_mask`; every other built-in op is checked.
 //!
 //! Tolerances: the forward runs in f32, so a central difference with eps 1e-2 is coarse (round-off
 //! in the loss divided by 2·eps, plus O(eps²) truncation); it is compared with atol 2e-3 + rtol
@@ -188,6 +188,10 @@ enum Feed {
     Constant(&'static [usize]),
     /// An i32 batch field `batch.<port>` of labels in [0, 3) (K = 3), every 9th one 255.
     Labels(&'static [usize]),
+    /// A constant f32 batch field of random 0s and 1s (a mix mask).
+    Binary(&'static [usize]),
+    /// An i32 batch field holding exactly these values (mix partners).
+    Indices(&'static [i32]),
 }
 
 /// The graph's inputs: specs for `ir::build` and the tensors for `exec::run_cpu`.
@@ -233,6 +237,18 @@ impl Inputs {
                 let mut v = rand_index(seed, n(s), 3);
                 v.iter_mut().step_by(9).for_each(|t| *t = 255);
                 (false, Tensor::from_i32(s, v).expect("length matches shape"))
+            }
+            Feed::Binary(s) => {
+                let v = rand_vec(seed, n(s), 0.0, 1.0);
+                let v = v
+                    .into_iter()
+                    .map(|u| if u < 0.5 { 1.0 } else { 0.0 })
+                    .collect();
+                (false, f32s(s, v))
+            }
+            Feed::Indices(v) => {
+                let t = Tensor::from_i32(&[v.len()], v.to_vec());
+                (false, t.expect("length matches shape"))
             }
         };
         self.insert(name, into_state, t)
@@ -496,6 +512,17 @@ const CASES: &[Case] = &[
         params: "{ slope: 0.2 }",
         feeds: &[("x", Feed::TrainableOffZero(X))],
     },
+    // Stop-gradients: the masks are drawn (box) or read off labels (class).
+    Case {
+        op: "box_mask",
+        params: "{ partner: permute, area: [0.02, 0.4] }",
+        feeds: &[("like", Feed::Trainable(X))],
+    },
+    Case {
+        op: "class_mask",
+        params: "{ partner: roll }",
+        feeds: &[("label", Feed::Labels(PIXELS))],
+    },
     Case {
         op: "max_confidence",
         params: "{}",
@@ -512,6 +539,39 @@ const CASES: &[Case] = &[
         op: "max_pool2d",
         params: "{ kernel: 2 }",
         feeds: &[("x", Feed::TrainableDistinct(X))],
+    },
+    // Within the batch, sample 1 the partner of both: its da sums its own share and both
+    // samples' pasted shares.
+    Case {
+        op: "mix",
+        params: "{}",
+        feeds: &[
+            ("mask", Feed::Binary(PIXELS)),
+            ("partner", Feed::Indices(&[1, 1])),
+            ("a", Feed::Trainable(X)),
+        ],
+    },
+    // A second batch: da and db.
+    Case {
+        op: "mix",
+        params: "{}",
+        feeds: &[
+            ("mask", Feed::Binary(PIXELS)),
+            ("partner", Feed::Indices(&[1, 0])),
+            ("a", Feed::Trainable(X)),
+            ("b", Feed::Trainable(X)),
+        ],
+    },
+    // [N, H, W] maps, a constant second batch: only da.
+    Case {
+        op: "mix",
+        params: "{}",
+        feeds: &[
+            ("mask", Feed::Binary(PIXELS)),
+            ("partner", Feed::Indices(&[0, 1])),
+            ("a", Feed::Trainable(PIXELS)),
+            ("b", Feed::Constant(PIXELS)),
+        ],
     },
     Case {
         op: "relu",
@@ -768,6 +828,55 @@ fn cross_entropy_weight_must_be_detached_to_be_constant() {
         gradients(&g, &inputs, std::slice::from_ref(&loss), &wrt).expect("differentiates");
     assert_eq!(grads.keys().collect::<Vec<_>>(), ["x"]);
     check_against_differences("detached weight", &g, &mut inputs, &loss, "x", &grads["x"]);
+}
+
+#[test]
+fn cutmix_mixes_logits_and_labels_with_one_mask() {
+    // A box mask drawn beside the logits mixes them (f32, within the batch) and the labels (i32)
+    // alike; the gradient flows through the logits' mix only. The mask is drawn from the node's
+    // stream, so every finite-difference run sees the same boxes.
+    let r = registry();
+    let mut inputs = Inputs::default();
+    inputs.add("x", Feed::Trainable(X));
+    inputs.add("target", Feed::Labels(PIXELS));
+    let nodes = [
+        "{ name: cut, op: box_mask, inputs: { like: state.x }, params: { partner: roll } }",
+        "{ name: mixed, op: mix, inputs: { mask: cut.mask, partner: cut.partner, a: state.x } }",
+        "{ name: labels, op: mix, inputs: { mask: cut.mask, partner: cut.partner, \
+         a: batch.target } }",
+        "{ name: ce, op: cross_entropy, inputs: { logits: mixed.out, target: labels.out } }",
+    ]
+    .map(String::from);
+    let g = build(&r, &nodes, &inputs);
+    let loss = output(&r, &g, "ce", "loss");
+    let wrt = inputs.trainable();
+    let (grads, bwd) =
+        gradients(&g, &inputs, std::slice::from_ref(&loss), &wrt).expect("differentiates");
+    let emitted: Vec<&str> = bwd.nodes[g.nodes.len()..]
+        .iter()
+        .map(|n| n.op.name())
+        .collect();
+    assert_eq!(emitted, ["grad_seed", "cross_entropy_bwd", "mix_bwd"]);
+    check_against_differences("cutmix", &g, &mut inputs, &loss, "x", &grads["x"]);
+
+    // A mask that depends on trainable state is refused, not silently held constant.
+    inputs.add("m", Feed::Trainable(PIXELS));
+    inputs.add("reduce_w", Feed::Trainable(X));
+    let nodes = [
+        "{ name: cut, op: box_mask, inputs: { like: state.x }, params: { partner: roll } }",
+        "{ name: mixed, op: mix, inputs: { mask: state.m, partner: cut.partner, a: state.x } }",
+        "{ name: loss, op: weighted_sum, inputs: { x: mixed.out, w: state.reduce_w } }",
+    ]
+    .map(String::from);
+    let g = build(&r, &nodes, &inputs);
+    let loss = output(&r, &g, "loss", "loss");
+    let errs = gradients(&g, &inputs, &[loss], &inputs.trainable()).expect_err("refused");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(
+        (errs[0].code, errs[0].node.as_deref()),
+        (NOT_DIFFERENTIABLE, Some("mixed"))
+    );
+    assert!(errs[0].message.contains("`detach`"), "{}", errs[0].message);
 }
 
 #[test]
