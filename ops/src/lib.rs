@@ -28,6 +28,7 @@ pub mod data {
     pub mod palette;
     pub mod shapes;
     pub mod split;
+    pub mod synthetic;
 }
 
 /// Network layers and activations.
@@ -81,6 +82,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<fuse::max_confidence::MaxConfidence>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
     r.add_data::<data::shapes::Shapes>()?;
+    r.add_data::<data::synthetic::Synthetic>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;
     r.add_model::<models::resnet::Resnet50DeepLabV3Plus>()?;
