@@ -30,6 +30,7 @@ pub mod data {
     pub mod palette;
     pub mod shapes;
     pub mod split;
+    pub mod synthetic;
 }
 
 /// Network layers and activations.
@@ -96,6 +97,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<mix::class_mask::ClassMask>()?;
     r.add::<mix::mix::Mix>()?;
     r.add_data::<data::shapes::Shapes>()?;
+    r.add_data::<data::synthetic::Synthetic>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;
     r.add_model::<models::resnet::Resnet50DeepLabV3Plus>()?;
