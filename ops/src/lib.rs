@@ -3,8 +3,9 @@
 //! [`register_builtin_ops`]. The engine never names these types: it sees them through the
 //! [`Registry`].
 //!
-//! Families so far: `forward` (layers and activations), `loss` (scalar objectives), `fuse`
-//! (turning predictions into pseudo-labels). Still to come: augment, ema, mix, optim, data, eval.
+//! Families so far: `augment` (photometric and cutout augmentations), `forward` (layers and
+//! activations), `loss` (scalar objectives), `fuse` (turning predictions into pseudo-labels).
+//! Still to come: ema, mix, optim, data, eval.
 //! Beside the ops, `models/` holds the built-in architectures (`deeplab_lite`,
 //! `resnet18_deeplabv3plus`, `resnet50_deeplabv3plus`), one file per family, registered the same
 //! way with `add_model`, and `models/layers.rs` the building blocks they trace with.
@@ -21,6 +22,16 @@ pub use flowseg_engine as engine;
 mod grad;
 #[cfg(test)]
 mod support;
+
+/// Photometric and cutout augmentations of image batches, drawn per sample from the node's
+/// Philox stream.
+pub mod augment {
+    pub mod color_jitter;
+    mod common;
+    pub mod cutout;
+    pub mod gaussian_blur;
+    pub mod random_grayscale;
+}
 
 /// Data sources (`data: { source: ... }`).
 pub mod data {
@@ -67,6 +78,10 @@ pub mod models {
 /// Adds every built-in op and model to `r`, one line each. Also usable as a plugin
 /// (`r.install(&register_builtin_ops)`); fails only if a name is already taken.
 pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
+    r.add::<augment::color_jitter::ColorJitter>()?;
+    r.add::<augment::cutout::Cutout>()?;
+    r.add::<augment::gaussian_blur::GaussianBlur>()?;
+    r.add::<augment::random_grayscale::RandomGrayscale>()?;
     r.add::<forward::add::Add>()?;
     r.add::<forward::batch_norm::BatchNorm>()?;
     r.add::<forward::concat::Concat>()?;
