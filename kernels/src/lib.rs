@@ -20,6 +20,7 @@
 
 pub mod activation;
 pub mod argmax;
+pub mod augment;
 pub mod batch_norm;
 pub mod conv2d;
 pub mod dropout;

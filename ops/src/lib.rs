@@ -3,9 +3,10 @@
 //! [`register_builtin_ops`]. The engine never names these types: it sees them through the
 //! [`Registry`].
 //!
-//! Families so far: `forward` (layers and activations), `loss` (scalar objectives), `fuse`
-//! (turning predictions into pseudo-labels), `mix` (CutMix / ClassMix masks and the masked mix).
-//! Still to come: augment, ema, optim, data, eval.
+//! Families: `augment` (photometric and cutout augmentations), `forward` (layers and
+//! activations), `loss` (scalar objectives), `fuse` (turning predictions into pseudo-labels and
+//! masks), `mix` (CutMix / ClassMix masks and the masked mix); data sources live in `data/`. EMA
+//! teachers and optimizers are the trainer's (declared in a graph's `models:` and `optim:`).
 //! Beside the ops, `models/` holds the built-in architectures (`deeplab_lite`,
 //! `resnet18_deeplabv3plus`, `resnet50_deeplabv3plus`), one file per family, registered the same
 //! way with `add_model`, and `models/layers.rs` the building blocks they trace with.
@@ -22,6 +23,16 @@ pub use flowseg_engine as engine;
 mod grad;
 #[cfg(test)]
 mod support;
+
+/// Photometric and cutout augmentations of image batches, drawn per sample from the node's
+/// Philox stream.
+pub mod augment {
+    pub mod color_jitter;
+    mod common;
+    pub mod cutout;
+    pub mod gaussian_blur;
+    pub mod random_grayscale;
+}
 
 /// Data sources (`data: { source: ... }`).
 pub mod data {
@@ -80,6 +91,10 @@ pub mod models {
 /// Adds every built-in op and model to `r`, one line each. Also usable as a plugin
 /// (`r.install(&register_builtin_ops)`); fails only if a name is already taken.
 pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
+    r.add::<augment::color_jitter::ColorJitter>()?;
+    r.add::<augment::cutout::Cutout>()?;
+    r.add::<augment::gaussian_blur::GaussianBlur>()?;
+    r.add::<augment::random_grayscale::RandomGrayscale>()?;
     r.add::<forward::add::Add>()?;
     r.add::<forward::batch_norm::BatchNorm>()?;
     r.add::<forward::concat::Concat>()?;
