@@ -11,8 +11,8 @@
 //!
 //! Every differentiable op implements `Op::vjp` by emitting backward ops, which live in the
 //! forward op's file and are not registered (they are never written in YAML); the others
-//! (`max_confidence`, `detach`) are stop-gradients (`Op::STOP_GRAD`). The CUDA launchers arrive
-//! with the CUDA kernels, as new `Op` methods.
+//! (`max_confidence`, `threshold`, `detach`) are stop-gradients (`Op::STOP_GRAD`). The CUDA
+//! launchers arrive with the CUDA kernels, as new `Op` methods.
 
 use flowseg_engine::{Registry, RegistryError};
 
@@ -39,6 +39,8 @@ pub mod forward {
     pub mod global_avg_pool;
     pub mod leaky_relu;
     pub mod max_pool2d;
+    pub mod mean;
+    pub mod mul;
     pub mod relu;
     pub mod resize_bilinear;
     pub mod softmax;
@@ -49,11 +51,13 @@ pub mod forward {
 pub mod fuse {
     pub mod detach;
     pub mod max_confidence;
+    pub mod threshold;
 }
 
 /// Losses: a scalar from predictions and targets.
 pub mod loss {
     pub mod cross_entropy;
+    pub mod squared_error;
 }
 
 /// Network architectures (`arch:` in a graph's `models:`), traced into the primitive ops above by
@@ -74,12 +78,16 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::global_avg_pool::GlobalAvgPool>()?;
     r.add::<forward::leaky_relu::LeakyRelu>()?;
     r.add::<forward::max_pool2d::MaxPool2d>()?;
+    r.add::<forward::mean::Mean>()?;
+    r.add::<forward::mul::Mul>()?;
     r.add::<forward::relu::Relu>()?;
     r.add::<forward::resize_bilinear::ResizeBilinear>()?;
     r.add::<forward::softmax::Softmax>()?;
     r.add::<fuse::detach::Detach>()?;
     r.add::<fuse::max_confidence::MaxConfidence>()?;
+    r.add::<fuse::threshold::Threshold>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
+    r.add::<loss::squared_error::SquaredError>()?;
     r.add_data::<data::shapes::Shapes>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;
