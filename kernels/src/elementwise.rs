@@ -1,10 +1,12 @@
 //! Element-wise arithmetic and the data-movement kernels that join and split tensors: add, mul,
-//! scale; concatenation and slicing along the channel axis (skip connections, ASPP branches) and
-//! along the batch axis (labeled and unlabeled halves of a semi-supervised batch).
+//! scale, threshold (a 0/1 mask); concatenation and slicing along the channel axis (skip
+//! connections, ASPP branches) and along the batch axis (labeled and unlabeled halves of a
+//! semi-supervised batch).
 //!
-//! PyTorch equivalents: `torch.add(a, b)`, `torch.mul(a, b)`, `alpha * x`, `torch.cat(.., dim=1)`,
-//! `torch.cat(.., dim=0)`, `x[:, c0:c1]`, `x[n0:n1]`. Backwards that need no kernel of their own:
-//! add's is the identity (da = db = dy), scale's is [`scale_fwd`] with the same alpha.
+//! PyTorch equivalents: `torch.add(a, b)`, `torch.mul(a, b)`, `alpha * x`, `(x >= t).float()`
+//! (or `(x < t).float()`), `torch.cat(.., dim=1)`, `torch.cat(.., dim=0)`, `x[:, c0:c1]`,
+//! `x[n0:n1]`. Backwards that need no kernel of their own: add's is the identity (da = db = dy),
+//! scale's is [`scale_fwd`] with the same alpha; threshold has none (a mask is a constant).
 //!
 //! Element types: arithmetic kernels and those that zero-fill take `T: Real`; the pure copies
 //! (concat and slice forwards, concat backward) take any `T: Copy`, so integer label maps can be
@@ -60,6 +62,18 @@ pub fn scale_fwd<T: Real>(x: &[T], alpha: T, y: &mut [T]) -> Result<(), KernelEr
     check_len("scale_fwd", "y", y, x.len())?;
     for (o, &v) in y.iter_mut().zip(x) {
         *o = alpha * v;
+    }
+    Ok(())
+}
+
+/// y = 1 where x ≥ at, else 0; with `below`, y = 1 where x < at, else 0. A NaN in `x` gives 0
+/// either way (every comparison with NaN is false), so a diverged value never passes a mask.
+/// x, y: any shape, same length.
+pub fn threshold_fwd<T: Real>(x: &[T], at: T, below: bool, y: &mut [T]) -> Result<(), KernelError> {
+    check_len("threshold_fwd", "y", y, x.len())?;
+    for (o, &v) in y.iter_mut().zip(x) {
+        let pass = if below { v < at } else { v >= at };
+        *o = if pass { T::one() } else { T::zero() };
     }
     Ok(())
 }
@@ -360,6 +374,13 @@ mod tests {
         assert_eq!(y, [3.0, -8.0, -4.0]);
         scale_fwd(&a, -0.5, &mut y).unwrap();
         assert_eq!(y, [-0.5, 1.0, -0.25]);
+        // Equality passes `x ≥ at` and fails `x < at`; NaN fails both.
+        let x = [0.5f32, 0.7, 0.9, f32::NAN];
+        let mut m = [9f32; 4];
+        threshold_fwd(&x, 0.7, false, &mut m).unwrap();
+        assert_eq!(m, [0.0, 1.0, 1.0, 0.0]);
+        threshold_fwd(&x, 0.7, true, &mut m).unwrap();
+        assert_eq!(m, [1.0, 0.0, 0.0, 0.0]);
         // da = dy·b, db = dy·a with dy = [1, 2, 3]; outputs start as garbage.
         let (mut da, mut db) = ([9f32; 3], [9f32; 3]);
         mul_bwd(&a, &b, &[1.0, 2.0, 3.0], &mut da, &mut db).unwrap();

@@ -1,6 +1,6 @@
-//! Sums and means with their backwards: over all elements (`torch.sum(x)`, `torch.mean(x)`) and
-//! over the channel axis (`torch.sum(x, dim=1, keepdim=True)`, `torch.mean(x, dim=1,
-//! keepdim=True)`).
+//! Sums and means with their backwards: over all elements (`torch.sum(x)`, `torch.mean(x)`), the
+//! inner product `torch.dot(a, b)` (Σ a·b: the gradient of a scalar factor), and over the
+//! channel axis (`torch.sum(x, dim=1, keepdim=True)`, `torch.mean(x, dim=1, keepdim=True)`).
 //!
 //! Formulas: `sum = Σᵢ xᵢ`, `mean = sum / len`; their backwards fill `dx` with `dy` and
 //! `dy / len`. Per channel: `y[n, 0, h, w] = Σ_c x[n, c, h, w]` (mean: divided by C), and the
@@ -43,6 +43,15 @@ pub fn sum_fwd<T: Real>(x: &[T]) -> Result<T, KernelError> {
 pub fn sum_bwd<T: Real>(dy: T, dx: &mut [T]) -> Result<(), KernelError> {
     dx.fill(dy);
     Ok(())
+}
+
+/// Inner product Σᵢ aᵢ·bᵢ, accumulated in f64; 0 for empty slices. Its backward needs no kernel
+/// of its own: d/da = dy·b, d/db = dy·a (`elementwise::scale_fwd`).
+///
+/// * `a`, `b`: any shape, flattened, same length.
+pub fn dot_fwd<T: Real>(a: &[T], b: &[T]) -> Result<T, KernelError> {
+    check_len("dot_fwd", "b", b, a.len())?;
+    Ok(T::of(a.iter().zip(b).map(|(u, v)| u.f64() * v.f64()).sum()))
 }
 
 /// Mean of all elements, accumulated in f64. Errors on an empty slice.
@@ -184,6 +193,15 @@ mod tests {
         assert_eq!(dx, [3.0; 6]);
         mean_bwd(3.0, &mut dx).unwrap();
         assert_eq!(dx, [0.5; 6]);
+        // 1·2 + 2·(−1) + 3·0.5 + 4·0 + 5·1 + (−3)·2 = 0.5.
+        let b = [2.0f32, -1.0, 0.5, 0.0, 1.0, 2.0];
+        assert_eq!(dot_fwd(&x, &b).unwrap(), 0.5);
+        let e = dot_fwd(&x, &b[1..]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("dot_fwd: `b` has 5 elements, expected 6"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -271,6 +289,16 @@ mod tests {
                 let mut dx = vec![0.0; i[0].len()];
                 sum_bwd(dy[0], &mut dx).unwrap();
                 vec![dx]
+            },
+        );
+        let b = rand_vec(3, 37, -1.0, 1.0);
+        gradcheck(
+            "dot",
+            &[x.clone(), b],
+            |i| vec![dot_fwd(&i[0], &i[1]).unwrap()],
+            |i, dy| {
+                let scaled = |v: &[f64]| v.iter().map(|u| dy[0] * u).collect();
+                vec![scaled(&i[1]), scaled(&i[0])]
             },
         );
         gradcheck(

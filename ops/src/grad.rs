@@ -1,6 +1,7 @@
 //! Small helpers for the ops' vector-Jacobian rules ([`flowseg_engine::Op::vjp`]): fetch a
-//! required forward input or an output gradient, and take apart what [`Vjp::emit`] returns, as
-//! `Result`s whose messages name the port, so a rule reads as a straight line of `?`s.
+//! required forward input or an output gradient, take apart what [`Vjp::emit`] returns, and
+//! refuse a gradient into an input an op holds constant, as `Result`s whose messages name the
+//! port, so a rule reads as a straight line of `?`s.
 //!
 //! Not here: the backward ops themselves (each lives beside its forward, in the forward's file).
 
@@ -29,4 +30,25 @@ pub(crate) fn outputs<const N: usize>(emitted: Vec<Source>) -> Result<[Source; N
     let got = emitted.len();
     <[Source; N]>::try_from(emitted)
         .map_err(|_| format!("a backward node produced {got} outputs, expected {N}"))
+}
+
+/// Refuses a gradient into forward input `i`, which op `op` treats as a constant (`role`, e.g.
+/// "the per-pixel weight"): when that input depends on trainable state, dropping its gradient
+/// silently would train the wrong objective, so the user is told to write `detach`. `Ok` when
+/// the input needs no gradient.
+pub(crate) fn constant_input(
+    g: &Vjp<'_>,
+    inputs: &[Port],
+    i: usize,
+    op: &str,
+    role: &str,
+) -> Result<(), String> {
+    if !g.needs_grad(i) {
+        return Ok(());
+    }
+    Err(format!(
+        "`{}` depends on trainable state, but {op} treats {role} as a constant and computes no \
+         gradient for it; pass it through a `detach` node to make that explicit",
+        port_name(inputs, i)
+    ))
 }

@@ -13,8 +13,8 @@
 //!
 //! Every differentiable op implements `Op::vjp` by emitting backward ops, which live in the
 //! forward op's file and are not registered (they are never written in YAML); the others
-//! (`max_confidence`, `detach`, `box_mask`, `class_mask`) are stop-gradients (`Op::STOP_GRAD`).
-//! The CUDA launchers arrive with the CUDA kernels, as new `Op` methods.
+//! (`max_confidence`, `threshold`, `detach`, `box_mask`, `class_mask`) are stop-gradients
+//! (`Op::STOP_GRAD`). The CUDA launchers arrive with the CUDA kernels, as new `Op` methods.
 
 use flowseg_engine::{Registry, RegistryError};
 
@@ -53,6 +53,8 @@ pub mod forward {
     pub mod global_avg_pool;
     pub mod leaky_relu;
     pub mod max_pool2d;
+    pub mod mean;
+    pub mod mul;
     pub mod relu;
     pub mod resize_bilinear;
     pub mod softmax;
@@ -63,11 +65,13 @@ pub mod forward {
 pub mod fuse {
     pub mod detach;
     pub mod max_confidence;
+    pub mod threshold;
 }
 
 /// Losses: a scalar from predictions and targets.
 pub mod loss {
     pub mod cross_entropy;
+    pub mod squared_error;
 }
 
 /// Mixing two samples by a mask: box (CutMix) and class (ClassMix) masks with their partners,
@@ -102,15 +106,19 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::global_avg_pool::GlobalAvgPool>()?;
     r.add::<forward::leaky_relu::LeakyRelu>()?;
     r.add::<forward::max_pool2d::MaxPool2d>()?;
+    r.add::<forward::mean::Mean>()?;
+    r.add::<forward::mul::Mul>()?;
     r.add::<forward::relu::Relu>()?;
     r.add::<forward::resize_bilinear::ResizeBilinear>()?;
     r.add::<forward::softmax::Softmax>()?;
     r.add::<fuse::detach::Detach>()?;
     r.add::<fuse::max_confidence::MaxConfidence>()?;
+    r.add::<fuse::threshold::Threshold>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
     r.add::<mix::box_mask::BoxMask>()?;
     r.add::<mix::class_mask::ClassMask>()?;
     r.add::<mix::mix::Mix>()?;
+    r.add::<loss::squared_error::SquaredError>()?;
     r.add_data::<data::shapes::Shapes>()?;
     r.add_data::<data::synthetic::Synthetic>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;

@@ -6,8 +6,8 @@
 //! must have a case in [`CASES`] (a new op without one fails the test), each case is
 //! differentiated with respect to the op's trainable inputs, and an op that yields no gradient
 //! must declare `STOP_GRAD`, while one that is neither differentiable nor a stop-gradient is
-//! FS0109 and fails. Today the stop-gradients are `detach`, `max_confidence`, `box_mask` and
-//! `class_mask`; every other built-in op is checked.
+//! FS0109 and fails. Today the stop-gradients are `detach`, `max_confidence`, `threshold`,
+//! `box_mask` and `class_mask`; every other built-in op is checked.
 //!
 //! Tolerances: the forward runs in f32, so a central difference with eps 1e-2 is coarse (round-off
 //! in the loss divided by 2·eps, plus O(eps²) truncation); it is compared with atol 2e-3 + rtol
@@ -574,6 +574,35 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        op: "mean",
+        params: "{ over: all }",
+        feeds: &[("x", Feed::Trainable(X))],
+    },
+    // Same-spec operands, both wanted (one mul_bwd pass).
+    Case {
+        op: "mul",
+        params: "{}",
+        feeds: &[("a", Feed::Trainable(X)), ("b", Feed::Trainable(X))],
+    },
+    // Only db, fed `a` alone.
+    Case {
+        op: "mul",
+        params: "{}",
+        feeds: &[("a", Feed::Constant(X)), ("b", Feed::Trainable(X))],
+    },
+    // A scalar `b`: da = dy·b, db = Σ dy·a.
+    Case {
+        op: "mul",
+        params: "{}",
+        feeds: &[("a", Feed::Trainable(X)), ("b", Feed::Trainable(&[]))],
+    },
+    // A constant scalar `b` (a confident fraction): only da, fed `b` alone.
+    Case {
+        op: "mul",
+        params: "{}",
+        feeds: &[("a", Feed::Trainable(X)), ("b", Feed::Constant(&[]))],
+    },
+    Case {
         op: "relu",
         params: "{}",
         feeds: &[("x", Feed::TrainableOffZero(X))],
@@ -591,6 +620,48 @@ const CASES: &[Case] = &[
     Case {
         op: "softmax",
         params: "{}",
+        feeds: &[("x", Feed::Trainable(X))],
+    },
+    // Both maps trainable, default denominator (N·H·W), no weight.
+    Case {
+        op: "squared_error",
+        params: "{}",
+        feeds: &[("a", Feed::Trainable(X)), ("b", Feed::Trainable(X))],
+    },
+    // A teacher-like constant target and a per-pixel weight: only da.
+    Case {
+        op: "squared_error",
+        params: "{ denominator: weight_sum }",
+        feeds: &[
+            ("a", Feed::Trainable(X)),
+            ("b", Feed::Constant(X)),
+            ("weight", Feed::Constant(PIXELS)),
+        ],
+    },
+    // Augmentations act on data: stop-gradients, checked on 3-channel images.
+    Case {
+        op: "color_jitter",
+        params: "{ p: 1.0, brightness: 0.5, hue: 0.1 }",
+        feeds: &[("image", Feed::Trainable(X))],
+    },
+    Case {
+        op: "random_grayscale",
+        params: "{ p: 1.0 }",
+        feeds: &[("image", Feed::Trainable(X))],
+    },
+    Case {
+        op: "gaussian_blur",
+        params: "{ p: 1.0 }",
+        feeds: &[("image", Feed::Trainable(X))],
+    },
+    Case {
+        op: "cutout",
+        params: "{ p: 1.0, size: { area: 0.25 } }",
+        feeds: &[("image", Feed::Trainable(X))],
+    },
+    Case {
+        op: "threshold",
+        params: "{ at: 0.0 }",
         feeds: &[("x", Feed::Trainable(X))],
     },
 ];
@@ -877,6 +948,48 @@ fn cutmix_mixes_logits_and_labels_with_one_mask() {
         (NOT_DIFFERENTIABLE, Some("mixed"))
     );
     assert!(errs[0].message.contains("`detach`"), "{}", errs[0].message);
+}
+
+#[test]
+fn squared_error_weight_must_be_detached_to_be_constant() {
+    // The same rule as cross_entropy's weight, through the shared helper.
+    let r = registry();
+    let mut inputs = Inputs::default();
+    inputs.add("a", Feed::Trainable(X));
+    inputs.add("b", Feed::Constant(X));
+    inputs.add("w", Feed::Trainable(PIXELS));
+    let node = |weight: &str| {
+        format!(
+            "{{ name: cons, op: squared_error, inputs: {{ a: state.a, b: batch.b, weight: \
+             {weight} }} }}"
+        )
+    };
+    let wrt = inputs.trainable();
+
+    let g = build(&r, &[node("state.w")], &inputs);
+    let loss = output(&r, &g, "cons", "loss");
+    let errs = gradients(&g, &inputs, &[loss], &wrt).expect_err("a trainable weight is refused");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(
+        (errs[0].code, errs[0].node.as_deref()),
+        (NOT_DIFFERENTIABLE, Some("cons"))
+    );
+    assert!(
+        errs[0].message.contains("`weight`") && errs[0].message.contains("`detach`"),
+        "{}",
+        errs[0].message
+    );
+
+    let nodes = [
+        "{ name: frozen, op: detach, inputs: { x: state.w } }".to_owned(),
+        node("frozen.y"),
+    ];
+    let g = build(&r, &nodes, &inputs);
+    let loss = output(&r, &g, "cons", "loss");
+    let (grads, _) =
+        gradients(&g, &inputs, std::slice::from_ref(&loss), &wrt).expect("differentiates");
+    assert_eq!(grads.keys().collect::<Vec<_>>(), ["a"]);
+    check_against_differences("detached weight", &g, &mut inputs, &loss, "a", &grads["a"]);
 }
 
 #[test]

@@ -35,10 +35,14 @@ fn the_expected_ops_are_registered() {
         "leaky_relu",
         "max_confidence",
         "max_pool2d",
+        "mean",
+        "mul",
         "random_grayscale",
         "relu",
         "resize_bilinear",
         "softmax",
+        "squared_error",
+        "threshold",
     ] {
         assert!(names.contains(&want), "`{want}` missing from {names:?}");
     }

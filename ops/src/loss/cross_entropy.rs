@@ -41,11 +41,13 @@ fn default_ignore_index() -> i32 {
 }
 
 /// The denominator D, as written in YAML: `valid_pixels`, `all_pixels`, `weight_sum` or
-/// `{ constant: 123.0 }`.
+/// `{ constant: 123.0 }`. Shared by the pixel losses (`squared_error` too), each saying what
+/// makes a pixel valid.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Denominator {
-    /// Number of non-ignored pixels (PyTorch's `reduction='mean'`).
+    /// Number of valid pixels: not ignored here (PyTorch's `reduction='mean'`), weight ≠ 0 for
+    /// `squared_error`.
     #[default]
     ValidPixels,
     /// N·H·W, ignored pixels included (FixMatch's mean over all unlabeled pixels).
@@ -165,14 +167,13 @@ impl Op for CrossEntropy {
 /// The VJP of `cross_entropy`: one `cross_entropy_bwd` node for dlogits; `target` (i32) never
 /// needs a gradient and a `weight` that would need one is refused (see the file header).
 fn backward(p: &Params, g: &mut Vjp<'_>) -> Result<(), String> {
-    if g.needs_grad(2) {
-        return Err(
-            "`weight` depends on trainable state, but cross_entropy treats the per-pixel \
-             weight as a constant and computes no gradient for it; pass it through a `detach` \
-             node to make that explicit"
-                .into(),
-        );
-    }
+    grad::constant_input(
+        g,
+        CrossEntropy::INPUTS,
+        2,
+        CrossEntropy::NAME,
+        "the per-pixel weight",
+    )?;
     if !g.needs_grad(0) {
         return Ok(());
     }
