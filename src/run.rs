@@ -186,11 +186,19 @@ pub fn check(
                 }
             }
             let g = &l.trainer.graph;
+            // An EMA teacher's parameters are declared trainable-shaped but only ever copied.
+            let teachers: Vec<String> = l
+                .spec
+                .models
+                .iter()
+                .filter(|(_, m)| m.ema_of.is_some())
+                .map(|(n, _)| format!("{}.", n.value))
+                .collect();
             let params: usize = g
                 .params
-                .values()
-                .filter(|d| d.trainable)
-                .map(|d| d.spec.len())
+                .iter()
+                .filter(|(name, d)| d.trainable && !teachers.iter().any(|t| name.starts_with(t)))
+                .map(|(_, d)| d.spec.len())
                 .sum();
             let r = writeln!(
                 out,

@@ -12,7 +12,7 @@
 //! | FS0105 | two nodes with one name |
 //! | FS0106 | cycle through inputs and `after:` edges |
 //! | FS0107 | shape or dtype mismatch found by shape inference |
-//! | FS0108 | an output nothing consumes (warning; an error under `--strict`) |
+//! | FS0108 | a node none of whose outputs is consumed (warning; an error under `--strict`) |
 //! | FS0112 | a `forward` names no model, or a model has no known architecture |
 //!
 //! `forward` nodes are composites: the named model's architecture traces its primitive nodes into
@@ -542,17 +542,20 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
             // A model's ports are optional taps (features, low_level): not all are used.
             Kind::Forward { .. } | Kind::Grad => &[][..],
         };
-        for (k, port) in outputs.iter().enumerate() {
-            if !used.contains(&(p.file_index, k)) {
-                let mut w = GraphError::new(
-                    UNUSED_OUTPUT,
-                    format!("output `{}.{}` is never used", p.name.value, port.name),
-                    p.name.loc,
-                )
-                .in_node(&p.name);
-                w.warning = true;
-                warnings.push(w);
-            }
+        // A node whose work is needed for one output may leave the others unread (the
+        // confidence of `max_confidence` without its label): only a dead node is suspicious.
+        let unused: Vec<&str> = (0..outputs.len())
+            .filter(|&k| !used.contains(&(p.file_index, k)))
+            .map(|k| outputs[k].name)
+            .collect();
+        if !outputs.is_empty() && unused.len() == outputs.len() {
+            let message = match unused[..] {
+                [port] => format!("output `{}.{port}` is never used", p.name.value),
+                _ => format!("no output of `{}` is used", p.name.value),
+            };
+            let mut w = GraphError::new(UNUSED_OUTPUT, message, p.name.loc).in_node(&p.name);
+            w.warning = true;
+            warnings.push(w);
         }
     }
     let (mut batch, mut state) = (BTreeMap::new(), BTreeMap::new());
