@@ -24,10 +24,14 @@ mod support;
 
 /// Data sources (`data: { source: ... }`).
 pub mod data {
+    pub mod cityscapes;
+    pub mod files;
     pub mod loader;
+    pub mod manifest;
     pub mod palette;
     pub mod shapes;
     pub mod split;
+    pub mod voc;
 }
 
 /// Network layers and activations.
@@ -80,7 +84,10 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<fuse::detach::Detach>()?;
     r.add::<fuse::max_confidence::MaxConfidence>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
+    r.add_data::<data::cityscapes::Cityscapes>()?;
+    r.add_data::<data::manifest::Manifest>()?;
     r.add_data::<data::shapes::Shapes>()?;
+    r.add_data::<data::voc::Voc>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;
     r.add_model::<models::resnet::Resnet50DeepLabV3Plus>()?;
