@@ -36,12 +36,16 @@ pub mod augment {
 
 /// Data sources (`data: { source: ... }`).
 pub mod data {
+    pub mod cityscapes;
+    pub mod files;
     pub mod loader;
     pub mod m2nist;
+    pub mod manifest;
     pub mod palette;
     pub mod shapes;
     pub mod split;
     pub mod synthetic;
+    pub mod voc;
 }
 
 /// Network layers and activations.
@@ -119,8 +123,11 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<mix::class_mask::ClassMask>()?;
     r.add::<mix::mix::Mix>()?;
     r.add::<loss::squared_error::SquaredError>()?;
+    r.add_data::<data::cityscapes::Cityscapes>()?;
+    r.add_data::<data::manifest::Manifest>()?;
     r.add_data::<data::shapes::Shapes>()?;
     r.add_data::<data::synthetic::Synthetic>()?;
+    r.add_data::<data::voc::Voc>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;
     r.add_model::<models::resnet::Resnet50DeepLabV3Plus>()?;
