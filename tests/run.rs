@@ -193,7 +193,7 @@ fn bad_graphs_exit_2_with_located_reports() {
         assert_eq!(code, ExitCode::from(2), "{cmd}");
         assert!(
             err.contains("FS0101")
-                && err.contains("bad.yaml:28:9")
+                && err.contains("bad.yaml:30:9")
                 && err.contains("cross_entropy"),
             "{cmd}: {err}"
         );
@@ -238,15 +238,15 @@ fn a_bad_data_section_is_fs0113_at_its_position() {
         .unwrap();
     let text = std::fs::read_to_string(g).unwrap();
     for (from, to, col) in [
-        ("source: shapes", "source: shapez", 17),
-        ("batch: 8, size: 32", "batch: 8, sise: 32", 35),
+        ("source: synthetic", "source: synthetiq", 17),
+        ("classes: 6, size: 64", "classes: 6, sise: 64", 40),
     ] {
         let bad = dir.join("data.yaml");
         std::fs::write(&bad, text.replace(from, to)).unwrap();
         let (code, _, err) = cli(&["check", bad.to_str().unwrap()]);
         assert_eq!(code, ExitCode::from(2), "{to}");
         assert!(
-            err.contains("FS0113") && err.contains(&format!("data.yaml:10:{col}")),
+            err.contains("FS0113") && err.contains(&format!("data.yaml:13:{col}")),
             "{to}: {err}"
         );
     }

@@ -179,39 +179,64 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for &mut Filter<A> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, A::Error> {
+        let mut seed = Some(seed);
         loop {
-            let Some(key) = self.map.next_key::<String>()? else {
+            // The dataset's seed sees its keys inside the key's own deserializer, so an unknown
+            // key is reported at the key's line:column.
+            let Some(key) = self.map.next_key_seed(KeySeed(&mut seed))? else {
                 return Ok(None);
             };
             let b = &mut self.batching;
-            match key.as_str() {
-                "batch" => b.batch = self.map.next_value()?,
-                "unlabeled_batch" => b.unlabeled_batch = self.map.next_value()?,
-                "unlabeled_sets" => b.unlabeled_sets = self.map.next_value()?,
-                "labeled" => b.labeled = self.map.next_value()?,
-                "split_seed" => b.split_seed = self.map.next_value()?,
-                "workers" => b.workers = self.map.next_value()?,
-                "prefetch" => b.prefetch = self.map.next_value()?,
-                _ => {
-                    let de: de::value::StringDeserializer<A::Error> = key.into_deserializer();
-                    return seed.deserialize(de).map(Some).map_err(|e: A::Error| {
-                        // Name the batching keys too in "unknown field ... expected one of".
-                        let msg = e.to_string();
-                        if msg.starts_with("unknown field") {
-                            de::Error::custom(format!(
-                                "{msg}, or a batching key: {}",
-                                BATCHING_KEYS.join(", ")
-                            ))
-                        } else {
-                            e
-                        }
-                    });
-                }
+            match key {
+                Key::Own(v) => return Ok(Some(v)),
+                Key::Batching("batch") => b.batch = self.map.next_value()?,
+                Key::Batching("unlabeled_batch") => b.unlabeled_batch = self.map.next_value()?,
+                Key::Batching("unlabeled_sets") => b.unlabeled_sets = self.map.next_value()?,
+                Key::Batching("labeled") => b.labeled = self.map.next_value()?,
+                Key::Batching("split_seed") => b.split_seed = self.map.next_value()?,
+                Key::Batching("workers") => b.workers = self.map.next_value()?,
+                Key::Batching(_) => b.prefetch = self.map.next_value()?,
             }
         }
     }
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
         self.map.next_value_seed(seed)
+    }
+}
+
+/// A key of the mapping: one of [`BATCHING_KEYS`], or the dataset's (decoded by its seed).
+enum Key<V> {
+    Batching(&'static str),
+    Own(V),
+}
+
+/// Reads a key; hands it to the dataset's seed unless it is a batching key.
+struct KeySeed<'s, K>(&'s mut Option<K>);
+
+impl<'de, K: DeserializeSeed<'de>> DeserializeSeed<'de> for KeySeed<'_, K> {
+    type Value = Key<K::Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let key = String::deserialize(d)?;
+        if let Some(k) = BATCHING_KEYS.iter().find(|k| **k == key) {
+            return Ok(Key::Batching(k));
+        }
+        let seed = self
+            .0
+            .take()
+            .ok_or_else(|| de::Error::custom("internal: a key after the dataset's own"))?;
+        let de: de::value::StringDeserializer<D::Error> = key.into_deserializer();
+        seed.deserialize(de).map(Key::Own).map_err(|e: D::Error| {
+            // Name the batching keys too in "unknown field ..., expected one of ...".
+            let msg = e.to_string();
+            if msg.starts_with("unknown field") {
+                de::Error::custom(format!(
+                    "{msg}, or a batching key: {}",
+                    BATCHING_KEYS.join(", ")
+                ))
+            } else {
+                e
+            }
+        })
     }
 }
 
