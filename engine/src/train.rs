@@ -21,7 +21,7 @@ use crate::exec::{self, ExecError};
 use crate::ir::{self, Env, Graph, Source};
 use crate::registry::Registry;
 use crate::spec::{GraphError, GraphSpec, Loc, OptimKind, OptimSpec, Schedule};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use flowseg_kernels::optim::{adamw_step, sgd_step, AdamW, Sgd};
 use flowseg_kernels::KernelError;
 use std::collections::{BTreeMap, BTreeSet};
@@ -580,10 +580,13 @@ fn ema_pairs(spec: &GraphSpec, graph: &Graph, errors: &mut Vec<GraphError>) -> V
     let mut out = Vec::new();
     for (name, m) in &spec.models {
         let Some(src) = &m.ema_of else {
-            if m.decay.is_some() || m.ramp.is_some() {
+            if m.decay.is_some() || m.ramp.is_some() || m.ema_buffers.is_some() {
                 errors.push(GraphError::new(
                     BAD_OBJECTIVE,
-                    format!("`decay`/`ramp` of `{}` need `ema_of`", name.value),
+                    format!(
+                        "`decay`/`ramp`/`ema_buffers` of `{}` need `ema_of`",
+                        name.value
+                    ),
                     name.loc,
                 ));
             }
@@ -601,6 +604,7 @@ fn ema_pairs(spec: &GraphSpec, graph: &Graph, errors: &mut Vec<GraphError>) -> V
             ));
             continue;
         }
+        let with_buffers = m.ema_buffers.unwrap_or(true);
         let (tp, sp) = (format!("{}.", name.value), format!("{}.", src.value));
         let mut pairs = Vec::new();
         let mut copies = Vec::new();
@@ -618,7 +622,7 @@ fn ema_pairs(spec: &GraphSpec, graph: &Graph, errors: &mut Vec<GraphError>) -> V
                 break;
             }
             copies.push((k.clone(), student.clone()));
-            if d.trainable {
+            if d.trainable || (with_buffers && d.spec.dtype == DType::F32) {
                 pairs.push((k.clone(), student));
             }
         }

@@ -380,8 +380,38 @@ fn traced_models_train_and_assign_their_buffers() {
     // the student. The buffers hold the last forward's input (s2's input is s1's output,
     // assigned after s1's).
     assert_ne!(t.state["teacher.head.scale"], t.state["student.head.scale"]);
-    assert_eq!(t.state["teacher.last_input"], batch["x"]);
     assert_ne!(t.state["student.last_input"], batch["x"]);
+    // By default the teacher's buffers are averaged too, after its own forward assigned them:
+    // α_t·x + (1 − α_t)·student's, with the warm-up α_t = min(0.99, 1 − 1/31) at the 30th step.
+    let a = 0.99f32.min(1.0 - 1.0 / 31.0);
+    let (x, s) = (
+        batch["x"].f32().unwrap(),
+        t.state["student.last_input"].f32().unwrap(),
+    );
+    for ((&tv, &xv), &sv) in t.state["teacher.last_input"]
+        .f32()
+        .unwrap()
+        .iter()
+        .zip(x)
+        .zip(s)
+    {
+        assert!(
+            (tv - (a * xv + (1.0 - a) * sv)).abs() < 1e-5,
+            "{tv} {xv} {sv}"
+        );
+    }
+    // `ema_buffers: false` (Mean Teacher's parameters-only update): the teacher's buffers are
+    // only what its own forwards assign.
+    let yaml = MODEL_GRAPH.replace(
+        "teacher: { ema_of: student }",
+        "teacher: { ema_of: student, ema_buffers: false }",
+    );
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    for it in 0..3 {
+        t.step(&batch, it).unwrap();
+    }
+    assert_eq!(t.state["teacher.last_input"], batch["x"]);
 }
 
 #[test]

@@ -67,6 +67,12 @@ pub struct ModelSpec {
     /// warm-up, so early teachers follow the student closely). Default true.
     #[serde(default)]
     pub ramp: Option<bool>,
+    /// For an `ema_of` model: average the buffers (BN running statistics) too, not only the
+    /// parameters. Default true (CutMix-Seg, AugSeg, UniMatch V2), which keeps an eval-mode
+    /// teacher's statistics current; `false` is Mean Teacher's and ClassMix's parameters-only
+    /// update, where the teacher runs in train mode and keeps its own statistics.
+    #[serde(default)]
+    pub ema_buffers: Option<bool>,
 }
 
 /// Where a model's initial weights come from.
