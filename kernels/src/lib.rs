@@ -23,6 +23,8 @@ pub mod argmax;
 pub mod augment;
 pub mod batch_norm;
 pub mod conv2d;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dropout;
 pub mod elementwise;
 mod error;

@@ -1,0 +1,52 @@
+// The confusion matrix for mIoU: the CUDA twin of confusion_add in kernels/src/metrics.rs.
+// Counts are integers, so the result is exact whatever the order of the atomics.
+//
+// Each block first counts into a private K·K histogram of u32 in shared memory (when
+// `use_shared`: the launcher sets it when K·K·4 bytes fit), then adds its non-zero cells to the
+// global u64 matrix, so the hot cells (the diagonal) see one global atomic per block instead of
+// one per pixel. A block counts at most gridDim-stride·blockDim pixels, far below 2^32.
+//
+// Invalid pixels (label not ignore_index, and label or prediction outside [0, K)) cannot raise an
+// error from the device: they are counted in `bad[0]`, and the launcher's caller checks it
+// (the CPU kernel returns an error naming the first such pixel).
+//
+// Not here: IoU / mIoU / accuracy from the matrix (host side, metrics::scores).
+
+// confusion[t·K + p] += 1 for every pixel with label t ≠ ignore_index, prediction p.
+extern "C" __global__ void confusion_add(const int* __restrict__ pred,    // [N,H,W]
+                                         const int* __restrict__ label,   // [N,H,W]
+                                         unsigned long long pixels,       // N·H·W
+                                         int k,                           // K classes
+                                         int ignore_index,
+                                         int use_shared,                  // K·K u32 in dynamic smem
+                                         unsigned long long* __restrict__ confusion,  // [K,K] +=
+                                         unsigned* __restrict__ bad) {    // [1] +=
+    extern __shared__ unsigned hist[];
+    unsigned cells = (unsigned)(k * k);
+    if (use_shared) {
+        for (unsigned c = threadIdx.x; c < cells; c += blockDim.x) hist[c] = 0;
+        __syncthreads();
+    }
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         i < pixels; i += (unsigned long long)blockDim.x * gridDim.x) {
+        int t = label[i];
+        if (t == ignore_index) continue;
+        int p = pred[i];
+        if (t < 0 || t >= k || p < 0 || p >= k) {
+            atomicAdd(bad, 1u);
+            continue;
+        }
+        unsigned cell = (unsigned)(t * k + p);
+        if (use_shared)
+            atomicAdd(&hist[cell], 1u);
+        else
+            atomicAdd(&confusion[cell], 1ull);
+    }
+    if (use_shared) {
+        __syncthreads();
+        for (unsigned c = threadIdx.x; c < cells; c += blockDim.x) {
+            unsigned v = hist[c];
+            if (v) atomicAdd(&confusion[c], (unsigned long long)v);
+        }
+    }
+}
