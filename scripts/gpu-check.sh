@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Builds the CUDA test binaries here (no GPU or CUDA toolkit needed: everything CUDA is dlopened)
+# and packs them into .gpu/cuda-check/ (git-ignored) with a run.sh, then prints the one command
+# that runs them on a GPU machine without a Rust toolchain. What it runs: the device unit tests
+# (Device::cuda opens), the NVRTC compile check, and every CPU-vs-GPU parity test, each with
+# FLOWSEG_REQUIRE_GPU=1 / FLOWSEG_REQUIRE_NVRTC=1 so nothing can skip silently.
+#
+# Needs on the GPU machine: a CUDA 13 driver (580+) and libnvrtc.so.13 (the CUDA toolkit's
+# lib64, or the nvidia-cuda-nvrtc wheel); run.sh looks in the usual places.
+# Not here: the flowseg binary and a kernel benchmark table (later work in issue 5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=.gpu/cuda-check
+rm -rf "$out"
+mkdir -p "$out"
+
+# Release binaries: debug ones are ~50x larger and the carry budget to a GPU machine is 64 MiB.
+json=$(cargo test --release -p flowseg-kernels --features cuda --no-run --message-format=json \
+  --lib --test cuda_compile --test cuda_parity)
+printf '%s\n' "$json" |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do
+  cp "$exe" "$out/$name"
+  strip "$out/$name" 2>/dev/null || true
+done
+
+cat > "$out/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs flowseg's CUDA checks on a GPU machine; exits non-zero when any fails or skips.
+set -uo pipefail
+cd "$(dirname "$0")"
+if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc.so.13'; then
+  for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda/targets/*/lib \
+           $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
+    if [ -e "$d/libnvrtc.so.13" ]; then export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break; fi
+  done
+fi
+nvidia-smi -L || true
+ldconfig -p | grep -E 'libcuda\.so|libnvrtc' || echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+export FLOWSEG_REQUIRE_GPU=1 FLOWSEG_REQUIRE_NVRTC=1
+status=0
+./flowseg_kernels cuda:: --nocapture --test-threads=1 || status=1
+ptxas=$(command -v ptxas || ls /usr/local/cuda/bin/ptxas 2>/dev/null || true)
+if [ -n "$ptxas" ]; then
+  FLOWSEG_PTXAS="$ptxas" ./cuda_compile --nocapture --test-threads=1 || status=1
+else
+  # Without ptxas the register/spill table is skipped (CI prints it); NVRTC still compiles.
+  FLOWSEG_REQUIRE_NVRTC=0 ./cuda_compile --nocapture --test-threads=1 || status=1
+fi
+./cuda_parity --nocapture --test-threads=1 || status=1
+echo "cuda checks: $([ $status = 0 ] && echo PASSED || echo FAILED)"
+exit $status
+RUN
+chmod +x "$out/run.sh"
+du -sh "$out"
+echo
+echo "Carry $out to the GPU machine and run, from the repository root:"
+echo "  bash $out/run.sh"
