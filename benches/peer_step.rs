@@ -1,11 +1,12 @@
-//! Peer benchmark, flowseg side: `graphs/supervised.yaml` (deeplab_lite) against the PyTorch
-//! implementation in `benches/peer/deeplab_lite.py`. Driven by `benches/peer/run.sh`, which
-//! alternates this binary and the PyTorch script on the same machine and thread count; the table
-//! is in docs/BENCHMARKS.md ("Peer: PyTorch, same machine").
+//! Peer benchmark, flowseg side: `graphs/supervised.yaml` and `graphs/cutmix_seg.yaml`
+//! (deeplab_lite) against the PyTorch implementation in `benches/peer/deeplab_lite.py`. Driven by
+//! `benches/peer/run.sh`, which alternates this binary and the PyTorch script on the same machine
+//! and thread count; the table is in docs/BENCHMARKS.md ("Peer: PyTorch, same machine").
 //!
 //! Modes (the first argument after the bench name; cargo's own `--bench` flag is skipped):
 //!
-//! * `export <dir> [--set k=v]...` — for the numerical cross-check, with the graph's overrides
+//! * `export <dir> [--set k=v]...` — for the numerical cross-check (supervised graph), with the
+//!   graph's overrides
 //!   (default `data.batch=16`, `data.size=64`; later `--set`s win):
 //!   `<dir>/init.safetensors`: the initial state of model `student` (parameters and BN buffers),
 //!   named without `student.` — PyTorch's `state_dict` names;
@@ -13,10 +14,12 @@
 //!   `<dir>/expected.safetensors`: after one forward + backward on that batch (`run_cpu`, no
 //!   update): `logits`, `loss`, `grad.<name>` per trained parameter and `running.<name>` per BN
 //!   buffer the train-mode forward assigns.
-//! * `time <n>` — median ms of `n` timed `Trainer::step`s (after 3 warm-up steps) at batch 16 of
-//!   64×64 and of 128×128, and of `n` eval-mode forwards (`mode: eval`, logits only, through the
-//!   plan executor) at batch 16 of 64×64, and the minor page faults per timed step (read from
-//!   `/proc/self/stat`); one JSON line.
+//! * `time <n>` — median ms of `n` timed `Trainer::step`s (after 3 warm-up steps) of the
+//!   supervised graph at batch 16 of 64×64 and of 128×128 and of the CutMix-Seg graph at batch 16
+//!   (labeled) + 2 × 16 (unlabeled) of 64×64, and of `n` eval-mode forwards (`mode: eval`, logits
+//!   only, through the plan executor) at batch 16 of 64×64; the minor page faults per timed step
+//!   (read from `/proc/self/stat`) and, for the peer to compare, the trained parameter count of
+//!   each graph and the float state count of the CutMix-Seg teacher; one JSON line.
 //! * `profile <n>` — where a step's time goes: every node of `trainer.graph` run on its own on
 //!   captured inputs (as `benches/engine.rs` does), median over `n` passes, summed by op name;
 //!   one JSON line per image size, with `Trainer::step`'s median beside the sum.
@@ -44,8 +47,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-const GRAPH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/graphs/supervised.yaml");
+const SUPERVISED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/graphs/supervised.yaml");
+const CUTMIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/graphs/cutmix_seg.yaml");
 const MODEL: &str = "student.";
+const TEACHER: &str = "teacher.";
 const WARMUP: usize = 3;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -69,17 +74,17 @@ fn time(n: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
-fn parse(sets: &[String]) -> GraphSpec {
-    let text = std::fs::read_to_string(GRAPH).unwrap();
+fn parse(graph: &str, sets: &[String]) -> GraphSpec {
+    let text = std::fs::read_to_string(graph).unwrap();
     match spec::parse_graph(&text, sets) {
         Ok((g, _)) => g,
-        Err(e) => panic!("{GRAPH}: {e:?}"),
+        Err(e) => panic!("{graph}: {e:?}"),
     }
 }
 
-/// The supervised trainer for `sets` and batch 0 of its data.
-fn trainer(registry: &Registry, sets: &[String]) -> (Trainer, Batch) {
-    let gspec = parse(sets);
+/// The trainer of `graph` with `sets` and batch 0 of its data.
+fn trainer(registry: &Registry, graph: &str, sets: &[String]) -> (Trainer, Batch) {
+    let gspec = parse(graph, sets);
     let mut source = open_source(&gspec, registry).unwrap();
     let env = Env {
         batch: source.specs(),
@@ -95,6 +100,32 @@ fn trainer(registry: &Registry, sets: &[String]) -> (Trainer, Batch) {
 
 fn sizes(batch: usize, size: usize) -> Vec<String> {
     vec![format!("data.batch={batch}"), format!("data.size={size}")]
+}
+
+/// `sizes` plus an unlabeled batch of the same size (each of the graph's unlabeled sets).
+fn semi_sizes(batch: usize, size: usize) -> Vec<String> {
+    let mut sets = sizes(batch, size);
+    sets.push(format!("data.unlabeled_batch={batch}"));
+    sets
+}
+
+/// Elements of the f32 state tensors whose names `keep` accepts.
+fn state_elements(trainer: &Trainer, keep: impl Fn(&str) -> bool) -> usize {
+    trainer
+        .state
+        .iter()
+        .filter(|(k, v)| keep(k) && v.f32().is_some())
+        .map(|(_, v)| v.spec().len())
+        .sum()
+}
+
+/// Elements of the parameters the trainer's optimizers update.
+fn trained_elements(trainer: &Trainer) -> usize {
+    trainer
+        .gradient_sources()
+        .iter()
+        .map(|(name, _)| trainer.state[name].spec().len())
+        .sum()
 }
 
 /// The node named `name`, output 0.
@@ -120,7 +151,7 @@ fn export(registry: &Registry, dir: &Path, extra: &[String]) {
     std::fs::create_dir_all(dir).unwrap();
     let mut sets = sizes(16, 64);
     sets.extend_from_slice(extra);
-    let (trainer, batch) = trainer(registry, &sets);
+    let (trainer, batch) = trainer(registry, SUPERVISED, &sets);
     let local = |name: &str| name.strip_prefix(MODEL).unwrap_or(name).to_owned();
 
     let init = trainer
@@ -163,10 +194,20 @@ fn export(registry: &Registry, dir: &Path, extra: &[String]) {
     save(&dir.join("expected.safetensors"), expected);
 }
 
-/// Median seconds of a training step at batch 16 of `size`², and the minor page faults per
-/// timed step.
-fn time_step(registry: &Registry, size: usize, n: usize) -> (f64, u64) {
-    let (mut trainer, batch) = trainer(registry, &sizes(16, size));
+/// One timed training graph: median seconds per `Trainer::step`, minor page faults per timed
+/// step, the elements of the parameters it trains and of the teacher's f32 state (parameters
+/// and BN buffers; 0 without a teacher).
+struct Timed {
+    secs: f64,
+    faults: u64,
+    trained: usize,
+    teacher_state: usize,
+}
+
+/// `n` timed `Trainer::step`s of `graph` with `sets`, always on batch 0 (the batch's values
+/// do not change the dense work; the iteration count does change random masks).
+fn time_step(registry: &Registry, graph: &str, sets: &[String], n: usize) -> Timed {
+    let (mut trainer, batch) = trainer(registry, graph, sets);
     let mut it = 0;
     let mut faults = 0;
     let secs = time(n, || {
@@ -176,21 +217,26 @@ fn time_step(registry: &Registry, size: usize, n: usize) -> (f64, u64) {
         trainer.step(&batch, it).unwrap();
         it += 1;
     });
-    (secs, (minor_faults() - faults) / n.max(1) as u64)
+    Timed {
+        secs,
+        faults: (minor_faults() - faults) / n.max(1) as u64,
+        trained: trained_elements(&trainer),
+        teacher_state: state_elements(&trainer, |k| k.starts_with(TEACHER)),
+    }
 }
 
 /// Median seconds of an eval-mode forward (logits only) at batch 16 of `size`², with the
 /// supervised trainer's initial state.
 fn time_eval(registry: &Registry, size: usize, n: usize) -> f64 {
     let mut sets = sizes(16, size);
-    let (trainer, batch) = trainer(registry, &sets);
+    let (trainer, batch) = trainer(registry, SUPERVISED, &sets);
     sets.push("optim={}".to_owned());
     sets.push(
         "nodes=[{ name: fwd, op: forward, inputs: { image: batch.image }, \
          params: { model: student, mode: eval } }]"
             .to_owned(),
     );
-    let gspec = parse(&sets);
+    let gspec = parse(SUPERVISED, &sets);
     let env = Env {
         batch: batch
             .iter()
@@ -229,17 +275,27 @@ fn time_eval(registry: &Registry, size: usize, n: usize) -> f64 {
 }
 
 fn time_all(registry: &Registry, n: usize) {
-    let (s64, f64_) = time_step(registry, 64, n);
-    let (s128, f128) = time_step(registry, 128, n);
+    let s64 = time_step(registry, SUPERVISED, &sizes(16, 64), n);
+    let s128 = time_step(registry, SUPERVISED, &sizes(16, 128), n);
+    let cutmix = time_step(registry, CUTMIX, &semi_sizes(16, 64), n);
     let e64 = time_eval(registry, 64, n);
     println!(
         "{{\"impl\": \"flowseg\", \"threads\": {}, \"n\": {n}, \"sup_b16_64\": {:.3}, \
-         \"sup_b16_128\": {:.3}, \"eval_b16_64\": {:.3}, \"faults_per_step_64\": {f64_}, \
-         \"faults_per_step_128\": {f128}}}",
+         \"sup_b16_128\": {:.3}, \"cutmix_b16_64\": {:.3}, \"eval_b16_64\": {:.3}, \
+         \"faults_per_step_64\": {}, \"faults_per_step_128\": {}, \
+         \"faults_per_step_cutmix_64\": {}, \"params_sup\": {}, \"params_cutmix\": {}, \
+         \"teacher_state_cutmix\": {}}}",
         rayon::current_num_threads(),
-        s64 * 1e3,
-        s128 * 1e3,
-        e64 * 1e3
+        s64.secs * 1e3,
+        s128.secs * 1e3,
+        cutmix.secs * 1e3,
+        e64 * 1e3,
+        s64.faults,
+        s128.faults,
+        cutmix.faults,
+        s64.trained,
+        cutmix.trained,
+        cutmix.teacher_state,
     );
 }
 
@@ -257,7 +313,7 @@ fn minor_faults() -> u64 {
 
 /// Per-op-kind time of one step's graph at batch 16 of `size`², each node run on its own.
 fn profile(registry: &Registry, size: usize, n: usize) {
-    let (mut trainer, batch) = trainer(registry, &sizes(16, size));
+    let (mut trainer, batch) = trainer(registry, SUPERVISED, &sizes(16, size));
     let graph = &trainer.graph;
     let reference = run_cpu(graph, &batch, &trainer.state, 0, 0).unwrap();
     let inputs: Vec<Vec<Option<Tensor>>> = graph

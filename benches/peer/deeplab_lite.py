@@ -10,17 +10,27 @@ when momentum is None); it is the one name allowed to differ.
 Modes (driven by benches/peer/run.sh; see docs/BENCHMARKS.md, "Peer: PyTorch, same machine"):
 
   check <dir>          numerical cross-check against `cargo bench --bench peer_step -- export <dir>`
-  time <n>             median ms per step, one JSON line (as `peer_step time <n>`)
-  profile <n>          torch.profiler self-time by aten op of one training step
+  time <n> [--init F]  median ms per step, one JSON line (as `peer_step time <n>`): the supervised
+                       step (graphs/supervised.yaml) at 64x64 and 128x128, the CutMix-Seg step
+                       (graphs/cutmix_seg.yaml, `cutmix_step`) at 64x64, the eval forward
+  profile <n>          torch.profiler self-time by aten op of one supervised training step
   report <jsonl>       medians over rounds and the flowseg/PyTorch ratios, as a Markdown table
+
+The network's classes and width come from flowseg's exported initial state (`--init
+<dir>/init.safetensors`, which run.sh passes; its weights are loaded too), else from the graphs
+(6 classes, width 16). Optimizer as both graphs: AdamW, lr 2e-3 (constant: the poly schedule is
+a scalar), weight decay 0.01, PyTorch's default betas and eps (= flowseg's).
 """
 
 import argparse
+import copy
 import json
+import math
 import resource
 import statistics
 import sys
 import time
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -29,6 +39,18 @@ import torch.nn.functional as F
 EPS = 1e-5
 MOMENTUM = 0.1
 IGNORE_INDEX = 255
+
+# graphs/supervised.yaml and graphs/cutmix_seg.yaml.
+CLASSES, WIDTH = 6, 16
+LR, WEIGHT_DECAY = 2e-3, 0.01
+# graphs/cutmix_seg.yaml: box of half the image, aspect log-uniform on [0.5, 2]; teacher
+# confidence threshold; EMA decay (no ramp).
+MIX_AREA, MIX_ASPECT = 0.5, (0.5, 2.0)
+CONFIDENCE = 0.97
+EMA_ALPHA = 0.99
+
+
+RELU = F.relu  # the check records every call's input; see `check`
 
 
 def bn(c):
@@ -164,17 +186,11 @@ def group_of(name):
     return "BN gamma/beta"
 
 
-def check(args):
-    from safetensors.torch import load_file
-
-    init = load_file(f"{args.dir}/init.safetensors")
-    batch = load_file(f"{args.dir}/batch.safetensors")
-    expected = load_file(f"{args.dir}/expected.safetensors")
-    cfg = config_of(init)
-    torch.manual_seed(0)
-    model = DeepLabLite(*cfg)
-
-    # Names and shapes: PyTorch's state dict minus `num_batches_tracked` equals flowseg's.
+def from_flowseg(init):
+    """deeplab_lite with flowseg's initial state `init` (a state dict without the model prefix)
+    loaded; asserts that PyTorch's state dict minus `num_batches_tracked` has exactly its names
+    and shapes."""
+    model = DeepLabLite(*config_of(init))
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()
             if not k.endswith("num_batches_tracked")}
     theirs = {k: tuple(v.shape) for k, v in init.items()}
@@ -183,6 +199,21 @@ def check(args):
     assert not (missing or extra or shapes), (
         f"state names differ: not in flowseg {missing}, not in PyTorch {extra}, "
         f"shapes {[(k, ours[k], theirs[k]) for k in shapes]}")
+    result = model.load_state_dict(init, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    assert all(k.endswith("num_batches_tracked") for k in result.missing_keys), result.missing_keys
+    return model
+
+
+def check(args):
+    from safetensors.torch import load_file
+
+    init = load_file(f"{args.dir}/init.safetensors")
+    batch = load_file(f"{args.dir}/batch.safetensors")
+    expected = load_file(f"{args.dir}/expected.safetensors")
+    cfg = config_of(init)
+    torch.manual_seed(0)
+    model = from_flowseg(init)
     params = dict(model.named_parameters())
     n_params = sum(p.numel() for p in params.values())
     grads_flowseg = {k[len("grad."):]: v for k, v in expected.items() if k.startswith("grad.")}
@@ -190,12 +221,9 @@ def check(args):
         f"trained parameters differ: {sorted(set(params) ^ set(grads_flowseg))}")
     n_flowseg = sum(v.numel() for v in grads_flowseg.values())
     assert n_params == n_flowseg, f"parameter counts differ: PyTorch {n_params}, flowseg {n_flowseg}"
-    result = model.load_state_dict(init, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys
-    assert all(k.endswith("num_batches_tracked") for k in result.missing_keys), result.missing_keys
     print(f"deeplab_lite(classes={cfg[0]}, width={cfg[1]}, depth={cfg[2]}, "
           f"output_stride={cfg[3]}): {len(params)} parameter tensors, {n_params} parameters, "
-          f"{len(theirs) - len(params)} BN buffers; names and shapes equal flowseg's")
+          f"{len(init) - len(params)} BN buffers; names and shapes equal flowseg's")
 
     image, label = batch["image"], batch["label"].long()
     print(f"batch: image {tuple(image.shape)}, label {tuple(label.shape)}")
@@ -204,18 +232,34 @@ def check(args):
         m = m.to(dtype)
         m.train()
         m.zero_grad(set_to_none=True)
-        logits = m(image.to(dtype))
+        relu_inputs = []  # every ReLU's input, in call order
+
+        def relu(x, *a, **k):
+            relu_inputs.append(x.detach().double())
+            return RELU(x, *a, **k)
+
+        with mock.patch.object(F, "relu", relu):
+            logits = m(image.to(dtype))
         loss = F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX)
         loss.backward()
         grads = {k: p.grad.detach().clone() for k, p in m.named_parameters()}
         running = {k: v.detach().clone() for k, v in m.state_dict().items()
                    if k.endswith(("running_mean", "running_var"))}
-        return logits.detach(), loss.detach(), grads, running
+        return logits.detach(), loss.detach(), grads, running, relu_inputs
 
-    import copy
     model64 = copy.deepcopy(model)
-    logits, loss, grads, running = one_step(model, torch.float32)
-    logits64, loss64, grads64, running64 = one_step(model64, torch.float64)
+    logits, loss, grads, running, relu32 = one_step(model, torch.float32)
+    logits64, loss64, grads64, running64, relu64 = one_step(model64, torch.float64)
+    # ReLU inputs that PyTorch's own f32 and f64 forwards put on different sides of 0: such a
+    # pre-activation lies within float32 rounding of 0, either branch is a correct float32
+    # result, and every gradient upstream of it moves with the choice (one such pixel moves
+    # some weight gradients by 10 % on a batch of the synthetic set). With any, a gradient
+    # tensor also passes when flowseg is no further from PyTorch f32 than PyTorch f32 is from
+    # f64 — the accuracy float32 has on this batch.
+    flips = [((a > 0) != (b > 0)) for a, b in zip(relu32, relu64)]
+    n_flips = sum(int(f.sum()) for f in flips)
+    closest = max((b[f].abs().max().item() for f, b in zip(flips, relu64) if f.any()),
+                  default=0.0)
 
     tolerances = {"logits": 1e-4, "loss": 1e-4, "gradients": 1e-3, "running stats": 1e-4}
     groups = {}  # group -> (tolerance, [(name, flowseg vs torch, torch vs f64, flowseg vs f64)])
@@ -243,10 +287,17 @@ def check(args):
         worst = max(rows, key=lambda r: r[1])
         m32 = max(r[2] for r in rows)
         mfs = max(r[3] for r in rows)
-        status = "ok" if worst[1] <= tol else "FAIL"
-        ok &= worst[1] <= tol
+        # per tensor: within the tolerance, or (gradients, after a ReLU flip) within PyTorch's
+        # own f32 error on this batch
+        plain = all(r[1] <= tol for r in rows)
+        limited = (group.startswith("grad") and n_flips > 0
+                   and all(r[1] <= max(tol, r[2]) for r in rows))
+        status = "ok" if plain else "ok (within PyTorch's f32 error)" if limited else "FAIL"
+        ok &= plain or limited
         print(f"  {group:36} {len(rows):7d} {tol:6.0e} {worst[1]:17.2e} {m32:17.2e} "
               f"{mfs:15.2e}  {worst[0]} {status}")
+    print(f"ReLU inputs on different sides of 0 in PyTorch f32 and f64: {n_flips} of "
+          f"{sum(f.numel() for f in flips)} (largest such |x| in f64: {closest:.1e})")
     print("cross-check:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 
@@ -281,11 +332,22 @@ def median_ms(n, f, device, warmup=3):
     return statistics.median(times)
 
 
-def data(size, device, batch=16, classes=3):
+def data(size, device, classes, batch=16):
     g = torch.Generator().manual_seed(size)
     image = torch.rand(batch, 3, size, size, generator=g)
     label = torch.randint(0, classes, (batch, size, size), generator=g)
     return image.to(device), label.to(device)
+
+
+def unlabeled(size, device, batch=16):
+    """Two unlabeled batches with their validity maps (1 on every pixel: no crop padding), as
+    the loader's `u_image`, `u_valid`, `u_image_2`, `u_valid_2`."""
+    g = torch.Generator().manual_seed(size + 1)
+    out = []
+    for _ in range(2):
+        out.append(torch.rand(batch, 3, size, size, generator=g).to(device))
+        out.append(torch.ones(batch, size, size).to(device))
+    return out
 
 
 def train_step(model, opt, image, label):
@@ -297,45 +359,137 @@ def train_step(model, opt, image, label):
     return step
 
 
-def make(device):
-    # graphs/supervised.yaml: width 16, 3 classes; SGD lr 0.02, momentum 0.9, wd 1e-4.
-    model = DeepLabLite(classes=3, width=16).to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
+def box_masks(n, h, w, generator):
+    """CutMix-Seg's masks, f32[n, 1, h, w] on the CPU: per sample one box of MIX_AREA of the
+    image, aspect (height / width) log-uniform on MIX_ASPECT, placed uniformly inside the image;
+    1 inside (the pixel comes from the second batch)."""
+    lo, hi = math.log(MIX_ASPECT[0]), math.log(MIX_ASPECT[1])
+    aspect = torch.exp(torch.empty(n).uniform_(lo, hi, generator=generator))
+    bh = (torch.sqrt(MIX_AREA * aspect) * h).round().clamp(1, h)
+    bw = (torch.sqrt(MIX_AREA / aspect) * w).round().clamp(1, w)
+    y0 = (torch.rand(n, generator=generator) * (h - bh + 1)).floor()
+    x0 = (torch.rand(n, generator=generator) * (w - bw + 1)).floor()
+    ys, xs = torch.arange(h), torch.arange(w)
+    inside_y = (ys >= y0[:, None]) & (ys < (y0 + bh)[:, None])  # [n, h]
+    inside_x = (xs >= x0[:, None]) & (xs < (x0 + bw)[:, None])  # [n, w]
+    return (inside_y[:, None, :, None] & inside_x[:, None, None, :]).float()
+
+
+def float_state(model):
+    """The model's float tensors (parameters and BN running statistics), in state-dict order;
+    they share storage with the model."""
+    return [v for v in model.state_dict().values() if v.dtype.is_floating_point]
+
+
+def cutmix_step(student, opt, labeled, unlabeled_batches):
+    """One step of graphs/cutmix_seg.yaml: cross-entropy on the labeled batch; the EMA teacher
+    (eval mode, no gradient) on both unlabeled batches; one box mask per sample; the images,
+    validity maps and teacher logits mixed with it; the student on the mixed images; loss = CE +
+    confident fraction × mean over pixels of validity · Σ_classes (p_student − p_teacher)²; one
+    backward, AdamW, then the teacher's float state (parameters and BN buffers, as the official
+    code's EMAWeightOptimizer) moves towards the student's with α = EMA_ALPHA. Returns the step
+    and the teacher."""
+    image, label = labeled
+    u0, v0, u1, v1 = unlabeled_batches
+    n, _, h, w = u0.shape
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    teacher_state, student_state = float_state(teacher), float_state(student)
+    assert [t.shape for t in teacher_state] == [s.shape for s in student_state]
+    masks = torch.Generator().manual_seed(0)
+
+    def step():
+        mask = box_masks(n, h, w, masks).to(u0.device)
+        with torch.no_grad():
+            mixed_logits = teacher(u0) * (1 - mask) + teacher(u1) * mask
+            teacher_probs = F.softmax(mixed_logits, dim=1)
+            confident_fraction = (teacher_probs.amax(dim=1) >= CONFIDENCE).float().mean()
+            mixed_image = u0 * (1 - mask) + u1 * mask
+            mixed_valid = v0 * (1 - mask[:, 0]) + v1 * mask[:, 0]
+        opt.zero_grad(set_to_none=True)
+        sup = F.cross_entropy(student(image), label, ignore_index=IGNORE_INDEX)
+        student_probs = F.softmax(student(mixed_image), dim=1)
+        squared = ((student_probs - teacher_probs) ** 2).sum(dim=1)
+        cons = (squared * mixed_valid).mean() * confident_fraction
+        (sup + cons).backward()
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_mul_(teacher_state, EMA_ALPHA)
+            torch._foreach_add_(teacher_state, student_state, alpha=1 - EMA_ALPHA)
+    return step, teacher
+
+
+def make(device, init=None):
+    """The graphs' student (from flowseg's initial state when given) and its AdamW."""
+    torch.manual_seed(0)
+    model = from_flowseg(init) if init is not None else DeepLabLite(CLASSES, WIDTH)
+    model = model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     return model, opt
+
+
+def elements(tensors):
+    return sum(t.numel() for t in tensors)
+
+
+def timed_steps(n, step, device):
+    """Median ms of `n` steps after 3 warm-up ones, and the minor page faults per timed step."""
+    for _ in range(3):
+        step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ms = round(median_ms(n, step, device, warmup=0), 3)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // max(n, 1)
+    return ms, faults
+
+
+def load_init(args):
+    if not args.init:
+        return None
+    from safetensors.torch import load_file
+    return load_file(args.init)
 
 
 def time_all(args):
     device = setup(args)
+    init = load_init(args)
+    classes = config_of(init)[0] if init is not None else CLASSES
     out = {"impl": "pytorch", "threads": torch.get_num_threads(), "n": args.n,
            "device": device.type}
     faults = {}
     for size in (64, 128):
-        model, opt = make(device)
-        step = train_step(model, opt, *data(size, device))
-        for _ in range(3):
-            step()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        out[f"sup_b16_{size}"] = round(median_ms(args.n, step, device, warmup=0), 3)
-        faults[f"faults_per_step_{size}"] = (
-            resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // max(args.n, 1)
-    model, _ = make(device)
+        model, opt = make(device, init)
+        step = train_step(model, opt, *data(size, device, classes))
+        out[f"sup_b16_{size}"], faults[f"faults_per_step_{size}"] = timed_steps(
+            args.n, step, device)
+    counts = {"params_sup": elements(model.parameters())}
+    del model, opt, step
+
+    model, opt = make(device, init)
+    step, teacher = cutmix_step(model, opt, data(64, device, classes), unlabeled(64, device))
+    out["cutmix_b16_64"], faults["faults_per_step_cutmix_64"] = timed_steps(args.n, step, device)
+    counts["params_cutmix"] = elements(model.parameters())
+    counts["teacher_state_cutmix"] = elements(float_state(teacher))
+    del model, opt, step, teacher
+
+    model, _ = make(device, init)
     model.eval()
-    image, _ = data(64, device)
+    image, _ = data(64, device, classes)
 
     def forward():
         with torch.inference_mode():
             model(image)
     out["eval_b16_64"] = round(median_ms(args.n, forward, device), 3)
-    print(json.dumps({**out, **faults}))
+    print(json.dumps({**out, **faults, **counts}))
 
 
 def profile(args):
     from torch.profiler import ProfilerActivity, profile as prof
 
     device = setup(args)
+    init = load_init(args)
+    classes = config_of(init)[0] if init is not None else CLASSES
     for size in (64, 128):
-        model, opt = make(device)
-        step = train_step(model, opt, *data(size, device))
+        model, opt = make(device, init)
+        step = train_step(model, opt, *data(size, device, classes))
         for _ in range(3):
             step()
         with prof(activities=[ProfilerActivity.CPU]) as p:
@@ -348,7 +502,7 @@ def profile(args):
         for e in rows:
             kind = KINDS.get(e.key, "other")
             if e.key.startswith("aten::_foreach") or e.key.startswith("Optimizer."):
-                kind = "sgd update"
+                kind = "optimizer update"
             kinds[kind] = kinds.get(kind, 0) + e.self_cpu_time_total
         kinds = {k: ms(v) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
         top = {e.key: ms(e.self_cpu_time_total) for e in rows[:12]}
@@ -396,12 +550,20 @@ def report(args):
     for r in rows:
         by_impl.setdefault(r["impl"], []).append(r)
     fs, pt = by_impl["flowseg"], by_impl["pytorch"]
+    # Same networks and objectives on both sides: the trained parameters and the teacher's
+    # float state (parameters and BN buffers) have the same element counts.
+    for key in ("params_sup", "params_cutmix", "teacher_state_cutmix"):
+        seen = {r.get(key) for r in fs + pt}
+        assert len(seen) == 1, f"{key} differs between flowseg and PyTorch rounds: {seen}"
     names = [("sup_b16_64", "supervised step, batch 16 of 64×64"),
              ("sup_b16_128", "supervised step, batch 16 of 128×128"),
+             ("cutmix_b16_64", "CutMix-Seg step, batch 16 + 2 × 16 of 64×64"),
              ("eval_b16_64", "eval forward, batch 16 of 64×64")]
     print(f"rounds: flowseg {len(fs)}, PyTorch {len(pt)} (alternating); threads: flowseg "
           f"{fs[0]['threads']}, PyTorch {pt[0]['threads']} ({pt[0]['device']}); "
-          f"{fs[0]['n']} timed steps per round")
+          f"{fs[0]['n']} timed steps per round; trained parameters {fs[0]['params_sup']} "
+          f"(supervised), {fs[0]['params_cutmix']} (CutMix-Seg student), teacher float state "
+          f"{fs[0]['teacher_state_cutmix']}, equal on both sides")
     print()
     print("| measurement | flowseg ms: median (each round) | PyTorch ms: median (each round) | "
           "flowseg / PyTorch, medians | best rounds |")
@@ -413,9 +575,12 @@ def report(args):
         fmt = lambda v: ", ".join(f"{x:.1f}" for x in v)
         print(f"| {label} | **{ma:.2f}** ({fmt(a)}) | **{mb:.2f}** ({fmt(b)}) | "
               f"**{ma / mb:.2f}×** | {min(a) / min(b):.2f}× |")
-    faults = [f"{k[16:]}×{k[16:]}: flowseg {statistics.median(r[k] for r in fs):.0f}, "
+    faults = [f"{label}: flowseg {statistics.median(r[k] for r in fs):.0f}, "
               f"PyTorch {statistics.median(r[k] for r in pt):.0f}"
-              for k in ("faults_per_step_64", "faults_per_step_128") if k in fs[0] and k in pt[0]]
+              for k, label in (("faults_per_step_64", "supervised 64×64"),
+                               ("faults_per_step_128", "supervised 128×128"),
+                               ("faults_per_step_cutmix_64", "CutMix-Seg 64×64"))
+              if k in fs[0] and k in pt[0]]
     if faults:
         print("\nminor page faults per training step (median): " + "; ".join(faults))
 
@@ -431,6 +596,7 @@ def main():
         t.add_argument("n", type=int)
         t.add_argument("--threads", type=int, default=2)
         t.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+        t.add_argument("--init", help="flowseg's init.safetensors (from `peer_step export`)")
     r = sub.add_parser("report")
     r.add_argument("jsonl")
     args = ap.parse_args()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Peer benchmark: flowseg against PyTorch on graphs/supervised.yaml (deeplab_lite), same machine,
-# same run, same thread count; the result is docs/BENCHMARKS.md, "Peer: PyTorch, same machine".
+# Peer benchmark: flowseg against PyTorch on graphs/supervised.yaml and graphs/cutmix_seg.yaml
+# (deeplab_lite), same machine, same run, same thread count; the result is docs/BENCHMARKS.md,
+# "Peer: PyTorch, same machine".
 #
 #   benches/peer/run.sh                 # check + 3 alternating rounds of 20 timed steps
 #   ROUNDS=5 STEPS=30 benches/peer/run.sh
@@ -12,10 +13,14 @@
 # 2. `cargo bench --bench peer_step --no-run` (release), then the numerical cross-check:
 #    flowseg exports its initial weights, one batch and the logits, loss, gradients and updated
 #    BN statistics of one train-mode forward+backward; benches/peer/deeplab_lite.py loads the
-#    weights, repeats the step and compares (logits and loss 1e-4 relative, gradients 1e-3).
+#    weights, repeats the step and compares (logits and loss 1e-4 relative, gradients 1e-3, or
+#    PyTorch's own f32-vs-f64 error where a ReLU input lies within float32 rounding of 0).
 # 3. Timing, alternating flowseg and PyTorch for $ROUNDS rounds (the order flips every round), each
-#    $STEPS timed steps after 3 warm-up: supervised step at batch 16 of 64×64 and 128×128, eval
-#    forward at batch 16 of 64×64; medians over rounds and the ratio flowseg / PyTorch.
+#    $STEPS timed steps after 3 warm-up: supervised step at batch 16 of 64×64 and 128×128,
+#    CutMix-Seg step at batch 16 labeled + 2 × 16 unlabeled of 64×64, eval forward at batch 16
+#    of 64×64; medians over rounds and the ratio flowseg / PyTorch. PyTorch starts from flowseg's
+#    exported initial weights (`--init`), so both build the network from one state; the report
+#    asserts equal parameter counts.
 #
 # Threads: RAYON_NUM_THREADS (flowseg) = torch.set_num_threads (PyTorch) = $THREADS (default 2),
 # OMP/MKL likewise. On a machine with a GPU, TORCH_DEVICE=auto (the default) times PyTorch on
@@ -88,8 +93,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
         if [ "$side" = flowseg ]; then
             "$BIN" time "$STEPS" | tee -a "$WORK/times.jsonl"
         else
-            "$PY" "$PEER" time "$STEPS" --threads "$THREADS" --device "$TORCH_DEVICE" |
-                tee -a "$WORK/times.jsonl"
+            "$PY" "$PEER" time "$STEPS" --threads "$THREADS" --device "$TORCH_DEVICE" \
+                --init "$WORK/init.safetensors" | tee -a "$WORK/times.jsonl"
         fi
     done
 done
@@ -101,5 +106,5 @@ if [ "${PROFILE:-0}" = 1 ]; then
     say "profile: flowseg per op kind (each node alone, median of $STEPS passes)"
     "$BIN" profile "$STEPS"
     say "profile: PyTorch self time per aten op (torch.profiler, mean of $STEPS steps)"
-    "$PY" "$PEER" profile "$STEPS" --threads "$THREADS" --device cpu
+    "$PY" "$PEER" profile "$STEPS" --threads "$THREADS" --device cpu --init "$WORK/init.safetensors"
 fi
