@@ -26,6 +26,7 @@ pub mod conv2d;
 pub mod dropout;
 pub mod elementwise;
 mod error;
+pub mod exp;
 pub mod gemm;
 pub mod loss;
 pub mod metrics;
