@@ -191,6 +191,7 @@ impl Tensor {
         }
         true
     }
+
     /// Copies `src`'s elements into this tensor's storage when their specs are equal (no
     /// allocation); false, and nothing changes, otherwise.
     pub fn copy_from(&mut self, src: &Tensor) -> bool {
