@@ -3,18 +3,27 @@
 //!
 //! * [`run_cpu`] — the reference: nodes in the graph's topological order, every output kept until
 //!   the run ends. Tests and tools that inspect intermediate values use it.
-//! * [`run_plan`] — runs a [`Plan`]: outputs live in the plan's buffers (a reused buffer really is
-//!   shared by its tenants) and only the plan's `keep` values survive the run. In
-//!   [`ExecOrder::Sequential`] the steps run in plan order — what the trainer does, one op at a
-//!   time. [`ExecOrder::Interleaved`] is the stream-interleaving simulator, a test mode: the
-//!   per-stream queues run in a random order constrained only by stream order and the plan's
-//!   waits, every buffer starts poisoned (NaN with payload `0xDEAD` for f32, `i32::MIN` for i32)
-//!   and is poisoned again at its `Free` step, and a node that reads poison fails with
-//!   [`ExecError::Poisoned`]. A missing event or an unsafe reuse then shows as that error or as
-//!   different numbers; a correct plan gives bit-identical results under every interleaving.
+//! * [`run_plan_in`] — runs a [`Plan`] in a [`Workspace`]: outputs live in the plan's buffers (a
+//!   reused buffer really is shared by its tenants), one allocation per buffer that the workspace
+//!   keeps across runs, so a steady-state run allocates no activation memory (the trainer's
+//!   path). Only the plan's `keep` values are readable after the run, borrowed from the
+//!   workspace. [`run_plan`] is the same with a fresh workspace whose kept values it moves out.
 //!
-//! Outputs are zeroed before a node runs (kernels may accumulate), on every path; that is the
-//! producer's initialisation, so it does not hide a consumer that runs too early.
+//! Orders: in [`ExecOrder::Sequential`] the steps run in plan order — what the trainer does, one
+//! op at a time. [`ExecOrder::Interleaved`] is the stream-interleaving simulator, a test mode:
+//! the per-stream queues run in a random order constrained only by stream order and the plan's
+//! waits, every buffer starts poisoned (NaN with payload `0xDEAD` for f32, `i32::MIN` for i32)
+//! and is poisoned again at its `Free` step, and a node that reads poison fails with
+//! [`ExecError::Poisoned`]. A missing event or an unsafe reuse then shows as that error or as
+//! different numbers; a correct plan gives bit-identical results under every interleaving.
+//!
+//! Outputs are not cleared before a node runs: the [`crate::Op::cpu`] contract is that an op
+//! overwrites every element of its outputs without reading them, so in plan order a node sees
+//! whatever the buffer held last (the previous tenant, or the previous step's value). The
+//! simulator enforces the contract: it hands every node poisoned outputs, so an element an op
+//! leaves unwritten reaches its reader as poison ([`ExecError::Poisoned`]) and an op that reads
+//! its outputs computes from NaN — either way the run differs from [`run_cpu`], whose outputs
+//! start zeroed.
 //!
 //! Not here: threads per stream (the simulator runs one step at a time; CPU parallelism is inside
 //! kernels), the CUDA executor.
@@ -25,7 +34,7 @@ use crate::plan::{Plan, Step};
 use crate::tensor::{DType, Tensor, TensorSpec};
 use flowseg_kernels::philox::Philox;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Bits of the f32 poison: a quiet NaN whose payload (`0xDEAD`) no kernel produces from numbers.
 pub const POISON_F32_BITS: u32 = 0x7FC0_DEAD;
@@ -60,10 +69,11 @@ pub enum ExecError {
     #[error("plan: {0}")]
     Plan(String),
     /// Interleaved test mode: a node read a poisoned (freed or never written) buffer, the sign of
-    /// a missing event or an unsafe buffer reuse.
+    /// a missing event, an unsafe buffer reuse, or a producer that left part of its output
+    /// unwritten.
     #[error(
         "node `{node}` read poison in output {port} of `{producer}` (buffer b{buffer}): a missing \
-         event or an unsafe buffer reuse"
+         event, an unsafe buffer reuse, or an op that left part of its output unwritten"
     )]
     Poisoned {
         /// The reader.
@@ -91,20 +101,29 @@ pub enum ExecOrder {
 }
 
 /// The values of one run: the inputs it read and the node outputs still available (all of them
-/// after [`run_cpu`], the plan's `keep` values after [`run_plan`]).
+/// after [`run_cpu`], the plan's `keep` values after [`run_plan`] and [`run_plan_in`]).
 pub struct Run<'a> {
     batch: &'a BTreeMap<String, Tensor>,
     state: &'a BTreeMap<String, Tensor>,
-    outputs: Vec<Vec<Option<Tensor>>>,
+    outputs: Outputs<'a>,
+}
+
+/// Where a [`Run`]'s node outputs are.
+enum Outputs<'a> {
+    /// Per node and port; `None` where not kept.
+    Owned(Vec<Vec<Option<Tensor>>>),
+    /// The kept values, in the workspace that ran the plan.
+    Workspace(&'a Workspace),
 }
 
 impl Run<'_> {
     /// The tensor a source names; `None` for a node output the run did not keep.
     pub fn get(&self, s: &Source) -> Option<&Tensor> {
-        match s {
-            Source::Batch(f) => self.batch.get(f),
-            Source::State(f) => self.state.get(f),
-            Source::Node { node, port } => self.outputs.get(*node)?.get(*port)?.as_ref(),
+        match (s, &self.outputs) {
+            (Source::Batch(f), _) => self.batch.get(f),
+            (Source::State(f), _) => self.state.get(f),
+            (Source::Node { node, port }, Outputs::Owned(o)) => o.get(*node)?.get(*port)?.as_ref(),
+            (Source::Node { .. }, Outputs::Workspace(ws)) => ws.get(s),
         }
     }
 
@@ -160,17 +179,17 @@ pub fn run_cpu<'a>(
     iteration: u64,
 ) -> Result<Run<'a>, ExecError> {
     check_inputs(graph, batch, state)?;
-    let mut run = Run {
-        batch,
-        state,
-        outputs: Vec::with_capacity(graph.nodes.len()),
-    };
+    let mut outputs: Vec<Vec<Option<Tensor>>> = Vec::with_capacity(graph.nodes.len());
     for (i, node) in graph.nodes.iter().enumerate() {
         let mut outs: Vec<Tensor> = node.outputs.iter().map(Tensor::zeros).collect();
         let ins: Vec<Option<&Tensor>> = node
             .inputs
             .iter()
-            .map(|s| s.as_ref().and_then(|s| run.get(s)))
+            .map(|s| match s.as_ref()? {
+                Source::Batch(f) => batch.get(f),
+                Source::State(f) => state.get(f),
+                Source::Node { node, port } => outputs.get(*node)?.get(*port)?.as_ref(),
+            })
             .collect();
         let cx = ExecCx {
             seed,
@@ -184,14 +203,19 @@ pub fn run_cpu<'a>(
                 op: node.op.name(),
                 source,
             })?;
-        run.outputs.push(outs.into_iter().map(Some).collect());
+        outputs.push(outs.into_iter().map(Some).collect());
     }
-    Ok(run)
+    Ok(Run {
+        batch,
+        state,
+        outputs: Outputs::Owned(outputs),
+    })
 }
 
 /// Runs `plan` (made for `graph`) once on the CPU in the given order and returns the plan's
 /// `keep` values. `seed` and `iteration` key the random streams, as for [`run_cpu`]: results do
-/// not depend on the plan or the order.
+/// not depend on the plan or the order. Allocates every buffer afresh; a caller that runs the
+/// same plan repeatedly uses [`run_plan_in`].
 pub fn run_plan<'a>(
     graph: &Graph,
     plan: &Plan,
@@ -201,9 +225,168 @@ pub fn run_plan<'a>(
     iteration: u64,
     order: ExecOrder,
 ) -> Result<Run<'a>, ExecError> {
+    let mut ws = Workspace::default();
+    execute(&mut ws, graph, plan, batch, state, seed, iteration, order)?;
+    let mut outputs: Vec<Vec<Option<Tensor>>> = graph
+        .nodes
+        .iter()
+        .map(|n| vec![None; n.outputs.len()])
+        .collect();
+    for &((node, port), b) in &ws.kept {
+        if let Some(slot) = outputs.get_mut(node).and_then(|o| o.get_mut(port)) {
+            *slot = ws.slots[b].current.take();
+        }
+    }
+    Ok(Run {
+        batch,
+        state,
+        outputs: Outputs::Owned(outputs),
+    })
+}
+
+/// [`run_plan`] in `ws`: the plan's buffers are the workspace's, allocated on the first run of a
+/// plan with these buffer sizes and reused by every later one (a plan with other sizes resets
+/// it). The returned run borrows the kept values from the workspace; they stay readable through
+/// [`Workspace::get`] until the next run.
+pub fn run_plan_in<'a>(
+    ws: &'a mut Workspace,
+    graph: &Graph,
+    plan: &Plan,
+    batch: &'a BTreeMap<String, Tensor>,
+    state: &'a BTreeMap<String, Tensor>,
+    seed: u64,
+    iteration: u64,
+    order: ExecOrder,
+) -> Result<Run<'a>, ExecError> {
+    execute(ws, graph, plan, batch, state, seed, iteration, order)?;
+    Ok(Run {
+        batch,
+        state,
+        outputs: Outputs::Workspace(ws),
+    })
+}
+
+/// The memory of a plan's buffers, kept between runs of that plan: one allocation per buffer (of
+/// the buffer's planned size, on first use), re-viewed in place with the spec of each value
+/// written there; a buffer whose values have both dtypes keeps one allocation per dtype. After a
+/// complete run it holds the plan's `keep` values ([`Workspace::get`]).
+#[derive(Default)]
+pub struct Workspace {
+    /// Planned size of each buffer, in bytes: the layout the slots were made for.
+    bytes: Vec<usize>,
+    /// Per buffer.
+    slots: Vec<Slot>,
+    /// Kept node output (node, port) and its buffer, sorted: made from the plan at each run.
+    kept: Vec<((usize, usize), usize)>,
+    /// The last run finished, so the kept values are its results.
+    complete: bool,
+}
+
+/// One plan buffer's storage.
+#[derive(Default)]
+struct Slot {
+    /// The storage, viewed with the spec of the value last written there (`None`: not allocated
+    /// yet).
+    current: Option<Tensor>,
+    /// Storage of the other dtype, when the buffer's values have both.
+    spare: Option<Tensor>,
+}
+
+impl Workspace {
+    /// A kept node output of the last complete run (`None` for any other source, and before a
+    /// run finished).
+    pub fn get(&self, s: &Source) -> Option<&Tensor> {
+        let Source::Node { node, port } = s else {
+            return None;
+        };
+        if !self.complete {
+            return None;
+        }
+        let i = (self.kept)
+            .binary_search_by_key(&(*node, *port), |&(k, _)| k)
+            .ok()?;
+        self.slots.get(self.kept[i].1)?.current.as_ref()
+    }
+
+    /// Elements allocated across all buffers (both dtypes): what the workspace holds between
+    /// runs.
+    pub fn allocated_elements(&self) -> usize {
+        let len = |t: &Option<Tensor>| t.as_ref().map_or(0, Tensor::storage_len);
+        self.slots
+            .iter()
+            .map(|s| len(&s.current) + len(&s.spare))
+            .sum()
+    }
+
+    /// Lays the workspace out for `plan`: kept as is when the buffer sizes match the last plan's,
+    /// emptied otherwise; the kept-value index follows the plan's `keep` and outputs.
+    fn prepare(&mut self, plan: &Plan) {
+        self.complete = false;
+        let same = self.bytes.len() == plan.buffers.len()
+            && (self.bytes.iter())
+                .zip(&plan.buffers)
+                .all(|(&a, b)| a == b.bytes);
+        if !same {
+            self.bytes = plan.buffers.iter().map(|b| b.bytes).collect();
+            self.slots = plan.buffers.iter().map(|_| Slot::default()).collect();
+        }
+        self.kept.clear();
+        self.kept.extend(plan.keep.iter().filter_map(|s| match s {
+            Source::Node { node, port } => Some(((*node, *port), plan.buffer_of(*node, *port)?)),
+            _ => None,
+        }));
+        self.kept.sort_unstable();
+        self.kept.dedup();
+    }
+
+    /// Buffer `b`'s storage viewed as `spec`, for a node to write: the current storage when the
+    /// dtype matches, else the spare one, else a new allocation of the buffer's planned size
+    /// (only on a buffer's first write of that dtype). The contents are whatever the storage
+    /// held.
+    fn take_for_write(&mut self, b: usize, spec: &TensorSpec) -> Tensor {
+        let elements = self.bytes.get(b).map_or(0, |&bytes| bytes / 4);
+        let Some(slot) = self.slots.get_mut(b) else {
+            return Tensor::zeros(spec);
+        };
+        if let Some(mut t) = slot.current.take() {
+            if t.reshape_in_place(spec) {
+                return t;
+            }
+            let spare = slot.spare.replace(t);
+            if let Some(mut s) = spare {
+                if s.reshape_in_place(spec) {
+                    return s;
+                }
+            }
+        }
+        Tensor::zeros_in(spec, elements)
+    }
+}
+
+/// Runs `plan` in `ws`: see [`run_plan`] and [`run_plan_in`].
+fn execute(
+    ws: &mut Workspace,
+    graph: &Graph,
+    plan: &Plan,
+    batch: &BTreeMap<String, Tensor>,
+    state: &BTreeMap<String, Tensor>,
+    seed: u64,
+    iteration: u64,
+    order: ExecOrder,
+) -> Result<(), ExecError> {
     check_inputs(graph, batch, state)?;
     check_plan(graph, plan)?;
+    ws.prepare(plan);
     let poison = matches!(order, ExecOrder::Interleaved { .. });
+    if poison {
+        // The simulator starts from poisoned memory, whatever an earlier run left.
+        for (slot, &bytes) in ws.slots.iter_mut().zip(&ws.bytes) {
+            match &mut slot.current {
+                Some(t) => fill_poison(t),
+                None => slot.current = Some(poisoned(&TensorSpec::f32(&[bytes / 4]))),
+            }
+        }
+    }
     let mut ex = Executor {
         graph,
         plan,
@@ -212,12 +395,7 @@ pub fn run_plan<'a>(
         seed,
         iteration,
         poison,
-        // Sequential runs allocate on first write; the simulator starts from poisoned memory.
-        slots: plan
-            .buffers
-            .iter()
-            .map(|b| poison.then(|| poisoned(&TensorSpec::f32(&[b.bytes / 4]))))
-            .collect(),
+        ws,
         recorded: vec![false; plan.events.len()],
     };
     match order {
@@ -228,32 +406,8 @@ pub fn run_plan<'a>(
         }
         ExecOrder::Interleaved { seed } => ex.interleaved(seed)?,
     }
-    let kept: BTreeSet<(usize, usize)> = plan
-        .keep
-        .iter()
-        .filter_map(|s| match s {
-            Source::Node { node, port } => Some((*node, *port)),
-            _ => None,
-        })
-        .collect();
-    let mut outputs: Vec<Vec<Option<Tensor>>> = graph
-        .nodes
-        .iter()
-        .map(|n| vec![None; n.outputs.len()])
-        .collect();
-    for (node, port) in kept {
-        if let (Some(b), Some(slot)) = (
-            plan.buffer_of(node, port),
-            outputs.get_mut(node).and_then(|o| o.get_mut(port)),
-        ) {
-            *slot = ex.slots[b].take();
-        }
-    }
-    Ok(Run {
-        batch,
-        state,
-        outputs,
-    })
+    ex.ws.complete = true;
+    Ok(())
 }
 
 /// The plan has one entry per node and a large enough buffer per output.
@@ -289,8 +443,8 @@ fn check_plan(graph: &Graph, plan: &Plan) -> Result<(), ExecError> {
     Ok(())
 }
 
-/// State of one [`run_plan`].
-struct Executor<'g, 'a> {
+/// State of one run of a plan.
+struct Executor<'g, 'a, 'w> {
     graph: &'g Graph,
     plan: &'g Plan,
     batch: &'a BTreeMap<String, Tensor>,
@@ -298,14 +452,13 @@ struct Executor<'g, 'a> {
     seed: u64,
     iteration: u64,
     poison: bool,
-    /// Per buffer, its contents viewed with the spec of the value last written there (`None`:
-    /// not allocated yet, sequential mode only).
-    slots: Vec<Option<Tensor>>,
+    /// The buffers.
+    ws: &'w mut Workspace,
     /// Per event, whether it has been recorded.
     recorded: Vec<bool>,
 }
 
-impl Executor<'_, '_> {
+impl Executor<'_, '_, '_> {
     /// Runs the per-stream queues in a random order: a stream may advance when its next step is
     /// not a wait on an unrecorded event. Each interleaving mixes two policies, drawn from the
     /// seed: how often to switch streams (every step, or rarely — so one stream can run far
@@ -372,7 +525,8 @@ impl Executor<'_, '_> {
             },
             Step::Free { buffer, .. } => {
                 if self.poison {
-                    if let Some(t) = self.slots.get_mut(buffer).and_then(Option::as_mut) {
+                    let slot = self.ws.slots.get_mut(buffer);
+                    if let Some(t) = slot.and_then(|s| s.current.as_mut()) {
                         fill_poison(t);
                     }
                 }
@@ -388,22 +542,21 @@ impl Executor<'_, '_> {
             .get(i)
             .ok_or_else(|| ExecError::Plan(format!("no node {i}")))?;
         let buffers = &plan.nodes[i].outputs;
-        // Outputs leave their slots while the node runs, so inputs can borrow the others.
-        let mut outs: Vec<Tensor> = node
-            .outputs
-            .iter()
-            .zip(buffers)
-            .map(|(spec, &b)| match self.slots[b].take() {
-                Some(mut t) if t.spec() == spec => {
-                    zero(&mut t);
-                    t
-                }
-                _ => Tensor::zeros(spec),
-            })
-            .collect();
+        // Outputs leave their slots while the node runs, so inputs can borrow the others. Their
+        // contents are stale (plan order) or poison (the simulator): the op overwrites them.
+        let mut outs: Vec<Tensor> = Vec::with_capacity(buffers.len());
+        for (spec, &b) in node.outputs.iter().zip(buffers) {
+            let mut t = self.ws.take_for_write(b, spec);
+            if self.poison {
+                fill_poison(&mut t);
+            }
+            outs.push(t);
+        }
         let result = self.compute(i, &mut outs);
         for (t, &b) in outs.into_iter().zip(buffers) {
-            self.slots[b] = Some(t);
+            if let Some(slot) = self.ws.slots.get_mut(b) {
+                slot.current = Some(t);
+            }
         }
         result
     }
@@ -454,7 +607,7 @@ impl Executor<'_, '_> {
                 name(p)
             )));
         };
-        let t = match &self.slots[b] {
+        let t = match self.ws.slots.get(b).and_then(|s| s.current.as_ref()) {
             Some(t) if t.spec() == spec => Cow::Borrowed(t),
             Some(t) => Cow::Owned(reinterpret(t, spec)),
             // Only a node's own output buffers are out of their slots while it runs.
@@ -476,14 +629,6 @@ impl Executor<'_, '_> {
             });
         }
         Ok(t)
-    }
-}
-
-fn zero(t: &mut Tensor) {
-    if let Some(v) = t.f32_mut() {
-        v.fill(0.0);
-    } else if let Some(v) = t.i32_mut() {
-        v.fill(0);
     }
 }
 

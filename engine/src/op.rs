@@ -143,6 +143,13 @@ pub trait Op: Send + Sync + 'static {
     }
 
     /// The CPU reference: fill `outputs` (allocated from `infer`) from `inputs`.
+    ///
+    /// Contract: write every element of every output, and never read an output before writing
+    /// it. Output buffers arrive with arbitrary contents — the plan executor reuses a buffer
+    /// across values and steps without clearing it — so an op that accumulates (`+=`) must
+    /// initialise its output first. The executor's interleaving simulator hands ops poisoned
+    /// outputs to catch a breach (ops/tests/gradients.rs and ops/tests/shipped_graphs.rs run
+    /// every built-in op through it).
     fn cpu(
         p: &Self::Params,
         cx: &ExecCx,

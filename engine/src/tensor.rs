@@ -2,8 +2,11 @@
 //! and, at run time, a [`Tensor`] holding contiguous host data. Shapes are static: batch, crop
 //! and class counts come from the graph; data-dependent selection is values, never shapes.
 //!
-//! Not here: devices, arenas and views (plan/exec), strided layouts (every kernel takes contiguous
-//! NCHW).
+//! A tensor's storage may be longer than its spec: the plan executor keeps one allocation per
+//! plan buffer across steps and re-views it with the spec of each value it holds
+//! ([`Tensor::reshape_in_place`]); every accessor sees exactly `spec.len()` elements.
+//!
+//! Not here: devices, arenas (plan/exec), strided layouts (every kernel takes contiguous NCHW).
 
 use flowseg_kernels::Nchw;
 use std::fmt;
@@ -88,7 +91,7 @@ impl fmt::Display for TensorSpec {
     }
 }
 
-/// Contiguous host data.
+/// Contiguous host data: the storage, at least as long as the tensor's spec.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Data {
     /// f32 elements.
@@ -97,24 +100,112 @@ pub enum Data {
     I32(Vec<i32>),
 }
 
-/// A tensor on the host: its spec and its data (lengths always agree).
-#[derive(Debug, Clone, PartialEq)]
+impl Data {
+    fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::I32(v) => v.len(),
+        }
+    }
+}
+
+/// A tensor on the host: its spec and its data (the first `spec.len()` elements of the storage;
+/// storage past them belongs to no value).
 pub struct Tensor {
     spec: TensorSpec,
     data: Data,
 }
 
+impl Clone for Tensor {
+    /// Copies the visible elements only (not a workspace buffer's spare storage).
+    fn clone(&self) -> Self {
+        let n = self.spec.len();
+        let data = match &self.data {
+            Data::F32(v) => Data::F32(v[..n].to_vec()),
+            Data::I32(v) => Data::I32(v[..n].to_vec()),
+        };
+        Tensor {
+            spec: self.spec.clone(),
+            data,
+        }
+    }
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec && (self.f32(), self.i32()) == (other.f32(), other.i32())
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Tensor");
+        d.field("spec", &self.spec);
+        match (self.f32(), self.i32()) {
+            (Some(v), _) => d.field("f32", &v),
+            (_, Some(v)) => d.field("i32", &v),
+            _ => &mut d,
+        };
+        d.finish()
+    }
+}
+
 impl Tensor {
     /// Zeros of this spec.
     pub fn zeros(spec: &TensorSpec) -> Self {
+        Tensor::zeros_in(spec, spec.len())
+    }
+
+    /// Zeros of `spec` in storage of `storage` elements (at least `spec.len()`), so the tensor
+    /// can later be re-viewed with any spec of its dtype that fits ([`Tensor::reshape_in_place`]).
+    pub fn zeros_in(spec: &TensorSpec, storage: usize) -> Self {
+        let n = storage.max(spec.len());
         let data = match spec.dtype {
-            DType::F32 => Data::F32(vec![0.0; spec.len()]),
-            DType::I32 => Data::I32(vec![0; spec.len()]),
+            DType::F32 => Data::F32(vec![0.0; n]),
+            DType::I32 => Data::I32(vec![0; n]),
         };
         Tensor {
             spec: spec.clone(),
             data,
         }
+    }
+
+    /// Elements the storage holds (≥ `spec().len()`).
+    pub fn storage_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Views the same storage as `spec`, without allocating or touching the elements (the new
+    /// view starts with whatever the storage held: callers overwrite it). False, and nothing
+    /// changes, when the dtype differs or the storage is too short.
+    pub fn reshape_in_place(&mut self, spec: &TensorSpec) -> bool {
+        let same_dtype = matches!(
+            (&self.data, spec.dtype),
+            (Data::F32(_), DType::F32) | (Data::I32(_), DType::I32)
+        );
+        if !same_dtype || spec.len() > self.data.len() {
+            return false;
+        }
+        if self.spec != *spec {
+            self.spec.clone_from(spec);
+        }
+        true
+    }
+
+    /// Copies `src`'s elements into this tensor's storage when their specs are equal (no
+    /// allocation); false, and nothing changes, otherwise.
+    pub fn copy_from(&mut self, src: &Tensor) -> bool {
+        if self.spec != src.spec {
+            return false;
+        }
+        match (self.f32_mut(), src.f32()) {
+            (Some(d), Some(s)) => d.copy_from_slice(s),
+            _ => match (self.i32_mut(), src.i32()) {
+                (Some(d), Some(s)) => d.copy_from_slice(s),
+                _ => return false,
+            },
+        }
+        true
     }
 
     /// An f32 tensor from data; `None` when the length does not match the shape.
@@ -143,15 +234,16 @@ impl Tensor {
     /// The f32 elements, if it is f32.
     pub fn f32(&self) -> Option<&[f32]> {
         match &self.data {
-            Data::F32(v) => Some(v),
+            Data::F32(v) => Some(&v[..self.spec.len()]),
             Data::I32(_) => None,
         }
     }
 
     /// The f32 elements, mutably, if it is f32.
     pub fn f32_mut(&mut self) -> Option<&mut [f32]> {
+        let n = self.spec.len();
         match &mut self.data {
-            Data::F32(v) => Some(v),
+            Data::F32(v) => Some(&mut v[..n]),
             Data::I32(_) => None,
         }
     }
@@ -159,15 +251,16 @@ impl Tensor {
     /// The i32 elements, if it is i32.
     pub fn i32(&self) -> Option<&[i32]> {
         match &self.data {
-            Data::I32(v) => Some(v),
+            Data::I32(v) => Some(&v[..self.spec.len()]),
             Data::F32(_) => None,
         }
     }
 
     /// The i32 elements, mutably, if it is i32.
     pub fn i32_mut(&mut self) -> Option<&mut [i32]> {
+        let n = self.spec.len();
         match &mut self.data {
-            Data::I32(v) => Some(v),
+            Data::I32(v) => Some(&mut v[..n]),
             Data::F32(_) => None,
         }
     }

@@ -111,6 +111,8 @@ pub struct Trainer {
     /// How [`Trainer::step`] runs `graph`: one stream (the CPU runs one op at a time), keeping
     /// the losses, gradients and assigned buffers. `flowseg plan` re-plans from its `keep`.
     pub plan: crate::plan::Plan,
+    /// The plan's buffers, kept across steps (see [`exec::Workspace`]).
+    workspace: exec::Workspace,
 }
 
 /// An `ema_of` model: its parameters follow the source model's.
@@ -259,6 +261,7 @@ impl Trainer {
         let plan = crate::plan::plan(&graph, &crate::plan::PlanOptions { streams: 1, keep })?;
         let mut t = Trainer {
             plan,
+            workspace: exec::Workspace::default(),
             graph,
             losses,
             state,
@@ -357,7 +360,16 @@ impl Trainer {
         iteration: u64,
     ) -> Result<Vec<(String, f32)>, StepError> {
         let (graph, plan, order) = (&self.graph, &self.plan, exec::ExecOrder::Sequential);
-        let run = exec::run_plan(graph, plan, batch, &self.state, self.seed, iteration, order)?;
+        let run = exec::run_plan_in(
+            &mut self.workspace,
+            graph,
+            plan,
+            batch,
+            &self.state,
+            self.seed,
+            iteration,
+            order,
+        )?;
         let mut values = Vec::with_capacity(self.losses.len());
         for (name, src) in &self.losses {
             let v = run.scalar(src).unwrap_or(f32::NAN);
@@ -370,30 +382,11 @@ impl Trainer {
             }
             values.push((name.clone(), v));
         }
-        let assigned: Vec<(String, Tensor)> = self
-            .graph
-            .assigns
-            .iter()
-            .filter_map(|(src, name)| run.get(src).map(|t| (name.clone(), t.clone())))
-            .collect();
-        // Copy the gradients out so the state can be updated after the run's borrows end.
-        let grads: Vec<Vec<Vec<f32>>> = self
-            .optimizers
-            .iter()
-            .map(|o| {
-                o.params
-                    .iter()
-                    .map(|p| {
-                        run.get(&p.grad)
-                            .and_then(Tensor::f32)
-                            .map(<[f32]>::to_vec)
-                            .unwrap_or_default()
-                    })
-                    .collect()
-            })
-            .collect();
         drop(run);
-        for (opt, grads) in self.optimizers.iter_mut().zip(grads) {
+        // The gradients and assigned buffers are read in place from the workspace, which the
+        // updates below do not touch.
+        let kept = &self.workspace;
+        for opt in &mut self.optimizers {
             opt.steps += 1;
             let base = lr_at(
                 opt.spec.lr,
@@ -401,7 +394,8 @@ impl Trainer {
                 iteration,
                 self.total,
             );
-            for (p, g) in opt.params.iter_mut().zip(grads) {
+            for p in &mut opt.params {
+                let g = kept.get(&p.grad).and_then(Tensor::f32).unwrap_or(&[]);
                 let Some(value) = self.state.get_mut(&p.state).and_then(Tensor::f32_mut) else {
                     continue;
                 };
@@ -409,7 +403,7 @@ impl Trainer {
                 let result = match opt.spec.kind {
                     OptimKind::Sgd => sgd_step(
                         value,
-                        &g,
+                        g,
                         &mut p.m,
                         &Sgd {
                             lr,
@@ -420,7 +414,7 @@ impl Trainer {
                     ),
                     OptimKind::Adamw => adamw_step(
                         value,
-                        &g,
+                        g,
                         &mut p.m,
                         &mut p.v,
                         &AdamW {
@@ -439,8 +433,15 @@ impl Trainer {
                 })?;
             }
         }
-        for (name, t) in assigned {
-            self.state.insert(name, t);
+        for (src, name) in &self.graph.assigns {
+            let Some(t) = kept.get(src) else { continue };
+            let copied = self
+                .state
+                .get_mut(name)
+                .is_some_and(|slot| slot.copy_from(t));
+            if !copied {
+                self.state.insert(name.clone(), t.clone());
+            }
         }
         for e in &self.emas {
             // Mean Teacher's warm-up: α_t = min(α, 1 − 1/(t + 1)), t = 1 after the first step.

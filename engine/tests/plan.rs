@@ -5,7 +5,9 @@
 //! printed plan of a small graph is pinned; single- and multi-stream plans give bit-identical
 //! losses and gradients in plan order and under 20 random interleavings; removing any wait, or
 //! forcing the refused reuse, is caught by the interleaving simulator; state conflicts without
-//! an order are FS0114; the trainer steps through its single-stream plan.
+//! an order are FS0114; the trainer steps through its single-stream plan; a workspace keeps one
+//! allocation per buffer across runs; an op that leaves part of its output unwritten, or reads
+//! it, is caught by the simulator's poisoned outputs.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,7 +15,7 @@
 )]
 
 use flowseg_engine::autodiff::{self};
-use flowseg_engine::exec::{run_cpu, run_plan, ExecError, ExecOrder};
+use flowseg_engine::exec::{run_cpu, run_plan, run_plan_in, ExecError, ExecOrder, Workspace};
 use flowseg_engine::ir::{self, Graph, Source};
 use flowseg_engine::op::io;
 use flowseg_engine::plan::{pin_stream, plan, Plan, PlanOptions, Step};
@@ -59,6 +61,58 @@ impl Op for Bump {
     }
 }
 
+/// Breaks the `Op::cpu` contract: y = x except the last element, left as the buffer held it.
+struct Partial;
+impl Op for Partial {
+    const NAME: &'static str = "partial";
+    const SUMMARY: &'static str = "y = x but the last element";
+    const INPUTS: &'static [Port] = &[Port::req("x", "f32")];
+    const OUTPUTS: &'static [Port] = &[Port::req("y", "like x")];
+    const EXAMPLE: &'static str = "";
+    type Params = flowseg_engine::NoParams;
+    fn infer(_: &Self::Params, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        Ok(vec![io::f32_spec(Self::INPUTS, ins, 0)?.clone()])
+    }
+    fn cpu(
+        _: &Self::Params,
+        _: &ExecCx,
+        ins: &[Option<&Tensor>],
+        out: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let x = io::f32(Self::INPUTS, ins, 0)?;
+        let y = io::f32_out(Self::OUTPUTS, out, 0)?;
+        let n = y.len() - 1;
+        y[..n].copy_from_slice(&x[..n]);
+        Ok(())
+    }
+}
+
+/// Breaks the `Op::cpu` contract: y += x, reading its output.
+struct Accumulate;
+impl Op for Accumulate {
+    const NAME: &'static str = "accumulate";
+    const SUMMARY: &'static str = "y += x";
+    const INPUTS: &'static [Port] = &[Port::req("x", "f32")];
+    const OUTPUTS: &'static [Port] = &[Port::req("y", "like x")];
+    const EXAMPLE: &'static str = "";
+    type Params = flowseg_engine::NoParams;
+    fn infer(_: &Self::Params, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        Ok(vec![io::f32_spec(Self::INPUTS, ins, 0)?.clone()])
+    }
+    fn cpu(
+        _: &Self::Params,
+        _: &ExecCx,
+        ins: &[Option<&Tensor>],
+        out: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let x = io::f32(Self::INPUTS, ins, 0)?;
+        for (y, x) in io::f32_out(Self::OUTPUTS, out, 0)?.iter_mut().zip(x) {
+            *y += x;
+        }
+        Ok(())
+    }
+}
+
 fn registry() -> Registry {
     let mut r = Registry::new();
     r.add::<Mul>()
@@ -66,6 +120,10 @@ fn registry() -> Registry {
         .add::<MseLoss>()
         .unwrap()
         .add::<Bump>()
+        .unwrap()
+        .add::<Partial>()
+        .unwrap()
+        .add::<Accumulate>()
         .unwrap();
     r
 }
@@ -539,4 +597,97 @@ fn the_trainer_steps_through_its_single_stream_plan() {
     let got = t.step(&batch, 0).unwrap();
     assert_eq!(got[0].0, "l1.loss");
     assert_eq!(got[0].1.to_bits(), want.to_bits());
+}
+
+#[test]
+fn a_workspace_keeps_one_allocation_per_buffer_across_runs() {
+    let (g, keep) = training_graph();
+    let p = plan(&g, &opts(1, keep.clone())).unwrap();
+    let (batch, state) = (batch(), state());
+    let want: Vec<Vec<u32>> = {
+        let run = run_cpu(&g, &batch, &state, 7, 3).unwrap();
+        keep.iter()
+            .map(|s| {
+                run.get(s)
+                    .unwrap()
+                    .f32()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            })
+            .collect()
+    };
+    let mut ws = Workspace::default();
+    let mut addresses = Vec::new();
+    for _ in 0..3 {
+        let run =
+            run_plan_in(&mut ws, &g, &p, &batch, &state, 7, 3, ExecOrder::Sequential).unwrap();
+        let got: Vec<Vec<u32>> = keep
+            .iter()
+            .map(|s| {
+                run.get(s)
+                    .unwrap()
+                    .f32()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(got, want);
+        addresses.push(
+            keep.iter()
+                .map(|s| run.get(s).unwrap().f32().unwrap().as_ptr() as usize)
+                .collect::<Vec<_>>(),
+        );
+        drop(run);
+        // Every buffer allocated once, at its planned size (all values here are f32).
+        assert_eq!(4 * ws.allocated_elements(), p.stats.peak_bytes, "{p}");
+        // Batch and state are not buffers; kept values stay readable from the workspace.
+        assert!(ws.get(&keep[0]).is_some() && ws.get(&Source::Batch("x".into())).is_none());
+    }
+    assert!(addresses.windows(2).all(|w| w[0] == w[1]), "{addresses:?}");
+}
+
+#[test]
+fn the_simulator_catches_an_op_that_does_not_overwrite_its_outputs() {
+    for op in ["partial", "accumulate"] {
+        let yaml = format!(
+            "name: contract
+nodes:
+  - {{ name: prod, op: mul, inputs: {{ a: batch.x, b: state.net.w }} }}
+  - {{ name: bad, op: {op}, inputs: {{ x: prod.y }} }}
+  - {{ name: loss, op: mse, inputs: {{ x: bad.y, t: batch.t }} }}
+"
+        );
+        let g = build(&yaml);
+        let p = plan(&g, &opts(1, vec![out(&g, "loss")])).unwrap();
+        let (batch, state) = (batch(), state());
+        // Freshly allocated (zeroed) buffers hide the bug in plan order ...
+        let want = loss_bits(&g, &p, ExecOrder::Sequential).unwrap();
+        let reference = run_cpu(&g, &batch, &state, 0, 0).unwrap();
+        assert_eq!(reference.scalar(&out(&g, "loss")).unwrap().to_bits(), want);
+        // ... and the poisoned simulator shows it on every interleaving: the unwritten element
+        // is poison, and so is poison + x where the CPU keeps the NaN's payload (else a NaN).
+        for seed in 0..3 {
+            match loss_bits(&g, &p, ExecOrder::Interleaved { seed }) {
+                Err(ExecError::Poisoned { producer, .. }) => assert_eq!(producer, "bad"),
+                Ok(bits) if op == "accumulate" => assert!(f32::from_bits(bits).is_nan()),
+                other => panic!("{op}: {other:?}"),
+            }
+        }
+        // In a reused workspace the second plan-order run sees the first's leftovers.
+        if op == "accumulate" {
+            let mut ws = Workspace::default();
+            let mut losses = Vec::new();
+            for _ in 0..2 {
+                let run = run_plan_in(&mut ws, &g, &p, &batch, &state, 0, 0, ExecOrder::Sequential)
+                    .unwrap();
+                losses.push(run.scalar(&out(&g, "loss")).unwrap().to_bits());
+            }
+            assert_eq!(losses[0], want);
+            assert_ne!(losses[1], want);
+        }
+    }
 }

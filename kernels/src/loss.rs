@@ -35,6 +35,12 @@
 //! and their partial sums are added in image order, so the result does not depend on the thread
 //! count. Backward recomputes what it needs from the forward inputs (nothing is saved).
 //!
+//! Speed (the hard-label cross-entropy pair, the supervised step's loss): both walk an image in
+//! blocks of 256 pixels, class planes inner, so a block's statistics stay in L1 and every loop
+//! runs over contiguous pixels; the exponentials go through [`Real::exp_in_place`] (for f32 the
+//! vectorised polynomial of [`crate::exp`], within 1 ulp of libm's), and the backward takes each
+//! e^(x − m) once, straight into its output.
+//!
 //! Not here: per-class weights (`F.cross_entropy(weight=…)`), label smoothing, focal / dice /
 //! OHEM losses (OHEM ranks `pixel_loss` and passes a 0/1 weight), and gradients with respect to
 //! the weights, masks, labels or soft targets.
@@ -127,25 +133,36 @@ fn check_targets<T: Real>(
     ignore_index: i32,
 ) -> Result<(usize, f64), KernelError> {
     let k = shape.c;
-    let mut valid = 0usize;
-    let mut wsum = 0f64;
-    for (p, &t) in target.iter().enumerate() {
-        if t == ignore_index {
-            continue;
-        }
-        if t < 0 || t as usize >= k {
-            let (n, y, x) = pixel_of(shape, p);
-            return Err(KernelError::Shape {
-                kernel,
-                reason: format!(
-                    "target at pixel (n={n}, y={y}, x={x}) is {t}, neither ignore_index \
-                     {ignore_index} nor a class in [0, {k})"
-                ),
-            });
-        }
-        valid += 1;
-        wsum += weight.map_or(1.0, |w| w[p].f64());
+    // A branch-free pass (it vectorises) for the common case; the loop below finds the first
+    // bad pixel when there is one. A negative label wraps to a large u32.
+    let k32 = u32::try_from(k).unwrap_or(u32::MAX);
+    let (mut valid, mut bad) = (0usize, false);
+    for &t in target {
+        let counted = t != ignore_index;
+        valid += usize::from(counted);
+        bad |= counted & (t as u32 >= k32);
     }
+    if bad {
+        for (p, &t) in target.iter().enumerate() {
+            if t != ignore_index && (t < 0 || t as usize >= k) {
+                let (n, y, x) = pixel_of(shape, p);
+                return Err(KernelError::Shape {
+                    kernel,
+                    reason: format!(
+                        "target at pixel (n={n}, y={y}, x={x}) is {t}, neither ignore_index \
+                         {ignore_index} nor a class in [0, {k})"
+                    ),
+                });
+            }
+        }
+    }
+    // Unweighted, Σ 1 over the valid pixels is their count, exactly.
+    let wsum = match weight {
+        None => valid as f64,
+        Some(w) => (target.iter().zip(w))
+            .filter(|(&t, _)| t != ignore_index)
+            .fold(0f64, |acc, (_, &wv)| acc + wv.f64()),
+    };
     Ok((valid, wsum))
 }
 
@@ -159,6 +176,15 @@ fn mask_stats<T: Real>(mask: Option<&[T]>, pixels: usize) -> (usize, f64) {
     }
 }
 
+/// One pixel's gradient coefficient dloss·w/D (`scale` = dloss/D), exactly 0 when skipped.
+fn coefficient<T: Real>(w: f64, skip: bool, scale: f64) -> T {
+    if skip || w == 0.0 || scale == 0.0 {
+        T::zero()
+    } else {
+        T::of(scale * w)
+    }
+}
+
 /// Per-pixel gradient coefficient dloss·w/D, exactly 0 at skipped pixels ([N,H,W]).
 fn coefficients<T: Real>(
     pixels: usize,
@@ -167,15 +193,26 @@ fn coefficients<T: Real>(
     scale: f64,
 ) -> Vec<T> {
     (0..pixels)
-        .map(|p| {
-            let w = weight.map_or(1.0, |w| w[p].f64());
-            if skip(p) || w == 0.0 || scale == 0.0 {
-                T::zero()
-            } else {
-                T::of(scale * w)
-            }
-        })
+        .map(|p| coefficient(weight.map_or(1.0, |w| w[p].f64()), skip(p), scale))
         .collect()
+}
+
+/// Pixels per block of the cross-entropy pair: one block's per-pixel statistics and
+/// exponentials stay in L1 while the K class planes stream past.
+const BLOCK: usize = 256;
+
+/// Per-pixel max over the K classes of pixels `p0..p0 + m.len()` of one image `x` (K planes of
+/// `plane`), into `m`: the same comparisons as `softmax::plane_max` on a slice of the plane.
+fn block_max<T: Real>(x: &[T], plane: usize, p0: usize, m: &mut [T]) {
+    let b = m.len();
+    m.copy_from_slice(&x[p0..p0 + b]);
+    for xk in x.chunks_exact(plane).skip(1) {
+        for (mv, &v) in m.iter_mut().zip(&xk[p0..p0 + b]) {
+            if v > *mv {
+                *mv = v;
+            }
+        }
+    }
 }
 
 /// Σ over images of `f(n)`, computed in parallel and added in image order (deterministic).
@@ -265,26 +302,45 @@ pub fn cross_entropy_fwd<T: Real>(
         }
         return Ok(T::zero());
     }
-    // One image: writes −log p_t per pixel into `out` and returns Σ w·(−log p_t).
-    let image = |n: usize, out: &mut [T]| -> f64 {
+    // One image: writes −log p_t per pixel into `out` (if given) and returns Σ w·(−log p_t).
+    let image = |n: usize, mut out: Option<&mut [T]>| -> f64 {
         let xi = &logits[n * shape.image()..(n + 1) * shape.image()];
         let ti = &target[n * plane..(n + 1) * plane];
-        let mut m = vec![T::zero(); plane];
-        let mut s = vec![T::zero(); plane];
-        max_sumexp(xi, &mut m, &mut s);
+        let (mut m, mut s, mut e) = ([T::zero(); BLOCK], [T::zero(); BLOCK], [T::zero(); BLOCK]);
         let mut acc = 0f64;
-        for p in 0..plane {
-            let t = ti[p];
-            if t == ignore {
-                out[p] = T::zero();
-                continue;
+        for p0 in (0..plane).step_by(BLOCK) {
+            let b = BLOCK.min(plane - p0);
+            let (m, s, e) = (&mut m[..b], &mut s[..b], &mut e[..b]);
+            block_max(xi, plane, p0, m);
+            s.fill(T::zero());
+            for xk in xi.chunks_exact(plane) {
+                for ((ev, &v), &mv) in e.iter_mut().zip(&xk[p0..p0 + b]).zip(m.iter()) {
+                    *ev = v - mv;
+                }
+                T::exp_in_place(e);
+                for (sv, &ev) in s.iter_mut().zip(e.iter()) {
+                    *sv += ev;
+                }
             }
-            // Grouped as in log_softmax_fwd, so large logits keep their precision in f32.
-            let l = s[p].ln() - (xi[t as usize * plane + p] - m[p]);
-            out[p] = l;
-            let w = weight.map_or(1.0, |w| w[n * plane + p].f64());
-            if w != 0.0 {
-                acc += w * l.f64();
+            for j in 0..b {
+                let p = p0 + j;
+                let t = ti[p];
+                let l = if t == ignore {
+                    T::zero()
+                } else {
+                    // Grouped as in log_softmax_fwd, so large logits keep their precision in f32.
+                    s[j].ln() - (xi[t as usize * plane + p] - m[j])
+                };
+                if let Some(out) = out.as_deref_mut() {
+                    out[p] = l;
+                }
+                if t == ignore {
+                    continue;
+                }
+                let w = weight.map_or(1.0, |w| w[n * plane + p].f64());
+                if w != 0.0 {
+                    acc += w * l.f64();
+                }
             }
         }
         acc
@@ -294,11 +350,11 @@ pub fn cross_entropy_fwd<T: Real>(
             let parts: Vec<f64> = pl
                 .par_chunks_mut(plane)
                 .enumerate()
-                .map(|(n, out)| image(n, out))
+                .map(|(n, out)| image(n, Some(out)))
                 .collect();
             parts.iter().sum()
         }
-        None => sum_images(shape.n, |n| image(n, &mut vec![T::zero(); plane])),
+        None => sum_images(shape.n, |n| image(n, None)),
     };
     Ok(T::of(total * inv(d)))
 }
@@ -329,38 +385,51 @@ pub fn cross_entropy_bwd<T: Real>(
     if shape.is_empty() {
         return Ok(());
     }
-    let coef = coefficients(
-        pixels,
-        weight,
-        |p| target[p] == ignore,
-        dloss.f64() * inv(d),
-    );
+    let scale = dloss.f64() * inv(d);
+    let image = shape.image();
     dlogits
-        .par_chunks_mut(shape.image())
-        .zip(logits.par_chunks(shape.image()))
-        .zip(coef.par_chunks(plane).zip(target.par_chunks(plane)))
-        .for_each(|((gi, xi), (ci, ti))| {
-            let mut m = vec![T::zero(); plane];
-            let mut s = vec![T::zero(); plane];
-            max_sumexp(xi, &mut m, &mut s);
-            for sv in s.iter_mut() {
-                *sv = sv.recip();
-            }
-            for (k, (gk, xk)) in gi
-                .chunks_exact_mut(plane)
-                .zip(xi.chunks_exact(plane))
-                .enumerate()
-            {
-                let k = k as i32;
-                for p in 0..plane {
-                    let c = ci[p];
-                    gk[p] = if c == T::zero() {
-                        T::zero()
-                    } else {
-                        let prob = (xk[p] - m[p]).exp() * s[p];
-                        let hot = if ti[p] == k { T::one() } else { T::zero() };
-                        c * (prob - hot)
-                    };
+        .par_chunks_mut(image)
+        .zip(logits.par_chunks(image))
+        .enumerate()
+        .for_each(|(n, (gi, xi))| {
+            let ti = &target[n * plane..(n + 1) * plane];
+            let wi = weight.map(|w| &w[n * plane..(n + 1) * plane]);
+            let (mut m, mut s, mut c) =
+                ([T::zero(); BLOCK], [T::zero(); BLOCK], [T::zero(); BLOCK]);
+            for p0 in (0..plane).step_by(BLOCK) {
+                let b = BLOCK.min(plane - p0);
+                let (m, s, c) = (&mut m[..b], &mut s[..b], &mut c[..b]);
+                for (j, cv) in c.iter_mut().enumerate() {
+                    let p = p0 + j;
+                    *cv = coefficient(wi.map_or(1.0, |w| w[p].f64()), ti[p] == ignore, scale);
+                }
+                block_max(xi, plane, p0, m);
+                // e^(x_k − m) straight into dlogits, summed over k in class order.
+                s.fill(T::zero());
+                for (gk, xk) in gi.chunks_exact_mut(plane).zip(xi.chunks_exact(plane)) {
+                    let g = &mut gk[p0..p0 + b];
+                    for ((gv, &v), &mv) in g.iter_mut().zip(&xk[p0..p0 + b]).zip(m.iter()) {
+                        *gv = v - mv;
+                    }
+                    T::exp_in_place(g);
+                    for (sv, &e) in s.iter_mut().zip(g.iter()) {
+                        *sv += e;
+                    }
+                }
+                for sv in s.iter_mut() {
+                    *sv = sv.recip();
+                }
+                for (k, gk) in gi.chunks_exact_mut(plane).enumerate() {
+                    let k = k as i32;
+                    let g = &mut gk[p0..p0 + b];
+                    for (((gv, &cv), &r), &t) in g.iter_mut().zip(&*c).zip(&*s).zip(&ti[p0..]) {
+                        let hot = if t == k { T::one() } else { T::zero() };
+                        *gv = if cv == T::zero() {
+                            T::zero()
+                        } else {
+                            cv * (*gv * r - hot)
+                        };
+                    }
                 }
             }
         });
@@ -719,6 +788,58 @@ mod tests {
         // Gradient (softmax − onehot)/2: pixel 0 (1/4, −1/4)/2, pixel 1 (−1/2, 1/2)/2.
         let g = ce_grad(&x, &[1, 0], None, S2, -100, Denominator::ValidPixels, 1.0);
         assert_close("dlogits", &g, &[0.125, -0.25, -0.125, 0.25], 1e-15, 0.0);
+    }
+
+    #[test]
+    fn cross_entropy_in_f32_matches_f64_to_rounding() {
+        // 2 images of 7 classes on 23×19 pixels: two 256-pixel blocks and a partial one per
+        // image; logits up to ±30, every sixth pixel ignored, weights with zeros.
+        let s = Nchw::new(2, 7, 23, 19);
+        let pixels = s.n * s.plane();
+        let x = rand_vec(71, s.len(), -30.0, 30.0);
+        let t: Vec<i32> = rand_index(72, pixels, s.c)
+            .into_iter()
+            .enumerate()
+            .map(|(p, v)| if p % 6 == 0 { 255 } else { v })
+            .collect();
+        let w: Vec<f64> = rand_vec(73, pixels, -0.5, 2.0)
+            .into_iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (x32, w32) = (f32s(&x), f32s(&w));
+        // The f64 reference from the f32-rounded inputs, so only the arithmetic differs.
+        let (x, w): (Vec<f64>, Vec<f64>) = (
+            x32.iter().map(|&v| f64::from(v)).collect(),
+            w32.iter().map(|&v| f64::from(v)).collect(),
+        );
+        let p = CrossEntropyParams {
+            ignore_index: 255,
+            denominator: Denominator::WeightSum,
+        };
+        let mut pl64 = vec![0.0; pixels];
+        let l64 = cross_entropy_fwd(&x, &t, Some(&w), s, p, Some(&mut pl64)).unwrap();
+        let mut pl32 = vec![f32::NAN; pixels];
+        let l32 = cross_entropy_fwd(&x32, &t, Some(&w32), s, p, Some(&mut pl32)).unwrap();
+        assert!(
+            (f64::from(l32) - l64).abs() <= 1e-6 * l64.abs(),
+            "{l32} vs {l64}"
+        );
+        let pl32: Vec<f64> = pl32.iter().map(|&v| f64::from(v)).collect();
+        assert_close("pixel_loss", &pl32, &pl64, 2e-5, 1e-5);
+        let g64 = ce_grad(&x, &t, Some(&w), s, 255, Denominator::WeightSum, 0.7);
+        let mut g32 = vec![f32::NAN; s.len()];
+        cross_entropy_bwd(&x32, &t, Some(&w32), s, p, 0.7, &mut g32).unwrap();
+        let g32: Vec<f64> = g32.iter().map(|&v| f64::from(v)).collect();
+        let scale = g64.iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert_close("dlogits", &g32, &g64, 1e-6 * scale, 1e-5);
+        // Ignored and zero-weight pixels: exactly 0 in every class.
+        for (n, pix) in (0..s.n).flat_map(|n| (0..s.plane()).map(move |q| (n, q))) {
+            let i = n * s.plane() + pix;
+            if t[i] == 255 || w32[i] == 0.0 {
+                assert!((0..s.c).all(|k| g32[s.at(n, k, 0, 0) + pix] == 0.0));
+            }
+        }
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub trait Real:
     fn of(v: f64) -> Self;
     /// Widens to `f64` (reductions that must not lose precision, tests).
     fn f64(self) -> f64;
+    /// Replaces every element x of `v` by e^x. f32: the vectorisable polynomial of
+    /// [`crate::exp`] (within 1 ulp, not always libm's bits); f64: `f64::exp` (the gradcheck oracle).
+    fn exp_in_place(v: &mut [Self]);
 }
 
 impl Real for f32 {
@@ -45,6 +48,9 @@ impl Real for f32 {
     fn f64(self) -> f64 {
         self as f64
     }
+    fn exp_in_place(v: &mut [Self]) {
+        crate::exp::exp_f32_in_place(v);
+    }
 }
 
 impl Real for f64 {
@@ -55,5 +61,10 @@ impl Real for f64 {
     #[inline(always)]
     fn f64(self) -> f64 {
         self
+    }
+    fn exp_in_place(v: &mut [Self]) {
+        for x in v {
+            *x = x.exp();
+        }
     }
 }

@@ -9,6 +9,12 @@
 //! FS0109 and fails. Today the stop-gradients are `detach`, `max_confidence`, `threshold`,
 //! `box_mask` and `class_mask`; every other built-in op is checked.
 //!
+//! Every differentiated graph also runs through the plan executor's poisoned simulator
+//! (`ExecOrder::Interleaved`, one and two streams), which hands each node poisoned output
+//! buffers: its losses and gradients must equal `run_cpu`'s (zeroed outputs) bit for bit, so an op
+//! that leaves an output element unwritten, or reads its outputs, fails here (the `Op::cpu`
+//! contract: outputs are overwritten).
+//!
 //! Tolerances: the forward runs in f32, so a central difference with eps 1e-2 is coarse (round-off
 //! in the loss divided by 2·eps, plus O(eps²) truncation); it is compared with atol 2e-3 + rtol
 //! 2e-2. The tight checks are the kernels' own f64 gradchecks (`flowseg_kernels::testing`);
@@ -19,6 +25,7 @@ use flowseg_engine::autodiff::{self, NOT_DIFFERENTIABLE};
 use flowseg_engine::ir::{self, Graph, Source};
 use flowseg_engine::kernels::testing::{assert_close, rand_index, rand_vec};
 use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::plan::{plan, PlanOptions};
 use flowseg_engine::spec::{self, GraphError};
 use flowseg_engine::{exec, DType, ExecCx, NoParams, Op, OpError, Port, Registry, Tensor};
 use flowseg_engine::{OpNode, TensorSpec};
@@ -328,6 +335,8 @@ fn gradients(
     let weighted: Vec<(Source, f32)> = losses.iter().map(|l| (l.clone(), LOSS_WEIGHT)).collect();
     let grads = autodiff::differentiate(&mut bwd, &weighted, wrt)?;
     let run = exec::run_cpu(&bwd, &inputs.batch, &inputs.state, 0, 0).expect("backward runs");
+    let keep: Vec<Source> = losses.iter().chain(grads.values()).cloned().collect();
+    planned_runs_match(&bwd, inputs, &run, &keep);
     let values = grads
         .iter()
         .map(|(name, src)| {
@@ -341,6 +350,50 @@ fn gradients(
         })
         .collect();
     Ok((values, bwd))
+}
+
+/// Bits of a tensor, f32 or i32.
+fn bits(t: &Tensor) -> Vec<u32> {
+    match (t.f32(), t.i32()) {
+        (Some(v), _) => v.iter().map(|x| x.to_bits()).collect(),
+        (_, Some(v)) => v.iter().map(|&x| x as u32).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `keep`'s values from the poisoned plan simulator (one and two streams, two interleavings
+/// each) equal `reference`'s (a `run_cpu` of `g`) bit for bit.
+fn planned_runs_match(g: &Graph, inputs: &Inputs, reference: &exec::Run<'_>, keep: &[Source]) {
+    let names = |s: &Source| match s {
+        Source::Node { node, port } => format!("{}.{port}", g.nodes[*node].name.value),
+        other => format!("{other:?}"),
+    };
+    for streams in [1, 2] {
+        let opts = PlanOptions {
+            streams,
+            keep: keep.to_vec(),
+        };
+        let p = plan(g, &opts).unwrap_or_else(|e| panic!("plan: {e:#?}"));
+        for seed in 0..2 {
+            let order = exec::ExecOrder::Interleaved { seed };
+            let run = exec::run_plan(g, &p, &inputs.batch, &inputs.state, 0, 0, order)
+                .unwrap_or_else(|e| panic!("poisoned run, {streams} streams: {e}"));
+            for s in keep {
+                let (got, want) = (run.get(s).map(bits), reference.get(s).map(bits));
+                let first = match (&got, &want) {
+                    (Some(a), Some(b)) => (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)),
+                    _ => (got != want).then_some(0),
+                };
+                assert!(
+                    first.is_none(),
+                    "`{}` differs from run_cpu's at element {first:?} in the poisoned run \
+                     ({streams} streams, interleaving {seed}): an op reads its outputs or \
+                     leaves part of them unwritten",
+                    names(s)
+                );
+            }
+        }
+    }
 }
 
 /// Element `i` of `state.<name>`, replaced by `value` if given.

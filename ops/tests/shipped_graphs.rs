@@ -1,0 +1,137 @@
+//! Every shipped method graph (`graphs/*.yaml`, shrunk: 16×16 images, batch 2, width 8) through
+//! the plan executor, against the reference executor: the training step's kept values (losses,
+//! gradients, assigned BN statistics) from the poisoned simulator — which hands every node
+//! poisoned output buffers — on the trainer's one-stream plan and on two- and three-stream plans,
+//! and from plan-order runs in a reused workspace whose buffers hold the previous run's values,
+//! equal `run_cpu`'s bit for bit. This is what lets the executor skip clearing outputs: every
+//! built-in op the shipped graphs use overwrites its outputs without reading them.
+//!
+//! Not here: the numbers themselves (ops/tests/gradients.rs, tests/run.rs).
+
+use flowseg_engine::data::open_source;
+use flowseg_engine::exec::{self, ExecOrder, Run, Workspace};
+use flowseg_engine::ir::{Env, Source};
+use flowseg_engine::plan::{plan, PlanOptions};
+use flowseg_engine::spec;
+use flowseg_engine::train::Trainer;
+use flowseg_engine::Tensor;
+use flowseg_ops::builtin_registry;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+fn graphs_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../graphs")
+}
+
+/// Bits of each kept value, in `keep` order (`None` where the run has no such value).
+fn kept_bits(run: &Run<'_>, keep: &[Source]) -> Vec<Option<Vec<u32>>> {
+    keep.iter()
+        .map(|s| {
+            let t: &Tensor = run.get(s)?;
+            match (t.f32(), t.i32()) {
+                (Some(v), _) => Some(v.iter().map(|x| x.to_bits()).collect()),
+                (_, Some(v)) => Some(v.iter().map(|&x| x as u32).collect()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The first kept value whose bits differ, by node name.
+fn first_difference(
+    trainer: &Trainer,
+    keep: &[Source],
+    got: &[Option<Vec<u32>>],
+    want: &[Option<Vec<u32>>],
+) -> Option<String> {
+    let k = (0..keep.len()).find(|&k| got[k] != want[k])?;
+    Some(match &keep[k] {
+        Source::Node { node, port } => format!("{}.{port}", trainer.graph.nodes[*node].name.value),
+        other => format!("{other:?}"),
+    })
+}
+
+#[test]
+fn every_shipped_graph_steps_identically_on_poisoned_and_reused_buffers() {
+    let registry = builtin_registry().expect("built-in ops register");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(graphs_dir())
+        .expect("graphs/ is readable")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("readable graph");
+        let mut sets: Vec<String> = [
+            "data.size=16",
+            "data.batch=2",
+            "models.student.params.width=8",
+        ]
+        .map(String::from)
+        .to_vec();
+        if text.contains("unlabeled_batch") {
+            sets.push("data.unlabeled_batch=2".into());
+        }
+        let what = file.display();
+        let (gspec, _) =
+            spec::parse_graph(&text, &sets).unwrap_or_else(|e| panic!("{what}: {e:#?}"));
+        let mut source = open_source(&gspec, &registry).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        let env = Env {
+            batch: source.specs(),
+            state: BTreeMap::new(),
+        };
+        let trainer = Trainer::new(&gspec, &registry, &env, BTreeMap::new())
+            .unwrap_or_else(|e| panic!("{what}: {e:#?}"));
+        let batch = source.batch(0).expect("batch 0");
+        let (seed, iteration) = (gspec.train.seed, 0);
+        let keep = trainer.plan.keep.clone();
+        assert!(!keep.is_empty(), "{what}: the step keeps nothing");
+        let reference = exec::run_cpu(&trainer.graph, &batch, &trainer.state, seed, iteration)
+            .unwrap_or_else(|e| panic!("{what}: run_cpu: {e}"));
+        let want = kept_bits(&reference, &keep);
+        assert!(
+            want.iter().all(Option::is_some),
+            "{what}: run_cpu lacks a kept value"
+        );
+        drop(reference);
+
+        let mut plans = vec![("the trainer's plan".to_owned(), trainer.plan.clone())];
+        for streams in [2, 3] {
+            let opts = PlanOptions {
+                streams,
+                keep: keep.clone(),
+            };
+            let p = plan(&trainer.graph, &opts).unwrap_or_else(|e| panic!("{what}: {e:#?}"));
+            plans.push((format!("{streams} streams"), p));
+        }
+        for (name, p) in &plans {
+            // One workspace per plan, reused: poisoned runs, then plan-order runs over whatever
+            // the previous run left in the buffers.
+            let mut ws = Workspace::default();
+            let orders = [
+                ExecOrder::Interleaved { seed: 0 },
+                ExecOrder::Sequential,
+                ExecOrder::Interleaved { seed: 1 },
+                ExecOrder::Sequential,
+            ];
+            for order in orders {
+                let run = exec::run_plan_in(
+                    &mut ws,
+                    &trainer.graph,
+                    p,
+                    &batch,
+                    &trainer.state,
+                    seed,
+                    iteration,
+                    order,
+                )
+                .unwrap_or_else(|e| panic!("{what}, {name}, {order:?}: {e}"));
+                let got = kept_bits(&run, &keep);
+                if let Some(diff) = first_difference(&trainer, &keep, &got, &want) {
+                    panic!("{what}, {name}, {order:?}: `{diff}` differs from run_cpu's");
+                }
+            }
+        }
+    }
+}
