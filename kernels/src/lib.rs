@@ -28,7 +28,6 @@ pub mod cuda;
 pub mod dropout;
 pub mod elementwise;
 mod error;
-pub mod exp;
 pub mod gemm;
 pub mod loss;
 pub mod metrics;
