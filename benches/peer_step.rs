@@ -36,7 +36,7 @@
 
 use flowseg_engine::checkpoint::{self, Checkpoint};
 use flowseg_engine::data::{open_source, Batch};
-use flowseg_engine::exec::{run_cpu, run_plan, ExecOrder};
+use flowseg_engine::exec::{run_cpu, run_plan_in, ExecOrder, Workspace};
 use flowseg_engine::ir::{self, Env, Graph, Source};
 use flowseg_engine::plan::{plan, PlanOptions};
 use flowseg_engine::registry::Registry;
@@ -259,8 +259,11 @@ fn time_eval(registry: &Registry, size: usize, n: usize) -> f64 {
     .unwrap();
     // Only the image: the eval graph reads no label.
     let batch: Batch = batch.into_iter().filter(|(k, _)| k == "image").collect();
+    // The evaluator's way: one workspace reused by every forward (src/eval.rs).
+    let mut ws = Workspace::default();
     time(n, || {
-        let run = run_plan(
+        let run = run_plan_in(
+            &mut ws,
             &graph,
             &p,
             &batch,

@@ -11,11 +11,12 @@
 //! Not here: multi-scale evaluation, the CLI commands (run.rs, predict.rs).
 
 use flowseg_engine::data::Source as DataSource;
-use flowseg_engine::exec::run_cpu;
+use flowseg_engine::exec::{run_plan_in, ExecOrder, Workspace};
 use flowseg_engine::ir::{self, Env, Graph, Source};
 use flowseg_engine::kernels::metrics::{confusion_add, scores, Scores};
 use flowseg_engine::kernels::softmax::softmax_fwd;
 use flowseg_engine::kernels::Nchw;
+use flowseg_engine::plan::{self, Plan, PlanOptions};
 use flowseg_engine::spec::{EvalMode, EvalSpec, GraphSpec, Node, NodeSpec, Sp, TrainSpec, Value};
 use flowseg_engine::{Registry, Tensor, TensorSpec};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -52,7 +53,16 @@ pub struct Predictor<'r> {
     registry: &'r Registry,
     model: String,
     mode: Mode,
-    graphs: HashMap<(usize, usize, usize), (Graph, Source, usize)>,
+    graphs: HashMap<(usize, usize, usize), EvalGraph>,
+}
+
+/// One eval-mode forward graph for a batch shape, planned once, with the memory its runs reuse.
+struct EvalGraph {
+    graph: Graph,
+    plan: Plan,
+    workspace: Workspace,
+    logits: Source,
+    classes: usize,
 }
 
 /// One forward input: a crop of an image, where it goes back, and whether it is mirrored.
@@ -120,7 +130,7 @@ impl<'r> Predictor<'r> {
     }
 
     /// The eval-mode forward graph for `n` images of h×w (built on first use).
-    fn graph(&mut self, n: usize, h: usize, w: usize) -> Result<&(Graph, Source, usize), String> {
+    fn graph(&mut self, n: usize, h: usize, w: usize) -> Result<&mut EvalGraph, String> {
         if !self.graphs.contains_key(&(n, h, w)) {
             let params = Node::detached(Value::Map(vec![
                 (text("model"), text(&self.model)),
@@ -174,10 +184,31 @@ impl<'r> Predictor<'r> {
                 .and_then(TensorSpec::as_nchw)
                 .map(|s| s.c)
                 .ok_or("the model's logits are not f32[N, K, H, W]")?;
-            self.graphs.insert((n, h, w), (graph, out, classes));
+            // One stream, only the logits kept: the rest of the memory is reused within a run,
+            // and the workspace keeps it across runs (no allocation per evaluated batch).
+            let opts = PlanOptions {
+                streams: 1,
+                keep: vec![out.clone()],
+            };
+            let plan = plan::plan(&graph, &opts).map_err(|errs| {
+                errs.iter()
+                    .map(|e| e.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+            self.graphs.insert(
+                (n, h, w),
+                EvalGraph {
+                    graph,
+                    plan,
+                    workspace: Workspace::default(),
+                    logits: out,
+                    classes,
+                },
+            );
         }
         self.graphs
-            .get(&(n, h, w))
+            .get_mut(&(n, h, w))
             .ok_or_else(|| "internal: eval graph cache".to_owned())
     }
 
@@ -308,15 +339,25 @@ impl<'r> Predictor<'r> {
         for c in queue.iter() {
             x.extend_from_slice(&c.pixels);
         }
-        let (graph, out, k) = self.graph(n, ch, cw)?;
-        let k = *k;
         let batch = BTreeMap::from([(
             "image".to_owned(),
             Tensor::from_f32(&[n, 3, ch, cw], x).ok_or("internal: crop batch size")?,
         )]);
-        let run = run_cpu(graph, &batch, state, 0, 0).map_err(|e| e.to_string())?;
+        let g = self.graph(n, ch, cw)?;
+        let k = g.classes;
+        let run = run_plan_in(
+            &mut g.workspace,
+            &g.graph,
+            &g.plan,
+            &batch,
+            state,
+            0,
+            0,
+            ExecOrder::Sequential,
+        )
+        .map_err(|e| e.to_string())?;
         let logits = run
-            .get(out)
+            .get(&g.logits)
             .and_then(Tensor::f32)
             .ok_or("the model gave no f32 logits")?;
         let shape = Nchw {
