@@ -474,13 +474,19 @@ impl<'r> Evaluator<'r> {
             if !spec.models.iter().any(|(n, _)| n.value == name) {
                 return Err(format!("eval.models names `{name}`, which is not a model"));
             }
-            models.push(Predictor::new(
-                spec,
-                registry,
-                &name,
-                (image.h, image.w),
-                image.n,
-            )?);
+            let mut p = Predictor::new(spec, registry, &name, (image.h, image.w), image.n)?;
+            // A head with the wrong number of classes would train (labels < K) or fail mid-run
+            // (labels ≥ K): say so before the first step.
+            let data_classes = source.classes().len();
+            let k = p.graph(p.mode.batch, p.mode.crop.0, p.mode.crop.1)?.classes;
+            if data_classes > 0 && k != data_classes {
+                return Err(format!(
+                    "model `{name}` predicts {k} classes but the data source has {data_classes} \
+                     ({}); set the architecture's `classes: {data_classes}`",
+                    source.classes().join(", ")
+                ));
+            }
+            models.push(p);
         }
         Ok(Some(Evaluator { models }))
     }

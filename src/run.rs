@@ -180,6 +180,11 @@ pub fn check(
     };
     match load(&a.graph, &text, &a.set, a.strict, registry, color, err) {
         Ok(mut l) => {
+            // What `run` checks before its first step: every evaluated model fits the data.
+            if let Err(e) = crate::eval::Evaluator::new(&l.spec, registry, l.source.as_ref()) {
+                let _ = writeln!(err, "error: {}: {e}", a.graph.display());
+                return ExitCode::from(2);
+            }
             if a.data {
                 if let Err(code) = scan_data(l.source.as_mut(), out, err) {
                     return code;

@@ -189,3 +189,29 @@ fn check_data_scans_the_source() {
     assert_eq!(code, ExitCode::SUCCESS, "{err}");
     assert!(out.contains("no problems"), "{out}");
 }
+
+#[test]
+fn a_head_with_the_wrong_class_count_is_refused_before_training() {
+    let graph = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    for cmd in ["check", "run"] {
+        let (code, _, err) = cli(&[
+            cmd,
+            graph.to_str().unwrap(),
+            "--set",
+            "models.student.params.classes=5",
+            "--set",
+            "train.iterations=1",
+            "--out",
+            std::env::temp_dir()
+                .join("flowseg-eval-classes")
+                .to_str()
+                .unwrap(),
+        ][..if cmd == "check" { 6 } else { 8 }]);
+        assert_eq!(code, ExitCode::from(2), "{cmd}");
+        assert!(
+            err.contains("predicts 5 classes but the data source has 6")
+                && err.contains("classes: 6"),
+            "{cmd}: {err}"
+        );
+    }
+}
