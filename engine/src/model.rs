@@ -243,7 +243,8 @@ impl Tracer<'_> {
         self.declare(leaf, spec, init, false)
     }
 
-    /// After the iteration, the buffer `state` (a [`Source::State`]) takes the value `value`.
+    /// After the iteration, the buffer `state` (a [`Source::State`]) takes the value `value`;
+    /// ops emitted after this (a later forward of the same model) read `value` for it.
     pub fn assign(&mut self, value: Source, state: &Source) -> Result<(), String> {
         match state {
             Source::State(name) if self.decls.get(name).is_some_and(|d| !d.trainable) => {
@@ -256,6 +257,29 @@ impl Tracer<'_> {
         }
     }
 
+    /// `value` as a constant: an identity node without a gradient, named after the buffer.
+    fn stop_gradient(&mut self, buffer: &str, value: Source) -> Source {
+        let spec = self.spec(&value);
+        let index = self.nodes.len();
+        self.nodes.push(IrNode {
+            name: Sp {
+                value: format!("{}/{buffer}.updated", self.node.value),
+                loc: self.node.loc,
+            },
+            op: Arc::new(Configured::<crate::autodiff::StopGradient> {
+                params: crate::op::NoParams {},
+            }),
+            inputs: vec![Some(value)],
+            outputs: spec.into_iter().collect(),
+            after: Vec::new(),
+            stream: None,
+        });
+        Source::Node {
+            node: index,
+            port: 0,
+        }
+    }
+
     /// Emits a node of op `O` named `<forward node>/<scope>/<leaf>`, returning its outputs.
     pub fn op<O: Op>(
         &mut self,
@@ -265,6 +289,24 @@ impl Tracer<'_> {
     ) -> Result<Vec<Source>, String> {
         let name = format!("{}/{}", self.node.value, self.path(leaf));
         let op = Arc::new(Configured::<O> { params });
+        // A buffer assigned by an earlier call of this model in the same iteration is read at
+        // its new value, so several train-mode forwards chain their running-statistics updates
+        // in order, as PyTorch applies them (the last assignment is the chained result).
+        // The new value goes through a stop-gradient: it is computed from the batch (and so from
+        // trainable state), but a buffer never carries a gradient.
+        let inputs: Vec<Option<Source>> = inputs
+            .into_iter()
+            .map(|s| match s {
+                Some(Source::State(n)) => {
+                    let last = self.assigns.iter().rev().find(|(_, to)| *to == n);
+                    Some(match last.map(|(v, _)| v.clone()) {
+                        Some(v) => self.stop_gradient(&n, v),
+                        None => Source::State(n),
+                    })
+                }
+                other => other,
+            })
+            .collect();
         let specs: Vec<Option<TensorSpec>> = inputs
             .iter()
             .map(|s| s.as_ref().and_then(|s| self.spec(s)))

@@ -308,6 +308,56 @@ fn a_short_sgd_run_lowers_the_loss_deterministically() {
     assert_eq!(a, b, "same seed, same losses");
 }
 
+#[test]
+fn two_train_forwards_chain_their_running_statistics() {
+    // One train-mode forward moves a running statistic r0 → 0.9·r0 + 0.1·μ (momentum 0.1). Two
+    // forwards of the same batch in one iteration must apply that twice, in order, as PyTorch
+    // does: 0.81·r0 + 0.19·μ — not keep only the last one's 0.9·r0 + 0.1·μ. (Train-mode outputs
+    // do not depend on the running statistics, so μ is the same in both graphs.)
+    let ce = "{ name: ce, op: cross_entropy, inputs: { logits: s.logits, target: batch.target } }";
+    let optim = "optim:\n  student: { kind: sgd, lr: 0.0, minimize: { ce.loss: 1.0 } }\n";
+    let once = graph_yaml("{ classes: 3, width: 4 }", "train", optim, &[ce]);
+    let twice = graph_yaml(
+        "{ classes: 3, width: 4 }",
+        "train",
+        &optim.replace("ce.loss: 1.0", "ce.loss: 1.0, ce2.loss: 1.0"),
+        &[
+            ce,
+            "{ name: s2, op: forward, inputs: { image: batch.image }, params: { model: student } }",
+            "{ name: ce2, op: cross_entropy, inputs: { logits: s2.logits, target: batch.target } }",
+        ],
+    );
+    let registry = builtin_registry().expect("registers");
+    let (batch, e) = (blocks_batch(), env(2, 16, 16));
+    let step = |yaml: &str| {
+        let (spec, _) = spec::parse_graph(yaml, &[]).expect("parses");
+        let mut t = Trainer::new(&spec, &registry, &e, BTreeMap::new()).expect("trainer");
+        let before = t.state.clone();
+        t.step(&batch, 0).expect("step");
+        (before, t.state)
+    };
+    let (r0, one) = step(&once);
+    let (_, two) = step(&twice);
+    let mut checked = 0;
+    for name in r0.keys().filter(|k| k.contains("running_")) {
+        let (a, b, c) = (
+            r0[name].f32().expect("f32"),
+            one[name].f32().expect("f32"),
+            two[name].f32().expect("f32"),
+        );
+        for ((&r, &r1), &r2) in a.iter().zip(b).zip(c) {
+            let mu = (f64::from(r1) - 0.9 * f64::from(r)) / 0.1;
+            let want = 0.81 * f64::from(r) + 0.19 * mu;
+            assert!(
+                (f64::from(r2) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{name}: {r2} vs {want}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "{checked}");
+}
+
 /// The whole-model check's central-difference step and tolerances. The forward runs in f32
 /// through ~60 nodes, so the loss carries round-off of ~1e-7 that the difference divides by
 /// 2·EPS, and the step may cross a relu kink or feel batch-norm curvature: EPS = 1e-2 keeps
