@@ -14,6 +14,9 @@ use flowseg_kernels::augment::{self, BlurParams, ColorJitterParams, CutoutSize};
 use flowseg_kernels::cuda::augment_mix as gpu;
 use flowseg_kernels::cuda::cudarc_driver::{CudaSlice, DeviceRepr};
 use flowseg_kernels::cuda::Device;
+use flowseg_kernels::mix::{
+    self, Area, AspectSampling, BoxParams, ClassCount, Combine, MixSource, Partner,
+};
 use flowseg_kernels::philox::Philox;
 use flowseg_kernels::Nchw;
 
@@ -46,6 +49,15 @@ fn uniform(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 fn ints(seed: u64, n: usize, k: u32) -> Vec<i32> {
     let g = Philox::new(seed, 0x1AB);
     (0..n).map(|i| (g.u32_at(i as u64) % k) as i32).collect()
+}
+
+/// Makes sure a small batch has both an applied sample (the first) and a copied one (the last).
+fn both<D>(draws: &mut [D], apply: impl Fn(&mut D) -> &mut bool) {
+    *apply(&mut draws[0]) = true;
+    if draws.len() > 1 {
+        let last = draws.len() - 1;
+        *apply(&mut draws[last]) = false;
+    }
 }
 
 fn up<T: DeviceRepr>(dev: &Device, v: &[T]) -> CudaSlice<T> {
@@ -112,7 +124,8 @@ fn color_jitter_matches_cpu_bit_for_bit() {
         let x = uniform(i as u64, s.len(), 0.0, 1.0);
         let dx = up(&dev, &x);
         for (j, p) in params.iter().enumerate() {
-            let draws = augment::draw_color_jitter(&Philox::new(7, j as u64), s.n, p).unwrap();
+            let mut draws = augment::draw_color_jitter(&Philox::new(7, j as u64), s.n, p).unwrap();
+            both(&mut draws, |d| &mut d.apply);
             let mut cpu = vec![0f32; s.len()];
             augment::color_jitter_fwd(&x, s, &draws, &mut cpu).unwrap();
             let mut y = up(&dev, &vec![-1f32; s.len()]);
@@ -131,7 +144,8 @@ fn grayscale_matches_cpu_bit_for_bit() {
     let Some(dev) = device() else { return };
     for (i, &s) in SHAPES.iter().enumerate() {
         let x = uniform(10 + i as u64, s.len(), 0.0, 1.0);
-        let apply = augment::draw_grayscale(&Philox::new(3, 1), s.n, 0.5).unwrap();
+        let mut apply = augment::draw_grayscale(&Philox::new(3, 1), s.n, 0.5).unwrap();
+        both(&mut apply, |a| a);
         let mut cpu = vec![0f32; s.len()];
         augment::grayscale_fwd(&x, s, &apply, &mut cpu).unwrap();
         let mut y = up(&dev, &vec![-1f32; s.len()]);
@@ -152,7 +166,8 @@ fn gaussian_blur_matches_cpu_bit_for_bit() {
     for kernel in [augment::default_blur_kernel(2.0), 41] {
         for (i, &s) in SHAPES.iter().enumerate() {
             let x = uniform(20 + i as u64, s.len(), 0.0, 1.0);
-            let draws = augment::draw_gaussian_blur(&Philox::new(5, 2), s.n, &params).unwrap();
+            let mut draws = augment::draw_gaussian_blur(&Philox::new(5, 2), s.n, &params).unwrap();
+            both(&mut draws, |d| &mut d.apply);
             let mut cpu = vec![0f32; s.len()];
             augment::gaussian_blur_fwd(&x, s, &draws, kernel, &mut cpu).unwrap();
             let mut y = up(&dev, &vec![-1f32; s.len()]);
@@ -175,7 +190,7 @@ fn cutout_matches_cpu_with_and_without_label_and_valid() {
         let label = ints(31 + i as u64, pixels, 19);
         let valid = uniform(32 + i as u64, pixels, 0.0, 1.0);
         let fill = [0.5f32, 0.25, 0.125];
-        let draws = augment::draw_cutout(
+        let mut draws = augment::draw_cutout(
             &Philox::new(9, 3),
             s.n,
             s.h,
@@ -184,6 +199,7 @@ fn cutout_matches_cpu_with_and_without_label_and_valid() {
             CutoutSize::Area(0.3),
         )
         .unwrap();
+        both(&mut draws, |d| &mut d.apply);
         let (dimg, dlabel, dvalid) = (up(&dev, &image), up(&dev, &label), up(&dev, &valid));
         // (with label, with valid in, with valid out)
         for (use_label, use_valid, use_valid_out) in [
@@ -252,4 +268,229 @@ fn augment_length_errors_are_the_cpu_errors() {
     }];
     let err = gpu::gaussian_blur_fwd(&dev, &x, s, &draws, 4, &mut y).unwrap_err();
     assert!(err.to_string().contains("odd"), "{err}");
+}
+
+fn partners(n: usize, mode: Partner) -> Vec<i32> {
+    let mut p = vec![0i32; n];
+    mix::draw_partners(&Philox::new(11, 4), mode, &mut p).unwrap();
+    p
+}
+
+#[test]
+fn box_masks_match_cpu_bit_for_bit() {
+    let Some(dev) = device() else { return };
+    let params = BoxParams {
+        boxes: 3,
+        area: Area::Uniform { lo: 0.1, hi: 0.6 },
+        aspect: [0.3, 1.0 / 0.3],
+        aspect_sampling: AspectSampling::LogUniform,
+        p: 0.8,
+    };
+    for &s in SHAPES {
+        let boxes = mix::draw_boxes(&Philox::new(13, 5), s.n, s.h, s.w, &params).unwrap();
+        for combine in [Combine::Union, Combine::Xor] {
+            let mut cpu = vec![7f32; s.n * s.plane()];
+            mix::box_mask_fwd(&boxes, s.n, s.h, s.w, 3, combine, &mut cpu).unwrap();
+            let mut m = up(&dev, &vec![7f32; cpu.len()]);
+            gpu::box_mask_fwd(&dev, &boxes, s.n, s.h, s.w, 3, combine, &mut m).unwrap();
+            let got = down(&dev, &m);
+            exact(&format!("box_mask_fwd {s:?} {combine:?}"), &got, &cpu);
+            assert!(
+                got.contains(&1.0) && got.contains(&0.0),
+                "a mask with both values"
+            );
+        }
+    }
+}
+
+#[test]
+fn class_masks_match_cpu_bit_for_bit() {
+    let Some(dev) = device() else { return };
+    for &s in SHAPES {
+        let pixels = s.n * s.plane();
+        // 6 classes and the ignore label 255 (one pixel in 8).
+        let label: Vec<i32> = ints(41, pixels, 48)
+            .into_iter()
+            .map(|v| if v >= 42 { 255 } else { v % 6 })
+            .collect();
+        let partner = partners(s.n, Partner::Permute);
+        for count in [ClassCount::HalfDown, ClassCount::HalfUp] {
+            let chosen = mix::draw_classes(
+                &label,
+                &partner,
+                s.n,
+                s.h,
+                s.w,
+                255,
+                count,
+                &Philox::new(17, 6),
+            )
+            .unwrap();
+            let mut cpu = vec![7f32; pixels];
+            mix::class_mask_fwd(&label, &partner, &chosen, s.n, s.h, s.w, &mut cpu).unwrap();
+            let mut m = up(&dev, &vec![7f32; pixels]);
+            gpu::class_mask_fwd(
+                &dev,
+                &up(&dev, &label),
+                &partner,
+                &chosen,
+                s.n,
+                s.h,
+                s.w,
+                &mut m,
+            )
+            .unwrap();
+            exact(
+                &format!("class_mask_fwd {s:?} {count:?}"),
+                &down(&dev, &m),
+                &cpu,
+            );
+        }
+    }
+}
+
+/// Shapes for the mix itself: any C (1 for label maps, 3 images, 19 logits).
+const MIX_SHAPES: &[Nchw] = &[
+    Nchw::new(3, 1, 17, 23),
+    Nchw::new(3, 19, 17, 23),
+    Nchw::new(16, 3, 64, 64),
+];
+
+/// A mask in {0, 1} with a few fractional values, so both branches and the blend are covered.
+fn mask(seed: u64, len: usize) -> Vec<f32> {
+    uniform(seed, len, 0.0, 1.0)
+        .into_iter()
+        .map(|u| {
+            if u < 0.45 {
+                0.0
+            } else if u < 0.9 {
+                1.0
+            } else {
+                u
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn mix_fwd_and_labels_match_cpu_bit_for_bit() {
+    let Some(dev) = device() else { return };
+    for (i, &s) in MIX_SHAPES.iter().enumerate() {
+        let seed = 50 + 10 * i as u64;
+        let (a, b) = (
+            uniform(seed, s.len(), -2.0, 2.0),
+            uniform(seed + 1, s.len(), -2.0, 2.0),
+        );
+        let (la, lb) = (ints(seed + 2, s.len(), 21), ints(seed + 3, s.len(), 21));
+        let m = mask(seed + 4, s.n * s.plane());
+        let (da, db, dm) = (up(&dev, &a), up(&dev, &b), up(&dev, &m));
+        let (dla, dlb) = (up(&dev, &la), up(&dev, &lb));
+        for mode in [Partner::Roll, Partner::Permute, Partner::Same] {
+            let partner = partners(s.n, mode);
+            // Within one batch (src = a) and with a second batch (src = b).
+            for with_b in [false, true] {
+                let (src, dsrc) = if with_b { (&b, &db) } else { (&a, &da) };
+                let mut cpu = vec![0f32; s.len()];
+                mix::mix_fwd(&a, src, &m, &partner, s, &mut cpu).unwrap();
+                let mut out = up(&dev, &vec![-9f32; s.len()]);
+                gpu::mix_fwd(&dev, &da, dsrc, &dm, &partner, s, &mut out).unwrap();
+                let what = format!("mix_fwd {s:?} {mode:?} b {with_b}");
+                exact(&what, &down(&dev, &out), &cpu);
+
+                let (lsrc, dlsrc) = if with_b { (&lb, &dlb) } else { (&la, &dla) };
+                let mut cpu = vec![0i32; s.len()];
+                mix::mix_labels_fwd(&la, lsrc, &m, &partner, s, &mut cpu).unwrap();
+                let mut out = up(&dev, &vec![-9i32; s.len()]);
+                gpu::mix_labels_fwd(&dev, &dla, dlsrc, &dm, &partner, s, &mut out).unwrap();
+                exact_int(
+                    &format!("mix_labels_fwd {s:?} {mode:?} b {with_b}"),
+                    &down(&dev, &out),
+                    &cpu,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn mix_bwd_matches_cpu_bit_for_bit() {
+    let Some(dev) = device() else { return };
+    for (i, &s) in MIX_SHAPES.iter().enumerate() {
+        let seed = 90 + 10 * i as u64;
+        let g = uniform(seed, s.len(), -1.0, 1.0);
+        let m = mask(seed + 1, s.n * s.plane());
+        let (dg, dm) = (up(&dev, &g), up(&dev, &m));
+        // A partner list where sample 0 is the partner of several samples, so shares add up.
+        let crowded: Vec<i32> = (0..s.n)
+            .map(|n| if n % 2 == 0 { 0 } else { n as i32 })
+            .collect();
+        for (name, partner) in [
+            ("roll", partners(s.n, Partner::Roll)),
+            ("permute", partners(s.n, Partner::Permute)),
+            ("crowded", crowded),
+        ] {
+            // (source, da given, db given)
+            for (source, with_da, with_db) in [
+                (MixSource::A, true, false),
+                (MixSource::B, true, true),
+                (MixSource::B, false, true),
+                (MixSource::B, true, false),
+            ] {
+                let mut cpu_da = vec![5f32; s.len()];
+                let mut cpu_db = vec![5f32; s.len()];
+                mix::mix_bwd(
+                    &g,
+                    &m,
+                    &partner,
+                    s,
+                    source,
+                    with_da.then_some(&mut cpu_da[..]),
+                    with_db.then_some(&mut cpu_db[..]),
+                )
+                .unwrap();
+                let mut da = up(&dev, &vec![5f32; s.len()]);
+                let mut db = up(&dev, &vec![5f32; s.len()]);
+                gpu::mix_bwd(
+                    &dev,
+                    &dg,
+                    &dm,
+                    &partner,
+                    s,
+                    source,
+                    with_da.then_some(&mut da as _),
+                    with_db.then_some(&mut db as _),
+                )
+                .unwrap();
+                let what = format!("mix_bwd {s:?} {name} {source:?} da {with_da} db {with_db}");
+                exact(&format!("{what} da"), &down(&dev, &da), &cpu_da);
+                exact(&format!("{what} db"), &down(&dev, &db), &cpu_db);
+            }
+        }
+    }
+}
+
+#[test]
+fn mix_errors_are_the_cpu_errors() {
+    let Some(dev) = device() else { return };
+    let s = Nchw::new(2, 1, 2, 2);
+    let (a, m) = (up(&dev, &[0f32; 8]), up(&dev, &[0f32; 8]));
+    let mut out = up(&dev, &[0f32; 8]);
+    let bad = [0, 2];
+    let err = gpu::mix_fwd(&dev, &a, &a, &m, &bad, s, &mut out).unwrap_err();
+    let mut cpu = [0f32; 8];
+    let cpu_err = mix::mix_fwd(&[0f32; 8], &[0f32; 8], &[0f32; 8], &bad, s, &mut cpu).unwrap_err();
+    assert_eq!(err.to_string(), cpu_err.to_string());
+    let mut db = up(&dev, &[0f32; 8]);
+    let err = gpu::mix_bwd(
+        &dev,
+        &a,
+        &m,
+        &[0, 1],
+        s,
+        MixSource::A,
+        None,
+        Some(&mut db as _),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("source A"), "{err}");
 }

@@ -97,6 +97,17 @@ pub static AUGMENT: CudaSource = cuda_source!(
         "cutout_fwd"
     ]
 );
+/// `mix.cu`: box and class masks, the mix of images and labels, its backward.
+pub static MIX: CudaSource = cuda_source!(
+    "mix",
+    [
+        "box_mask_fwd",
+        "class_mask_fwd",
+        "mix_fwd",
+        "mix_labels_fwd",
+        "mix_bwd"
+    ]
+);
 
 /// Every embedded module.
 pub static SOURCES: &[&CudaSource] = &[
@@ -108,6 +119,7 @@ pub static SOURCES: &[&CudaSource] = &[
     &ARGMAX,
     &METRICS,
     &AUGMENT,
+    &MIX,
 ];
 
 /// Options every module is compiled with (the target option is added per call).
