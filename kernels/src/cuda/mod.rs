@@ -14,6 +14,7 @@
 //! Not here: multi-stream scheduling, CUDA graphs, cuBLAS, the engine's `Device` trait, conv /
 //! batch norm / pooling / resize / augment kernels (later work in issue 5).
 
+pub mod augment_mix;
 mod device;
 pub mod launch;
 pub mod nvrtc;

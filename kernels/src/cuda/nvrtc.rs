@@ -85,6 +85,29 @@ pub static REDUCE: CudaSource = cuda_source!(
 pub static ARGMAX: CudaSource = cuda_source!("argmax", ["argmax_fwd", "max_fwd", "max_bwd"]);
 /// `metrics.cu`: the confusion matrix.
 pub static METRICS: CudaSource = cuda_source!("metrics", ["confusion_add"]);
+/// `augment.cu`: colour jitter, grayscale, Gaussian blur, cutout (draws made on the host).
+pub static AUGMENT: CudaSource = cuda_source!(
+    "augment",
+    [
+        "color_jitter_contrast_mean",
+        "color_jitter_step",
+        "grayscale_fwd",
+        "gaussian_blur_h",
+        "gaussian_blur_v",
+        "cutout_fwd"
+    ]
+);
+/// `mix.cu`: box and class masks, the mix of images and labels, its backward.
+pub static MIX: CudaSource = cuda_source!(
+    "mix",
+    [
+        "box_mask_fwd",
+        "class_mask_fwd",
+        "mix_fwd",
+        "mix_labels_fwd",
+        "mix_bwd"
+    ]
+);
 
 /// Every embedded module.
 pub static SOURCES: &[&CudaSource] = &[
@@ -95,6 +118,8 @@ pub static SOURCES: &[&CudaSource] = &[
     &REDUCE,
     &ARGMAX,
     &METRICS,
+    &AUGMENT,
+    &MIX,
 ];
 
 /// Options every module is compiled with (the target option is added per call).

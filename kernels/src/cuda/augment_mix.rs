@@ -1,0 +1,655 @@
+//! Launchers of the augmentation (`augment.cu`) and mixing (`mix.cu`) kernels, each named after
+//! its CPU reference in [`crate::augment`] / [`crate::mix`] and taking the same arguments with
+//! device buffers in place of the image slices. The per-sample draws (`draw_*`, O(N) scalars)
+//! stay on the host: a launcher takes them as the CPU kernel does and uploads them as small
+//! arrays; the kernels apply them per pixel, bit-identical to the CPU (same f32 operations in
+//! the same order, `--fmad=false`; Gaussian weights from [`gaussian_weights`] on the host; the
+//! contrast mean summed on the device in the CPU's f64 row-then-total order).
+//!
+//! Launchers validate on the host with the CPU kernel's error text, enqueue on
+//! [`Device::stream`] and return without waiting. Uploaded draws and scratch are per-call
+//! stream-ordered allocations.
+//!
+//! Not here: the draws themselves (host functions in `augment` / `mix`), ops, arena scratch.
+
+use super::device::{Device, DeviceBuf, DeviceBufMut};
+use super::nvrtc::{AUGMENT, MIX};
+use super::{driver_err, CudaError};
+use crate::augment::{gaussian_weights, BlurDraw, CutoutDraw, JitterDraw, JitterOp};
+use crate::mix::{ClassChoice, Combine, MixBox, MixSource};
+use crate::{KernelError, Nchw};
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+
+const THREADS: u32 = 256;
+const MAX_BLOCKS: usize = 1 << 16;
+
+fn grid(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            n.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32,
+            1,
+            1,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `KernelError::Len` unless `buf` holds `expected` elements.
+fn expect<T>(
+    kernel: &'static str,
+    arg: &'static str,
+    buf: &(impl DeviceBuf<T> + ?Sized),
+    expected: usize,
+) -> Result<(), CudaError> {
+    let got = buf.elems();
+    if got == expected {
+        Ok(())
+    } else {
+        Err(KernelError::Len {
+            kernel,
+            arg,
+            expected,
+            got,
+        }
+        .into())
+    }
+}
+
+fn shape_err(kernel: &'static str, reason: String) -> CudaError {
+    KernelError::Shape { kernel, reason }.into()
+}
+
+/// Copies host draws to the device (callers pass non-empty slices: empty launches return early).
+fn upload<T: DeviceRepr>(dev: &Device, v: &[T]) -> Result<CudaSlice<T>, CudaError> {
+    dev.stream()
+        .clone_htod(v)
+        .map_err(driver_err("cuMemcpyHtoD"))
+}
+
+/// Launches `$name` of `$src` with `$cfg`; every argument must be a local.
+macro_rules! launch {
+    ($dev:expr, $src:expr, $name:literal, $cfg:expr; $($arg:ident),* $(,)?) => {{
+        let f = $dev.function(&$src, $name)?;
+        let mut builder = $dev.stream().launch_builder(&f);
+        $( builder.arg(&$arg); )*
+        // SAFETY: the arguments match the kernel's parameter list in the .cu file in number,
+        // order and type; buffer lengths were validated against the sizes passed alongside.
+        unsafe { builder.launch($cfg) }
+            .map(|_| ())
+            .map_err(driver_err("cuLaunchKernel"))
+    }};
+}
+
+fn check_rgb(kernel: &'static str, shape: Nchw, draws: usize) -> Result<(), CudaError> {
+    if shape.c != 3 && !shape.is_empty() {
+        return Err(shape_err(
+            kernel,
+            format!("expects RGB images (C = 3), got C = {}", shape.c),
+        ));
+    }
+    if draws != shape.n {
+        return Err(KernelError::Len {
+            kernel,
+            arg: "draws",
+            expected: shape.n,
+            got: draws,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- augment.cu
+
+/// Op code of `augment.cu` for a step that does nothing.
+const JITTER_SKIP: i32 = -1;
+
+/// [`crate::augment::color_jitter_fwd`]: each applied sample's four adjustments in its drawn
+/// order, each clamped; others copied. Four step launches, each preceded by a contrast-mean
+/// launch when some sample adjusts contrast at that step.
+///
+/// * `x`, `y`: [N, 3, H, W] (`shape`). `draws`: [N] host draws from
+///   [`crate::augment::draw_color_jitter`].
+pub fn color_jitter_fwd(
+    dev: &Device,
+    x: &impl DeviceBuf<f32>,
+    shape: Nchw,
+    draws: &[JitterDraw],
+    y: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    const K: &str = "color_jitter_fwd";
+    expect(K, "x", x, shape.len())?;
+    expect(K, "y", y, shape.len())?;
+    check_rgb(K, shape, draws.len())?;
+    if shape.is_empty() {
+        return Ok(());
+    }
+    let mut ops = Vec::with_capacity(4 * shape.n);
+    let mut factors = Vec::with_capacity(4 * shape.n);
+    for d in draws {
+        for op in d.order {
+            // The CPU skips an adjustment at its identity factor, and everything when !apply.
+            let active = d.apply
+                && match op {
+                    JitterOp::Brightness => d.brightness != 1.0,
+                    JitterOp::Contrast => d.contrast != 1.0,
+                    JitterOp::Saturation => d.saturation != 1.0,
+                    JitterOp::Hue => d.hue != 0.0,
+                };
+            ops.push(if active { op as i32 } else { JITTER_SKIP });
+        }
+        factors.extend_from_slice(&[d.brightness, d.contrast, d.saturation, d.hue]);
+    }
+    let ops_dev = upload(dev, &ops)?;
+    let factors_dev = upload(dev, &factors)?;
+    let s = dev.stream();
+    let rows: CudaSlice<f64> = s
+        .alloc_zeros(shape.n * shape.h)
+        .map_err(driver_err("cuMemAlloc"))?;
+    let mean: CudaSlice<f32> = s.alloc_zeros(shape.n).map_err(driver_err("cuMemAlloc"))?;
+    let (px, py) = (x.device_addr(s), y.device_addr(s));
+    let (pops, pfac, prows, pmean) = (
+        ops_dev.device_addr(s),
+        factors_dev.device_addr(s),
+        rows.device_addr(s),
+        mean.device_addr(s),
+    );
+    let (n, h, w, plane) = (
+        shape.n as u64,
+        shape.h as u64,
+        shape.w as u64,
+        shape.plane() as u64,
+    );
+    let mean_cfg = LaunchConfig {
+        grid_dim: (shape.n.min(MAX_BLOCKS) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    for step in 0..4i32 {
+        let src = if step == 0 { px } else { py };
+        let contrast = JitterOp::Contrast as i32;
+        if ops.chunks_exact(4).any(|o| o[step as usize] == contrast) {
+            launch!(dev, AUGMENT, "color_jitter_contrast_mean", mean_cfg;
+                src, pops, n, h, w, step, prows, pmean)?;
+        }
+        launch!(dev, AUGMENT, "color_jitter_step", grid(shape.n * shape.plane());
+            src, pops, pfac, pmean, n, plane, step, py)?;
+    }
+    Ok(())
+}
+
+/// [`crate::augment::grayscale_fwd`]: applied samples become clamp01(luma) in all 3 channels.
+///
+/// * `x`, `y`: [N, 3, H, W] (`shape`). `apply`: [N] host flags.
+pub fn grayscale_fwd(
+    dev: &Device,
+    x: &impl DeviceBuf<f32>,
+    shape: Nchw,
+    apply: &[bool],
+    y: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    const K: &str = "grayscale_fwd";
+    expect(K, "x", x, shape.len())?;
+    expect(K, "y", y, shape.len())?;
+    check_rgb(K, shape, apply.len())?;
+    if shape.is_empty() {
+        return Ok(());
+    }
+    let flags: Vec<u8> = apply.iter().map(|&a| a as u8).collect();
+    let flags_dev = upload(dev, &flags)?;
+    let s = dev.stream();
+    let (px, pa, py) = (x.device_addr(s), flags_dev.device_addr(s), y.device_addr(s));
+    let (n, plane) = (shape.n as u64, shape.plane() as u64);
+    launch!(dev, AUGMENT, "grayscale_fwd", grid(shape.n * shape.plane()); px, pa, n, plane, py)
+}
+
+/// [`crate::augment::gaussian_blur_fwd`]: separable blur with reflect padding, weights from
+/// [`gaussian_weights`] computed here on the host, then a clamp; samples without apply copied.
+///
+/// * `x`, `y`: [N, C, H, W] (`shape`). `draws`: [N] host draws. `kernel`: odd, ≥ 1.
+pub fn gaussian_blur_fwd(
+    dev: &Device,
+    x: &impl DeviceBuf<f32>,
+    shape: Nchw,
+    draws: &[BlurDraw],
+    kernel: usize,
+    y: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    const K: &str = "gaussian_blur_fwd";
+    expect(K, "x", x, shape.len())?;
+    expect(K, "y", y, shape.len())?;
+    if draws.len() != shape.n {
+        return Err(KernelError::Len {
+            kernel: K,
+            arg: "draws",
+            expected: shape.n,
+            got: draws.len(),
+        }
+        .into());
+    }
+    if kernel.is_multiple_of(2) {
+        return Err(shape_err(
+            K,
+            format!("kernel size must be odd and >= 1, got {kernel}"),
+        ));
+    }
+    if let Some(d) = draws
+        .iter()
+        .find(|d| d.apply && (d.sigma.is_nan() || d.sigma <= 0.0))
+    {
+        return Err(shape_err(K, format!("sigma must be > 0, got {}", d.sigma)));
+    }
+    if shape.is_empty() {
+        return Ok(());
+    }
+    let mut weights = Vec::with_capacity(shape.n * kernel);
+    for d in draws {
+        if d.apply {
+            weights.extend(gaussian_weights(d.sigma, kernel));
+        } else {
+            weights.extend(std::iter::repeat_n(0f32, kernel));
+        }
+    }
+    let flags: Vec<u8> = draws.iter().map(|d| d.apply as u8).collect();
+    let weights_dev = upload(dev, &weights)?;
+    let flags_dev = upload(dev, &flags)?;
+    let s = dev.stream();
+    let tmp: CudaSlice<f32> = s
+        .alloc_zeros(shape.len())
+        .map_err(driver_err("cuMemAlloc"))?;
+    let (px, pt, py) = (x.device_addr(s), tmp.device_addr(s), y.device_addr(s));
+    let (pw, pa) = (weights_dev.device_addr(s), flags_dev.device_addr(s));
+    let (n, c, h, w, k) = (
+        shape.n as u64,
+        shape.c as u64,
+        shape.h as u64,
+        shape.w as u64,
+        kernel as u64,
+    );
+    launch!(dev, AUGMENT, "gaussian_blur_h", grid(shape.len()); px, pw, pa, n, c, h, w, k, pt)?;
+    launch!(dev, AUGMENT, "gaussian_blur_v", grid(shape.len()); pt, pw, pa, n, c, h, w, k, py)
+}
+
+/// [`crate::augment::cutout_fwd`]: box pixels of applied samples become `fill[c]` /
+/// `ignore_index` / 0; everything else is copied (validity from `valid`, or ones).
+///
+/// * `image`, `image_out`: [N, C, H, W] (`shape`); `label`, `label_out`: [N, H, W], both or
+///   neither; `valid`: [N, H, W] or `None`; `valid_out`: [N, H, W] or `None` (then `valid` must
+///   be `None`). `draws`: [N] host boxes inside H × W; `fill`: [C] (host).
+#[allow(clippy::too_many_arguments)]
+pub fn cutout_fwd(
+    dev: &Device,
+    image: &impl DeviceBuf<f32>,
+    label: Option<&dyn DeviceBuf<i32>>,
+    valid: Option<&dyn DeviceBuf<f32>>,
+    shape: Nchw,
+    draws: &[CutoutDraw],
+    fill: &[f32],
+    ignore_index: i32,
+    image_out: &mut impl DeviceBufMut<f32>,
+    label_out: Option<&mut dyn DeviceBufMut<i32>>,
+    valid_out: Option<&mut dyn DeviceBufMut<f32>>,
+) -> Result<(), CudaError> {
+    const K: &str = "cutout_fwd";
+    let pixels = shape.n * shape.plane();
+    expect(K, "image", image, shape.len())?;
+    expect(K, "image_out", image_out, shape.len())?;
+    if draws.len() != shape.n {
+        return Err(KernelError::Len {
+            kernel: K,
+            arg: "draws",
+            expected: shape.n,
+            got: draws.len(),
+        }
+        .into());
+    }
+    if fill.len() != shape.c {
+        return Err(KernelError::Len {
+            kernel: K,
+            arg: "fill",
+            expected: shape.c,
+            got: fill.len(),
+        }
+        .into());
+    }
+    let pair = |what: &str| {
+        shape_err(
+            K,
+            format!("`{what}` and `{what}_out` must be given together"),
+        )
+    };
+    match (&label, &label_out) {
+        (Some(l), Some(o)) => {
+            expect(K, "label", *l, pixels)?;
+            expect(K, "label_out", &**o, pixels)?;
+        }
+        (None, None) => {}
+        _ => return Err(pair("label")),
+    }
+    match (&valid, &valid_out) {
+        (v, Some(o)) => {
+            if let Some(v) = v {
+                expect(K, "valid", *v, pixels)?;
+            }
+            expect(K, "valid_out", &**o, pixels)?;
+        }
+        (None, None) => {}
+        (Some(_), None) => return Err(pair("valid")),
+    }
+    if let Some(d) = draws
+        .iter()
+        .find(|d| d.top > d.bottom || d.left > d.right || d.bottom > shape.h || d.right > shape.w)
+    {
+        return Err(shape_err(
+            K,
+            format!(
+                "box rows {}..{} × columns {}..{} is not inside the {} × {} image",
+                d.top, d.bottom, d.left, d.right, shape.h, shape.w
+            ),
+        ));
+    }
+    if pixels == 0 {
+        return Ok(());
+    }
+    let boxes: Vec<i32> = draws
+        .iter()
+        .flat_map(|d| [d.apply as usize, d.top, d.bottom, d.left, d.right].map(|v| v as i32))
+        .collect();
+    let boxes_dev = upload(dev, &boxes)?;
+    // C = 0 still copies labels and validity; the kernel then never reads `fill`.
+    let fill_dev = upload(dev, if fill.is_empty() { &[0.0] } else { fill })?;
+    let s = dev.stream();
+    let (pimg, pbox, pfill, pout) = (
+        image.device_addr(s),
+        boxes_dev.device_addr(s),
+        fill_dev.device_addr(s),
+        image_out.device_addr(s),
+    );
+    let plabel = label.map_or(0u64, |l| l.device_addr(s));
+    let pvalid = valid.map_or(0u64, |v| v.device_addr(s));
+    let plabel_out = label_out.map_or(0u64, |l| l.device_addr(s));
+    let pvalid_out = valid_out.map_or(0u64, |v| v.device_addr(s));
+    let (n, c, h, w) = (
+        shape.n as u64,
+        shape.c as u64,
+        shape.h as u64,
+        shape.w as u64,
+    );
+    launch!(dev, AUGMENT, "cutout_fwd", grid(pixels);
+        pimg, plabel, pvalid, pbox, pfill, n, c, h, w, ignore_index, pout, plabel_out, pvalid_out)
+}
+
+// ---------------------------------------------------------------- mix.cu
+
+/// The CPU's `check_partner`: N entries, each in [0, N).
+fn check_partner(kernel: &'static str, partner: &[i32], n: usize) -> Result<(), CudaError> {
+    if partner.len() != n {
+        return Err(KernelError::Len {
+            kernel,
+            arg: "partner",
+            expected: n,
+            got: partner.len(),
+        }
+        .into());
+    }
+    match partner.iter().position(|&p| p < 0 || p as usize >= n) {
+        Some(i) => Err(shape_err(
+            kernel,
+            format!("partner[{i}] = {} is outside [0, {n})", partner[i]),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// [`crate::mix::box_mask_fwd`]: rasterises host-drawn boxes into `mask` (union or xor).
+///
+/// * `boxes`: [N, per_sample] host boxes from [`crate::mix::draw_boxes`], inside H × W.
+/// * `mask`: f32[N, H, W], overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn box_mask_fwd(
+    dev: &Device,
+    boxes: &[MixBox],
+    n: usize,
+    h: usize,
+    w: usize,
+    per_sample: usize,
+    combine: Combine,
+    mask: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    const K: &str = "box_mask_fwd";
+    if boxes.len() != n * per_sample {
+        return Err(KernelError::Len {
+            kernel: K,
+            arg: "boxes",
+            expected: n * per_sample,
+            got: boxes.len(),
+        }
+        .into());
+    }
+    expect(K, "mask", mask, n * h * w)?;
+    if let Some(b) = boxes.iter().find(|b| b.y0 + b.h > h || b.x0 + b.w > w) {
+        return Err(shape_err(
+            K,
+            format!("box {b:?} does not fit inside a {h}x{w} image"),
+        ));
+    }
+    if n * h * w == 0 {
+        return Ok(());
+    }
+    let mut flat: Vec<i32> = boxes
+        .iter()
+        .flat_map(|b| [b.y0, b.x0, b.h, b.w].map(|v| v as i32))
+        .collect();
+    if flat.is_empty() {
+        // per_sample = 0: the kernel reads no box; upload one dummy so the pointer is valid.
+        flat.push(0);
+    }
+    let boxes_dev = upload(dev, &flat)?;
+    let s = dev.stream();
+    let (pb, pm) = (boxes_dev.device_addr(s), mask.device_addr(s));
+    let (n64, h64, w64, b64) = (n as u64, h as u64, w as u64, per_sample as u64);
+    let xor = i32::from(combine == Combine::Xor);
+    launch!(dev, MIX, "box_mask_fwd", grid(n * h * w); pb, n64, h64, w64, b64, xor, pm)
+}
+
+/// [`crate::mix::class_mask_fwd`]: m[n] = 1 where `label[partner[n]]` is one of sample n's
+/// chosen classes.
+///
+/// * `label`: i32[N, H, W] (device); `partner`: [N] host, in [0, N); `chosen`: host choices
+///   from [`crate::mix::draw_classes`].
+/// * `mask`: f32[N, H, W], overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn class_mask_fwd(
+    dev: &Device,
+    label: &impl DeviceBuf<i32>,
+    partner: &[i32],
+    chosen: &ClassChoice,
+    n: usize,
+    h: usize,
+    w: usize,
+    mask: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    const K: &str = "class_mask_fwd";
+    let hw = h * w;
+    expect(K, "label", label, n * hw)?;
+    expect(K, "mask", mask, n * hw)?;
+    check_partner(K, partner, n)?;
+    if chosen.starts.len() != n + 1 {
+        return Err(KernelError::Len {
+            kernel: K,
+            arg: "chosen.starts",
+            expected: n + 1,
+            got: chosen.starts.len(),
+        }
+        .into());
+    }
+    let ordered = chosen.starts.first() == Some(&0)
+        && chosen.starts.windows(2).all(|s| s[0] <= s[1])
+        && chosen.starts.last() == Some(&chosen.classes.len());
+    if !ordered {
+        return Err(shape_err(
+            K,
+            format!(
+                "chosen.starts {:?} must rise from 0 to {}",
+                chosen.starts,
+                chosen.classes.len()
+            ),
+        ));
+    }
+    if chosen.classes.len() > i32::MAX as usize {
+        return Err(shape_err(K, "more than 2^31 chosen classes".into()));
+    }
+    if n * hw == 0 {
+        return Ok(());
+    }
+    let starts: Vec<i32> = chosen.starts.iter().map(|&v| v as i32).collect();
+    let classes = if chosen.classes.is_empty() {
+        vec![0]
+    } else {
+        chosen.classes.clone()
+    };
+    let (partner_dev, classes_dev, starts_dev) = (
+        upload(dev, partner)?,
+        upload(dev, &classes)?,
+        upload(dev, &starts)?,
+    );
+    let s = dev.stream();
+    let (pl, pp, pc, ps, pm) = (
+        label.device_addr(s),
+        partner_dev.device_addr(s),
+        classes_dev.device_addr(s),
+        starts_dev.device_addr(s),
+        mask.device_addr(s),
+    );
+    let (n64, plane) = (n as u64, hw as u64);
+    launch!(dev, MIX, "class_mask_fwd", grid(n * hw); pl, pp, pc, ps, n64, plane, pm)
+}
+
+/// Common checks of the mix forwards; returns the uploaded partner, or `None` when empty.
+fn mix_checks<T>(
+    dev: &Device,
+    kernel: &'static str,
+    a: &impl DeviceBuf<T>,
+    src: &impl DeviceBuf<T>,
+    mask: &impl DeviceBuf<f32>,
+    partner: &[i32],
+    shape: Nchw,
+    out: &impl DeviceBuf<T>,
+) -> Result<Option<CudaSlice<i32>>, CudaError> {
+    expect(kernel, "a", a, shape.len())?;
+    expect(kernel, "src", src, shape.len())?;
+    expect(kernel, "mask", mask, shape.n * shape.plane())?;
+    expect(kernel, "out", out, shape.len())?;
+    check_partner(kernel, partner, shape.n)?;
+    if shape.is_empty() {
+        return Ok(None);
+    }
+    upload(dev, partner).map(Some)
+}
+
+/// [`crate::mix::mix_fwd`] (f32): out[n, c] = (1 − m[n])·a[n, c] + m[n]·src[partner[n], c].
+///
+/// * `a`, `src`, `out`: [N, C, H, W] (`shape`; C = 1 covers [N, H, W]); pass `a` as `src` for
+///   a mix within one batch. `mask`: [N, H, W]; `partner`: [N] host, in [0, N).
+pub fn mix_fwd(
+    dev: &Device,
+    a: &impl DeviceBuf<f32>,
+    src: &impl DeviceBuf<f32>,
+    mask: &impl DeviceBuf<f32>,
+    partner: &[i32],
+    shape: Nchw,
+    out: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    let Some(partner_dev) = mix_checks(dev, "mix_fwd", a, src, mask, partner, shape, out)? else {
+        return Ok(());
+    };
+    let s = dev.stream();
+    let (pa, ps, pm, pp, po) = (
+        a.device_addr(s),
+        src.device_addr(s),
+        mask.device_addr(s),
+        partner_dev.device_addr(s),
+        out.device_addr(s),
+    );
+    let (n, c, plane) = (shape.n as u64, shape.c as u64, shape.plane() as u64);
+    launch!(dev, MIX, "mix_fwd", grid(shape.len()); pa, ps, pm, pp, n, c, plane, po)
+}
+
+/// [`crate::mix::mix_labels_fwd`]: out[n] = src[partner[n]] where m[n] ≥ 0.5, else a[n].
+///
+/// * `a`, `src`, `out`: i32[N, C, H, W] (`shape`; C = 1 for label maps). `mask`: f32[N, H, W];
+///   `partner`: [N] host, in [0, N).
+pub fn mix_labels_fwd(
+    dev: &Device,
+    a: &impl DeviceBuf<i32>,
+    src: &impl DeviceBuf<i32>,
+    mask: &impl DeviceBuf<f32>,
+    partner: &[i32],
+    shape: Nchw,
+    out: &mut impl DeviceBufMut<i32>,
+) -> Result<(), CudaError> {
+    let Some(partner_dev) = mix_checks(dev, "mix_labels_fwd", a, src, mask, partner, shape, out)?
+    else {
+        return Ok(());
+    };
+    let s = dev.stream();
+    let (pa, ps, pm, pp, po) = (
+        a.device_addr(s),
+        src.device_addr(s),
+        mask.device_addr(s),
+        partner_dev.device_addr(s),
+        out.device_addr(s),
+    );
+    let (n, c, plane) = (shape.n as u64, shape.c as u64, shape.plane() as u64);
+    launch!(dev, MIX, "mix_labels_fwd", grid(shape.len()); pa, ps, pm, pp, n, c, plane, po)
+}
+
+/// [`crate::mix::mix_bwd`] (f32): da = (1 − m)·dout plus, with [`MixSource::A`], the partner
+/// shares m·dout of every sample whose partner it is (n ascending); with [`MixSource::B`] those
+/// shares go to db (starting from 0). `None` outputs are skipped; db must be `None` with
+/// `MixSource::A`. A gather, one thread per output element: deterministic, no atomics.
+///
+/// * `dout`, `da`, `db`: [N, C, H, W] (`shape`). `mask`: [N, H, W]; `partner`: [N] host.
+pub fn mix_bwd(
+    dev: &Device,
+    dout: &impl DeviceBuf<f32>,
+    mask: &impl DeviceBuf<f32>,
+    partner: &[i32],
+    shape: Nchw,
+    source: MixSource,
+    da: Option<&mut dyn DeviceBufMut<f32>>,
+    db: Option<&mut dyn DeviceBufMut<f32>>,
+) -> Result<(), CudaError> {
+    const K: &str = "mix_bwd";
+    expect(K, "dout", dout, shape.len())?;
+    expect(K, "mask", mask, shape.n * shape.plane())?;
+    check_partner(K, partner, shape.n)?;
+    if let Some(da) = &da {
+        expect(K, "da", &**da, shape.len())?;
+    }
+    if let Some(db) = &db {
+        expect(K, "db", &**db, shape.len())?;
+        if source == MixSource::A {
+            return Err(shape_err(
+                K,
+                "db was given, but the mix had no second batch (source A)".into(),
+            ));
+        }
+    }
+    if shape.is_empty() || (da.is_none() && db.is_none()) {
+        return Ok(());
+    }
+    let partner_dev = upload(dev, partner)?;
+    let s = dev.stream();
+    let (pg, pm, pp) = (
+        dout.device_addr(s),
+        mask.device_addr(s),
+        partner_dev.device_addr(s),
+    );
+    let pda = da.map_or(0u64, |d| d.device_addr(s));
+    let pdb = db.map_or(0u64, |d| d.device_addr(s));
+    let (n, c, plane) = (shape.n as u64, shape.c as u64, shape.plane() as u64);
+    let source_b = i32::from(source == MixSource::B);
+    launch!(dev, MIX, "mix_bwd", grid(shape.len()); pg, pm, pp, n, c, plane, source_b, pda, pdb)
+}
