@@ -16,6 +16,7 @@
 
 mod device;
 pub mod launch;
+pub mod nn;
 pub mod nvrtc;
 
 pub use device::{Arena, ArenaBuf, Device, DeviceBuf, DeviceBufMut, EventPool};

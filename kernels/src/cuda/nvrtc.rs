@@ -85,6 +85,21 @@ pub static REDUCE: CudaSource = cuda_source!(
 pub static ARGMAX: CudaSource = cuda_source!("argmax", ["argmax_fwd", "max_fwd", "max_bwd"]);
 /// `metrics.cu`: the confusion matrix.
 pub static METRICS: CudaSource = cuda_source!("metrics", ["confusion_add"]);
+/// `batch_norm.cu`: batch norm train/eval forward and backward.
+pub static BATCH_NORM: CudaSource = cuda_source!(
+    "batch_norm",
+    [
+        "bn_stat_partials",
+        "bn_mean_finalize",
+        "bn_train_finalize",
+        "bn_eval_coef",
+        "bn_affine",
+        "bn_bwd_stats",
+        "bn_dy_partials",
+        "bn_bwd_finalize",
+        "bn_bwd_dx"
+    ]
+);
 
 /// Every embedded module.
 pub static SOURCES: &[&CudaSource] = &[
@@ -95,6 +110,7 @@ pub static SOURCES: &[&CudaSource] = &[
     &REDUCE,
     &ARGMAX,
     &METRICS,
+    &BATCH_NORM,
 ];
 
 /// Options every module is compiled with (the target option is added per call).
