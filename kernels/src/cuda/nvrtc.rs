@@ -100,6 +100,18 @@ pub static BATCH_NORM: CudaSource = cuda_source!(
         "bn_bwd_dx"
     ]
 );
+/// `pool.cu`: max / average / global average pooling, forward and backward.
+pub static POOL: CudaSource = cuda_source!(
+    "pool",
+    [
+        "max_pool2d_fwd",
+        "max_pool2d_bwd",
+        "avg_pool2d_fwd",
+        "avg_pool2d_bwd",
+        "global_avg_pool_fwd",
+        "global_avg_pool_bwd"
+    ]
+);
 
 /// Every embedded module.
 pub static SOURCES: &[&CudaSource] = &[
@@ -111,6 +123,7 @@ pub static SOURCES: &[&CudaSource] = &[
     &ARGMAX,
     &METRICS,
     &BATCH_NORM,
+    &POOL,
 ];
 
 /// Options every module is compiled with (the target option is added per call).
