@@ -15,6 +15,7 @@ use flowseg_kernels::cuda::cudarc_driver::{CudaSlice, DeviceRepr};
 use flowseg_kernels::cuda::{nn, Device};
 use flowseg_kernels::philox::Philox;
 use flowseg_kernels::pool::{self, Pool2d};
+use flowseg_kernels::resize;
 use flowseg_kernels::Nchw;
 
 fn device() -> Option<Device> {
@@ -425,4 +426,84 @@ fn pooling_rejects_what_the_cpu_rejects() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("`y` has 1 elements, expected 4"), "{err}");
+}
+
+/// Output sizes around each input: up (×2, odd), down (÷2, odd), identity on one axis, 1×1,
+/// and the 26 → 22 nearest case where f32 scale arithmetic differs from exact rationals.
+fn resize_targets(s: Nchw) -> Vec<(usize, usize)> {
+    vec![
+        (2 * s.h, 2 * s.w),
+        (2 * s.h + 3, s.w + 5),
+        (s.h.div_ceil(2), s.w / 2 + 1),
+        (s.h, 2 * s.w - 1),
+        (1, 1),
+        (22, 22),
+    ]
+}
+
+/// Bilinear forward and backward (a gather in the CPU's scatter order) and nearest do the
+/// CPU's exact f32 operations in its order: bit-identical, align_corners false and true.
+#[test]
+fn resize_matches_cpu_bit_for_bit() {
+    let Some(dev) = device() else { return };
+    let shapes = [
+        SHAPES[0],
+        SHAPES[1],
+        Nchw::new(2, 3, 26, 26),
+        Nchw::new(4, 64, 64, 64),
+    ];
+    for (i, &s) in shapes.iter().enumerate() {
+        let x = uniform(400 + i as u64, s.len(), -3.0, 3.0);
+        let labels: Vec<i32> = (0..s.len()).map(|j| (j % 251) as i32 - 1).collect();
+        let (gx, gl) = (up(&dev, &x), up(&dev, &labels));
+        for (ho, wo) in resize_targets(s) {
+            let out = s.n * s.c * ho * wo;
+            let dy = uniform(500 + i as u64, out, -1.0, 1.0);
+            let gdy = up(&dev, &dy);
+            let mut gy = up(&dev, &vec![0f32; out]);
+            let mut y = vec![0f32; out];
+            let mut gdx = up(&dev, &vec![1f32; s.len()]);
+            let mut dx = vec![0f32; s.len()];
+            for ac in [false, true] {
+                let tag = format!("{s:?} -> {ho}x{wo} align_corners={ac}");
+                nn::resize_bilinear_fwd(&dev, &gx, s, ho, wo, ac, &mut gy).unwrap();
+                resize::resize_bilinear_fwd(&x, s, ho, wo, ac, &mut y).unwrap();
+                exact(&format!("resize_bilinear_fwd {tag}"), &down(&dev, &gy), &y);
+                nn::resize_bilinear_bwd(&dev, &gdy, s, ho, wo, ac, &mut gdx).unwrap();
+                resize::resize_bilinear_bwd(&dy, s, ho, wo, ac, &mut dx).unwrap();
+                exact(
+                    &format!("resize_bilinear_bwd {tag}"),
+                    &down(&dev, &gdx),
+                    &dx,
+                );
+            }
+            let mut gyl = up(&dev, &vec![0i32; out]);
+            let mut yl = vec![0i32; out];
+            nn::resize_nearest_fwd(&dev, &gl, s, ho, wo, &mut gyl).unwrap();
+            resize::resize_nearest_fwd(&labels, s, ho, wo, &mut yl).unwrap();
+            exact_int(
+                &format!("resize_nearest_fwd {s:?} -> {ho}x{wo}"),
+                &down(&dev, &gyl),
+                &yl,
+            );
+        }
+    }
+}
+
+#[test]
+fn resize_rejects_what_the_cpu_rejects() {
+    let Some(dev) = device() else { return };
+    let x = up(&dev, &[0f32; 4]);
+    let mut y = up(&dev, &[0f32; 4]);
+    let err = nn::resize_bilinear_fwd(&dev, &x, Nchw::new(1, 1, 2, 2), 0, 2, false, &mut y)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("resize_bilinear_fwd: input and output sizes must be greater than 0"),
+        "{err}"
+    );
+    let err = nn::resize_bilinear_fwd(&dev, &x, Nchw::new(1, 1, 2, 2), 3, 3, false, &mut y)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`y` has 4 elements, expected 9"), "{err}");
 }

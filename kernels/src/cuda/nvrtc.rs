@@ -112,6 +112,15 @@ pub static POOL: CudaSource = cuda_source!(
         "global_avg_pool_bwd"
     ]
 );
+/// `resize.cu`: bilinear resize forward / backward (a gather), nearest for i32 labels.
+pub static RESIZE: CudaSource = cuda_source!(
+    "resize",
+    [
+        "resize_bilinear_fwd",
+        "resize_bilinear_bwd",
+        "resize_nearest_fwd"
+    ]
+);
 
 /// Every embedded module.
 pub static SOURCES: &[&CudaSource] = &[
@@ -124,6 +133,7 @@ pub static SOURCES: &[&CudaSource] = &[
     &METRICS,
     &BATCH_NORM,
     &POOL,
+    &RESIZE,
 ];
 
 /// Options every module is compiled with (the target option is added per call).
