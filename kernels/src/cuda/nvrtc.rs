@@ -121,6 +121,16 @@ pub static RESIZE: CudaSource = cuda_source!(
         "resize_nearest_fwd"
     ]
 );
+/// `softmax.cu`: softmax and log-softmax over classes, forward and backward.
+pub static SOFTMAX: CudaSource = cuda_source!(
+    "softmax",
+    [
+        "softmax_fwd",
+        "softmax_bwd",
+        "log_softmax_fwd",
+        "log_softmax_bwd"
+    ]
+);
 
 /// Every embedded module.
 pub static SOURCES: &[&CudaSource] = &[
@@ -134,6 +144,7 @@ pub static SOURCES: &[&CudaSource] = &[
     &BATCH_NORM,
     &POOL,
     &RESIZE,
+    &SOFTMAX,
 ];
 
 /// Options every module is compiled with (the target option is added per call).
