@@ -111,8 +111,9 @@ extern "C" __global__ void max_pool2d_bwd(const float* __restrict__ dy,         
 
 // Divisor of an average window (pool.rs's `divisor`).
 __device__ __forceinline__ double pool_divisor(PoolSpan r, PoolSpan c, int count_include_pad) {
-    return count_include_pad ? (double)(r.padded * c.padded)
-                             : (double)((r.hi - r.lo) * (c.hi - c.lo));
+    // Products in f64 (exact below 2^53), as the CPU's usize product converted once.
+    return count_include_pad ? (double)r.padded * (double)c.padded
+                             : (double)(r.hi - r.lo) * (double)(c.hi - c.lo);
 }
 
 // y = (Σ window in f64) / d, rounded once. One thread per output.

@@ -386,8 +386,10 @@ fn pool_geom(kernel: &'static str, s: Nchw, p: Pool2d) -> Result<(PoolGeom, usiz
         KernelError::Shape { reason, .. } => KernelError::Shape { kernel, reason },
         other => other,
     })?;
+    // pool.cu finds covering windows in i32 arithmetic on padded coordinates.
     let big = |v: usize| u32::try_from(v).is_err();
-    if big(s.plane()) || big(ho * wo) || big(s.h + 2 * p.ph) || big(s.w + 2 * p.pw) {
+    let big_i32 = |v: usize| i32::try_from(v).is_err();
+    if big(s.plane()) || big(ho * wo) || big_i32(s.h + 2 * p.ph) || big_i32(s.w + 2 * p.pw) {
         return Err(KernelError::Shape {
             kernel,
             reason: format!("a {}×{} plane overflows the kernel's u32 indices", s.h, s.w),
