@@ -10,7 +10,8 @@
 //! Scratch (reduction partials) is allocated per call on the stream (stream-ordered, freed after
 //! the launches that use it); moving it into the plan's arena is later work.
 //!
-//! Not here: conv, batch norm, pooling, resize, augment/mix, soft losses (issue 5, later).
+//! Not here: batch norm, pooling, resize, softmax (`nn.rs`), augment/mix (`augment_mix.rs`);
+//! conv and the soft losses (issue 5, later).
 
 use super::device::{Device, DeviceBuf, DeviceBufMut};
 use super::nvrtc::{ARGMAX, ELEMENTWISE, METRICS, OPTIM, PHILOX, REDUCE, SOFTMAX_CE};

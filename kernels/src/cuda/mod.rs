@@ -11,12 +11,17 @@
 //! off before the first allocation — the plan, not cudarc, will own cross-stream ordering
 //! (DESIGN.md §4). Launchers only enqueue work; reading results back synchronises.
 //!
-//! Not here: multi-stream scheduling, CUDA graphs, cuBLAS, the engine's `Device` trait, conv /
-//! batch norm / pooling / resize / augment kernels (later work in issue 5).
+//! Launchers: `launch.rs` (element-wise, Philox, softmax-CE, optimizers, reductions, argmax,
+//! confusion matrix), `nn.rs` (batch norm, pooling, resize, softmax), `augment_mix.rs` (augment
+//! and mix ops, applying draws made on the host).
+//!
+//! Not here: multi-stream scheduling, CUDA graphs, cuBLAS, the engine's `Device` trait, conv,
+//! dropout, the soft/probability losses (later work in issue 5).
 
 pub mod augment_mix;
 mod device;
 pub mod launch;
+pub mod nn;
 pub mod nvrtc;
 
 pub use device::{Arena, ArenaBuf, Device, DeviceBuf, DeviceBufMut, EventPool};

@@ -108,6 +108,52 @@ pub static MIX: CudaSource = cuda_source!(
         "mix_bwd"
     ]
 );
+/// `batch_norm.cu`: batch norm train/eval forward and backward.
+pub static BATCH_NORM: CudaSource = cuda_source!(
+    "batch_norm",
+    [
+        "bn_stat_partials",
+        "bn_mean_finalize",
+        "bn_train_finalize",
+        "bn_eval_coef",
+        "bn_affine",
+        "bn_bwd_stats",
+        "bn_dy_partials",
+        "bn_bwd_finalize",
+        "bn_bwd_dx"
+    ]
+);
+/// `pool.cu`: max / average / global average pooling, forward and backward.
+pub static POOL: CudaSource = cuda_source!(
+    "pool",
+    [
+        "max_pool2d_fwd",
+        "max_pool2d_bwd",
+        "avg_pool2d_fwd",
+        "avg_pool2d_bwd",
+        "global_avg_pool_fwd",
+        "global_avg_pool_bwd"
+    ]
+);
+/// `resize.cu`: bilinear resize forward / backward (a gather), nearest for i32 labels.
+pub static RESIZE: CudaSource = cuda_source!(
+    "resize",
+    [
+        "resize_bilinear_fwd",
+        "resize_bilinear_bwd",
+        "resize_nearest_fwd"
+    ]
+);
+/// `softmax.cu`: softmax and log-softmax over classes, forward and backward.
+pub static SOFTMAX: CudaSource = cuda_source!(
+    "softmax",
+    [
+        "softmax_fwd",
+        "softmax_bwd",
+        "log_softmax_fwd",
+        "log_softmax_bwd"
+    ]
+);
 
 /// Every embedded module.
 pub static SOURCES: &[&CudaSource] = &[
@@ -120,6 +166,10 @@ pub static SOURCES: &[&CudaSource] = &[
     &METRICS,
     &AUGMENT,
     &MIX,
+    &BATCH_NORM,
+    &POOL,
+    &RESIZE,
+    &SOFTMAX,
 ];
 
 /// Options every module is compiled with (the target option is added per call).
