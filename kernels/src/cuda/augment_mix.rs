@@ -12,74 +12,14 @@
 //!
 //! Not here: the draws themselves (host functions in `augment` / `mix`), ops, arena scratch.
 
+use super::common::{expect, grid, launch, shape_err, upload, MAX_BLOCKS, THREADS};
 use super::device::{Device, DeviceBuf, DeviceBufMut};
 use super::nvrtc::{AUGMENT, MIX};
 use super::{driver_err, CudaError};
 use crate::augment::{gaussian_weights, BlurDraw, CutoutDraw, JitterDraw, JitterOp};
 use crate::mix::{ClassChoice, Combine, MixBox, MixSource};
 use crate::{KernelError, Nchw};
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
-
-const THREADS: u32 = 256;
-const MAX_BLOCKS: usize = 1 << 16;
-
-fn grid(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (
-            n.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32,
-            1,
-            1,
-        ),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// `KernelError::Len` unless `buf` holds `expected` elements.
-fn expect<T>(
-    kernel: &'static str,
-    arg: &'static str,
-    buf: &(impl DeviceBuf<T> + ?Sized),
-    expected: usize,
-) -> Result<(), CudaError> {
-    let got = buf.elems();
-    if got == expected {
-        Ok(())
-    } else {
-        Err(KernelError::Len {
-            kernel,
-            arg,
-            expected,
-            got,
-        }
-        .into())
-    }
-}
-
-fn shape_err(kernel: &'static str, reason: String) -> CudaError {
-    KernelError::Shape { kernel, reason }.into()
-}
-
-/// Copies host draws to the device (callers pass non-empty slices: empty launches return early).
-fn upload<T: DeviceRepr>(dev: &Device, v: &[T]) -> Result<CudaSlice<T>, CudaError> {
-    dev.stream()
-        .clone_htod(v)
-        .map_err(driver_err("cuMemcpyHtoD"))
-}
-
-/// Launches `$name` of `$src` with `$cfg`; every argument must be a local.
-macro_rules! launch {
-    ($dev:expr, $src:expr, $name:literal, $cfg:expr; $($arg:ident),* $(,)?) => {{
-        let f = $dev.function(&$src, $name)?;
-        let mut builder = $dev.stream().launch_builder(&f);
-        $( builder.arg(&$arg); )*
-        // SAFETY: the arguments match the kernel's parameter list in the .cu file in number,
-        // order and type; buffer lengths were validated against the sizes passed alongside.
-        unsafe { builder.launch($cfg) }
-            .map(|_| ())
-            .map_err(driver_err("cuLaunchKernel"))
-    }};
-}
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 fn check_rgb(kernel: &'static str, shape: Nchw, draws: usize) -> Result<(), CudaError> {
     if shape.c != 3 && !shape.is_empty() {

@@ -13,85 +13,17 @@
 //! Not here: batch norm, pooling, resize, softmax (`nn.rs`), augment/mix (`augment_mix.rs`);
 //! conv and the soft losses (issue 5, later).
 
+use super::common::{blocks, expect, grid, launch, one_block, scratch};
 use super::device::{Device, DeviceBuf, DeviceBufMut};
 use super::nvrtc::{ARGMAX, ELEMENTWISE, METRICS, OPTIM, PHILOX, REDUCE, SOFTMAX_CE};
-use super::{driver_err, CudaError};
+use super::CudaError;
 use crate::loss::{CrossEntropyParams, Denominator};
 use crate::optim::{AdamW, Sgd};
 use crate::{KernelError, Nchw};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-/// Threads per block of every launcher (REDUCE_THREADS and CE_THREADS in the `.cu` files).
-const THREADS: u32 = 256;
-/// Grid-stride kernels never need more blocks than this to fill any current GPU.
-const MAX_BLOCKS: usize = 1 << 16;
 /// Blocks of the two-pass reductions: enough to fill a GPU, few enough for one finishing block.
 const REDUCE_BLOCKS: usize = 1024;
-
-fn blocks(n: usize, cap: usize) -> u32 {
-    n.div_ceil(THREADS as usize).clamp(1, cap) as u32
-}
-
-fn grid(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks(n, MAX_BLOCKS), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn one_block() -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// `KernelError::Len` unless `buf` holds `expected` elements.
-fn expect<T>(
-    kernel: &'static str,
-    arg: &'static str,
-    buf: &(impl DeviceBuf<T> + ?Sized),
-    expected: usize,
-) -> Result<(), CudaError> {
-    let got = buf.elems();
-    if got == expected {
-        Ok(())
-    } else {
-        Err(KernelError::Len {
-            kernel,
-            arg,
-            expected,
-            got,
-        }
-        .into())
-    }
-}
-
-/// Launches `$name` of `$src` with `$cfg`; every argument must be a local (the builder keeps
-/// references to them until the launch).
-macro_rules! launch {
-    ($dev:expr, $src:expr, $name:literal, $cfg:expr; $($arg:ident),* $(,)?) => {{
-        let f = $dev.function(&$src, $name)?;
-        let mut builder = $dev.stream().launch_builder(&f);
-        $( builder.arg(&$arg); )*
-        // SAFETY: the arguments match the kernel's parameter list in the .cu file in number,
-        // order and type; buffer lengths were validated against the sizes passed alongside.
-        unsafe { builder.launch($cfg) }
-            .map(|_| ())
-            .map_err(driver_err("cuLaunchKernel"))
-    }};
-}
-
-fn scratch<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-    dev: &Device,
-    len: usize,
-) -> Result<CudaSlice<T>, CudaError> {
-    dev.stream()
-        .alloc_zeros::<T>(len.max(1))
-        .map_err(driver_err("cuMemAlloc"))
-}
 
 // ---------------------------------------------------------------- elementwise.cu
 

@@ -19,6 +19,7 @@
 //! dropout, the soft/probability losses (later work in issue 5).
 
 pub mod augment_mix;
+mod common;
 mod device;
 pub mod launch;
 pub mod nn;

@@ -8,82 +8,14 @@
 //!
 //! Not here: conv, augment/mix, losses (see [`super::launch`] for the others).
 
+use super::common::{expect, grid, grid2, launch, scratch, MAX_BLOCKS, THREADS};
 use super::device::{Device, DeviceBuf, DeviceBufMut};
 use super::nvrtc::{BATCH_NORM, POOL, RESIZE, SOFTMAX};
-use super::{driver_err, CudaError};
+use super::CudaError;
 use crate::batch_norm::BatchNormParams;
 use crate::pool::Pool2d;
 use crate::{KernelError, Nchw};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-
-/// Threads per block (BN_THREADS etc. in the `.cu` files).
-const THREADS: u32 = 256;
-/// Grid-stride kernels never need more blocks than this to fill any current GPU.
-const MAX_BLOCKS: usize = 1 << 16;
-
-fn blocks(n: usize, cap: usize) -> u32 {
-    n.div_ceil(THREADS as usize).clamp(1, cap) as u32
-}
-
-fn grid(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks(n, MAX_BLOCKS), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn grid2(x: u32, y: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (x, y, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// `KernelError::Len` unless `buf` holds `expected` elements.
-fn expect<T>(
-    kernel: &'static str,
-    arg: &'static str,
-    buf: &(impl DeviceBuf<T> + ?Sized),
-    expected: usize,
-) -> Result<(), CudaError> {
-    let got = buf.elems();
-    if got == expected {
-        Ok(())
-    } else {
-        Err(KernelError::Len {
-            kernel,
-            arg,
-            expected,
-            got,
-        }
-        .into())
-    }
-}
-
-/// Launches `$name` of `$src` with `$cfg`; every argument must be a local.
-macro_rules! launch {
-    ($dev:expr, $src:expr, $name:literal, $cfg:expr; $($arg:ident),* $(,)?) => {{
-        let f = $dev.function(&$src, $name)?;
-        let mut builder = $dev.stream().launch_builder(&f);
-        $( builder.arg(&$arg); )*
-        // SAFETY: the arguments match the kernel's parameter list in the .cu file in number,
-        // order and type; buffer lengths were validated against the sizes passed alongside.
-        unsafe { builder.launch($cfg) }
-            .map(|_| ())
-            .map_err(driver_err("cuLaunchKernel"))
-    }};
-}
-
-fn scratch<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-    dev: &Device,
-    len: usize,
-) -> Result<CudaSlice<T>, CudaError> {
-    dev.stream()
-        .alloc_zeros::<T>(len.max(1))
-        .map_err(driver_err("cuMemAlloc"))
-}
+use cudarc::driver::PushKernelArg;
 
 // ---------------------------------------------------------------- batch_norm.cu
 
