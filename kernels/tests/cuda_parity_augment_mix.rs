@@ -10,27 +10,16 @@
 #![cfg(feature = "cuda")]
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+mod cuda_common;
+use cuda_common::*;
+
 use flowseg_kernels::augment::{self, BlurParams, ColorJitterParams, CutoutSize};
 use flowseg_kernels::cuda::augment_mix as gpu;
-use flowseg_kernels::cuda::cudarc_driver::{CudaSlice, DeviceRepr};
-use flowseg_kernels::cuda::Device;
 use flowseg_kernels::mix::{
     self, Area, AspectSampling, BoxParams, ClassCount, Combine, MixSource, Partner,
 };
 use flowseg_kernels::philox::Philox;
 use flowseg_kernels::Nchw;
-
-fn device() -> Option<Device> {
-    match Device::cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            let required = std::env::var("FLOWSEG_REQUIRE_GPU").is_ok_and(|v| v == "1");
-            assert!(!required, "FLOWSEG_REQUIRE_GPU=1 but no CUDA device: {e}");
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
 
 /// Odd shapes, one image taller than a 256-thread block, and a realistic batch.
 const SHAPES: &[Nchw] = &[
@@ -38,13 +27,6 @@ const SHAPES: &[Nchw] = &[
     Nchw::new(2, 3, 300, 7),
     Nchw::new(16, 3, 64, 64),
 ];
-
-fn uniform(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    let g = Philox::new(seed, 0xA06);
-    (0..n)
-        .map(|i| lo + (hi - lo) * g.uniform_at(i as u64))
-        .collect()
-}
 
 fn ints(seed: u64, n: usize, k: u32) -> Vec<i32> {
     let g = Philox::new(seed, 0x1AB);
@@ -58,45 +40,6 @@ fn both<D>(draws: &mut [D], apply: impl Fn(&mut D) -> &mut bool) {
         let last = draws.len() - 1;
         *apply(&mut draws[last]) = false;
     }
-}
-
-fn up<T: DeviceRepr>(dev: &Device, v: &[T]) -> CudaSlice<T> {
-    dev.stream().clone_htod(v).unwrap()
-}
-
-fn down<T: DeviceRepr + Default + Clone>(dev: &Device, s: &CudaSlice<T>) -> Vec<T> {
-    dev.stream().clone_dtoh(s).unwrap()
-}
-
-/// Bit-identity; on failure reports the count and the first mismatches.
-fn exact(what: &str, gpu: &[f32], cpu: &[f32]) {
-    assert_eq!(gpu.len(), cpu.len(), "{what}: length");
-    let bad: Vec<usize> = (0..gpu.len())
-        .filter(|&i| gpu[i].to_bits() != cpu[i].to_bits())
-        .collect();
-    let first: Vec<String> = bad
-        .iter()
-        .take(8)
-        .map(|&i| format!("[{i}] gpu {:e} cpu {:e}", gpu[i], cpu[i]))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what}: {} of {} elements differ; first: {}",
-        bad.len(),
-        gpu.len(),
-        first.join(", ")
-    );
-    println!("{what}: {} elements, bit-identical", gpu.len());
-}
-
-fn exact_int(what: &str, gpu: &[i32], cpu: &[i32]) {
-    if let Some(i) = gpu.iter().zip(cpu).position(|(g, c)| g != c) {
-        panic!(
-            "{what}: first difference at [{i}]: gpu {} cpu {}",
-            gpu[i], cpu[i]
-        );
-    }
-    println!("{what}: {} elements, identical", gpu.len());
 }
 
 #[test]

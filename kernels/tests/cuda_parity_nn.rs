@@ -10,26 +10,15 @@
 // Helpers outside #[test] fns unwrap too: a panic is the failure report here.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+mod cuda_common;
+use cuda_common::*;
+
 use flowseg_kernels::batch_norm::{self, BatchNormParams};
-use flowseg_kernels::cuda::cudarc_driver::{CudaSlice, DeviceRepr};
-use flowseg_kernels::cuda::{nn, Device};
-use flowseg_kernels::philox::Philox;
+use flowseg_kernels::cuda::nn;
 use flowseg_kernels::pool::{self, Pool2d};
 use flowseg_kernels::resize;
 use flowseg_kernels::softmax;
 use flowseg_kernels::Nchw;
-
-fn device() -> Option<Device> {
-    match Device::cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            let required = std::env::var("FLOWSEG_REQUIRE_GPU").is_ok_and(|v| v == "1");
-            assert!(!required, "FLOWSEG_REQUIRE_GPU=1 but no CUDA device: {e}");
-            println!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
 
 /// Odd sizes (not multiples of anything) and one realistic activation.
 const SHAPES: &[Nchw] = &[
@@ -37,85 +26,6 @@ const SHAPES: &[Nchw] = &[
     Nchw::new(1, 3, 1, 2),
     Nchw::new(16, 64, 64, 64),
 ];
-
-fn uniform(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    let g = Philox::new(seed, 0xC0DA);
-    (0..n)
-        .map(|i| lo + (hi - lo) * g.uniform_at(i as u64))
-        .collect()
-}
-
-fn up<T: DeviceRepr>(dev: &Device, v: &[T]) -> CudaSlice<T> {
-    dev.stream().clone_htod(v).unwrap()
-}
-
-fn down<T: DeviceRepr + Default + Clone>(dev: &Device, s: &CudaSlice<T>) -> Vec<T> {
-    dev.stream().clone_dtoh(s).unwrap()
-}
-
-/// Asserts |gpu − cpu| ≤ atol + rtol·|cpu| element-wise (NaN matches NaN); prints the max error.
-fn close(what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) {
-    assert_eq!(gpu.len(), cpu.len(), "{what}: length");
-    let mut bad = Vec::new();
-    let mut max_err = 0f32;
-    for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
-        if g.is_nan() && c.is_nan() {
-            continue;
-        }
-        let err = (g - c).abs();
-        if err.is_nan() || err > atol + rtol * c.abs() {
-            bad.push(i);
-        } else {
-            max_err = max_err.max(err);
-        }
-    }
-    if !bad.is_empty() {
-        let first: Vec<String> = bad
-            .iter()
-            .take(8)
-            .map(|&i| format!("[{i}] gpu {:e} cpu {:e}", gpu[i], cpu[i]))
-            .collect();
-        panic!(
-            "{what}: {} of {} elements differ beyond atol {atol:e} + rtol {rtol:e}; first: {}",
-            bad.len(),
-            gpu.len(),
-            first.join(", ")
-        );
-    }
-    println!(
-        "{what}: {} elements, max |gpu - cpu| = {max_err:e}",
-        gpu.len()
-    );
-}
-
-fn exact_int<T: PartialEq + std::fmt::Debug>(what: &str, gpu: &[T], cpu: &[T]) {
-    assert_eq!(gpu.len(), cpu.len(), "{what}: length");
-    if let Some(i) = gpu.iter().zip(cpu).position(|(g, c)| g != c) {
-        panic!(
-            "{what}: first difference at [{i}]: gpu {:?} cpu {:?}",
-            gpu[i], cpu[i]
-        );
-    }
-    println!("{what}: {} elements, identical", gpu.len());
-}
-
-fn exact(what: &str, gpu: &[f32], cpu: &[f32]) {
-    // NaN payloads are not compared: CUDA's arithmetic returns its canonical NaN.
-    let bits = |v: &f32| {
-        if v.is_nan() {
-            f32::NAN.to_bits()
-        } else {
-            v.to_bits()
-        }
-    };
-    let gb: Vec<u32> = gpu.iter().map(bits).collect();
-    let cb: Vec<u32> = cpu.iter().map(bits).collect();
-    if gb != cb {
-        close(what, gpu, cpu, 0.0, 0.0);
-        panic!("{what}: values equal but bits differ (signed zero)");
-    }
-    println!("{what}: {} elements, bit-identical", gpu.len());
-}
 
 /// Batch-norm statistics are f64 sums in another order than the CPU's, rounded to f32: the
 /// per-channel values may differ by an ulp, which the affine step then scales. Tolerance:
