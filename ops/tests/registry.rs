@@ -24,6 +24,8 @@ fn the_expected_ops_are_registered() {
     for want in [
         "add",
         "batch_norm",
+        "box_mask",
+        "class_mask",
         "color_jitter",
         "concat",
         "conv2d",
@@ -36,6 +38,7 @@ fn the_expected_ops_are_registered() {
         "max_confidence",
         "max_pool2d",
         "mean",
+        "mix",
         "mul",
         "random_grayscale",
         "relu",
