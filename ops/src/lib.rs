@@ -43,6 +43,7 @@ pub mod data {
     pub mod manifest;
     pub mod palette;
     pub mod shapes;
+    pub mod shared_keys;
     pub mod split;
     pub mod synthetic;
     pub mod voc;

@@ -12,12 +12,13 @@
 
 use super::loader::{Batching, Part, Sample, SampleSet, SemiSource, IGNORE};
 use super::palette::read_index_png;
+use super::shared_keys::{peel, SharedKeys};
 use flowseg_engine::data::{DataError, EvalItem, Source};
 use flowseg_engine::kernels::philox::Philox;
 use flowseg_engine::kernels::resize::{resize_bilinear_fwd, resize_nearest_fwd};
 use flowseg_engine::kernels::Nchw;
 use flowseg_engine::Tensor;
-use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::fmt;
@@ -233,15 +234,8 @@ impl<'de, P: Deserialize<'de>> Deserialize<'de> for WithGeometry<P> {
                 f.write_str("a mapping of data source params")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                let mut filter = GeometryFilter {
-                    map,
-                    keys: GeometryKeys::default(),
-                };
-                let params = P::deserialize(de::value::MapAccessDeserializer::new(&mut filter))?;
-                Ok(WithGeometry {
-                    geometry: filter.keys.build()?,
-                    params,
-                })
+                let (geometry, params) = peel::<GeometryKeys, P, A>(map)?;
+                Ok(WithGeometry { geometry, params })
             }
         }
         d.deserialize_map(V(PhantomData))
@@ -256,7 +250,19 @@ struct GeometryKeys {
     normalize: Option<Normalize>,
 }
 
-impl GeometryKeys {
+impl SharedKeys for GeometryKeys {
+    const KEYS: &'static [&'static str] = GEOMETRY_KEYS;
+    const WHAT: &'static str = "a geometry key";
+    type Built = Geometry;
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "crop" => self.crop = Some(map.next_value()?),
+            "scale" => self.scale = Some(map.next_value()?),
+            "flip" => self.flip = Some(map.next_value()?),
+            _ => self.normalize = Some(map.next_value()?),
+        }
+        Ok(())
+    }
     fn build<E: de::Error>(self) -> Result<Geometry, E> {
         let crop = self.crop.ok_or_else(|| {
             E::custom(
@@ -278,77 +284,6 @@ impl GeometryKeys {
             flip: self.flip.unwrap_or(true),
             normalize: self.normalize.unwrap_or_default(),
         })
-    }
-}
-
-/// A map view that consumes the geometry keys and passes the rest on.
-struct GeometryFilter<A> {
-    map: A,
-    keys: GeometryKeys,
-}
-
-/// A key read by [`GeometryKeySeed`]: one of ours (with the unused inner seed handed back), or
-/// the inner deserializer's own.
-enum Key<S, V> {
-    Geometry(String, S),
-    Other(V),
-}
-
-/// Wraps the inner key seed so that an unknown-field error still passes through an enclosing
-/// filter's seed (which names its own keys in turn).
-struct GeometryKeySeed<S>(S);
-
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for GeometryKeySeed<S> {
-    type Value = Key<S, S::Value>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        let key = String::deserialize(d)?;
-        if GEOMETRY_KEYS.contains(&key.as_str()) {
-            return Ok(Key::Geometry(key, self.0));
-        }
-        let de: de::value::StringDeserializer<D::Error> = key.into_deserializer();
-        self.0
-            .deserialize(de)
-            .map(Key::Other)
-            .map_err(|e: D::Error| {
-                let msg = e.to_string();
-                if msg.starts_with("unknown field") {
-                    de::Error::custom(format!(
-                        "{msg}, or a geometry key: {}",
-                        GEOMETRY_KEYS.join(", ")
-                    ))
-                } else {
-                    e
-                }
-            })
-    }
-}
-
-impl<'de, A: MapAccess<'de>> MapAccess<'de> for &mut GeometryFilter<A> {
-    type Error = A::Error;
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, A::Error> {
-        let mut seed = seed;
-        loop {
-            match self.map.next_key_seed(GeometryKeySeed(seed))? {
-                None => return Ok(None),
-                Some(Key::Other(v)) => return Ok(Some(v)),
-                Some(Key::Geometry(key, unused)) => {
-                    let k = &mut self.keys;
-                    match key.as_str() {
-                        "crop" => k.crop = Some(self.map.next_value()?),
-                        "scale" => k.scale = Some(self.map.next_value()?),
-                        "flip" => k.flip = Some(self.map.next_value()?),
-                        _ => k.normalize = Some(self.map.next_value()?),
-                    }
-                    seed = unused;
-                }
-            }
-        }
-    }
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
-        self.map.next_value_seed(seed)
     }
 }
 

@@ -16,13 +16,14 @@
 //!
 //! Not here: decoding and geometry (`files.rs`), generated data (`synthetic.rs`).
 
+use super::shared_keys::{peel, SharedKeys};
 use super::split::{split, tag, Labeled, Sampler, Split};
 use crossbeam_channel::{bounded, Receiver};
 use flowseg_engine::data::{Batch, DataError, EvalItem, ScanReport, Source, SplitLists};
 use flowseg_engine::kernels::philox::Philox;
 use flowseg_engine::{Tensor, TensorSpec};
 use rayon::prelude::*;
-use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -143,100 +144,40 @@ impl<'de, P: Deserialize<'de>> Deserialize<'de> for WithBatching<P> {
                 f.write_str("a mapping of data source params")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                let mut filter = Filter {
-                    map,
-                    batching: Batching::default(),
-                };
-                let params = P::deserialize(de::value::MapAccessDeserializer::new(&mut filter))?;
-                let b = filter.batching;
-                if b.batch == 0 {
-                    return Err(de::Error::custom("`batch` must be at least 1"));
-                }
-                if b.unlabeled_batch > 0 && b.unlabeled_sets == 0 {
-                    return Err(de::Error::custom(
-                        "`unlabeled_sets` must be at least 1 when `unlabeled_batch` is set",
-                    ));
-                }
-                Ok(WithBatching {
-                    batching: b,
-                    params,
-                })
+                let (batching, params) = peel::<Batching, P, A>(map)?;
+                Ok(WithBatching { batching, params })
             }
         }
         d.deserialize_map(V(PhantomData))
     }
 }
 
-/// A map view that consumes the batching keys and passes the rest on.
-struct Filter<A> {
-    map: A,
-    batching: Batching,
-}
-
-impl<'de, A: MapAccess<'de>> MapAccess<'de> for &mut Filter<A> {
-    type Error = A::Error;
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, A::Error> {
-        let mut seed = Some(seed);
-        loop {
-            // The dataset's seed sees its keys inside the key's own deserializer, so an unknown
-            // key is reported at the key's line:column.
-            let Some(key) = self.map.next_key_seed(KeySeed(&mut seed))? else {
-                return Ok(None);
-            };
-            let b = &mut self.batching;
-            match key {
-                Key::Own(v) => return Ok(Some(v)),
-                Key::Batching("batch") => b.batch = self.map.next_value()?,
-                Key::Batching("unlabeled_batch") => b.unlabeled_batch = self.map.next_value()?,
-                Key::Batching("unlabeled_sets") => b.unlabeled_sets = self.map.next_value()?,
-                Key::Batching("labeled") => b.labeled = self.map.next_value()?,
-                Key::Batching("split_seed") => b.split_seed = self.map.next_value()?,
-                Key::Batching("workers") => b.workers = self.map.next_value()?,
-                Key::Batching(_) => b.prefetch = self.map.next_value()?,
-            }
+impl SharedKeys for Batching {
+    const KEYS: &'static [&'static str] = BATCHING_KEYS;
+    const WHAT: &'static str = "a batching key";
+    type Built = Batching;
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "batch" => self.batch = map.next_value()?,
+            "unlabeled_batch" => self.unlabeled_batch = map.next_value()?,
+            "unlabeled_sets" => self.unlabeled_sets = map.next_value()?,
+            "labeled" => self.labeled = map.next_value()?,
+            "split_seed" => self.split_seed = map.next_value()?,
+            "workers" => self.workers = map.next_value()?,
+            _ => self.prefetch = map.next_value()?,
         }
+        Ok(())
     }
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
-        self.map.next_value_seed(seed)
-    }
-}
-
-/// A key of the mapping: one of [`BATCHING_KEYS`], or the dataset's (decoded by its seed).
-enum Key<V> {
-    Batching(&'static str),
-    Own(V),
-}
-
-/// Reads a key; hands it to the dataset's seed unless it is a batching key.
-struct KeySeed<'s, K>(&'s mut Option<K>);
-
-impl<'de, K: DeserializeSeed<'de>> DeserializeSeed<'de> for KeySeed<'_, K> {
-    type Value = Key<K::Value>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        let key = String::deserialize(d)?;
-        if let Some(k) = BATCHING_KEYS.iter().find(|k| **k == key) {
-            return Ok(Key::Batching(k));
+    fn build<E: de::Error>(self) -> Result<Batching, E> {
+        if self.batch == 0 {
+            return Err(E::custom("`batch` must be at least 1"));
         }
-        let seed = self
-            .0
-            .take()
-            .ok_or_else(|| de::Error::custom("internal: a key after the dataset's own"))?;
-        let de: de::value::StringDeserializer<D::Error> = key.into_deserializer();
-        seed.deserialize(de).map(Key::Own).map_err(|e: D::Error| {
-            // Name the batching keys too in "unknown field ..., expected one of ...".
-            let msg = e.to_string();
-            if msg.starts_with("unknown field") {
-                de::Error::custom(format!(
-                    "{msg}, or a batching key: {}",
-                    BATCHING_KEYS.join(", ")
-                ))
-            } else {
-                e
-            }
-        })
+        if self.unlabeled_batch > 0 && self.unlabeled_sets == 0 {
+            return Err(E::custom(
+                "`unlabeled_sets` must be at least 1 when `unlabeled_batch` is set",
+            ));
+        }
+        Ok(self)
     }
 }
 
