@@ -314,9 +314,10 @@ fn minor_faults() -> u64 {
         .unwrap_or(0)
 }
 
-/// Per-op-kind time of one step's graph at batch 16 of `size`², each node run on its own.
-fn profile(registry: &Registry, size: usize, n: usize) {
-    let (mut trainer, batch) = trainer(registry, SUPERVISED, &sizes(16, size));
+/// Per-op-kind time of one step's graph (`label` in the JSON line) with the `sets` overrides,
+/// each node run on its own.
+fn profile(registry: &Registry, label: &str, graph: &str, size: usize, sets: &[String], n: usize) {
+    let (mut trainer, batch) = trainer(registry, graph, sets);
     let graph = &trainer.graph;
     let reference = run_cpu(graph, &batch, &trainer.state, 0, 0).unwrap();
     let inputs: Vec<Vec<Option<Tensor>>> = graph
@@ -357,7 +358,22 @@ fn profile(registry: &Registry, size: usize, n: usize) {
     }
     // op name → (nodes, ms)
     let mut kinds: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
-    for (node, times) in graph.nodes.iter().zip(per_node) {
+    let per_node_lines = std::env::var_os("PROFILE_NODES").is_some();
+    for (i, (node, times)) in graph.nodes.iter().zip(per_node).enumerate() {
+        if per_node_lines {
+            let shapes: Vec<String> = inputs[i]
+                .iter()
+                .flatten()
+                .map(|t| format!("{:?}", t.spec().shape))
+                .collect();
+            eprintln!(
+                "{:>8.3} ms  {:<20} {:<28} {}",
+                median(times.clone()) * 1e3,
+                node.op.name(),
+                node.name.as_ref() as &str,
+                shapes.join(" ")
+            );
+        }
         let e = kinds.entry(node.op.name()).or_default();
         e.0 += 1;
         e.1 += median(times) * 1e3;
@@ -382,7 +398,7 @@ fn profile(registry: &Registry, size: usize, n: usize) {
         .map(|(k, (c, ms))| format!("\"{k}\": {{\"nodes\": {c}, \"ms\": {ms:.3}}}"))
         .collect();
     println!(
-        "{{\"impl\": \"flowseg\", \"size\": {size}, \"threads\": {}, \"step_ms\": {step:.3}, \
+        "{{\"impl\": \"flowseg\", \"graph\": \"{label}\", \"size\": {size}, \"threads\": {}, \"step_ms\": {step:.3}, \
          \"ops_ms\": {ops:.3}, \"minor_faults_per_step\": {faults_step}, \
          \"minor_faults_per_ops_pass\": {faults_ops}, \"ops\": {{{}}}}}",
         rayon::current_num_threads(),
@@ -420,8 +436,9 @@ fn main() {
         Some("time") => time_all(&registry, count(args.get(1))),
         Some("profile") => {
             let n = count(args.get(1));
-            profile(&registry, 64, n);
-            profile(&registry, 128, n);
+            profile(&registry, "supervised", SUPERVISED, 64, &sizes(16, 64), n);
+            profile(&registry, "supervised", SUPERVISED, 128, &sizes(16, 128), n);
+            profile(&registry, "cutmix_seg", CUTMIX, 64, &semi_sizes(16, 64), n);
         }
         // Plain `cargo bench` (every bench binary): a short timing, so it does something useful.
         None => time_all(&registry, 5),

@@ -455,9 +455,13 @@ def time_all(args):
     out = {"impl": "pytorch", "threads": torch.get_num_threads(), "n": args.n,
            "device": device.type}
     faults = {}
-    for size in (64, 128):
+    for graph, size in (("supervised", 64), ("supervised", 128), ("cutmix_seg", 64)):
         model, opt = make(device, init)
-        step = train_step(model, opt, *data(size, device, classes))
+        if graph == "supervised":
+            step = train_step(model, opt, *data(size, device, classes))
+        else:
+            labeled, batches = data(size, device, classes), unlabeled(size, device)
+            step = cutmix_step(model, opt, labeled, batches)[0]
         out[f"sup_b16_{size}"], faults[f"faults_per_step_{size}"] = timed_steps(
             args.n, step, device)
     counts = {"params_sup": elements(model.parameters())}
@@ -487,9 +491,13 @@ def profile(args):
     device = setup(args)
     init = load_init(args)
     classes = config_of(init)[0] if init is not None else CLASSES
-    for size in (64, 128):
+    for graph, size in (("supervised", 64), ("supervised", 128), ("cutmix_seg", 64)):
         model, opt = make(device, init)
-        step = train_step(model, opt, *data(size, device, classes))
+        if graph == "supervised":
+            step = train_step(model, opt, *data(size, device, classes))
+        else:
+            labeled, batches = data(size, device, classes), unlabeled(size, device)
+            step = cutmix_step(model, opt, labeled, batches)[0]
         for _ in range(3):
             step()
         with prof(activities=[ProfilerActivity.CPU]) as p:
@@ -505,8 +513,8 @@ def profile(args):
                 kind = "optimizer update"
             kinds[kind] = kinds.get(kind, 0) + e.self_cpu_time_total
         kinds = {k: ms(v) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
-        top = {e.key: ms(e.self_cpu_time_total) for e in rows[:12]}
-        print(json.dumps({"impl": "pytorch", "size": size, "threads": torch.get_num_threads(),
+        top = {e.key: ms(e.self_cpu_time_total) for e in rows[:20]}
+        print(json.dumps({"impl": "pytorch", "graph": graph, "size": size, "threads": torch.get_num_threads(),
                           "self_ms_per_step": ms(total), "by_flowseg_kind": kinds,
                           "top_self_ms": top}))
 
@@ -538,6 +546,8 @@ KINDS = {
     "aten::cross_entropy_loss": "cross_entropy",
     "aten::_log_softmax_backward_data": "cross_entropy_bwd",
     "aten::nll_loss2d_backward": "cross_entropy_bwd",
+    "aten::_softmax": "softmax",
+    "aten::_softmax_backward_data": "softmax_bwd",
 }
 
 
