@@ -17,6 +17,7 @@
 //! Not here: transposed convolution, channel multipliers other than 1 on the direct depthwise
 //! path (they take the grouped-GEMM path), NHWC.
 
+use crate::conv2d_panel::{self as panel, PanelGeom, MR, NR};
 use crate::gemm::{gemm, transpose, Trans};
 use crate::{check_len, KernelError, Nchw, Real};
 use rayon::prelude::*;
@@ -155,6 +156,33 @@ impl Geom {
         })
     }
 
+    /// The per-group geometry the AVX-512 panel path works on.
+    fn panel(&self) -> PanelGeom {
+        let p = self.p;
+        PanelGeom {
+            cig: self.cig,
+            h: self.x.h,
+            w: self.x.w,
+            wo: self.y.w,
+            kh: p.kh,
+            kw: p.kw,
+            sh: p.sh,
+            sw: p.sw,
+            ph: p.ph,
+            pw: p.pw,
+            dh: p.dh,
+            dw: p.dw,
+        }
+    }
+
+    /// Whether this call takes the panel path: f32 data (checked by the caller), AVX-512F, not
+    /// depthwise. `FLOWSEG_CONV_PANEL=0` forces im2col + `gemm` (for comparisons).
+    fn use_panel(&self) -> bool {
+        !self.depthwise
+            && panel::available()
+            && std::env::var_os("FLOWSEG_CONV_PANEL").is_none_or(|v| v != "0")
+    }
+
     fn col_len(&self) -> usize {
         if self.depthwise || self.pointwise {
             0
@@ -220,6 +248,11 @@ pub fn conv2d_fwd<T: Real>(
     if g.y.is_empty() {
         return Ok(());
     }
+    if g.use_panel() {
+        if let (Some(x), Some(w), Some(y)) = (T::as_f32(x), T::as_f32(w), T::as_f32_mut(y)) {
+            return fwd_panel(&g, x, w, bias.and_then(T::as_f32), y);
+        }
+    }
     let threads = rayon::current_num_threads();
     let col_len = g.col_len();
     if xs.n > 1 && threads > 1 {
@@ -236,6 +269,109 @@ pub fn conv2d_fwd<T: Real>(
         }
         Ok(())
     }
+}
+
+/// The forward on the AVX-512 panel path (see conv2d_panel.rs): weights packed once per call,
+/// images split over the rayon pool, each output pixel a single FMA chain over k.
+fn fwd_panel(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let pg = g.panel();
+    let (kg, pix, cog) = (g.kg, g.pix, g.cog);
+    let packs: Vec<Vec<f32>> = w
+        .chunks_exact(cog * kg)
+        .map(|wg| {
+            let mut out = Vec::new();
+            panel::pack_rows(wg, cog, kg, false, &mut out);
+            out
+        })
+        .collect();
+    let xg_len = g.cig * g.x.plane();
+    let image = |(yn, xn): (&mut [f32], &[f32]), buf: &mut (Vec<f32>, Vec<_>, Vec<_>)| {
+        let (pbuf, segs, runs) = buf;
+        for (grp, pack) in packs.iter().enumerate() {
+            let xg = &xn[grp * xg_len..(grp + 1) * xg_len];
+            let yg = &mut yn[grp * cog * pix..(grp + 1) * cog * pix];
+            for p0 in (0..pix).step_by(NR) {
+                let np = NR.min(pix - p0);
+                let (b, bs): (&[f32], usize) = if pg.pointwise() {
+                    (&xg[p0..], pix)
+                } else {
+                    panel::gather_panel_fast(&pg, xg, p0, np, segs, runs, pbuf, NR);
+                    (pbuf, NR)
+                };
+                for (mb, a) in pack.chunks_exact(kg * MR).enumerate() {
+                    let r0 = mb * MR;
+                    let rows = MR.min(cog - r0);
+                    let mut init = [0.0; MR];
+                    if let Some(bias) = bias {
+                        let bg = &bias[grp * cog + r0..grp * cog + r0 + rows];
+                        init[..rows].copy_from_slice(bg);
+                    }
+                    panel::tile(kg, a, b, bs, init, &mut yg[r0 * pix + p0..], pix, rows, np);
+                }
+            }
+        }
+    };
+    let new_buf = || (vec![0.0f32; kg * NR], Vec::new(), Vec::new());
+    if g.x.n > 1 && rayon::current_num_threads() > 1 {
+        y.par_chunks_mut(g.y.image())
+            .zip(x.par_chunks(g.x.image()))
+            .for_each_init(new_buf, |buf, pair| image(pair, buf));
+    } else {
+        let mut buf = new_buf();
+        for pair in y.chunks_mut(g.y.image()).zip(x.chunks(g.x.image())) {
+            image(pair, &mut buf);
+        }
+    }
+    Ok(())
+}
+
+/// The input gradient of a stride-1 convolution as a forward convolution of `dy` (the panel
+/// path, no col2im scatter): dX[ci, iy, ix] = Σ W[co, ci, ki, kj] · dY[co, iy + ph − ki·dh,
+/// ix + pw − kj·dw], i.e. the same kernel flipped and transposed per group, padding
+/// dh·(kh−1) − ph. `None` when this convolution has no such form (strided, or padded past the
+/// dilated kernel) — the caller then takes im2col + `gemm`.
+fn dx_as_forward(
+    g: &Geom,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) -> Option<Result<(), KernelError>> {
+    let p = g.p;
+    let (span_h, span_w) = (p.dh * (p.kh - 1), p.dw * (p.kw - 1));
+    if p.sh != 1 || p.sw != 1 || p.ph > span_h || p.pw > span_w {
+        return None;
+    }
+    let flipped = Conv2d {
+        ph: span_h - p.ph,
+        pw: span_w - p.pw,
+        ..p
+    };
+    let gt = match Geom::new(g.y, g.x.c, &flipped) {
+        Ok(gt) if gt.y == g.x => gt,
+        Ok(_) => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    // W [G][Cog, Cig, kh, kw] → W' [G][Cig, Cog, kh, kw] with both taps reversed.
+    let (kk, cig, cog) = (p.kh * p.kw, g.cig, g.cog);
+    let mut wt = vec![0.0f32; w.len()];
+    for grp in 0..p.groups {
+        let base = grp * cog * cig * kk;
+        for co in 0..cog {
+            for ci in 0..cig {
+                for t in 0..kk {
+                    wt[base + (ci * cog + co) * kk + (kk - 1 - t)] =
+                        w[base + (co * cig + ci) * kk + t];
+                }
+            }
+        }
+    }
+    Some(fwd_panel(&gt, dy, &wt, None, dx))
 }
 
 /// One image: `xn` [Ci, H, W] → `yn` [Co, Ho, Wo].
@@ -316,6 +452,21 @@ fn im2col<T: Real>(g: &Geom, xg: &[T], col: &mut [T]) {
             }
         }
     }
+}
+
+/// [`im2col`] through the panel path's vector gather when this call takes it (same values).
+fn im2col_fast<T: Real>(g: &Geom, xg: &[T], col: &mut [T]) {
+    if g.use_panel() {
+        if let (Some(xg), Some(col)) = (T::as_f32(xg), T::as_f32_mut(col)) {
+            let pg = g.panel();
+            let (mut segs, mut runs) = (Vec::new(), Vec::new());
+            // One "panel" as wide as the image: rows are written front to back (panels of 32
+            // columns would hit one L1 set per row when Ho·Wo is a multiple of 1024).
+            panel::gather_panel_fast(&pg, xg, 0, g.pix, &mut segs, &mut runs, col, g.pix);
+            return;
+        }
+    }
+    im2col(g, xg, col);
 }
 
 /// Adjoint of [`im2col`]: `dxg` [Cg, H, W] = Σ of `dcol` [Cg·kh·kw, Ho·Wo] over the taps that
@@ -454,8 +605,28 @@ pub fn conv2d_bwd<T: Real>(
             }
         }
     }
+    // Stride-1 input gradients on the panel path are a forward convolution of dY.
+    let dx = match dx {
+        Some(d) if g.use_panel() && !g.y.is_empty() => {
+            let as_f32 = (T::as_f32(w), T::as_f32(dy));
+            match as_f32 {
+                (Some(w32), Some(dy32)) => {
+                    match T::as_f32_mut(&mut *d).and_then(|d32| dx_as_forward(&g, w32, dy32, d32)) {
+                        Some(done) => {
+                            done?;
+                            None
+                        }
+                        None => Some(d),
+                    }
+                }
+                _ => Some(d),
+            }
+        }
+        other => other,
+    };
     let want_dw = dw.is_some();
-    if dx.is_none() && !want_dw {
+    let dx_wanted = dx.is_some();
+    if !dx_wanted && !want_dw {
         return Ok(());
     }
     let n = xs.n;
@@ -476,7 +647,7 @@ pub fn conv2d_bwd<T: Real>(
         let mut dw_local = vec![T::zero(); if want_dw { w.len() } else { 0 }];
         let mut col = vec![T::zero(); g.col_len()];
         let mut dy_t = vec![T::zero(); if want_dw { g.cog * g.pix } else { 0 }];
-        let mut dcol = vec![T::zero(); g.col_len()];
+        let mut dcol = vec![T::zero(); if dx_wanted { g.col_len() } else { 0 }];
         for i in 0..per {
             let img = t * per + i;
             if img >= n {
@@ -566,7 +737,7 @@ fn bwd_image<T: Real>(
             let colg: &[T] = if g.pointwise {
                 xg
             } else {
-                im2col(g, xg, col);
+                im2col_fast(g, xg, col);
                 col
             };
             // dW_gᵀ [Kg, Cog] += col_g [Kg, P] · dY_gᵀ [P, Cog]. Both operands row-major: the
@@ -850,6 +1021,133 @@ mod tests {
                     vec![dx, dw, db]
                 },
             );
+        }
+    }
+
+    /// The f32 fast path (AVX-512 panels where the CPU has them, else im2col + `gemm`) against
+    /// the f64 path on shapes that reach its edges: more than 32 pixels and not a multiple of 32,
+    /// output rows wider than a panel (split runs) and narrower (several rows per panel), Co not
+    /// a multiple of the 8-row tile, K in the hundreds, stride 2 (permuted gathers), dilation
+    /// with padding past the image, groups, 1×1 with and without stride, a padding larger than
+    /// the dilated kernel (dX then takes im2col + col2im).
+    #[test]
+    fn f32_fast_path_matches_f64_on_panel_edges() {
+        let cases = [
+            (
+                "3x3 wide rows",
+                Nchw::new(2, 5, 9, 70),
+                11,
+                Conv2d::square(3, 1, 1, 1),
+            ),
+            (
+                "3x3 K=180 Co=13",
+                Nchw::new(2, 20, 11, 13),
+                13,
+                Conv2d::square(3, 1, 1, 1),
+            ),
+            (
+                "3x3 s2 odd",
+                Nchw::new(3, 7, 17, 37),
+                9,
+                Conv2d::square(3, 2, 1, 1),
+            ),
+            (
+                "3x3 d3 p3 8x8",
+                Nchw::new(2, 16, 8, 8),
+                10,
+                Conv2d::square(3, 1, 3, 3),
+            ),
+            (
+                "3x3 d6 p6 on 8x8",
+                Nchw::new(2, 8, 8, 8),
+                8,
+                Conv2d::square(3, 1, 6, 6),
+            ),
+            (
+                "1x1",
+                Nchw::new(2, 12, 9, 7),
+                17,
+                Conv2d::square(1, 1, 0, 1),
+            ),
+            (
+                "1x1 s2",
+                Nchw::new(2, 6, 9, 66),
+                5,
+                Conv2d::square(1, 2, 0, 1),
+            ),
+            (
+                "3x3 groups 2",
+                Nchw::new(2, 6, 10, 9),
+                4,
+                Conv2d::square(3, 1, 1, 1).with_groups(2),
+            ),
+            (
+                "5x3 p(3,0)",
+                Nchw::new(2, 3, 9, 40),
+                9,
+                Conv2d {
+                    kh: 5,
+                    kw: 3,
+                    ph: 3,
+                    pw: 0,
+                    ..Conv2d::square(1, 1, 0, 1)
+                },
+            ),
+            (
+                "3x3 p2 > span",
+                Nchw::new(2, 3, 6, 35),
+                4,
+                Conv2d::square(3, 1, 3, 1),
+            ),
+        ];
+        for (name, xs, co, p) in cases {
+            let x = rand_vec(11, xs.len(), -1.0, 1.0);
+            let w = rand_vec(12, p.weight_len(xs.c, co), -1.0, 1.0);
+            let b = rand_vec(13, co, -1.0, 1.0);
+            let ys = p.out_shape(xs, co).unwrap();
+            let dy = rand_vec(14, ys.len(), -1.0, 1.0);
+            let mut y = vec![0.0; ys.len()];
+            conv2d_fwd(&x, xs, &w, Some(&b), co, &p, &mut y).unwrap();
+            let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+            conv2d_bwd(&x, xs, &w, co, &p, &dy, Some(&mut dx), Some(&mut dw), None).unwrap();
+            let f32s = |v: &[f64]| crate::testing::to_f32(v);
+            let widen = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+            let mut y32 = vec![7f32; ys.len()];
+            conv2d_fwd(&f32s(&x), xs, &f32s(&w), Some(&f32s(&b)), co, &p, &mut y32).unwrap();
+            // Poisoned outputs: every element must be overwritten.
+            let (mut dx32, mut dw32) = (vec![f32::NAN; x.len()], vec![f32::NAN; w.len()]);
+            let (x32, w32, dy32) = (f32s(&x), f32s(&w), f32s(&dy));
+            conv2d_bwd(
+                &x32,
+                xs,
+                &w32,
+                co,
+                &p,
+                &dy32,
+                Some(&mut dx32),
+                Some(&mut dw32),
+                None,
+            )
+            .unwrap();
+            // f32 sums of up to a few hundred products of numbers in [-1, 1].
+            assert_close(&format!("{name}: y"), &widen(&y32), &y, 1e-5, 1e-5);
+            assert_close(&format!("{name}: dx"), &widen(&dx32), &dx, 1e-5, 1e-5);
+            assert_close(&format!("{name}: dw"), &widen(&dw32), &dw, 1e-4, 1e-5);
+            // dX alone and dW alone give the same bits as together.
+            let mut dx_only = vec![0f32; x.len()];
+            conv2d_bwd(
+                &x32,
+                xs,
+                &w32,
+                co,
+                &p,
+                &dy32,
+                Some(&mut dx_only),
+                None,
+                None,
+            )
+            .unwrap();
+            assert_eq!(dx_only, dx32, "{name}");
         }
     }
 

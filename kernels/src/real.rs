@@ -37,6 +37,10 @@ pub trait Real:
     /// Replaces every element x of `v` by e^x (`exp` per element: the one place a vectorised
     /// f32 version can go).
     fn exp_in_place(v: &mut [Self]);
+    /// `v` as f32, when this type is f32 (kernels with an f32-only fast path dispatch on it).
+    fn as_f32(v: &[Self]) -> Option<&[f32]>;
+    /// `v` as mutable f32, when this type is f32.
+    fn as_f32_mut(v: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Real for f32 {
@@ -53,6 +57,12 @@ impl Real for f32 {
             *x = x.exp();
         }
     }
+    fn as_f32(v: &[Self]) -> Option<&[f32]> {
+        Some(v)
+    }
+    fn as_f32_mut(v: &mut [Self]) -> Option<&mut [f32]> {
+        Some(v)
+    }
 }
 
 impl Real for f64 {
@@ -68,5 +78,11 @@ impl Real for f64 {
         for x in v {
             *x = x.exp();
         }
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
 }
