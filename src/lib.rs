@@ -10,6 +10,7 @@
 mod cli;
 mod data_cmd;
 pub mod demo;
+pub mod device;
 mod eval;
 mod graph_fmt;
 mod ops_doc;

@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// jobs; `--resume` continues from the last periodic checkpoint).
     #[arg(long, value_name = "ITER")]
     pub stop_at: Option<u64>,
+    /// Where to execute: `cpu` (the default) or `cuda` (reports what is missing: graphs run on
+    /// the CPU executor only so far).
+    #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
+    pub device: crate::device::DeviceArg,
 }
 
 /// Flags of `flowseg check`.
@@ -420,6 +424,7 @@ fn run_inner(
     err: &mut dyn Write,
     color: bool,
 ) -> Result<(), Failure> {
+    crate::device::require(a.device).map_err(|msg| (2, msg))?;
     // Which graph, which directory.
     let (graph_path, dir) = match (&a.resume, &a.graph) {
         (Some(dir), _) => (

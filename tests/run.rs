@@ -252,3 +252,28 @@ fn a_bad_data_section_is_fs0113_at_its_position() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn device_cuda_says_what_is_missing_and_writes_nothing() {
+    let out = scratch("device-cuda");
+    let graph = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    let (code, _, err) = cli(&[
+        "run",
+        graph.to_str().unwrap(),
+        "--device",
+        "cuda",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, ExitCode::from(2), "{err}");
+    assert!(err.starts_with("error: --device cuda: "), "{err}");
+    assert!(err.contains("--device cpu"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "no run directory"
+    );
+    let (code, _, err) = cli(&["run", graph.to_str().unwrap(), "--device", "tpu"]);
+    assert_eq!(code, ExitCode::from(2), "{err}");
+    assert!(err.contains("possible values: cpu, cuda"), "{err}");
+}
