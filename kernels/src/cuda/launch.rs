@@ -23,7 +23,7 @@ use crate::{KernelError, Nchw};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Blocks of the two-pass reductions: enough to fill a GPU, few enough for one finishing block.
-const REDUCE_BLOCKS: usize = 1024;
+pub(crate) const REDUCE_BLOCKS: usize = 1024;
 
 // ---------------------------------------------------------------- elementwise.cu
 
