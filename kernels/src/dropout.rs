@@ -23,8 +23,8 @@ use crate::philox::Philox;
 use crate::{check_len, KernelError, Nchw, Real};
 
 /// Checks `p ∈ [0, 1]` (NaN fails) and that `count` counters from `offset` fit in u64; returns
-/// the kept multiplier 1/(1−p) (unused when p = 1).
-fn prepare<T: Real>(
+/// the kept multiplier 1/(1−p) (unused when p = 1). Shared with the CUDA launchers.
+pub(crate) fn prepare<T: Real>(
     kernel: &'static str,
     p: f32,
     offset: u64,

@@ -80,15 +80,17 @@ pub fn threshold_fwd<T: Real>(x: &[T], at: T, below: bool, y: &mut [T]) -> Resul
 
 /// The axis a concatenation runs along.
 #[derive(Clone, Copy, PartialEq)]
-enum Axis {
+pub(crate) enum Axis {
+    /// N.
     Batch,
+    /// C.
     Channels,
 }
 
 /// Checks that `parts` (each a length and a shape) tile `whole` along `axis`: every part's length
 /// matches its shape, the other three extents equal the whole's, and the extents along `axis` sum
-/// to the whole's.
-fn check_parts(
+/// to the whole's. Shared with the CUDA launchers, so both report the same errors.
+pub(crate) fn check_parts(
     kernel: &'static str,
     parts: impl ExactSizeIterator<Item = (usize, Nchw)>,
     whole: Nchw,
@@ -244,7 +246,7 @@ pub fn concat_batch_bwd<T: Copy>(
 }
 
 /// Checks `start..end` lies within `0..extent` (an empty range is allowed, a reversed one is not).
-fn check_range(
+pub(crate) fn check_range(
     kernel: &'static str,
     name: &str,
     start: usize,

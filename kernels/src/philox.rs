@@ -53,6 +53,16 @@ impl Philox {
         }
     }
 
+    /// The seed this stream was made from (what a CUDA twin passes to its kernel).
+    pub const fn seed(&self) -> u64 {
+        self.key[0] as u64 | (self.key[1] as u64) << 32
+    }
+
+    /// The stream id.
+    pub const fn stream(&self) -> u64 {
+        self.stream
+    }
+
     /// The 4 words of block `block`.
     #[inline]
     pub fn block(&self, block: u64) -> [u32; 4] {
@@ -219,6 +229,9 @@ mod tests {
         for w in 0..4 {
             assert_eq!(g.u32_at(7 * 4 + w), want[w as usize]);
         }
+        assert_eq!((g.seed(), g.stream()), (seed, 0x1111_2222_3333_4444));
+        let rebuilt = Philox::new(g.seed(), g.stream());
+        assert_eq!(rebuilt, g);
     }
 
     #[test]

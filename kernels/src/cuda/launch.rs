@@ -23,7 +23,7 @@ use crate::{KernelError, Nchw};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Blocks of the two-pass reductions: enough to fill a GPU, few enough for one finishing block.
-const REDUCE_BLOCKS: usize = 1024;
+pub(crate) const REDUCE_BLOCKS: usize = 1024;
 
 // ---------------------------------------------------------------- elementwise.cu
 
@@ -214,8 +214,11 @@ pub fn fill_normal(
 // ---------------------------------------------------------------- softmax_ce.cu
 
 /// (mode, constant) of a denominator as `ce_finalize` reads them; rejects a bad constant with
-/// the CPU's message.
-fn denominator_code(kernel: &'static str, d: Denominator) -> Result<(i32, f64), CudaError> {
+/// the CPU's message. Also used by the masked losses in `more.rs`.
+pub(crate) fn denominator_code(
+    kernel: &'static str,
+    d: Denominator,
+) -> Result<(i32, f64), CudaError> {
     Ok(match d {
         Denominator::ValidPixels => (0, 0.0),
         Denominator::AllPixels => (1, 0.0),

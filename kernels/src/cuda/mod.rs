@@ -13,15 +13,105 @@
 //!
 //! Launchers: `launch.rs` (element-wise, Philox, softmax-CE, optimizers, reductions, argmax,
 //! confusion matrix), `nn.rs` (batch norm, pooling, resize, softmax), `augment_mix.rs` (augment
-//! and mix ops, applying draws made on the host).
+//! and mix ops, applying draws made on the host), `more.rs` (leaky relu, threshold, concat and
+//! slice, dropout, the masked probability-space losses, dot, channel reductions).
 //!
-//! Not here: multi-stream scheduling, CUDA graphs, cuBLAS, the engine's `Device` trait, conv,
-//! dropout, the soft/probability losses (later work in issue 5).
+//! Not here: multi-stream scheduling, CUDA graphs, cuBLAS, the engine's `Device` trait, conv
+//! (`conv.rs`, merged separately).
+//!
+//! # CPU kernel → CUDA launcher
+//!
+//! Every CPU kernel of this crate (a `pub fn` named `*_fwd`, `*_bwd`, `*_step`, and
+//! `ema_update`, `confusion_add`, Philox's `u32_at` / `fill_uniform` / `fill_normal`) and its
+//! twin here. `tests/cuda_coverage.rs` reads this table and fails when a CPU kernel has no row,
+//! a row names a CPU kernel that no longer exists, or a launcher is missing from its file — so a
+//! kernel added later without a twin is caught. Format: one row per kernel,
+//! `| `file::cpu_name` | `launcher_file::launcher_name` |`.
+//!
+//! | CPU kernel | CUDA launcher |
+//! | --- | --- |
+//! | `activation::relu_fwd` | `launch::relu_fwd` |
+//! | `activation::relu_bwd` | `launch::relu_bwd` |
+//! | `activation::leaky_relu_fwd` | `more::leaky_relu_fwd` |
+//! | `activation::leaky_relu_bwd` | `more::leaky_relu_bwd` |
+//! | `argmax::argmax_fwd` | `launch::argmax_fwd` |
+//! | `argmax::max_fwd` | `launch::max_fwd` |
+//! | `argmax::max_bwd` | `launch::max_bwd` |
+//! | `augment::color_jitter_fwd` | `augment_mix::color_jitter_fwd` |
+//! | `augment::grayscale_fwd` | `augment_mix::grayscale_fwd` |
+//! | `augment::gaussian_blur_fwd` | `augment_mix::gaussian_blur_fwd` |
+//! | `augment::cutout_fwd` | `augment_mix::cutout_fwd` |
+//! | `batch_norm::batch_norm_train_fwd` | `nn::batch_norm_train_fwd` |
+//! | `batch_norm::batch_norm_eval_fwd` | `nn::batch_norm_eval_fwd` |
+//! | `batch_norm::batch_norm_train_bwd` | `nn::batch_norm_train_bwd` |
+//! | `batch_norm::batch_norm_eval_bwd` | `nn::batch_norm_eval_bwd` |
+//! | `conv2d::conv2d_fwd` | `conv::conv2d_fwd` |
+//! | `conv2d::conv2d_bwd` | `conv::conv2d_bwd` |
+//! | `dropout::dropout_fwd` | `more::dropout_fwd` |
+//! | `dropout::dropout_bwd` | `more::dropout_bwd` |
+//! | `dropout::dropout2d_fwd` | `more::dropout2d_fwd` |
+//! | `dropout::dropout2d_bwd` | `more::dropout2d_bwd` |
+//! | `elementwise::add_fwd` | `launch::add_fwd` |
+//! | `elementwise::mul_fwd` | `launch::mul_fwd` |
+//! | `elementwise::mul_bwd` | `launch::mul_bwd` |
+//! | `elementwise::scale_fwd` | `launch::scale_fwd` |
+//! | `elementwise::threshold_fwd` | `more::threshold_fwd` |
+//! | `elementwise::concat_channels_fwd` | `more::concat_channels_fwd` |
+//! | `elementwise::concat_channels_bwd` | `more::concat_channels_bwd` |
+//! | `elementwise::concat_batch_fwd` | `more::concat_batch_fwd` |
+//! | `elementwise::concat_batch_bwd` | `more::concat_batch_bwd` |
+//! | `elementwise::slice_channels_fwd` | `more::slice_channels_fwd` |
+//! | `elementwise::slice_channels_bwd` | `more::slice_channels_bwd` |
+//! | `elementwise::slice_batch_fwd` | `more::slice_batch_fwd` |
+//! | `elementwise::slice_batch_bwd` | `more::slice_batch_bwd` |
+//! | `loss::cross_entropy_fwd` | `launch::cross_entropy_fwd` |
+//! | `loss::cross_entropy_bwd` | `launch::cross_entropy_bwd` |
+//! | `loss::soft_cross_entropy_fwd` | `more::soft_cross_entropy_fwd` |
+//! | `loss::soft_cross_entropy_bwd` | `more::soft_cross_entropy_bwd` |
+//! | `loss::squared_error_fwd` | `more::squared_error_fwd` |
+//! | `loss::squared_error_bwd` | `more::squared_error_bwd` |
+//! | `loss::kl_div_fwd` | `more::kl_div_fwd` |
+//! | `loss::kl_div_bwd` | `more::kl_div_bwd` |
+//! | `metrics::confusion_add` | `launch::confusion_add` |
+//! | `mix::box_mask_fwd` | `augment_mix::box_mask_fwd` |
+//! | `mix::class_mask_fwd` | `augment_mix::class_mask_fwd` |
+//! | `mix::mix_fwd` | `augment_mix::mix_fwd` |
+//! | `mix::mix_labels_fwd` | `augment_mix::mix_labels_fwd` |
+//! | `mix::mix_bwd` | `augment_mix::mix_bwd` |
+//! | `optim::sgd_step` | `launch::sgd_step` |
+//! | `optim::adamw_step` | `launch::adamw_step` |
+//! | `optim::ema_update` | `launch::ema_update` |
+//! | `philox::u32_at` | `launch::philox_u32` |
+//! | `philox::fill_uniform` | `launch::fill_uniform` |
+//! | `philox::fill_normal` | `launch::fill_normal` |
+//! | `pool::max_pool2d_fwd` | `nn::max_pool2d_fwd` |
+//! | `pool::max_pool2d_bwd` | `nn::max_pool2d_bwd` |
+//! | `pool::avg_pool2d_fwd` | `nn::avg_pool2d_fwd` |
+//! | `pool::avg_pool2d_bwd` | `nn::avg_pool2d_bwd` |
+//! | `pool::global_avg_pool_fwd` | `nn::global_avg_pool_fwd` |
+//! | `pool::global_avg_pool_bwd` | `nn::global_avg_pool_bwd` |
+//! | `reduce::sum_fwd` | `launch::sum_fwd` |
+//! | `reduce::sum_bwd` | `launch::sum_bwd` |
+//! | `reduce::mean_fwd` | `launch::mean_fwd` |
+//! | `reduce::mean_bwd` | `launch::mean_bwd` |
+//! | `reduce::dot_fwd` | `more::dot_fwd` |
+//! | `reduce::sum_channels_fwd` | `more::sum_channels_fwd` |
+//! | `reduce::sum_channels_bwd` | `more::sum_channels_bwd` |
+//! | `reduce::mean_channels_fwd` | `more::mean_channels_fwd` |
+//! | `reduce::mean_channels_bwd` | `more::mean_channels_bwd` |
+//! | `resize::resize_bilinear_fwd` | `nn::resize_bilinear_fwd` |
+//! | `resize::resize_bilinear_bwd` | `nn::resize_bilinear_bwd` |
+//! | `resize::resize_nearest_fwd` | `nn::resize_nearest_fwd` |
+//! | `softmax::softmax_fwd` | `nn::softmax_fwd` |
+//! | `softmax::softmax_bwd` | `nn::softmax_bwd` |
+//! | `softmax::log_softmax_fwd` | `nn::log_softmax_fwd` |
+//! | `softmax::log_softmax_bwd` | `nn::log_softmax_bwd` |
 
 pub mod augment_mix;
 mod common;
 mod device;
 pub mod launch;
+pub mod more;
 pub mod nn;
 pub mod nvrtc;
 

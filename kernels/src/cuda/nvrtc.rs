@@ -155,6 +155,49 @@ pub static SOFTMAX: CudaSource = cuda_source!(
     ]
 );
 
+/// `shape.cu`: leaky relu, threshold, and the concat / slice copies.
+pub static SHAPE: CudaSource = cuda_source!(
+    "shape",
+    [
+        "leaky_relu_fwd",
+        "leaky_relu_bwd",
+        "threshold_fwd",
+        "copy_rows",
+        "slice_bwd"
+    ]
+);
+/// `dropout.cu`, compiled after `philox.cu` as one module (it draws with philox.cu's device
+/// functions, so the masks are the CPU's bit for bit).
+pub static DROPOUT: CudaSource = CudaSource {
+    name: "dropout",
+    source: concat!(
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/philox.cu")),
+        "\n",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/dropout.cu"))
+    ),
+    kernels: &["dropout_fwd", "dropout2d_mask", "dropout2d_apply"],
+};
+/// `loss.cu`: soft cross entropy, squared error, KL divergence (finalized by `ce_finalize` of
+/// [`SOFTMAX_CE`]).
+pub static LOSS: CudaSource = cuda_source!(
+    "loss",
+    [
+        "masked_stats_partials",
+        "soft_ce_fwd_partials",
+        "squared_error_fwd_partials",
+        "kl_div_fwd_partials",
+        "soft_ce_bwd",
+        "squared_error_bwd",
+        "kl_div_bwd"
+    ]
+);
+/// `reduce_more.cu`: dot (finalized by `reduce_sum_finalize` of [`REDUCE`]), channel sums and
+/// means.
+pub static REDUCE_MORE: CudaSource = cuda_source!(
+    "reduce_more",
+    ["dot_partials", "channels_fwd", "channels_bwd"]
+);
+
 /// Every embedded module.
 pub static SOURCES: &[&CudaSource] = &[
     &ELEMENTWISE,
@@ -170,6 +213,10 @@ pub static SOURCES: &[&CudaSource] = &[
     &POOL,
     &RESIZE,
     &SOFTMAX,
+    &SHAPE,
+    &DROPOUT,
+    &LOSS,
+    &REDUCE_MORE,
 ];
 
 /// Options every module is compiled with (the target option is added per call).

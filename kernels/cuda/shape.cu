@@ -1,0 +1,91 @@
+// Activations and data movement without arithmetic reductions: the CUDA twins of leaky_relu_fwd /
+// leaky_relu_bwd (kernels/src/activation.rs) and threshold_fwd, concat_channels_fwd / _bwd,
+// concat_batch_fwd / _bwd, slice_channels_fwd / _bwd, slice_batch_fwd / _bwd
+// (kernels/src/elementwise.rs).
+//
+// Bit-identity: leaky_relu and threshold do the CPU's exact f32 operations (one compare, at most
+// one multiply; --fmad=false), and the copies move 32-bit words untouched, so every result equals
+// the CPU's bit for bit (NaN payloads included).
+//
+// Every concat and slice is one of two gathers over "rows" (an image, or the whole tensor):
+// `copy_rows` copies a window of each source row into a window of each destination row (concat
+// forwards and backwards, slice forwards; one launch per part), and `slice_bwd` writes a whole
+// destination row from a window of the source, zero outside it (the slice backwards). The copies
+// take 32-bit words, so f32 and i32 label maps share them like the CPU's `T: Copy` kernels.
+//
+// Block size: grid-stride, any; the launchers use 256. Not here: broadcasting, strided views,
+// 8- or 16-bit element types.
+
+#define GRID_STRIDE(i, n)                                                                    \
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;  \
+         i < (n); i += (unsigned long long)blockDim.x * gridDim.x)
+
+// leaky_relu_fwd: y = x if x > 0 else slope·x.
+extern "C" __global__ void leaky_relu_fwd(const float* __restrict__ x,  // [n]
+                                          unsigned long long n,
+                                          float slope,
+                                          float* __restrict__ y) {      // [n]
+    GRID_STRIDE(i, n) {
+        float v = x[i];
+        y[i] = v > 0.0f ? v : slope * v;
+    }
+}
+
+// leaky_relu_bwd: dx = dy if x > 0 else slope·dy.
+extern "C" __global__ void leaky_relu_bwd(const float* __restrict__ x,   // [n]
+                                          float slope,
+                                          const float* __restrict__ dy,  // [n]
+                                          unsigned long long n,
+                                          float* __restrict__ dx) {      // [n]
+    GRID_STRIDE(i, n) {
+        float g = dy[i];
+        dx[i] = x[i] > 0.0f ? g : slope * g;
+    }
+}
+
+// threshold_fwd: y = 1 where x ≥ at (below: x < at), else 0; NaN gives 0 either way.
+extern "C" __global__ void threshold_fwd(const float* __restrict__ x,  // [n]
+                                         unsigned long long n,
+                                         float at,
+                                         int below,                    // 0 or 1
+                                         float* __restrict__ y) {      // [n]
+    GRID_STRIDE(i, n) {
+        float v = x[i];
+        bool pass = below ? v < at : v >= at;
+        y[i] = pass ? 1.0f : 0.0f;
+    }
+}
+
+// dst[r·dst_stride + dst_off + j] = src[r·src_stride + src_off + j] for r < rows, j < row_len.
+// concat_channels_fwd part i: rows N, row_len Ci·H·W, src (stride, off) = (Ci·H·W, 0),
+// dst = (C·H·W, C_before·H·W); the backward swaps source and destination. The batch concat and
+// slice are one row (stride irrelevant).
+extern "C" __global__ void copy_rows(const unsigned* __restrict__ src,  // 32-bit words
+                                     unsigned long long rows,
+                                     unsigned long long row_len,
+                                     unsigned long long src_stride,
+                                     unsigned long long src_off,
+                                     unsigned long long dst_stride,
+                                     unsigned long long dst_off,
+                                     unsigned* __restrict__ dst) {     // 32-bit words
+    GRID_STRIDE(i, rows * row_len) {
+        unsigned long long r = i / row_len, j = i - r * row_len;
+        dst[r * dst_stride + dst_off + j] = src[r * src_stride + src_off + j];
+    }
+}
+
+// dx[r·row_len + j] = dy[r·(hi − lo) + j − lo] for lo ≤ j < hi, 0 otherwise, for r < rows.
+// slice_channels_bwd: rows N, row_len C·H·W, [lo, hi) = [c_start·H·W, c_end·H·W);
+// slice_batch_bwd: one row of N·C·H·W, [lo, hi) = [n_start·C·H·W, n_end·C·H·W).
+extern "C" __global__ void slice_bwd(const float* __restrict__ dy,  // [rows, hi − lo]
+                                     unsigned long long rows,
+                                     unsigned long long row_len,
+                                     unsigned long long lo,
+                                     unsigned long long hi,
+                                     float* __restrict__ dx) {      // [rows, row_len]
+    unsigned long long width = hi - lo;
+    GRID_STRIDE(i, rows * row_len) {
+        unsigned long long r = i / row_len, j = i - r * row_len;
+        dx[i] = (j >= lo && j < hi) ? dy[r * width + (j - lo)] : 0.0f;
+    }
+}

@@ -1,0 +1,161 @@
+//! Every CPU kernel has a CUDA twin: reads the `pub fn` names of `kernels/src/*.rs` that are
+//! kernels (`*_fwd`, `*_bwd`, `*_step`, and the named extras below) and the "CPU kernel → CUDA
+//! launcher" table at the end of the docs of `kernels/src/cuda/mod.rs`, and fails naming every
+//! kernel without a row, every row whose CPU kernel is gone, and every launcher missing from the
+//! file the row names. Source text only, so it runs without the `cuda` feature and without a GPU.
+//!
+//! Not here: whether a twin computes the same thing (the `cuda_parity*` tests, on a GPU).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Kernels whose names do not end in `_fwd` / `_bwd` / `_step`, as (file stem, fn name).
+const EXTRA_KERNELS: &[(&str, &str)] = &[
+    ("optim", "ema_update"),
+    ("metrics", "confusion_add"),
+    ("philox", "u32_at"),
+    ("philox", "fill_uniform"),
+    ("philox", "fill_normal"),
+];
+
+/// Rows whose launcher lives on another branch not merged yet (CPU kernel names). Conv comes in
+/// `cuda/conv.rs` from a parallel branch: empty this on merge — the test fails while a listed
+/// launcher already exists, so a stale entry cannot linger.
+const PENDING: &[&str] = &["conv2d::conv2d_fwd", "conv2d::conv2d_bwd"];
+
+fn src_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// The name after `pub fn ` on a line (any indentation), up to `(` or `<`.
+fn pub_fn_name(line: &str) -> Option<&str> {
+    let rest = line.trim_start().strip_prefix("pub fn ")?;
+    let end = rest.find(['(', '<']).unwrap_or(rest.len());
+    Some(rest[..end].trim())
+}
+
+fn is_kernel_name(file: &str, name: &str) -> bool {
+    name.ends_with("_fwd")
+        || name.ends_with("_bwd")
+        || name.ends_with("_step")
+        || EXTRA_KERNELS.contains(&(file, name))
+}
+
+/// `file::name` of every CPU kernel in `kernels/src/*.rs` (not subdirectories).
+fn cpu_kernels() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for entry in std::fs::read_dir(src_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for name in text.lines().filter_map(pub_fn_name) {
+            if is_kernel_name(&stem, name) {
+                out.insert(format!("{stem}::{name}"));
+            }
+        }
+    }
+    out
+}
+
+/// The table rows of cuda/mod.rs's docs: CPU `file::name` → launcher `file::name`.
+fn twin_table() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(src_dir().join("cuda").join("mod.rs")).unwrap();
+    let mut rows = BTreeMap::new();
+    for line in text.lines() {
+        let Some(row) = line.strip_prefix("//! | `") else {
+            continue;
+        };
+        let cells: Vec<&str> = row
+            .split('|')
+            .map(|c| c.trim().trim_matches('`'))
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells.len(), 2, "malformed twin row: {line}");
+        let previous = rows.insert(cells[0].to_string(), cells[1].to_string());
+        assert!(previous.is_none(), "twin row listed twice: {line}");
+    }
+    rows
+}
+
+/// True when `kernels/src/cuda/<file>.rs` defines `pub fn <name>`.
+fn launcher_exists(launcher: &str) -> bool {
+    let Some((file, name)) = launcher.split_once("::") else {
+        return false;
+    };
+    let path = src_dir().join("cuda").join(format!("{file}.rs"));
+    std::fs::read_to_string(path)
+        .is_ok_and(|t| t.lines().filter_map(pub_fn_name).any(|n| n == name))
+}
+
+#[test]
+fn the_scan_finds_kernels_and_only_kernels() {
+    let cpu = cpu_kernels();
+    for k in [
+        "elementwise::add_fwd",
+        "optim::adamw_step",
+        "optim::ema_update",
+        "philox::fill_normal",
+        "conv2d::conv2d_bwd",
+    ] {
+        assert!(cpu.contains(k), "{k} not found among {cpu:?}");
+    }
+    for not in [
+        "augment::draw_cutout",
+        "gemm::gemm",
+        "philox::box_muller",
+        "pool::out_hw",
+    ] {
+        assert!(!cpu.contains(not), "{not} is not a kernel");
+    }
+    assert_eq!(
+        pub_fn_name("    pub fn fill_normal(&self) {"),
+        Some("fill_normal")
+    );
+    assert_eq!(
+        pub_fn_name("pub fn dot_fwd<T: Real>(a: &[T])"),
+        Some("dot_fwd")
+    );
+    assert_eq!(pub_fn_name("pub(crate) fn prepare<T>()"), None);
+}
+
+#[test]
+fn every_cpu_kernel_has_a_cuda_twin() {
+    let cpu = cpu_kernels();
+    let table = twin_table();
+    let mut problems = Vec::new();
+    for k in &cpu {
+        match table.get(k) {
+            None => problems.push(format!(
+                "{k} has no CUDA twin: add a launcher and a row to kernels/src/cuda/mod.rs's table"
+            )),
+            Some(l) if PENDING.contains(&k.as_str()) => {
+                if launcher_exists(l) {
+                    problems.push(format!(
+                        "{k}: {l} exists now, remove it from PENDING in tests/cuda_coverage.rs"
+                    ));
+                }
+            }
+            Some(l) if !launcher_exists(l) => problems.push(format!(
+                "{k}: its twin {l} is not a `pub fn` in kernels/src/cuda/"
+            )),
+            Some(_) => {}
+        }
+    }
+    for k in table.keys() {
+        if !cpu.contains(k) {
+            problems.push(format!(
+                "the twin table lists {k}, which is not a CPU kernel"
+            ));
+        }
+    }
+    for p in PENDING {
+        if !table.contains_key(*p) {
+            problems.push(format!("PENDING names {p}, which has no row in the table"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
