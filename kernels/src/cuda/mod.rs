@@ -13,13 +13,15 @@
 //!
 //! Launchers: `launch.rs` (element-wise, Philox, softmax-CE, optimizers, reductions, argmax,
 //! confusion matrix), `nn.rs` (batch norm, pooling, resize, softmax), `augment_mix.rs` (augment
-//! and mix ops, applying draws made on the host).
+//! and mix ops, applying draws made on the host), `conv.rs` (convolution forward and backward as
+//! implicit GEMMs).
 //!
-//! Not here: multi-stream scheduling, CUDA graphs, cuBLAS, the engine's `Device` trait, conv,
+//! Not here: multi-stream scheduling, CUDA graphs, cuBLAS, the engine's `Device` trait,
 //! dropout, the soft/probability losses (later work in issue 5).
 
 pub mod augment_mix;
 mod common;
+pub mod conv;
 mod device;
 pub mod launch;
 pub mod nn;

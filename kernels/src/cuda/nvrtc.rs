@@ -155,6 +155,31 @@ pub static SOFTMAX: CudaSource = cuda_source!(
     ]
 );
 
+/// `conv2d.cu`: convolution forward, dX, dW (implicit GEMM, four tile heights each), db,
+/// depthwise.
+pub static CONV2D: CudaSource = cuda_source!(
+    "conv2d",
+    [
+        "conv2d_fwd_m128",
+        "conv2d_fwd_m64",
+        "conv2d_fwd_m32",
+        "conv2d_fwd_m16",
+        "conv2d_dx_m128",
+        "conv2d_dx_m64",
+        "conv2d_dx_m32",
+        "conv2d_dx_m16",
+        "conv2d_dw_m128",
+        "conv2d_dw_m64",
+        "conv2d_dw_m32",
+        "conv2d_dw_m16",
+        "conv2d_dw_reduce",
+        "conv2d_db",
+        "conv2d_depthwise_fwd",
+        "conv2d_depthwise_dx",
+        "conv2d_depthwise_dw"
+    ]
+);
+
 /// Every embedded module.
 pub static SOURCES: &[&CudaSource] = &[
     &ELEMENTWISE,
@@ -170,6 +195,7 @@ pub static SOURCES: &[&CudaSource] = &[
     &POOL,
     &RESIZE,
     &SOFTMAX,
+    &CONV2D,
 ];
 
 /// Options every module is compiled with (the target option is added per call).
