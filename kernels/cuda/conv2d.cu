@@ -221,16 +221,27 @@ __device__ __forceinline__ void conv2d_fwd_body(const float* __restrict__ x,    
     }
 }
 
-#define CONV_FWD(BM)                                                                            \
-    extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_fwd_m##BM(                \
-        const float* __restrict__ x, const float* __restrict__ w,                               \
-        const float* __restrict__ bias, ConvGeom g, float* __restrict__ y) {                   \
-        conv2d_fwd_body<BM>(x, w, bias, g, y);                                                  \
-    }
-CONV_FWD(128)
-CONV_FWD(64)
-CONV_FWD(32)
-CONV_FWD(16)
+// Tile heights BM = 128 / 64 / 32 / 16 (the launcher picks one); arguments as conv2d_fwd_body.
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_fwd_m128(
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+    ConvGeom g, float* __restrict__ y) {
+    conv2d_fwd_body<128>(x, w, bias, g, y);
+}
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_fwd_m64(
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+    ConvGeom g, float* __restrict__ y) {
+    conv2d_fwd_body<64>(x, w, bias, g, y);
+}
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_fwd_m32(
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+    ConvGeom g, float* __restrict__ y) {
+    conv2d_fwd_body<32>(x, w, bias, g, y);
+}
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_fwd_m16(
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+    ConvGeom g, float* __restrict__ y) {
+    conv2d_fwd_body<16>(x, w, bias, g, y);
+}
 
 // ---------------------------------------------------------------------------------- dX
 
@@ -315,16 +326,27 @@ __device__ __forceinline__ void conv2d_dx_body(const float* __restrict__ w,   //
     }
 }
 
-#define CONV_DX(BM)                                                                             \
-    extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_dx_m##BM(                 \
-        const float* __restrict__ w, const float* __restrict__ dy, ConvGeom g,                  \
-        float* __restrict__ dx) {                                                               \
-        conv2d_dx_body<BM>(w, dy, g, dx);                                                       \
-    }
-CONV_DX(128)
-CONV_DX(64)
-CONV_DX(32)
-CONV_DX(16)
+// Tile heights BM = 128 / 64 / 32 / 16; arguments as conv2d_dx_body.
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dx_m128(
+    const float* __restrict__ w, const float* __restrict__ dy, ConvGeom g,
+    float* __restrict__ dx) {
+    conv2d_dx_body<128>(w, dy, g, dx);
+}
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dx_m64(
+    const float* __restrict__ w, const float* __restrict__ dy, ConvGeom g,
+    float* __restrict__ dx) {
+    conv2d_dx_body<64>(w, dy, g, dx);
+}
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dx_m32(
+    const float* __restrict__ w, const float* __restrict__ dy, ConvGeom g,
+    float* __restrict__ dx) {
+    conv2d_dx_body<32>(w, dy, g, dx);
+}
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dx_m16(
+    const float* __restrict__ w, const float* __restrict__ dy, ConvGeom g,
+    float* __restrict__ dx) {
+    conv2d_dx_body<16>(w, dy, g, dx);
+}
 
 // ---------------------------------------------------------------------------------- dW
 
@@ -408,16 +430,27 @@ __device__ __forceinline__ void conv2d_dw_body(const float* __restrict__ x,   //
     }
 }
 
-#define CONV_DW(BM)                                                                             \
-    extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_dw_m##BM(                 \
-        const float* __restrict__ x, const float* __restrict__ dy, ConvGeom g, int chunk,       \
-        float* __restrict__ partial) {                                                          \
-        conv2d_dw_body<BM>(x, dy, g, chunk, partial);                                           \
-    }
-CONV_DW(128)
-CONV_DW(64)
-CONV_DW(32)
-CONV_DW(16)
+// Tile heights BM = 128 / 64 / 32 / 16; arguments as conv2d_dw_body.
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dw_m128(
+    const float* __restrict__ x, const float* __restrict__ dy, ConvGeom g, int chunk,
+    float* __restrict__ partial) {
+    conv2d_dw_body<128>(x, dy, g, chunk, partial);
+}
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dw_m64(
+    const float* __restrict__ x, const float* __restrict__ dy, ConvGeom g, int chunk,
+    float* __restrict__ partial) {
+    conv2d_dw_body<64>(x, dy, g, chunk, partial);
+}
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dw_m32(
+    const float* __restrict__ x, const float* __restrict__ dy, ConvGeom g, int chunk,
+    float* __restrict__ partial) {
+    conv2d_dw_body<32>(x, dy, g, chunk, partial);
+}
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dw_m16(
+    const float* __restrict__ x, const float* __restrict__ dy, ConvGeom g, int chunk,
+    float* __restrict__ partial) {
+    conv2d_dw_body<16>(x, dy, g, chunk, partial);
+}
 
 // dw[i] = Σ_s partial[s, i], s = 0, 1, … in order. Grid-stride over i.
 extern "C" __global__ void conv2d_dw_reduce(const float* __restrict__ partial,  // [S, len]
@@ -443,7 +476,7 @@ __device__ __forceinline__ double conv_block_sum(double v, double* shared) {
 }
 
 // db[c] = Σ_{n, oy, ox} dy[n, c, oy, ox] in f64, rounded once. One block per channel.
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_db(
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_db(
     const float* __restrict__ dy,  // [N, Co, Ho, Wo]
     ConvGeom g,
     float* __restrict__ db) {      // [Co]
@@ -522,7 +555,7 @@ extern "C" __global__ void conv2d_depthwise_dx(const float* __restrict__ w,   //
 
 // dw[c, ki, kj] = Σ_{n, oy, ox} dy[n, c, oy, ox]·x[n, c, iy, ix] (f64 products and tree sum,
 // rounded once). One block per (c, tap): grid C·kh·kw.
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv2d_depthwise_dw(
+extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_depthwise_dw(
     const float* __restrict__ x,   // [N, C, H, W]
     const float* __restrict__ dy,  // [N, C, Ho, Wo]
     ConvGeom g,
