@@ -5,13 +5,15 @@
 //
 // The three products, per group g (Cg = Ci/groups, Og = Co/groups, P = Ho·Wo, Q = H·W):
 //   forward  y  [Og, N·P]  = W_g [Og, Cg·kh·kw] · col [Cg·kh·kw, N·P]       (conv2d_fwd_m*)
+//            split along K into S slices when the output has too few tiles to fill the GPU,
+//            finished by conv2d_sum_slices (which adds the bias), as for dW below.
 //   dX       dx [Cg, N·Q]  = W_gᵀ [Cg, Og·kh·kw] · dycol [Og·kh·kw, N·Q]   (conv2d_dx_m*)
 //            where dycol[(o,ki,kj), (n,iy,ix)] = dy[n, o, oy, ox] for the output pixel whose tap
 //            (ki,kj) reads (iy,ix) — oy·sh = iy + ph − ki·dh exactly — and 0 where none does:
 //            the transposed convolution as a gather, so every dx element is written once.
 //   dW       dw [Og, Cg·kh·kw] = dy_g [Og, N·P] · colᵀ [N·P, Cg·kh·kw]     (conv2d_dw_m*)
 //            split along N·P into S slices (grid z); slice s writes its own partial
-//            [S, Co, Cg·kh·kw] and conv2d_dw_reduce adds the S partials in slice order — no
+//            [S, Co, Cg·kh·kw] and conv2d_sum_slices adds the S partials in slice order — no
 //            float atomics, so the result is deterministic for a shape (S depends on the shape
 //            only). With S = 1 the GEMM writes dw directly.
 //   db       one block per channel, f64 tree sum in a fixed order (conv2d_db).
@@ -33,6 +35,10 @@
 // Depthwise (groups = Ci = Co > 1) takes direct kernels instead, in the CPU's operation order:
 // conv2d_depthwise_fwd and conv2d_depthwise_dx are bit-identical to the CPU (the same f32 mul
 // then add, --fmad=false); conv2d_depthwise_dw is an f64 tree sum per (channel, tap).
+//
+// Launch bounds ask for 3 resident blocks per SM at BM = 16 / 32 (≤ 80 registers), 2 at BM = 64
+// and 1 at BM = 128 (the 8×8 micro-tile needs ~140 registers): left to itself ptxas squeezed
+// conv2d_fwd_m32 into 64 registers with a 4-byte spill on sm_90.
 //
 // Index arithmetic is 32-bit: the launcher rejects tensors of 2^31 elements or more.
 // Block size: CONV_THREADS for every kernel here. Not here: transposed convolution as an op,
@@ -192,18 +198,24 @@ struct ConvFwdOp {
 };
 
 // y[n, g·Og + m, oy, ox] = Σ_k W_g[m, k]·col[k, (n, oy, ox)] + bias. Grid (⌈N·P/128⌉, ⌈Og/BM⌉,
-// groups).
+// groups·S). With S = 1 (gridDim.z = groups) the result goes to `out` = y with the bias; with
+// S > 1 slice s sums k in [s·chunk, (s+1)·chunk) into out[s] = partial [S, N, Co, Ho, Wo] and
+// conv2d_sum_slices adds the slices and the bias (small GEMMs: more blocks than output tiles).
 template <int BM>
 __device__ __forceinline__ void conv2d_fwd_body(const float* __restrict__ x,     // [N,Ci,H,W]
                                                 const float* __restrict__ w,     // [Co,Cg,kh,kw]
                                                 const float* __restrict__ bias,  // [Co] or null
                                                 ConvGeom g,
-                                                float* __restrict__ y) {         // [N,Co,Ho,Wo]
-    const int grp = blockIdx.z, n0 = blockIdx.x * CONV_BN, m0 = blockIdx.y * BM;
+                                                int chunk,                       // k per slice
+                                                float* __restrict__ out) {       // [S,N,Co,Ho,Wo]
+    const int grp = blockIdx.z % g.groups, s = blockIdx.z / g.groups;
+    const int n0 = blockIdx.x * CONV_BN, m0 = blockIdx.y * BM;
     ConvFwdOp op(g, w, x, grp, n0);
     float acc[BM / 16][8];
-    conv_gemm_tile<BM>(op, g.cog, m0, 0, op.kg, acc);
+    const int k_begin = s * chunk, k_end = min(op.kg, k_begin + chunk);
+    conv_gemm_tile<BM>(op, g.cog, m0, k_begin, k_end, acc);
     const int pix = g.ho * g.wo, total = g.n * pix, ty = threadIdx.x / 16;
+    float* y = out + s * total * g.co;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         int p = conv_col(n0, j);
@@ -224,23 +236,23 @@ __device__ __forceinline__ void conv2d_fwd_body(const float* __restrict__ x,    
 // Tile heights BM = 128 / 64 / 32 / 16 (the launcher picks one); arguments as conv2d_fwd_body.
 extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_fwd_m128(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    ConvGeom g, float* __restrict__ y) {
-    conv2d_fwd_body<128>(x, w, bias, g, y);
+    ConvGeom g, int chunk, float* __restrict__ out) {
+    conv2d_fwd_body<128>(x, w, bias, g, chunk, out);
 }
-extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_fwd_m64(
+extern "C" __launch_bounds__(CONV_THREADS, 2) __global__ void conv2d_fwd_m64(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    ConvGeom g, float* __restrict__ y) {
-    conv2d_fwd_body<64>(x, w, bias, g, y);
+    ConvGeom g, int chunk, float* __restrict__ out) {
+    conv2d_fwd_body<64>(x, w, bias, g, chunk, out);
 }
-extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_fwd_m32(
+extern "C" __launch_bounds__(CONV_THREADS, 3) __global__ void conv2d_fwd_m32(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    ConvGeom g, float* __restrict__ y) {
-    conv2d_fwd_body<32>(x, w, bias, g, y);
+    ConvGeom g, int chunk, float* __restrict__ out) {
+    conv2d_fwd_body<32>(x, w, bias, g, chunk, out);
 }
-extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_fwd_m16(
+extern "C" __launch_bounds__(CONV_THREADS, 3) __global__ void conv2d_fwd_m16(
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-    ConvGeom g, float* __restrict__ y) {
-    conv2d_fwd_body<16>(x, w, bias, g, y);
+    ConvGeom g, int chunk, float* __restrict__ out) {
+    conv2d_fwd_body<16>(x, w, bias, g, chunk, out);
 }
 
 // ---------------------------------------------------------------------------------- dX
@@ -332,17 +344,17 @@ extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dx_m128(
     float* __restrict__ dx) {
     conv2d_dx_body<128>(w, dy, g, dx);
 }
-extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dx_m64(
+extern "C" __launch_bounds__(CONV_THREADS, 2) __global__ void conv2d_dx_m64(
     const float* __restrict__ w, const float* __restrict__ dy, ConvGeom g,
     float* __restrict__ dx) {
     conv2d_dx_body<64>(w, dy, g, dx);
 }
-extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dx_m32(
+extern "C" __launch_bounds__(CONV_THREADS, 3) __global__ void conv2d_dx_m32(
     const float* __restrict__ w, const float* __restrict__ dy, ConvGeom g,
     float* __restrict__ dx) {
     conv2d_dx_body<32>(w, dy, g, dx);
 }
-extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dx_m16(
+extern "C" __launch_bounds__(CONV_THREADS, 3) __global__ void conv2d_dx_m16(
     const float* __restrict__ w, const float* __restrict__ dy, ConvGeom g,
     float* __restrict__ dx) {
     conv2d_dx_body<16>(w, dy, g, dx);
@@ -436,31 +448,36 @@ extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dw_m128(
     float* __restrict__ partial) {
     conv2d_dw_body<128>(x, dy, g, chunk, partial);
 }
-extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dw_m64(
+extern "C" __launch_bounds__(CONV_THREADS, 2) __global__ void conv2d_dw_m64(
     const float* __restrict__ x, const float* __restrict__ dy, ConvGeom g, int chunk,
     float* __restrict__ partial) {
     conv2d_dw_body<64>(x, dy, g, chunk, partial);
 }
-extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dw_m32(
+extern "C" __launch_bounds__(CONV_THREADS, 3) __global__ void conv2d_dw_m32(
     const float* __restrict__ x, const float* __restrict__ dy, ConvGeom g, int chunk,
     float* __restrict__ partial) {
     conv2d_dw_body<32>(x, dy, g, chunk, partial);
 }
-extern "C" __launch_bounds__(CONV_THREADS) __global__ void conv2d_dw_m16(
+extern "C" __launch_bounds__(CONV_THREADS, 3) __global__ void conv2d_dw_m16(
     const float* __restrict__ x, const float* __restrict__ dy, ConvGeom g, int chunk,
     float* __restrict__ partial) {
     conv2d_dw_body<16>(x, dy, g, chunk, partial);
 }
 
-// dw[i] = Σ_s partial[s, i], s = 0, 1, … in order. Grid-stride over i.
-extern "C" __global__ void conv2d_dw_reduce(const float* __restrict__ partial,  // [S, len]
-                                            int slices,                         // S
-                                            int len,                            // Co·Cg·kh·kw
-                                            float* __restrict__ dw) {           // [len]
+// out[i] = Σ_s partial[s, i] (s = 0, 1, … in order) + bias[(i / plane) % channels] — the
+// split-K finish of the forward (bias [Co], plane Ho·Wo) and of dW (no bias). Grid-stride over i.
+extern "C" __global__ void conv2d_sum_slices(const float* __restrict__ partial,  // [S, len]
+                                             int slices,                         // S
+                                             int len,                            // elements
+                                             const float* __restrict__ bias,     // [channels]/null
+                                             int plane,                          // Ho·Wo
+                                             int channels,                       // Co
+                                             float* __restrict__ out) {          // [len]
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += blockDim.x * gridDim.x) {
         float acc = partial[i];
         for (int s = 1; s < slices; s++) acc += partial[s * len + i];
-        dw[i] = acc;
+        if (bias) acc += bias[(i / plane) % channels];
+        out[i] = acc;
     }
 }
 

@@ -5,12 +5,13 @@
 //!
 //! Dense and grouped convolutions run as implicit GEMMs (see the header of `kernels/cuda/conv2d.cu`);
 //! depthwise ones (groups = Ci = Co > 1, the CPU's direct path) run direct kernels. The tile height
-//! is picked per launch from the GEMM's row count. The weight gradient is split along the batch's
-//! pixels into a number of slices that depends on the shape only, and the slices' partials are
-//! added in a fixed order: results are deterministic for a shape.
+//! is picked per launch from the GEMM's row count. Where the output has too few tiles to fill the
+//! GPU, the reduction is split into slices (the forward's Ci·kh·kw, the weight gradient's N·Ho·Wo)
+//! whose number depends on the shape only, and the slices' partials are added in a fixed order:
+//! results are deterministic for a shape.
 //!
-//! Launchers enqueue on [`Device::stream`] and return without waiting; dW's partials are per-call
-//! scratch, as elsewhere.
+//! Launchers enqueue on [`Device::stream`] and return without waiting; split-K partials are
+//! per-call scratch, as elsewhere.
 //!
 //! Not here: cuBLAS (the benchmark compares against it, nothing calls it), NHWC, TF32.
 
@@ -20,13 +21,17 @@ use super::nvrtc::CONV2D;
 use super::CudaError;
 use crate::conv2d::Conv2d;
 use crate::Nchw;
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 
 /// Output columns per GEMM tile (`CONV_BN` in conv2d.cu).
 const TILE_COLS: usize = 128;
-/// dW slices are made until about this many blocks are in flight (a few per SM on current GPUs).
-const DW_TARGET_BLOCKS: usize = 512;
-/// A dW slice covers at least this many pixels (32 K-steps), so partials stay a small overhead.
+/// Split-K slices are made until about this many blocks are in flight (a few per SM on current
+/// GPUs).
+const SPLIT_TARGET_BLOCKS: usize = 512;
+/// A forward slice covers at least this much of K (8 K-steps), so the extra pass over the
+/// partials stays small next to the GEMM.
+const FWD_MIN_SLICE: usize = 64;
+/// A dW slice covers at least this many pixels (32 K-steps).
 const DW_MIN_SLICE: usize = 256;
 
 /// The shape and hyper-parameters as `conv2d.cu`'s `ConvGeom` (same fields, same order).
@@ -136,14 +141,36 @@ fn gemm_grid(cols: usize, rows: usize, bm: usize, z: usize) -> LaunchConfig {
     }
 }
 
-/// dW slices for a GEMM of `tiles` output tiles over `pixels` pixels, and the pixels per slice
-/// (a multiple of the K step, 8). A function of the shape only.
-fn dw_slices(tiles: usize, pixels: usize) -> (usize, usize) {
-    let wanted = DW_TARGET_BLOCKS.div_ceil(tiles.max(1));
-    let most = pixels.div_ceil(DW_MIN_SLICE).max(1);
+/// Split-K for a GEMM of `tiles` output tiles over a reduction of length `k`: the number of
+/// slices and the k per slice (a multiple of the K step, 8; every slice non-empty). A function
+/// of the shape only, so results are reproducible.
+fn split_k(tiles: usize, k: usize, min_slice: usize) -> (usize, usize) {
+    let wanted = SPLIT_TARGET_BLOCKS.div_ceil(tiles.max(1));
+    let most = (k / min_slice).max(1);
     let slices = wanted.clamp(1, most);
-    let chunk = pixels.div_ceil(slices).next_multiple_of(8).max(8);
-    (pixels.div_ceil(chunk).max(1), chunk)
+    let chunk = k.div_ceil(slices).next_multiple_of(8).max(8);
+    (k.div_ceil(chunk).max(1), chunk)
+}
+
+/// Per-call scratch for `slices` partials of `len` elements (none for one slice), after checking
+/// that they stay within 32-bit indexing.
+fn partials(
+    dev: &Device,
+    kernel: &'static str,
+    slices: usize,
+    len: usize,
+) -> Result<Option<CudaSlice<f32>>, CudaError> {
+    if slices.saturating_mul(len) > i32::MAX as usize {
+        return Err(shape_err(
+            kernel,
+            format!("split-K partials ({slices} × {len}) exceed 32-bit indexing"),
+        ));
+    }
+    if slices > 1 {
+        Ok(Some(scratch::<f32>(dev, slices * len)?))
+    } else {
+        Ok(None)
+    }
 }
 
 /// [`crate::conv2d::conv2d_fwd`]: y = conv(x, w) + bias.
@@ -179,14 +206,31 @@ pub fn conv2d_fwd(
         return launch!(dev, CONV2D, "conv2d_depthwise_fwd", grid(ys.len()); px, pw, pb, geom, py);
     }
     let (rows, cols) = (co / p.groups, ys.n * ys.plane());
+    let k = (xs.c / p.groups) * p.kh * p.kw;
     let bm = tile_rows(rows);
-    let cfg = gemm_grid(cols, rows, bm, p.groups);
+    let tiles = cols.div_ceil(TILE_COLS) * rows.div_ceil(bm) * p.groups;
+    let (slices, chunk) = split_k(tiles, k, FWD_MIN_SLICE);
+    let scratch = partials(dev, K, slices, ys.len())?;
+    // One slice: the GEMM writes y with the bias; several: partials, then the bias in the sum.
+    let (pout, pbias_gemm) = match &scratch {
+        Some(s) => (s.device_addr(st), 0u64),
+        None => (py, pb),
+    };
+    let chunk32 = chunk as i32;
+    let cfg = gemm_grid(cols, rows, bm, p.groups * slices);
     match bm {
-        16 => launch!(dev, CONV2D, "conv2d_fwd_m16", cfg; px, pw, pb, geom, py),
-        32 => launch!(dev, CONV2D, "conv2d_fwd_m32", cfg; px, pw, pb, geom, py),
-        64 => launch!(dev, CONV2D, "conv2d_fwd_m64", cfg; px, pw, pb, geom, py),
-        _ => launch!(dev, CONV2D, "conv2d_fwd_m128", cfg; px, pw, pb, geom, py),
+        16 => launch!(dev, CONV2D, "conv2d_fwd_m16", cfg; px, pw, pbias_gemm, geom, chunk32, pout),
+        32 => launch!(dev, CONV2D, "conv2d_fwd_m32", cfg; px, pw, pbias_gemm, geom, chunk32, pout),
+        64 => launch!(dev, CONV2D, "conv2d_fwd_m64", cfg; px, pw, pbias_gemm, geom, chunk32, pout),
+        _ => launch!(dev, CONV2D, "conv2d_fwd_m128", cfg; px, pw, pbias_gemm, geom, chunk32, pout),
+    }?;
+    if scratch.is_some() {
+        let (s32, len32, plane, ch) =
+            (slices as i32, ys.len() as i32, ys.plane() as i32, co as i32);
+        launch!(dev, CONV2D, "conv2d_sum_slices", grid(ys.len());
+            pout, s32, len32, pb, plane, ch, py)?;
     }
+    Ok(())
 }
 
 /// [`crate::conv2d::conv2d_bwd`]: any of `dx`, `dw`, `db` may be `None` to skip it.
@@ -269,19 +313,9 @@ pub fn conv2d_bwd(
             let (rows, cols) = (co / p.groups, w_len / co);
             let bm = tile_rows(rows);
             let tiles = cols.div_ceil(TILE_COLS) * rows.div_ceil(bm) * p.groups;
-            let (slices, chunk) = dw_slices(tiles, pixels);
-            if slices.saturating_mul(w_len) > i32::MAX as usize {
-                return Err(shape_err(
-                    K,
-                    format!("dW partials ({slices} × {w_len}) exceed 32-bit indexing"),
-                ));
-            }
-            let partials = if slices > 1 {
-                Some(scratch::<f32>(dev, slices * w_len)?)
-            } else {
-                None
-            };
-            let pout = partials.as_ref().map_or(pdw, |s| s.device_addr(st));
+            let (slices, chunk) = split_k(tiles, pixels, DW_MIN_SLICE);
+            let scratch = partials(dev, K, slices, w_len)?;
+            let pout = scratch.as_ref().map_or(pdw, |s| s.device_addr(st));
             let chunk32 = chunk as i32;
             let cfg = gemm_grid(cols, rows, bm, p.groups * slices);
             match bm {
@@ -290,9 +324,10 @@ pub fn conv2d_bwd(
                 64 => launch!(dev, CONV2D, "conv2d_dw_m64", cfg; px, pdy, geom, chunk32, pout),
                 _ => launch!(dev, CONV2D, "conv2d_dw_m128", cfg; px, pdy, geom, chunk32, pout),
             }?;
-            if slices > 1 {
-                let (s32, len32) = (slices as i32, w_len as i32);
-                launch!(dev, CONV2D, "conv2d_dw_reduce", grid(w_len); pout, s32, len32, pdw)?;
+            if scratch.is_some() {
+                let (s32, len32, no_bias, one) = (slices as i32, w_len as i32, 0u64, 1i32);
+                launch!(dev, CONV2D, "conv2d_sum_slices", grid(w_len);
+                    pout, s32, len32, no_bias, one, one, pdw)?;
             }
         }
     }
@@ -314,28 +349,29 @@ mod tests {
     }
 
     #[test]
-    fn dw_slices_cover_every_pixel_once() {
-        for (tiles, pixels) in [
-            (1, 1),
-            (1, 7),
-            (2, 16384),
-            (36, 131072),
-            (600, 5000),
-            (1, 100),
-        ] {
-            let (slices, chunk) = dw_slices(tiles, pixels);
-            assert_eq!(chunk % 8, 0, "{tiles} {pixels}");
-            assert!(slices * chunk >= pixels, "{tiles} {pixels}");
-            assert!(
-                (slices - 1) * chunk < pixels,
-                "{tiles} {pixels}: empty last slice"
-            );
-            assert!(slices == 1 || chunk >= DW_MIN_SLICE, "{tiles} {pixels}");
+    fn split_k_covers_every_k_once() {
+        for min_slice in [FWD_MIN_SLICE, DW_MIN_SLICE] {
+            for (tiles, k) in [
+                (1, 1),
+                (1, 7),
+                (2, 16384),
+                (36, 131072),
+                (600, 5000),
+                (1, 100),
+            ] {
+                let (slices, chunk) = split_k(tiles, k, min_slice);
+                assert_eq!(chunk % 8, 0, "{tiles} {k}");
+                assert!(slices * chunk >= k, "{tiles} {k}");
+                assert!((slices - 1) * chunk < k, "{tiles} {k}: empty last slice");
+                assert!(slices == 1 || chunk >= min_slice, "{tiles} {k}");
+            }
         }
         // Enough tiles already: no split.
-        assert_eq!(dw_slices(600, 5000).0, 1);
+        assert_eq!(split_k(600, 5000, DW_MIN_SLICE).0, 1);
         // One tile over 16384 pixels: split up to the block target.
-        assert_eq!(dw_slices(2, 16384).0, 64);
+        assert_eq!(split_k(2, 16384, DW_MIN_SLICE).0, 64);
+        // deeplab_lite's 64→32 3×3 at 8×8, batch 16: 8 tiles, K = 576 → 9 slices of 64.
+        assert_eq!(split_k(8, 576, FWD_MIN_SLICE), (9, 64));
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub static CONV2D: CudaSource = cuda_source!(
         "conv2d_dw_m64",
         "conv2d_dw_m32",
         "conv2d_dw_m16",
-        "conv2d_dw_reduce",
+        "conv2d_sum_slices",
         "conv2d_db",
         "conv2d_depthwise_fwd",
         "conv2d_depthwise_dx",
