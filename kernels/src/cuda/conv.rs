@@ -129,16 +129,27 @@ fn tile_rows(rows: usize) -> usize {
     }
 }
 
-fn gemm_grid(cols: usize, rows: usize, bm: usize, z: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (
-            cols.div_ceil(TILE_COLS) as u32,
-            rows.div_ceil(bm) as u32,
-            z as u32,
-        ),
+/// Grid of a GEMM launch: column tiles × row tiles × `z` (groups × slices); the driver allows at
+/// most 65535 in y and z.
+fn gemm_grid(
+    kernel: &'static str,
+    cols: usize,
+    rows: usize,
+    bm: usize,
+    z: usize,
+) -> Result<LaunchConfig, CudaError> {
+    let (x, y) = (cols.div_ceil(TILE_COLS), rows.div_ceil(bm));
+    if x > i32::MAX as usize || y > 65535 || z > 65535 {
+        return Err(shape_err(
+            kernel,
+            format!("grid {x}×{y}×{z} exceeds the CUDA limits (2^31−1 × 65535 × 65535)"),
+        ));
+    }
+    Ok(LaunchConfig {
+        grid_dim: (x as u32, y as u32, z as u32),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
-    }
+    })
 }
 
 /// Split-K for a GEMM of `tiles` output tiles over a reduction of length `k`: the number of
@@ -217,7 +228,7 @@ pub fn conv2d_fwd(
         None => (py, pb),
     };
     let chunk32 = chunk as i32;
-    let cfg = gemm_grid(cols, rows, bm, p.groups * slices);
+    let cfg = gemm_grid(K, cols, rows, bm, p.groups * slices)?;
     match bm {
         16 => launch!(dev, CONV2D, "conv2d_fwd_m16", cfg; px, pw, pbias_gemm, geom, chunk32, pout),
         32 => launch!(dev, CONV2D, "conv2d_fwd_m32", cfg; px, pw, pbias_gemm, geom, chunk32, pout),
@@ -290,7 +301,7 @@ pub fn conv2d_bwd(
         } else {
             let rows = xs.c / p.groups;
             let bm = tile_rows(rows);
-            let cfg = gemm_grid(xs.n * xs.plane(), rows, bm, p.groups);
+            let cfg = gemm_grid(K, xs.n * xs.plane(), rows, bm, p.groups)?;
             match bm {
                 16 => launch!(dev, CONV2D, "conv2d_dx_m16", cfg; pw, pdy, geom, pdx),
                 32 => launch!(dev, CONV2D, "conv2d_dx_m32", cfg; pw, pdy, geom, pdx),
@@ -317,7 +328,7 @@ pub fn conv2d_bwd(
             let scratch = partials(dev, K, slices, w_len)?;
             let pout = scratch.as_ref().map_or(pdw, |s| s.device_addr(st));
             let chunk32 = chunk as i32;
-            let cfg = gemm_grid(cols, rows, bm, p.groups * slices);
+            let cfg = gemm_grid(K, cols, rows, bm, p.groups * slices)?;
             match bm {
                 16 => launch!(dev, CONV2D, "conv2d_dw_m16", cfg; px, pdy, geom, chunk32, pout),
                 32 => launch!(dev, CONV2D, "conv2d_dw_m32", cfg; px, pdy, geom, chunk32, pout),

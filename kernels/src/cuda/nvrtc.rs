@@ -155,8 +155,8 @@ pub static SOFTMAX: CudaSource = cuda_source!(
     ]
 );
 
-/// `conv2d.cu`: convolution forward, dX, dW (implicit GEMM, four tile heights each), db,
-/// depthwise.
+/// `conv2d.cu`: convolution forward, dX, dW (implicit GEMM, four tile heights each), the
+/// split-K sum, db, depthwise.
 pub static CONV2D: CudaSource = cuda_source!(
     "conv2d",
     [
