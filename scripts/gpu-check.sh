@@ -2,12 +2,15 @@
 # Builds the CUDA test binaries here (no GPU or CUDA toolkit needed: everything CUDA is dlopened)
 # and packs them into .gpu/cuda-check/ (git-ignored) with a run.sh, then prints the one command
 # that runs them on a GPU machine without a Rust toolchain. What it runs: the device unit tests
-# (Device::cuda opens), the NVRTC compile check, and every CPU-vs-GPU parity test, each with
-# FLOWSEG_REQUIRE_GPU=1 / FLOWSEG_REQUIRE_NVRTC=1 so nothing can skip silently.
+# (Device::cuda opens), the NVRTC compile check, every CPU-vs-GPU parity test (each
+# kernels/tests/cuda_parity*.rs), each with FLOWSEG_REQUIRE_GPU=1 / FLOWSEG_REQUIRE_NVRTC=1 so
+# nothing can skip silently, then the kernel benchmark (kernels/benches/cuda_kernels.rs), which
+# prints one markdown table.
 #
 # Needs on the GPU machine: a CUDA 13 driver (580+) and libnvrtc.so.13 (the CUDA toolkit's
-# lib64, or the nvidia-cuda-nvrtc wheel); run.sh looks in the usual places.
-# Not here: the flowseg binary and a kernel benchmark table (later work in issue 5).
+# lib64, or the nvidia-cuda-nvrtc wheel); run.sh looks in the usual places, and for
+# libcublas.so.13 too (optional: without it the benchmark's cuBLAS column says n/a).
+# Not here: the flowseg binary (later work in issue 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.gpu/cuda-check
@@ -15,8 +18,10 @@ rm -rf "$out"
 mkdir -p "$out"
 
 # Release binaries: debug ones are ~50x larger and the carry budget to a GPU machine is 64 MiB.
+targets=(--lib --test cuda_compile --bench cuda_kernels)
+for f in kernels/tests/cuda_parity*.rs; do targets+=(--test "$(basename "$f" .rs)"); done
 json=$(cargo test --release -p flowseg-kernels --features cuda --no-run --message-format=json \
-  --lib --test cuda_compile --test cuda_parity)
+  "${targets[@]}")
 printf '%s\n' "$json" |
   python3 -c '
 import json, sys
@@ -25,7 +30,8 @@ for line in sys.stdin:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and (
+            m["profile"]["test"] or "bench" in m["target"]["kind"]):
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
   cp "$exe" "$out/$name"
@@ -43,6 +49,12 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc.so.13'; then
     if [ -e "$d/libnvrtc.so.13" ]; then export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break; fi
   done
 fi
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas.so.13'; then
+  for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda/targets/*/lib \
+           $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
+    if [ -e "$d/libcublas.so.13" ]; then export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break; fi
+  done
+fi
 nvidia-smi -L || true
 ldconfig -p | grep -E 'libcuda\.so|libnvrtc' || echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 export FLOWSEG_REQUIRE_GPU=1 FLOWSEG_REQUIRE_NVRTC=1
@@ -55,7 +67,11 @@ else
   # Without ptxas the register/spill table is skipped (CI prints it); NVRTC still compiles.
   FLOWSEG_REQUIRE_NVRTC=0 ./cuda_compile --nocapture --test-threads=1 || status=1
 fi
-./cuda_parity --nocapture --test-threads=1 || status=1
+for t in ./cuda_parity*; do
+  "$t" --nocapture --test-threads=1 || status=1
+done
+# After the checks: the benchmark table (it checks each kernel against the CPU before timing).
+./cuda_kernels || status=1
 echo "cuda checks: $([ $status = 0 ] && echo PASSED || echo FAILED)"
 exit $status
 RUN

@@ -14,10 +14,11 @@
 //! Launchers: `launch.rs` (element-wise, Philox, softmax-CE, optimizers, reductions, argmax,
 //! confusion matrix), `nn.rs` (batch norm, pooling, resize, softmax), `augment_mix.rs` (augment
 //! and mix ops, applying draws made on the host), `more.rs` (leaky relu, threshold, concat and
-//! slice, dropout, the masked probability-space losses, dot, channel reductions).
+//! slice, dropout, the masked probability-space losses, dot, channel reductions), `conv.rs`
+//! (convolution forward and backward as implicit GEMMs).
 //!
-//! Not here: multi-stream scheduling, CUDA graphs, cuBLAS, the engine's `Device` trait, conv
-//! (`conv.rs`, merged separately).
+//! Not here: multi-stream scheduling, CUDA graphs, cuBLAS (only the benchmark
+//! `benches/cuda_kernels.rs` calls it, as the yardstick), the engine's `Device` trait.
 //!
 //! # CPU kernel → CUDA launcher
 //!
@@ -109,6 +110,7 @@
 
 pub mod augment_mix;
 mod common;
+pub mod conv;
 mod device;
 pub mod launch;
 pub mod more;

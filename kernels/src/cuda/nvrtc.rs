@@ -197,6 +197,30 @@ pub static REDUCE_MORE: CudaSource = cuda_source!(
     "reduce_more",
     ["dot_partials", "channels_fwd", "channels_bwd"]
 );
+/// `conv2d.cu`: convolution forward, dX, dW (implicit GEMM, four tile heights each), the
+/// split-K sum, db, depthwise.
+pub static CONV2D: CudaSource = cuda_source!(
+    "conv2d",
+    [
+        "conv2d_fwd_m128",
+        "conv2d_fwd_m64",
+        "conv2d_fwd_m32",
+        "conv2d_fwd_m16",
+        "conv2d_dx_m128",
+        "conv2d_dx_m64",
+        "conv2d_dx_m32",
+        "conv2d_dx_m16",
+        "conv2d_dw_m128",
+        "conv2d_dw_m64",
+        "conv2d_dw_m32",
+        "conv2d_dw_m16",
+        "conv2d_sum_slices",
+        "conv2d_db",
+        "conv2d_depthwise_fwd",
+        "conv2d_depthwise_dx",
+        "conv2d_depthwise_dw"
+    ]
+);
 
 /// Every embedded module.
 pub static SOURCES: &[&CudaSource] = &[
@@ -217,6 +241,7 @@ pub static SOURCES: &[&CudaSource] = &[
     &DROPOUT,
     &LOSS,
     &REDUCE_MORE,
+    &CONV2D,
 ];
 
 /// Options every module is compiled with (the target option is added per call).
