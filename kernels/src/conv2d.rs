@@ -281,38 +281,73 @@ fn fwd_panel(
     y: &mut [f32],
 ) -> Result<(), KernelError> {
     let pg = g.panel();
-    let (kg, pix, cog) = (g.kg, g.pix, g.cog);
-    let packs: Vec<Vec<f32>> = w
-        .chunks_exact(cog * kg)
-        .map(|wg| {
-            let mut out = Vec::new();
-            panel::pack_rows(wg, cog, kg, false, &mut out);
-            out
+    let (kg, pix, cog, cig) = (g.kg, g.pix, g.cog, g.cig);
+    let taps = g.p.kh * g.p.kw;
+    // Per panel, the taps that read inside the image (the same for every image); per distinct
+    // set, the weights of those taps packed per group.
+    let (mut segs, mut runs) = (Vec::new(), Vec::new());
+    let mut sets: Vec<Vec<usize>> = Vec::new();
+    let set_of: Vec<usize> = (0..pix)
+        .step_by(NR)
+        .map(|p0| {
+            let live = if pg.pointwise() {
+                vec![0]
+            } else {
+                panel::live_taps(&pg, p0, NR.min(pix - p0), &mut segs, &mut runs)
+            };
+            sets.iter().position(|s| *s == live).unwrap_or_else(|| {
+                sets.push(live);
+                sets.len() - 1
+            })
+        })
+        .collect();
+    let packs: Vec<Vec<Vec<f32>>> = sets
+        .iter()
+        .map(|live| {
+            let kp = cig * live.len();
+            w.chunks_exact(cog * kg)
+                .map(|wg| {
+                    let mut compact = vec![0.0f32; cog * kp];
+                    for (co, row) in compact.chunks_exact_mut(kp.max(1)).enumerate().take(cog) {
+                        for c in 0..cig {
+                            for (i, &tap) in live.iter().enumerate() {
+                                row[c * live.len() + i] = wg[co * kg + c * taps + tap];
+                            }
+                        }
+                    }
+                    let mut out = Vec::new();
+                    panel::pack_rows(&compact, cog, kp, false, &mut out);
+                    out
+                })
+                .collect()
         })
         .collect();
     let xg_len = g.cig * g.x.plane();
     let image = |(yn, xn): (&mut [f32], &[f32]), buf: &mut (Vec<f32>, Vec<_>, Vec<_>)| {
         let (pbuf, segs, runs) = buf;
-        for (grp, pack) in packs.iter().enumerate() {
+        for grp in 0..g.p.groups {
             let xg = &xn[grp * xg_len..(grp + 1) * xg_len];
             let yg = &mut yn[grp * cog * pix..(grp + 1) * cog * pix];
-            for p0 in (0..pix).step_by(NR) {
+            for (pi, p0) in (0..pix).step_by(NR).enumerate() {
                 let np = NR.min(pix - p0);
+                let live = &sets[set_of[pi]];
+                let pack = &packs[set_of[pi]][grp];
+                let kp = cig * live.len();
                 let (b, bs): (&[f32], usize) = if pg.pointwise() {
                     (&xg[p0..], pix)
                 } else {
-                    panel::gather_panel_fast(&pg, xg, p0, np, segs, runs, pbuf, NR);
+                    panel::gather_panel_fast(&pg, xg, p0, np, segs, runs, pbuf, NR, live);
                     (pbuf, NR)
                 };
-                for (mb, a) in pack.chunks_exact(kg * MR).enumerate() {
-                    let r0 = mb * MR;
+                for r0 in (0..cog).step_by(MR) {
                     let rows = MR.min(cog - r0);
+                    let a = &pack[r0 * kp..];
                     let mut init = [0.0; MR];
                     if let Some(bias) = bias {
                         let bg = &bias[grp * cog + r0..grp * cog + r0 + rows];
                         init[..rows].copy_from_slice(bg);
                     }
-                    panel::tile(kg, a, b, bs, init, &mut yg[r0 * pix + p0..], pix, rows, np);
+                    panel::tile(kp, a, b, bs, init, &mut yg[r0 * pix + p0..], pix, rows, np);
                 }
             }
         }
@@ -460,9 +495,10 @@ fn im2col_fast<T: Real>(g: &Geom, xg: &[T], col: &mut [T]) {
         if let (Some(xg), Some(col)) = (T::as_f32(xg), T::as_f32_mut(col)) {
             let pg = g.panel();
             let (mut segs, mut runs) = (Vec::new(), Vec::new());
+            let all: Vec<usize> = (0..g.p.kh * g.p.kw).collect();
             // One "panel" as wide as the image: rows are written front to back (panels of 32
             // columns would hit one L1 set per row when Ho·Wo is a multiple of 1024).
-            panel::gather_panel_fast(&pg, xg, 0, g.pix, &mut segs, &mut runs, col, g.pix);
+            panel::gather_panel_fast(&pg, xg, 0, g.pix, &mut segs, &mut runs, col, g.pix, &all);
             return;
         }
     }

@@ -106,6 +106,9 @@ pub(crate) fn pack_rows(w: &[f32], rows: usize, t: usize, transposed: bool, out:
     let blocks = rows.div_ceil(MR);
     out.clear();
     out.resize(blocks * t * MR, 0.0);
+    if t == 0 {
+        return;
+    }
     for (b, block) in out.chunks_exact_mut(t * MR).enumerate() {
         for (k, dst) in block.chunks_exact_mut(MR).enumerate() {
             for (r, d) in dst.iter_mut().enumerate() {
@@ -122,10 +125,11 @@ pub(crate) fn pack_rows(w: &[f32], rows: usize, t: usize, transposed: bool, out:
     }
 }
 
-/// `panel` [K, ld] ← the `col` columns of output pixels [p0, p0 + np) (np ≤ NR) of one group's
-/// input `xg` [Cg, H, W] into columns [0, np) of rows of stride `ld` (NR for a panel, Ho·Wo for
-/// a whole `col` with `panel` starting at column p0); out-of-image taps are zero, other columns
-/// are left as they were.
+/// `panel` [Cg·|live|, ld] ← the `col` columns of output pixels [p0, p0 + np) of one group's
+/// input `xg` [Cg, H, W] for the kernel taps `live` (ki·kw + kj, increasing; all taps for a
+/// whole `col`), into columns [0, np) of rows of stride `ld` (NR for a panel, Ho·Wo for a whole
+/// `col` with `panel` starting at column p0); row c·|live| + i holds tap live[i] of channel c;
+/// out-of-image taps are zero, other columns are left as they were.
 pub(crate) fn gather_panel(
     g: &PanelGeom,
     xg: &[f32],
@@ -134,14 +138,16 @@ pub(crate) fn gather_panel(
     segs: &mut Vec<(usize, usize, usize, usize)>,
     panel: &mut [f32],
     ld: usize,
+    live: &[usize],
 ) {
     g.segments(p0, np, segs);
     let plane = g.h * g.w;
     let mut k = 0;
     for c in 0..g.cig {
         let xc = &xg[c * plane..(c + 1) * plane];
-        for ki in 0..g.kh {
-            for kj in 0..g.kw {
+        for &tap in live {
+            let (ki, kj) = (tap / g.kw, tap % g.kw);
+            {
                 let row = &mut panel[k * ld..k * ld + np];
                 k += 1;
                 let (lo, hi, off) = g.valid_ox(kj);
@@ -195,27 +201,48 @@ pub(crate) fn gather_panel_fast(
     runs: &mut Vec<Run>,
     panel: &mut [f32],
     ld: usize,
+    live: &[usize],
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         if g.sw <= 2 && available() {
             g.segments(p0, np, segs);
-            let (plane, taps) = (g.h * g.w, g.kh * g.kw);
+            let (plane, nl) = (g.h * g.w, live.len());
             assert!(ld >= np && xg.len() >= g.cig * plane);
-            assert!(g.cig * taps == 0 || panel.len() >= (g.cig * taps - 1) * ld + np);
-            for ki in 0..g.kh {
-                for kj in 0..g.kw {
-                    tap_runs(g, segs, ki, kj, runs);
-                    let k0 = ki * g.kw + kj;
-                    // SAFETY: AVX-512F detected; the assert above covers every channel plane
-                    // and panel row the loop reaches (rows c·taps + k0 < Cg·taps).
-                    unsafe { gather_tap(g, xg.as_ptr(), runs, k0, panel.as_mut_ptr(), ld) };
-                }
+            assert!(g.cig * nl == 0 || panel.len() >= (g.cig * nl - 1) * ld + np);
+            assert!(live.iter().all(|&t| t < g.kh * g.kw));
+            for (slot, &tap) in live.iter().enumerate() {
+                tap_runs(g, segs, tap / g.kw, tap % g.kw, runs);
+                // SAFETY: AVX-512F detected; the asserts above cover every channel plane and
+                // panel row the loop reaches (rows c·|live| + slot < Cg·|live|).
+                unsafe { gather_tap(g, xg.as_ptr(), runs, slot, nl, panel.as_mut_ptr(), ld) };
             }
             return;
         }
     }
-    gather_panel(g, xg, p0, np, segs, panel, ld);
+    gather_panel(g, xg, p0, np, segs, panel, ld, live);
+}
+
+/// The kernel taps (ki·kw + kj, increasing) that read at least one in-image input pixel for
+/// output pixels [p0, p0 + np). The others contribute exact zeros to every output of the panel
+/// (a dilated ASPP conv on an 8×8 map reads outside for most taps), so the panel path skips
+/// them: an FMA with a zero operand leaves a finite sum unchanged (up to the sign of an exact
+/// zero), so the result is the same.
+pub(crate) fn live_taps(
+    g: &PanelGeom,
+    p0: usize,
+    np: usize,
+    segs: &mut Vec<(usize, usize, usize, usize)>,
+    runs: &mut Vec<Run>,
+) -> Vec<usize> {
+    g.segments(p0, np, segs);
+    (0..g.kh * g.kw)
+        .filter(|&tap| {
+            tap_runs(g, segs, tap / g.kw, tap % g.kw, runs);
+            runs.iter()
+                .any(|r| r.src.is_some() && r.load.iter().any(|&m| m != 0))
+        })
+        .collect()
 }
 
 /// The runs of kernel tap (ki, kj) over the panel's row segments `segs`.
@@ -256,23 +283,24 @@ fn lane_mask(lo: usize, hi: usize, base: usize) -> u16 {
     }
 }
 
-/// One kernel tap (`k0` = ki·kw + kj) of every channel: panel rows c·taps + k0 from the runs.
+/// One kernel tap of every channel: panel rows c·slots + slot from the runs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gather_tap(
     g: &PanelGeom,
     xg: *const f32,
     runs: &[Run],
-    k0: usize,
+    slot: usize,
+    slots: usize,
     panel: *mut f32,
     ld: usize,
 ) {
-    let (plane, taps) = (g.h * g.w, g.kh * g.kw);
+    let plane = g.h * g.w;
     let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     for c in 0..g.cig {
         // SAFETY: see the caller; lanes read are input columns inside row `iy` of plane c;
-        // lanes written are panel columns [j0, j0 + len) ⊆ [0, np) of row c·taps + k0.
-        let (xc, row) = unsafe { (xg.add(c * plane), panel.add((c * taps + k0) * ld)) };
+        // lanes written are panel columns [j0, j0 + len) ⊆ [0, np) of row c·slots + slot.
+        let (xc, row) = unsafe { (xg.add(c * plane), panel.add((c * slots + slot) * ld)) };
         for run in runs {
             // SAFETY: as above.
             unsafe { gather_run(xc, g.sw, run, row, even) };
