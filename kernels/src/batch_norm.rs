@@ -20,8 +20,17 @@
 //!   from the running statistics.
 //!
 //! Per-channel sums accumulate in f64 (M reaches millions in a segmentation batch, beyond what
-//! an f32 sum keeps); element-wise passes run in T. Channels and planes are independent and are
-//! spread over rayon's pool.
+//! an f32 sum keeps); element-wise passes run in T.
+//!
+//! Speed and determinism: every statistic is reduced per (n, c) plane first — a plane is
+//! contiguous and, at the sizes a segmentation network has, stays in L1 — with `LANES`
+//! independent f64 accumulators (so the adds overlap and vectorise instead of forming one serial
+//! chain), then the N plane results of a channel are combined in image order. The forward's
+//! variance is two-pass per plane (plane mean, then squared deviations from it) and the planes
+//! are merged with Chan's formula M2 = Σ M2ₙ + Σ P·(meanₙ − mean)², which is stable when
+//! |mean| ≫ std without a third pass over x. Planes are spread over rayon's pool in blocks of
+//! at least `MIN_TASK` elements; the grouping of every sum is fixed by the shape alone, so
+//! results do not depend on the thread count.
 //!
 //! Not here: affine=False (pass gamma = 1, beta = 0 and drop their gradients), momentum=None
 //! (the cumulative average), the num_batches_tracked counter, synchronized BN across devices,
@@ -49,12 +58,6 @@ impl Default for BatchNormParams {
     }
 }
 
-/// The N planes of channel `c`, flattened. Callers have checked `v.len() == s.len()`.
-fn channel<T>(s: Nchw, v: &[T], c: usize) -> impl Iterator<Item = &T> {
-    let p = s.plane();
-    (0..s.n).flat_map(move |n| &v[(n * s.c + c) * p..][..p])
-}
-
 /// M = N·H·W, refusing M < 2 like PyTorch's training mode.
 fn train_count(kernel: &'static str, s: Nchw) -> Result<usize, KernelError> {
     let m = s.n * s.plane();
@@ -69,12 +72,95 @@ fn train_count(kernel: &'static str, s: Nchw) -> Result<usize, KernelError> {
     Ok(m)
 }
 
+/// Independent f64 accumulators per plane sum: enough to hide the add latency and fill the
+/// vector registers. The grouping of every sum depends on this constant and the shape only.
+const LANES: usize = 8;
+
+/// Smallest number of elements one rayon task handles: below this the task's overhead outweighs
+/// the work.
+const MIN_TASK: usize = 16 * 1024;
+
+/// Planes per rayon task for planes of `plane` elements (at least 1).
+fn planes_per_task(plane: usize) -> usize {
+    (MIN_TASK / plane.max(1)).max(1)
+}
+
+/// Σ over the lanes of `acc`, in a fixed pairwise order.
+#[inline(always)]
+fn fold_lanes(acc: [f64; LANES]) -> f64 {
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// Σ f(x_i) over `x` in f64, element i into lane i mod [`LANES`].
+#[inline(always)]
+fn lane_sum<T: Real>(x: &[T], f: impl Fn(T) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a += f(v);
+    }
+    fold_lanes(acc)
+}
+
+/// Σ f(x_i, y_i) over two equal-length slices in f64, lane by lane as in [`lane_sum`].
+#[inline(always)]
+fn lane_sum2<T: Real>(x: &[T], y: &[T], f: impl Fn(T, T) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (cx, cy) in xc.zip(yc) {
+        for ((a, &u), &v) in acc.iter_mut().zip(cx).zip(cy) {
+            *a += f(u, v);
+        }
+    }
+    for ((a, &u), &v) in acc.iter_mut().zip(xr).zip(yr) {
+        *a += f(u, v);
+    }
+    fold_lanes(acc)
+}
+
+/// Per channel (mean, biased variance) of x: per plane Σx and the squared deviations from the
+/// plane's own mean (the plane is still in cache for the second pass), merged over the N planes
+/// of each channel with Chan's formula. Callers have checked the lengths and that N·H·W ≥ 2.
+fn channel_stats<T: Real>(s: Nchw, x: &[T]) -> Vec<(f64, f64)> {
+    let p = s.plane();
+    let pf = p as f64;
+    let planes: Vec<(f64, f64)> = x
+        .par_chunks(p)
+        .with_min_len(planes_per_task(p))
+        .map(|xp| {
+            let sum = lane_sum(xp, |v| v.f64());
+            let mean = sum / pf;
+            (sum, lane_sum(xp, |v| (v.f64() - mean) * (v.f64() - mean)))
+        })
+        .collect();
+    let m = (s.n * p) as f64;
+    (0..s.c)
+        .map(|c| {
+            let ours = || (0..s.n).map(|n| planes[n * s.c + c]);
+            let mean = ours().fold(0f64, |acc, (sum, _)| acc + sum) / m;
+            let m2 = ours().fold(0f64, |acc, (sum, m2)| {
+                let d = sum / pf - mean;
+                acc + m2 + pf * d * d
+            });
+            (mean, m2 / m)
+        })
+        .collect()
+}
+
 /// y = (x − mean[c])·scale[c] + shift[c] per channel; `coef[c] = (mean, scale, shift)`.
 fn affine<T: Real>(s: Nchw, x: &[T], coef: &[(T, T, T)], y: &mut [T]) {
     // An empty plane means empty slices; `max(1)` only keeps the chunk size legal.
     let p = s.plane().max(1);
     y.par_chunks_mut(p)
         .zip(x.par_chunks(p))
+        .with_min_len(planes_per_task(p))
         .enumerate()
         .for_each(|(i, (yp, xp))| {
             let (mean, scale, shift) = coef[i % s.c];
@@ -84,18 +170,29 @@ fn affine<T: Real>(s: Nchw, x: &[T], coef: &[(T, T, T)], y: &mut [T]) {
         });
 }
 
-/// Per channel (Σdy, Σdy·(x − mean[c])·invstd[c]) in f64, over inputs checked by the caller.
+/// Per channel (Σdy, Σdy·(x − mean[c])·invstd[c]) in f64, over inputs checked by the caller:
+/// per plane with [`lane_sum2`], then the N planes of each channel in image order.
 fn dy_sums<T: Real>(s: Nchw, x: &[T], dy: &[T], mean: &[f64], invstd: &[f64]) -> Vec<(f64, f64)> {
+    let p = s.plane().max(1);
+    let planes: Vec<(f64, f64)> = x
+        .par_chunks(p)
+        .zip(dy.par_chunks(p))
+        .with_min_len(planes_per_task(p))
+        .enumerate()
+        .map(|(i, (xp, gp))| {
+            let m = mean[i % s.c];
+            (
+                lane_sum(gp, |g| g.f64()),
+                lane_sum2(xp, gp, |v, g| g.f64() * (v.f64() - m)),
+            )
+        })
+        .collect();
     (0..s.c)
-        .into_par_iter()
         .map(|c| {
-            let (m, k) = (mean[c], invstd[c]);
-            channel(s, x, c)
-                .zip(channel(s, dy, c))
-                .fold((0f64, 0f64), |(sd, sdx), (&v, &g)| {
-                    let g = g.f64();
-                    (sd + g, sdx + g * (v.f64() - m) * k)
-                })
+            let (sd, sdx) = (0..s.n)
+                .map(|n| planes.get(n * s.c + c).copied().unwrap_or((0.0, 0.0)))
+                .fold((0f64, 0f64), |(a, b), (u, v)| (a + u, b + v));
+            (sd, sdx * invstd[c])
         })
         .collect()
 }
@@ -128,19 +225,7 @@ pub fn batch_norm_train_fwd<T: Real>(
     check_len(K, "save_invstd", save_invstd, s.c)?;
     let m = train_count(K, s)?;
     let mf = m as f64;
-    // Two passes (mean, then squared deviations) rather than Σx² − M·mean²: the one-pass form
-    // cancels catastrophically when |mean| ≫ std, common for un-normalized inputs.
-    let stats: Vec<(f64, f64)> = (0..s.c)
-        .into_par_iter()
-        .map(|c| {
-            let mean = channel(s, x, c).map(|v| v.f64()).sum::<f64>() / mf;
-            let var = channel(s, x, c)
-                .map(|v| (v.f64() - mean).powi(2))
-                .sum::<f64>()
-                / mf;
-            (mean, var)
-        })
-        .collect();
+    let stats = channel_stats(s, x);
     let mut coef = Vec::with_capacity(s.c);
     for (c, &(mean, var)) in stats.iter().enumerate() {
         let invstd = 1.0 / (var + p.eps).sqrt();
@@ -234,6 +319,7 @@ pub fn batch_norm_train_bwd<T: Real>(
     let p = s.plane().max(1);
     dx.par_chunks_mut(p)
         .zip(x.par_chunks(p).zip(dy.par_chunks(p)))
+        .with_min_len(planes_per_task(p))
         .enumerate()
         .for_each(|(i, (dxp, (xp, dyp)))| {
             let [mean, invstd, k, a, b] = coef[i % s.c];
@@ -286,6 +372,7 @@ pub fn batch_norm_eval_bwd<T: Real>(
     let p = s.plane().max(1);
     dx.par_chunks_mut(p)
         .zip(dy.par_chunks(p))
+        .with_min_len(planes_per_task(p))
         .enumerate()
         .for_each(|(i, (dxp, dyp))| {
             let k = scale[i % s.c];
