@@ -28,6 +28,7 @@ pub mod cuda;
 pub mod dropout;
 pub mod elementwise;
 mod error;
+pub mod exp;
 pub mod gemm;
 pub mod loss;
 pub mod metrics;
