@@ -30,12 +30,14 @@
 //! are merged with Chan's formula M2 = Σ M2ₙ + Σ P·(meanₙ − mean)², which is stable when
 //! |mean| ≫ std without a third pass over x. Planes are spread over rayon's pool in blocks of
 //! at least `MIN_TASK` elements; the grouping of every sum is fixed by the shape alone, so
-//! results do not depend on the thread count.
+//! results do not depend on the thread count. The per-plane loops run compiled for the widest
+//! vector instruction set the CPU has (`crate::widest`), with the same bits on every one.
 //!
 //! Not here: affine=False (pass gamma = 1, beta = 0 and drop their gradients), momentum=None
 //! (the cumulative average), the num_batches_tracked counter, synchronized BN across devices,
 //! layouts other than NCHW, fusion with the following activation.
 
+use crate::widest::{widest, widest_fn};
 use crate::{check_len, KernelError, Nchw, Real};
 use rayon::prelude::*;
 
@@ -108,21 +110,47 @@ fn lane_sum<T: Real>(x: &[T], f: impl Fn(T) -> f64) -> f64 {
     fold_lanes(acc)
 }
 
-/// Σ f(x_i, y_i) over two equal-length slices in f64, lane by lane as in [`lane_sum`].
+/// Σ dy_i·(x_i − m) over two equal-length slices in f64, lane by lane as in [`lane_sum`].
 #[inline(always)]
-fn lane_sum2<T: Real>(x: &[T], y: &[T], f: impl Fn(T, T) -> f64) -> f64 {
+fn lane_dot<T: Real>(x: &[T], dy: &[T], m: f64) -> f64 {
     let mut acc = [0f64; LANES];
-    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (cx, cy) in xc.zip(yc) {
-        for ((a, &u), &v) in acc.iter_mut().zip(cx).zip(cy) {
-            *a += f(u, v);
+    let (xc, gc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
+    let (xr, gr) = (xc.remainder(), gc.remainder());
+    for (cx, cg) in xc.zip(gc) {
+        for ((a, &v), &g) in acc.iter_mut().zip(cx).zip(cg) {
+            *a += g.f64() * (v.f64() - m);
         }
     }
-    for ((a, &u), &v) in acc.iter_mut().zip(xr).zip(yr) {
-        *a += f(u, v);
+    for ((a, &v), &g) in acc.iter_mut().zip(xr).zip(gr) {
+        *a += g.f64() * (v.f64() - m);
     }
     fold_lanes(acc)
+}
+
+/// (Σ dy_i, Σ dy_i·(x_i − m)) over one plane of x and dy: two passes (each vectorises on its
+/// own), the second over data still in cache.
+#[inline(always)]
+fn dy_lane_sums<T: Real>(x: &[T], dy: &[T], m: f64) -> (f64, f64) {
+    (lane_sum(dy, |g| g.f64()), lane_dot(x, dy, m))
+}
+
+/// (Σx, Σ(x − mean)²) over one plane, mean being the plane's own: two passes, the second over
+/// data still in cache.
+#[inline(always)]
+fn plane_stats<T: Real>(xp: &[T]) -> (f64, f64) {
+    let sum = lane_sum(xp, |v| v.f64());
+    let mean = sum / xp.len() as f64;
+    (sum, lane_sum(xp, |v| (v.f64() - mean) * (v.f64() - mean)))
+}
+
+widest_fn! {
+    /// [`plane_stats`] for the widest instruction set.
+    fn plane_stats_widest<T: Real>(xp: &[T]) -> (f64, f64) = plane_stats
+}
+
+widest_fn! {
+    /// [`dy_lane_sums`] for the widest instruction set.
+    fn dy_lane_sums_widest<T: Real>(x: &[T], dy: &[T], m: f64) -> (f64, f64) = dy_lane_sums
 }
 
 /// Per channel (mean, biased variance) of x: per plane Σx and the squared deviations from the
@@ -134,11 +162,7 @@ fn channel_stats<T: Real>(s: Nchw, x: &[T]) -> Vec<(f64, f64)> {
     let planes: Vec<(f64, f64)> = x
         .par_chunks(p)
         .with_min_len(planes_per_task(p))
-        .map(|xp| {
-            let sum = lane_sum(xp, |v| v.f64());
-            let mean = sum / pf;
-            (sum, lane_sum(xp, |v| (v.f64() - mean) * (v.f64() - mean)))
-        })
+        .map(plane_stats_widest)
         .collect();
     let m = (s.n * p) as f64;
     (0..s.c)
@@ -164,14 +188,16 @@ fn affine<T: Real>(s: Nchw, x: &[T], coef: &[(T, T, T)], y: &mut [T]) {
         .enumerate()
         .for_each(|(i, (yp, xp))| {
             let (mean, scale, shift) = coef[i % s.c];
-            for (o, &v) in yp.iter_mut().zip(xp) {
-                *o = (v - mean) * scale + shift;
-            }
+            widest(|| {
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    *o = (v - mean) * scale + shift;
+                }
+            })
         });
 }
 
 /// Per channel (Σdy, Σdy·(x − mean[c])·invstd[c]) in f64, over inputs checked by the caller:
-/// per plane with [`lane_sum2`], then the N planes of each channel in image order.
+/// per plane with [`dy_lane_sums`], then the N planes of each channel in image order.
 fn dy_sums<T: Real>(s: Nchw, x: &[T], dy: &[T], mean: &[f64], invstd: &[f64]) -> Vec<(f64, f64)> {
     let p = s.plane().max(1);
     let planes: Vec<(f64, f64)> = x
@@ -179,13 +205,7 @@ fn dy_sums<T: Real>(s: Nchw, x: &[T], dy: &[T], mean: &[f64], invstd: &[f64]) ->
         .zip(dy.par_chunks(p))
         .with_min_len(planes_per_task(p))
         .enumerate()
-        .map(|(i, (xp, gp))| {
-            let m = mean[i % s.c];
-            (
-                lane_sum(gp, |g| g.f64()),
-                lane_sum2(xp, gp, |v, g| g.f64() * (v.f64() - m)),
-            )
-        })
+        .map(|(i, (xp, gp))| dy_lane_sums_widest(xp, gp, mean[i % s.c]))
         .collect();
     (0..s.c)
         .map(|c| {
@@ -323,9 +343,11 @@ pub fn batch_norm_train_bwd<T: Real>(
         .enumerate()
         .for_each(|(i, (dxp, (xp, dyp)))| {
             let [mean, invstd, k, a, b] = coef[i % s.c];
-            for ((o, &v), &g) in dxp.iter_mut().zip(xp).zip(dyp) {
-                *o = k * (g - a - (v - mean) * invstd * b);
-            }
+            widest(|| {
+                for ((o, &v), &g) in dxp.iter_mut().zip(xp).zip(dyp) {
+                    *o = k * (g - a - (v - mean) * invstd * b);
+                }
+            })
         });
     Ok(())
 }
@@ -705,5 +727,64 @@ mod tests {
                 .contains("batch_norm_train_bwd: `dx` has 7 elements, expected 8"),
             "{e}"
         );
+    }
+
+    /// Runs `f` on a rayon pool of `threads` threads.
+    fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        // Planes of 1 000 elements (not a multiple of the lane count) and enough of them for
+        // several rayon tasks; an offset mean so the Chan merge matters.
+        let s = Nchw::new(24, 3, 25, 40);
+        let x: Vec<f32> = rand_vec(40, s.len(), 5.0, 9.0)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let dy: Vec<f32> = rand_vec(41, s.len(), -1.0, 1.0)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let (gamma, beta) = ([1.5f32, 0.5, -1.0], [0.1f32, 0.2, 0.3]);
+        let run = || {
+            let (mut rm, mut rv) = ([0f32; 3], [1f32; 3]);
+            let (mut y, mut sm, mut si) = (vec![0f32; s.len()], [0f32; 3], [0f32; 3]);
+            let p = BatchNormParams::default();
+            batch_norm_train_fwd(
+                &x, &gamma, &beta, s, p, &mut rm, &mut rv, &mut y, &mut sm, &mut si,
+            )
+            .unwrap();
+            let (mut dx, mut dg, mut db) = (vec![0f32; s.len()], [0f32; 3], [0f32; 3]);
+            batch_norm_train_bwd(&x, &gamma, &sm, &si, &dy, s, &mut dx, &mut dg, &mut db).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            [y, rm.to_vec(), rv.to_vec(), dx, dg.to_vec(), db.to_vec()].map(|v| bits(&v))
+        };
+        let one = on_threads(1, run);
+        assert_eq!(one, on_threads(3, run));
+        // And the statistics are right: the f64 mean and variance of channel 1, gathered.
+        let vals: Vec<f64> = (0..s.n)
+            .flat_map(|n| &x[(n * s.c + 1) * s.plane()..][..s.plane()])
+            .map(|&v| v as f64)
+            .collect();
+        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+        let (mut rm, mut rv) = ([0f32; 3], [1f32; 3]);
+        let (mut y, mut sm, mut si) = (vec![0f32; s.len()], [0f32; 3], [0f32; 3]);
+        let p = BatchNormParams {
+            eps: 0.0,
+            momentum: 1.0,
+        };
+        batch_norm_train_fwd(
+            &x, &gamma, &beta, s, p, &mut rm, &mut rv, &mut y, &mut sm, &mut si,
+        )
+        .unwrap();
+        assert_close("mean", &[sm[1] as f64], &[mean], 0.0, 1e-7);
+        assert_close("invstd", &[si[1] as f64], &[1.0 / var.sqrt()], 0.0, 1e-6);
     }
 }

@@ -42,6 +42,7 @@ pub mod resize;
 mod shape;
 pub mod softmax;
 pub mod testing;
+mod widest;
 
 pub use error::{check_len, KernelError};
 pub use real::Real;

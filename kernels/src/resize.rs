@@ -495,4 +495,31 @@ mod tests {
         // Identity.
         assert_eq!(nearest(&x, s, 3, 3), x);
     }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        // 12 planes of 48×40 output: several rayon tasks; up- and downsampling on each axis.
+        let s = Nchw::new(3, 4, 12, 50);
+        let x: Vec<f32> = to_f32(&rand_vec(7, s.len(), -1.0, 1.0));
+        let (oh, ow) = (48, 40);
+        let dy: Vec<f32> = to_f32(&rand_vec(8, s.n * s.c * oh * ow, -1.0, 1.0));
+        let run = || {
+            let mut y = vec![0f32; dy.len()];
+            resize_bilinear_fwd(&x, s, oh, ow, false, &mut y).unwrap();
+            let mut dx = vec![0f32; x.len()];
+            resize_bilinear_bwd(&dy, s, oh, ow, false, &mut dx).unwrap();
+            (y, dx)
+        };
+        let pool = |t: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+        };
+        let (y1, dx1) = pool(1).install(run);
+        let (y3, dx3) = pool(3).install(run);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y1), bits(&y3));
+        assert_eq!(bits(&dx1), bits(&dx3));
+    }
 }
