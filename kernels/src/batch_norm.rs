@@ -787,4 +787,44 @@ mod tests {
         assert_close("mean", &[sm[1] as f64], &[mean], 0.0, 1e-7);
         assert_close("invstd", &[si[1] as f64], &[1.0 / var.sqrt()], 0.0, 1e-6);
     }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_sums() {
+        // `*_widest` runs the AVX-512 or AVX2 build where the CPU has one; the plain functions
+        // are the baseline build. Lengths around the lane count and its remainders.
+        for len in [1, 7, 8, 9, 63, 1000, 4099] {
+            let x: Vec<f32> = rand_vec(50 + len as u64, len, -3.0, 5.0)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let dy: Vec<f32> = rand_vec(60 + len as u64, len, -1.0, 1.0)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let bits = |(a, b): (f64, f64)| (a.to_bits(), b.to_bits());
+            assert_eq!(bits(plane_stats(&x)), bits(plane_stats_widest(&x)), "{len}");
+            assert_eq!(
+                bits(dy_lane_sums(&x, &dy, 0.25)),
+                bits(dy_lane_sums_widest(&x, &dy, 0.25)),
+                "{len}"
+            );
+            // And they are the sums: Σx and Σ(x − mean)², Σdy and Σdy·(x − 0.25).
+            let xs: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let sum: f64 = xs.iter().sum();
+            let mean = sum / len as f64;
+            let m2: f64 = xs.iter().map(|v| (v - mean).powi(2)).sum();
+            let (got_sum, got_m2) = plane_stats(&x);
+            assert_close("sum", &[got_sum], &[sum], 1e-9, 1e-12);
+            assert_close("m2", &[got_m2], &[m2], 1e-9, 1e-12);
+            let sd: f64 = dy.iter().map(|&g| g as f64).sum();
+            let sdx: f64 = xs
+                .iter()
+                .zip(&dy)
+                .map(|(v, &g)| g as f64 * (v - 0.25))
+                .sum();
+            let (got_sd, got_sdx) = dy_lane_sums(&x, &dy, 0.25);
+            assert_close("sd", &[got_sd], &[sd], 1e-9, 1e-12);
+            assert_close("sdx", &[got_sdx], &[sdx], 1e-9, 1e-12);
+        }
+    }
 }
