@@ -1,18 +1,14 @@
 //! Element-wise activations: relu and leaky_relu, forward and backward. Any shape (the slices
-//! are flat); backward takes the forward *input* so it needs nothing saved but `x`. relu's loops
-//! run compiled for the widest vector instruction set the CPU has (`crate::widest`).
+//! are flat); backward takes the forward *input* so it needs nothing saved but `x`.
 
-use crate::widest::widest;
 use crate::{check_len, KernelError, Real};
 
 /// y = max(x, 0). x, y: same length.
 pub fn relu_fwd<T: Real>(x: &[T], y: &mut [T]) -> Result<(), KernelError> {
     check_len("relu_fwd", "y", y, x.len())?;
-    widest(|| {
-        for (o, &v) in y.iter_mut().zip(x) {
-            *o = if v > T::zero() { v } else { T::zero() };
-        }
-    });
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = if v > T::zero() { v } else { T::zero() };
+    }
     Ok(())
 }
 
@@ -20,11 +16,9 @@ pub fn relu_fwd<T: Real>(x: &[T], y: &mut [T]) -> Result<(), KernelError> {
 pub fn relu_bwd<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) -> Result<(), KernelError> {
     check_len("relu_bwd", "dy", dy, x.len())?;
     check_len("relu_bwd", "dx", dx, x.len())?;
-    widest(|| {
-        for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
-            *o = if v > T::zero() { g } else { T::zero() };
-        }
-    });
+    for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+        *o = if v > T::zero() { g } else { T::zero() };
+    }
     Ok(())
 }
 

@@ -15,19 +15,15 @@
 //! Not here: broadcasting (both operands of add/mul have the same length), strided views (every
 //! slice is copied into a contiguous output), and in-place variants.
 
-use crate::widest::widest;
 use crate::{check_len, KernelError, Nchw, Real};
 
 /// y = a + b. a, b, y: any shape, same length.
 pub fn add_fwd<T: Real>(a: &[T], b: &[T], y: &mut [T]) -> Result<(), KernelError> {
     check_len("add_fwd", "b", b, a.len())?;
     check_len("add_fwd", "y", y, a.len())?;
-    // Also the engine's `grad_add`: compiled for the widest vector instruction set.
-    widest(|| {
-        for ((o, &u), &v) in y.iter_mut().zip(a).zip(b) {
-            *o = u + v;
-        }
-    });
+    for ((o, &u), &v) in y.iter_mut().zip(a).zip(b) {
+        *o = u + v;
+    }
     Ok(())
 }
 
