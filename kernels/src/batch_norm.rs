@@ -30,14 +30,14 @@
 //! are merged with Chan's formula M2 = Σ M2ₙ + Σ P·(meanₙ − mean)², which is stable when
 //! |mean| ≫ std without a third pass over x. Planes are spread over rayon's pool in blocks of
 //! at least `MIN_TASK` elements; the grouping of every sum is fixed by the shape alone, so
-//! results do not depend on the thread count. The per-plane loops run compiled for the widest
-//! vector instruction set the CPU has (`crate::widest`), with the same bits on every one.
+//! results do not depend on the thread count. The per-plane reductions run compiled for the
+//! widest vector instruction set the CPU has (`crate::widest`), with the same bits on each.
 //!
 //! Not here: affine=False (pass gamma = 1, beta = 0 and drop their gradients), momentum=None
 //! (the cumulative average), the num_batches_tracked counter, synchronized BN across devices,
 //! layouts other than NCHW, fusion with the following activation.
 
-use crate::widest::{widest, widest_fn};
+use crate::widest::widest_fn;
 use crate::{check_len, KernelError, Nchw, Real};
 use rayon::prelude::*;
 
@@ -188,11 +188,9 @@ fn affine<T: Real>(s: Nchw, x: &[T], coef: &[(T, T, T)], y: &mut [T]) {
         .enumerate()
         .for_each(|(i, (yp, xp))| {
             let (mean, scale, shift) = coef[i % s.c];
-            widest(|| {
-                for (o, &v) in yp.iter_mut().zip(xp) {
-                    *o = (v - mean) * scale + shift;
-                }
-            })
+            for (o, &v) in yp.iter_mut().zip(xp) {
+                *o = (v - mean) * scale + shift;
+            }
         });
 }
 
@@ -343,11 +341,9 @@ pub fn batch_norm_train_bwd<T: Real>(
         .enumerate()
         .for_each(|(i, (dxp, (xp, dyp)))| {
             let [mean, invstd, k, a, b] = coef[i % s.c];
-            widest(|| {
-                for ((o, &v), &g) in dxp.iter_mut().zip(xp).zip(dyp) {
-                    *o = k * (g - a - (v - mean) * invstd * b);
-                }
-            })
+            for ((o, &v), &g) in dxp.iter_mut().zip(xp).zip(dyp) {
+                *o = k * (g - a - (v - mean) * invstd * b);
+            }
         });
     Ok(())
 }

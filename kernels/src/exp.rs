@@ -5,10 +5,10 @@
 //! Method (Cephes' `expf`): x = n·ln 2 + r with n = round(x·log₂e) and |r| ≤ ln 2 / 2; e^r from
 //! a degree-5 minimax polynomial; 2ⁿ built from exponent bits, in two halves so results down in
 //! the subnormal range round correctly. Branch-free (selects), no fused multiply-add, so every
-//! target — SSE2 to AVX-512 (picked at run time), vectorised or not — gives the same bits. Error against the exact e^x:
-//! under 1 ulp (0.97 at worst over a dense sweep of the whole range, tested below against f64;
-//! libm's `expf` is correctly rounded, so the two differ in the last bit now and then); e^0 = 1
-//! exactly.
+//! target — SSE2 to AVX-512 (picked at run time), vectorised or not — gives the same bits.
+//! Error against the exact e^x: under 1 ulp (0.97 at worst over a dense sweep of the whole
+//! range, tested below against f64; libm's `expf` is correctly rounded, so the two differ in the
+//! last bit now and then); e^0 = 1 exactly.
 //! Edges: x < ln 2⁻¹⁵⁰ gives 0, x > ln(f32::MAX) gives +∞, −∞ gives 0, NaN stays NaN.
 //!
 //! Not here: other functions (ln stays libm's), an f64 version (the f64 gradchecks use
