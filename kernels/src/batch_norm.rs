@@ -23,9 +23,10 @@
 //! an f32 sum keeps); element-wise passes run in T.
 //!
 //! Speed and determinism: every statistic is reduced per (n, c) plane first — a plane is
-//! contiguous and, at the sizes a segmentation network has, stays in L1 — with `LANES`
-//! independent f64 accumulators (so the adds overlap and vectorise instead of forming one serial
-//! chain), then the N plane results of a channel are combined in image order. The forward's
+//! contiguous, and small enough at this model's sizes (up to 64×64) that a second pass over it
+//! hits the cache — with `LANES` independent f64 accumulators (so the adds overlap and
+//! vectorise instead of forming one serial chain), then the N plane results of a channel are
+//! combined in image order. The forward's
 //! variance is two-pass per plane (plane mean, then squared deviations from it) and the planes
 //! are merged with Chan's formula M2 = Σ M2ₙ + Σ P·(meanₙ − mean)², which is stable when
 //! |mean| ≫ std without a third pass over x. Planes are spread over rayon's pool in blocks of
