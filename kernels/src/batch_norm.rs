@@ -20,13 +20,25 @@
 //!   from the running statistics.
 //!
 //! Per-channel sums accumulate in f64 (M reaches millions in a segmentation batch, beyond what
-//! an f32 sum keeps); element-wise passes run in T. Channels and planes are independent and are
-//! spread over rayon's pool.
+//! an f32 sum keeps); element-wise passes run in T.
+//!
+//! Speed and determinism: every statistic is reduced per (n, c) plane first — a plane is
+//! contiguous, and small enough at this model's sizes (up to 64×64) that a second pass over it
+//! hits the cache — with `LANES` independent f64 accumulators (so the adds overlap and
+//! vectorise instead of forming one serial chain), then the N plane results of a channel are
+//! combined in image order. The forward's
+//! variance is two-pass per plane (plane mean, then squared deviations from it) and the planes
+//! are merged with Chan's formula M2 = Σ M2ₙ + Σ P·(meanₙ − mean)², which is stable when
+//! |mean| ≫ std without a third pass over x. Planes are spread over rayon's pool in blocks of
+//! at least `MIN_TASK` elements; the grouping of every sum is fixed by the shape alone, so
+//! results do not depend on the thread count. The per-plane reductions run compiled for the
+//! widest vector instruction set the CPU has (`crate::widest`), with the same bits on each.
 //!
 //! Not here: affine=False (pass gamma = 1, beta = 0 and drop their gradients), momentum=None
 //! (the cumulative average), the num_batches_tracked counter, synchronized BN across devices,
 //! layouts other than NCHW, fusion with the following activation.
 
+use crate::widest::widest_fn;
 use crate::{check_len, KernelError, Nchw, Real};
 use rayon::prelude::*;
 
@@ -49,12 +61,6 @@ impl Default for BatchNormParams {
     }
 }
 
-/// The N planes of channel `c`, flattened. Callers have checked `v.len() == s.len()`.
-fn channel<T>(s: Nchw, v: &[T], c: usize) -> impl Iterator<Item = &T> {
-    let p = s.plane();
-    (0..s.n).flat_map(move |n| &v[(n * s.c + c) * p..][..p])
-}
-
 /// M = N·H·W, refusing M < 2 like PyTorch's training mode.
 fn train_count(kernel: &'static str, s: Nchw) -> Result<usize, KernelError> {
     let m = s.n * s.plane();
@@ -69,12 +75,117 @@ fn train_count(kernel: &'static str, s: Nchw) -> Result<usize, KernelError> {
     Ok(m)
 }
 
+/// Independent f64 accumulators per plane sum: enough to hide the add latency and fill the
+/// vector registers. The grouping of every sum depends on this constant and the shape only.
+const LANES: usize = 8;
+
+/// Smallest number of elements one rayon task handles: below this the task's overhead outweighs
+/// the work.
+const MIN_TASK: usize = 16 * 1024;
+
+/// Planes per rayon task for planes of `plane` elements (at least 1).
+fn planes_per_task(plane: usize) -> usize {
+    (MIN_TASK / plane.max(1)).max(1)
+}
+
+/// Σ over the lanes of `acc`, in a fixed pairwise order.
+#[inline(always)]
+fn fold_lanes(acc: [f64; LANES]) -> f64 {
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// Σ f(x_i) over `x` in f64, element i into lane i mod [`LANES`].
+#[inline(always)]
+fn lane_sum<T: Real>(x: &[T], f: impl Fn(T) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a += f(v);
+    }
+    fold_lanes(acc)
+}
+
+/// Σ dy_i·(x_i − m) over two equal-length slices in f64, lane by lane as in [`lane_sum`].
+#[inline(always)]
+fn lane_dot<T: Real>(x: &[T], dy: &[T], m: f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let (xc, gc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
+    let (xr, gr) = (xc.remainder(), gc.remainder());
+    for (cx, cg) in xc.zip(gc) {
+        for ((a, &v), &g) in acc.iter_mut().zip(cx).zip(cg) {
+            *a += g.f64() * (v.f64() - m);
+        }
+    }
+    for ((a, &v), &g) in acc.iter_mut().zip(xr).zip(gr) {
+        *a += g.f64() * (v.f64() - m);
+    }
+    fold_lanes(acc)
+}
+
+/// (Σ dy_i, Σ dy_i·(x_i − m)) over one plane of x and dy: two passes (each vectorises on its
+/// own), the second over data still in cache.
+#[inline(always)]
+fn dy_lane_sums<T: Real>(x: &[T], dy: &[T], m: f64) -> (f64, f64) {
+    (lane_sum(dy, |g| g.f64()), lane_dot(x, dy, m))
+}
+
+/// (Σx, Σ(x − mean)²) over one plane, mean being the plane's own: two passes, the second over
+/// data still in cache.
+#[inline(always)]
+fn plane_stats<T: Real>(xp: &[T]) -> (f64, f64) {
+    let sum = lane_sum(xp, |v| v.f64());
+    let mean = sum / xp.len() as f64;
+    (sum, lane_sum(xp, |v| (v.f64() - mean) * (v.f64() - mean)))
+}
+
+widest_fn! {
+    /// [`plane_stats`] for the widest instruction set.
+    fn plane_stats_widest<T: Real>(xp: &[T]) -> (f64, f64) = plane_stats
+}
+
+widest_fn! {
+    /// [`dy_lane_sums`] for the widest instruction set.
+    fn dy_lane_sums_widest<T: Real>(x: &[T], dy: &[T], m: f64) -> (f64, f64) = dy_lane_sums
+}
+
+/// Per channel (mean, biased variance) of x: per plane Σx and the squared deviations from the
+/// plane's own mean (the plane is still in cache for the second pass), merged over the N planes
+/// of each channel with Chan's formula. Callers have checked the lengths and that N·H·W ≥ 2.
+fn channel_stats<T: Real>(s: Nchw, x: &[T]) -> Vec<(f64, f64)> {
+    let p = s.plane();
+    let pf = p as f64;
+    let planes: Vec<(f64, f64)> = x
+        .par_chunks(p)
+        .with_min_len(planes_per_task(p))
+        .map(plane_stats_widest)
+        .collect();
+    let m = (s.n * p) as f64;
+    (0..s.c)
+        .map(|c| {
+            let ours = || (0..s.n).map(|n| planes[n * s.c + c]);
+            let mean = ours().fold(0f64, |acc, (sum, _)| acc + sum) / m;
+            let m2 = ours().fold(0f64, |acc, (sum, m2)| {
+                let d = sum / pf - mean;
+                acc + m2 + pf * d * d
+            });
+            (mean, m2 / m)
+        })
+        .collect()
+}
+
 /// y = (x − mean[c])·scale[c] + shift[c] per channel; `coef[c] = (mean, scale, shift)`.
 fn affine<T: Real>(s: Nchw, x: &[T], coef: &[(T, T, T)], y: &mut [T]) {
     // An empty plane means empty slices; `max(1)` only keeps the chunk size legal.
     let p = s.plane().max(1);
     y.par_chunks_mut(p)
         .zip(x.par_chunks(p))
+        .with_min_len(planes_per_task(p))
         .enumerate()
         .for_each(|(i, (yp, xp))| {
             let (mean, scale, shift) = coef[i % s.c];
@@ -84,18 +195,23 @@ fn affine<T: Real>(s: Nchw, x: &[T], coef: &[(T, T, T)], y: &mut [T]) {
         });
 }
 
-/// Per channel (Σdy, Σdy·(x − mean[c])·invstd[c]) in f64, over inputs checked by the caller.
+/// Per channel (Σdy, Σdy·(x − mean[c])·invstd[c]) in f64, over inputs checked by the caller:
+/// per plane with [`dy_lane_sums`], then the N planes of each channel in image order.
 fn dy_sums<T: Real>(s: Nchw, x: &[T], dy: &[T], mean: &[f64], invstd: &[f64]) -> Vec<(f64, f64)> {
+    let p = s.plane().max(1);
+    let planes: Vec<(f64, f64)> = x
+        .par_chunks(p)
+        .zip(dy.par_chunks(p))
+        .with_min_len(planes_per_task(p))
+        .enumerate()
+        .map(|(i, (xp, gp))| dy_lane_sums_widest(xp, gp, mean[i % s.c]))
+        .collect();
     (0..s.c)
-        .into_par_iter()
         .map(|c| {
-            let (m, k) = (mean[c], invstd[c]);
-            channel(s, x, c)
-                .zip(channel(s, dy, c))
-                .fold((0f64, 0f64), |(sd, sdx), (&v, &g)| {
-                    let g = g.f64();
-                    (sd + g, sdx + g * (v.f64() - m) * k)
-                })
+            let (sd, sdx) = (0..s.n)
+                .map(|n| planes.get(n * s.c + c).copied().unwrap_or((0.0, 0.0)))
+                .fold((0f64, 0f64), |(a, b), (u, v)| (a + u, b + v));
+            (sd, sdx * invstd[c])
         })
         .collect()
 }
@@ -128,19 +244,7 @@ pub fn batch_norm_train_fwd<T: Real>(
     check_len(K, "save_invstd", save_invstd, s.c)?;
     let m = train_count(K, s)?;
     let mf = m as f64;
-    // Two passes (mean, then squared deviations) rather than Σx² − M·mean²: the one-pass form
-    // cancels catastrophically when |mean| ≫ std, common for un-normalized inputs.
-    let stats: Vec<(f64, f64)> = (0..s.c)
-        .into_par_iter()
-        .map(|c| {
-            let mean = channel(s, x, c).map(|v| v.f64()).sum::<f64>() / mf;
-            let var = channel(s, x, c)
-                .map(|v| (v.f64() - mean).powi(2))
-                .sum::<f64>()
-                / mf;
-            (mean, var)
-        })
-        .collect();
+    let stats = channel_stats(s, x);
     let mut coef = Vec::with_capacity(s.c);
     for (c, &(mean, var)) in stats.iter().enumerate() {
         let invstd = 1.0 / (var + p.eps).sqrt();
@@ -234,6 +338,7 @@ pub fn batch_norm_train_bwd<T: Real>(
     let p = s.plane().max(1);
     dx.par_chunks_mut(p)
         .zip(x.par_chunks(p).zip(dy.par_chunks(p)))
+        .with_min_len(planes_per_task(p))
         .enumerate()
         .for_each(|(i, (dxp, (xp, dyp)))| {
             let [mean, invstd, k, a, b] = coef[i % s.c];
@@ -286,6 +391,7 @@ pub fn batch_norm_eval_bwd<T: Real>(
     let p = s.plane().max(1);
     dx.par_chunks_mut(p)
         .zip(dy.par_chunks(p))
+        .with_min_len(planes_per_task(p))
         .enumerate()
         .for_each(|(i, (dxp, dyp))| {
             let k = scale[i % s.c];
@@ -618,5 +724,104 @@ mod tests {
                 .contains("batch_norm_train_bwd: `dx` has 7 elements, expected 8"),
             "{e}"
         );
+    }
+
+    /// Runs `f` on a rayon pool of `threads` threads.
+    fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        // Planes of 1 000 elements (not a multiple of the lane count) and enough of them for
+        // several rayon tasks; an offset mean so the Chan merge matters.
+        let s = Nchw::new(24, 3, 25, 40);
+        let x: Vec<f32> = rand_vec(40, s.len(), 5.0, 9.0)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let dy: Vec<f32> = rand_vec(41, s.len(), -1.0, 1.0)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let (gamma, beta) = ([1.5f32, 0.5, -1.0], [0.1f32, 0.2, 0.3]);
+        let run = || {
+            let (mut rm, mut rv) = ([0f32; 3], [1f32; 3]);
+            let (mut y, mut sm, mut si) = (vec![0f32; s.len()], [0f32; 3], [0f32; 3]);
+            let p = BatchNormParams::default();
+            batch_norm_train_fwd(
+                &x, &gamma, &beta, s, p, &mut rm, &mut rv, &mut y, &mut sm, &mut si,
+            )
+            .unwrap();
+            let (mut dx, mut dg, mut db) = (vec![0f32; s.len()], [0f32; 3], [0f32; 3]);
+            batch_norm_train_bwd(&x, &gamma, &sm, &si, &dy, s, &mut dx, &mut dg, &mut db).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            [y, rm.to_vec(), rv.to_vec(), dx, dg.to_vec(), db.to_vec()].map(|v| bits(&v))
+        };
+        let one = on_threads(1, run);
+        assert_eq!(one, on_threads(3, run));
+        // And the statistics are right: the f64 mean and variance of channel 1, gathered.
+        let vals: Vec<f64> = (0..s.n)
+            .flat_map(|n| &x[(n * s.c + 1) * s.plane()..][..s.plane()])
+            .map(|&v| v as f64)
+            .collect();
+        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+        let (mut rm, mut rv) = ([0f32; 3], [1f32; 3]);
+        let (mut y, mut sm, mut si) = (vec![0f32; s.len()], [0f32; 3], [0f32; 3]);
+        let p = BatchNormParams {
+            eps: 0.0,
+            momentum: 1.0,
+        };
+        batch_norm_train_fwd(
+            &x, &gamma, &beta, s, p, &mut rm, &mut rv, &mut y, &mut sm, &mut si,
+        )
+        .unwrap();
+        assert_close("mean", &[sm[1] as f64], &[mean], 0.0, 1e-7);
+        assert_close("invstd", &[si[1] as f64], &[1.0 / var.sqrt()], 0.0, 1e-6);
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_sums() {
+        // `*_widest` runs the AVX-512 or AVX2 build where the CPU has one; the plain functions
+        // are the baseline build. Lengths around the lane count and its remainders.
+        for len in [1, 7, 8, 9, 63, 1000, 4099] {
+            let x: Vec<f32> = rand_vec(50 + len as u64, len, -3.0, 5.0)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let dy: Vec<f32> = rand_vec(60 + len as u64, len, -1.0, 1.0)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let bits = |(a, b): (f64, f64)| (a.to_bits(), b.to_bits());
+            assert_eq!(bits(plane_stats(&x)), bits(plane_stats_widest(&x)), "{len}");
+            assert_eq!(
+                bits(dy_lane_sums(&x, &dy, 0.25)),
+                bits(dy_lane_sums_widest(&x, &dy, 0.25)),
+                "{len}"
+            );
+            // And they are the sums: Σx and Σ(x − mean)², Σdy and Σdy·(x − 0.25).
+            let xs: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let sum: f64 = xs.iter().sum();
+            let mean = sum / len as f64;
+            let m2: f64 = xs.iter().map(|v| (v - mean).powi(2)).sum();
+            let (got_sum, got_m2) = plane_stats(&x);
+            assert_close("sum", &[got_sum], &[sum], 1e-9, 1e-12);
+            assert_close("m2", &[got_m2], &[m2], 1e-9, 1e-12);
+            let sd: f64 = dy.iter().map(|&g| g as f64).sum();
+            let sdx: f64 = xs
+                .iter()
+                .zip(&dy)
+                .map(|(v, &g)| g as f64 * (v - 0.25))
+                .sum();
+            let (got_sd, got_sdx) = dy_lane_sums(&x, &dy, 0.25);
+            assert_close("sd", &[got_sd], &[sd], 1e-9, 1e-12);
+            assert_close("sdx", &[got_sdx], &[sdx], 1e-9, 1e-12);
+        }
     }
 }

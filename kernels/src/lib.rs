@@ -29,6 +29,7 @@ pub mod cuda;
 pub mod dropout;
 pub mod elementwise;
 mod error;
+pub mod exp;
 pub mod gemm;
 pub mod loss;
 pub mod metrics;
@@ -42,6 +43,7 @@ pub mod resize;
 mod shape;
 pub mod softmax;
 pub mod testing;
+mod widest;
 
 pub use error::{check_len, KernelError};
 pub use real::Real;

@@ -34,8 +34,8 @@ pub trait Real:
     fn of(v: f64) -> Self;
     /// Widens to `f64` (reductions that must not lose precision, tests).
     fn f64(self) -> f64;
-    /// Replaces every element x of `v` by e^x (`exp` per element: the one place a vectorised
-    /// f32 version can go).
+    /// Replaces every element x of `v` by e^x. f32: the vectorisable polynomial of
+    /// [`crate::exp`] (within 1 ulp, not always libm's bits); f64: `f64::exp` (the gradcheck oracle).
     fn exp_in_place(v: &mut [Self]);
     /// `v` as f32, when this type is f32 (kernels with an f32-only fast path dispatch on it).
     fn as_f32(v: &[Self]) -> Option<&[f32]>;
@@ -53,9 +53,7 @@ impl Real for f32 {
         self as f64
     }
     fn exp_in_place(v: &mut [Self]) {
-        for x in v {
-            *x = x.exp();
-        }
+        crate::exp::exp_f32_in_place(v);
     }
     fn as_f32(v: &[Self]) -> Option<&[f32]> {
         Some(v)
