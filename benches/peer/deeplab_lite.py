@@ -455,13 +455,9 @@ def time_all(args):
     out = {"impl": "pytorch", "threads": torch.get_num_threads(), "n": args.n,
            "device": device.type}
     faults = {}
-    for graph, size in (("supervised", 64), ("supervised", 128), ("cutmix_seg", 64)):
+    for size in (64, 128):
         model, opt = make(device, init)
-        if graph == "supervised":
-            step = train_step(model, opt, *data(size, device, classes))
-        else:
-            labeled, batches = data(size, device, classes), unlabeled(size, device)
-            step = cutmix_step(model, opt, labeled, batches)[0]
+        step = train_step(model, opt, *data(size, device, classes))
         out[f"sup_b16_{size}"], faults[f"faults_per_step_{size}"] = timed_steps(
             args.n, step, device)
     counts = {"params_sup": elements(model.parameters())}
