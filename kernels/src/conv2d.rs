@@ -176,9 +176,13 @@ impl Geom {
     }
 
     /// Whether this call takes the panel path: f32 data (checked by the caller), AVX-512F, not
-    /// depthwise. `FLOWSEG_CONV_PANEL=0` forces im2col + `gemm` (for comparisons).
+    /// depthwise, at most 64 output channels per group — where the `gemm` crate's packing and
+    /// per-call cost dominate a product with few rows (`cargo bench --bench conv2d`: 32→32 at
+    /// 64×64 5 % faster, 64→64 and 128→128 even, a 1×1 64→128 12 % slower on the panel path).
+    /// `FLOWSEG_CONV_PANEL=0` forces im2col + `gemm` (for comparisons).
     fn use_panel(&self) -> bool {
         !self.depthwise
+            && self.cog <= 64
             && panel::available()
             && std::env::var_os("FLOWSEG_CONV_PANEL").is_none_or(|v| v != "0")
     }
@@ -333,7 +337,9 @@ fn fwd_panel(
                 let live = &sets[set_of[pi]];
                 let pack = &packs[set_of[pi]][grp];
                 let kp = cig * live.len();
-                let (b, bs): (&[f32], usize) = if pg.pointwise() {
+                // A 1×1 conv reads its input in place, unless the rows are ≥ 4 KiB apart: then
+                // a panel's K rows share one L1 set and evict each other, and a copy is faster.
+                let (b, bs): (&[f32], usize) = if pg.pointwise() && pix < 1024 {
                     (&xg[p0..], pix)
                 } else {
                     panel::gather_panel_fast(&pg, xg, p0, np, segs, runs, pbuf, NR, live);
