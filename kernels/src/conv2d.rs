@@ -176,12 +176,14 @@ impl Geom {
     }
 
     /// Whether this call takes the panel path: f32 data (checked by the caller), AVX-512F, not
-    /// depthwise, at most 64 output channels per group — where the `gemm` crate's packing and
+    /// depthwise, not a plain 1×1 (already a bare GEMM on the input as stored, where the crate
+    /// is 10–30 % faster than the tile), at most 64 output channels per group — where the `gemm` crate's packing and
     /// per-call cost dominate a product with few rows (`cargo bench --bench conv2d`: 32→32 at
     /// 64×64 5 % faster, 64→64 and 128→128 even, a 1×1 64→128 12 % slower on the panel path).
     /// `FLOWSEG_CONV_PANEL=0` forces im2col + `gemm` (for comparisons).
     fn use_panel(&self) -> bool {
         !self.depthwise
+            && !self.pointwise
             && self.cog <= 64
             && panel::available()
             && std::env::var_os("FLOWSEG_CONV_PANEL").is_none_or(|v| v != "0")
