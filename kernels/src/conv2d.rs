@@ -296,11 +296,7 @@ fn fwd_panel(
     let set_of: Vec<usize> = (0..pix)
         .step_by(NR)
         .map(|p0| {
-            let live = if pg.pointwise() {
-                vec![0]
-            } else {
-                panel::live_taps(&pg, p0, NR.min(pix - p0), &mut segs, &mut runs)
-            };
+            let live = panel::live_taps(&pg, p0, NR.min(pix - p0), &mut segs, &mut runs);
             sets.iter().position(|s| *s == live).unwrap_or_else(|| {
                 sets.push(live);
                 sets.len() - 1
@@ -339,14 +335,7 @@ fn fwd_panel(
                 let live = &sets[set_of[pi]];
                 let pack = &packs[set_of[pi]][grp];
                 let kp = cig * live.len();
-                // A 1×1 conv reads its input in place, unless the rows are ≥ 4 KiB apart: then
-                // a panel's K rows share one L1 set and evict each other, and a copy is faster.
-                let (b, bs): (&[f32], usize) = if pg.pointwise() && pix < 1024 {
-                    (&xg[p0..], pix)
-                } else {
-                    panel::gather_panel_fast(&pg, xg, p0, np, segs, runs, pbuf, NR, live);
-                    (pbuf, NR)
-                };
+                panel::gather_panel_fast(&pg, xg, p0, np, segs, runs, pbuf, NR, live);
                 for r0 in (0..cog).step_by(MR) {
                     let rows = MR.min(cog - r0);
                     let a = &pack[r0 * kp..];
@@ -355,7 +344,17 @@ fn fwd_panel(
                         let bg = &bias[grp * cog + r0..grp * cog + r0 + rows];
                         init[..rows].copy_from_slice(bg);
                     }
-                    panel::tile(kp, a, b, bs, init, &mut yg[r0 * pix + p0..], pix, rows, np);
+                    panel::tile(
+                        kp,
+                        a,
+                        pbuf,
+                        NR,
+                        init,
+                        &mut yg[r0 * pix + p0..],
+                        pix,
+                        rows,
+                        np,
+                    );
                 }
             }
         }

@@ -6,9 +6,10 @@
 //! pixels per image). Through im2col + `gemm` each one writes the whole `col` [K, P] to memory,
 //! the crate packs it again, and per-call overhead is paid on products of a few MFLOP; the
 //! forward ran at ~50 % of the bare GEMM rate in the network (docs/BENCHMARKS.md). Here a panel
-//! of 32 output pixels is gathered straight into an L1-sized [K, 32] buffer (or read in place
-//! for a 1×1 convolution) and an 8×32 register tile streams over it: 16 zmm accumulators, one
-//! broadcast weight and two panel loads per k.
+//! of 32 output pixels is gathered straight into an L1-sized [K, 32] buffer and an 8×32
+//! register tile streams over it: 16 zmm accumulators, one broadcast weight and two panel loads
+//! per k. Plain 1×1 convolutions and layers over 64 channels per group stay on `gemm` (see
+//! conv2d.rs `use_panel`).
 //!
 //! Summation order: every output is Σ_k in increasing k, one f32 FMA chain — different last bits
 //! from the `gemm` crate, identical for any thread count. The weight gradient still goes
@@ -60,10 +61,6 @@ pub(crate) struct PanelGeom {
 }
 
 impl PanelGeom {
-    /// A 1×1, stride-1, unpadded convolution: the input is `col` as stored.
-    pub fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
-    }
     /// For output row `oy` and kernel row `ki`: the input row, if inside the image.
     fn iy(&self, oy: usize, ki: usize) -> Option<usize> {
         let iy = (oy * self.sh + ki * self.dh) as isize - self.ph as isize;
