@@ -303,24 +303,12 @@ fn fwd_panel(
             })
         })
         .collect();
+    // Packing is the serial part of the call: one pass per (set, group), sets in parallel.
     let packs: Vec<Vec<Vec<f32>>> = sets
-        .iter()
+        .par_iter()
         .map(|live| {
-            let kp = cig * live.len();
             w.chunks_exact(cog * kg)
-                .map(|wg| {
-                    let mut compact = vec![0.0f32; cog * kp];
-                    for (co, row) in compact.chunks_exact_mut(kp.max(1)).enumerate().take(cog) {
-                        for c in 0..cig {
-                            for (i, &tap) in live.iter().enumerate() {
-                                row[c * live.len() + i] = wg[co * kg + c * taps + tap];
-                            }
-                        }
-                    }
-                    let mut out = Vec::new();
-                    panel::pack_rows(&compact, cog, kp, false, &mut out);
-                    out
-                })
+                .map(|wg| panel::pack_taps(wg, cog, cig, taps, live))
                 .collect()
         })
         .collect();

@@ -96,30 +96,32 @@ impl PanelGeom {
     }
 }
 
-/// Packs `w` [rows, t] (row-major, the weight as stored when `transposed` is false) into
-/// [ceil(rows/MR)][t][MR], zero rows past `rows`; with `transposed`, `w` is [t, rows] and the
-/// packed operand is its transpose (dX reads Wᵀ).
-pub(crate) fn pack_rows(w: &[f32], rows: usize, t: usize, transposed: bool, out: &mut Vec<f32>) {
-    let blocks = rows.div_ceil(MR);
-    out.clear();
-    out.resize(blocks * t * MR, 0.0);
-    if t == 0 {
-        return;
+/// The weights of one group, `wg` [Cog, Cg·taps] (the weight layout), restricted to the kernel
+/// taps `live` and packed for [`tile`]: [ceil(Cog/MR)][Cg·|live|][MR], column c·|live| + i
+/// holding tap live[i] of channel c (the row order [`gather_panel`] writes), rows past Cog zero.
+pub(crate) fn pack_taps(
+    wg: &[f32],
+    cog: usize,
+    cig: usize,
+    taps: usize,
+    live: &[usize],
+) -> Vec<f32> {
+    let (nl, kg) = (live.len(), cig * taps);
+    let kp = cig * nl;
+    let mut out = vec![0.0f32; cog.div_ceil(MR) * kp * MR];
+    if kp == 0 {
+        return out;
     }
-    for (b, block) in out.chunks_exact_mut(t * MR).enumerate() {
+    for (b, block) in out.chunks_exact_mut(kp * MR).enumerate() {
+        let rows = MR.min(cog - b * MR);
         for (k, dst) in block.chunks_exact_mut(MR).enumerate() {
-            for (r, d) in dst.iter_mut().enumerate() {
-                let row = b * MR + r;
-                if row < rows {
-                    *d = if transposed {
-                        w[k * rows + row]
-                    } else {
-                        w[row * t + k]
-                    };
-                }
+            let col = (k / nl) * taps + live[k % nl];
+            for (r, d) in dst.iter_mut().enumerate().take(rows) {
+                *d = wg[(b * MR + r) * kg + col];
             }
         }
     }
+    out
 }
 
 /// `panel` [Cg·|live|, ld] ← the `col` columns of output pixels [p0, p0 + np) of one group's
@@ -337,7 +339,7 @@ unsafe fn gather_run(xc: *const f32, stride: usize, run: &Run, row: *mut f32, ev
 /// One 8×32 tile: `c[r, j] = init[r] + Σ_{k<t} a[k·MR + r] · b[k·bs + j]` for r < rows,
 /// j < cols; lanes j ≥ cols of `b` are not read.
 ///
-/// * `a`: [t, MR] packed (see [`pack_rows`]), at least t·MR elements.
+/// * `a`: [t, MR] packed (see [`pack_taps`]), at least t·MR elements.
 /// * `b`: rows of stride `bs`; row k's columns [0, cols) are read.
 /// * `c`: rows of stride `cs`; row r < rows, columns [0, cols) are written.
 pub(crate) fn tile(
