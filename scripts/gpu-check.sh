@@ -10,7 +10,9 @@
 # Needs on the GPU machine: a CUDA 13 driver (580+) and libnvrtc.so.13 (the CUDA toolkit's
 # lib64, or the nvidia-cuda-nvrtc wheel); run.sh looks in the usual places, and for
 # libcublas.so.13 too (optional: without it the benchmark's cuBLAS column says n/a).
-# Not here: the flowseg binary (later work in issue 5).
+# Also packs `flowseg` built with `--features cuda`: run.sh checks that `flowseg run --device cuda`
+# opens the GPU and then says that graphs run on the CPU executor only so far (exit 2, no run
+# directory) — the CUDA plan executor is later work in issue 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.gpu/cuda-check
@@ -37,6 +39,11 @@ for line in sys.stdin:
   cp "$exe" "$out/$name"
   strip "$out/$name" 2>/dev/null || true
 done
+
+cargo build --release --features cuda --bin flowseg
+cp target/release/flowseg "$out/flowseg"
+strip "$out/flowseg" 2>/dev/null || true
+cp graphs/supervised.yaml "$out/supervised.yaml"
 
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -70,6 +77,16 @@ fi
 for t in ./cuda_parity*; do
   "$t" --nocapture --test-threads=1 || status=1
 done
+# The CLI: --device cuda must find the GPU (and say the executor is CPU-only so far).
+msg=$(./flowseg run supervised.yaml --device cuda --out "${TMPDIR:-/tmp}/flowseg-device-check" 2>&1)
+code=$?
+echo "$msg"
+if [ "$code" = 2 ] && grep -q "^error: --device cuda: found " <<<"$msg"; then
+  echo "flowseg --device cuda: opened the GPU"
+else
+  echo "flowseg --device cuda: expected exit 2 with 'found <GPU>', got exit $code"
+  status=1
+fi
 # After the checks: the benchmark table (it checks each kernel against the CPU before timing).
 ./cuda_kernels || status=1
 echo "cuda checks: $([ $status = 0 ] && echo PASSED || echo FAILED)"
