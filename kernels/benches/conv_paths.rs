@@ -18,12 +18,9 @@ use flowseg_kernels::conv2d::{conv2d_bwd, conv2d_fwd, Conv2d};
 use flowseg_kernels::Nchw;
 use std::time::Instant;
 
-/// Switches conv2d between its paths. It reads `FLOWSEG_CONV_PANEL` on the calling thread at
-/// every call; this binary sets it only between calls, from its one thread.
+/// Switches conv2d between its paths on this thread (the choice is made when a call starts).
 fn use_panel(on: bool) {
-    // SAFETY: no other thread reads or writes the environment while this runs (rayon's workers
-    // are idle between conv calls and never touch it).
-    unsafe { std::env::set_var("FLOWSEG_CONV_PANEL", if on { "1" } else { "0" }) };
+    flowseg_kernels::conv2d::force_panel_path(Some(on));
 }
 
 fn main() {

@@ -21,6 +21,7 @@ use crate::conv2d_panel::{self as panel, PanelGeom, MR, NR};
 use crate::gemm::{gemm, transpose, Trans};
 use crate::{check_len, KernelError, Nchw, Real};
 use rayon::prelude::*;
+use std::cell::Cell;
 
 /// Convolution hyper-parameters (kernel extent, stride, zero padding, dilation, groups).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +131,26 @@ struct Geom {
     pix: usize,
     depthwise: bool,
     pointwise: bool,
+    /// f32 calls take the AVX-512 panel path: the CPU has AVX-512F; not depthwise; not a plain
+    /// 1×1 (already a bare GEMM on the input as stored, where the crate is 10–30 % faster than
+    /// the tile); at most 64 output channels per group, where the `gemm` crate's packing and
+    /// per-call cost dominate a product with few rows (`cargo bench --bench conv2d`: 32→32 at
+    /// 64×64 5 % faster, 64→64 and 128→128 even, a 1×1 64→128 12 % slower on the panel path).
+    /// `FLOWSEG_CONV_PANEL=0` or [`force_panel_path`] chooses im2col + `gemm` instead.
+    panel: bool,
+}
+
+thread_local! {
+    static PANEL_OVERRIDE: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// On the calling thread, forces conv2d's f32 path: `Some(false)` im2col + `gemm`,
+/// `Some(true)` the AVX-512 panel path wherever it applies (never on a CPU without AVX-512F),
+/// `None` the default choice. For benchmarks and tests that compare the two paths in one process;
+/// the choice is made when a call starts, so worker threads need no setting of their own.
+#[doc(hidden)]
+pub fn force_panel_path(choice: Option<bool>) {
+    PANEL_OVERRIDE.with(|c| c.set(choice));
 }
 
 impl Geom {
@@ -143,6 +164,7 @@ impl Geom {
         }
         let y = p.out_shape(x, co)?;
         let cig = x.c / g;
+        let (depthwise, pointwise) = (g == x.c && g == co && g > 1, p.is_pointwise());
         Ok(Geom {
             x,
             y,
@@ -151,8 +173,15 @@ impl Geom {
             cog: co / g,
             kg: cig * p.kh * p.kw,
             pix: y.plane(),
-            depthwise: g == x.c && g == co && g > 1,
-            pointwise: p.is_pointwise(),
+            depthwise,
+            pointwise,
+            panel: !depthwise
+                && !pointwise
+                && co / g <= 64
+                && panel::available()
+                && PANEL_OVERRIDE.with(Cell::get).unwrap_or_else(|| {
+                    std::env::var_os("FLOWSEG_CONV_PANEL").is_none_or(|v| v != "0")
+                }),
         })
     }
 
@@ -175,18 +204,9 @@ impl Geom {
         }
     }
 
-    /// Whether this call takes the panel path: f32 data (checked by the caller), AVX-512F, not
-    /// depthwise, not a plain 1×1 (already a bare GEMM on the input as stored, where the crate
-    /// is 10–30 % faster than the tile), at most 64 output channels per group — where the `gemm` crate's packing and
-    /// per-call cost dominate a product with few rows (`cargo bench --bench conv2d`: 32→32 at
-    /// 64×64 5 % faster, 64→64 and 128→128 even, a 1×1 64→128 12 % slower on the panel path).
-    /// `FLOWSEG_CONV_PANEL=0` forces im2col + `gemm` (for comparisons).
+    /// Whether this call takes the panel path (decided in [`Geom::new`], on the calling thread).
     fn use_panel(&self) -> bool {
-        !self.depthwise
-            && !self.pointwise
-            && self.cog <= 64
-            && panel::available()
-            && std::env::var_os("FLOWSEG_CONV_PANEL").is_none_or(|v| v != "0")
+        self.panel
     }
 
     fn col_len(&self) -> usize {
@@ -1063,6 +1083,16 @@ mod tests {
     /// the dilated kernel (dX then takes im2col + col2im).
     #[test]
     fn f32_fast_path_matches_f64_on_panel_edges() {
+        // Both f32 paths: the panel path (where the CPU has AVX-512F) and im2col + `gemm` (what
+        // every other CPU runs).
+        for forced in [Some(false), None] {
+            force_panel_path(forced);
+            f32_paths_match_f64();
+        }
+        force_panel_path(None);
+    }
+
+    fn f32_paths_match_f64() {
         let cases = [
             (
                 "3x3 wide rows",
