@@ -22,7 +22,9 @@
 //!   each graph and the float state count of the CutMix-Seg teacher; one JSON line.
 //! * `profile <n>` — where a step's time goes: every node of `trainer.graph` run on its own on
 //!   captured inputs (as `benches/engine.rs` does), median over `n` passes, summed by op name;
-//!   one JSON line per image size, with `Trainer::step`'s median beside the sum.
+//!   one JSON line per step (supervised at 64×64 and 128×128, CutMix-Seg at 64×64, batch 16),
+//!   with `Trainer::step`'s median beside the sum. `PROFILE_NODES=1` also prints every node
+//!   (median ms, op, name, input shapes) on stderr.
 //!
 //! Threads: rayon's pool, `RAYON_NUM_THREADS` (run.sh sets 2).
 

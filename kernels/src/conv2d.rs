@@ -1078,7 +1078,8 @@ mod tests {
     /// The f32 fast path (AVX-512 panels where the CPU has them, else im2col + `gemm`) against
     /// the f64 path on shapes that reach its edges: more than 32 pixels and not a multiple of 32,
     /// output rows wider than a panel (split runs) and narrower (several rows per panel), Co not
-    /// a multiple of the 8-row tile, K in the hundreds, stride 2 (permuted gathers), dilation
+    /// a multiple of the 8-row tile, K in the hundreds, stride 2 (permuted gathers), stride 3
+    /// (the scalar gather), dilation
     /// with padding past the image, groups, 1×1 with and without stride, a padding larger than
     /// the dilated kernel (dX then takes im2col + col2im).
     #[test]
@@ -1135,6 +1136,12 @@ mod tests {
                 Nchw::new(2, 6, 9, 66),
                 5,
                 Conv2d::square(1, 2, 0, 1),
+            ),
+            (
+                "3x3 s3 (scalar gather)",
+                Nchw::new(2, 5, 40, 101),
+                7,
+                Conv2d::square(3, 3, 1, 1),
             ),
             (
                 "3x3 groups 2",

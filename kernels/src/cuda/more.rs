@@ -138,6 +138,70 @@ fn copy_rows(
         src, rows, row_len, src_stride, src_off, dst_stride, dst_off, dst)
 }
 
+/// How one part of a concat sits in the whole along `axis`: (rows, row length, the whole's row
+/// stride). Channels: N rows of the part's C·H·W, strided by the whole's image; batch: the
+/// part's elements as one row.
+fn part_rows(axis: Axis, part: Nchw, whole: Nchw) -> (usize, usize, usize) {
+    match axis {
+        Axis::Channels => (whole.n, part.image(), whole.image()),
+        Axis::Batch => (1, part.len(), 0),
+    }
+}
+
+/// Both concat forwards: one `copy_rows` per input, at its offset along `axis`.
+fn concat_fwd<T: Word32>(
+    dev: &Device,
+    kernel: &'static str,
+    axis: Axis,
+    inputs: &[(&dyn DeviceBuf<T>, Nchw)],
+    y: &mut impl DeviceBufMut<T>,
+    y_shape: Nchw,
+) -> Result<(), CudaError> {
+    expect(kernel, "y", y, y_shape.len())?;
+    check_parts(
+        kernel,
+        inputs.iter().map(|(x, s)| (x.elems(), *s)),
+        y_shape,
+        axis,
+    )?;
+    let st = dev.stream();
+    let py = y.device_addr(st);
+    let mut off = 0;
+    for (x, s) in inputs {
+        let (rows, len, stride) = part_rows(axis, *s, y_shape);
+        copy_rows(dev, x.device_addr(st), rows, len, len, 0, stride, off, py)?;
+        off += len;
+    }
+    Ok(())
+}
+
+/// Both concat backwards: dy split into the inputs' gradients, the forward's copies reversed.
+fn concat_bwd<T: Word32>(
+    dev: &Device,
+    kernel: &'static str,
+    axis: Axis,
+    dy: &impl DeviceBuf<T>,
+    y_shape: Nchw,
+    outputs: &mut [(&mut dyn DeviceBufMut<T>, Nchw)],
+) -> Result<(), CudaError> {
+    expect(kernel, "dy", dy, y_shape.len())?;
+    check_parts(
+        kernel,
+        outputs.iter().map(|(x, s)| (x.elems(), *s)),
+        y_shape,
+        axis,
+    )?;
+    let st = dev.stream();
+    let pdy = dy.device_addr(st);
+    let mut off = 0;
+    for (dx, s) in outputs.iter_mut() {
+        let (rows, len, stride) = part_rows(axis, *s, y_shape);
+        copy_rows(dev, pdy, rows, len, stride, off, len, 0, dx.device_addr(st))?;
+        off += len;
+    }
+    Ok(())
+}
+
 /// [`crate::elementwise::concat_channels_fwd`] (`torch.cat(.., dim=1)`): one copy per input.
 ///
 /// inputs: each a buffer [N, Ci, H, W] with its shape (all share N, H, W); y: [N, C, H, W]
@@ -148,33 +212,14 @@ pub fn concat_channels_fwd<T: Word32>(
     y: &mut impl DeviceBufMut<T>,
     y_shape: Nchw,
 ) -> Result<(), CudaError> {
-    const K: &str = "concat_channels_fwd";
-    expect(K, "y", y, y_shape.len())?;
-    check_parts(
-        K,
-        inputs.iter().map(|(x, s)| (x.elems(), *s)),
-        y_shape,
+    concat_fwd(
+        dev,
+        "concat_channels_fwd",
         Axis::Channels,
-    )?;
-    let st = dev.stream();
-    let py = y.device_addr(st);
-    let mut off = 0;
-    for (x, s) in inputs {
-        let chunk = s.image();
-        copy_rows(
-            dev,
-            x.device_addr(st),
-            y_shape.n,
-            chunk,
-            chunk,
-            0,
-            y_shape.image(),
-            off,
-            py,
-        )?;
-        off += chunk;
-    }
-    Ok(())
+        inputs,
+        y,
+        y_shape,
+    )
 }
 
 /// [`crate::elementwise::concat_channels_bwd`]: splits dy into the inputs' gradients.
@@ -187,33 +232,14 @@ pub fn concat_channels_bwd<T: Word32>(
     y_shape: Nchw,
     outputs: &mut [(&mut dyn DeviceBufMut<T>, Nchw)],
 ) -> Result<(), CudaError> {
-    const K: &str = "concat_channels_bwd";
-    expect(K, "dy", dy, y_shape.len())?;
-    check_parts(
-        K,
-        outputs.iter().map(|(x, s)| (x.elems(), *s)),
-        y_shape,
+    concat_bwd(
+        dev,
+        "concat_channels_bwd",
         Axis::Channels,
-    )?;
-    let st = dev.stream();
-    let pdy = dy.device_addr(st);
-    let mut off = 0;
-    for (dx, s) in outputs.iter_mut() {
-        let chunk = s.image();
-        copy_rows(
-            dev,
-            pdy,
-            y_shape.n,
-            chunk,
-            y_shape.image(),
-            off,
-            chunk,
-            0,
-            dx.device_addr(st),
-        )?;
-        off += chunk;
-    }
-    Ok(())
+        dy,
+        y_shape,
+        outputs,
+    )
 }
 
 /// [`crate::elementwise::concat_batch_fwd`] (`torch.cat(.., dim=0)`): the inputs end to end.
@@ -226,23 +252,7 @@ pub fn concat_batch_fwd<T: Word32>(
     y: &mut impl DeviceBufMut<T>,
     y_shape: Nchw,
 ) -> Result<(), CudaError> {
-    const K: &str = "concat_batch_fwd";
-    expect(K, "y", y, y_shape.len())?;
-    check_parts(
-        K,
-        inputs.iter().map(|(x, s)| (x.elems(), *s)),
-        y_shape,
-        Axis::Batch,
-    )?;
-    let st = dev.stream();
-    let py = y.device_addr(st);
-    let mut off = 0;
-    for (x, _) in inputs {
-        let len = x.elems();
-        copy_rows(dev, x.device_addr(st), 1, len, 0, 0, 0, off, py)?;
-        off += len;
-    }
-    Ok(())
+    concat_fwd(dev, "concat_batch_fwd", Axis::Batch, inputs, y, y_shape)
 }
 
 /// [`crate::elementwise::concat_batch_bwd`]: splits dy into the inputs' gradients.
@@ -255,23 +265,7 @@ pub fn concat_batch_bwd<T: Word32>(
     y_shape: Nchw,
     outputs: &mut [(&mut dyn DeviceBufMut<T>, Nchw)],
 ) -> Result<(), CudaError> {
-    const K: &str = "concat_batch_bwd";
-    expect(K, "dy", dy, y_shape.len())?;
-    check_parts(
-        K,
-        outputs.iter().map(|(x, s)| (x.elems(), *s)),
-        y_shape,
-        Axis::Batch,
-    )?;
-    let st = dev.stream();
-    let pdy = dy.device_addr(st);
-    let mut off = 0;
-    for (dx, _) in outputs.iter_mut() {
-        let len = dx.elems();
-        copy_rows(dev, pdy, 1, len, 0, off, 0, 0, dx.device_addr(st))?;
-        off += len;
-    }
-    Ok(())
+    concat_bwd(dev, "concat_batch_bwd", Axis::Batch, dy, y_shape, outputs)
 }
 
 /// [`crate::elementwise::slice_channels_fwd`]: `x[:, c_start:c_end]`, copied contiguously.
