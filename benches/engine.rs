@@ -74,6 +74,7 @@ fn main() {
             "net.w".into(),
             flowseg_engine::TensorSpec::f32(&[1, 8, 1, 1]),
         )]),
+        hidden: Default::default(),
     };
     let (gspec, _) = spec::parse_graph(&text, &[]).unwrap();
     let mut nodes = 0;
@@ -112,6 +113,7 @@ fn main() {
     let env = Env {
         batch: source.specs(),
         state: BTreeMap::new(),
+        hidden: source.hidden_fields(),
     };
     let mut trainer = Trainer::new(&gspec, &registry, &env, BTreeMap::new()).unwrap();
     let batch = source.batch(0).unwrap();

@@ -91,6 +91,7 @@ fn trainer(registry: &Registry, graph: &str, sets: &[String]) -> (Trainer, Batch
     let env = Env {
         batch: source.specs(),
         state: BTreeMap::new(),
+        hidden: source.hidden_fields(),
     };
     let trainer = match Trainer::new(&gspec, registry, &env, BTreeMap::new()) {
         Ok(t) => t,
@@ -245,6 +246,7 @@ fn time_eval(registry: &Registry, size: usize, n: usize) -> f64 {
             .map(|(k, v)| (k.clone(), v.spec().clone()))
             .collect(),
         state: BTreeMap::new(),
+        hidden: Default::default(),
     };
     let graph = match ir::build(&gspec, registry, &env) {
         Ok(g) => g,
@@ -409,7 +411,10 @@ fn profile(registry: &Registry, label: &str, graph: &str, size: usize, sets: &[S
 }
 
 fn usage() -> ! {
-    eprintln!("usage: peer_step export <dir> [--set k=v]... | time <n> | profile <n>");
+    eprintln!(
+        "usage: peer_step export <dir> [--set k=v]... | time <n> | profile <n> | \
+         profile-graph <graph.yaml> <n> [k=v]..."
+    );
     std::process::exit(2)
 }
 
@@ -441,6 +446,12 @@ fn main() {
             profile(&registry, "supervised", SUPERVISED, 64, &sizes(16, 64), n);
             profile(&registry, "supervised", SUPERVISED, 128, &sizes(16, 128), n);
             profile(&registry, "cutmix_seg", CUTMIX, 64, &semi_sizes(16, 64), n);
+        }
+        Some("profile-graph") => {
+            let path = args.get(1).unwrap_or_else(|| usage());
+            let n = count(args.get(2));
+            let sets: Vec<String> = args[3..].to_vec();
+            profile(&registry, path, path, 0, &sets, n);
         }
         // Plain `cargo bench` (every bench binary): a short timing, so it does something useful.
         None => time_all(&registry, 5),

@@ -5,7 +5,9 @@
 //!
 //! Not here: the split and generator logic (flowseg-ops `data::split`, `data::m2nist`).
 
-use flowseg_ops::data::m2nist::{generate, parse_digit_range, M2nistArgs, CLASSES};
+use flowseg_ops::data::m2nist::{
+    generate, parse_digit_range, parse_scale_range, M2nistArgs, CLASSES,
+};
 use flowseg_ops::data::split::{split, Labeled};
 use std::fs;
 use std::io::Write;
@@ -40,6 +42,13 @@ pub struct M2nistFlags {
     /// Digits per canvas: `2..4` (inclusive) or one number.
     #[arg(long, default_value = "2..4", value_parser = parse_digit_range)]
     digits: (usize, usize),
+    /// Rescale factor of each digit's ink box (about 20 px tall at 1.0): `0.8..1.2`
+    /// (inclusive) or one factor.
+    #[arg(long, default_value = "0.8..1.2", value_parser = parse_scale_range)]
+    scale: (usize, usize),
+    /// Let digits overlap, later ones drawn over earlier ones (default: ink boxes kept apart).
+    #[arg(long)]
+    overlap: bool,
     /// Seed of the composition (same arguments → byte-identical files).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -150,6 +159,8 @@ fn m2nist_cmd(
         out: a.out.clone(),
         size: a.size,
         digits: a.digits,
+        scale: a.scale,
+        overlap: a.overlap,
         seed: a.seed,
         train_images: a.train,
         val_images: a.val,

@@ -162,10 +162,12 @@ impl<'r> Predictor<'r> {
                 },
                 eval: EvalSpec::default(),
                 nodes,
+                metrics: Vec::new(),
             };
             let env = Env {
                 batch: BTreeMap::from([("image".to_owned(), TensorSpec::f32(&[n, 3, h, w]))]),
                 state: BTreeMap::new(),
+                hidden: Default::default(),
             };
             let graph = ir::build(&eval_spec, self.registry, &env).map_err(|errs| {
                 errs.iter()

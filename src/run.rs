@@ -4,7 +4,9 @@
 //! ```text
 //! runs/<name>/<UTC timestamp>/
 //!   graph.yaml                  the resolved graph (overrides applied): what actually ran
-//!   metrics.jsonl               one JSON object per iteration: losses, seconds since start
+//!   metrics.jsonl               one JSON object per iteration: losses (`loss/<ref>`), the
+//!                               graph's `metrics:` (`metric/<name>`), learning rates
+//!                               (`lr/<model>`), seconds since start; one per evaluation
 //!   checkpoints/last.safetensors  state + optimizer buffers, written atomically
 //!   checkpoints/iter-<N>.safetensors  every `train.checkpoint_every` iterations
 //! ```
@@ -127,6 +129,7 @@ pub(crate) fn load(
     let env = Env {
         batch: source.specs(),
         state: BTreeMap::new(),
+        hidden: source.hidden_fields(),
     };
     let mut trainer =
         Trainer::new(&spec, registry, &env, BTreeMap::new()).map_err(|e| reject(&e))?;
@@ -551,6 +554,14 @@ fn run_inner(
         );
         for (name, v) in &losses {
             line.insert(format!("loss/{name}"), serde_json::json!(v));
+        }
+        // A metric with no value this step (NaN) is written as null.
+        for (name, v) in &trainer.metric_values {
+            let v = v.is_finite().then_some(*v);
+            line.insert(format!("metric/{name}"), serde_json::json!(v));
+        }
+        for (model, lr) in trainer.learning_rates(it) {
+            line.insert(format!("lr/{model}"), serde_json::json!(lr));
         }
         writeln!(metrics, "{}", serde_json::Value::Object(line))
             .map_err(|e| io_fail("append to", &metrics_path, e))?;

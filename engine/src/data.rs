@@ -82,6 +82,13 @@ pub trait Source: Send {
     /// `flowseg predict` does to image files so they look like the training images).
     fn normalize(&self, _image: &mut [f32]) {}
 
+    /// Fields of [`Source::specs`] that hold what a semi-supervised method must not see — the
+    /// labels of unlabeled images, there to measure pseudo-labels against. A graph may log
+    /// metrics from them; the trainer refuses a minimized loss that depends on one.
+    fn hidden_fields(&self) -> std::collections::BTreeSet<String> {
+        std::collections::BTreeSet::new()
+    }
+
     /// The labeled/unlabeled split, if the source has one.
     fn split(&self) -> Option<SplitLists> {
         None

@@ -105,6 +105,10 @@ pub struct Env {
     pub batch: BTreeMap<String, TensorSpec>,
     /// Persistent tensors (`state.<name>`).
     pub state: BTreeMap<String, TensorSpec>,
+    /// Batch fields a graph may read for diagnostics only (`metrics:`), never on the way to a
+    /// loss an optimizer minimizes: the ground truth of unlabeled images
+    /// ([`crate::data::Source::hidden_fields`]). The trainer enforces it (FS0111).
+    pub hidden: BTreeSet<String>,
 }
 
 /// A validated node.
@@ -406,11 +410,11 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
     let mut used: BTreeSet<(usize, usize)> = BTreeSet::new();
     // An output an optimizer minimizes is used (by the optimizer); a bad reference there is the
     // trainer's error to report (FS0111).
-    for (_, o) in &spec.optim {
-        for r in o.minimize.keys() {
-            if let Ok(Ref::Node(j, k)) = resolve(r, &index, &outputs_of, env) {
-                used.insert((j, k));
-            }
+    // So is a logged metric.
+    let logged = spec.optim.iter().flat_map(|(_, o)| o.minimize.keys());
+    for r in logged.chain(spec.metrics.iter().map(|(_, r)| r)) {
+        if let Ok(Ref::Node(j, k)) = resolve(r, &index, &outputs_of, env) {
+            used.insert((j, k));
         }
     }
     for &i in &order {

@@ -102,6 +102,11 @@ pub struct Trainer {
     pub graph: Graph,
     /// Every loss some optimizer minimizes, by reference, for logging.
     pub losses: Vec<(String, Source)>,
+    /// The graph's `metrics:` (name, source), logged beside the losses.
+    pub metrics: Vec<(String, Source)>,
+    /// The values of [`Trainer::metrics`] after the last [`Trainer::step`] (NaN where a metric
+    /// had no value, e.g. an accuracy over no pixel).
+    pub metric_values: Vec<(String, f32)>,
     /// Persistent tensors (parameters), updated in place by [`Trainer::step`].
     pub state: BTreeMap<String, Tensor>,
     optimizers: Vec<Optimizer>,
@@ -189,6 +194,24 @@ impl Trainer {
                     ),
                 }
             }
+            for (reference, _) in &ospec.minimize {
+                let hidden = resolve_output(&graph, registry, reference)
+                    .and_then(|src| hidden_input(&graph, &src, &env.hidden));
+                if let Some(field) = hidden {
+                    errors.push(
+                        GraphError::new(
+                            BAD_OBJECTIVE,
+                            format!(
+                                "`{}` depends on `batch.{field}`, the hidden ground truth of \
+                                 unlabeled images: a minimized loss must not see it",
+                                reference.value
+                            ),
+                            reference.loc,
+                        )
+                        .help("hidden fields may feed `metrics:` only (e.g. pseudo-label accuracy)"),
+                    );
+                }
+            }
             if objective.is_empty() {
                 if ospec.minimize.is_empty() {
                     errors.push(
@@ -247,6 +270,37 @@ impl Trainer {
                 ));
             }
         }
+        let mut metrics = Vec::new();
+        for (name, reference) in &spec.metrics {
+            match resolve_output(&graph, registry, reference) {
+                Some(src) if graph.spec_of(&src).is_some_and(|s| s.len() == 1) => {
+                    metrics.push((name.value.clone(), src));
+                }
+                Some(src) => errors.push(GraphError::new(
+                    BAD_OBJECTIVE,
+                    format!(
+                        "metric `{}` = `{}` is {}, not a scalar",
+                        name.value,
+                        reference.value,
+                        graph
+                            .spec_of(&src)
+                            .map_or("unknown".to_owned(), |s| s.to_string())
+                    ),
+                    reference.loc,
+                ).help("log a scalar: reduce it first, e.g. with a `mean` node")),
+                None => errors.push(
+                    GraphError::new(
+                        BAD_OBJECTIVE,
+                        format!(
+                            "metric `{}` names `{}`, which is no node output",
+                            name.value, reference.value
+                        ),
+                        reference.loc,
+                    )
+                    .help("write `<name>: <node>.<output>`, e.g. `confident: conf_frac.y`"),
+                ),
+            }
+        }
         let emas = ema_pairs(spec, &graph, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
@@ -255,6 +309,7 @@ impl Trainer {
             .iter()
             .flat_map(|o| o.params.iter().map(|p| &p.grad));
         let keep = (losses.iter().map(|(_, s)| s).chain(grads))
+            .chain(metrics.iter().map(|(_, s)| s))
             .chain(graph.assigns.iter().map(|(s, _)| s))
             .cloned()
             .collect();
@@ -264,6 +319,8 @@ impl Trainer {
             workspace: exec::Workspace::default(),
             graph,
             losses,
+            metric_values: Vec::new(),
+            metrics,
             state,
             optimizers,
             emas,
@@ -382,6 +439,9 @@ impl Trainer {
             }
             values.push((name.clone(), v));
         }
+        self.metric_values = (self.metrics.iter())
+            .map(|(name, src)| (name.clone(), run.scalar(src).unwrap_or(f32::NAN)))
+            .collect();
         drop(run);
         // The gradients and assigned buffers are read in place from the workspace, which the
         // updates below do not touch.
@@ -475,6 +535,16 @@ impl Trainer {
 }
 
 impl Trainer {
+    /// Each optimizer's model and its base learning rate at `iteration` (before `lr_mult`).
+    pub fn learning_rates(&self, iteration: u64) -> Vec<(String, f64)> {
+        (self.optimizers.iter())
+            .map(|o| {
+                let lr = lr_at(o.spec.lr, o.spec.schedule.as_ref(), iteration, self.total);
+                (o.model.clone(), lr)
+            })
+            .collect()
+    }
+
     /// Every trained parameter's state name and the source of its gradient in [`Trainer::graph`]
     /// (optimizers in declared order), for tools that inspect one step: after
     /// [`exec::run_cpu`], `run.get(&source)` is the gradient the update would use.
@@ -643,6 +713,27 @@ fn name_stream(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// The first hidden batch field (`Env::hidden`) that `src` depends on, if any.
+fn hidden_input(graph: &Graph, src: &Source, hidden: &BTreeSet<String>) -> Option<String> {
+    if hidden.is_empty() {
+        return None;
+    }
+    let mut stack = vec![src.clone()];
+    let mut seen = BTreeSet::new();
+    while let Some(s) = stack.pop() {
+        match s {
+            Source::Batch(f) if hidden.contains(&f) => return Some(f),
+            Source::Batch(_) | Source::State(_) => {}
+            Source::Node { node, .. } => {
+                if seen.insert(node) {
+                    stack.extend(graph.nodes[node].inputs.iter().flatten().cloned());
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The source of `node.port` among the graph's nodes.

@@ -112,6 +112,7 @@ fn env() -> ir::Env {
             ("label".to_owned(), TensorSpec::i32(&[2, 4, 4])),
         ]),
         state: BTreeMap::from([("net.w".to_owned(), TensorSpec::f32(&[2, 3, 4, 4]))]),
+        hidden: Default::default(),
     }
 }
 

@@ -95,6 +95,7 @@ pub mod models {
     pub mod deeplab_lite;
     mod layers;
     pub mod resnet;
+    pub mod unet;
 }
 
 /// Adds every built-in op and model to `r`, one line each. Also usable as a plugin
@@ -132,6 +133,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;
     r.add_model::<models::resnet::Resnet50DeepLabV3Plus>()?;
+    r.add_model::<models::unet::Unet>()?;
     Ok(())
 }
 

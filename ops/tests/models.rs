@@ -36,6 +36,7 @@ fn env(n: usize, h: usize, w: usize) -> Env {
             ("target".into(), TensorSpec::i32(&[n, h, w])),
         ]),
         state: BTreeMap::new(),
+        hidden: Default::default(),
     }
 }
 

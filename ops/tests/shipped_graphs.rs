@@ -80,6 +80,7 @@ fn every_shipped_graph_steps_identically_on_poisoned_and_reused_buffers() {
         let env = Env {
             batch: source.specs(),
             state: BTreeMap::new(),
+            hidden: source.hidden_fields(),
         };
         let trainer = Trainer::new(&gspec, &registry, &env, BTreeMap::new())
             .unwrap_or_else(|e| panic!("{what}: {e:#?}"));

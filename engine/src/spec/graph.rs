@@ -15,6 +15,7 @@
 //! train: { iterations: 2000, eval_every: 500, checkpoint_every: 1000, seed: 0 }
 //! nodes:
 //!   - { name: fwd, op: forward, inputs: { image: batch.image }, params: { model: student } }
+//! metrics: { loss_again: sup_loss.loss }        # extra scalars logged each iteration
 //! ```
 
 use super::de::{from_node, DeError, Sp};
@@ -39,6 +40,10 @@ pub struct GraphSpec {
     pub eval: EvalSpec,
     /// The ops, in file order.
     pub nodes: Vec<NodeSpec>,
+    /// Scalars logged every iteration beside the losses (`metrics.jsonl` keys `metric/<name>`):
+    /// name → `node.port` (an f32 scalar). Diagnostics such as a pseudo-label's accuracy or the
+    /// confident fraction; nothing is optimized through them.
+    pub metrics: Vec<(Sp<String>, Sp<String>)>,
 }
 
 /// A network: an architecture with params, or an EMA copy of another model.
@@ -284,7 +289,9 @@ pub struct NodeSpec {
     pub stream: Option<Sp<String>>,
 }
 
-const SECTIONS: [&str; 7] = ["name", "data", "models", "optim", "train", "eval", "nodes"];
+const SECTIONS: [&str; 8] = [
+    "name", "data", "models", "optim", "train", "eval", "nodes", "metrics",
+];
 
 /// Decodes the sections one by one (and nodes one by one), collecting every error.
 pub(super) fn decode(root: &Node) -> Result<GraphSpec, Vec<DeError>> {
@@ -333,6 +340,7 @@ pub(super) fn decode(root: &Node) -> Result<GraphSpec, Vec<DeError>> {
     };
     let models = named_entries::<ModelSpec>(root.get("models"), &mut errors);
     let optim = named_entries::<OptimSpec>(root.get("optim"), &mut errors);
+    let metrics = named_entries::<Sp<String>>(root.get("metrics"), &mut errors);
     let mut nodes = Vec::new();
     match root.get("nodes").map(|n| &n.value) {
         Some(Value::Seq(items)) => {
@@ -357,6 +365,7 @@ pub(super) fn decode(root: &Node) -> Result<GraphSpec, Vec<DeError>> {
             train,
             eval,
             nodes,
+            metrics,
         }),
         _ => Err(errors),
     }

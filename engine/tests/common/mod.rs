@@ -188,6 +188,7 @@ pub fn env() -> Env {
             ("net.v".into(), s.clone()),
             ("teacher.w".into(), s),
         ]),
+        hidden: Default::default(),
     }
 }
 

@@ -11,7 +11,9 @@
 //! Batch fields: `image` f32[B, 3, H, W] and `label` i32[B, H, W] (255: ignore, or padding);
 //! with `unlabeled_batch: U`, per unlabeled set `u_image` f32[U, 3, H, W] and `u_valid`
 //! f32[U, H, W] (1 on image pixels, 0 on crop padding), the second set `u_image_2`, `u_valid_2`
-//! and so on. Photometric augmentation and mixing are graph ops, not loader work: every view of
+//! and so on; with `unlabeled_truth: true` also the hidden `u_label` i32[U, H, W] per set
+//! (`u_label_2`, ...), the unlabeled images' ground truth for diagnostics only (the trainer
+//! keeps it away from every minimized loss). Photometric augmentation and mixing are graph ops, not loader work: every view of
 //! an unlabeled image made in the graph shares the loader's geometry by construction.
 //!
 //! Not here: decoding and geometry (`files.rs`), generated data (`synthetic.rs`).
@@ -99,6 +101,10 @@ pub struct Batching {
     pub workers: usize,
     /// Batches each worker may hold ready.
     pub prefetch: usize,
+    /// Also deliver the labels of the unlabeled images (`u_label`, `u_label_2`, ...) as hidden
+    /// fields: for diagnostics such as pseudo-label accuracy, never for a loss (the trainer
+    /// refuses that). Items without any label give 255 (ignored) everywhere.
+    pub unlabeled_truth: bool,
 }
 
 impl Default for Batching {
@@ -111,6 +117,7 @@ impl Default for Batching {
             split_seed: 0,
             workers: 2,
             prefetch: 4,
+            unlabeled_truth: false,
         }
     }
 }
@@ -123,6 +130,7 @@ const BATCHING_KEYS: &[&str] = &[
     "split_seed",
     "workers",
     "prefetch",
+    "unlabeled_truth",
 ];
 
 /// A dataset's own params `P` plus the [`Batching`] keys, read from one mapping: the batching
@@ -164,6 +172,7 @@ impl SharedKeys for Batching {
             "labeled" => self.labeled = map.next_value()?,
             "split_seed" => self.split_seed = map.next_value()?,
             "workers" => self.workers = map.next_value()?,
+            "unlabeled_truth" => self.unlabeled_truth = map.next_value()?,
             _ => self.prefetch = map.next_value()?,
         }
         Ok(())
@@ -188,6 +197,15 @@ pub fn unlabeled_fields(s: usize) -> (String, String) {
         ("u_image".to_owned(), "u_valid".to_owned())
     } else {
         (format!("u_image_{}", s + 1), format!("u_valid_{}", s + 1))
+    }
+}
+
+/// The hidden ground-truth field of unlabeled set `s` (0-based): `u_label`, `u_label_2`, ...
+pub fn unlabeled_truth_field(s: usize) -> String {
+    if s == 0 {
+        "u_label".to_owned()
+    } else {
+        format!("u_label_{}", s + 1)
     }
 }
 
@@ -219,19 +237,31 @@ impl Draws {
         out.insert("image".into(), tensor_f32(&[bl, 3, h, w], image)?);
         out.insert("label".into(), tensor_i32(&[bl, h, w], label)?);
         for (s, sampler) in self.unlabeled.iter_mut().enumerate() {
+            let truth = self.b.unlabeled_truth;
             let mut image = Vec::with_capacity(bu * 3 * h * w);
             let mut valid = Vec::with_capacity(bu * h * w);
+            let mut label = Vec::with_capacity(if truth { bu * h * w } else { 0 });
             for j in 0..bu as u64 {
                 let k = iteration * bu as u64 + j;
                 let item = sampler.draw(k).ok_or_else(no_items)?;
                 let stream = tag(&[b'G', b'E', b'U', b'0' + s as u8]) | (k & 0xffff_ffff);
-                let smp = set.sample(item, &Philox::new(self.seed, stream), false)?;
+                let with_label = truth && set.has_label(item);
+                let smp = set.sample(item, &Philox::new(self.seed, stream), with_label)?;
                 image.extend_from_slice(&smp.image);
                 valid.extend_from_slice(&smp.valid);
+                if truth {
+                    match smp.label {
+                        Some(l) => label.extend_from_slice(&l),
+                        None => label.resize(label.len() + h * w, IGNORE),
+                    }
+                }
             }
             let (fi, fv) = unlabeled_fields(s);
             out.insert(fi, tensor_f32(&[bu, 3, h, w], image)?);
             out.insert(fv, tensor_f32(&[bu, h, w], valid)?);
+            if truth {
+                out.insert(unlabeled_truth_field(s), tensor_i32(&[bu, h, w], label)?);
+            }
         }
         Ok(out)
     }
@@ -341,7 +371,19 @@ impl<S: SampleSet> Source for SemiSource<S> {
             m.insert(fi, TensorSpec::f32(&[bu, 3, h, w]));
             m.insert(fv, TensorSpec::f32(&[bu, h, w]));
         }
+        for f in self.hidden_fields() {
+            m.insert(f, TensorSpec::i32(&[bu, h, w]));
+        }
         m
+    }
+
+    fn hidden_fields(&self) -> std::collections::BTreeSet<String> {
+        if !self.draws.b.unlabeled_truth {
+            return Default::default();
+        }
+        (0..self.draws.unlabeled.len())
+            .map(unlabeled_truth_field)
+            .collect()
     }
 
     fn batch(&mut self, iteration: u64) -> Result<Batch, DataError> {
