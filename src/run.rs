@@ -124,8 +124,13 @@ pub(crate) fn load(
 ) -> Result<Loaded, Rejected> {
     let shown = path.display().to_string();
     let reject = |errors: &[GraphError]| Rejected(report::render(&shown, text, errors, color));
-    let (spec, root) = spec::parse_graph(text, sets).map_err(|e| reject(&e))?;
+    let (spec, mut root) = spec::parse_graph(text, sets).map_err(|e| reject(&e))?;
     let source = open_source(&spec, registry).map_err(|e| reject(&[e]))?;
+    // Models that leave `classes` out take the data's count.
+    let spec = match source.classes().len() {
+        0 => spec,
+        n => spec::default_model_classes(&mut root, n).map_err(|e| reject(&e))?,
+    };
     let env = Env {
         batch: source.specs(),
         state: BTreeMap::new(),

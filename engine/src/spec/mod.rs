@@ -216,3 +216,57 @@ pub fn parse_graph(text: &str, overrides: &[String]) -> Result<(GraphSpec, Node)
         Err(errs) => Err(errs.into_iter().map(GraphError::schema).collect()),
     }
 }
+
+/// Gives every model with an `arch` whose params lack `classes` the data source's class count
+/// (`classes` is then written in the resolved graph a run keeps), and decodes the tree again.
+/// Graphs can so leave the count to the data: the same method graph runs on `synthetic` (6
+/// classes) and on m2nist (11). A count written in the file is kept, and a mismatch with the
+/// data is the evaluator's error to report.
+pub fn default_model_classes(
+    root: &mut Node,
+    classes: usize,
+) -> Result<GraphSpec, Vec<GraphError>> {
+    let count = Node::detached(Value::Int(i64::try_from(classes).unwrap_or(i64::MAX)));
+    let key = || Node::detached(Value::Str("classes".to_owned()));
+    if let Some(Node {
+        value: Value::Map(models),
+        ..
+    }) = root_entry(root, "models")
+    {
+        for (_, model) in models.iter_mut() {
+            if model.get("arch").is_none() {
+                continue;
+            }
+            let Value::Map(fields) = &mut model.value else {
+                continue;
+            };
+            match fields.iter_mut().find(|(k, _)| k.as_str() == Some("params")) {
+                Some((_, params)) => {
+                    if let Value::Map(entries) = &mut params.value {
+                        if !entries.iter().any(|(k, _)| k.as_str() == Some("classes")) {
+                            entries.push((key(), count.clone()));
+                        }
+                    } else if params.value == Value::Null {
+                        params.value = Value::Map(vec![(key(), count.clone())]);
+                    }
+                }
+                None => fields.push((
+                    Node::detached(Value::Str("params".to_owned())),
+                    Node::detached(Value::Map(vec![(key(), count.clone())])),
+                )),
+            }
+        }
+    }
+    graph::decode(root).map_err(|errs| errs.into_iter().map(GraphError::schema).collect())
+}
+
+/// The value under a top-level key of the graph tree, mutably.
+fn root_entry<'a>(root: &'a mut Node, key: &str) -> Option<&'a mut Node> {
+    match &mut root.value {
+        Value::Map(entries) => entries
+            .iter_mut()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
