@@ -37,7 +37,7 @@
 )]
 
 use flowseg_engine::checkpoint::{self, Checkpoint};
-use flowseg_engine::data::{open_source, Batch};
+use flowseg_engine::data::Batch;
 use flowseg_engine::exec::{run_cpu, run_plan_in, ExecOrder, Workspace};
 use flowseg_engine::ir::{self, Env, Graph, Source};
 use flowseg_engine::plan::{plan, PlanOptions};
@@ -86,8 +86,8 @@ fn parse(graph: &str, sets: &[String]) -> GraphSpec {
 
 /// The trainer of `graph` with `sets` and batch 0 of its data.
 fn trainer(registry: &Registry, graph: &str, sets: &[String]) -> (Trainer, Batch) {
-    let gspec = parse(graph, sets);
-    let mut source = open_source(&gspec, registry).unwrap();
+    let text = std::fs::read_to_string(graph).unwrap();
+    let (gspec, _, mut source) = flowseg_engine::data::open_graph(&text, sets, registry).unwrap();
     let env = Env {
         batch: source.specs(),
         state: BTreeMap::new(),

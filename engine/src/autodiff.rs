@@ -15,7 +15,7 @@
 
 use crate::ir::{Graph, IrNode, Source};
 use crate::op::{io, Configured, ExecCx, NoParams, Op, OpError, Port};
-use crate::spec::{GraphError, Loc, Sp};
+use crate::spec::{GraphError, Loc, LossWeight, Sp};
 use crate::tensor::{DType, Tensor, TensorSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -122,6 +122,18 @@ pub fn differentiate(
     losses: &[(Source, f32)],
     wrt: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, Source>, Vec<GraphError>> {
+    let weighted: Vec<(Source, LossWeight)> =
+        losses.iter().map(|(s, w)| (s.clone(), (*w).into())).collect();
+    differentiate_weighted(graph, &weighted, wrt)
+}
+
+/// [`differentiate`] with weights that may follow a schedule over iterations (the seed of each
+/// loss reads the iteration it runs in).
+pub fn differentiate_weighted(
+    graph: &mut Graph,
+    losses: &[(Source, LossWeight)],
+    wrt: &BTreeSet<String>,
+) -> Result<BTreeMap<String, Source>, Vec<GraphError>> {
     let sources: BTreeSet<Source> = wrt.iter().cloned().map(Source::State).collect();
     let grads = differentiate_sources(graph, losses, &sources)?;
     Ok(grads
@@ -138,7 +150,7 @@ pub fn differentiate(
 /// depend on.
 pub fn differentiate_sources(
     graph: &mut Graph,
-    losses: &[(Source, f32)],
+    losses: &[(Source, LossWeight)],
     wrt: &BTreeSet<Source>,
 ) -> Result<BTreeMap<Source, Source>, Vec<GraphError>> {
     let mut errors = Vec::new();
@@ -298,21 +310,26 @@ fn accumulate(
     Ok(())
 }
 
-/// The seed of the backward pass: the loss's weight, d(Σ w·loss)/d loss.
+/// The seed of the backward pass: the loss's weight at this iteration, d(Σ w·loss)/d loss.
 struct GradSeed;
 
 impl Op for GradSeed {
     const NAME: &'static str = "grad_seed";
-    const SUMMARY: &'static str = "the loss weight w, seeding d(w·loss)/d(loss)";
+    const SUMMARY: &'static str = "the loss weight w(t), seeding d(w·loss)/d(loss)";
     const INPUTS: &'static [Port] = &[];
     const OUTPUTS: &'static [Port] = &[Port::req("w", "f32[]")];
     const EXAMPLE: &'static str = "";
-    type Params = f32;
-    fn infer(_: &f32, _: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+    type Params = LossWeight;
+    fn infer(_: &LossWeight, _: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         Ok(vec![TensorSpec::scalar()])
     }
-    fn cpu(w: &f32, _: &ExecCx, _: &[Option<&Tensor>], out: &mut [Tensor]) -> Result<(), OpError> {
-        io::f32_out(Self::OUTPUTS, out, 0)?.fill(*w);
+    fn cpu(
+        w: &LossWeight,
+        cx: &ExecCx,
+        _: &[Option<&Tensor>],
+        out: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        io::f32_out(Self::OUTPUTS, out, 0)?.fill(w.at(cx.iteration) as f32);
         Ok(())
     }
 }

@@ -213,3 +213,21 @@ pub fn open_source(
         Ok(Ok(source)) => Ok(source),
     }
 }
+
+/// A graph file read up to its opened data source: the text parsed with the `--set`
+/// overrides, the source opened, and models that leave `classes` out given the source's class
+/// count ([`crate::spec::default_model_classes`]). Returns the spec, the resolved tree (what a
+/// run keeps as its graph.yaml) and the source.
+pub fn open_graph(
+    text: &str,
+    overrides: &[String],
+    registry: &crate::registry::Registry,
+) -> Result<(crate::spec::GraphSpec, Node, Box<dyn Source>), Vec<crate::spec::GraphError>> {
+    let (spec, mut root) = crate::spec::parse_graph(text, overrides)?;
+    let source = open_source(&spec, registry).map_err(|e| vec![e])?;
+    let spec = match source.classes().len() {
+        0 => spec,
+        n => crate::spec::default_model_classes(&mut root, n)?,
+    };
+    Ok((spec, root, source))
+}

@@ -20,7 +20,7 @@
 //!
 //! Not here: state-conflict checks and streams (`plan.rs`, which has the ordering).
 
-use crate::model::{Net, StateDecl, Tracer};
+use crate::model::{Net, Stage, StateDecl, Tracer};
 use crate::op::{OpNode, Port};
 use crate::registry::Registry;
 use crate::spec::{from_node, GraphError, GraphSpec, Loc, Sp};
@@ -67,6 +67,9 @@ struct ForwardParams {
     /// `train` (batch statistics, updated running statistics) or `eval`.
     #[serde(default)]
     mode: Mode,
+    /// `whole` (default), `encoder` or `decoder`: which part of a split architecture runs.
+    #[serde(default)]
+    stage: Stage,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -176,6 +179,7 @@ enum Kind {
         net: Arc<dyn Net>,
         model: String,
         train: bool,
+        stage: Stage,
     },
     Grad,
 }
@@ -489,8 +493,15 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
                     }
                 }
             }
-            Kind::Forward { net, model, train } => {
-                let Some(image) = sources.first().cloned().flatten() else {
+            Kind::Forward {
+                net,
+                model,
+                train,
+                stage,
+            } => {
+                // Every port of a forward is required: a missing one was reported already.
+                let Some(inputs) = sources.iter().cloned().collect::<Option<Vec<Source>>>()
+                else {
                     continue;
                 };
                 let mut tracer = Tracer {
@@ -504,7 +515,7 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
                     train: *train,
                     scope: Vec::new(),
                 };
-                match net.trace(&mut tracer, image) {
+                match net.trace_stage(*stage, &mut tracer, inputs) {
                     Ok(outs) => produced[i] = Some(outs),
                     Err(msg) => errors.push(
                         GraphError::new(
@@ -614,7 +625,11 @@ fn grad_of(
     };
     let wanted: BTreeSet<Source> = [wrt.clone()].into();
     let result =
-        crate::autodiff::differentiate_sources(&mut partial, &[(of.clone(), 1.0)], &wanted);
+        crate::autodiff::differentiate_sources(
+            &mut partial,
+            &[(of.clone(), crate::spec::LossWeight::Fixed(1.0))],
+            &wanted,
+        );
     let g = match result {
         Ok(mut grads) => grads.remove(wrt),
         Err(errs) => {
@@ -669,7 +684,7 @@ fn forward_kind(
             format!("params of `forward`: {}", e.message),
             loc,
         )
-        .help("write `params: { model: <name>, mode: train | eval }`")
+        .help("write `params: { model: <name>, mode: train | eval, stage: whole | encoder | decoder }`")
     })?;
     let find = |name: &str| {
         spec.models
@@ -733,16 +748,43 @@ fn forward_kind(
             loc,
         )
     })?;
+    if fp.stage != Stage::Whole && def.encoded().is_empty() {
+        let split: Vec<&str> = (registry.models())
+            .filter(|m| !m.encoded().is_empty())
+            .map(|m| m.name())
+            .collect();
+        return Err(GraphError::new(
+            BAD_PARAMS,
+            format!(
+                "architecture `{}` has no encoder/decoder stages; `stage` must be `whole`",
+                def.name()
+            ),
+            op_loc,
+        )
+        .help(port_list("split architectures", split.into_iter())));
+    }
+    let ports = match fp.stage {
+        Stage::Whole => Ports {
+            inputs: FORWARD_INPUTS,
+            outputs: def.outputs(),
+        },
+        Stage::Encoder => Ports {
+            inputs: FORWARD_INPUTS,
+            outputs: def.encoded(),
+        },
+        Stage::Decoder => Ports {
+            inputs: def.encoded(),
+            outputs: def.outputs(),
+        },
+    };
     Ok((
         Kind::Forward {
             net,
             model: fp.model.value.clone(),
             train: fp.mode == Mode::Train,
+            stage: fp.stage,
         },
-        Ports {
-            inputs: FORWARD_INPUTS,
-            outputs: def.outputs(),
-        },
+        ports,
     ))
 }
 

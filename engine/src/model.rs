@@ -89,6 +89,46 @@ pub trait Model: Send + Sync + 'static {
     /// Emits the network applied to `image` (f32[N, 3, H, W]); returns one source per
     /// [`Model::OUTPUTS`] entry.
     fn trace(p: &Self::Params, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String>;
+
+    /// The values an architecture split into an encoder and a decoder passes between them:
+    /// the outputs of `forward` with `stage: encoder` and the inputs of `stage: decoder`, so a
+    /// graph can perturb encoder features before decoding them (UniMatch's feature dropout,
+    /// CCT's auxiliary decoders). Empty (the default): the model only runs whole.
+    const ENCODED: &'static [Port] = &[];
+
+    /// The encoder applied to `image`: one source per [`Model::ENCODED`] entry. The stages
+    /// declare the same state names as [`Model::trace`], so the parts share the whole's
+    /// parameters.
+    fn trace_encoder(
+        _p: &Self::Params,
+        _t: &mut Tracer<'_>,
+        _image: Source,
+    ) -> Result<Vec<Source>, String> {
+        Err(format!("`{}` has no encoder/decoder stages", Self::NAME))
+    }
+
+    /// The decoder applied to `encoded` (one source per [`Model::ENCODED`] entry): one source
+    /// per [`Model::OUTPUTS`] entry.
+    fn trace_decoder(
+        _p: &Self::Params,
+        _t: &mut Tracer<'_>,
+        _encoded: Vec<Source>,
+    ) -> Result<Vec<Source>, String> {
+        Err(format!("`{}` has no encoder/decoder stages", Self::NAME))
+    }
+}
+
+/// Which part of a model a `forward` node runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Image → [`Model::OUTPUTS`] (the default).
+    #[default]
+    Whole,
+    /// Image → [`Model::ENCODED`].
+    Encoder,
+    /// [`Model::ENCODED`] → [`Model::OUTPUTS`].
+    Decoder,
 }
 
 /// The registry's view of a model (object-safe).
@@ -99,6 +139,8 @@ pub trait DynModel: Send + Sync {
     fn summary(&self) -> &'static str;
     /// Output ports.
     fn outputs(&self) -> &'static [Port];
+    /// The ports between encoder and decoder ([`Model::ENCODED`]).
+    fn encoded(&self) -> &'static [Port];
     /// Decodes the architecture params (absent = empty mapping).
     fn configure(&self, params: Option<&Node>) -> Result<Arc<dyn Net>, DeError>;
 }
@@ -107,6 +149,13 @@ pub trait DynModel: Send + Sync {
 pub trait Net: Send + Sync + fmt::Debug {
     /// See [`Model::trace`].
     fn trace(&self, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String>;
+    /// `stage` of the model on `inputs` (the image, or the encoded values for the decoder).
+    fn trace_stage(
+        &self,
+        stage: Stage,
+        t: &mut Tracer<'_>,
+        inputs: Vec<Source>,
+    ) -> Result<Vec<Source>, String>;
 }
 
 pub(crate) struct ModelEntry<M>(pub(crate) PhantomData<M>);
@@ -120,6 +169,9 @@ impl<M: Model> DynModel for ModelEntry<M> {
     }
     fn outputs(&self) -> &'static [Port] {
         M::OUTPUTS
+    }
+    fn encoded(&self) -> &'static [Port] {
+        M::ENCODED
     }
     fn configure(&self, params: Option<&Node>) -> Result<Arc<dyn Net>, DeError> {
         let params: M::Params = match params {
@@ -149,6 +201,19 @@ impl<M: Model> fmt::Debug for ConfiguredNet<M> {
 impl<M: Model> Net for ConfiguredNet<M> {
     fn trace(&self, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String> {
         M::trace(&self.params, t, image)
+    }
+    fn trace_stage(
+        &self,
+        stage: Stage,
+        t: &mut Tracer<'_>,
+        inputs: Vec<Source>,
+    ) -> Result<Vec<Source>, String> {
+        let image = || inputs.first().cloned().ok_or("no `image` input");
+        match stage {
+            Stage::Whole => M::trace(&self.params, t, image()?),
+            Stage::Encoder => M::trace_encoder(&self.params, t, image()?),
+            Stage::Decoder => M::trace_decoder(&self.params, t, inputs),
+        }
     }
 }
 

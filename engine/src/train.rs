@@ -179,7 +179,7 @@ impl Trainer {
                         if !losses.iter().any(|(r, _)| r == &reference.value) {
                             losses.push((reference.value.clone(), src.clone()));
                         }
-                        objective.push((src, *weight as f32));
+                        objective.push((src, *weight));
                     }
                     None => errors.push(
                         GraphError::new(
@@ -225,7 +225,7 @@ impl Trainer {
                 }
                 continue;
             }
-            match autodiff::differentiate(&mut graph, &objective, &wrt) {
+            match autodiff::differentiate_weighted(&mut graph, &objective, &wrt) {
                 Ok(grads) => {
                     let params = grads
                         .into_iter()

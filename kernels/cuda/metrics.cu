@@ -50,3 +50,41 @@ extern "C" __global__ void confusion_add(const int* __restrict__ pred,    // [N,
         }
     }
 }
+
+// counts[0] += agreeing pixels, counts[1] += counted pixels: the CUDA twin of
+// label_agreement_fwd. A pixel counts when label ≠ ignore_index and (no mask, or mask > 0);
+// it agrees when pred == label. Each thread counts privately, the block sums in shared memory,
+// one pair of u64 atomics per block: integer counts, exact in any order. has_mask = 0 ignores
+// `mask` (which may then be null).
+extern "C" __global__ void label_agreement(const int* __restrict__ pred,    // [N,H,W]
+                                           const int* __restrict__ label,   // [N,H,W]
+                                           const float* __restrict__ mask,  // [N,H,W] or null
+                                           int has_mask,
+                                           unsigned long long pixels,       // N·H·W
+                                           int ignore_index,
+                                           unsigned long long* __restrict__ counts) {  // [2] +=
+    __shared__ unsigned long long sums[2][256];
+    unsigned long long agree = 0, counted = 0;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         i < pixels; i += (unsigned long long)blockDim.x * gridDim.x) {
+        int t = label[i];
+        if (t == ignore_index) continue;
+        if (has_mask && !(mask[i] > 0.0f)) continue;
+        counted += 1;
+        agree += (pred[i] == t);
+    }
+    sums[0][threadIdx.x] = agree;
+    sums[1][threadIdx.x] = counted;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            sums[0][threadIdx.x] += sums[0][threadIdx.x + s];
+            sums[1][threadIdx.x] += sums[1][threadIdx.x + s];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        if (sums[0][0]) atomicAdd(&counts[0], sums[0][0]);
+        if (sums[1][0]) atomicAdd(&counts[1], sums[1][0]);
+    }
+}

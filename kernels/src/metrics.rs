@@ -5,6 +5,7 @@
 //! Not here: argmax (argmax.rs), sliding-window or flip evaluation (the eval pipeline).
 
 use crate::{check_len, KernelError};
+use std::cmp::Ordering;
 
 /// Adds predictions to a K×K confusion matrix, row = true class, column = predicted class.
 /// Pixels whose label is `ignore_index` are skipped; a label or prediction outside [0, K) that is
@@ -34,6 +35,36 @@ pub fn confusion_add(
         confusion[tu * k + pu] += 1;
     }
     Ok(())
+}
+
+/// How often a predicted label map agrees with a reference: (agreeing pixels, counted pixels).
+/// A pixel counts when its `target` is not `ignore_index` and, with a `mask`, its mask value is
+/// positive (e.g. only confident pixels). Integer counts, so the result is exact in any order. The
+/// accuracy of pseudo-labels is `agree / counted` (undefined when nothing is counted).
+///
+/// * `pred`, `target`: [N, H, W] i32 (any flat length, equal).
+/// * `mask`: [N, H, W] f32, optional.
+pub fn label_agreement_fwd(
+    pred: &[i32],
+    target: &[i32],
+    mask: Option<&[f32]>,
+    ignore_index: i32,
+) -> Result<[u64; 2], KernelError> {
+    check_len("label_agreement_fwd", "target", target, pred.len())?;
+    if let Some(m) = mask {
+        check_len("label_agreement_fwd", "mask", m, pred.len())?;
+    }
+    let (mut agree, mut counted) = (0u64, 0u64);
+    for (i, (&p, &t)) in pred.iter().zip(target).enumerate() {
+        // Not `m <= 0`: a NaN mask value must not count either.
+        let masked_out = mask.is_some_and(|m| m[i].partial_cmp(&0.0) != Some(Ordering::Greater));
+        if t == ignore_index || masked_out {
+            continue;
+        }
+        counted += 1;
+        agree += u64::from(p == t);
+    }
+    Ok([agree, counted])
 }
 
 fn bad(i: usize, p: i32, t: i32, k: usize) -> KernelError {
@@ -83,6 +114,23 @@ pub fn scores(confusion: &[u64], k: usize) -> Scores {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn label_agreement_counts_only_valid_masked_pixels() {
+        let pred = [1, 2, 3, 0, 5, 7];
+        let target = [1, 2, 0, 255, 5, 7];
+        assert_eq!(
+            super::label_agreement_fwd(&pred, &target, None, 255).unwrap(),
+            [4, 5]
+        );
+        let mask = [1.0, 0.0, 0.7, 1.0, f32::NAN, -1.0];
+        // Counted: pixel 0 (agrees) and 2 (does not); 1, 4, 5 masked out, 3 ignored.
+        assert_eq!(
+            super::label_agreement_fwd(&pred, &target, Some(&mask), 255).unwrap(),
+            [1, 2]
+        );
+        assert!(super::label_agreement_fwd(&pred, &target[..5], None, 255).is_err());
+    }
+
     use super::*;
 
     #[test]

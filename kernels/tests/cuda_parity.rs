@@ -405,6 +405,40 @@ fn argmax_and_max_match_cpu_with_ties_and_nan() {
 }
 
 #[test]
+fn label_agreement_matches_cpu() {
+    let Some(dev) = device() else { return };
+    // Odd sizes, a grid-stride size, with and without a mask (some NaN, some negative).
+    for (n, with_mask) in [(1usize, false), (257, true), (8 * 512 * 512 + 3, true), (100_003, false)] {
+        let pred = labels(80, n, 11, -1, 0.0);
+        let label = labels(81, n, 11, 255, 0.1);
+        let mut mask: Vec<f32> = uniform(82, n, -0.5, 1.0);
+        if n > 10 {
+            mask[7] = f32::NAN;
+        }
+        let m = with_mask.then_some(&mask[..]);
+        let want = metrics::label_agreement_fwd(&pred, &label, m, 255).unwrap();
+        let mut counts = up(&dev, &[0u64; 2]);
+        let mask_dev = up(&dev, &mask);
+        let mask_arg: Option<&dyn flowseg_kernels::cuda::DeviceBuf<f32>> =
+            with_mask.then_some(&mask_dev as _);
+        launch::label_agreement_fwd(
+            &dev,
+            &up(&dev, &pred),
+            &up(&dev, &label),
+            mask_arg,
+            255,
+            &mut counts,
+        )
+        .unwrap();
+        exact_int(
+            &format!("label_agreement_fwd n={n} mask={with_mask}"),
+            &down(&dev, &counts),
+            &want,
+        );
+    }
+}
+
+#[test]
 fn confusion_matrix_matches_cpu() {
     let Some(dev) = device() else { return };
     // K = 21 uses the shared-memory histogram, K = 150 (ADE20K) the global-atomics path.

@@ -55,6 +55,7 @@ pub mod forward {
     pub mod batch_norm;
     pub mod concat;
     pub mod conv2d;
+    pub mod dropout;
     pub mod global_avg_pool;
     pub mod leaky_relu;
     pub mod max_pool2d;
@@ -69,6 +70,7 @@ pub mod forward {
 /// stop-gradient `detach`.
 pub mod fuse {
     pub mod detach;
+    pub mod label_accuracy;
     pub mod max_confidence;
     pub mod threshold;
 }
@@ -109,6 +111,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::batch_norm::BatchNorm>()?;
     r.add::<forward::concat::Concat>()?;
     r.add::<forward::conv2d::Conv2d>()?;
+    r.add::<forward::dropout::Dropout>()?;
     r.add::<forward::global_avg_pool::GlobalAvgPool>()?;
     r.add::<forward::leaky_relu::LeakyRelu>()?;
     r.add::<forward::max_pool2d::MaxPool2d>()?;
@@ -118,6 +121,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::resize_bilinear::ResizeBilinear>()?;
     r.add::<forward::softmax::Softmax>()?;
     r.add::<fuse::detach::Detach>()?;
+    r.add::<fuse::label_accuracy::LabelAccuracy>()?;
     r.add::<fuse::max_confidence::MaxConfidence>()?;
     r.add::<fuse::threshold::Threshold>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;

@@ -550,6 +550,18 @@ const CASES: &[Case] = &[
             ("weight", Feed::Constant(PIXELS)),
         ],
     },
+    // Whole planes (UniMatch's feature perturbation) and single elements: the mask is a pure
+    // function of the node's stream, so the differences see the same mask.
+    Case {
+        op: "dropout",
+        params: "{ p: 0.5, channels: true }",
+        feeds: &[("x", Feed::Trainable(X))],
+    },
+    Case {
+        op: "dropout",
+        params: "{ p: 0.3 }",
+        feeds: &[("x", Feed::Trainable(X))],
+    },
     Case {
         op: "detach",
         params: "{}",
@@ -575,6 +587,15 @@ const CASES: &[Case] = &[
         op: "class_mask",
         params: "{ partner: roll }",
         feeds: &[("label", Feed::Labels(PIXELS))],
+    },
+    Case {
+        op: "label_accuracy",
+        params: "{}",
+        feeds: &[
+            ("pred", Feed::Labels(PIXELS)),
+            ("target", Feed::Labels(PIXELS)),
+            ("mask", Feed::Trainable(PIXELS)),
+        ],
     },
     Case {
         op: "max_confidence",

@@ -8,7 +8,7 @@
 //!
 //! Not here: the numbers themselves (ops/tests/gradients.rs, tests/run.rs).
 
-use flowseg_engine::data::open_source;
+use flowseg_engine::data::open_graph;
 use flowseg_engine::exec::{self, ExecOrder, Run, Workspace};
 use flowseg_engine::ir::{Env, Source};
 use flowseg_engine::plan::{plan, PlanOptions};
@@ -74,9 +74,8 @@ fn every_shipped_graph_steps_identically_on_poisoned_and_reused_buffers() {
             sets.push("data.unlabeled_batch=2".into());
         }
         let what = file.display();
-        let (gspec, _) =
-            spec::parse_graph(&text, &sets).unwrap_or_else(|e| panic!("{what}: {e:#?}"));
-        let mut source = open_source(&gspec, &registry).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        let (gspec, _, mut source) =
+            open_graph(&text, &sets, &registry).unwrap_or_else(|e| panic!("{what}: {e:#?}"));
         let env = Env {
             batch: source.specs(),
             state: BTreeMap::new(),

@@ -162,9 +162,99 @@ pub struct OptimSpec {
     #[serde(default)]
     pub lr_mult: BTreeMap<String, f64>,
     /// What this optimizer minimizes: loss references (`node.port`, f32 scalars) → weight. The
-    /// weighted sum is differentiated with respect to the model's parameters.
+    /// weighted sum is differentiated with respect to the model's parameters. A weight is a
+    /// number, or a number with a ramp-up (`{ weight: 1.0, rampup: 500 }`).
     #[serde(default)]
-    pub minimize: BTreeMap<Sp<String>, f64>,
+    pub minimize: BTreeMap<Sp<String>, LossWeight>,
+}
+
+/// A loss's weight in `minimize:`: a number, or a number reached by a ramp-up from 0 over the
+/// first `rampup` iterations (Mean Teacher's and CCT's unsupervised weight).
+///
+/// ```yaml
+/// minimize: { sup_loss.loss: 1.0, cons.loss: { weight: 10.0, rampup: 500, shape: sigmoid } }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a number, or `{ weight: <number>, rampup: <iterations>, shape: sigmoid | linear }`"
+)]
+pub enum LossWeight {
+    /// The same weight every iteration.
+    Fixed(f64),
+    /// `weight · r(t)`, r rising from ~0 to 1 over `rampup` iterations.
+    Ramped(RampedWeight),
+}
+
+/// A weight with a ramp-up.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RampedWeight {
+    /// The weight after the ramp-up.
+    pub weight: f64,
+    /// Iterations of the ramp-up (0: none).
+    pub rampup: u64,
+    /// The ramp's shape; default sigmoid.
+    #[serde(default)]
+    pub shape: RampShape,
+}
+
+/// Ramp-up shapes of a loss weight, t = min(iteration / rampup, 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RampShape {
+    /// exp(−5·(1 − t)²) (Laine & Aila; Mean Teacher, CCT, GCT): e⁻⁵ ≈ 0.0067 at the start.
+    #[default]
+    Sigmoid,
+    /// t.
+    Linear,
+}
+
+impl LossWeight {
+    /// The weight at `iteration` (0-based).
+    pub fn at(&self, iteration: u64) -> f64 {
+        match *self {
+            LossWeight::Fixed(w) => w,
+            LossWeight::Ramped(RampedWeight {
+                weight,
+                rampup,
+                shape,
+            }) => {
+                if rampup == 0 {
+                    return weight;
+                }
+                let t = (iteration as f64 / rampup as f64).min(1.0);
+                weight
+                    * match shape {
+                        RampShape::Sigmoid => (-5.0 * (1.0 - t) * (1.0 - t)).exp(),
+                        RampShape::Linear => t,
+                    }
+            }
+        }
+    }
+
+    /// The weight once any ramp-up is over.
+    pub fn full(&self) -> f64 {
+        match *self {
+            LossWeight::Fixed(w) => w,
+            LossWeight::Ramped(r) => r.weight,
+        }
+    }
+}
+
+impl From<f32> for LossWeight {
+    fn from(w: f32) -> Self {
+        LossWeight::Fixed(f64::from(w))
+    }
+}
+
+impl std::fmt::Display for LossWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LossWeight::Fixed(w) => write!(f, "{w}"),
+            LossWeight::Ramped(r) => write!(f, "{} (ramp-up {} it.)", r.weight, r.rampup),
+        }
+    }
 }
 
 fn default_betas() -> (f64, f64) {

@@ -15,8 +15,8 @@ pub mod value;
 
 pub use de::{from_node, DeError, Sp};
 pub use graph::{
-    EvalMode, EvalSpec, GraphSpec, InitSpec, ModelSpec, NodeSpec, OptimKind, OptimSpec, Schedule,
-    Side, TrainSpec,
+    EvalMode, EvalSpec, GraphSpec, InitSpec, LossWeight, ModelSpec, NodeSpec, OptimKind, OptimSpec,
+    RampShape, RampedWeight, Schedule, Side, TrainSpec,
 };
 pub use value::{Loc, Node, Value};
 

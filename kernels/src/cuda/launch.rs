@@ -629,6 +629,40 @@ pub fn max_bwd(
 /// Largest K whose K·K u32 histogram goes in shared memory (48 KiB, the default limit).
 const SHARED_HIST_MAX_CELLS: usize = 48 * 1024 / 4;
 
+/// [`crate::metrics::label_agreement_fwd`]: counts[0] += pixels where pred == label, counts[1]
+/// += pixels counted (label ≠ `ignore_index`, and mask > 0 where a mask is given). pred, label:
+/// [N,H,W] i32; mask: [N,H,W] f32 or none; counts: [2] u64, accumulated (zero it first for a
+/// fresh count).
+pub fn label_agreement_fwd(
+    dev: &Device,
+    pred: &impl DeviceBuf<i32>,
+    label: &impl DeviceBuf<i32>,
+    mask: Option<&dyn DeviceBuf<f32>>,
+    ignore_index: i32,
+    counts: &mut impl DeviceBufMut<u64>,
+) -> Result<(), CudaError> {
+    const K: &str = "label_agreement_fwd";
+    let n = pred.elems();
+    expect(K, "label", label, n)?;
+    if let Some(m) = mask {
+        expect(K, "mask", m, n)?;
+    }
+    expect(K, "counts", counts, 2)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let s = dev.stream();
+    let (pp, pl, pc) = (
+        pred.device_addr(s),
+        label.device_addr(s),
+        counts.device_addr(s),
+    );
+    let pm = mask.map_or(0, |m| m.device_addr(s));
+    let has_mask = i32::from(mask.is_some());
+    let n64 = n as u64;
+    launch!(dev, METRICS, "label_agreement", grid(n); pp, pl, pm, has_mask, n64, ignore_index, pc)
+}
+
 /// [`crate::metrics::confusion_add`]: confusion[t·K + p] += 1 per pixel not `ignore_index`.
 /// pred, label: [N,H,W] i32; confusion: [K,K] u64, accumulated; bad: [1] u32, accumulated with
 /// the number of pixels whose label or prediction lies outside [0, K) (the CPU errors instead).

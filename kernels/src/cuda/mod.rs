@@ -74,6 +74,7 @@
 //! | `loss::kl_div_fwd` | `more::kl_div_fwd` |
 //! | `loss::kl_div_bwd` | `more::kl_div_bwd` |
 //! | `metrics::confusion_add` | `launch::confusion_add` |
+//! | `metrics::label_agreement_fwd` | `launch::label_agreement_fwd` |
 //! | `mix::box_mask_fwd` | `augment_mix::box_mask_fwd` |
 //! | `mix::class_mask_fwd` | `augment_mix::class_mask_fwd` |
 //! | `mix::mix_fwd` | `augment_mix::mix_fwd` |

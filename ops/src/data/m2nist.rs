@@ -1195,7 +1195,13 @@ mod tests {
         let classes = fs::read_to_string(out.join("classes.txt")).unwrap();
         assert_eq!(classes.lines().collect::<Vec<_>>(), CLASSES);
         let readme = fs::read_to_string(out.join("README.txt")).unwrap();
-        assert!(readme.contains("size=48 digits=2..4 seed=7 train_images=12 val_images=5"));
+        assert!(
+            readme.contains(
+                "size=48 digits=2..4 scale=0.8..1.2 overlap=false seed=7 train_images=12 \
+                 val_images=5"
+            ),
+            "{readme}"
+        );
         assert!(readme.contains("8 digit_7"));
 
         let mut counted = [0u64; 11];
