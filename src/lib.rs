@@ -14,6 +14,7 @@ pub mod device;
 mod eval;
 mod graph_fmt;
 mod ops_doc;
+mod plot;
 mod predict;
 pub mod report;
 mod run;

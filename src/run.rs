@@ -7,6 +7,7 @@
 //!   metrics.jsonl               one JSON object per iteration: losses (`loss/<ref>`), the
 //!                               graph's `metrics:` (`metric/<name>`), learning rates
 //!                               (`lr/<model>`), seconds since start; one per evaluation
+//!   metrics.png                 those curves (plot.rs), redrawn at each evaluation and the end
 //!   checkpoints/last.safetensors  state + optimizer buffers, written atomically
 //!   checkpoints/iter-<N>.safetensors  every `train.checkpoint_every` iterations
 //! ```
@@ -609,6 +610,7 @@ fn run_inner(
             }
             writeln!(metrics, "{}", serde_json::Value::Object(line))
                 .map_err(|e| io_fail("append to", &metrics_path, e))?;
+            crate::plot::refresh_run_plot(&dir, err);
             let msg = format!("eval after {done}: {}", shown.join(", "));
             match &bar {
                 Some(bar) => bar.println(msg),
@@ -639,6 +641,7 @@ fn run_inner(
     metrics
         .sync_all()
         .map_err(|e| io_fail("sync", &metrics_path, e))?;
+    crate::plot::refresh_run_plot(&dir, err);
     if end < total {
         let _ = writeln!(
             out,

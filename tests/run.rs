@@ -1,8 +1,9 @@
 //! `flowseg run` and `flowseg check` end to end, in-process through `run_cli`: every graph in
 //! graphs/ checks and trains a few iterations; a run directory holds the resolved graph, one
 //! metrics line per iteration and a loadable checkpoint; `--resume` continues with exactly the
-//! losses of an uninterrupted run, also past a checkpoint write that was cut off; bad graphs are
-//! reported with their code and position and exit 2.
+//! losses of an uninterrupted run, also past a checkpoint write that was cut off; a run draws
+//! metrics.png, and a plot that cannot be written only warns; bad graphs are reported with their
+//! code and position and exit 2.
 
 #![allow(
     clippy::unwrap_used,
@@ -276,4 +277,59 @@ fn device_cuda_says_what_is_missing_and_writes_nothing() {
     let (code, _, err) = cli(&["run", graph.to_str().unwrap(), "--device", "tpu"]);
     assert_eq!(code, ExitCode::from(2), "{err}");
     assert!(err.contains("possible values: cpu, cuda"), "{err}");
+}
+
+/// The width and height in a PNG's IHDR chunk, after checking the signature.
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert!(bytes.len() > 24, "{} bytes", bytes.len());
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    (be(16), be(20))
+}
+
+#[test]
+fn a_run_draws_its_curves_and_a_plot_failure_does_not_fail_it() {
+    let out = scratch("plot");
+    let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    let mut args = vec![
+        "run",
+        g.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "train.iterations=4",
+        "--set",
+        "train.eval_every=2",
+        "--set",
+        "train.checkpoint_every=2",
+        "--stop-at",
+        "2",
+    ];
+    args.extend(SMALL);
+    let (code, _, err) = cli(&args);
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    let run = the_run_dir(&out);
+    let png = std::fs::read(run.join("metrics.png")).unwrap();
+    let (w, h) = png_size(&png);
+    // Losses, learning rate and mIoU panels: two columns, two rows, a title bar.
+    assert!(w >= 1000 && h >= 600, "{w}×{h}");
+    assert!(!err.contains("warning: cannot draw"), "{err}");
+
+    // Something in the way of the plot (a folder where the file goes): the run still finishes,
+    // with a warning, and its results are intact.
+    std::fs::remove_file(run.join("metrics.png")).unwrap();
+    std::fs::create_dir(run.join("metrics.png")).unwrap();
+    let (code, _, err) = cli(&["run", "--resume", run.to_str().unwrap()]);
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    assert!(err.contains("warning: cannot draw"), "{err}");
+    assert!(run.join("results.json").is_file());
+    assert_eq!(losses(&run).len(), 6, "4 iterations and 2 evaluations");
+    let leftovers: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::remove_dir_all(&out).unwrap();
 }
