@@ -1,7 +1,8 @@
 //! The `flowseg` command line: argument parsing (clap) and the commands, writing to the streams
 //! it is given so tests can run it in-process. Commands: `run` (train a method graph), `check`
-//! (validate one), `plan` (print the plan of its training step), `ops` (list the registered ops)
-//! and `demo` (the kernels-only demo network).
+//! (validate one), `plan` (print the plan of its training step), `bench methods` (the results
+//! table of every method graph), `ops` (list the registered ops) and `demo` (the kernels-only
+//! demo network).
 //!
 //! Exit codes: 0 ok, 1 a run-time failure (including failing to write the output), 2 a usage or
 //! graph error (bad flags, a bad demo configuration, a plugin that cannot be registered).
@@ -35,6 +36,12 @@ enum Command {
     Run(RunArgs),
     /// Validate a method graph (parse, data, models, shapes, gradients) and report every problem.
     Check(CheckArgs),
+    /// Benchmarks: `methods` trains every method graph × seeds × datasets and writes the
+    /// results table (docs/RESULTS.md) and figure.
+    Bench {
+        #[command(subcommand)]
+        cmd: crate::bench::BenchCommand,
+    },
     /// Dataset tools: write a labeled/unlabeled split, generate the m2nist dataset.
     Data {
         #[command(subcommand)]
@@ -162,6 +169,7 @@ where
         Command::Check(a) => return run::check(&a, &registry, out, err, styled.err),
         Command::Plan(a) => return run::plan(&a, &registry, out, err, styled.err),
         Command::Data { cmd } => return crate::data_cmd::run(&cmd, out, err),
+        Command::Bench { cmd } => return crate::bench::run(&cmd, &registry, out, err, styled.err),
         Command::Eval(a) => return crate::predict::eval(&a, &registry, out, err, styled.err),
         Command::Predict(a) => return crate::predict::predict(&a, &registry, out, err, styled.err),
         Command::Graph { graph, set, format } => {

@@ -7,6 +7,7 @@
 //! `report` (graph errors rendered with the file's source), and the CLI itself (private; entered
 //! through [`main_with`] or, in tests, [`run_cli`]).
 
+mod bench;
 mod cli;
 mod data_cmd;
 pub mod demo;

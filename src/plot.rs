@@ -54,7 +54,10 @@ fn font_ready() -> Result<(), String> {
         .clone()
 }
 
+/// Text of `size` pixels. Even sizes only: plotters' ab_glyph path places each glyph at
+/// `size / 2 + top` truncated to a pixel, so an odd size sets glyphs up to a pixel apart.
 fn text(size: u32) -> TextStyle<'static> {
+    debug_assert!(size.is_multiple_of(2), "odd text size {size}");
     (FAMILY, size).into_font().color(&BLACK)
 }
 
@@ -407,7 +410,7 @@ fn draw_panel<DB: DrawingBackend>(
         .x_label_formatter(&iters)
         .y_label_formatter(if p.sci { &sci } else { &plain })
         .label_style(text(12))
-        .axis_desc_style(text(13))
+        .axis_desc_style(text(14))
         .light_line_style(RGBColor(236, 236, 236))
         .bold_line_style(RGBColor(215, 215, 215))
         .draw()
@@ -501,7 +504,7 @@ pub(crate) fn bars_png(b: &Bars) -> Result<Vec<u8>, String> {
             .y_labels(10)
             .y_label_formatter(&y_fmt)
             .y_desc(b.y_desc.as_str())
-            .label_style(text(13))
+            .label_style(text(14))
             .axis_desc_style(text(14))
             .light_line_style(RGBColor(240, 240, 240))
             .bold_line_style(RGBColor(220, 220, 220))
@@ -557,7 +560,7 @@ pub(crate) fn bars_png(b: &Bars) -> Result<Vec<u8>, String> {
                 root.draw(&Text::new(
                     format!("{:.1}", v.mean),
                     (at.0, at.1 - 4),
-                    text(11).pos(Pos::new(HPos::Center, VPos::Bottom)),
+                    text(14).pos(Pos::new(HPos::Center, VPos::Bottom)),
                 ))
                 .map_err(fail)?;
             }
@@ -568,7 +571,7 @@ pub(crate) fn bars_png(b: &Bars) -> Result<Vec<u8>, String> {
             root.draw(&Text::new(
                 name.clone(),
                 (at.0, at.1 + 10),
-                text(13).pos(Pos::new(HPos::Center, VPos::Top)),
+                text(14).pos(Pos::new(HPos::Center, VPos::Top)),
             ))
             .map_err(fail)?;
         }
@@ -576,7 +579,7 @@ pub(crate) fn bars_png(b: &Bars) -> Result<Vec<u8>, String> {
             chart
                 .configure_series_labels()
                 .position(SeriesLabelPosition::UpperRight)
-                .label_font(text(13))
+                .label_font(text(14))
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(190, 190, 190))
                 .draw()

@@ -1,0 +1,224 @@
+//! `flowseg bench methods` end to end, in-process through `run_cli`, on temporary folders (never
+//! docs/): `--quick` trains every graph of graphs/ once, appends one ledger line each, writes a
+//! well-formed results table (one row per graph, numbers that parse) between the markers of the
+//! page without touching the prose around them, and the figure as a PNG; a second invocation
+//! skips every run. Bad flags exit 2 before anything is written; `--dry-run` writes nothing.
+//!
+//! Not here: full-budget runs (the benchmark itself), m2nist (needs data/m2nist).
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns; a panic is the report"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+fn cli(args: &[&str]) -> (ExitCode, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut full = vec!["flowseg"];
+    full.extend_from_slice(args);
+    let code = flowseg::run_cli(full, &[], &mut out, &mut err);
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flowseg-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The graph names of graphs/, sorted.
+fn graph_names() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs");
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `["--runs", d/runs, "--results", d/results, "--out", d/RESULTS.md]`.
+fn dirs(d: &Path) -> Vec<String> {
+    vec![
+        "--runs".into(),
+        d.join("runs").display().to_string(),
+        "--results".into(),
+        d.join("results").display().to_string(),
+        "--out".into(),
+        d.join("RESULTS.md").display().to_string(),
+    ]
+}
+
+fn bench(d: &Path, extra: &[&str]) -> (ExitCode, String, String) {
+    let owned = dirs(d);
+    let mut args: Vec<&str> = vec!["bench", "methods"];
+    args.extend(owned.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
+/// A "mean" or "mean ± std" cell as numbers.
+fn mean_pm(cell: &str) -> (f64, Option<f64>) {
+    match cell.split_once('±') {
+        Some((m, s)) => (m.trim().parse().unwrap(), Some(s.trim().parse().unwrap())),
+        None => (cell.trim().parse().unwrap(), None),
+    }
+}
+
+#[test]
+fn quick_bench_writes_the_table_and_figure_then_reuses_the_ledger() {
+    let d = scratch("quick");
+    let prose_before = "# Results\n\nHow the benchmark is set up.\n\n";
+    let prose_after = "\n\nNotes written by hand.\n";
+    std::fs::write(
+        d.join("RESULTS.md"),
+        format!("{prose_before}<!-- results:begin -->\nstale\n<!-- results:end -->{prose_after}"),
+    )
+    .unwrap();
+
+    let (code, out, err) = bench(&d, &["--quick"]);
+    assert_eq!(code, ExitCode::SUCCESS, "{out}\n{err}");
+    let names = graph_names();
+    assert!(
+        out.contains(&format!("{} to run, 0 skipped", names.len())),
+        "{out}"
+    );
+
+    // The ledger: one line per graph, each with the fields the table is built from.
+    let ledger = std::fs::read_to_string(d.join("results/ledger.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = ledger
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), names.len(), "{ledger}");
+    for e in &lines {
+        for key in [
+            "graph",
+            "dataset",
+            "seed",
+            "reported_model",
+            "models",
+            "wall_s",
+            "iterations",
+            "commit",
+            "dirty",
+            "code",
+            "settings",
+            "time",
+            "command",
+        ] {
+            assert!(e.get(key).is_some(), "no `{key}` in {e}");
+        }
+        assert_eq!(e["dataset"], "synthetic");
+        assert_eq!(e["iterations"], 4);
+        let reported = e["reported_model"].as_str().unwrap();
+        let last = e["models"][reported]["last"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&last), "{e}");
+        let run_dir = PathBuf::from(e["run_dir"].as_str().unwrap());
+        assert!(run_dir.starts_with(d.join("runs/synthetic")), "{run_dir:?}");
+        assert!(run_dir.join("metrics.png").is_file());
+    }
+
+    // The page: prose kept, one table with a row per graph of graphs/.
+    let page = std::fs::read_to_string(d.join("RESULTS.md")).unwrap();
+    assert!(page.starts_with(prose_before), "{page}");
+    assert!(page.ends_with(prose_after), "{page}");
+    assert!(!page.contains("stale"), "{page}");
+    assert_eq!(page.matches("<!-- results:begin -->").count(), 1);
+    let header = page
+        .lines()
+        .find(|l| l.starts_with("| method |"))
+        .unwrap_or_else(|| panic!("no table header in {page}"));
+    let columns: Vec<&str> = header.split('|').map(str::trim).collect();
+    assert_eq!(columns.len(), 10, "{header}");
+    let col = |name: &str| {
+        columns
+            .iter()
+            .position(|c| c.starts_with(name))
+            .unwrap_or_else(|| panic!("no column `{name}` in {header}"))
+    };
+    let (c_runs, c_last, c_best, c_wall) =
+        (col("runs"), col("last mIoU"), col("best mIoU"), col("wall"));
+    let rows: Vec<Vec<&str>> = page
+        .lines()
+        .skip_while(|l| !l.starts_with("| method |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    let mut shown: Vec<String> = rows.iter().map(|r| r[1].to_owned()).collect();
+    assert_eq!(shown[0], "supervised", "the baseline first");
+    shown.sort();
+    assert_eq!(shown, names);
+    for r in &rows {
+        assert_eq!(r.len(), columns.len(), "{r:?}");
+        assert_eq!(r[c_runs], "1", "{r:?}");
+        let (last, std) = mean_pm(r[c_last]);
+        assert!((0.0..=100.0).contains(&last) && std.is_none(), "{r:?}");
+        let (best, _) = mean_pm(r[c_best]);
+        assert!(best >= last - 1e-9, "{r:?}");
+        let wall: f64 = r[c_wall].parse().unwrap();
+        assert!(wall >= 0.0);
+    }
+    assert!(
+        page.contains("![") && page.contains("results/methods.png"),
+        "{page}"
+    );
+    let png = std::fs::read(d.join("results/methods.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    // Again: everything is in the ledger for this code and these settings.
+    let (code, out, err) = bench(&d, &["--quick"]);
+    assert_eq!(code, ExitCode::SUCCESS, "{out}\n{err}");
+    assert!(
+        out.contains(&format!("0 to run, {} skipped", names.len())),
+        "{out}"
+    );
+    assert_eq!(out.matches("\n  skip  ").count(), names.len(), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("results/ledger.jsonl")).unwrap(),
+        ledger
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bad_flags_exit_2_before_anything_runs_and_dry_runs_write_nothing() {
+    let d = scratch("bad");
+    for (args, want) in [
+        (vec!["--graphs", "supervised,nope"], "no graph `nope`"),
+        (
+            vec!["--datasets", "synthetic,imagenet"],
+            "unknown dataset `imagenet`",
+        ),
+        (vec!["--seeds", "0,x"], "--seeds"),
+        (vec!["--seeds", "1,1"], "seed 1 is given twice"),
+        (
+            vec!["--quick", "--datasets", "m2nist"],
+            "--quick runs on `synthetic` only",
+        ),
+    ] {
+        let (code, _, err) = bench(&d, &args);
+        assert_eq!(code, ExitCode::from(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let (code, out, err) = bench(&d, &["--quick", "--dry-run", "--graphs", "supervised"]);
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    assert!(out.contains("  run   synthetic  supervised"), "{out}");
+    assert!(out.contains("1 to run, 0 skipped"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(&d).unwrap().count(),
+        0,
+        "nothing written by bad flags or a dry run"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
