@@ -1,0 +1,85 @@
+//! conv2d on the U-Net of the benchmark regime (`unet`, width 16, 64×64 input, batch 8): per
+//! layer the forward, the input gradient alone and the weight gradient alone, min of `n` runs
+//! (default 11), with each one's GFLOP/s — where a training step's convolution time goes.
+//!
+//! `cargo bench -p flowseg-kernels --bench conv_unet [-- n]`; threads: `RAYON_NUM_THREADS`.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    reason = "a bench binary"
+)]
+
+use flowseg_kernels::conv2d::{conv2d_bwd, conv2d_fwd, Conv2d};
+use flowseg_kernels::Nchw;
+use std::time::Instant;
+
+fn min_ms(n: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(11);
+    let b = 8;
+    // (name, input, output channels): every 3×3 conv of the U-Net, stride 1, padding 1.
+    let layers: Vec<(&str, Nchw, usize)> = vec![
+        ("down0.conv1 3→16 @64", Nchw::new(b, 3, 64, 64), 16),
+        ("down0.conv2 16→16 @64", Nchw::new(b, 16, 64, 64), 16),
+        ("down1.conv1 16→32 @32", Nchw::new(b, 16, 32, 32), 32),
+        ("down1.conv2 32→32 @32", Nchw::new(b, 32, 32, 32), 32),
+        ("down2.conv1 32→64 @16", Nchw::new(b, 32, 16, 16), 64),
+        ("down2.conv2 64→64 @16", Nchw::new(b, 64, 16, 16), 64),
+        ("down3.conv1 64→128 @8", Nchw::new(b, 64, 8, 8), 128),
+        ("down3.conv2 128→128 @8", Nchw::new(b, 128, 8, 8), 128),
+        ("up2.conv1 192→64 @16", Nchw::new(b, 192, 16, 16), 64),
+        ("up2.conv2 64→64 @16", Nchw::new(b, 64, 16, 16), 64),
+        ("up1.conv1 96→32 @32", Nchw::new(b, 96, 32, 32), 32),
+        ("up1.conv2 32→32 @32", Nchw::new(b, 32, 32, 32), 32),
+        ("up0.conv1 48→16 @64", Nchw::new(b, 48, 64, 64), 16),
+        ("up0.conv2 16→16 @64", Nchw::new(b, 16, 64, 64), 16),
+    ];
+    let p = Conv2d::square(3, 1, 1, 1);
+    println!(
+        "{:<24} {:>8} {:>8} {:>8}   GFLOP/s fwd / dx / dw",
+        "layer", "fwd ms", "dx ms", "dw ms"
+    );
+    let (mut tf, mut tx, mut tw) = (0.0, 0.0, 0.0);
+    for (name, xs, co) in layers {
+        let x: Vec<f32> = (0..xs.len()).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let wl = p.weight_len(xs.c, co);
+        let w: Vec<f32> = (0..wl).map(|i| ((i * 104_729) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let ys = p.out_shape(xs, co).unwrap();
+        let dy: Vec<f32> = (0..ys.len()).map(|i| ((i * 31) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let mut y = vec![0f32; ys.len()];
+        let mut dx = vec![0f32; xs.len()];
+        let mut dw = vec![0f32; wl];
+        let fwd = min_ms(n, || conv2d_fwd(&x, xs, &w, None, co, &p, &mut y).unwrap());
+        let dxt = min_ms(n, || {
+            conv2d_bwd(&x, xs, &w, co, &p, &dy, Some(&mut dx), None, None).unwrap()
+        });
+        let dwt = min_ms(n, || {
+            conv2d_bwd(&x, xs, &w, co, &p, &dy, None, Some(&mut dw), None).unwrap()
+        });
+        let gflop = 2.0 * (ys.len() * xs.c * 9) as f64 * 1e-9;
+        println!(
+            "{name:<24} {fwd:>8.3} {dxt:>8.3} {dwt:>8.3}   {:>5.0} / {:>5.0} / {:>5.0}",
+            gflop / fwd * 1e3,
+            gflop / dxt * 1e3,
+            gflop / dwt * 1e3
+        );
+        (tf, tx, tw) = (tf + fwd, tx + dxt, tw + dwt);
+    }
+    println!("{:<24} {tf:>8.3} {tx:>8.3} {tw:>8.3}", "sum");
+}
