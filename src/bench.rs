@@ -216,7 +216,7 @@ struct Setup {
     command: String,
 }
 
-fn setup(a: &MethodsArgs) -> Result<Setup, Failure> {
+fn setup(a: &MethodsArgs, warnings: &mut Vec<String>) -> Result<Setup, Failure> {
     let quick = a.quick;
     let quick_dir = Path::new("runs").join("bench-quick");
     let runs = a.runs.clone().unwrap_or_else(|| {
@@ -287,14 +287,35 @@ fn setup(a: &MethodsArgs) -> Result<Setup, Failure> {
     }
 
     // Graphs.
-    let all_graphs = read_graphs(&a.graphs_dir)?;
+    // A graph that does not parse stops everything when it is to run, and is left out of the
+    // table (with a warning) when it is not.
+    let (all_graphs, broken) = read_graphs(&a.graphs_dir)?;
+    let wanted = |name: &str| {
+        a.graphs
+            .as_ref()
+            .is_none_or(|g| g.iter().any(|n| n.trim().trim_end_matches(".yaml") == name))
+    };
+    let mut report = String::new();
+    for (name, text) in &broken {
+        if wanted(name) {
+            report.push_str(text);
+        } else {
+            warnings.push(format!(
+                "graph `{name}` does not parse (`flowseg check` says why); it is left out of \
+                 the table"
+            ));
+        }
+    }
+    if !report.is_empty() {
+        return Err((2, report));
+    }
     let graphs: Vec<String> = match &a.graphs {
         None => all_graphs.iter().map(|g| g.name.clone()).collect(),
         Some(names) => {
             let mut v: Vec<String> = Vec::new();
             for n in names {
                 let n = n.trim().trim_end_matches(".yaml");
-                if !all_graphs.iter().any(|g| g.name == n) {
+                if !all_graphs.iter().any(|g| g.name == n) && !broken.iter().any(|b| b.0 == n) {
                     return Err(usage(format!(
                         "no graph `{n}` in {}; there are: {}",
                         a.graphs_dir.display(),
@@ -361,9 +382,12 @@ fn command_line(a: &MethodsArgs) -> String {
     c
 }
 
-/// Every `*.yaml` of `dir`, parsed, in table order. A graph that does not parse is an error
-/// (exit 2) naming it.
-fn read_graphs(dir: &Path) -> Result<Vec<Graph>, Failure> {
+/// Graphs that do not parse: (name, the errors rendered).
+type Broken = Vec<(String, String)>;
+
+/// Every `*.yaml` of `dir`, parsed, in table order, and the graphs that do not parse (name,
+/// rendered errors).
+fn read_graphs(dir: &Path) -> Result<(Vec<Graph>, Broken), Failure> {
     let entries = fs::read_dir(dir).map_err(|e| {
         usage(format!(
             "cannot read the graphs folder {}: {e}",
@@ -371,6 +395,7 @@ fn read_graphs(dir: &Path) -> Result<Vec<Graph>, Failure> {
         ))
     })?;
     let mut graphs = Vec::new();
+    let mut broken = Vec::new();
     for entry in entries {
         let path = entry
             .map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?
@@ -385,16 +410,24 @@ fn read_graphs(dir: &Path) -> Result<Vec<Graph>, Failure> {
             fs::read(&path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let shown = path.display().to_string();
-        let (gspec, root) = spec::parse_graph(&text, &[])
-            .map_err(|errors| (2, crate::report::render(&shown, &text, &errors, false)))?;
-        let reported = gspec
+        let (gspec, root) = match spec::parse_graph(&text, &[]) {
+            Ok(parsed) => parsed,
+            Err(errors) => {
+                broken.push((name, crate::report::render(&shown, &text, &errors, false)));
+                continue;
+            }
+        };
+        let Some(reported) = gspec
             .eval
             .models
             .as_ref()
             .and_then(|m| m.first())
             .map(|m| m.value.clone())
             .or_else(|| gspec.models.first().map(|(n, _)| n.value.clone()))
-            .ok_or_else(|| usage(format!("{shown}: the graph has no model to report")))?;
+        else {
+            broken.push((name, format!("{shown}: the graph has no model to report\n")));
+            continue;
+        };
         let unlabeled = root
             .get("data")
             .and_then(|d| d.get("unlabeled_batch"))
@@ -408,11 +441,12 @@ fn read_graphs(dir: &Path) -> Result<Vec<Graph>, Failure> {
             unlabeled,
         });
     }
-    if graphs.is_empty() {
+    if graphs.is_empty() && broken.is_empty() {
         return Err(usage(format!("no *.yaml graph in {}", dir.display())));
     }
     graphs.sort_by_key(|g| order_key(&g.name));
-    Ok(graphs)
+    broken.sort();
+    Ok((graphs, broken))
 }
 
 /// Sort key of a method: its place in [`ORDER`], then alphabetical.
@@ -733,7 +767,11 @@ fn methods(
     err: &mut dyn Write,
     color: bool,
 ) -> Result<ExitCode, Failure> {
-    let s = setup(a)?;
+    let mut warnings = Vec::new();
+    let s = setup(a, &mut warnings)?;
+    for w in &warnings {
+        let _ = writeln!(err, "warning: {w}");
+    }
     let code = code_version();
     let ledger_path = s.results.join("ledger.jsonl");
     let (ledger, _) = read_ledger(&ledger_path)?;
@@ -1425,7 +1463,8 @@ mod tests {
     #[test]
     fn a_dataset_that_replaces_the_source_keeps_only_the_batching_keys() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs");
-        let graphs = read_graphs(&dir).unwrap();
+        let (graphs, broken) = read_graphs(&dir).unwrap();
+        assert!(broken.is_empty(), "{broken:?}");
         let m2nist = DATASETS.iter().find(|d| d.replace_source).unwrap();
         for g in &graphs {
             let sets = overrides(g, m2nist, false, 7);

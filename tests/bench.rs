@@ -2,7 +2,8 @@
 //! docs/): `--quick` trains every graph of graphs/ once, appends one ledger line each, writes a
 //! well-formed results table (one row per graph, numbers that parse) between the markers of the
 //! page without touching the prose around them, and the figure as a PNG; a second invocation
-//! skips every run. Bad flags exit 2 before anything is written; `--dry-run` writes nothing.
+//! skips every run. Bad flags, and a graph to run that does not parse, exit 2 before anything is
+//! written (a broken graph that is not to run only warns); `--dry-run` writes nothing.
 //!
 //! Not here: full-budget runs (the benchmark itself), m2nist (needs data/m2nist).
 
@@ -211,6 +212,38 @@ fn bad_flags_exit_2_before_anything_runs_and_dry_runs_write_nothing() {
         assert_eq!(code, ExitCode::from(2), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+    // A graph that does not parse: an error when it is to run, a warning when it is not.
+    let gdir = std::env::temp_dir().join(format!("flowseg-bench-graphs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&gdir);
+    std::fs::create_dir_all(&gdir).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        root.join("graphs/supervised.yaml"),
+        gdir.join("supervised.yaml"),
+    )
+    .unwrap();
+    std::fs::write(gdir.join("broken.yaml"), "name: broken\nnodes: [\n").unwrap();
+    let g = gdir.to_str().unwrap();
+    let (code, _, err) = bench(&d, &["--quick", "--dry-run", "--graphs-dir", g]);
+    assert_eq!(code, ExitCode::from(2), "{err}");
+    assert!(err.contains("broken.yaml"), "{err}");
+    let only = [
+        "--quick",
+        "--dry-run",
+        "--graphs-dir",
+        g,
+        "--graphs",
+        "supervised",
+    ];
+    let (code, out, err) = bench(&d, &only);
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    assert!(
+        err.contains("warning: graph `broken` does not parse"),
+        "{err}"
+    );
+    assert!(out.contains("1 to run"), "{out}");
+    std::fs::remove_dir_all(&gdir).unwrap();
+
     let (code, out, err) = bench(&d, &["--quick", "--dry-run", "--graphs", "supervised"]);
     assert_eq!(code, ExitCode::SUCCESS, "{err}");
     assert!(out.contains("  run   synthetic  supervised"), "{out}");
