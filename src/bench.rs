@@ -869,6 +869,7 @@ fn methods(
         }
     }
     let estimate = match (todo - unknown, unknown) {
+        (0, 0) => "nothing to wait for".to_owned(),
         (_, 0) => format!("estimated {}", duration(known)),
         (0, _) => "no earlier runs to estimate the time from".to_owned(),
         (_, u) => format!(
