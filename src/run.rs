@@ -24,7 +24,7 @@
 
 use crate::report;
 use flowseg_engine::checkpoint;
-use flowseg_engine::data::{open_source, Source as DataSource};
+use flowseg_engine::data::{open_graph, Source as DataSource};
 use flowseg_engine::exec::{self, ExecOrder};
 use flowseg_engine::ir::Env;
 use flowseg_engine::plan::{self, PlanOptions};
@@ -125,13 +125,7 @@ pub(crate) fn load(
 ) -> Result<Loaded, Rejected> {
     let shown = path.display().to_string();
     let reject = |errors: &[GraphError]| Rejected(report::render(&shown, text, errors, color));
-    let (spec, mut root) = spec::parse_graph(text, sets).map_err(|e| reject(&e))?;
-    let source = open_source(&spec, registry).map_err(|e| reject(&[e]))?;
-    // Models that leave `classes` out take the data's count.
-    let spec = match source.classes().len() {
-        0 => spec,
-        n => spec::default_model_classes(&mut root, n).map_err(|e| reject(&e))?,
-    };
+    let (spec, root, source) = open_graph(text, sets, registry).map_err(|e| reject(&e))?;
     let env = Env {
         batch: source.specs(),
         state: BTreeMap::new(),

@@ -122,8 +122,10 @@ pub fn differentiate(
     losses: &[(Source, f32)],
     wrt: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, Source>, Vec<GraphError>> {
-    let weighted: Vec<(Source, LossWeight)> =
-        losses.iter().map(|(s, w)| (s.clone(), (*w).into())).collect();
+    let weighted: Vec<(Source, LossWeight)> = losses
+        .iter()
+        .map(|(s, w)| (s.clone(), (*w).into()))
+        .collect();
     differentiate_weighted(graph, &weighted, wrt)
 }
 

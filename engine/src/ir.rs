@@ -500,8 +500,7 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
                 stage,
             } => {
                 // Every port of a forward is required: a missing one was reported already.
-                let Some(inputs) = sources.iter().cloned().collect::<Option<Vec<Source>>>()
-                else {
+                let Some(inputs) = sources.iter().cloned().collect::<Option<Vec<Source>>>() else {
                     continue;
                 };
                 let mut tracer = Tracer {
@@ -624,12 +623,11 @@ fn grad_of(
         warnings: Vec::new(),
     };
     let wanted: BTreeSet<Source> = [wrt.clone()].into();
-    let result =
-        crate::autodiff::differentiate_sources(
-            &mut partial,
-            &[(of.clone(), crate::spec::LossWeight::Fixed(1.0))],
-            &wanted,
-        );
+    let result = crate::autodiff::differentiate_sources(
+        &mut partial,
+        &[(of.clone(), crate::spec::LossWeight::Fixed(1.0))],
+        &wanted,
+    );
     let g = match result {
         Ok(mut grads) => grads.remove(wrt),
         Err(errs) => {

@@ -194,7 +194,7 @@ impl Trainer {
                     ),
                 }
             }
-            for (reference, _) in &ospec.minimize {
+            for reference in ospec.minimize.keys() {
                 let hidden = resolve_output(&graph, registry, reference)
                     .and_then(|src| hidden_input(&graph, &src, &env.hidden));
                 if let Some(field) = hidden {
@@ -208,7 +208,9 @@ impl Trainer {
                             ),
                             reference.loc,
                         )
-                        .help("hidden fields may feed `metrics:` only (e.g. pseudo-label accuracy)"),
+                        .help(
+                            "hidden fields may feed `metrics:` only (e.g. pseudo-label accuracy)",
+                        ),
                     );
                 }
             }
@@ -276,18 +278,21 @@ impl Trainer {
                 Some(src) if graph.spec_of(&src).is_some_and(|s| s.len() == 1) => {
                     metrics.push((name.value.clone(), src));
                 }
-                Some(src) => errors.push(GraphError::new(
-                    BAD_OBJECTIVE,
-                    format!(
-                        "metric `{}` = `{}` is {}, not a scalar",
-                        name.value,
-                        reference.value,
-                        graph
-                            .spec_of(&src)
-                            .map_or("unknown".to_owned(), |s| s.to_string())
-                    ),
-                    reference.loc,
-                ).help("log a scalar: reduce it first, e.g. with a `mean` node")),
+                Some(src) => errors.push(
+                    GraphError::new(
+                        BAD_OBJECTIVE,
+                        format!(
+                            "metric `{}` = `{}` is {}, not a scalar",
+                            name.value,
+                            reference.value,
+                            graph
+                                .spec_of(&src)
+                                .map_or("unknown".to_owned(), |s| s.to_string())
+                        ),
+                        reference.loc,
+                    )
+                    .help("log a scalar: reduce it first, e.g. with a `mean` node"),
+                ),
                 None => errors.push(
                     GraphError::new(
                         BAD_OBJECTIVE,

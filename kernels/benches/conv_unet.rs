@@ -57,11 +57,17 @@ fn main() {
     );
     let (mut tf, mut tx, mut tw) = (0.0, 0.0, 0.0);
     for (name, xs, co) in layers {
-        let x: Vec<f32> = (0..xs.len()).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let x: Vec<f32> = (0..xs.len())
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
         let wl = p.weight_len(xs.c, co);
-        let w: Vec<f32> = (0..wl).map(|i| ((i * 104_729) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let w: Vec<f32> = (0..wl)
+            .map(|i| ((i * 104_729) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
         let ys = p.out_shape(xs, co).unwrap();
-        let dy: Vec<f32> = (0..ys.len()).map(|i| ((i * 31) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let dy: Vec<f32> = (0..ys.len())
+            .map(|i| ((i * 31) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
         let mut y = vec![0f32; ys.len()];
         let mut dx = vec![0f32; xs.len()];
         let mut dw = vec![0f32; wl];

@@ -52,7 +52,8 @@ extern "C" __global__ void confusion_add(const int* __restrict__ pred,    // [N,
 }
 
 // counts[0] += agreeing pixels, counts[1] += counted pixels: the CUDA twin of
-// label_agreement_fwd. A pixel counts when label ≠ ignore_index and (no mask, or mask > 0);
+// label_agreement_fwd. A pixel counts when label ≠ ignore_index, label ≠ skip (when
+// has_skip) and (no mask, or mask > 0);
 // it agrees when pred == label. Each thread counts privately, the block sums in shared memory,
 // one pair of u64 atomics per block: integer counts, exact in any order. has_mask = 0 ignores
 // `mask` (which may then be null).
@@ -62,13 +63,15 @@ extern "C" __global__ void label_agreement(const int* __restrict__ pred,    // [
                                            int has_mask,
                                            unsigned long long pixels,       // N·H·W
                                            int ignore_index,
+                                           int has_skip,
+                                           int skip,
                                            unsigned long long* __restrict__ counts) {  // [2] +=
     __shared__ unsigned long long sums[2][256];
     unsigned long long agree = 0, counted = 0;
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
          i < pixels; i += (unsigned long long)blockDim.x * gridDim.x) {
         int t = label[i];
-        if (t == ignore_index) continue;
+        if (t == ignore_index || (has_skip && t == skip)) continue;
         if (has_mask && !(mask[i] > 0.0f)) continue;
         counted += 1;
         agree += (pred[i] == t);

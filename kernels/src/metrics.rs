@@ -38,9 +38,10 @@ pub fn confusion_add(
 }
 
 /// How often a predicted label map agrees with a reference: (agreeing pixels, counted pixels).
-/// A pixel counts when its `target` is not `ignore_index` and, with a `mask`, its mask value is
-/// positive (e.g. only confident pixels). Integer counts, so the result is exact in any order. The
-/// accuracy of pseudo-labels is `agree / counted` (undefined when nothing is counted).
+/// A pixel counts when its `target` is neither `ignore_index` nor `skip` (e.g. the background
+/// class, to measure objects only) and, with a `mask`, its mask value is positive (e.g. only
+/// confident pixels). Integer counts, so the result is exact in any order. The accuracy of
+/// pseudo-labels is `agree / counted` (undefined when nothing is counted).
 ///
 /// * `pred`, `target`: [N, H, W] i32 (any flat length, equal).
 /// * `mask`: [N, H, W] f32, optional.
@@ -49,6 +50,7 @@ pub fn label_agreement_fwd(
     target: &[i32],
     mask: Option<&[f32]>,
     ignore_index: i32,
+    skip: Option<i32>,
 ) -> Result<[u64; 2], KernelError> {
     check_len("label_agreement_fwd", "target", target, pred.len())?;
     if let Some(m) = mask {
@@ -58,7 +60,7 @@ pub fn label_agreement_fwd(
     for (i, (&p, &t)) in pred.iter().zip(target).enumerate() {
         // Not `m <= 0`: a NaN mask value must not count either.
         let masked_out = mask.is_some_and(|m| m[i].partial_cmp(&0.0) != Some(Ordering::Greater));
-        if t == ignore_index || masked_out {
+        if t == ignore_index || skip == Some(t) || masked_out {
             continue;
         }
         counted += 1;
@@ -119,16 +121,21 @@ mod tests {
         let pred = [1, 2, 3, 0, 5, 7];
         let target = [1, 2, 0, 255, 5, 7];
         assert_eq!(
-            super::label_agreement_fwd(&pred, &target, None, 255).unwrap(),
+            super::label_agreement_fwd(&pred, &target, None, 255, None).unwrap(),
             [4, 5]
+        );
+        // Skipping class 0 drops pixel 2 (target 0).
+        assert_eq!(
+            super::label_agreement_fwd(&pred, &target, None, 255, Some(0)).unwrap(),
+            [4, 4]
         );
         let mask = [1.0, 0.0, 0.7, 1.0, f32::NAN, -1.0];
         // Counted: pixel 0 (agrees) and 2 (does not); 1, 4, 5 masked out, 3 ignored.
         assert_eq!(
-            super::label_agreement_fwd(&pred, &target, Some(&mask), 255).unwrap(),
+            super::label_agreement_fwd(&pred, &target, Some(&mask), 255, None).unwrap(),
             [1, 2]
         );
-        assert!(super::label_agreement_fwd(&pred, &target[..5], None, 255).is_err());
+        assert!(super::label_agreement_fwd(&pred, &target[..5], None, 255, None).is_err());
     }
 
     use super::*;

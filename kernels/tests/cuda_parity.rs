@@ -408,7 +408,13 @@ fn argmax_and_max_match_cpu_with_ties_and_nan() {
 fn label_agreement_matches_cpu() {
     let Some(dev) = device() else { return };
     // Odd sizes, a grid-stride size, with and without a mask (some NaN, some negative).
-    for (n, with_mask) in [(1usize, false), (257, true), (8 * 512 * 512 + 3, true), (100_003, false)] {
+    let cases = [
+        (1usize, false, None),
+        (257, true, Some(0)),
+        (8 * 512 * 512 + 3, true, None),
+        (100_003, false, Some(3)),
+    ];
+    for (n, with_mask, skip) in cases {
         let pred = labels(80, n, 11, -1, 0.0);
         let label = labels(81, n, 11, 255, 0.1);
         let mut mask: Vec<f32> = uniform(82, n, -0.5, 1.0);
@@ -416,7 +422,7 @@ fn label_agreement_matches_cpu() {
             mask[7] = f32::NAN;
         }
         let m = with_mask.then_some(&mask[..]);
-        let want = metrics::label_agreement_fwd(&pred, &label, m, 255).unwrap();
+        let want = metrics::label_agreement_fwd(&pred, &label, m, 255, skip).unwrap();
         let mut counts = up(&dev, &[0u64; 2]);
         let mask_dev = up(&dev, &mask);
         let mask_arg: Option<&dyn flowseg_kernels::cuda::DeviceBuf<f32>> =
@@ -427,11 +433,12 @@ fn label_agreement_matches_cpu() {
             &up(&dev, &label),
             mask_arg,
             255,
+            skip,
             &mut counts,
         )
         .unwrap();
         exact_int(
-            &format!("label_agreement_fwd n={n} mask={with_mask}"),
+            &format!("label_agreement_fwd n={n} mask={with_mask} skip={skip:?}"),
             &down(&dev, &counts),
             &want,
         );

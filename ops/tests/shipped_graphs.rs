@@ -12,7 +12,6 @@ use flowseg_engine::data::open_graph;
 use flowseg_engine::exec::{self, ExecOrder, Run, Workspace};
 use flowseg_engine::ir::{Env, Source};
 use flowseg_engine::plan::{plan, PlanOptions};
-use flowseg_engine::spec;
 use flowseg_engine::train::Trainer;
 use flowseg_engine::Tensor;
 use flowseg_ops::builtin_registry;

@@ -240,7 +240,10 @@ pub fn default_model_classes(
             let Value::Map(fields) = &mut model.value else {
                 continue;
             };
-            match fields.iter_mut().find(|(k, _)| k.as_str() == Some("params")) {
+            match fields
+                .iter_mut()
+                .find(|(k, _)| k.as_str() == Some("params"))
+            {
                 Some((_, params)) => {
                     if let Value::Map(entries) = &mut params.value {
                         if !entries.iter().any(|(k, _)| k.as_str() == Some("classes")) {

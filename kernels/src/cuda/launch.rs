@@ -630,7 +630,8 @@ pub fn max_bwd(
 const SHARED_HIST_MAX_CELLS: usize = 48 * 1024 / 4;
 
 /// [`crate::metrics::label_agreement_fwd`]: counts[0] += pixels where pred == label, counts[1]
-/// += pixels counted (label ≠ `ignore_index`, and mask > 0 where a mask is given). pred, label:
+/// += pixels counted (label ≠ `ignore_index`, label ≠ `skip` when given, and mask > 0 where a
+/// mask is given). pred, label:
 /// [N,H,W] i32; mask: [N,H,W] f32 or none; counts: [2] u64, accumulated (zero it first for a
 /// fresh count).
 pub fn label_agreement_fwd(
@@ -639,6 +640,7 @@ pub fn label_agreement_fwd(
     label: &impl DeviceBuf<i32>,
     mask: Option<&dyn DeviceBuf<f32>>,
     ignore_index: i32,
+    skip: Option<i32>,
     counts: &mut impl DeviceBufMut<u64>,
 ) -> Result<(), CudaError> {
     const K: &str = "label_agreement_fwd";
@@ -659,8 +661,10 @@ pub fn label_agreement_fwd(
     );
     let pm = mask.map_or(0, |m| m.device_addr(s));
     let has_mask = i32::from(mask.is_some());
+    let (has_skip, skip) = (i32::from(skip.is_some()), skip.unwrap_or(0));
     let n64 = n as u64;
-    launch!(dev, METRICS, "label_agreement", grid(n); pp, pl, pm, has_mask, n64, ignore_index, pc)
+    launch!(dev, METRICS, "label_agreement", grid(n);
+        pp, pl, pm, has_mask, n64, ignore_index, has_skip, skip, pc)
 }
 
 /// [`crate::metrics::confusion_add`]: confusion[t·K + p] += 1 per pixel not `ignore_index`.

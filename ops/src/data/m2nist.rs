@@ -177,7 +177,8 @@ pub fn parse_digit_range(s: &str) -> Result<(usize, usize), String> {
 /// Parses a digit scale range `0.8..1.2` (inclusive factors of the ink box) or one factor
 /// `1.0`, into thousandths.
 pub fn parse_scale_range(s: &str) -> Result<(usize, usize), String> {
-    let bad = || format!("`{s}` is not a scale range: write `0.8..1.2` (inclusive) or one factor `1.0`");
+    let bad =
+        || format!("`{s}` is not a scale range: write `0.8..1.2` (inclusive) or one factor `1.0`");
     let num = |x: &str| -> Result<usize, String> {
         let v: f64 = x.trim().parse().map_err(|_| bad())?;
         if !(v.is_finite() && v > 0.0) {
@@ -572,8 +573,8 @@ fn resample_bilinear(
     let taps = |origin: usize, len: usize, out: usize| -> Vec<(i64, u32)> {
         (0..out as i64)
             .map(|o| {
-                let s = (2 * o + 1) * len as i64 * 256 / (2 * out as i64) - 128
-                    + 256 * origin as i64;
+                let s =
+                    (2 * o + 1) * len as i64 * 256 / (2 * out as i64) - 128 + 256 * origin as i64;
                 (s.div_euclid(256), s.rem_euclid(256) as u32)
             })
             .collect()
@@ -1037,7 +1038,10 @@ mod tests {
         // A window resampled to its own size is that window.
         let window = resample_bilinear(&src, 28, (3, 5, 10, 7), 10, 7);
         for y in 0..10 {
-            assert_eq!(&window[y * 7..y * 7 + 7], &src[(3 + y) * 28 + 5..(3 + y) * 28 + 12]);
+            assert_eq!(
+                &window[y * 7..y * 7 + 7],
+                &src[(3 + y) * 28 + 5..(3 + y) * 28 + 12]
+            );
         }
         // 2×2 → 4×4: output centres sit at source −¼, ¼, ¾, 1¼; hand-computed rows.
         let up = resample_bilinear(&[0, 255, 255, 255], 2, (0, 0, 2, 2), 4, 4);
@@ -1079,7 +1083,10 @@ mod tests {
                         (ink_w * 8 / 10..=(ink_w * 12).div_ceil(10)).contains(&pl.w),
                         "{pl:?}"
                     );
-                    assert!(pl.top + pl.h <= size && pl.left + pl.w <= size, "{p} {pl:?}");
+                    assert!(
+                        pl.top + pl.h <= size && pl.left + pl.w <= size,
+                        "{p} {pl:?}"
+                    );
                     if !overlap {
                         for o in &c.placed[..p] {
                             assert!(!pl.near(o, MIN_GAP), "canvas {i}: {pl:?} touches {o:?}");

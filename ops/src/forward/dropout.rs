@@ -60,7 +60,10 @@ impl Op for Dropout {
     const NAME: &'static str = "dropout";
     const SUMMARY: &'static str =
         "inverted dropout of elements or (channels: true) whole channel planes, always active";
-    const INPUTS: &'static [Port] = &[Port::req("x", "f32, any shape; f32[N, C, H, W] with `channels`")];
+    const INPUTS: &'static [Port] = &[Port::req(
+        "x",
+        "f32, any shape; f32[N, C, H, W] with `channels`",
+    )];
     const OUTPUTS: &'static [Port] = &[
         Port::req("y", "f32, the spec of `x`"),
         Port::req(
@@ -89,7 +92,11 @@ impl Op for Dropout {
         inputs: &[Option<&Tensor>],
         outputs: &mut [Tensor],
     ) -> Result<(), OpError> {
-        let shape = inputs.first().copied().flatten().and_then(|t| t.spec().as_nchw());
+        let shape = inputs
+            .first()
+            .copied()
+            .flatten()
+            .and_then(|t| t.spec().as_nchw());
         let x = io::f32(Self::INPUTS, inputs, 0)?;
         let [y, mask] = outputs else {
             return Err(OpError::Output {
@@ -173,7 +180,11 @@ impl Op for DropoutBwd {
         inputs: &[Option<&Tensor>],
         outputs: &mut [Tensor],
     ) -> Result<(), OpError> {
-        let shape = inputs.get(1).copied().flatten().and_then(|t| t.spec().as_nchw());
+        let shape = inputs
+            .get(1)
+            .copied()
+            .flatten()
+            .and_then(|t| t.spec().as_nchw());
         let mask = io::f32(Self::INPUTS, inputs, 0)?;
         let dy = io::f32(Self::INPUTS, inputs, 1)?;
         let dx = io::f32_out(Self::OUTPUTS, outputs, 0)?;
@@ -227,9 +238,15 @@ mod tests {
             assert!(*m == 0.0 || (*m - 4.0 / 3.0).abs() < 1e-6);
             assert_eq!(*o, 3.0 * m);
         }
-        let y = run("name: d\nop: dropout\nparams: { p: 0 }\n", &[Some(f32s(&[64], &x))]);
+        let y = run(
+            "name: d\nop: dropout\nparams: { p: 0 }\n",
+            &[Some(f32s(&[64], &x))],
+        );
         assert_eq!(y[0].f32().unwrap(), &x[..]);
-        let y = run("name: d\nop: dropout\nparams: { p: 1 }\n", &[Some(f32s(&[64], &x))]);
+        let y = run(
+            "name: d\nop: dropout\nparams: { p: 1 }\n",
+            &[Some(f32s(&[64], &x))],
+        );
         assert!(y[0].f32().unwrap().iter().all(|&v| v == 0.0));
     }
 

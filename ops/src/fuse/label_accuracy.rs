@@ -5,6 +5,8 @@
 //! teacher's pseudo-labels it is the pseudo-label accuracy; with the confidence mask it is the
 //! accuracy of the pixels a loss actually trains on. Logged through a graph's `metrics:`.
 //!
+//! `skip: <class>` leaves that class's target pixels out too (`skip: 0`: objects only).
+//!
 //! Shapes: `pred` i32[N, H, W], `target` i32[N, H, W], `mask` f32[N, H, W] (optional) → `y`
 //! f32[] — NaN when no pixel is counted (logged as null), so "no confident pixel" never reads
 //! as 0 % or 100 % accuracy.
@@ -29,6 +31,10 @@ pub struct Params {
     /// Target value of pixels not counted; default 255.
     #[serde(default = "default_ignore_index")]
     pub ignore_index: i32,
+    /// A class whose pixels are not counted either: `skip: 0` measures the objects only, where
+    /// a background-dominated image would read ~95 % accurate whatever the objects get.
+    #[serde(default)]
+    pub skip: Option<i32>,
 }
 
 fn default_ignore_index() -> i32 {
@@ -40,8 +46,14 @@ impl Op for LabelAccuracy {
     const SUMMARY: &'static str =
         "fraction of (masked, non-ignored) pixels where two label maps agree: pseudo-label accuracy";
     const INPUTS: &'static [Port] = &[
-        Port::req("pred", "i32[N, H, W]: predicted labels (e.g. pseudo-labels)"),
-        Port::req("target", "i32[N, H, W]: reference labels (e.g. `batch.u_label`)"),
+        Port::req(
+            "pred",
+            "i32[N, H, W]: predicted labels (e.g. pseudo-labels)",
+        ),
+        Port::req(
+            "target",
+            "i32[N, H, W]: reference labels (e.g. `batch.u_label`)",
+        ),
         Port::opt("mask", "f32[N, H, W]: count only pixels where it is > 0"),
     ];
     const OUTPUTS: &'static [Port] = &[Port::req(
@@ -83,7 +95,7 @@ impl Op for LabelAccuracy {
         let pred = io::i32(Self::INPUTS, inputs, 0)?;
         let target = io::i32(Self::INPUTS, inputs, 1)?;
         let mask = io::f32_opt(Self::INPUTS, inputs, 2)?;
-        let [agree, counted] = label_agreement_fwd(pred, target, mask, p.ignore_index)?;
+        let [agree, counted] = label_agreement_fwd(pred, target, mask, p.ignore_index, p.skip)?;
         let y = if counted == 0 {
             f32::NAN
         } else {
@@ -110,8 +122,14 @@ mod tests {
         let y = run(node, &[pred.clone(), target.clone(), mask]);
         assert_eq!(y[0].f32(), Some(&[0.5f32][..]));
         let none = Some(f32s(&[1, 2, 3], &[0.0; 6]));
-        let y = run(node, &[pred, target, none]);
+        let y = run(node, &[pred.clone(), target.clone(), none]);
         assert!(y[0].f32().unwrap()[0].is_nan());
+        // Without class 0: pixel 2 (target 0) leaves the count.
+        let y = run(
+            "name: a\nop: label_accuracy\nparams: { skip: 0 }\n",
+            &[pred, target, None],
+        );
+        assert_eq!(y[0].f32(), Some(&[0.75f32][..]));
     }
 
     #[test]

@@ -72,7 +72,10 @@ impl Model for Unet {
     const SUMMARY: &'static str =
         "small U-Net: double conv-BN-relu per level, max-pool down, bilinear up, full-resolution head";
     const OUTPUTS: &'static [Port] = &[
-        Port::req("logits", "f32[N, K, H, W]: class scores at the input's size"),
+        Port::req(
+            "logits",
+            "f32[N, K, H, W]: class scores at the input's size",
+        ),
         Port::req("features", "f32[N, 8C, H/8, W/8]: the bottleneck"),
         Port::req(
             "decoded",
@@ -92,11 +95,7 @@ impl Model for Unet {
         Self::trace_decoder(p, t, encoded)
     }
 
-    fn trace_encoder(
-        p: &Params,
-        t: &mut Tracer<'_>,
-        image: Source,
-    ) -> Result<Vec<Source>, String> {
+    fn trace_encoder(p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String> {
         let [h, w] = image_size(t, &image)?;
         let min = 1usize << (LEVELS - 1);
         if h < min || w < min {
