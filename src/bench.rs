@@ -961,12 +961,13 @@ fn methods(
             }
         }
     }
-    write_report(&s, &code, &datasets).map_err(|e| (1, format!("error: {e}")))?;
+    let summary = write_report(&s, &code, &datasets).map_err(|e| (1, format!("error: {e}")))?;
     let _ = writeln!(
         out,
-        "wrote {} and {}",
+        "wrote {} and {}\n\n{}",
         s.out.display(),
-        s.results.join("methods.png").display()
+        s.results.join("methods.png").display(),
+        summary.trim_end()
     );
     if failed.is_empty() {
         Ok(ExitCode::SUCCESS)
@@ -1106,7 +1107,10 @@ fn pm(v: Option<(f64, Option<f64>)>) -> String {
 }
 
 /// Rewrites the generated part of the results page and the figure from the ledger.
-fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Result<(), String> {
+/// Writes the table and figure; returns a plain-text summary for the terminal: per dataset, each
+/// method's last mIoU and its gain over the baseline.
+fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Result<String, String> {
+    let mut summary = String::new();
     let ledger_path = s.results.join("ledger.jsonl");
     let (ledger, bad) = read_ledger(&ledger_path).map_err(|(_, m)| m)?;
     // An entry counts when it is of this code and of the settings this invocation would use
@@ -1184,6 +1188,7 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
         let base = find(BASELINE).unwrap_or_default();
         let full = find(CEILING).unwrap_or_default();
         let _ = writeln!(md, "### {}\n\n{}\n", d.id, d.description);
+        let _ = writeln!(summary, "{}:", d.id);
         let _ = writeln!(
             md,
             "| method | runs | last mIoU | best mIoU | gain over {BASELINE} (last) | gap closed | wall / run (s) | beats {BASELINE} by > 2σ |"
@@ -1216,6 +1221,19 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
                 }
                 _ => "—",
             };
+            if c.runs > 0 {
+                let versus = if reference || name == CEILING {
+                    String::new()
+                } else {
+                    format!("  gain over {BASELINE} {gain}, gap closed {gap}")
+                };
+                let _ = writeln!(
+                    summary,
+                    "  {name:<16} last mIoU {:>12} ({} run(s)){versus}",
+                    pm(c.last),
+                    c.runs
+                );
+            }
             let _ = writeln!(
                 md,
                 "| {name} | {} | {} | {} | {gain} | {gap} | {} | {check} |",
@@ -1349,7 +1367,8 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     plot::write_atomic(&s.out, page.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", s.out.display()))
+        .map_err(|e| format!("cannot write {}: {e}", s.out.display()))?;
+    Ok(summary)
 }
 
 /// `page` with the text between the markers replaced by `generated` (the markers are appended
