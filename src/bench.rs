@@ -124,6 +124,42 @@ pub enum BenchCommand {
     /// the results table (docs/RESULTS.md) and figure (docs/results/methods.png). Runs the
     /// ledger already holds for this code and these settings are skipped.
     Methods(MethodsArgs),
+    /// Train the supervised baseline and one semi-supervised method graph on the embedded
+    /// synthetic data (seed 0) and print the method's gain over supervised: what flowseg is
+    /// for, in one command (README's main job). A shortcut for `bench methods --graphs
+    /// supervised,<method> --datasets synthetic --seeds 0` writing under `--dir`.
+    Gain(GainArgs),
+}
+
+/// Flags of `flowseg bench gain`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GainArgs {
+    /// The semi-supervised method graph (a name in --graphs-dir).
+    #[arg(default_value = "fixmatch")]
+    pub method: String,
+    /// Where the runs, the ledger and the table go (a second call reuses finished runs).
+    #[arg(long, default_value = "runs/gain", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Folder of the method graphs.
+    #[arg(long, default_value = "graphs", value_name = "DIR")]
+    pub graphs_dir: PathBuf,
+}
+
+impl GainArgs {
+    /// The `bench methods` invocation this is short for.
+    fn methods(&self) -> MethodsArgs {
+        MethodsArgs {
+            graphs: Some(vec![BASELINE.to_owned(), self.method.clone()]),
+            datasets: Some(vec!["synthetic".to_owned()]),
+            seeds: Some(vec![0]),
+            runs: Some(self.dir.clone()),
+            results: Some(self.dir.join("results")),
+            out: Some(self.dir.join("RESULTS.md")),
+            graphs_dir: self.graphs_dir.clone(),
+            quick: false,
+            dry_run: false,
+        }
+    }
 }
 
 /// Flags of `flowseg bench methods`.
@@ -170,7 +206,14 @@ pub fn run(
     err: &mut dyn Write,
     color: bool,
 ) -> ExitCode {
-    let BenchCommand::Methods(a) = cmd;
+    let owned;
+    let a = match cmd {
+        BenchCommand::Methods(a) => a,
+        BenchCommand::Gain(g) => {
+            owned = g.methods();
+            &owned
+        }
+    };
     match methods(a, registry, out, err, color) {
         Ok(code) => code,
         Err((code, msg)) => {
