@@ -672,3 +672,140 @@ fn grad_of_an_unrelated_value_is_fs0115() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn metrics_are_logged_each_step_and_must_be_scalars() {
+    let init = || {
+        tensors(&[
+            ("net.w", vec_of(3, -1.0, 1.0)),
+            ("net.v", vec_of(4, -1.0, 1.0)),
+            ("teacher.w", vec_of(5, -1.0, 1.0)),
+        ])
+    };
+    let batch = tensors(&[("x", vec_of(1, 0.5, 1.5)), ("t", vec_of(2, -1.0, 1.0))]);
+    // The teacher's loss is no optimizer's: logged as a metric, it follows the step.
+    let yaml = format!("{GRAPH}metrics: {{ teacher_loss: l3.loss }}\n");
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let mut t = Trainer::new(&spec, &registry(), &env(), init()).unwrap();
+    t.step(&batch, 0).unwrap();
+    let before = init();
+    let run = run_cpu(&t.graph, &batch, &before, 1, 0).unwrap();
+    let (name, src) = &t.metrics[0];
+    assert_eq!(name, "teacher_loss");
+    assert_eq!(
+        t.metric_values,
+        vec![("teacher_loss".to_owned(), run.scalar(src).unwrap())]
+    );
+
+    for (metric, want) in [
+        ("{ act: y1.y }", "is f32[7], not a scalar"),
+        (
+            "{ nope: l9.loss }",
+            "names `l9.loss`, which is no node output",
+        ),
+    ] {
+        let yaml = format!("{GRAPH}metrics: {metric}\n");
+        let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+        let errs = Trainer::new(&spec, &registry(), &env(), init())
+            .err()
+            .unwrap();
+        assert_eq!(errs[0].code, "FS0111", "{errs:#?}");
+        assert!(errs[0].message.contains(want), "{}", errs[0]);
+        assert_eq!(errs[0].loc.line, 14, "{errs:#?}");
+    }
+}
+
+#[test]
+fn a_ramped_weight_seeds_its_loss_by_the_schedule() {
+    let w = spec::LossWeight::Ramped(spec::RampedWeight {
+        weight: 2.0,
+        rampup: 100,
+        shape: spec::RampShape::Sigmoid,
+    });
+    assert!((w.at(0) - 2.0 * (-5.0f64).exp()).abs() < 1e-12);
+    assert!((w.at(50) - 2.0 * (-1.25f64).exp()).abs() < 1e-12);
+    assert_eq!((w.at(100), w.at(1000), w.full()), (2.0, 2.0, 2.0));
+    let lin = spec::LossWeight::Ramped(spec::RampedWeight {
+        weight: 2.0,
+        rampup: 100,
+        shape: spec::RampShape::Linear,
+    });
+    assert_eq!((lin.at(0), lin.at(25)), (0.0, 0.5));
+
+    // In a graph: l2's gradient at iteration t is its full-weight gradient times r(t).
+    let init = tensors(&[
+        ("net.w", vec_of(3, -1.0, 1.0)),
+        ("net.v", vec_of(4, -1.0, 1.0)),
+        ("teacher.w", vec_of(5, -1.0, 1.0)),
+    ]);
+    let batch = tensors(&[("x", vec_of(1, 0.5, 1.5)), ("t", vec_of(2, -1.0, 1.0))]);
+    let grads_at = |yaml: &str, it: u64| {
+        let (spec, _) = spec::parse_graph(yaml, &[]).unwrap();
+        let t = Trainer::new(&spec, &registry(), &env(), init.clone()).unwrap();
+        let run = run_cpu(&t.graph, &batch, &t.state, 1, it).unwrap();
+        t.gradient_sources()
+            .into_iter()
+            .map(|(n, s)| (n, run.get(&s).unwrap().f32().unwrap().to_vec()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let only_l2 = GRAPH.replace("l1.loss: 1.0, l2.loss: 0.5", "l2.loss: 0.5");
+    let ramped = GRAPH.replace(
+        "l1.loss: 1.0, l2.loss: 0.5",
+        "l2.loss: { weight: 0.5, rampup: 100, shape: linear }",
+    );
+    let full = grads_at(&only_l2, 30);
+    let part = grads_at(&ramped, 30);
+    for (name, g) in &full {
+        for (a, b) in g.iter().zip(&part[name]) {
+            assert!(
+                (a * 0.3 - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "{name}: {a} {b}"
+            );
+        }
+    }
+    let bad = GRAPH.replace("l2.loss: 0.5", "l2.loss: { weight: 0.5, ramp: 10 }");
+    let e = spec::parse_graph(&bad, &[]).unwrap_err();
+    assert!(e[0].message.contains("a number, or `{ weight"), "{e:#?}");
+}
+
+#[test]
+fn hidden_batch_fields_feed_metrics_but_no_minimized_loss() {
+    let init = || {
+        tensors(&[
+            ("net.w", vec_of(3, -1.0, 1.0)),
+            ("net.v", vec_of(4, -1.0, 1.0)),
+            ("teacher.w", vec_of(5, -1.0, 1.0)),
+        ])
+    };
+    let mut hidden_env = env();
+    hidden_env.hidden.insert("t".to_owned());
+    // l1 and l3 read batch.t, l2 reads it through y2 → detach: all refused where minimized.
+    let (spec, _) = spec::parse_graph(GRAPH, &[]).unwrap();
+    let errs = Trainer::new(&spec, &registry(), &hidden_env, init())
+        .err()
+        .unwrap();
+    assert_eq!(
+        errs.len(),
+        1,
+        "only l1 reads it among the minimized: {errs:#?}"
+    );
+    assert_eq!(errs[0].code, "FS0111");
+    assert!(
+        errs[0].message.contains("`l1.loss` depends on `batch.t`"),
+        "{}",
+        errs[0]
+    );
+    // As a metric only, the same loss is fine.
+    let yaml = GRAPH
+        .replace(
+            "minimize: { l1.loss: 1.0, l2.loss: 0.5 }",
+            "minimize: { l2.loss: 0.5 }",
+        )
+        .replace(
+            "{ name: l2, op: mse, inputs: { x: y3.y, t: pseudo.y } }",
+            "{ name: l2, op: mse, inputs: { x: y3.y, t: batch.x } }",
+        );
+    let yaml = format!("{yaml}metrics: {{ fit: l1.loss }}\n");
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    assert!(Trainer::new(&spec, &registry(), &hidden_env, init()).is_ok());
+}
