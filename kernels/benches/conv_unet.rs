@@ -2,7 +2,10 @@
 //! layer the forward, the input gradient alone and the weight gradient alone, min of `n` runs
 //! (default 11), with each one's GFLOP/s — where a training step's convolution time goes.
 //!
-//! `cargo bench -p flowseg-kernels --bench conv_unet [-- n]`; threads: `RAYON_NUM_THREADS`.
+//! `cargo bench -p flowseg-kernels --bench conv_unet [-- n] [gemm|panel|direct] [layer]`;
+//! threads: `RAYON_NUM_THREADS`. A path name forces conv2d's f32 path for every call (`panel`:
+//! the panel gathers without the direct 3×3 kernels; `direct`: the default choice); without one
+//! the default runs. Any other word keeps only the layers whose name contains it.
 
 #![allow(
     clippy::print_stdout,
@@ -32,6 +35,19 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(11);
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.parse::<usize>().is_err() && a != "--bench")
+        .collect();
+    let mut only = None;
+    for w in &words {
+        match w.as_str() {
+            "gemm" => flowseg_kernels::conv2d::force_panel_path(Some(false)),
+            "panel" => flowseg_kernels::conv2d::force_direct_path(Some(false)),
+            "direct" => flowseg_kernels::conv2d::force_direct_path(Some(true)),
+            other => only = Some(other.to_string()),
+        }
+    }
     let b = 8;
     // (name, input, output channels): every 3×3 conv of the U-Net, stride 1, padding 1.
     let layers: Vec<(&str, Nchw, usize)> = vec![
@@ -57,6 +73,9 @@ fn main() {
     );
     let (mut tf, mut tx, mut tw) = (0.0, 0.0, 0.0);
     for (name, xs, co) in layers {
+        if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
         let x: Vec<f32> = (0..xs.len())
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
             .collect();

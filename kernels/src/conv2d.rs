@@ -11,12 +11,19 @@
 //!   one output row per group would waste the kernel.
 //!
 //! Backward rebuilds `col`: dW_gᵀ += col_g · dY_gᵀ (computed transposed so both GEMM operands are
-//! row-major; see `bwd_image`), dcol = W_gᵀ · dY_g then col2im (the adjoint of im2col) into dX. Per-chunk dW partials are summed in chunk order, so results
-//! are bitwise reproducible for a given thread count.
+//! row-major; see `bwd_image`), dcol = W_gᵀ · dY_g then col2im (the adjoint of im2col) into dX.
+//! Per-chunk dW partials are summed in chunk order, so results are bitwise reproducible for a
+//! given thread count.
+//!
+//! f32 on a CPU with AVX-512F takes faster paths where they apply (the choice is `Geom::panel`
+//! and `Geom::direct`): conv2d_panel.rs (register tiles over gathered 32-pixel panels; stride-1
+//! dX as a forward of dY) and, for 3×3 stride-1 convolutions on maps at least 16 wide,
+//! conv2d_direct.rs (no gather; its dW is the same for any thread count).
 //!
 //! Not here: transposed convolution, channel multipliers other than 1 on the direct depthwise
 //! path (they take the grouped-GEMM path), NHWC.
 
+use crate::conv2d_direct as direct;
 use crate::conv2d_panel::{self as panel, PanelGeom, MR, NR};
 use crate::gemm::{gemm, transpose, Trans};
 use crate::{check_len, KernelError, Nchw, Real};
@@ -138,10 +145,28 @@ struct Geom {
     /// 64×64 5 % faster, 64→64 and 128→128 even, a 1×1 64→128 12 % slower on the panel path).
     /// `FLOWSEG_CONV_PANEL=0` or [`force_panel_path`] chooses im2col + `gemm` instead.
     panel: bool,
+    /// Within the panel path, the direct kernels of conv2d_direct.rs: 3×3, stride 1, dilation 1
+    /// (any padding), at least 16 output columns — the forward and dW read the input in place
+    /// instead of gathering panels (dW leaves `gemm` too); the stride-1 dX, a forward of dY,
+    /// takes them when its own geometry qualifies (the same one for a 3×3 padded ≤ 2). Narrower
+    /// maps keep the panels, which pack several output rows per 32-pixel panel where a 16-lane
+    /// row vector would run half empty. `FLOWSEG_CONV_DIRECT=0` or [`force_direct_path`] keeps
+    /// the panel path's gathers (and dW on `gemm`).
+    direct: bool,
 }
 
 thread_local! {
     static PANEL_OVERRIDE: Cell<Option<bool>> = const { Cell::new(None) };
+    static DIRECT_OVERRIDE: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// On the calling thread, forces the direct 3×3 kernels on (`Some(true)`, wherever they apply
+/// and the panel path is taken) or off (`Some(false)`: panel gathers, dW on `gemm`); `None` the
+/// default (on unless `FLOWSEG_CONV_DIRECT=0`). Like [`force_panel_path`], for benchmarks and
+/// tests.
+#[doc(hidden)]
+pub fn force_direct_path(choice: Option<bool>) {
+    DIRECT_OVERRIDE.with(|c| c.set(choice));
 }
 
 /// On the calling thread, forces conv2d's f32 path: `Some(false)` im2col + `gemm`,
@@ -165,7 +190,11 @@ impl Geom {
         let y = p.out_shape(x, co)?;
         let cig = x.c / g;
         let (depthwise, pointwise) = (g == x.c && g == co && g > 1, p.is_pointwise());
-        Ok(Geom {
+        let allowed = |cell: &'static std::thread::LocalKey<Cell<Option<bool>>>, var: &str| {
+            cell.with(Cell::get)
+                .unwrap_or_else(|| std::env::var_os(var).is_none_or(|v| v != "0"))
+        };
+        let mut geom = Geom {
             x,
             y,
             p: *p,
@@ -179,10 +208,15 @@ impl Geom {
                 && !pointwise
                 && co / g <= 64
                 && panel::available()
-                && PANEL_OVERRIDE.with(Cell::get).unwrap_or_else(|| {
-                    std::env::var_os("FLOWSEG_CONV_PANEL").is_none_or(|v| v != "0")
-                }),
-        })
+                && allowed(&PANEL_OVERRIDE, "FLOWSEG_CONV_PANEL"),
+            direct: false,
+        };
+        geom.direct = !depthwise
+            && !pointwise
+            && direct::applies(&geom.panel())
+            && allowed(&PANEL_OVERRIDE, "FLOWSEG_CONV_PANEL")
+            && allowed(&DIRECT_OVERRIDE, "FLOWSEG_CONV_DIRECT");
+        Ok(geom)
     }
 
     /// The per-group geometry the AVX-512 panel path works on.
@@ -306,6 +340,9 @@ fn fwd_panel(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
+    if g.direct {
+        return fwd_direct(g, x, w, bias, y);
+    }
     let pg = g.panel();
     let (kg, pix, cog, cig) = (g.kg, g.pix, g.cog, g.cig);
     let taps = g.p.kh * g.p.kw;
@@ -377,6 +414,47 @@ fn fwd_panel(
         for pair in y.chunks_mut(g.y.image()).zip(x.chunks(g.x.image())) {
             image(pair, &mut buf);
         }
+    }
+    Ok(())
+}
+
+/// The forward on the direct 3×3 path (conv2d_direct.rs): weights packed once per call (all
+/// nine taps), images split over the rayon pool.
+fn fwd_direct(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let pg = g.panel();
+    let (cog, cig) = (g.cog, g.cig);
+    let all: Vec<usize> = (0..9).collect();
+    let packs: Vec<Vec<f32>> = w
+        .par_chunks_exact(cog * g.kg)
+        .map(|wg| panel::pack_taps(wg, cog, cig, 9, &all))
+        .collect();
+    let (xg_len, yg_len) = (cig * g.x.plane(), cog * g.pix);
+    let image = |(yn, xn): (&mut [f32], &[f32])| {
+        for (grp, pack) in packs.iter().enumerate() {
+            direct::fwd_image(
+                &pg,
+                &xn[grp * xg_len..(grp + 1) * xg_len],
+                pack,
+                cog,
+                bias.map(|b| &b[grp * cog..(grp + 1) * cog]),
+                &mut yn[grp * yg_len..(grp + 1) * yg_len],
+            );
+        }
+    };
+    if g.x.n > 1 && rayon::current_num_threads() > 1 {
+        y.par_chunks_mut(g.y.image())
+            .zip(x.par_chunks(g.x.image()))
+            .for_each(image);
+    } else {
+        y.chunks_mut(g.y.image())
+            .zip(x.chunks(g.x.image()))
+            .for_each(image);
     }
     Ok(())
 }
@@ -669,6 +747,34 @@ pub fn conv2d_bwd<T: Real>(
                         }
                         None => Some(d),
                     }
+                }
+                _ => Some(d),
+            }
+        }
+        other => other,
+    };
+    // dW on the direct path: one pass over the batch per group, no `col`, no partials.
+    let dw = match dw {
+        Some(d) if g.panel && g.direct && !g.y.is_empty() => {
+            match (T::as_f32(x), T::as_f32(dy), T::as_f32_mut(&mut *d)) {
+                (Some(x32), Some(dy32), Some(dw32)) => {
+                    let pg = g.panel();
+                    let (xg_len, yg_len) = (g.cig * g.x.plane(), g.cog * g.pix);
+                    for (grp, dwg) in dw32.chunks_exact_mut(g.cog * g.kg).enumerate() {
+                        direct::dw_batch(
+                            &pg,
+                            xs.n,
+                            x32,
+                            xs.image(),
+                            grp * xg_len,
+                            dy32,
+                            g.y.image(),
+                            grp * yg_len,
+                            g.cog,
+                            dwg,
+                        );
+                    }
+                    None
                 }
                 _ => Some(d),
             }
@@ -1075,22 +1181,52 @@ mod tests {
         }
     }
 
-    /// The f32 fast path (AVX-512 panels where the CPU has them, else im2col + `gemm`) against
-    /// the f64 path on shapes that reach its edges: more than 32 pixels and not a multiple of 32,
-    /// output rows wider than a panel (split runs) and narrower (several rows per panel), Co not
-    /// a multiple of the 8-row tile, K in the hundreds, stride 2 (permuted gathers), stride 3
-    /// (the scalar gather), dilation
-    /// with padding past the image, groups, 1×1 with and without stride, a padding larger than
-    /// the dilated kernel (dX then takes im2col + col2im).
+    /// The f32 fast paths (AVX-512 panels and direct 3×3 kernels where the CPU has them, else
+    /// im2col + `gemm`) against the f64 path on shapes that reach their edges: more than 32
+    /// pixels and not a multiple of 32, output rows wider than a panel (split runs) and narrower
+    /// (several rows per panel), Co not a multiple of the 8-row tile, K in the hundreds, stride
+    /// 2 (permuted gathers), stride 3 (the scalar gather), dilation with padding past the image,
+    /// groups, 1×1 with and without stride, a padding larger than the dilated kernel (dX then
+    /// takes im2col + col2im); for the direct kernels: Wo exactly 16, a last segment of one
+    /// column, Ho of 1, 4 (tiles 2 + 2) and 5 (3 + 2), no padding, padding 2 and 3 (rows and
+    /// columns wholly outside), unequal padding, Co of 1, 16, 33 (one, two and a half dY
+    /// vectors per dW tile) and 64, one to five input channels per dW task run, one image.
     #[test]
     fn f32_fast_path_matches_f64_on_panel_edges() {
-        // Both f32 paths: the panel path (where the CPU has AVX-512F) and im2col + `gemm` (what
-        // every other CPU runs).
-        for forced in [Some(false), None] {
-            force_panel_path(forced);
+        // Every f32 path: im2col + `gemm` (what CPUs without AVX-512F run), the panel path with
+        // its gathers, and the default (the direct kernels where they apply).
+        for (panel, direct) in [(Some(false), None), (None, Some(false)), (None, None)] {
+            force_panel_path(panel);
+            force_direct_path(direct);
             f32_paths_match_f64();
         }
         force_panel_path(None);
+        force_direct_path(None);
+    }
+
+    /// The direct 3×3 kernels give the same bits on 1 and 3 threads (dW included: each dW
+    /// entry is one task's sum over the whole batch, whatever the split).
+    #[test]
+    fn direct_path_results_do_not_depend_on_threads() {
+        let (xs, co, p) = (Nchw::new(5, 7, 9, 33), 19, Conv2d::square(3, 1, 1, 1));
+        let x = crate::testing::to_f32(&rand_vec(21, xs.len(), -1.0, 1.0));
+        let w = crate::testing::to_f32(&rand_vec(22, p.weight_len(xs.c, co), -1.0, 1.0));
+        let dy = crate::testing::to_f32(&rand_vec(23, xs.n * co * 9 * 33, -1.0, 1.0));
+        let run = || {
+            let mut y = vec![0f32; dy.len()];
+            conv2d_fwd(&x, xs, &w, None, co, &p, &mut y).unwrap();
+            let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0f32; w.len()]);
+            conv2d_bwd(&x, xs, &w, co, &p, &dy, Some(&mut dx), Some(&mut dw), None).unwrap();
+            (y, dx, dw)
+        };
+        let on = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(run)
+        };
+        assert_eq!(on(1), on(3));
     }
 
     fn f32_paths_match_f64() {
@@ -1166,6 +1302,57 @@ mod tests {
                 Nchw::new(2, 3, 6, 35),
                 4,
                 Conv2d::square(3, 1, 3, 1),
+            ),
+            (
+                "3x3 Wo 16, Ho 5, Co 16",
+                Nchw::new(3, 5, 5, 16),
+                16,
+                Conv2d::square(3, 1, 1, 1),
+            ),
+            (
+                "3x3 Wo 17, Co 33",
+                Nchw::new(2, 2, 7, 17),
+                33,
+                Conv2d::square(3, 1, 1, 1),
+            ),
+            (
+                "3x3 p0, Ho 4",
+                Nchw::new(2, 4, 6, 20),
+                3,
+                Conv2d::square(3, 1, 0, 1),
+            ),
+            (
+                "3x3 p2, Wo 16",
+                Nchw::new(2, 2, 3, 14),
+                5,
+                Conv2d::square(3, 1, 2, 1),
+            ),
+            (
+                "3x3 p(1,0), Ci 1",
+                Nchw::new(2, 1, 4, 18),
+                8,
+                Conv2d {
+                    pw: 0,
+                    ..Conv2d::square(3, 1, 1, 1)
+                },
+            ),
+            (
+                "3x3 Ho 1, Co 1, one image",
+                Nchw::new(1, 3, 1, 32),
+                1,
+                Conv2d::square(3, 1, 1, 1),
+            ),
+            (
+                "3x3 groups 2, Wo 16",
+                Nchw::new(2, 4, 3, 16),
+                6,
+                Conv2d::square(3, 1, 1, 1).with_groups(2),
+            ),
+            (
+                "3x3 Co 64, 16x16",
+                Nchw::new(2, 3, 16, 16),
+                64,
+                Conv2d::square(3, 1, 1, 1),
             ),
         ];
         for (name, xs, co, p) in cases {

@@ -12,8 +12,8 @@
 //! conv2d.rs `use_panel`).
 //!
 //! Summation order: every output is Σ_k in increasing k, one f32 FMA chain — different last bits
-//! from the `gemm` crate, identical for any thread count. The weight gradient still goes
-//! through `gemm` (conv2d.rs).
+//! from the `gemm` crate, identical for any thread count. The weight gradient goes through
+//! `gemm` (conv2d.rs), except for the 3×3 stride-1 convolutions that conv2d_direct.rs takes.
 //!
 //! Not here: f64 (the gradient-check oracle keeps the reference path), depthwise convolution
 //! (conv2d.rs's direct loops), other instruction sets (the caller falls back to im2col +
@@ -273,7 +273,7 @@ fn tap_runs(
 
 /// Bits [lo, hi) ∩ [base, base + 16) of a lane mask, shifted down by `base`.
 #[inline(always)]
-fn lane_mask(lo: usize, hi: usize, base: usize) -> u16 {
+pub(crate) fn lane_mask(lo: usize, hi: usize, base: usize) -> u16 {
     let (a, b) = (lo.max(base).min(base + 16), hi.max(base).min(base + 16));
     if b <= a {
         0

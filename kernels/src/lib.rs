@@ -23,6 +23,7 @@ pub mod argmax;
 pub mod augment;
 pub mod batch_norm;
 pub mod conv2d;
+mod conv2d_direct;
 mod conv2d_panel;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -1,0 +1,541 @@
+//! The direct AVX-512 path of [`crate::conv2d`] for f32 3×3 convolutions with stride 1 and
+//! dilation 1 (any padding) and at least 16 output columns: the forward (and, through
+//! conv2d.rs's `dx_as_forward`, the input gradient) and the weight gradient, reading the input
+//! where it lies — no panel copy, no `col` buffer, no `gemm`.
+//!
+//! Why: on the U-Net of the benchmark regime (width 16, 64×64 input, every conv 3×3 stride 1)
+//! the panel path's gather cost more than half its tile math where Co is 16 (each gathered
+//! [K, 32] panel served only two 8-row tiles), and dW was per-image im2col, a transpose of dY
+//! and a skinny `gemm` with N = Co = 16 (50–100 GFLOP/s on 2 threads). With stride 1 a kernel
+//! tap is a shifted row of the input, so a masked vector load at the right offset *is* the
+//! panel row.
+//!
+//! Forward tile ([`fwd_image`]): MR = 8 output channels × up to three output rows × 16 output
+//! columns (24 zmm accumulators). For each input channel and kernel column kj, the five input
+//! rows the tile reads are loaded once (shifted by kj, masked where a lane falls outside the
+//! image) and each serves up to three (output row, kernel row) pairs: 15 loads and 72
+//! broadcast weights per 216 FMAs. Every output is one FMA chain over (c, kj, ki) in that order
+//! (the panel path sums over (c, ki, kj)), independent of the thread count.
+//!
+//! Weight-gradient tile ([`dw_batch`]): the lanes run over 16 output channels, read from dY
+//! transposed to [pixel, channel], and the other operand is an input pixel broadcast from a
+//! zero-padded copy of x: per output pixel, one or two aligned vector loads and 9 to 27
+//! broadcasts per 18 to 27 FMAs (3 input channels × 9 taps × 16 output channels, or 1 × 9 × 32).
+//! A first version with lanes along output columns (both operands vector loads, shifted ones
+//! split across cache lines and masked at the edges) reached only half the FMA rate; this one
+//! runs at ~90 % of it in isolation. Each dW entry is one FMA chain over images, then output
+//! pixels in order, computed by one task whatever the split: the result is the same for any
+//! thread count, with no per-chunk partials to add.
+//!
+//! Not here: other kernel sizes, strides or dilations, maps narrower than 16 columns (half-empty
+//! vectors; the panel path packs several rows per panel there), f64, CPUs without AVX-512F —
+//! conv2d.rs's `Geom` sends all of those elsewhere.
+
+use crate::conv2d_panel::{available, lane_mask, PanelGeom, MR};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Output columns per vector.
+const L: usize = 16;
+/// Output rows of the largest forward tile.
+const NV: usize = 3;
+
+/// Whether a convolution of this geometry (stride, dilation and kernel as given) takes the
+/// direct path on this CPU.
+pub(crate) fn applies(g: &PanelGeom) -> bool {
+    g.kh == 3
+        && g.kw == 3
+        && g.sh == 1
+        && g.sw == 1
+        && g.dh == 1
+        && g.dw == 1
+        && g.wo >= L
+        && available()
+}
+
+/// Output height of a geometry [`applies`] accepts: H + 2·ph − 2.
+fn out_h(g: &PanelGeom) -> usize {
+    g.h + 2 * g.ph - 2
+}
+
+/// For the 16-column segment at output column `ox0`: the lanes inside the output row and, per
+/// kernel column kj, those whose input column `ox0 + lane + kj − pw` lies inside the image.
+fn col_masks(g: &PanelGeom, ox0: usize) -> (u16, [u16; 3]) {
+    let out = lane_mask(0, (g.wo - ox0).min(L), 0);
+    let cm = std::array::from_fn(|kj| {
+        let first = ox0 as isize + kj as isize - g.pw as isize;
+        let lo = (-first).clamp(0, L as isize) as usize;
+        let hi = (g.w as isize - first).clamp(0, L as isize) as usize;
+        lane_mask(lo, hi, 0) & out
+    });
+    (out, cm)
+}
+
+/// Output rows per forward tile from `left` rows onward: threes, with a remainder of 4 split
+/// 2 + 2 and smaller remainders as they come (no tile computes rows past the image).
+fn tile_rows(left: usize) -> usize {
+    if left == 4 {
+        2
+    } else {
+        left.min(NV)
+    }
+}
+
+/// One image's forward for one group: `yg` [Cog, Ho, Wo] = bias + Σ `pack` · taps of `xg`
+/// [Cg, H, W]; `pack` is [`crate::conv2d_panel::pack_taps`] of the group's weights with all
+/// nine taps live ([ceil(Cog/MR)][Cg·9][MR]). Every element of `yg` is written.
+pub(crate) fn fwd_image(
+    g: &PanelGeom,
+    xg: &[f32],
+    pack: &[f32],
+    cog: usize,
+    bias: Option<&[f32]>,
+    yg: &mut [f32],
+) {
+    let (ho, wo, plane) = (out_h(g), g.wo, g.h * g.w);
+    let opix = ho * wo;
+    let kp = g.cig * 9;
+    assert!(applies(g) && cog > 0);
+    assert!(xg.len() >= g.cig * plane && yg.len() >= cog * opix);
+    assert!(pack.len() >= cog.div_ceil(MR) * kp * MR);
+    assert!(bias.is_none_or(|b| b.len() >= cog));
+    for ox0 in (0..wo).step_by(L) {
+        let (out, cm) = col_masks(g, ox0);
+        let mut oy0 = 0;
+        while oy0 < ho {
+            let nv = tile_rows(ho - oy0);
+            // Per input row r of the tile (row oy0 − ph + r) and kj: the lanes to load, none
+            // for a row outside the image.
+            let mut masks = [[0u16; 3]; NV + 2];
+            for (r, m) in masks.iter_mut().enumerate().take(nv + 2) {
+                let iy = (oy0 + r) as isize - g.ph as isize;
+                if iy >= 0 && (iy as usize) < g.h {
+                    *m = cm;
+                }
+            }
+            let xoff = (oy0 as isize - g.ph as isize) * g.w as isize + ox0 as isize - g.pw as isize;
+            for (b, r0) in (0..cog).step_by(MR).enumerate() {
+                let rows = MR.min(cog - r0);
+                let mut init = [0.0f32; MR];
+                if let Some(bias) = bias {
+                    init[..rows].copy_from_slice(&bias[r0..r0 + rows]);
+                }
+                let t = FwdTile {
+                    cig: g.cig,
+                    plane,
+                    w: g.w,
+                    masks: &masks,
+                    init,
+                    ys: opix,
+                    wo,
+                    rows,
+                    out,
+                };
+                // SAFETY: AVX-512F was checked by `applies`; `x` + xoff + c·plane + r·W + kj
+                // + lane is read only under `masks[r][kj]`, which holds just the lanes whose
+                // input row and column lie inside plane c < Cg of `xg` (asserted length);
+                // `a` holds Cg·9·MR weights of block b (asserted); `y` + m·opix + v·Wo + lane
+                // is written for m < rows ≤ Cog − r0, v < nv ≤ Ho − oy0, lanes under `out`
+                // (< Wo − ox0), inside `yg`.
+                unsafe {
+                    let x = xg.as_ptr().wrapping_offset(xoff);
+                    let a = pack.as_ptr().add(b * kp * MR);
+                    let y = yg.as_mut_ptr().add(r0 * opix + oy0 * wo + ox0);
+                    match nv {
+                        3 => fwd_tile::<3>(&t, x, a, y),
+                        2 => fwd_tile::<2>(&t, x, a, y),
+                        _ => fwd_tile::<1>(&t, x, a, y),
+                    }
+                }
+            }
+            oy0 += nv;
+        }
+    }
+}
+
+/// The scalar operands of one forward tile.
+struct FwdTile<'a> {
+    cig: usize,
+    plane: usize,
+    w: usize,
+    masks: &'a [[u16; 3]; NV + 2],
+    init: [f32; MR],
+    ys: usize,
+    wo: usize,
+    rows: usize,
+    out: u16,
+}
+
+/// MR × V output rows × 16 columns: `y[m·ys + v·wo + lane] = init[m] + Σ_c Σ_kj Σ_ki
+/// a[(c·9 + ki·3 + kj)·MR + m] · x[c·plane + (v + ki)·w + kj + lane]`, input lanes under
+/// `masks[v + ki][kj]` (zero elsewhere), output lanes under `out`, rows m < `rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fwd_tile<const V: usize>(t: &FwdTile<'_>, x: *const f32, a: *const f32, y: *mut f32) {
+    // SAFETY: the caller guarantees that every lane read under its mask and every lane written
+    // lies inside its slice; masked-off lanes are not accessed, so their addresses may lie
+    // outside (hence `wrapping_*`).
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        for (m, row) in acc.iter_mut().enumerate() {
+            *row = [_mm512_set1_ps(t.init[m]); V];
+        }
+        for c in 0..t.cig {
+            let xc = x.wrapping_add(c * t.plane);
+            let ac = a.add(c * 9 * MR);
+            for kj in 0..3 {
+                let mut xv = [_mm512_setzero_ps(); NV + 2];
+                for r in 0..V + 2 {
+                    xv[r] = _mm512_maskz_loadu_ps(t.masks[r][kj], xc.wrapping_add(r * t.w + kj));
+                }
+                for ki in 0..3 {
+                    for m in 0..MR {
+                        let av = _mm512_set1_ps(*ac.add((ki * 3 + kj) * MR + m));
+                        for v in 0..V {
+                            acc[m][v] = _mm512_fmadd_ps(av, xv[v + ki], acc[m][v]);
+                        }
+                    }
+                }
+            }
+        }
+        for (m, row) in acc.iter().enumerate().take(t.rows) {
+            for (v, &r) in row.iter().enumerate() {
+                _mm512_mask_storeu_ps(y.add(m * t.ys + v * t.wo), t.out, r);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn fwd_tile<const V: usize>(_: &FwdTile<'_>, _: *const f32, _: *const f32, _: *mut f32) {
+    unreachable!("the direct path needs AVX-512F (`applies` is false here)")
+}
+
+/// The weight gradient of one group over a batch: `dwg` [Cog, Cg, 3, 3] (overwritten) = Σ over
+/// images n and output pixels of dY[n, co, oy, ox] · x[n, c, oy + ki − ph, ox + kj − pw].
+///
+/// * `x`: the batch's input, image n's group at `x[n·x_img + xg0..]` ([Cg, H, W]).
+/// * `dy`: the output gradient, image n's group at `dy[n·y_img + yg0..]` ([Cog, Ho, Wo]).
+///
+/// The input channels are split into one contiguous range per rayon thread. Per image, a
+/// thread transposes dY to [Ho·Wo, Cop] (Cop = Cog rounded up to 16, zero lanes past Cog; every
+/// thread its own copy) and copies its channels of x into zero-padded planes
+/// [(Ho + 2)·(Wo + 2)] (no masks, no branches at the borders), then runs its tasks: (block of
+/// input channels, block of output-channel vectors), whose partial sums stay in memory between
+/// images. Both copies together are a few per cent of the tile work.
+pub(crate) fn dw_batch(
+    g: &PanelGeom,
+    n: usize,
+    x: &[f32],
+    x_img: usize,
+    xg0: usize,
+    dy: &[f32],
+    y_img: usize,
+    yg0: usize,
+    cog: usize,
+    dwg: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let (ho, wo, plane) = (out_h(g), g.wo, g.h * g.w);
+    let opix = ho * wo;
+    assert!(applies(g) && n > 0 && cog > 0);
+    assert!(x.len() >= (n - 1) * x_img + xg0 + g.cig * plane);
+    assert!(dy.len() >= (n - 1) * y_img + yg0 + cog * opix);
+    assert!(dwg.len() == cog * g.cig * 9);
+    let cop = cog.next_multiple_of(L);
+    let nvec = cop / L;
+    let (hp, wp) = (ho + 2, wo + 2);
+    let t = DwTile {
+        ho,
+        wo,
+        wp,
+        xs: hp * wp,
+        cop,
+    };
+    // Tasks of a channel range: one output-channel vector per tile needs three channels to fill
+    // 27 accumulators; two vectors fill 18 with one channel.
+    let tasks_of = |c0: usize, c1: usize| -> Vec<DwTask> {
+        let mut tasks = Vec::new();
+        if nvec == 1 {
+            for c in (c0..c1).step_by(3) {
+                let nc = 3.min(c1 - c);
+                tasks.push(DwTask {
+                    c,
+                    nc,
+                    v0: 0,
+                    nv: 1,
+                });
+            }
+        } else {
+            for v0 in (0..nvec).step_by(2) {
+                for c in c0..c1 {
+                    let nv = 2.min(nvec - v0);
+                    tasks.push(DwTask { c, nc: 1, v0, nv });
+                }
+            }
+        }
+        tasks
+    };
+    let parts = rayon::current_num_threads().clamp(1, g.cig);
+    let ranges: Vec<(usize, usize)> = (0..parts)
+        .map(|i| (i * g.cig / parts, (i + 1) * g.cig / parts))
+        .collect();
+    let results: Vec<(Vec<DwTask>, Vec<f32>)> = ranges
+        .par_iter()
+        .map(|&(c0, c1)| {
+            let tasks = tasks_of(c0, c1);
+            // Per task, its 27 (or 18) accumulator vectors.
+            let mut state = vec![0.0f32; tasks.len() * 27 * L];
+            let mut dyt = vec![Al([0.0; L]); opix * nvec];
+            let mut xpad = vec![0.0f32; (c1 - c0) * hp * wp];
+            for img in 0..n {
+                let dyn_ = &dy[img * y_img + yg0..img * y_img + yg0 + cog * opix];
+                transpose_to(dyn_, cog, opix, Al::floats(&mut dyt), cop);
+                let xn = &x[img * x_img + xg0..];
+                for (c, xc) in (c0..c1).zip(xpad.chunks_exact_mut(hp * wp)) {
+                    let src = &xn[c * plane..(c + 1) * plane];
+                    pad_plane(g, src, xc, wp);
+                }
+                let dyp = Al::floats(&mut dyt).as_ptr();
+                for (task, st) in tasks.iter().zip(state.chunks_exact_mut(27 * L)) {
+                    let DwTask { c, nc, v0, nv } = *task;
+                    // SAFETY: AVX-512F was checked by `applies`; padded planes c − c0 ..
+                    // c − c0 + nc of `xpad` hold (Ho + 2)·(Wo + 2) floats each, every one the
+                    // tile reads; `dyt` holds Ho·Wo rows of Cop floats, 64-byte aligned, and the
+                    // tile reads vectors v0 .. v0 + nv ≤ Cop/16 of each; `st` holds 27·16.
+                    unsafe {
+                        let xc = xpad.as_ptr().add((c - c0) * hp * wp);
+                        let d = dyp.add(v0 * L);
+                        let st = st.as_mut_ptr();
+                        match (nc, nv) {
+                            (3, _) => dw_tile::<3, 1>(&t, xc, d, st),
+                            (2, _) => dw_tile::<2, 1>(&t, xc, d, st),
+                            (_, 1) => dw_tile::<1, 1>(&t, xc, d, st),
+                            _ => dw_tile::<1, 2>(&t, xc, d, st),
+                        }
+                    }
+                }
+            }
+            (tasks, state)
+        })
+        .collect();
+    for (tasks, state) in &results {
+        for (task, st) in tasks.iter().zip(state.chunks_exact(27 * L)) {
+            let DwTask { c, nc, v0, nv } = *task;
+            for ci in 0..nc {
+                for tap in 0..9 {
+                    for v in 0..nv {
+                        let lanes = &st[((ci * 9 + tap) * nv + v) * L..][..L];
+                        for (lane, &val) in lanes.iter().enumerate() {
+                            let co = (v0 + v) * L + lane;
+                            if co < cog {
+                                dwg[(co * g.cig + c + ci) * 9 + tap] = val;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst` [P, cop] = the transpose of `src` [rows, P], lanes rows..cop zero.
+fn transpose_to(src: &[f32], rows: usize, p: usize, dst: &mut [f32], cop: usize) {
+    assert!(src.len() >= rows * p && dst.len() >= p * cop && rows <= cop);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if available() {
+            // SAFETY: AVX-512F detected; lengths asserted above.
+            unsafe { transpose_avx512(src, rows, p, dst, cop) };
+            return;
+        }
+    }
+    for j in 0..p {
+        for r in 0..cop {
+            dst[j * cop + r] = if r < rows { src[r * p + j] } else { 0.0 };
+        }
+    }
+}
+
+/// [`transpose_to`] in 16×16 register blocks (4 shuffle rounds of 16 per block).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_avx512(src: &[f32], rows: usize, p: usize, dst: &mut [f32], cop: usize) {
+    // SAFETY: rows r < `rows` of `src` are read at columns j0 + lane < P (masked loads); rows of
+    // `dst` j < P are written at columns r0 .. r0 + 16 ≤ cop.
+    unsafe {
+        for r0 in (0..cop).step_by(L) {
+            for j0 in (0..p).step_by(L) {
+                let cols = L.min(p - j0);
+                let m = lane_mask(0, cols, 0);
+                let mut r = [_mm512_setzero_ps(); L];
+                for (i, v) in r.iter_mut().enumerate() {
+                    if r0 + i < rows {
+                        *v = _mm512_maskz_loadu_ps(m, src.as_ptr().add((r0 + i) * p + j0));
+                    }
+                }
+                let mut t = [_mm512_setzero_ps(); L];
+                for i in 0..8 {
+                    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+                }
+                let mut u = [_mm512_setzero_ps(); L];
+                for q in 0..4 {
+                    let (a0, a1, b0, b1) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
+                    let pd = _mm512_castps_pd;
+                    u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a0), pd(b0)));
+                    u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a0), pd(b0)));
+                    u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a1), pd(b1)));
+                    u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a1), pd(b1)));
+                }
+                // u[4q + k] holds columns k, k + 4, k + 8, k + 12 (one per 128-bit block) of
+                // rows 4q .. 4q + 4.
+                let mut v = [_mm512_setzero_ps(); L];
+                for h in 0..2 {
+                    for k in 0..4 {
+                        let (a, b) = (u[8 * h + k], u[8 * h + 4 + k]);
+                        v[8 * h + k] = _mm512_shuffle_f32x4::<0x88>(a, b);
+                        v[8 * h + 4 + k] = _mm512_shuffle_f32x4::<0xdd>(a, b);
+                    }
+                }
+                // v[8h + k]: columns k, k + 8 of rows 8h .. 8h + 8; v[8h + 4 + k]: columns
+                // k + 4, k + 12.
+                for k in 0..8 {
+                    let (a, b) = (v[k], v[8 + k]);
+                    let lo = _mm512_shuffle_f32x4::<0x88>(a, b);
+                    let hi = _mm512_shuffle_f32x4::<0xdd>(a, b);
+                    // v[k] for k < 4 holds columns k and k + 8; for k ≥ 4, k and k + 8 too
+                    // (k − 4 + 4 and k − 4 + 12).
+                    let (cl, ch) = (k, k + 8);
+                    if cl < cols {
+                        _mm512_storeu_ps(dst.as_mut_ptr().add((j0 + cl) * cop + r0), lo);
+                    }
+                    if ch < cols {
+                        _mm512_storeu_ps(dst.as_mut_ptr().add((j0 + ch) * cop + r0), hi);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `xc` [H + 2·ph, W + 2·pw] (= [Ho + 2, Wo + 2]) ← the plane `src` [H, W] at row ph, column
+/// pw: padded (oy + ki, ox + kj) holds x[oy + ki − ph, ox + kj − pw]. Only in-image entries are
+/// written; the border is the zeros `xc` started with, the same for every image.
+fn pad_plane(g: &PanelGeom, src: &[f32], xc: &mut [f32], wp: usize) {
+    for (row, xr) in src
+        .chunks_exact(g.w)
+        .zip(xc[g.ph * wp..].chunks_exact_mut(wp))
+    {
+        xr[g.pw..g.pw + g.w].copy_from_slice(row);
+    }
+}
+
+/// One weight-gradient task: input channels c .. c + nc and output-channel vectors
+/// v0 .. v0 + nv (16 channels each), nc·9·nv ≤ 27 accumulators.
+#[derive(Debug, Clone, Copy)]
+struct DwTask {
+    c: usize,
+    nc: usize,
+    v0: usize,
+    nv: usize,
+}
+
+/// 16 floats on a 64-byte boundary: one cache line, one aligned zmm load.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Al([f32; L]);
+
+impl Al {
+    fn floats(v: &mut [Al]) -> &mut [f32] {
+        // SAFETY: `Al` is `repr(C)` over 16 f32 with no padding (size 64 = 16·4).
+        unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<f32>(), v.len() * L) }
+    }
+}
+
+/// The scalar operands of one weight-gradient tile.
+struct DwTile {
+    ho: usize,
+    wo: usize,
+    /// Padded x: row stride Wo + 2 and plane stride (Ho + 2)·(Wo + 2).
+    wp: usize,
+    xs: usize,
+    /// Transposed dY row stride (floats per output pixel).
+    cop: usize,
+}
+
+/// NC input channels (padded planes from `x`) × nine taps × V vectors of 16 output channels
+/// (`dyt` + v·16 of each transposed dY row), over one image:
+/// `state[((c·9 + ki·3 + kj)·V + v)·16 + lane] += Σ_{oy, ox} x[c, oy + ki, ox + kj] ·
+/// dyt[(oy·Wo + ox)·cop + v·16 + lane]`, in order of oy, then ox: one FMA chain per dW entry,
+/// the weight broadcast from x (never split across cache lines, never masked).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dw_tile<const NC: usize, const V: usize>(
+    t: &DwTile,
+    x: *const f32,
+    dyt: *const f32,
+    state: *mut f32,
+) {
+    // SAFETY: the caller guarantees the padded planes, `dyt` and `state`.
+    unsafe {
+        let mut acc = [[[_mm512_setzero_ps(); V]; 9]; NC];
+        for c in 0..NC {
+            for tap in 0..9 {
+                for v in 0..V {
+                    acc[c][tap][v] = _mm512_loadu_ps(state.add(((c * 9 + tap) * V + v) * L));
+                }
+            }
+        }
+        for oy in 0..t.ho {
+            // Row pointers of the three kernel rows of each channel. No closures here: they
+            // would not inherit this function's target features.
+            let mut rows = [[x; 3]; NC];
+            for c in 0..NC {
+                for ki in 0..3 {
+                    rows[c][ki] = x.add(c * t.xs + (oy + ki) * t.wp);
+                }
+            }
+            let drow = dyt.add(oy * t.wo * t.cop);
+            for ox in 0..t.wo {
+                let mut d = [_mm512_setzero_ps(); V];
+                for v in 0..V {
+                    d[v] = _mm512_load_ps(drow.add(ox * t.cop + v * L));
+                }
+                for c in 0..NC {
+                    for ki in 0..3 {
+                        for kj in 0..3 {
+                            let a = _mm512_set1_ps(*rows[c][ki].add(ox + kj));
+                            for v in 0..V {
+                                acc[c][ki * 3 + kj][v] =
+                                    _mm512_fmadd_ps(a, d[v], acc[c][ki * 3 + kj][v]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for c in 0..NC {
+            for tap in 0..9 {
+                for v in 0..V {
+                    _mm512_storeu_ps(state.add(((c * 9 + tap) * V + v) * L), acc[c][tap][v]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn dw_tile<const NC: usize, const V: usize>(
+    _: &DwTile,
+    _: *const f32,
+    _: *const f32,
+    _: *mut f32,
+) {
+    unreachable!("the direct path needs AVX-512F (`applies` is false here)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn transpose_avx512(_: &[f32], _: usize, _: usize, _: &mut [f32], _: usize) {
+    unreachable!("the direct path needs AVX-512F (`applies` is false here)")
+}
