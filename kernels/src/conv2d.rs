@@ -153,6 +153,10 @@ struct Geom {
     /// row vector would run half empty. `FLOWSEG_CONV_DIRECT=0` or [`force_direct_path`] keeps
     /// the panel path's gathers (and dW on `gemm`).
     direct: bool,
+    /// dW on conv2d_direct.rs: as `direct` but at any width and any number of output channels
+    /// (its vectors run over output channels, so narrow maps fill them; the 8×8 128-channel
+    /// layers of the U-Net: dW ~30 % faster than on `gemm`).
+    direct_dw: bool,
 }
 
 thread_local! {
@@ -210,12 +214,14 @@ impl Geom {
                 && panel::available()
                 && allowed(&PANEL_OVERRIDE, "FLOWSEG_CONV_PANEL"),
             direct: false,
+            direct_dw: false,
         };
-        geom.direct = !depthwise
+        let on = !depthwise
             && !pointwise
-            && direct::applies(&geom.panel())
             && allowed(&PANEL_OVERRIDE, "FLOWSEG_CONV_PANEL")
             && allowed(&DIRECT_OVERRIDE, "FLOWSEG_CONV_DIRECT");
+        geom.direct = on && direct::applies(&geom.panel());
+        geom.direct_dw = on && direct::applies_dw(&geom.panel());
         Ok(geom)
     }
 
@@ -755,7 +761,7 @@ pub fn conv2d_bwd<T: Real>(
     };
     // dW on the direct path: one pass over the batch per group, no `col`, no partials.
     let dw = match dw {
-        Some(d) if g.panel && g.direct && !g.y.is_empty() => {
+        Some(d) if g.direct_dw && !g.y.is_empty() => {
             match (T::as_f32(x), T::as_f32(dy), T::as_f32_mut(&mut *d)) {
                 (Some(x32), Some(dy32), Some(dw32)) => {
                     let pg = g.panel();
@@ -1190,7 +1196,8 @@ mod tests {
     /// takes im2col + col2im); for the direct kernels: Wo exactly 16, a last segment of one
     /// column, Ho of 1, 4 (tiles 2 + 2) and 5 (3 + 2), no padding, padding 2 and 3 (rows and
     /// columns wholly outside), unequal padding, Co of 1, 16, 33 (one, two and a half dY
-    /// vectors per dW tile) and 64, one to five input channels per dW task run, one image.
+    /// vectors per dW tile), 64 and 130, one to five input channels per dW task run, one image,
+    /// dW at widths under 16.
     #[test]
     fn f32_fast_path_matches_f64_on_panel_edges() {
         // Every f32 path: im2col + `gemm` (what CPUs without AVX-512F run), the panel path with
@@ -1352,6 +1359,12 @@ mod tests {
                 "3x3 Co 64, 16x16",
                 Nchw::new(2, 3, 16, 16),
                 64,
+                Conv2d::square(3, 1, 1, 1),
+            ),
+            (
+                "3x3 Co 130, 8x8 (dW direct, the rest on gemm)",
+                Nchw::new(2, 2, 8, 8),
+                130,
                 Conv2d::square(3, 1, 1, 1),
             ),
         ];

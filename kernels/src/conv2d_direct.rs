@@ -43,14 +43,13 @@ const NV: usize = 3;
 /// Whether a convolution of this geometry (stride, dilation and kernel as given) takes the
 /// direct path on this CPU.
 pub(crate) fn applies(g: &PanelGeom) -> bool {
-    g.kh == 3
-        && g.kw == 3
-        && g.sh == 1
-        && g.sw == 1
-        && g.dh == 1
-        && g.dw == 1
-        && g.wo >= L
-        && available()
+    applies_dw(g) && g.wo >= L
+}
+
+/// Whether [`dw_batch`] takes a convolution of this geometry on this CPU: as [`applies`], at
+/// any width (its vectors run over output channels, not pixels).
+pub(crate) fn applies_dw(g: &PanelGeom) -> bool {
+    g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && available()
 }
 
 /// Output height of a geometry [`applies`] accepts: H + 2·ph − 2.
@@ -107,12 +106,24 @@ pub(crate) fn fwd_image(
             // Per input row r of the tile (row oy0 − ph + r) and kj: the lanes to load, none
             // for a row outside the image.
             let mut masks = [[0u16; 3]; NV + 2];
+            let mut rows_inside = true;
             for (r, m) in masks.iter_mut().enumerate().take(nv + 2) {
                 let iy = (oy0 + r) as isize - g.ph as isize;
                 if iy >= 0 && (iy as usize) < g.h {
                     *m = cm;
+                } else {
+                    rows_inside = false;
                 }
             }
+            // The kernel columns whose loads need masks (bit kj): a masked load costs an extra
+            // vector µop on the FMA ports, so tiles inside the image load plainly.
+            let need = if rows_inside {
+                (0..3)
+                    .filter(|&kj| cm[kj] != 0xffff)
+                    .fold(0u8, |b, kj| b | 1 << kj)
+            } else {
+                7
+            };
             let xoff = (oy0 as isize - g.ph as isize) * g.w as isize + ox0 as isize - g.pw as isize;
             for (b, r0) in (0..cog).step_by(MR).enumerate() {
                 let rows = MR.min(cog - r0);
@@ -141,10 +152,18 @@ pub(crate) fn fwd_image(
                     let x = xg.as_ptr().wrapping_offset(xoff);
                     let a = pack.as_ptr().add(b * kp * MR);
                     let y = yg.as_mut_ptr().add(r0 * opix + oy0 * wo + ox0);
-                    match nv {
-                        3 => fwd_tile::<3>(&t, x, a, y),
-                        2 => fwd_tile::<2>(&t, x, a, y),
-                        _ => fwd_tile::<1>(&t, x, a, y),
+                    match (nv, need) {
+                        (3, 0) => fwd_tile::<3, 0>(&t, x, a, y),
+                        (3, 1) => fwd_tile::<3, 1>(&t, x, a, y),
+                        (3, 4) => fwd_tile::<3, 4>(&t, x, a, y),
+                        (3, 5) => fwd_tile::<3, 5>(&t, x, a, y),
+                        (3, _) => fwd_tile::<3, 7>(&t, x, a, y),
+                        (2, 0) => fwd_tile::<2, 0>(&t, x, a, y),
+                        (2, 1) => fwd_tile::<2, 1>(&t, x, a, y),
+                        (2, 4) => fwd_tile::<2, 4>(&t, x, a, y),
+                        (2, 5) => fwd_tile::<2, 5>(&t, x, a, y),
+                        (2, _) => fwd_tile::<2, 7>(&t, x, a, y),
+                        _ => fwd_tile::<1, 7>(&t, x, a, y),
                     }
                 }
             }
@@ -168,10 +187,17 @@ struct FwdTile<'a> {
 
 /// MR × V output rows × 16 columns: `y[m·ys + v·wo + lane] = init[m] + Σ_c Σ_kj Σ_ki
 /// a[(c·9 + ki·3 + kj)·MR + m] · x[c·plane + (v + ki)·w + kj + lane]`, input lanes under
-/// `masks[v + ki][kj]` (zero elsewhere), output lanes under `out`, rows m < `rows`.
+/// `masks[v + ki][kj]` (zero elsewhere), output lanes under `out`, rows m < `rows`. Loads of
+/// kernel column kj are masked where bit kj of `M` is set; the caller clears it only where
+/// every mask of that column is full.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn fwd_tile<const V: usize>(t: &FwdTile<'_>, x: *const f32, a: *const f32, y: *mut f32) {
+unsafe fn fwd_tile<const V: usize, const M: u8>(
+    t: &FwdTile<'_>,
+    x: *const f32,
+    a: *const f32,
+    y: *mut f32,
+) {
     // SAFETY: the caller guarantees that every lane read under its mask and every lane written
     // lies inside its slice; masked-off lanes are not accessed, so their addresses may lie
     // outside (hence `wrapping_*`).
@@ -186,7 +212,12 @@ unsafe fn fwd_tile<const V: usize>(t: &FwdTile<'_>, x: *const f32, a: *const f32
             for kj in 0..3 {
                 let mut xv = [_mm512_setzero_ps(); NV + 2];
                 for r in 0..V + 2 {
-                    xv[r] = _mm512_maskz_loadu_ps(t.masks[r][kj], xc.wrapping_add(r * t.w + kj));
+                    let p = xc.wrapping_add(r * t.w + kj);
+                    xv[r] = if M & (1 << kj) != 0 {
+                        _mm512_maskz_loadu_ps(t.masks[r][kj], p)
+                    } else {
+                        _mm512_loadu_ps(p)
+                    };
                 }
                 for ki in 0..3 {
                     for m in 0..MR {
@@ -207,7 +238,12 @@ unsafe fn fwd_tile<const V: usize>(t: &FwdTile<'_>, x: *const f32, a: *const f32
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn fwd_tile<const V: usize>(_: &FwdTile<'_>, _: *const f32, _: *const f32, _: *mut f32) {
+unsafe fn fwd_tile<const V: usize, const M: u8>(
+    _: &FwdTile<'_>,
+    _: *const f32,
+    _: *const f32,
+    _: *mut f32,
+) {
     unreachable!("the direct path needs AVX-512F (`applies` is false here)")
 }
 
@@ -238,7 +274,7 @@ pub(crate) fn dw_batch(
     use rayon::prelude::*;
     let (ho, wo, plane) = (out_h(g), g.wo, g.h * g.w);
     let opix = ho * wo;
-    assert!(applies(g) && n > 0 && cog > 0);
+    assert!(applies_dw(g) && n > 0 && cog > 0);
     assert!(x.len() >= (n - 1) * x_img + xg0 + g.cig * plane);
     assert!(dy.len() >= (n - 1) * y_img + yg0 + cog * opix);
     assert!(dwg.len() == cog * g.cig * 9);
@@ -299,7 +335,7 @@ pub(crate) fn dw_batch(
                 let dyp = Al::floats(&mut dyt).as_ptr();
                 for (task, st) in tasks.iter().zip(state.chunks_exact_mut(27 * L)) {
                     let DwTask { c, nc, v0, nv } = *task;
-                    // SAFETY: AVX-512F was checked by `applies`; padded planes c − c0 ..
+                    // SAFETY: AVX-512F was checked by `applies_dw`; padded planes c − c0 ..
                     // c − c0 + nc of `xpad` hold (Ho + 2)·(Wo + 2) floats each, every one the
                     // tile reads; `dyt` holds Ho·Wo rows of Cop floats, 64-byte aligned, and the
                     // tile reads vectors v0 .. v0 + nv ≤ Cop/16 of each; `st` holds 27·16.
