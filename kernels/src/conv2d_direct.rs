@@ -23,13 +23,15 @@
 //! broadcasts per 18 to 27 FMAs (3 input channels × 9 taps × 16 output channels, or 1 × 9 × 32).
 //! A first version with lanes along output columns (both operands vector loads, shifted ones
 //! split across cache lines and masked at the edges) reached only half the FMA rate; this one
-//! runs at ~90 % of it in isolation. Each dW entry is one FMA chain over images, then output
-//! pixels in order, computed by one task whatever the split: the result is the same for any
-//! thread count, with no per-chunk partials to add.
+//! runs at ~90 % of it in isolation. Each dW entry is, per image, one FMA chain over the output
+//! pixels in order, and those per-image sums are added in image order, all by one task whatever
+//! the split: the result is the same for any thread count.
 //!
-//! Not here: other kernel sizes, strides or dilations, maps narrower than 16 columns (half-empty
-//! vectors; the panel path packs several rows per panel there), f64, CPUs without AVX-512F —
-//! conv2d.rs's `Geom` sends all of those elsewhere.
+//! Not here: other kernel sizes, strides or dilations; the forward on maps narrower than 16
+//! columns (half-empty vectors: the panel path packs several rows per panel there; a variant
+//! with 16 row-major pixels per vector and per-lane masks only matched `gemm` on the 8×8
+//! 128-channel layers and was slower for their dX); f64; CPUs without AVX-512F — conv2d.rs's
+//! `Geom` sends all of those elsewhere. dW takes any width.
 
 use crate::conv2d_panel::{available, lane_mask, PanelGeom, MR};
 #[cfg(target_arch = "x86_64")]
@@ -503,8 +505,8 @@ struct DwTile {
 /// NC input channels (padded planes from `x`) × nine taps × V vectors of 16 output channels
 /// (`dyt` + v·16 of each transposed dY row), over one image:
 /// `state[((c·9 + ki·3 + kj)·V + v)·16 + lane] += Σ_{oy, ox} x[c, oy + ki, ox + kj] ·
-/// dyt[(oy·Wo + ox)·cop + v·16 + lane]`, in order of oy, then ox: one FMA chain per dW entry,
-/// the weight broadcast from x (never split across cache lines, never masked).
+/// dyt[(oy·Wo + ox)·cop + v·16 + lane]`, the sum one FMA chain per dW entry in order of oy,
+/// then ox, the weight broadcast from x (never split across cache lines, never masked).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dw_tile<const NC: usize, const V: usize>(
@@ -515,14 +517,10 @@ unsafe fn dw_tile<const NC: usize, const V: usize>(
 ) {
     // SAFETY: the caller guarantees the padded planes, `dyt` and `state`.
     unsafe {
+        // Fresh sums per image, added to the running ones at the end: chains of at most Ho·Wo
+        // terms, as the per-image products of im2col + `gemm` had (one chain over the whole
+        // batch measured 10× the rounding difference to that path on deeplab_lite's layer1).
         let mut acc = [[[_mm512_setzero_ps(); V]; 9]; NC];
-        for c in 0..NC {
-            for tap in 0..9 {
-                for v in 0..V {
-                    acc[c][tap][v] = _mm512_loadu_ps(state.add(((c * 9 + tap) * V + v) * L));
-                }
-            }
-        }
         for oy in 0..t.ho {
             // Row pointers of the three kernel rows of each channel. No closures here: they
             // would not inherit this function's target features.
@@ -554,7 +552,8 @@ unsafe fn dw_tile<const NC: usize, const V: usize>(
         for c in 0..NC {
             for tap in 0..9 {
                 for v in 0..V {
-                    _mm512_storeu_ps(state.add(((c * 9 + tap) * V + v) * L), acc[c][tap][v]);
+                    let s = state.add(((c * 9 + tap) * V + v) * L);
+                    _mm512_storeu_ps(s, _mm512_add_ps(_mm512_loadu_ps(s), acc[c][tap][v]));
                 }
             }
         }
