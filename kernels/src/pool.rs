@@ -188,7 +188,10 @@ fn max_pool_2x2<T: Real>(xp: &[T], w: usize, ho: usize, wo: usize, yp: &mut [T],
     for oy in 0..ho {
         let (r0, r1) = (2 * oy * w, (2 * oy + 1) * w);
         let (top, bottom) = (&xp[r0..r0 + 2 * wo], &xp[r1..r1 + 2 * wo]);
-        let (yr, ar) = (&mut yp[oy * wo..(oy + 1) * wo], &mut ap[oy * wo..(oy + 1) * wo]);
+        let (yr, ar) = (
+            &mut yp[oy * wo..(oy + 1) * wo],
+            &mut ap[oy * wo..(oy + 1) * wo],
+        );
         for ox in 0..wo {
             let c = 2 * ox;
             let mut best = T::neg_infinity();
@@ -418,7 +421,12 @@ mod tests {
         let (h, w) = (7usize, 9usize);
         let s = Nchw::new(2, 3, h, w);
         let mut x: Vec<f32> = (0..s.len()).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
-        for (i, v) in [(0, f32::NAN), (10, f32::NAN), (1, f32::NAN), (70, f32::NEG_INFINITY)] {
+        for (i, v) in [
+            (0, f32::NAN),
+            (10, f32::NAN),
+            (1, f32::NAN),
+            (70, f32::NEG_INFINITY),
+        ] {
             x[i] = v;
         }
         for i in [63 + 20, 63 + 21, 63 + 29, 63 + 30] {
