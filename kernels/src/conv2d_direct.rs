@@ -36,6 +36,7 @@
 use crate::conv2d_panel::{available, lane_mask, PanelGeom, MR};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+use std::cell::RefCell;
 
 /// Output columns per vector.
 const L: usize = 16;
@@ -259,8 +260,10 @@ unsafe fn fwd_tile<const V: usize, const M: u8>(
 /// thread transposes dY to [Ho·Wo, Cop] (Cop = Cog rounded up to 16, zero lanes past Cog; every
 /// thread its own copy) and copies its channels of x into zero-padded planes
 /// [(Ho + 2)·(Wo + 2)] (no masks, no branches at the borders), then runs its tasks: (block of
-/// input channels, block of output-channel vectors), whose partial sums stay in memory between
-/// images. Both copies together are a few per cent of the tile work.
+/// input channels, block of output-channel vectors), each adding its image's sums into its rows
+/// of the transposed gradient dWt [Cg·9, Cop], which is transposed into `dwg` at the end. The
+/// copies and transposes are a few per cent of the tile work; their buffers are per-thread
+/// scratch kept across calls.
 pub(crate) fn dw_batch(
     g: &PanelGeom,
     n: usize,
@@ -314,102 +317,144 @@ pub(crate) fn dw_batch(
         }
         tasks
     };
+    let k9 = g.cig * 9;
     let parts = rayon::current_num_threads().clamp(1, g.cig);
-    let ranges: Vec<(usize, usize)> = (0..parts)
-        .map(|i| (i * g.cig / parts, (i + 1) * g.cig / parts))
-        .collect();
-    let results: Vec<(Vec<DwTask>, Vec<f32>)> = ranges
-        .par_iter()
-        .map(|&(c0, c1)| {
+    let bounds: Vec<usize> = (0..=parts).map(|i| i * g.cig / parts).collect();
+    // The transposed weight gradient dWt [Cg·9, Cop]; part i owns rows of channels
+    // bounds[i] .. bounds[i + 1] and overwrites them (its first image stores, the others add).
+    with_scratch(&DWT, k9 * cop, |dwt| {
+        let mut slices = Vec::with_capacity(parts);
+        let mut rest = &mut dwt[..];
+        for w in bounds.windows(2) {
+            let (head, tail) = rest.split_at_mut((w[1] - w[0]) * 9 * cop);
+            slices.push((w[0], w[1], head));
+            rest = tail;
+        }
+        slices.into_par_iter().for_each(|(c0, c1, out)| {
             let tasks = tasks_of(c0, c1);
-            // Per task, its 27 (or 18) accumulator vectors.
-            let mut state = vec![0.0f32; tasks.len() * 27 * L];
-            let mut dyt = vec![Al([0.0; L]); opix * nvec];
-            let mut xpad = vec![0.0f32; (c1 - c0) * hp * wp];
-            for img in 0..n {
-                let dyn_ = &dy[img * y_img + yg0..img * y_img + yg0 + cog * opix];
-                transpose_to(dyn_, cog, opix, Al::floats(&mut dyt), cop);
-                let xn = &x[img * x_img + xg0..];
-                for (c, xc) in (c0..c1).zip(xpad.chunks_exact_mut(hp * wp)) {
-                    let src = &xn[c * plane..(c + 1) * plane];
-                    pad_plane(g, src, xc, wp);
-                }
-                let dyp = Al::floats(&mut dyt).as_ptr();
-                for (task, st) in tasks.iter().zip(state.chunks_exact_mut(27 * L)) {
-                    let DwTask { c, nc, v0, nv } = *task;
-                    // SAFETY: AVX-512F was checked by `applies_dw`; padded planes c − c0 ..
-                    // c − c0 + nc of `xpad` hold (Ho + 2)·(Wo + 2) floats each, every one the
-                    // tile reads; `dyt` holds Ho·Wo rows of Cop floats, 64-byte aligned, and the
-                    // tile reads vectors v0 .. v0 + nv ≤ Cop/16 of each; `st` holds 27·16.
-                    unsafe {
-                        let xc = xpad.as_ptr().add((c - c0) * hp * wp);
-                        let d = dyp.add(v0 * L);
-                        let st = st.as_mut_ptr();
-                        match (nc, nv) {
-                            (3, _) => dw_tile::<3, 1>(&t, xc, d, st),
-                            (2, _) => dw_tile::<2, 1>(&t, xc, d, st),
-                            (_, 1) => dw_tile::<1, 1>(&t, xc, d, st),
-                            _ => dw_tile::<1, 2>(&t, xc, d, st),
+            with_scratch(&DYT, opix * cop, |dyt| {
+                with_scratch(&XPAD, (c1 - c0) * hp * wp, |xpad| {
+                    for img in 0..n {
+                        let dyn_ = &dy[img * y_img + yg0..img * y_img + yg0 + cog * opix];
+                        transpose(dyn_, cog, opix, opix, dyt, cop, cop);
+                        let xn = &x[img * x_img + xg0..];
+                        for (c, xc) in (c0..c1).zip(xpad.chunks_exact_mut(hp * wp)) {
+                            pad_plane(g, &xn[c * plane..(c + 1) * plane], xc, wp);
                         }
-                    }
-                }
-            }
-            (tasks, state)
-        })
-        .collect();
-    for (tasks, state) in &results {
-        for (task, st) in tasks.iter().zip(state.chunks_exact(27 * L)) {
-            let DwTask { c, nc, v0, nv } = *task;
-            for ci in 0..nc {
-                for tap in 0..9 {
-                    for v in 0..nv {
-                        let lanes = &st[((ci * 9 + tap) * nv + v) * L..][..L];
-                        for (lane, &val) in lanes.iter().enumerate() {
-                            let co = (v0 + v) * L + lane;
-                            if co < cog {
-                                dwg[(co * g.cig + c + ci) * 9 + tap] = val;
+                        for task in &tasks {
+                            let DwTask { c, nc, v0, nv } = *task;
+                            // SAFETY: AVX-512F was checked by `applies_dw`; padded planes
+                            // c − c0 .. c − c0 + nc of `xpad` hold (Ho + 2)·(Wo + 2) floats
+                            // each, every one the tile reads; `dyt` holds Ho·Wo rows of Cop
+                            // floats, 64-byte aligned (`with_scratch`), and the tile reads
+                            // vectors v0 .. v0 + nv ≤ Cop/16 of each; `out` holds rows
+                            // (c − c0)·9 .. (c − c0 + nc)·9 of Cop floats, the tile writing
+                            // columns v0·16 .. (v0 + nv)·16.
+                            unsafe {
+                                let xc = xpad.as_ptr().add((c - c0) * hp * wp);
+                                let d = dyt.as_ptr().add(v0 * L);
+                                let o = out.as_mut_ptr().add((c - c0) * 9 * cop + v0 * L);
+                                let first = img == 0;
+                                match (nc, nv) {
+                                    (3, _) => dw_tile::<3, 1>(&t, xc, d, o, first),
+                                    (2, _) => dw_tile::<2, 1>(&t, xc, d, o, first),
+                                    (_, 1) => dw_tile::<1, 1>(&t, xc, d, o, first),
+                                    _ => dw_tile::<1, 2>(&t, xc, d, o, first),
+                                }
                             }
                         }
                     }
-                }
-            }
-        }
-    }
+                });
+            });
+        });
+        // dW [Cog, Cg·9] = the first Cog columns of dWt, transposed.
+        transpose(dwt, k9, cog, cop, dwg, k9, k9);
+    });
 }
 
-/// `dst` [P, cop] = the transpose of `src` [rows, P], lanes rows..cop zero.
-fn transpose_to(src: &[f32], rows: usize, p: usize, dst: &mut [f32], cop: usize) {
-    assert!(src.len() >= rows * p && dst.len() >= p * cop && rows <= cop);
+thread_local! {
+    /// Per thread, the transposed weight gradient, the transposed dY and the padded x planes:
+    /// reused across calls (grow-only; every element read is written first), so that a call
+    /// neither zero-fills nor page-faults them in — on two threads at once that cost a quarter of
+    /// an 8×8 layer's dW.
+    static DWT: RefCell<Vec<Al>> = const { RefCell::new(Vec::new()) };
+    static DYT: RefCell<Vec<Al>> = const { RefCell::new(Vec::new()) };
+    static XPAD: RefCell<Vec<Al>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's buffer `key`, at least `len` floats, 64-byte aligned; contents are
+/// whatever the last user left. A buffer already in use on this thread (a call nested in
+/// another through rayon work stealing) is replaced by a fresh one for the inner call.
+fn with_scratch<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<Al>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let vecs = len.div_ceil(L);
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < vecs {
+                *buf = vec![Al([0.0; L]); vecs];
+            }
+            f(&mut Al::floats(&mut buf)[..len])
+        }
+        Err(_) => f(&mut Al::floats(&mut vec![Al([0.0; L]); vecs])[..len]),
+    })
+}
+
+/// `dst[j·ldd + r] = src[r·lds + j]` for j < `cols` and r < `lanes`, zero for r ≥ `rows`:
+/// the transpose of the `rows` × `cols` block of `src`, its rows padded with zeros to `lanes`.
+fn transpose(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    lds: usize,
+    dst: &mut [f32],
+    ldd: usize,
+    lanes: usize,
+) {
+    assert!(rows <= lanes && cols <= lds && lanes <= ldd);
+    assert!(rows == 0 || src.len() >= (rows - 1) * lds + cols);
+    assert!(cols == 0 || dst.len() >= (cols - 1) * ldd + lanes);
     #[cfg(target_arch = "x86_64")]
     {
         if available() {
             // SAFETY: AVX-512F detected; lengths asserted above.
-            unsafe { transpose_avx512(src, rows, p, dst, cop) };
+            unsafe { transpose_avx512(src, rows, cols, lds, dst, ldd, lanes) };
             return;
         }
     }
-    for j in 0..p {
-        for r in 0..cop {
-            dst[j * cop + r] = if r < rows { src[r * p + j] } else { 0.0 };
+    for j in 0..cols {
+        for r in 0..lanes {
+            dst[j * ldd + r] = if r < rows { src[r * lds + j] } else { 0.0 };
         }
     }
 }
 
-/// [`transpose_to`] in 16×16 register blocks (4 shuffle rounds of 16 per block).
+/// [`transpose`] in 16×16 register blocks (4 shuffle rounds of 16 per block).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_avx512(src: &[f32], rows: usize, p: usize, dst: &mut [f32], cop: usize) {
-    // SAFETY: rows r < `rows` of `src` are read at columns j0 + lane < P (masked loads); rows of
-    // `dst` j < P are written at columns r0 .. r0 + 16 ≤ cop.
+unsafe fn transpose_avx512(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    lds: usize,
+    dst: &mut [f32],
+    ldd: usize,
+    lanes: usize,
+) {
+    // SAFETY: rows r < `rows` of `src` are read at columns j0 + i < `cols` (masked loads); rows
+    // j < `cols` of `dst` are written at columns r0 + i < `lanes` (masked stores).
     unsafe {
-        for r0 in (0..cop).step_by(L) {
-            for j0 in (0..p).step_by(L) {
-                let cols = L.min(p - j0);
-                let m = lane_mask(0, cols, 0);
+        for r0 in (0..lanes).step_by(L) {
+            let sm = lane_mask(0, L.min(lanes - r0), 0);
+            for j0 in (0..cols).step_by(L) {
+                let nj = L.min(cols - j0);
+                let m = lane_mask(0, nj, 0);
                 let mut r = [_mm512_setzero_ps(); L];
                 for (i, v) in r.iter_mut().enumerate() {
                     if r0 + i < rows {
-                        *v = _mm512_maskz_loadu_ps(m, src.as_ptr().add((r0 + i) * p + j0));
+                        *v = _mm512_maskz_loadu_ps(m, src.as_ptr().add((r0 + i) * lds + j0));
                     }
                 }
                 let mut t = [_mm512_setzero_ps(); L];
@@ -436,20 +481,18 @@ unsafe fn transpose_avx512(src: &[f32], rows: usize, p: usize, dst: &mut [f32], 
                         v[8 * h + 4 + k] = _mm512_shuffle_f32x4::<0xdd>(a, b);
                     }
                 }
-                // v[8h + k]: columns k, k + 8 of rows 8h .. 8h + 8; v[8h + 4 + k]: columns
-                // k + 4, k + 12.
+                // v[8h + k] (k < 8) holds columns k and k + 8 of rows 8h .. 8h + 8, so the
+                // last round gives whole columns k and k + 8.
                 for k in 0..8 {
                     let (a, b) = (v[k], v[8 + k]);
                     let lo = _mm512_shuffle_f32x4::<0x88>(a, b);
                     let hi = _mm512_shuffle_f32x4::<0xdd>(a, b);
-                    // v[k] for k < 4 holds columns k and k + 8; for k ≥ 4, k and k + 8 too
-                    // (k − 4 + 4 and k − 4 + 12).
-                    let (cl, ch) = (k, k + 8);
-                    if cl < cols {
-                        _mm512_storeu_ps(dst.as_mut_ptr().add((j0 + cl) * cop + r0), lo);
+                    if k < nj {
+                        _mm512_mask_storeu_ps(dst.as_mut_ptr().add((j0 + k) * ldd + r0), sm, lo);
                     }
-                    if ch < cols {
-                        _mm512_storeu_ps(dst.as_mut_ptr().add((j0 + ch) * cop + r0), hi);
+                    if k + 8 < nj {
+                        let d = dst.as_mut_ptr().add((j0 + k + 8) * ldd + r0);
+                        _mm512_mask_storeu_ps(d, sm, hi);
                     }
                 }
             }
@@ -458,14 +501,18 @@ unsafe fn transpose_avx512(src: &[f32], rows: usize, p: usize, dst: &mut [f32], 
 }
 
 /// `xc` [H + 2·ph, W + 2·pw] (= [Ho + 2, Wo + 2]) ← the plane `src` [H, W] at row ph, column
-/// pw: padded (oy + ki, ox + kj) holds x[oy + ki − ph, ox + kj − pw]. Only in-image entries are
-/// written; the border is the zeros `xc` started with, the same for every image.
+/// pw, zeros around: padded (oy + ki, ox + kj) holds x[oy + ki − ph, ox + kj − pw]. Every
+/// element is written (the buffer is reused, not cleared).
 fn pad_plane(g: &PanelGeom, src: &[f32], xc: &mut [f32], wp: usize) {
-    for (row, xr) in src
-        .chunks_exact(g.w)
-        .zip(xc[g.ph * wp..].chunks_exact_mut(wp))
-    {
-        xr[g.pw..g.pw + g.w].copy_from_slice(row);
+    let (top, body) = xc.split_at_mut(g.ph * wp);
+    top.fill(0.0);
+    let (body, bottom) = body.split_at_mut(g.h * wp);
+    bottom.fill(0.0);
+    for (row, xr) in src.chunks_exact(g.w).zip(body.chunks_exact_mut(wp)) {
+        let (left, rest) = xr.split_at_mut(g.pw);
+        left.fill(0.0);
+        rest[..g.w].copy_from_slice(row);
+        rest[g.w..].fill(0.0);
     }
 }
 
@@ -503,9 +550,9 @@ struct DwTile {
 }
 
 /// NC input channels (padded planes from `x`) × nine taps × V vectors of 16 output channels
-/// (`dyt` + v·16 of each transposed dY row), over one image:
-/// `state[((c·9 + ki·3 + kj)·V + v)·16 + lane] += Σ_{oy, ox} x[c, oy + ki, ox + kj] ·
-/// dyt[(oy·Wo + ox)·cop + v·16 + lane]`, the sum one FMA chain per dW entry in order of oy,
+/// (`dyt` + v·16 of each transposed dY row), over one image: `out[(c·9 + ki·3 + kj)·cop +
+/// v·16 + lane]` = (`first`: 0, else itself) + Σ over (oy, ox) of x[c, oy + ki, ox + kj] ·
+/// `dyt[(oy·Wo + ox)·cop + v·16 + lane]`, the sum one FMA chain per dW entry in order of oy,
 /// then ox, the weight broadcast from x (never split across cache lines, never masked).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -513,9 +560,10 @@ unsafe fn dw_tile<const NC: usize, const V: usize>(
     t: &DwTile,
     x: *const f32,
     dyt: *const f32,
-    state: *mut f32,
+    out: *mut f32,
+    first: bool,
 ) {
-    // SAFETY: the caller guarantees the padded planes, `dyt` and `state`.
+    // SAFETY: the caller guarantees the padded planes, `dyt` and `out` (64-byte aligned).
     unsafe {
         // Fresh sums per image, added to the running ones at the end: chains of at most Ho·Wo
         // terms, as the per-image products of im2col + `gemm` had (one chain over the whole
@@ -552,8 +600,13 @@ unsafe fn dw_tile<const NC: usize, const V: usize>(
         for c in 0..NC {
             for tap in 0..9 {
                 for v in 0..V {
-                    let s = state.add(((c * 9 + tap) * V + v) * L);
-                    _mm512_storeu_ps(s, _mm512_add_ps(_mm512_loadu_ps(s), acc[c][tap][v]));
+                    let o = out.add((c * 9 + tap) * t.cop + v * L);
+                    let sum = if first {
+                        acc[c][tap][v]
+                    } else {
+                        _mm512_add_ps(_mm512_load_ps(o), acc[c][tap][v])
+                    };
+                    _mm512_store_ps(o, sum);
                 }
             }
         }
@@ -566,11 +619,7 @@ unsafe fn dw_tile<const NC: usize, const V: usize>(
     _: *const f32,
     _: *const f32,
     _: *mut f32,
+    _: bool,
 ) {
-    unreachable!("the direct path needs AVX-512F (`applies` is false here)")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn transpose_avx512(_: &[f32], _: usize, _: usize, _: &mut [f32], _: usize) {
     unreachable!("the direct path needs AVX-512F (`applies` is false here)")
 }
