@@ -18,9 +18,10 @@
 //! (the panel path sums over (c, ki, kj)), independent of the thread count.
 //!
 //! Weight-gradient tile ([`dw_batch`]): the lanes run over 16 output channels, read from dY
-//! transposed to [pixel, channel], and the other operand is an input pixel broadcast from a
-//! zero-padded copy of x: per output pixel, one or two aligned vector loads and 9 to 27
-//! broadcasts per 18 to 27 FMAs (3 input channels × 9 taps × 16 output channels, or 1 × 9 × 32).
+//! transposed to [pixel, channel], and the other operand is an input pixel broadcast from x
+//! (in place for padding 1, else from a zero-padded copy): per output pixel, one or two aligned
+//! vector loads and 9 to 27 broadcasts per 18 to 27 FMAs (3 input channels × 9 taps × 16
+//! output channels, or 1 × 9 × 32).
 //! A first version with lanes along output columns (both operands vector loads, shifted ones
 //! split across cache lines and masked at the edges) reached only half the FMA rate; this one
 //! runs at ~90 % of it in isolation. Each dW entry is, per image, one FMA chain over the output
@@ -258,8 +259,9 @@ unsafe fn fwd_tile<const V: usize, const M: u8>(
 ///
 /// The input channels are split into one contiguous range per rayon thread. Per image, a
 /// thread transposes dY to [Ho·Wo, Cop] (Cop = Cog rounded up to 16, zero lanes past Cog; every
-/// thread its own copy) and copies its channels of x into zero-padded planes
-/// [(Ho + 2)·(Wo + 2)] (no masks, no branches at the borders), then runs its tasks: (block of
+/// thread its own copy) and, unless the padding is 1 on both sides (the tiles then read x in
+/// place), copies its channels of x into zero-padded planes [(Ho + 2)·(Wo + 2)] (no masks, no
+/// branches at the borders); then it runs its tasks: (block of
 /// input channels, block of output-channel vectors), each adding its image's sums into its rows
 /// of the transposed gradient dWt [Cg·9, Cop], which is transposed into `dwg` at the end. The
 /// copies and transposes are a few per cent of the tile work; their buffers are per-thread
@@ -286,12 +288,17 @@ pub(crate) fn dw_batch(
     let cop = cog.next_multiple_of(L);
     let nvec = cop / L;
     let (hp, wp) = (ho + 2, wo + 2);
+    // Padding 1 on both sides (W = Wo, H = Ho): the tiles read x where it lies, a row above or
+    // below the image from a row of zeros and the column left or right of it as an explicit
+    // zero; other paddings read zero-padded copies of the planes.
+    let in_place = g.ph == 1 && g.pw == 1;
     let t = DwTile {
         ho,
         wo,
-        wp,
-        xs: hp * wp,
+        wp: if in_place { g.w } else { wp },
+        xs: if in_place { plane } else { hp * wp },
         cop,
+        in_place,
     };
     // Tasks of a channel range: one output-channel vector per tile needs three channels to fill
     // 27 accumulators; two vectors fill 18 with one channel.
@@ -332,34 +339,44 @@ pub(crate) fn dw_batch(
         }
         slices.into_par_iter().for_each(|(c0, c1, out)| {
             let tasks = tasks_of(c0, c1);
+            let zeros = vec![0.0f32; wo + 2];
             with_scratch(&DYT, opix * cop, |dyt| {
-                with_scratch(&XPAD, (c1 - c0) * hp * wp, |xpad| {
+                let pads = if in_place { 0 } else { (c1 - c0) * hp * wp };
+                with_scratch(&XPAD, pads, |xpad| {
                     for img in 0..n {
                         let dyn_ = &dy[img * y_img + yg0..img * y_img + yg0 + cog * opix];
                         transpose(dyn_, cog, opix, opix, dyt, cop, cop);
                         let xn = &x[img * x_img + xg0..];
-                        for (c, xc) in (c0..c1).zip(xpad.chunks_exact_mut(hp * wp)) {
-                            pad_plane(g, &xn[c * plane..(c + 1) * plane], xc, wp);
+                        if !in_place {
+                            for (c, xc) in (c0..c1).zip(xpad.chunks_exact_mut(hp * wp)) {
+                                pad_plane(g, &xn[c * plane..(c + 1) * plane], xc, wp);
+                            }
                         }
                         for task in &tasks {
                             let DwTask { c, nc, v0, nv } = *task;
-                            // SAFETY: AVX-512F was checked by `applies_dw`; padded planes
-                            // c − c0 .. c − c0 + nc of `xpad` hold (Ho + 2)·(Wo + 2) floats
-                            // each, every one the tile reads; `dyt` holds Ho·Wo rows of Cop
-                            // floats, 64-byte aligned (`with_scratch`), and the tile reads
-                            // vectors v0 .. v0 + nv ≤ Cop/16 of each; `out` holds rows
-                            // (c − c0)·9 .. (c − c0 + nc)·9 of Cop floats, the tile writing
-                            // columns v0·16 .. (v0 + nv)·16.
+                            // SAFETY: AVX-512F was checked by `applies_dw`; the tile reads
+                            // planes c .. c + nc of image img of `x` (in place: at input rows
+                            // < H, columns < W, asserted lengths) or c − c0 .. c − c0 + nc of
+                            // `xpad` ((Ho + 2)·(Wo + 2) floats each), and `zeros` (Wo + 2);
+                            // `dyt` holds Ho·Wo rows of Cop floats, 64-byte aligned
+                            // (`with_scratch`), and the tile reads vectors v0 .. v0 + nv ≤
+                            // Cop/16 of each; `out` holds rows (c − c0)·9 .. (c − c0 + nc)·9 of
+                            // Cop floats, the tile writing columns v0·16 .. (v0 + nv)·16.
                             unsafe {
-                                let xc = xpad.as_ptr().add((c - c0) * hp * wp);
+                                let xc = if in_place {
+                                    xn.as_ptr().add(c * plane)
+                                } else {
+                                    xpad.as_ptr().add((c - c0) * hp * wp)
+                                };
+                                let z = zeros.as_ptr();
                                 let d = dyt.as_ptr().add(v0 * L);
                                 let o = out.as_mut_ptr().add((c - c0) * 9 * cop + v0 * L);
                                 let first = img == 0;
                                 match (nc, nv) {
-                                    (3, _) => dw_tile::<3, 1>(&t, xc, d, o, first),
-                                    (2, _) => dw_tile::<2, 1>(&t, xc, d, o, first),
-                                    (_, 1) => dw_tile::<1, 1>(&t, xc, d, o, first),
-                                    _ => dw_tile::<1, 2>(&t, xc, d, o, first),
+                                    (3, _) => dw_tile::<3, 1>(&t, xc, z, d, o, first),
+                                    (2, _) => dw_tile::<2, 1>(&t, xc, z, d, o, first),
+                                    (_, 1) => dw_tile::<1, 1>(&t, xc, z, d, o, first),
+                                    _ => dw_tile::<1, 2>(&t, xc, z, d, o, first),
                                 }
                             }
                         }
@@ -542,52 +559,59 @@ impl Al {
 struct DwTile {
     ho: usize,
     wo: usize,
-    /// Padded x: row stride Wo + 2 and plane stride (Ho + 2)·(Wo + 2).
+    /// Row and plane stride of the x planes: the padded copies' Wo + 2 and (Ho + 2)·(Wo + 2),
+    /// or in place W and H·W.
     wp: usize,
     xs: usize,
     /// Transposed dY row stride (floats per output pixel).
     cop: usize,
+    /// x read in place (padding 1 across, W = Wo, H = Ho), not from padded copies.
+    in_place: bool,
 }
 
-/// NC input channels (padded planes from `x`) × nine taps × V vectors of 16 output channels
-/// (`dyt` + v·16 of each transposed dY row), over one image: `out[(c·9 + ki·3 + kj)·cop +
-/// v·16 + lane]` = (`first`: 0, else itself) + Σ over (oy, ox) of x[c, oy + ki, ox + kj] ·
-/// `dyt[(oy·Wo + ox)·cop + v·16 + lane]`, the sum one FMA chain per dW entry in order of oy,
-/// then ox, the weight broadcast from x (never split across cache lines, never masked).
+/// NC input channels × nine taps × V vectors of 16 output channels (`dyt` + v·16 of each
+/// transposed dY row), over one image: `out[(c·9 + ki·3 + kj)·cop + v·16 + lane]` = (`first`:
+/// 0, else itself) + Σ over (oy, ox) of X[c, oy + ki, ox + kj] ·
+/// `dyt[(oy·Wo + ox)·cop + v·16 + lane]`, X the zero-padded input (from padded planes at `x`,
+/// or in place: rows outside read from `zeros`, columns outside replaced by zero). The sum is
+/// one FMA chain per dW entry in order of oy, then ox, its weight broadcast from x (never split
+/// across cache lines, never masked).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dw_tile<const NC: usize, const V: usize>(
     t: &DwTile,
     x: *const f32,
+    zeros: *const f32,
     dyt: *const f32,
     out: *mut f32,
     first: bool,
 ) {
-    // SAFETY: the caller guarantees the padded planes, `dyt` and `out` (64-byte aligned).
+    // SAFETY: the caller guarantees the planes, `zeros`, `dyt` and `out` (64-byte aligned); in
+    // place, element ox + kj of row pointer (c, ki) is input column ox + kj − 1, read only for
+    // columns 0 .. W (the pixel body's EDGE zeroes the others).
     unsafe {
         // Fresh sums per image, added to the running ones at the end: chains of at most Ho·Wo
         // terms, as the per-image products of im2col + `gemm` had (one chain over the whole
         // batch measured 10× the rounding difference to that path on deeplab_lite's layer1).
         let mut acc = [[[_mm512_setzero_ps(); V]; 9]; NC];
-        for oy in 0..t.ho {
-            // Row pointers of the three kernel rows of each channel. No closures here: they
-            // would not inherit this function's target features.
-            let mut rows = [[x; 3]; NC];
-            for c in 0..NC {
-                for ki in 0..3 {
-                    rows[c][ki] = x.add(c * t.xs + (oy + ki) * t.wp);
-                }
-            }
-            let drow = dyt.add(oy * t.wo * t.cop);
-            for ox in 0..t.wo {
+        // One output pixel; EDGE bit 0 / bit 2: kernel column 0 / 2 reads outside the image
+        // (in place only) and multiplies a zero instead, as the padded copy would. A macro, not
+        // a closure: closures would not inherit this function's target features.
+        macro_rules! pixel {
+            ($rows:expr, $drow:expr, $ox:expr, $edge:expr) => {{
+                let ox: usize = $ox;
                 let mut d = [_mm512_setzero_ps(); V];
                 for v in 0..V {
-                    d[v] = _mm512_load_ps(drow.add(ox * t.cop + v * L));
+                    d[v] = _mm512_load_ps($drow.add(ox * t.cop + v * L));
                 }
                 for c in 0..NC {
                     for ki in 0..3 {
                         for kj in 0..3 {
-                            let a = _mm512_set1_ps(*rows[c][ki].add(ox + kj));
+                            let a = if ($edge as u8) & (1 << kj) != 0 {
+                                _mm512_setzero_ps()
+                            } else {
+                                _mm512_set1_ps(*$rows[c][ki].wrapping_add(ox + kj))
+                            };
                             for v in 0..V {
                                 acc[c][ki * 3 + kj][v] =
                                     _mm512_fmadd_ps(a, d[v], acc[c][ki * 3 + kj][v]);
@@ -595,6 +619,36 @@ unsafe fn dw_tile<const NC: usize, const V: usize>(
                         }
                     }
                 }
+            }};
+        }
+        for oy in 0..t.ho {
+            // Row pointers of the three kernel rows of each channel (element ox + kj is tap
+            // (ki, kj) of output column ox).
+            let mut rows = [[x; 3]; NC];
+            for c in 0..NC {
+                for ki in 0..3 {
+                    rows[c][ki] = if !t.in_place {
+                        x.add(c * t.xs + (oy + ki) * t.wp)
+                    } else if (1..=t.ho).contains(&(oy + ki)) {
+                        x.add(c * t.xs + (oy + ki - 1) * t.wp).wrapping_sub(1)
+                    } else {
+                        zeros
+                    };
+                }
+            }
+            let drow = dyt.add(oy * t.wo * t.cop);
+            if !t.in_place {
+                for ox in 0..t.wo {
+                    pixel!(rows, drow, ox, 0);
+                }
+            } else if t.wo == 1 {
+                pixel!(rows, drow, 0, 5);
+            } else {
+                pixel!(rows, drow, 0, 1);
+                for ox in 1..t.wo - 1 {
+                    pixel!(rows, drow, ox, 0);
+                }
+                pixel!(rows, drow, t.wo - 1, 4);
             }
         }
         for c in 0..NC {
@@ -616,6 +670,7 @@ unsafe fn dw_tile<const NC: usize, const V: usize>(
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn dw_tile<const NC: usize, const V: usize>(
     _: &DwTile,
+    _: *const f32,
     _: *const f32,
     _: *const f32,
     _: *mut f32,
