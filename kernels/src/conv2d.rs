@@ -1212,28 +1212,32 @@ mod tests {
     }
 
     /// The direct 3×3 kernels give the same bits on 1 and 3 threads (dW included: each dW
-    /// entry is one task's sum over the whole batch, whatever the split).
+    /// entry is one task's sum, whatever the split; with three input channels or fewer, two
+    /// fixed halves of the batch added in order).
     #[test]
     fn direct_path_results_do_not_depend_on_threads() {
-        let (xs, co, p) = (Nchw::new(5, 7, 9, 33), 19, Conv2d::square(3, 1, 1, 1));
-        let x = crate::testing::to_f32(&rand_vec(21, xs.len(), -1.0, 1.0));
-        let w = crate::testing::to_f32(&rand_vec(22, p.weight_len(xs.c, co), -1.0, 1.0));
-        let dy = crate::testing::to_f32(&rand_vec(23, xs.n * co * 9 * 33, -1.0, 1.0));
-        let run = || {
-            let mut y = vec![0f32; dy.len()];
-            conv2d_fwd(&x, xs, &w, None, co, &p, &mut y).unwrap();
-            let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0f32; w.len()]);
-            conv2d_bwd(&x, xs, &w, co, &p, &dy, Some(&mut dx), Some(&mut dw), None).unwrap();
-            (y, dx, dw)
-        };
-        let on = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(run)
-        };
-        assert_eq!(on(1), on(3));
+        for (xs, co) in [(Nchw::new(5, 7, 9, 33), 19), (Nchw::new(5, 3, 6, 16), 40)] {
+            let p = Conv2d::square(3, 1, 1, 1);
+            let x = crate::testing::to_f32(&rand_vec(21, xs.len(), -1.0, 1.0));
+            let w = crate::testing::to_f32(&rand_vec(22, p.weight_len(xs.c, co), -1.0, 1.0));
+            let ys = p.out_shape(xs, co).unwrap();
+            let dy = crate::testing::to_f32(&rand_vec(23, ys.len(), -1.0, 1.0));
+            let run = || {
+                let mut y = vec![0f32; ys.len()];
+                conv2d_fwd(&x, xs, &w, None, co, &p, &mut y).unwrap();
+                let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0f32; w.len()]);
+                conv2d_bwd(&x, xs, &w, co, &p, &dy, Some(&mut dx), Some(&mut dw), None).unwrap();
+                (y, dx, dw)
+            };
+            let on = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(run)
+            };
+            assert_eq!(on(1), on(3), "{xs:?}");
+        }
     }
 
     fn f32_paths_match_f64() {

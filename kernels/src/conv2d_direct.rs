@@ -26,7 +26,9 @@
 //! split across cache lines and masked at the edges) reached only half the FMA rate; this one
 //! runs at ~90 % of it in isolation. Each dW entry is, per image, one FMA chain over the output
 //! pixels in order, and those per-image sums are added in image order, all by one task whatever
-//! the split: the result is the same for any thread count.
+//! the split (with three input channels or fewer, where one task would leave a thread idle: by
+//! one task per fixed half of the batch, the halves added at the end): the result is the same
+//! for any thread count.
 //!
 //! Not here: other kernel sizes, strides or dilations; the forward on maps narrower than 16
 //! columns (half-empty vectors: the panel path packs several rows per panel there; a variant
@@ -325,25 +327,37 @@ pub(crate) fn dw_batch(
         tasks
     };
     let k9 = g.cig * 9;
-    let parts = rayon::current_num_threads().clamp(1, g.cig);
-    let bounds: Vec<usize> = (0..=parts).map(|i| i * g.cig / parts).collect();
-    // The transposed weight gradient dWt [Cg·9, Cop]; part i owns rows of channels
-    // bounds[i] .. bounds[i + 1] and overwrites them (its first image stores, the others add).
-    with_scratch(&DWT, k9 * cop, |dwt| {
+    // Parts (channels c0..c1, images n0..n1, rows of dWt [Cg·9, Cop] to overwrite — the first
+    // image stores, the others add): one channel range per rayon thread; but with at most three
+    // input channels (a first layer: one task) two fixed halves of the batch over all channels,
+    // added at the end — fixed, so the sums are the same for any thread count.
+    let halves = g.cig <= 3 && n >= 2;
+    let parts = if halves {
+        2
+    } else {
+        rayon::current_num_threads().clamp(1, g.cig)
+    };
+    let rows = if halves { 2 * k9 } else { k9 };
+    with_scratch(&DWT, rows * cop, |dwt| {
         let mut slices = Vec::with_capacity(parts);
         let mut rest = &mut dwt[..];
-        for w in bounds.windows(2) {
-            let (head, tail) = rest.split_at_mut((w[1] - w[0]) * 9 * cop);
-            slices.push((w[0], w[1], head));
+        for i in 0..parts {
+            let (c0, c1, n0, n1) = if halves {
+                (0, g.cig, i * n / 2, (i + 1) * n / 2)
+            } else {
+                (i * g.cig / parts, (i + 1) * g.cig / parts, 0, n)
+            };
+            let (head, tail) = rest.split_at_mut((c1 - c0) * 9 * cop);
+            slices.push((c0, c1, n0, n1, head));
             rest = tail;
         }
-        slices.into_par_iter().for_each(|(c0, c1, out)| {
+        slices.into_par_iter().for_each(|(c0, c1, n0, n1, out)| {
             let tasks = tasks_of(c0, c1);
             let zeros = vec![0.0f32; wo + 2];
             with_scratch(&DYT, opix * cop, |dyt| {
                 let pads = if in_place { 0 } else { (c1 - c0) * hp * wp };
                 with_scratch(&XPAD, pads, |xpad| {
-                    for img in 0..n {
+                    for img in n0..n1 {
                         let dyn_ = &dy[img * y_img + yg0..img * y_img + yg0 + cog * opix];
                         transpose(dyn_, cog, opix, opix, dyt, cop, cop);
                         let xn = &x[img * x_img + xg0..];
@@ -371,7 +385,7 @@ pub(crate) fn dw_batch(
                                 let z = zeros.as_ptr();
                                 let d = dyt.as_ptr().add(v0 * L);
                                 let o = out.as_mut_ptr().add((c - c0) * 9 * cop + v0 * L);
-                                let first = img == 0;
+                                let first = img == n0;
                                 match (nc, nv) {
                                     (3, _) => dw_tile::<3, 1>(&t, xc, z, d, o, first),
                                     (2, _) => dw_tile::<2, 1>(&t, xc, z, d, o, first),
@@ -384,6 +398,10 @@ pub(crate) fn dw_batch(
                 });
             });
         });
+        if halves {
+            let (a, b) = dwt.split_at_mut(k9 * cop);
+            a.iter_mut().zip(&b[..k9 * cop]).for_each(|(a, b)| *a += b);
+        }
         // dW [Cog, Cg·9] = the first Cog columns of dWt, transposed.
         transpose(dwt, k9, cog, cop, dwg, k9, k9);
     });
