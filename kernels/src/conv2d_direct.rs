@@ -26,9 +26,9 @@
 //! split across cache lines and masked at the edges) reached only half the FMA rate; this one
 //! runs at ~90 % of it in isolation. Each dW entry is, per image, one FMA chain over the output
 //! pixels in order, and those per-image sums are added in image order, all by one task whatever
-//! the split (with three input channels or fewer, where one task would leave a thread idle: by
-//! one task per fixed half of the batch, the halves added at the end): the result is the same
-//! for any thread count.
+//! the split (or, where transposing every image's dY on every thread would cost more, by one
+//! task per fixed half of the batch, the halves added at the end): the result is the same for
+//! any thread count.
 //!
 //! Not here: other kernel sizes, strides or dilations; the forward on maps narrower than 16
 //! columns (half-empty vectors: the panel path packs several rows per panel there; a variant
@@ -328,10 +328,14 @@ pub(crate) fn dw_batch(
     };
     let k9 = g.cig * 9;
     // Parts (channels c0..c1, images n0..n1, rows of dWt [Cg·9, Cop] to overwrite — the first
-    // image stores, the others add): one channel range per rayon thread; but with at most three
-    // input channels (a first layer: one task) two fixed halves of the batch over all channels,
-    // added at the end — fixed, so the sums are the same for any thread count.
-    let halves = g.cig <= 3 && n >= 2;
+    // image stores, the others add): either one channel range per rayon thread, each thread
+    // transposing every image's dY, or two fixed halves of the batch over all channels, each
+    // transposing only its images, with a second dWt to add at the end. Halves where the
+    // repeated transposes (Cog·Ho·Wo per image) outweigh that addition (2·Cg·9·Cop) — the
+    // 16- and 32-channel layers at 32² and 64² — and with at most three input channels (one
+    // task); the choice depends on the shape alone, so the sums are the same on any thread
+    // count.
+    let halves = n >= 2 && (g.cig <= 3 || cog * opix * n > 2 * k9 * cop);
     let parts = if halves {
         2
     } else {
