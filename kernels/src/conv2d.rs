@@ -1212,11 +1212,16 @@ mod tests {
     }
 
     /// The direct 3×3 kernels give the same bits on 1 and 3 threads (dW included: each dW
-    /// entry is one task's sum, whatever the split; with three input channels or fewer, two
-    /// fixed halves of the batch added in order).
+    /// entry is one task's sum, whatever the split — its channel ranges (the last shape) or
+    /// its two fixed halves of the batch added in order (the first two)).
     #[test]
     fn direct_path_results_do_not_depend_on_threads() {
-        for (xs, co) in [(Nchw::new(5, 7, 9, 33), 19), (Nchw::new(5, 3, 6, 16), 40)] {
+        let shapes = [
+            (Nchw::new(5, 7, 9, 33), 19),
+            (Nchw::new(5, 3, 6, 16), 40),
+            (Nchw::new(3, 20, 4, 16), 40),
+        ];
+        for (xs, co) in shapes {
             let p = Conv2d::square(3, 1, 1, 1);
             let x = crate::testing::to_f32(&rand_vec(21, xs.len(), -1.0, 1.0));
             let w = crate::testing::to_f32(&rand_vec(22, p.weight_len(xs.c, co), -1.0, 1.0));
