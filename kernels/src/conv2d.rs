@@ -145,17 +145,20 @@ struct Geom {
     /// 64×64 5 % faster, 64→64 and 128→128 even, a 1×1 64→128 12 % slower on the panel path).
     /// `FLOWSEG_CONV_PANEL=0` or [`force_panel_path`] chooses im2col + `gemm` instead.
     panel: bool,
-    /// Within the panel path, the direct kernels of conv2d_direct.rs: 3×3, stride 1, dilation 1
-    /// (any padding), at least 16 output columns — the forward and dW read the input in place
-    /// instead of gathering panels (dW leaves `gemm` too); the stride-1 dX, a forward of dY,
-    /// takes them when its own geometry qualifies (the same one for a 3×3 padded ≤ 2). Narrower
-    /// maps keep the panels, which pack several output rows per 32-pixel panel where a 16-lane
-    /// row vector would run half empty. `FLOWSEG_CONV_DIRECT=0` or [`force_direct_path`] keeps
-    /// the panel path's gathers (and dW on `gemm`).
+    /// The forward on the direct kernels of conv2d_direct.rs (taken where `panel` is): 3×3,
+    /// stride 1, dilation 1 (any padding), at least 16 output columns — register tiles read the
+    /// input rows in place instead of gathering panels (U-Net at 64×64, batch 8, 2 threads:
+    /// forwards −33 %, docs/BENCHMARKS.md). The stride-1 dX, a forward of dY, takes them when
+    /// its own geometry qualifies (the same one for a 3×3 padded ≤ 2), at any channel count
+    /// (dX already took the panel path at any count). Narrower maps keep the panels, which pack
+    /// several output rows per 32-pixel panel where a 16-lane row vector would run half empty
+    /// (a row-major 16-pixel variant only matched `gemm` at 8×8). `FLOWSEG_CONV_DIRECT=0` or
+    /// [`force_direct_path`] keeps the panel path's gathers (and dW on `gemm`).
     direct: bool,
-    /// dW on conv2d_direct.rs: as `direct` but at any width and any number of output channels
-    /// (its vectors run over output channels, so narrow maps fill them; the 8×8 128-channel
-    /// layers of the U-Net: dW ~30 % faster than on `gemm`).
+    /// dW on conv2d_direct.rs: 3×3, stride 1, dilation 1, at any width and any number of output
+    /// channels (its vectors run over output channels, so narrow maps fill them): no `col`, no
+    /// `gemm`, the same bits for any thread count (U-Net dW −49 %, its 8×8 128-channel layers
+    /// −45 %). Off with `direct`'s switches or the panel path's.
     direct_dw: bool,
 }
 
