@@ -1,7 +1,7 @@
 //! The direct AVX-512 path of [`crate::conv2d`] for f32 3×3 convolutions with stride 1 and
-//! dilation 1 (any padding) and at least 16 output columns: the forward (and, through
-//! conv2d.rs's `dx_as_forward`, the input gradient) and the weight gradient, reading the input
-//! where it lies — no panel copy, no `col` buffer, no `gemm`.
+//! dilation 1 (any padding): the forward on maps at least 16 columns wide (and, through
+//! conv2d.rs's `dx_as_forward`, the input gradient) and the weight gradient at any width,
+//! reading the input where it lies — no panel copy, no `col` buffer, no `gemm`.
 //!
 //! Why: on the U-Net of the benchmark regime (width 16, 64×64 input, every conv 3×3 stride 1)
 //! the panel path's gather cost more than half its tile math where Co is 16 (each gathered
@@ -13,8 +13,8 @@
 //! Forward tile ([`fwd_image`]): MR = 8 output channels × up to three output rows × 16 output
 //! columns (24 zmm accumulators). For each input channel and kernel column kj, the five input
 //! rows the tile reads are loaded once (shifted by kj, masked where a lane falls outside the
-//! image) and each serves up to three (output row, kernel row) pairs: 15 loads and 72
-//! broadcast weights per 216 FMAs. Every output is one FMA chain over (c, kj, ki) in that order
+//! image; tiles clear of the edges load without masks) and each serves up to three (output
+//! row, kernel row) pairs: 15 loads and 72 broadcast weights per 216 FMAs. Every output is one FMA chain over (c, kj, ki) in that order
 //! (the panel path sums over (c, ki, kj)), independent of the thread count.
 //!
 //! Weight-gradient tile ([`dw_batch`]): the lanes run over 16 output channels, read from dY
