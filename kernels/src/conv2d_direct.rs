@@ -14,8 +14,9 @@
 //! columns (24 zmm accumulators). For each input channel and kernel column kj, the five input
 //! rows the tile reads are loaded once (shifted by kj, masked where a lane falls outside the
 //! image; tiles clear of the edges load without masks) and each serves up to three (output
-//! row, kernel row) pairs: 15 loads and 72 broadcast weights per 216 FMAs. Every output is one FMA chain over (c, kj, ki) in that order
-//! (the panel path sums over (c, ki, kj)), independent of the thread count.
+//! row, kernel row) pairs: 15 loads and 72 broadcast weights per 216 FMAs. Every output is one
+//! FMA chain over (c, kj, ki) in that order (the panel path sums over (c, ki, kj)), independent
+//! of the thread count.
 //!
 //! Weight-gradient tile ([`dw_batch`]): the lanes run over 16 output channels, read from dY
 //! transposed to [pixel, channel], and the other operand is an input pixel broadcast from x
