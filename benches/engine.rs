@@ -2,9 +2,10 @@
 //!
 //! 1. Planning a graph of 500 tiny ops: `ir::build` + `autodiff::differentiate` + `plan::plan`
 //!    (target: under 50 ms).
-//! 2. Per-iteration overhead of the executor on `graphs/supervised.yaml` at batch 16 of 64×64:
-//!    the plan-driven run of the step versus the same nodes' `cpu` calls back to back on
-//!    preallocated tensors (pure op time), in the same process (target: overhead under 5 %).
+//! 2. Per-iteration overhead of the executor on `benches/peer/graphs/supervised.yaml`
+//!    (deeplab_lite) at batch 16 of 64×64: the plan-driven run of the step versus the same
+//!    nodes' `cpu` calls back to back on preallocated tensors (pure op time), in the same
+//!    process (target: overhead under 5 %).
 //!
 //! Run: `cargo bench --bench engine`. A plain timing harness (median of repeated runs) rather
 //! than criterion, because the result is a ratio of two measurements taken side by side.
@@ -105,7 +106,10 @@ fn main() {
     println!("planning: 500-op method graph ({nodes} nodes with backward): parse {:.1} ms, build + autodiff + plan (2 streams) {:.1} ms", t_parse * 1e3, t_plan * 1e3);
 
     // 2. Per-iteration overhead on supervised.yaml at batch 16 of 64×64.
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/graphs/supervised.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/peer/graphs/supervised.yaml"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let sets = ["data.batch=16".to_owned(), "data.size=64".to_owned()];
     let (gspec, _) = spec::parse_graph(&text, &sets).unwrap();

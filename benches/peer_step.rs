@@ -1,4 +1,4 @@
-//! Peer benchmark, flowseg side: `graphs/supervised.yaml` and `graphs/cutmix_seg.yaml`
+//! Peer benchmark, flowseg side: `benches/peer/graphs/supervised.yaml` and `cutmix_seg.yaml`
 //! (deeplab_lite) against the PyTorch implementation in `benches/peer/deeplab_lite.py`. Driven by
 //! `benches/peer/run.sh`, which alternates this binary and the PyTorch script on the same machine
 //! and thread count; the table is in docs/BENCHMARKS.md ("Peer: PyTorch, same machine").
@@ -49,8 +49,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-const SUPERVISED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/graphs/supervised.yaml");
-const CUTMIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/graphs/cutmix_seg.yaml");
+const SUPERVISED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/benches/peer/graphs/supervised.yaml"
+);
+const CUTMIX: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/benches/peer/graphs/cutmix_seg.yaml"
+);
 const MODEL: &str = "student.";
 const TEACHER: &str = "teacher.";
 const WARMUP: usize = 3;
@@ -144,7 +150,10 @@ fn output_of(graph: &Graph, name: &str) -> Source {
 fn save(path: &Path, tensors: BTreeMap<String, Tensor>) {
     let ckpt = Checkpoint {
         tensors,
-        meta: BTreeMap::from([("graph".to_owned(), "graphs/supervised.yaml".to_owned())]),
+        meta: BTreeMap::from([(
+            "graph".to_owned(),
+            "benches/peer/graphs/supervised.yaml".to_owned(),
+        )]),
     };
     checkpoint::save(path, &ckpt).unwrap();
     println!("wrote {}", path.display());

@@ -11,8 +11,8 @@ Modes (driven by benches/peer/run.sh; see docs/BENCHMARKS.md, "Peer: PyTorch, sa
 
   check <dir>          numerical cross-check against `cargo bench --bench peer_step -- export <dir>`
   time <n> [--init F]  median ms per step, one JSON line (as `peer_step time <n>`): the supervised
-                       step (graphs/supervised.yaml) at 64x64 and 128x128, the CutMix-Seg step
-                       (graphs/cutmix_seg.yaml, `cutmix_step`) at 64x64, the eval forward
+                       step (benches/peer/graphs/supervised.yaml) at 64x64 and 128x128, the CutMix-Seg step
+                       (benches/peer/graphs/cutmix_seg.yaml, `cutmix_step`) at 64x64, the eval forward
   profile <n>          torch.profiler self-time by aten op of one supervised training step
   report <jsonl>       medians over rounds and the flowseg/PyTorch ratios, as a Markdown table
 
@@ -40,10 +40,10 @@ EPS = 1e-5
 MOMENTUM = 0.1
 IGNORE_INDEX = 255
 
-# graphs/supervised.yaml and graphs/cutmix_seg.yaml.
+# benches/peer/graphs/supervised.yaml and benches/peer/graphs/cutmix_seg.yaml.
 CLASSES, WIDTH = 6, 16
 LR, WEIGHT_DECAY = 2e-3, 0.01
-# graphs/cutmix_seg.yaml: box of half the image, aspect log-uniform on [0.5, 2]; teacher
+# benches/peer/graphs/cutmix_seg.yaml: box of half the image, aspect log-uniform on [0.5, 2]; teacher
 # confidence threshold; EMA decay (no ramp).
 MIX_AREA, MIX_ASPECT = 0.5, (0.5, 2.0)
 CONFIDENCE = 0.97
@@ -382,7 +382,7 @@ def float_state(model):
 
 
 def cutmix_step(student, opt, labeled, unlabeled_batches):
-    """One step of graphs/cutmix_seg.yaml: cross-entropy on the labeled batch; the EMA teacher
+    """One step of benches/peer/graphs/cutmix_seg.yaml: cross-entropy on the labeled batch; the EMA teacher
     (eval mode, no gradient) on both unlabeled batches; one box mask per sample; the images,
     validity maps and teacher logits mixed with it; the student on the mixed images; loss = CE +
     confident fraction × mean over pixels of validity · Σ_classes (p_student − p_teacher)²; one

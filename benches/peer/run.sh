@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Peer benchmark: flowseg against PyTorch on graphs/supervised.yaml and graphs/cutmix_seg.yaml
+# Peer benchmark: flowseg against PyTorch on benches/peer/graphs/supervised.yaml and benches/peer/graphs/cutmix_seg.yaml
 # (deeplab_lite), same machine, same run, same thread count; the result is docs/BENCHMARKS.md,
 # "Peer: PyTorch, same machine".
 #
