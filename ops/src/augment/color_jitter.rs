@@ -8,8 +8,8 @@
 //!
 //! Randomness: the node's Philox stream this iteration (`ExecCx::rng`), sample n reading
 //! counters n·16 .. n·16 + 7 as `flowseg_kernels::augment::draw_color_jitter` documents (apply,
-//! the four factors, then the order). A stop-gradient: augmentations apply to data. The CUDA
-//! launcher comes later.
+//! the four factors, then the order). A stop-gradient: augmentations apply to data. Its
+//! kernels' CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 //!
 //! Not here: torchvision's `[min, max]` form of each strength (only the symmetric one), PIL's
 //! uint8 rounding between steps, TensorFlow's additive brightness.

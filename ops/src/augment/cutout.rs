@@ -15,8 +15,8 @@
 //!
 //! Randomness: the node's Philox stream this iteration (`ExecCx::rng`), sample n reading
 //! counters n·16 (apply), n·16 + 1 (centre row), n·16 + 2 (centre column)
-//! (`flowseg_kernels::augment::draw_cutout`). A stop-gradient: augmentations apply to data. The
-//! CUDA launcher comes later.
+//! (`flowseg_kernels::augment::draw_cutout`). A stop-gradient: augmentations apply to data. Its
+//! kernels' CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 //!
 //! Not here: several boxes per image, boxes kept inside the image (UniMatch's CutMix box: the
 //! mix family), pasting another image into the box (CutMix).

@@ -9,8 +9,9 @@
 //!
 //! Randomness: the node's Philox stream this iteration (`ExecCx::rng`), sample n reading
 //! counters n·16 (apply) and n·16 + 1 (σ) (`flowseg_kernels::augment::draw_gaussian_blur`). A
-//! stop-gradient: augmentations apply to data. The CUDA launcher comes later; it uploads the
-//! host-computed `gaussian_weights` so CPU and GPU sum the same f32 taps.
+//! stop-gradient: augmentations apply to data. Its kernels' CUDA twins exist
+//! (kernels/src/cuda); the engine does not dispatch ops to them yet. Its twin takes the
+//! host-computed `gaussian_weights`, so CPU and GPU sum the same f32 taps.
 //!
 //! Not here: anisotropic kernels (σx ≠ σy), other padding modes.
 

@@ -7,7 +7,8 @@
 //!
 //! Randomness: the node's Philox stream this iteration (`ExecCx::rng`), sample n converted iff
 //! uniform counter n·16 < p (`flowseg_kernels::augment::draw_grayscale`). A stop-gradient:
-//! augmentations apply to data. The CUDA launcher comes later.
+//! augmentations apply to data. Its kernels' CUDA twins exist (kernels/src/cuda); the engine
+//! does not dispatch ops to them yet.
 //!
 //! Not here: a 1-channel output (use the first channel of `image_out`).
 

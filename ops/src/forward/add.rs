@@ -1,8 +1,8 @@
 //! `add`: y = a + b element-wise, `torch.add(a, b)`. `a`, `b` and `y`: f32, any shape, all the
 //! same spec (no broadcasting).
 //!
-//! Backward: da = db = dy, the output gradient itself, so the VJP emits no node. The CUDA
-//! launcher comes later.
+//! Backward: da = db = dy, the output gradient itself, so the VJP emits no node. Its kernels'
+//! CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};

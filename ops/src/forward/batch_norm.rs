@@ -21,7 +21,8 @@
 //! from `save_mean`/`save_invstd`, or the eval-mode one (statistics constant) from the running
 //! statistics. The running statistics are buffers, never trained: if one depends on trainable
 //! state, or a gradient reaches a statistics output, the VJP reports an error instead of
-//! dropping that gradient. The CUDA launcher comes later.
+//! dropping that gradient. Its kernels' CUDA twins exist (kernels/src/cuda); the engine does
+//! not dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};

@@ -11,9 +11,10 @@
 //!
 //! Backward: one `concat_bwd` node (below, unregistered) with two outputs, da and db, rather
 //! than two channel-slice nodes: the split is one pass over dy (the kernel's
-//! `concat_channels_bwd`), one node to plan, and a skip connection needs both halves anyway.
-//! An input that needs no gradient gets an empty (f32[0]) output, and the other half is then a
-//! plain channel slice. The CUDA launcher comes later.
+//! `concat_channels_bwd`), one node to plan, and a skip connection needs both halves anyway. An
+//! input that needs no gradient gets an empty (f32[0]) output, and the other half is then a
+//! plain channel slice. Its kernels' CUDA twins exist (kernels/src/cuda); the engine does not
+//! dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};

@@ -10,7 +10,8 @@
 //! likewise). The kernel extent and Co are read off `weight`'s shape, not given as params.
 //!
 //! Backward: one `conv2d_bwd` node (below, unregistered) produces whichever of dx, dweight and
-//! dbias the graph needs; the CUDA launcher comes later.
+//! dbias the graph needs. Its kernels' CUDA twins exist (kernels/src/cuda); the engine does not
+//! dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};

@@ -6,7 +6,8 @@
 //! 1×1 conv can follow, as in DeepLab's image-pooling branch).
 //!
 //! Backward: `global_avg_pool_bwd` (below, unregistered) broadcasts dy/(H·W) over each plane;
-//! it reads only dy and the input's size. The CUDA launcher comes later.
+//! it reads only dy and the input's size. Its kernels' CUDA twins exist (kernels/src/cuda); the
+//! engine does not dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};

@@ -2,7 +2,8 @@
 //! `x` and `y`: f32, any shape, the same.
 //!
 //! Backward: `leaky_relu_bwd` (below, unregistered) computes dx = dy if x > 0 else slope·dy
-//! from the forward input (slope·dy at x = 0, as in PyTorch). The CUDA launcher comes later.
+//! from the forward input (slope·dy at x = 0, as in PyTorch). Its kernels' CUDA twins exist
+//! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};

@@ -14,8 +14,8 @@
 //! `flowseg_kernels::pool`).
 //!
 //! Backward: `max_pool2d_bwd` (below, unregistered) routes dy to the recorded winners,
-//! dx[argmax] += dy, summing where windows overlap; it reads `argmax` and dy, not x. The CUDA
-//! launcher comes later.
+//! dx[argmax] += dy, summing where windows overlap; it reads `argmax` and dy, not x. Its
+//! kernels' CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 //!
 //! Not here: dilation, `ceil_mode=True`, non-square windows (the kernel has them; no params
 //! for them yet), max_unpool.

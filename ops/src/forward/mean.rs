@@ -9,8 +9,8 @@
 //! keep their meaning.
 //!
 //! Backward: `mean_bwd` (below, unregistered) broadcasts dy / numel over the input's shape,
-//! which it takes from its params, so the forward input is not kept alive for it. The CUDA
-//! launcher comes later.
+//! which it takes from its params, so the forward input is not kept alive for it. Its kernels'
+//! CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};

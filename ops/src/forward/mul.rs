@@ -7,7 +7,8 @@
 //! Backward: `mul_bwd` (below, unregistered) computes da = dy·b (dy scaled by b in the scalar
 //! form) and db = dy·a, or Σ dy·a for a scalar `b`, each only when that input needs a gradient;
 //! it reads `b` only for da and `a` only for db, so a constant operand's partner is not kept
-//! alive for the backward. The CUDA launcher comes later.
+//! alive for the backward. Its kernels' CUDA twins exist (kernels/src/cuda); the engine does
+//! not dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};

@@ -1,7 +1,8 @@
 //! `relu`: y = max(x, 0) element-wise, `torch.relu(x)`. `x` and `y`: f32, any shape, the same.
 //!
 //! Backward: `relu_bwd` (below, unregistered) computes dx = dy·[x > 0] from the forward input,
-//! so the gradient at x = 0 is 0, as in PyTorch. The CUDA launcher comes later.
+//! so the gradient at x = 0 is 0, as in PyTorch. Its kernels' CUDA twins exist
+//! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};

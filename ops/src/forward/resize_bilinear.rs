@@ -6,9 +6,9 @@
 //!
 //! Shapes: `x` f32[N, C, H, W] → `y` f32[N, C, h, w]; H, W, h and w must be positive.
 //!
-//! Backward: `resize_bilinear_bwd` (below, unregistered) scatters dy back through the same
-//! taps and weights (the adjoint of the blend); it needs only dy and the input's size. The CUDA
-//! launcher comes later.
+//! Backward: `resize_bilinear_bwd` (below, unregistered) scatters dy back through the same taps
+//! and weights (the adjoint of the blend); it needs only dy and the input's size. Its kernels'
+//! CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};

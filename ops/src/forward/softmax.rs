@@ -2,7 +2,8 @@
 //! every pixel with m = max_k x_k; `torch.softmax(x, dim=1)`. `x` and `y`: f32[N, K, H, W].
 //!
 //! Backward: `softmax_bwd` (below, unregistered) computes dx = y·(dy − Σ_k dy·y) from the
-//! forward *output* y, so x need not be kept for it. The CUDA launcher comes later.
+//! forward *output* y, so x need not be kept for it. Its kernels' CUDA twins exist
+//! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};

@@ -5,8 +5,8 @@
 //! Shapes: `probs` f32[N, K, H, W] with K ≥ 1 → `confidence` f32[N, H, W] and `label`
 //! i32[N, H, W]. Thresholding the confidence into a mask is a separate element-wise op.
 //!
-//! A stop-gradient (`Op::STOP_GRAD`): neither output carries a gradient back to `probs`. The
-//! CUDA launcher comes later.
+//! A stop-gradient (`Op::STOP_GRAD`): neither output carries a gradient back to `probs`. Its
+//! kernels' CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use flowseg_engine::op::io;
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};

@@ -12,7 +12,8 @@
 //! treated as a constant (it is a mask or a confidence from a detached branch; with
 //! `weight_sum` D would depend on it too). A `weight` that depends on trainable state is an
 //! error rather than a silently dropped gradient: pass it through `detach` to say it is
-//! constant. The CUDA launcher comes later.
+//! constant. Its kernels' CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops
+//! to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};

@@ -13,10 +13,11 @@
 //! `all_pixels` is N·H·W, `{ constant: c }` is c. D = 0 gives loss 0 and zero gradients. Pixels
 //! with weight 0 are skipped outright, so NaN there cannot leak into the loss.
 //!
-//! Backward: `squared_error_bwd` (below, unregistered) computes da = 2·dloss·w·(a − b)/D and
-//! db = −da, each only when that input needs a gradient (`b` from a teacher needs none). The
+//! Backward: `squared_error_bwd` (below, unregistered) computes da = 2·dloss·w·(a − b)/D and db
+//! = −da, each only when that input needs a gradient (`b` from a teacher needs none). The
 //! `weight` is a constant, as in `cross_entropy`: one that depends on trainable state is an
-//! error, to be made explicit with `detach`. The CUDA launcher comes later.
+//! error, to be made explicit with `detach`. Its kernels' CUDA twins exist (kernels/src/cuda);
+//! the engine does not dispatch ops to them yet.
 
 use crate::grad;
 use crate::loss::cross_entropy::Denominator;

@@ -22,8 +22,9 @@
 //! permutation (fixed points allowed, as `torch.randperm`); `same` partner[n] = n, for mixing
 //! with a second batch `b`.
 //!
-//! A stop-gradient: the mask and partner are constants (`like` only lends its shape). The CUDA
-//! launcher comes later; the draws are counter-based, so it can reproduce these masks exactly.
+//! A stop-gradient: the mask and partner are constants (`like` only lends its shape). Its
+//! kernels' CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
+//! The draws are counter-based, so the twin reproduces these masks exactly.
 
 use flowseg_engine::op::io;
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};

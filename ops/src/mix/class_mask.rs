@@ -20,7 +20,8 @@
 //! class pastes nothing); `half_up` picks ⌈k/2⌉, as DACS's code does
 //! (`int((nclasses + nclasses % 2) / 2)`). Draws and counters: `flowseg_kernels::mix`.
 //!
-//! A stop-gradient: the mask is a function of labels. The CUDA launcher comes later.
+//! A stop-gradient: the mask is a function of labels. Its kernels' CUDA twins exist
+//! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use super::box_mask::{batch_plane, check_extent, Partner};
 use flowseg_engine::op::io;

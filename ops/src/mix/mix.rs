@@ -12,10 +12,11 @@
 //!
 //! Backward: one `mix_bwd` node (below, unregistered): da = (1 − m)·dout, and the partner's
 //! share m·dout summed into db, or — without `b` — back into da at the partner's index, where
-//! samples sharing a partner add up. `mask` and `partner` get no gradient: `partner` is i32, and
-//! a `mask` that depends on trainable state is refused (pass it through `detach`), as
+//! samples sharing a partner add up. `mask` and `partner` get no gradient: `partner` is i32,
+//! and a `mask` that depends on trainable state is refused (pass it through `detach`), as
 //! cross_entropy refuses a trainable weight. An i32 `a` carries no gradient (autodiff asks for
-//! none: i32 values are never differentiated). The CUDA launcher comes later.
+//! none: i32 values are never differentiated). Its kernels' CUDA twins exist
+//! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Vjp};
