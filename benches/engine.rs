@@ -18,9 +18,10 @@
 )]
 
 use flowseg_engine::autodiff;
-use flowseg_engine::data::open_source;
 use flowseg_engine::exec::{run_cpu, run_plan, ExecOrder};
-use flowseg_engine::ir::{self, Env, Source};
+use flowseg_engine::graph::{Env, ValueRef};
+use flowseg_engine::ir;
+use flowseg_engine::open::open_source;
 use flowseg_engine::plan::{plan, PlanOptions};
 use flowseg_engine::spec;
 use flowseg_engine::train::Trainer;
@@ -86,7 +87,7 @@ fn main() {
         let grads = autodiff::differentiate(
             &mut g,
             &[(
-                Source::Node {
+                ValueRef::Node {
                     node: loss,
                     port: 0,
                 },
@@ -95,7 +96,7 @@ fn main() {
             &wrt,
         )
         .unwrap();
-        let keep: Vec<Source> = grads.into_values().collect();
+        let keep: Vec<ValueRef> = grads.into_values().collect();
         let p = plan(&g, &PlanOptions { streams: 2, keep }).unwrap();
         nodes = g.nodes.len();
         std::hint::black_box(p);

@@ -1,6 +1,6 @@
 //! Loader throughput (numbers in docs/BENCHMARKS.md): a generated Pascal VOC tree (JPEG images
 //! at quality 90, palette PNG masks) opened through `Voc::open` with batch 16 and crop = image
-//! size (default geometry: random rescale in [0.5, 2], flip), timed through `Source::batch` for
+//! size (default geometry: random rescale in [0.5, 2], flip), timed through `Dataset::batch` for
 //! 0, 1 and 2 worker threads: decode, mask checks, rescale, crop and batch assembly, with the
 //! files in the page cache. Two sets: 64 images of 64×64 and 32 of 512×512. Then the default
 //! `synthetic` source (generated, no files) at 64×64 with 16 labeled + 16 unlabeled per batch.
@@ -16,7 +16,7 @@
     reason = "a bench binary"
 )]
 
-use flowseg_engine::data::{DataSource, Source};
+use flowseg_engine::data::{DataSource, Dataset};
 use flowseg_kernels::philox::Philox;
 use flowseg_ops::data::files::{Crop, Geometry, WithGeometry};
 use flowseg_ops::data::loader::{Batching, WithBatching};
@@ -90,7 +90,7 @@ fn make_voc(root: &Path, n: usize, side: usize) {
 }
 
 /// The VOC tree at `root` opened with batch 16, crop = `side`, default geometry.
-fn voc(root: &Path, side: usize, workers: usize) -> Box<dyn Source> {
+fn voc(root: &Path, side: usize, workers: usize) -> Box<dyn Dataset> {
     let params = WithBatching {
         batching: Batching {
             batch: BATCH,
@@ -107,7 +107,7 @@ fn voc(root: &Path, side: usize, workers: usize) -> Box<dyn Source> {
 
 /// The default `synthetic` set at `side`, batch 16 labeled + 16 unlabeled (two sets' worth of
 /// generation per iteration, as the semi-supervised graphs ask).
-fn synthetic(side: usize, workers: usize) -> Box<dyn Source> {
+fn synthetic(side: usize, workers: usize) -> Box<dyn Dataset> {
     let params = WithBatching {
         batching: Batching {
             batch: BATCH,
@@ -124,9 +124,9 @@ fn synthetic(side: usize, workers: usize) -> Box<dyn Source> {
     Synthetic::open(&params, 0).unwrap()
 }
 
-/// Images per second through `Source::batch` (every image of a batch, labeled or not): median
+/// Images per second through `Dataset::batch` (every image of a batch, labeled or not): median
 /// of 3 passes of `iters` batches, after a warm-up of 2 (which also starts the worker threads).
-fn images_per_second(mut src: Box<dyn Source>, iters: u64) -> f64 {
+fn images_per_second(mut src: Box<dyn Dataset>, iters: u64) -> f64 {
     let per_batch: usize = src
         .specs()
         .iter()

@@ -39,7 +39,8 @@
 use flowseg_engine::checkpoint::{self, Checkpoint};
 use flowseg_engine::data::Batch;
 use flowseg_engine::exec::{run_cpu, run_plan_in, ExecOrder, Workspace};
-use flowseg_engine::ir::{self, Env, Graph, Source};
+use flowseg_engine::graph::{Env, Graph, ValueRef};
+use flowseg_engine::ir;
 use flowseg_engine::plan::{plan, PlanOptions};
 use flowseg_engine::registry::Registry;
 use flowseg_engine::spec::{self, GraphSpec};
@@ -93,7 +94,7 @@ fn parse(graph: &str, sets: &[String]) -> GraphSpec {
 /// The trainer of `graph` with `sets` and batch 0 of its data.
 fn trainer(registry: &Registry, graph: &str, sets: &[String]) -> (Trainer, Batch) {
     let text = std::fs::read_to_string(graph).unwrap();
-    let (gspec, _, mut source) = flowseg_engine::data::open_graph(&text, sets, registry).unwrap();
+    let (gspec, _, mut source) = flowseg_engine::open::open_graph(&text, sets, registry).unwrap();
     let env = Env {
         batch: source.specs(),
         state: BTreeMap::new(),
@@ -138,13 +139,13 @@ fn trained_elements(trainer: &Trainer) -> usize {
 }
 
 /// The node named `name`, output 0.
-fn output_of(graph: &Graph, name: &str) -> Source {
+fn output_of(graph: &Graph, name: &str) -> ValueRef {
     let node = graph
         .nodes
         .iter()
         .position(|n| n.name.value == name)
         .unwrap_or_else(|| panic!("no node `{name}`"));
-    Source::Node { node, port: 0 }
+    ValueRef::Node { node, port: 0 }
 }
 
 fn save(path: &Path, tensors: BTreeMap<String, Tensor>) {
@@ -177,7 +178,7 @@ fn export(registry: &Registry, dir: &Path, extra: &[String]) {
     let run = run_cpu(&trainer.graph, &batch, &trainer.state, 0, 0).unwrap();
     let (_, loss) = trainer.losses.first().expect("a loss").clone();
     // The logits: what the loss node reads first.
-    let Source::Node { node, .. } = loss else {
+    let ValueRef::Node { node, .. } = loss else {
         panic!("the loss is no node output")
     };
     let logits = trainer.graph.nodes[node].inputs[0].clone().unwrap();

@@ -10,9 +10,10 @@
 //!
 //! Not here: multi-scale evaluation, the CLI commands (run.rs, predict.rs).
 
-use flowseg_engine::data::Source as DataSource;
+use flowseg_engine::data::Dataset;
 use flowseg_engine::exec::{run_plan_in, ExecOrder, Workspace};
-use flowseg_engine::ir::{self, Env, Graph, Source};
+use flowseg_engine::graph::{Env, Graph, ValueRef};
+use flowseg_engine::ir;
 use flowseg_engine::kernels::metrics::{confusion_add, scores, Scores};
 use flowseg_engine::kernels::softmax::softmax_fwd;
 use flowseg_engine::kernels::Nchw;
@@ -61,7 +62,7 @@ struct EvalGraph {
     graph: Graph,
     plan: Plan,
     workspace: Workspace,
-    logits: Source,
+    logits: ValueRef,
     classes: usize,
 }
 
@@ -180,7 +181,7 @@ impl<'r> Predictor<'r> {
                 .iter()
                 .position(|n| n.name.value == "logits")
                 .ok_or("internal: the eval graph lost its logits")?;
-            let out = Source::Node { node: k, port: 0 };
+            let out = ValueRef::Node { node: k, port: 0 };
             let classes = graph
                 .spec_of(&out)
                 .and_then(TensorSpec::as_nchw)
@@ -452,7 +453,7 @@ impl<'r> Evaluator<'r> {
     pub fn new(
         spec: &GraphSpec,
         registry: &'r Registry,
-        source: &dyn DataSource,
+        source: &dyn Dataset,
     ) -> Result<Option<Self>, String> {
         if source.eval_len() == 0 {
             return Ok(None);
@@ -496,7 +497,7 @@ impl<'r> Evaluator<'r> {
     /// Scores of every model on every held-out image, with the given state.
     pub fn run(
         &mut self,
-        source: &mut dyn DataSource,
+        source: &mut dyn Dataset,
         state: &BTreeMap<String, Tensor>,
     ) -> Result<Vec<(String, Scores)>, String> {
         let n = source.eval_len();

@@ -24,9 +24,10 @@
 
 use crate::report;
 use flowseg_engine::checkpoint;
-use flowseg_engine::data::{open_graph, Source as DataSource};
+use flowseg_engine::data::Dataset;
 use flowseg_engine::exec::{self, ExecOrder};
-use flowseg_engine::ir::Env;
+use flowseg_engine::graph::Env;
+use flowseg_engine::open::open_graph;
 use flowseg_engine::plan::{self, PlanOptions};
 use flowseg_engine::spec::{self, GraphError, GraphSpec};
 use flowseg_engine::train::Trainer;
@@ -107,7 +108,7 @@ pub struct PlanArgs {
 pub(crate) struct Loaded {
     pub(crate) spec: GraphSpec,
     pub(crate) root: spec::Node,
-    pub(crate) source: Box<dyn DataSource>,
+    pub(crate) source: Box<dyn Dataset>,
     pub(crate) trainer: Trainer,
 }
 
@@ -233,7 +234,7 @@ pub fn check(
 /// `flowseg check --data`: every item of the source read once; each problem printed. Err with
 /// exit code 2 when any item is bad.
 fn scan_data(
-    source: &mut dyn DataSource,
+    source: &mut dyn Dataset,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), ExitCode> {
@@ -381,7 +382,7 @@ fn verify(l: &mut Loaded, p: &plan::Plan, n: u64) -> Result<usize, String> {
         let got = bits(&run);
         if let Some(k) = (0..want.len()).find(|&k| got[k] != want[k]) {
             let name = match &p.keep[k] {
-                flowseg_engine::ir::Source::Node { node, port } => {
+                flowseg_engine::graph::ValueRef::Node { node, port } => {
                     format!("{}.{port}", t.graph.nodes[*node].name.value)
                 }
                 other => format!("{other:?}"),

@@ -13,8 +13,8 @@
     reason = "test helpers outside #[test] fns; a panic is the report"
 )]
 
-use flowseg_engine::data::open_graph;
-use flowseg_engine::ir::Env;
+use flowseg_engine::graph::Env;
+use flowseg_engine::open::open_graph;
 use flowseg_engine::train::Trainer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

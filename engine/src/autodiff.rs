@@ -10,12 +10,15 @@
 //! loss (a teacher) never gets a backward node. An op with neither a VJP nor `STOP_GRAD` on an
 //! active path is FS0109.
 //!
-//! Not here: higher-order gradients, gradient checkpointing, the `grad` op for gradients with
-//! respect to activations (it will call [`differentiate`] on a sub-graph).
+//! The `grad` node (gradients with respect to activations, for Grad-CAM or VAT) is expanded by
+//! `ir.rs` through [`differentiate_sources`] on the graph built so far.
+//!
+//! Not here: higher-order gradients (a `grad` node's value is a stop-gradient), gradient
+//! checkpointing.
 
-use crate::ir::{Graph, IrNode, Source};
-use crate::op::{io, Configured, ExecCx, NoParams, Op, OpError, Port};
-use crate::spec::{GraphError, Loc, LossWeight, Sp};
+use crate::graph::{ExecCx, Graph, OpError, Port, ValueRef, Vjp};
+use crate::op::{io, Configured, NoParams, Op};
+use crate::spec::{GraphError, Loc, LossWeight};
 use crate::tensor::{DType, Tensor, TensorSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -25,104 +28,14 @@ pub const NOT_DIFFERENTIABLE: &str = "FS0109";
 /// FS0110: a loss that is not an f32 scalar.
 pub const BAD_LOSS: &str = "FS0110";
 
-/// The builder an op's VJP rule talks to: the forward node's values, the gradients of its
-/// outputs, and a way to emit backward nodes and set input gradients.
-pub struct Vjp<'a> {
-    graph: &'a mut Graph,
-    node: usize,
-    inputs: Vec<Option<Source>>,
-    grad_outputs: Vec<Option<Source>>,
-    needs: Vec<bool>,
-    grads: Vec<Option<Source>>,
-}
-
-impl Vjp<'_> {
-    /// Forward input `i` (`None` when an optional input is unconnected).
-    pub fn input(&self, i: usize) -> Option<Source> {
-        self.inputs.get(i).cloned().flatten()
-    }
-
-    /// Forward output `k`.
-    pub fn output(&self, k: usize) -> Source {
-        Source::Node {
-            node: self.node,
-            port: k,
-        }
-    }
-
-    /// The gradient flowing into output `k`, `None` when nothing downstream needs it.
-    pub fn grad_output(&self, k: usize) -> Option<Source> {
-        self.grad_outputs.get(k).cloned().flatten()
-    }
-
-    /// Whether input `i` needs a gradient (it depends on trainable state and is f32).
-    pub fn needs_grad(&self, i: usize) -> bool {
-        self.needs.get(i).copied().unwrap_or(false)
-    }
-
-    /// The spec of a value.
-    pub fn spec(&self, s: &Source) -> Option<&TensorSpec> {
-        self.graph.spec_of(s)
-    }
-
-    /// Sets the gradient of input `i`.
-    pub fn set_grad(&mut self, i: usize, g: Source) {
-        if let Some(slot) = self.grads.get_mut(i) {
-            *slot = Some(g);
-        }
-    }
-
-    /// Appends a node running op `O` with `params` on `inputs` (one per port of `O`) and
-    /// returns its outputs. The op need not be registered: backward ops live in their forward
-    /// op's file.
-    pub fn emit<O: Op>(
-        &mut self,
-        params: O::Params,
-        inputs: Vec<Option<Source>>,
-    ) -> Result<Vec<Source>, String> {
-        let fwd = self.graph.nodes[self.node].name.value.clone();
-        let name = format!("{fwd}/grad/{}", O::NAME);
-        emit_node::<O>(self.graph, name, params, inputs)
-    }
-}
-
-fn emit_node<O: Op>(
-    graph: &mut Graph,
-    name: String,
-    params: O::Params,
-    inputs: Vec<Option<Source>>,
-) -> Result<Vec<Source>, String> {
-    let op = Arc::new(Configured::<O> { params });
-    let specs: Vec<Option<TensorSpec>> = inputs
-        .iter()
-        .map(|s| s.as_ref().and_then(|s| graph.spec_of(s).cloned()))
-        .collect();
-    let refs: Vec<Option<&TensorSpec>> = specs.iter().map(Option::as_ref).collect();
-    let outputs = crate::op::OpNode::infer(op.as_ref(), &refs)
-        .map_err(|e| format!("backward node `{name}`: {e}"))?;
-    let index = graph.nodes.len();
-    let n = outputs.len();
-    graph.nodes.push(IrNode {
-        name: Sp::detached(name),
-        op,
-        inputs,
-        outputs,
-        after: Vec::new(),
-        stream: None,
-    });
-    Ok((0..n)
-        .map(|port| Source::Node { node: index, port })
-        .collect())
-}
-
 /// Appends the backward pass of Σ weight·loss (each loss an f32 scalar) with respect to the
 /// state tensors `wrt`, and returns the gradient of each of them that the losses depend on.
 pub fn differentiate(
     graph: &mut Graph,
-    losses: &[(Source, f32)],
+    losses: &[(ValueRef, f32)],
     wrt: &BTreeSet<String>,
-) -> Result<BTreeMap<String, Source>, Vec<GraphError>> {
-    let weighted: Vec<(Source, LossWeight)> = losses
+) -> Result<BTreeMap<String, ValueRef>, Vec<GraphError>> {
+    let weighted: Vec<(ValueRef, LossWeight)> = losses
         .iter()
         .map(|(s, w)| (s.clone(), (*w).into()))
         .collect();
@@ -133,15 +46,15 @@ pub fn differentiate(
 /// loss reads the iteration it runs in).
 pub fn differentiate_weighted(
     graph: &mut Graph,
-    losses: &[(Source, LossWeight)],
+    losses: &[(ValueRef, LossWeight)],
     wrt: &BTreeSet<String>,
-) -> Result<BTreeMap<String, Source>, Vec<GraphError>> {
-    let sources: BTreeSet<Source> = wrt.iter().cloned().map(Source::State).collect();
+) -> Result<BTreeMap<String, ValueRef>, Vec<GraphError>> {
+    let sources: BTreeSet<ValueRef> = wrt.iter().cloned().map(ValueRef::State).collect();
     let grads = differentiate_sources(graph, losses, &sources)?;
     Ok(grads
         .into_iter()
         .filter_map(|(s, g)| match s {
-            Source::State(name) => Some((name, g)),
+            ValueRef::State(name) => Some((name, g)),
             _ => None,
         })
         .collect())
@@ -152,9 +65,9 @@ pub fn differentiate_weighted(
 /// depend on.
 pub fn differentiate_sources(
     graph: &mut Graph,
-    losses: &[(Source, LossWeight)],
-    wrt: &BTreeSet<Source>,
-) -> Result<BTreeMap<Source, Source>, Vec<GraphError>> {
+    losses: &[(ValueRef, LossWeight)],
+    wrt: &BTreeSet<ValueRef>,
+) -> Result<BTreeMap<ValueRef, ValueRef>, Vec<GraphError>> {
     let mut errors = Vec::new();
     for (l, _) in losses {
         match graph.spec_of(l) {
@@ -175,11 +88,11 @@ pub fn differentiate_sources(
     let forward_len = graph.nodes.len();
 
     // F: depends on a `wrt` value, through ops that pass gradients.
-    let depends = |s: &Source, f: &[bool]| {
+    let depends = |s: &ValueRef, f: &[bool]| {
         wrt.contains(s)
             || match s {
-                Source::Node { node, .. } => f[*node],
-                Source::State(_) | Source::Batch(_) => false,
+                ValueRef::Node { node, .. } => f[*node],
+                ValueRef::State(_) | ValueRef::Batch(_) => false,
             }
     };
     let mut in_f = vec![false; forward_len];
@@ -190,7 +103,7 @@ pub fn differentiate_sources(
     // L: a loss is reachable from it.
     let mut in_l = vec![false; forward_len];
     for (l, _) in losses {
-        if let Source::Node { node, .. } = l {
+        if let ValueRef::Node { node, .. } = l {
             in_l[*node] = true;
         }
     }
@@ -198,7 +111,7 @@ pub fn differentiate_sources(
         // A loss reached only through a stop-gradient does not pull its inputs into L.
         if in_l[i] && !graph.nodes[i].op.stop_grad() {
             for s in graph.nodes[i].inputs.iter().flatten() {
-                if let Source::Node { node, .. } = s {
+                if let ValueRef::Node { node, .. } = s {
                     in_l[*node] = true;
                 }
             }
@@ -206,9 +119,14 @@ pub fn differentiate_sources(
     }
 
     // Seeds: d(Σ w·loss)/d loss = w.
-    let mut grads: BTreeMap<Source, Source> = BTreeMap::new();
+    let mut grads: BTreeMap<ValueRef, ValueRef> = BTreeMap::new();
     for (l, weight) in losses {
-        let seed = emit_node::<GradSeed>(graph, "loss/grad/seed".into(), *weight, vec![])
+        let seed = graph
+            .push_node(
+                "loss/grad/seed".into(),
+                Arc::new(Configured::<GradSeed> { params: *weight }),
+                vec![],
+            )
             .map_err(|e| vec![GraphError::new(BAD_LOSS, e, Loc::NONE)])?;
         accumulate(graph, &mut grads, l.clone(), seed[0].clone()).map_err(|e| vec![e])?;
     }
@@ -218,8 +136,8 @@ pub fn differentiate_sources(
             continue;
         }
         let n_out = graph.nodes[i].outputs.len();
-        let grad_outputs: Vec<Option<Source>> = (0..n_out)
-            .map(|port| grads.get(&Source::Node { node: i, port }).cloned())
+        let grad_outputs: Vec<Option<ValueRef>> = (0..n_out)
+            .map(|port| grads.get(&ValueRef::Node { node: i, port }).cloned())
             .collect();
         if grad_outputs.iter().all(Option::is_none) {
             continue;
@@ -291,20 +209,22 @@ pub fn differentiate_sources(
 /// grads[target] += g, emitting a `grad_add` when a gradient is already there.
 fn accumulate(
     graph: &mut Graph,
-    grads: &mut BTreeMap<Source, Source>,
-    target: Source,
-    g: Source,
+    grads: &mut BTreeMap<ValueRef, ValueRef>,
+    target: ValueRef,
+    g: ValueRef,
 ) -> Result<(), GraphError> {
     let merged = match grads.remove(&target) {
         None => g,
         Some(prev) => {
-            let out = emit_node::<GradAdd>(
-                graph,
-                "grad/add".into(),
-                NoParams {},
-                vec![Some(prev), Some(g)],
-            )
-            .map_err(|e| GraphError::new(NOT_DIFFERENTIABLE, e, Loc::NONE))?;
+            let out = graph
+                .push_node(
+                    "grad/add".into(),
+                    Arc::new(Configured::<GradAdd> {
+                        params: NoParams {},
+                    }),
+                    vec![Some(prev), Some(g)],
+                )
+                .map_err(|e| GraphError::new(NOT_DIFFERENTIABLE, e, Loc::NONE))?;
             out[0].clone()
         }
     };
@@ -364,32 +284,5 @@ impl Op for GradAdd {
         let b = io::f32(Self::INPUTS, ins, 1)?;
         let y = io::f32_out(Self::OUTPUTS, out, 0)?;
         Ok(flowseg_kernels::elementwise::add_fwd(a, b, y)?)
-    }
-}
-
-/// An identity that carries no gradient: the value of a `grad` node (the gradient is data for
-/// whatever uses it; no second-order terms).
-pub(crate) struct StopGradient;
-
-impl Op for StopGradient {
-    const NAME: &'static str = "stop_gradient";
-    const SUMMARY: &'static str = "y = x, no gradient through it";
-    const INPUTS: &'static [Port] = &[Port::req("x", "f32")];
-    const OUTPUTS: &'static [Port] = &[Port::req("y", "like x")];
-    const EXAMPLE: &'static str = "";
-    const STOP_GRAD: bool = true;
-    type Params = NoParams;
-    fn infer(_: &NoParams, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
-        Ok(vec![io::f32_spec(Self::INPUTS, ins, 0)?.clone()])
-    }
-    fn cpu(
-        _: &NoParams,
-        _: &ExecCx,
-        ins: &[Option<&Tensor>],
-        out: &mut [Tensor],
-    ) -> Result<(), OpError> {
-        let x = io::f32(Self::INPUTS, ins, 0)?;
-        io::f32_out(Self::OUTPUTS, out, 0)?.copy_from_slice(x);
-        Ok(())
     }
 }

@@ -6,7 +6,11 @@
 //! Held-out images come one at a time at their own size ([`EvalItem`]): evaluation modes (whole,
 //! centre crop, sliding window, flip) are the evaluator's business, not the source's.
 //!
-//! Not here: the sources themselves, splits and loader threads (`flowseg-ops`, data/).
+//! Two traits, as for ops: [`DataSource`] is a kind of source (registered by name, typed
+//! params, `open`), [`Dataset`] the opened instance that delivers batches.
+//!
+//! Not here: opening the source a graph names (`open.rs`, above the registry), the sources
+//! themselves, splits and loader threads (`flowseg-ops`, data/).
 
 use crate::spec::{from_node, DeError, Node, Value};
 use crate::tensor::{Tensor, TensorSpec};
@@ -53,8 +57,8 @@ pub struct ScanReport {
     pub problems: Vec<String>,
 }
 
-/// An opened data source.
-pub trait Source: Send {
+/// An opened dataset: what a [`DataSource`] kind opens with its params and the run's seed.
+pub trait Dataset: Send {
     /// The spec of every field each batch holds (static for the whole run).
     fn specs(&self) -> BTreeMap<String, TensorSpec>;
     /// The training batch of `iteration` (a pure function of the seed and the iteration, so
@@ -71,7 +75,7 @@ pub trait Source: Send {
         0
     }
 
-    /// Held-out image `index` (< [`Source::eval_len`]).
+    /// Held-out image `index` (< [`Dataset::eval_len`]).
     fn eval_item(&mut self, index: usize) -> Result<EvalItem, DataError> {
         Err(DataError(format!(
             "no evaluation split (asked for image {index})"
@@ -82,7 +86,7 @@ pub trait Source: Send {
     /// `flowseg predict` does to image files so they look like the training images).
     fn normalize(&self, _image: &mut [f32]) {}
 
-    /// Fields of [`Source::specs`] that hold what a semi-supervised method must not see — the
+    /// Fields of [`Dataset::specs`] that hold what a semi-supervised method must not see — the
     /// labels of unlabeled images, there to measure pseudo-labels against. A graph may log
     /// metrics from them; the trainer refuses a minimized loss that depends on one.
     fn hidden_fields(&self) -> std::collections::BTreeSet<String> {
@@ -111,7 +115,7 @@ pub trait DataSource: Send + Sync + 'static {
     /// The source's params: the `data:` mapping without `source`.
     type Params: DeserializeOwned + fmt::Debug + Clone + Send + Sync + 'static;
     /// Opens the source with the run's seed.
-    fn open(p: &Self::Params, seed: u64) -> Result<Box<dyn Source>, DataError>;
+    fn open(p: &Self::Params, seed: u64) -> Result<Box<dyn Dataset>, DataError>;
 }
 
 /// The registry's view of a data source (object-safe).
@@ -121,8 +125,11 @@ pub trait DynDataSource: Send + Sync {
     /// One line.
     fn summary(&self) -> &'static str;
     /// Decodes `params` (the `data:` mapping minus `source`) and opens the source.
-    fn open(&self, params: &Node, seed: u64)
-        -> Result<Result<Box<dyn Source>, DataError>, DeError>;
+    fn open(
+        &self,
+        params: &Node,
+        seed: u64,
+    ) -> Result<Result<Box<dyn Dataset>, DataError>, DeError>;
 }
 
 pub(crate) struct DataEntry<D>(pub(crate) PhantomData<D>);
@@ -138,7 +145,7 @@ impl<D: DataSource> DynDataSource for DataEntry<D> {
         &self,
         params: &Node,
         seed: u64,
-    ) -> Result<Result<Box<dyn Source>, DataError>, DeError> {
+    ) -> Result<Result<Box<dyn Dataset>, DataError>, DeError> {
         // The `source` key selects the source; the rest is the source's own.
         let rest = match &params.value {
             Value::Map(entries) => Node {
@@ -156,78 +163,4 @@ impl<D: DataSource> DynDataSource for DataEntry<D> {
         let p: D::Params = from_node(&rest)?;
         Ok(D::open(&p, seed))
     }
-}
-
-/// FS0113: the `data:` section names no known source, its params are wrong, or it failed to open.
-pub const BAD_DATA: &str = "FS0113";
-
-/// Opens the source a graph's `data:` section describes.
-pub fn open_source(
-    spec: &crate::spec::GraphSpec,
-    registry: &crate::registry::Registry,
-) -> Result<Box<dyn Source>, crate::spec::GraphError> {
-    use crate::spec::{GraphError, Loc};
-    let Some(data) = &spec.data else {
-        return Err(
-            GraphError::new(BAD_DATA, "the graph has no `data:` section", Loc::NONE)
-                .help("add e.g. `data: { source: shapes, batch: 8, size: 32 }`"),
-        );
-    };
-    let names = || {
-        let v: Vec<String> = registry
-            .data_sources()
-            .map(|d| format!("`{}`", d.name()))
-            .collect();
-        format!("data sources: {}", v.join(", "))
-    };
-    let Some(name_node) = data.get("source") else {
-        return Err(GraphError::new(BAD_DATA, "`data:` has no `source:`", data.loc).help(names()));
-    };
-    let Some(name) = name_node.as_str() else {
-        return Err(
-            GraphError::new(BAD_DATA, "`source:` must be a name", name_node.loc).help(names()),
-        );
-    };
-    let Some(def) = registry.data(name) else {
-        return Err(GraphError::new(
-            BAD_DATA,
-            format!("unknown data source `{name}`"),
-            name_node.loc,
-        )
-        .help(names()));
-    };
-    match def.open(data, spec.train.seed) {
-        Err(e) => {
-            let loc = if e.loc.is_known() { e.loc } else { data.loc };
-            Err(GraphError::new(
-                BAD_DATA,
-                format!("params of data source `{name}`: {}", e.message),
-                loc,
-            ))
-        }
-        Ok(Err(e)) => Err(GraphError::new(
-            BAD_DATA,
-            format!("data source `{name}`: {e}"),
-            data.loc,
-        )),
-        Ok(Ok(source)) => Ok(source),
-    }
-}
-
-/// A graph file read up to its opened data source: the text parsed with the `--set`
-/// overrides, the source opened, and models that leave `classes` out given the source's class
-/// count ([`crate::spec::default_model_classes`]). Returns the spec, the resolved tree (what a
-/// run keeps as its graph.yaml) and the source.
-pub fn open_graph(
-    text: &str,
-    overrides: &[String],
-    registry: &crate::registry::Registry,
-) -> Result<(crate::spec::GraphSpec, Node, Box<dyn Source>), Vec<crate::spec::GraphError>> {
-    let (spec, mut root) = crate::spec::parse_graph(text, overrides)?;
-    let source = open_source(&spec, registry).map_err(|e| vec![e])?;
-    let spec = match source.classes().len() {
-        0 => spec,
-        n => crate::spec::default_model_classes(&mut root, n)?,
-    };
-    Ok((spec, root, source))
 }

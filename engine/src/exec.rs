@@ -28,7 +28,7 @@
 //! Not here: threads per stream (the simulator runs one step at a time; CPU parallelism is inside
 //! kernels), the CUDA executor.
 
-use crate::ir::{Graph, Source};
+use crate::graph::{Graph, ValueRef};
 use crate::op::{ExecCx, OpError};
 use crate::plan::{Plan, Step};
 use crate::tensor::{DType, Tensor, TensorSpec};
@@ -118,17 +118,19 @@ enum Outputs<'a> {
 
 impl Run<'_> {
     /// The tensor a source names; `None` for a node output the run did not keep.
-    pub fn get(&self, s: &Source) -> Option<&Tensor> {
+    pub fn get(&self, s: &ValueRef) -> Option<&Tensor> {
         match (s, &self.outputs) {
-            (Source::Batch(f), _) => self.batch.get(f),
-            (Source::State(f), _) => self.state.get(f),
-            (Source::Node { node, port }, Outputs::Owned(o)) => o.get(*node)?.get(*port)?.as_ref(),
-            (Source::Node { .. }, Outputs::Workspace(ws)) => ws.get(s),
+            (ValueRef::Batch(f), _) => self.batch.get(f),
+            (ValueRef::State(f), _) => self.state.get(f),
+            (ValueRef::Node { node, port }, Outputs::Owned(o)) => {
+                o.get(*node)?.get(*port)?.as_ref()
+            }
+            (ValueRef::Node { .. }, Outputs::Workspace(ws)) => ws.get(s),
         }
     }
 
     /// The f32 scalar a source names (a loss), if it is one.
-    pub fn scalar(&self, s: &Source) -> Option<f32> {
+    pub fn scalar(&self, s: &ValueRef) -> Option<f32> {
         match self.get(s)?.f32()? {
             [v] => Some(*v),
             _ => None,
@@ -186,9 +188,9 @@ pub fn run_cpu<'a>(
             .inputs
             .iter()
             .map(|s| match s.as_ref()? {
-                Source::Batch(f) => batch.get(f),
-                Source::State(f) => state.get(f),
-                Source::Node { node, port } => outputs.get(*node)?.get(*port)?.as_ref(),
+                ValueRef::Batch(f) => batch.get(f),
+                ValueRef::State(f) => state.get(f),
+                ValueRef::Node { node, port } => outputs.get(*node)?.get(*port)?.as_ref(),
             })
             .collect();
         let cx = ExecCx {
@@ -295,8 +297,8 @@ struct Slot {
 impl Workspace {
     /// A kept node output of the last complete run (`None` for any other source, and before a
     /// run finished).
-    pub fn get(&self, s: &Source) -> Option<&Tensor> {
-        let Source::Node { node, port } = s else {
+    pub fn get(&self, s: &ValueRef) -> Option<&Tensor> {
+        let ValueRef::Node { node, port } = s else {
             return None;
         };
         if !self.complete {
@@ -332,7 +334,7 @@ impl Workspace {
         }
         self.kept.clear();
         self.kept.extend(plan.keep.iter().filter_map(|s| match s {
-            Source::Node { node, port } => Some(((*node, *port), plan.buffer_of(*node, *port)?)),
+            ValueRef::Node { node, port } => Some(((*node, *port), plan.buffer_of(*node, *port)?)),
             _ => None,
         }));
         self.kept.sort_unstable();
@@ -567,9 +569,9 @@ impl Executor<'_, '_, '_> {
         for s in &node.inputs {
             ins.push(match s {
                 None => None,
-                Some(Source::Batch(f)) => self.batch.get(f).map(Cow::Borrowed),
-                Some(Source::State(f)) => self.state.get(f).map(Cow::Borrowed),
-                Some(src @ Source::Node { node: p, port }) => {
+                Some(ValueRef::Batch(f)) => self.batch.get(f).map(Cow::Borrowed),
+                Some(ValueRef::State(f)) => self.state.get(f).map(Cow::Borrowed),
+                Some(src @ ValueRef::Node { node: p, port }) => {
                     Some(self.read(i, *p, *port, self.graph.spec_of(src))?)
                 }
             });

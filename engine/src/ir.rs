@@ -20,9 +20,10 @@
 //!
 //! Not here: state-conflict checks and streams (`plan.rs`, which has the ordering).
 
-use crate::model::{Net, Stage, StateDecl, Tracer};
-use crate::op::{OpNode, Port};
-use crate::registry::Registry;
+use crate::graph::{Env, Graph, IrNode, OpNode, Port, StateDecl, ValueRef};
+use crate::model::{Net, Stage, Tracer};
+use crate::op::{Configured, NoParams, StopGradient};
+use crate::registry::{Registry, FORWARD, GRAD};
 use crate::spec::{from_node, GraphError, GraphSpec, Loc, Sp};
 use crate::tensor::TensorSpec;
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,11 +45,6 @@ pub const CYCLE: &str = "FS0106";
 pub const SHAPE: &str = "FS0107";
 /// FS0112: bad model reference.
 pub const BAD_MODEL: &str = "FS0112";
-/// The op name of the model-call composite.
-pub const FORWARD: &str = "forward";
-/// The op name of the gradient composite: `{ op: grad, inputs: { of: <scalar>, wrt: <value> } }`
-/// gives d(of)/d(wrt) as a value (Grad-CAM, VAT), with no gradient flowing through it.
-pub const GRAD: &str = "grad";
 const GRAD_INPUTS: &[Port] = &[
     Port::req("of", "f32[] (a scalar, usually a loss)"),
     Port::req("wrt", "f32, any shape (an activation or input)"),
@@ -82,82 +78,6 @@ enum Mode {
 
 /// FS0108: unused output.
 pub const UNUSED_OUTPUT: &str = "FS0108";
-
-/// Where an input comes from.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Source {
-    /// A field of the data batch (`batch.image`).
-    Batch(String),
-    /// A persistent tensor (`state.student.conv1.weight`): model parameters and buffers, which
-    /// outlive an iteration and are what optimizers update.
-    State(String),
-    /// Output `port` of node `node` (index into [`Graph::nodes`]).
-    Node {
-        /// Producer index.
-        node: usize,
-        /// Output index of the producer.
-        port: usize,
-    },
-}
-
-/// What a graph can read besides node outputs: the data batch's fields and the persistent state,
-/// each with its spec.
-#[derive(Debug, Clone, Default)]
-pub struct Env {
-    /// Batch fields (`batch.<field>`).
-    pub batch: BTreeMap<String, TensorSpec>,
-    /// Persistent tensors (`state.<name>`).
-    pub state: BTreeMap<String, TensorSpec>,
-    /// Batch fields a graph may read for diagnostics only (`metrics:`), never on the way to a
-    /// loss an optimizer minimizes: the ground truth of unlabeled images
-    /// ([`crate::data::Source::hidden_fields`]). The trainer enforces it (FS0111).
-    pub hidden: BTreeSet<String>,
-}
-
-/// A validated node.
-#[derive(Debug, Clone)]
-pub struct IrNode {
-    /// Name, with its location.
-    pub name: Sp<String>,
-    /// The configured op.
-    pub op: Arc<dyn OpNode>,
-    /// One entry per op input port, in the op's order; `None` = optional and unconnected.
-    pub inputs: Vec<Option<Source>>,
-    /// Inferred output specs, in the op's output order.
-    pub outputs: Vec<TensorSpec>,
-    /// Nodes that must run first without a data edge (`after:`).
-    pub after: Vec<usize>,
-    /// Stream pin, if any.
-    pub stream: Option<String>,
-}
-
-/// The validated op graph, nodes in a topological order (file order where free).
-#[derive(Debug, Clone)]
-pub struct Graph {
-    /// Nodes; every `Source::Node` and `after` index points to an earlier node.
-    pub nodes: Vec<IrNode>,
-    /// Batch fields the graph reads, with their specs.
-    pub batch: BTreeMap<String, TensorSpec>,
-    /// Persistent tensors the graph reads, with their specs.
-    pub state: BTreeMap<String, TensorSpec>,
-    /// State declared by the models (parameters and buffers), with initialisers.
-    pub params: BTreeMap<String, StateDecl>,
-    /// Buffers written at the end of an iteration: (value, state name), in order.
-    pub assigns: Vec<(Source, String)>,
-    /// Non-fatal findings (unused outputs).
-    pub warnings: Vec<GraphError>,
-}
-
-impl Graph {
-    /// The spec of a source.
-    pub fn spec_of(&self, s: &Source) -> Option<&TensorSpec> {
-        match s {
-            Source::Batch(f) => self.batch.get(f),
-            Source::State(f) => self.state.get(f),
-            Source::Node { node, port } => self.nodes.get(*node)?.outputs.get(*port),
-        }
-    }
-}
 
 /// A node between resolution and ordering.
 struct Pending {
@@ -230,7 +150,7 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
         let node_err = |code, msg: String, loc| GraphError::new(code, msg, loc).in_node(&n.name);
         if n.op.value == GRAD {
             let empty = crate::spec::Node::detached(crate::spec::Value::Map(Vec::new()));
-            match from_node::<crate::op::NoParams>(n.params.as_ref().unwrap_or(&empty)) {
+            match from_node::<NoParams>(n.params.as_ref().unwrap_or(&empty)) {
                 Ok(_) => kinds.push(Some((
                     Kind::Grad,
                     Ports {
@@ -407,8 +327,8 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
     let mut nodes: Vec<IrNode> = Vec::with_capacity(order.len());
     let mut state_specs = env.state.clone();
     let mut decls: BTreeMap<String, StateDecl> = BTreeMap::new();
-    let mut assigns: Vec<(Source, String)> = Vec::new();
-    let mut produced: Vec<Option<Vec<Source>>> = vec![None; pending.len()];
+    let mut assigns: Vec<(ValueRef, String)> = Vec::new();
+    let mut produced: Vec<Option<Vec<ValueRef>>> = vec![None; pending.len()];
     // Index in `nodes` of the last node each spec node emitted, for `after:` edges.
     let mut last_emitted: Vec<Option<usize>> = vec![None; pending.len()];
     let mut used: BTreeSet<(usize, usize)> = BTreeSet::new();
@@ -430,8 +350,8 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
         for inp in &p.inputs {
             sources.push(match inp {
                 None => None,
-                Some((Ref::Batch(f), _)) => Some(Source::Batch(f.clone())),
-                Some((Ref::State(f), _)) => Some(Source::State(f.clone())),
+                Some((Ref::Batch(f), _)) => Some(ValueRef::Batch(f.clone())),
+                Some((Ref::State(f), _)) => Some(ValueRef::State(f.clone())),
                 Some((Ref::Node(j, port), _)) => {
                     used.insert((*j, *port));
                     match produced[*j].as_ref().and_then(|outs| outs.get(*port)) {
@@ -447,10 +367,11 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
         if upstream_failed || p.broken {
             continue;
         }
-        let spec_of = |s: &Source, nodes: &[IrNode], state: &BTreeMap<String, TensorSpec>| match s {
-            Source::Batch(f) => env.batch.get(f).cloned(),
-            Source::State(f) => state.get(f).cloned(),
-            Source::Node { node, port } => nodes.get(*node)?.outputs.get(*port).cloned(),
+        let spec_of = |s: &ValueRef, nodes: &[IrNode], state: &BTreeMap<String, TensorSpec>| match s
+        {
+            ValueRef::Batch(f) => env.batch.get(f).cloned(),
+            ValueRef::State(f) => state.get(f).cloned(),
+            ValueRef::Node { node, port } => nodes.get(*node)?.outputs.get(*port).cloned(),
         };
         let after: Vec<usize> = p.after.iter().filter_map(|&a| last_emitted[a]).collect();
         let first_new = nodes.len();
@@ -466,7 +387,7 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
                         let k = nodes.len();
                         produced[i] = Some(
                             (0..outputs.len())
-                                .map(|port| Source::Node { node: k, port })
+                                .map(|port| ValueRef::Node { node: k, port })
                                 .collect(),
                         );
                         nodes.push(IrNode {
@@ -500,7 +421,8 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
                 stage,
             } => {
                 // Every port of a forward is required: a missing one was reported already.
-                let Some(inputs) = sources.iter().cloned().collect::<Option<Vec<Source>>>() else {
+                let Some(inputs) = sources.iter().cloned().collect::<Option<Vec<ValueRef>>>()
+                else {
                     continue;
                 };
                 let mut tracer = Tracer {
@@ -575,17 +497,17 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
     let (mut batch, mut state) = (BTreeMap::new(), BTreeMap::new());
     for s in nodes.iter().flat_map(|n| n.inputs.iter().flatten()) {
         match s {
-            Source::Batch(f) => {
+            ValueRef::Batch(f) => {
                 if let Some(spec) = env.batch.get(f) {
                     batch.insert(f.clone(), spec.clone());
                 }
             }
-            Source::State(f) => {
+            ValueRef::State(f) => {
                 if let Some(spec) = state_specs.get(f) {
                     state.insert(f.clone(), spec.clone());
                 }
             }
-            Source::Node { .. } => {}
+            ValueRef::Node { .. } => {}
         }
     }
     for name in decls.keys() {
@@ -610,10 +532,10 @@ fn grad_of(
     nodes: &mut Vec<IrNode>,
     env: &Env,
     state: &BTreeMap<String, TensorSpec>,
-    of: &Source,
-    wrt: &Source,
+    of: &ValueRef,
+    wrt: &ValueRef,
     name: &Sp<String>,
-) -> Result<Source, GraphError> {
+) -> Result<ValueRef, GraphError> {
     let mut partial = Graph {
         nodes: std::mem::take(nodes),
         batch: env.batch.clone(),
@@ -622,7 +544,7 @@ fn grad_of(
         assigns: Vec::new(),
         warnings: Vec::new(),
     };
-    let wanted: BTreeSet<Source> = [wrt.clone()].into();
+    let wanted: BTreeSet<ValueRef> = [wrt.clone()].into();
     let result = crate::autodiff::differentiate_sources(
         &mut partial,
         &[(of.clone(), crate::spec::LossWeight::Fixed(1.0))],
@@ -653,15 +575,15 @@ fn grad_of(
     let index = nodes.len();
     nodes.push(IrNode {
         name: name.clone(),
-        op: Arc::new(crate::op::Configured::<crate::autodiff::StopGradient> {
-            params: crate::op::NoParams {},
+        op: Arc::new(Configured::<StopGradient> {
+            params: NoParams {},
         }),
         inputs: vec![Some(g)],
         outputs: spec.into_iter().collect(),
         after: Vec::new(),
         stream: None,
     });
-    Ok(Source::Node {
+    Ok(ValueRef::Node {
         node: index,
         port: 0,
     })
@@ -856,7 +778,7 @@ fn port_list<'a>(what: &str, names: impl Iterator<Item = &'a str>) -> String {
 
 fn nearest_names<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> String {
     let mut near: Vec<(usize, &str)> = names
-        .map(|n| (crate::registry::edit_distance(name, n), n))
+        .map(|n| (strsim::levenshtein(name, n), n))
         .filter(|(d, _)| *d <= 2)
         .collect();
     near.sort();

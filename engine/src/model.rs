@@ -11,69 +11,16 @@
 //! Not here: the architectures themselves (`flowseg-ops`, `models/`), loading ImageNet weights
 //! (checkpoint), EMA updates (an op).
 
-use crate::ir::{IrNode, Source};
-use crate::op::{Configured, Op, Port};
+pub use crate::graph::{Init, StateDecl};
+use crate::graph::{IrNode, Port, ValueRef};
+use crate::op::{Configured, Op, StopGradient};
 use crate::spec::{from_node, DeError, Node, Sp, Value};
-use crate::tensor::{Tensor, TensorSpec};
-use flowseg_kernels::philox::Philox;
+use crate::tensor::TensorSpec;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-
-/// How a state tensor starts.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Init {
-    /// All zeros (biases, BN β and running mean).
-    Zeros,
-    /// All ones (BN γ and running variance).
-    Ones,
-    /// He normal, N(0, 2/fan_in) (conv weights followed by relu).
-    KaimingNormal {
-        /// Inputs per output: Ci/groups · kh · kw.
-        fan_in: usize,
-    },
-    /// Uniform in [−bound, bound].
-    Uniform {
-        /// Half-width.
-        bound: f32,
-    },
-}
-
-impl Init {
-    /// The initial tensor, drawn from Philox stream `stream` of `seed`.
-    pub fn tensor(&self, spec: &TensorSpec, seed: u64, stream: u64) -> Tensor {
-        let mut t = Tensor::zeros(spec);
-        if let Some(v) = t.f32_mut() {
-            let g = Philox::new(seed, stream);
-            match *self {
-                Init::Zeros => {}
-                Init::Ones => v.fill(1.0),
-                Init::KaimingNormal { fan_in } => {
-                    g.fill_normal(0, 0.0, (2.0 / fan_in.max(1) as f32).sqrt(), v)
-                }
-                Init::Uniform { bound } => {
-                    g.fill_uniform(0, v);
-                    v.iter_mut().for_each(|x| *x = (2.0 * *x - 1.0) * bound);
-                }
-            }
-        }
-        t
-    }
-}
-
-/// A state tensor a model declared.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StateDecl {
-    /// Its spec.
-    pub spec: TensorSpec,
-    /// How it starts.
-    pub init: Init,
-    /// Parameters are trained by the model's optimizer; buffers (BN running statistics) are
-    /// only assigned.
-    pub trainable: bool,
-}
 
 /// One network architecture. Implemented once per file in `flowseg-ops` (models/).
 pub trait Model: Send + Sync + 'static {
@@ -88,7 +35,11 @@ pub trait Model: Send + Sync + 'static {
 
     /// Emits the network applied to `image` (f32[N, 3, H, W]); returns one source per
     /// [`Model::OUTPUTS`] entry.
-    fn trace(p: &Self::Params, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String>;
+    fn trace(
+        p: &Self::Params,
+        t: &mut Tracer<'_>,
+        image: ValueRef,
+    ) -> Result<Vec<ValueRef>, String>;
 
     /// The values an architecture split into an encoder and a decoder passes between them:
     /// the outputs of `forward` with `stage: encoder` and the inputs of `stage: decoder`, so a
@@ -102,8 +53,8 @@ pub trait Model: Send + Sync + 'static {
     fn trace_encoder(
         _p: &Self::Params,
         _t: &mut Tracer<'_>,
-        _image: Source,
-    ) -> Result<Vec<Source>, String> {
+        _image: ValueRef,
+    ) -> Result<Vec<ValueRef>, String> {
         Err(format!("`{}` has no encoder/decoder stages", Self::NAME))
     }
 
@@ -112,8 +63,8 @@ pub trait Model: Send + Sync + 'static {
     fn trace_decoder(
         _p: &Self::Params,
         _t: &mut Tracer<'_>,
-        _encoded: Vec<Source>,
-    ) -> Result<Vec<Source>, String> {
+        _encoded: Vec<ValueRef>,
+    ) -> Result<Vec<ValueRef>, String> {
         Err(format!("`{}` has no encoder/decoder stages", Self::NAME))
     }
 }
@@ -148,14 +99,14 @@ pub trait DynModel: Send + Sync {
 /// A configured network.
 pub trait Net: Send + Sync + fmt::Debug {
     /// See [`Model::trace`].
-    fn trace(&self, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String>;
+    fn trace(&self, t: &mut Tracer<'_>, image: ValueRef) -> Result<Vec<ValueRef>, String>;
     /// `stage` of the model on `inputs` (the image, or the encoded values for the decoder).
     fn trace_stage(
         &self,
         stage: Stage,
         t: &mut Tracer<'_>,
-        inputs: Vec<Source>,
-    ) -> Result<Vec<Source>, String>;
+        inputs: Vec<ValueRef>,
+    ) -> Result<Vec<ValueRef>, String>;
 }
 
 pub(crate) struct ModelEntry<M>(pub(crate) PhantomData<M>);
@@ -199,15 +150,15 @@ impl<M: Model> fmt::Debug for ConfiguredNet<M> {
 }
 
 impl<M: Model> Net for ConfiguredNet<M> {
-    fn trace(&self, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String> {
+    fn trace(&self, t: &mut Tracer<'_>, image: ValueRef) -> Result<Vec<ValueRef>, String> {
         M::trace(&self.params, t, image)
     }
     fn trace_stage(
         &self,
         stage: Stage,
         t: &mut Tracer<'_>,
-        inputs: Vec<Source>,
-    ) -> Result<Vec<Source>, String> {
+        inputs: Vec<ValueRef>,
+    ) -> Result<Vec<ValueRef>, String> {
         let image = || inputs.first().cloned().ok_or("no `image` input");
         match stage {
             Stage::Whole => M::trace(&self.params, t, image()?),
@@ -223,7 +174,7 @@ pub struct Tracer<'a> {
     pub(crate) batch: &'a BTreeMap<String, TensorSpec>,
     pub(crate) state: &'a mut BTreeMap<String, TensorSpec>,
     pub(crate) decls: &'a mut BTreeMap<String, StateDecl>,
-    pub(crate) assigns: &'a mut Vec<(Source, String)>,
+    pub(crate) assigns: &'a mut Vec<(ValueRef, String)>,
     pub(crate) model: String,
     pub(crate) node: Sp<String>,
     pub(crate) train: bool,
@@ -237,11 +188,11 @@ impl Tracer<'_> {
     }
 
     /// The spec of a value.
-    pub fn spec(&self, s: &Source) -> Option<TensorSpec> {
+    pub fn spec(&self, s: &ValueRef) -> Option<TensorSpec> {
         match s {
-            Source::Batch(f) => self.batch.get(f).cloned(),
-            Source::State(f) => self.state.get(f).cloned(),
-            Source::Node { node, port } => self.nodes.get(*node)?.outputs.get(*port).cloned(),
+            ValueRef::Batch(f) => self.batch.get(f).cloned(),
+            ValueRef::State(f) => self.state.get(f).cloned(),
+            ValueRef::Node { node, port } => self.nodes.get(*node)?.outputs.get(*port).cloned(),
         }
     }
 
@@ -273,7 +224,7 @@ impl Tracer<'_> {
         spec: TensorSpec,
         init: Init,
         trainable: bool,
-    ) -> Result<Source, String> {
+    ) -> Result<ValueRef, String> {
         let name = format!("{}.{}", self.model, self.path(leaf));
         match self.decls.get(&name) {
             Some(d) if d.spec != spec || d.trainable != trainable => {
@@ -295,24 +246,24 @@ impl Tracer<'_> {
                 self.state.insert(name.clone(), spec);
             }
         }
-        Ok(Source::State(name))
+        Ok(ValueRef::State(name))
     }
 
     /// A trainable parameter `leaf` of the current scope.
-    pub fn param(&mut self, leaf: &str, spec: TensorSpec, init: Init) -> Result<Source, String> {
+    pub fn param(&mut self, leaf: &str, spec: TensorSpec, init: Init) -> Result<ValueRef, String> {
         self.declare(leaf, spec, init, true)
     }
 
     /// A non-trainable buffer `leaf` of the current scope (BN running statistics).
-    pub fn buffer(&mut self, leaf: &str, spec: TensorSpec, init: Init) -> Result<Source, String> {
+    pub fn buffer(&mut self, leaf: &str, spec: TensorSpec, init: Init) -> Result<ValueRef, String> {
         self.declare(leaf, spec, init, false)
     }
 
-    /// After the iteration, the buffer `state` (a [`Source::State`]) takes the value `value`;
+    /// After the iteration, the buffer `state` (a [`ValueRef::State`]) takes the value `value`;
     /// ops emitted after this (a later forward of the same model) read `value` for it.
-    pub fn assign(&mut self, value: Source, state: &Source) -> Result<(), String> {
+    pub fn assign(&mut self, value: ValueRef, state: &ValueRef) -> Result<(), String> {
         match state {
-            Source::State(name) if self.decls.get(name).is_some_and(|d| !d.trainable) => {
+            ValueRef::State(name) if self.decls.get(name).is_some_and(|d| !d.trainable) => {
                 self.assigns.push((value, name.clone()));
                 Ok(())
             }
@@ -323,7 +274,7 @@ impl Tracer<'_> {
     }
 
     /// `value` as a constant: an identity node without a gradient, named after the buffer.
-    fn stop_gradient(&mut self, buffer: &str, value: Source) -> Source {
+    fn stop_gradient(&mut self, buffer: &str, value: ValueRef) -> ValueRef {
         let spec = self.spec(&value);
         let index = self.nodes.len();
         self.nodes.push(IrNode {
@@ -331,7 +282,7 @@ impl Tracer<'_> {
                 value: format!("{}/{buffer}.updated", self.node.value),
                 loc: self.node.loc,
             },
-            op: Arc::new(Configured::<crate::autodiff::StopGradient> {
+            op: Arc::new(Configured::<StopGradient> {
                 params: crate::op::NoParams {},
             }),
             inputs: vec![Some(value)],
@@ -339,7 +290,7 @@ impl Tracer<'_> {
             after: Vec::new(),
             stream: None,
         });
-        Source::Node {
+        ValueRef::Node {
             node: index,
             port: 0,
         }
@@ -350,8 +301,8 @@ impl Tracer<'_> {
         &mut self,
         leaf: &str,
         params: O::Params,
-        inputs: Vec<Option<Source>>,
-    ) -> Result<Vec<Source>, String> {
+        inputs: Vec<Option<ValueRef>>,
+    ) -> Result<Vec<ValueRef>, String> {
         let name = format!("{}/{}", self.node.value, self.path(leaf));
         let op = Arc::new(Configured::<O> { params });
         // A buffer assigned by an earlier call of this model in the same iteration is read at
@@ -359,14 +310,14 @@ impl Tracer<'_> {
         // in order, as PyTorch applies them (the last assignment is the chained result).
         // The new value goes through a stop-gradient: it is computed from the batch (and so from
         // trainable state), but a buffer never carries a gradient.
-        let inputs: Vec<Option<Source>> = inputs
+        let inputs: Vec<Option<ValueRef>> = inputs
             .into_iter()
             .map(|s| match s {
-                Some(Source::State(n)) => {
+                Some(ValueRef::State(n)) => {
                     let last = self.assigns.iter().rev().find(|(_, to)| *to == n);
                     Some(match last.map(|(v, _)| v.clone()) {
                         Some(v) => self.stop_gradient(&n, v),
-                        None => Source::State(n),
+                        None => ValueRef::State(n),
                     })
                 }
                 other => other,
@@ -393,7 +344,7 @@ impl Tracer<'_> {
             stream: None,
         });
         Ok((0..n)
-            .map(|port| Source::Node { node: index, port })
+            .map(|port| ValueRef::Node { node: index, port })
             .collect())
     }
 }

@@ -8,104 +8,21 @@
 //! itself a stop-gradient ([`Op::STOP_GRAD`]: argmax, confidences, `detach`), or neither, in which
 //! case autodiff refuses a gradient that would have to flow through it.
 //!
+//! This file is an op author's whole API: it re-exports the graph vocabulary an op touches
+//! ([`Port`], [`Access`], [`ExecCx`], [`OpError`], [`Vjp`], [`OpNode`], defined one level
+//! down in `graph.rs`). It also holds [`StopGradient`], the engine's own identity op that
+//! models and the `grad` composite insert.
+//!
 //! Not yet here (arriving with the CUDA work, as default methods so existing ops keep
-//! compiling): the CUDA launcher, test `samples`.
+//! compiling): the CUDA dispatch.
 
-pub use crate::autodiff::Vjp;
+pub use crate::graph::{Access, ExecCx, OpError, OpNode, Port, ValueRef, Vjp};
 use crate::spec::{from_node, DeError, Node, Value};
 use crate::tensor::{Tensor, TensorSpec};
-use flowseg_kernels::philox::Philox;
-use flowseg_kernels::KernelError;
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-
-/// A named input or output of an op.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Port {
-    /// Name used in YAML (`node.port`, `inputs: { port: ... }`).
-    pub name: &'static str,
-    /// An optional input may be left unconnected.
-    pub optional: bool,
-    /// One line for `flowseg ops`: what flows here, with its shape letters.
-    pub doc: &'static str,
-}
-
-impl Port {
-    /// A required port.
-    pub const fn req(name: &'static str, doc: &'static str) -> Self {
-        Port {
-            name,
-            optional: false,
-            doc,
-        }
-    }
-    /// An optional input.
-    pub const fn opt(name: &'static str, doc: &'static str) -> Self {
-        Port {
-            name,
-            optional: true,
-            doc,
-        }
-    }
-}
-
-/// Persistent state a node reads or writes (`student.params`, `teacher.bn_stats`, ...). Two
-/// nodes that conflict on state must be ordered by the graph, or the plan is rejected.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Access {
-    /// State read.
-    pub reads: Vec<String>,
-    /// State written.
-    pub writes: Vec<String>,
-}
-
-/// Why an op failed at run time.
-#[derive(Debug, thiserror::Error)]
-pub enum OpError {
-    /// A kernel refused its arguments.
-    #[error(transparent)]
-    Kernel(#[from] KernelError),
-    /// An input is missing or of the wrong dtype (a planner bug if inference passed).
-    #[error("input `{port}`: {problem}")]
-    Input {
-        /// Port name.
-        port: &'static str,
-        /// What is wrong.
-        problem: String,
-    },
-    /// An output buffer is missing or of the wrong dtype (an executor bug).
-    #[error("output `{port}`: {problem}")]
-    Output {
-        /// Port name.
-        port: &'static str,
-        /// What is wrong.
-        problem: String,
-    },
-}
-
-/// Per-node run-time context.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ExecCx {
-    /// The run's seed.
-    pub seed: u64,
-    /// Current iteration.
-    pub iteration: u64,
-    /// The node's index in the op graph (stable for a given graph file).
-    pub node: u32,
-}
-
-impl ExecCx {
-    /// The node's random stream this iteration: Philox keyed by the seed, stream
-    /// `node << 40 | iteration` — identical on every device and independent of execution order.
-    pub fn rng(&self) -> Philox {
-        Philox::new(
-            self.seed,
-            (u64::from(self.node) << 40) | (self.iteration & ((1 << 40) - 1)),
-        )
-    }
-}
 
 /// One kind of op. Implemented once per file in `flowseg-ops`.
 pub trait Op: Send + Sync + 'static {
@@ -173,27 +90,6 @@ pub trait DynOp: Send + Sync {
     /// Decodes `params` (absent = an empty mapping) into a configured node; errors carry the
     /// line:column of the offending key or value.
     fn configure(&self, params: Option<&Node>) -> Result<Arc<dyn OpNode>, DeError>;
-}
-
-/// A configured op instance (params decoded), as the IR, planner and executors see it.
-pub trait OpNode: Send + Sync + fmt::Debug {
-    /// The op's name.
-    fn name(&self) -> &'static str;
-    /// See [`Op::infer`].
-    fn infer(&self, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String>;
-    /// See [`Op::access`].
-    fn access(&self) -> Access;
-    /// See [`Op::STOP_GRAD`].
-    fn stop_grad(&self) -> bool;
-    /// See [`Op::vjp`].
-    fn vjp(&self, g: &mut Vjp<'_>) -> Option<Result<(), String>>;
-    /// See [`Op::cpu`].
-    fn cpu(
-        &self,
-        cx: &ExecCx,
-        inputs: &[Option<&Tensor>],
-        outputs: &mut [Tensor],
-    ) -> Result<(), OpError>;
 }
 
 /// Adapts an [`Op`] type to [`DynOp`].
@@ -272,6 +168,46 @@ impl<O: Op> OpNode for Configured<O> {
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
+
+impl Vjp<'_> {
+    /// Appends a node running op `O` with `params` on `inputs` (one per port of `O`) and
+    /// returns its outputs. The op need not be registered: backward ops live in their forward
+    /// op's file.
+    pub fn emit<O: Op>(
+        &mut self,
+        params: O::Params,
+        inputs: Vec<Option<ValueRef>>,
+    ) -> Result<Vec<ValueRef>, String> {
+        self.emit_node(Arc::new(Configured::<O> { params }), inputs)
+    }
+}
+
+/// An identity that carries no gradient: the value of a `grad` node (the gradient is data for
+/// whatever uses it; no second-order terms).
+pub struct StopGradient;
+
+impl Op for StopGradient {
+    const NAME: &'static str = "stop_gradient";
+    const SUMMARY: &'static str = "y = x, no gradient through it";
+    const INPUTS: &'static [Port] = &[Port::req("x", "f32")];
+    const OUTPUTS: &'static [Port] = &[Port::req("y", "like x")];
+    const EXAMPLE: &'static str = "";
+    const STOP_GRAD: bool = true;
+    type Params = NoParams;
+    fn infer(_: &NoParams, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        Ok(vec![io::f32_spec(Self::INPUTS, ins, 0)?.clone()])
+    }
+    fn cpu(
+        _: &NoParams,
+        _: &ExecCx,
+        ins: &[Option<&Tensor>],
+        out: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let x = io::f32(Self::INPUTS, ins, 0)?;
+        io::f32_out(Self::OUTPUTS, out, 0)?.copy_from_slice(x);
+        Ok(())
+    }
+}
 
 /// Helpers for `infer` and `cpu` implementations: fetch an input or output by position, checked,
 /// with messages that name the port. Messages read "`port` must be ..., got ...".

@@ -34,7 +34,7 @@
 //! costs, arena offsets (a buffer is an id and a size; the arena packs them later), CUDA-graph
 //! capture, the executors themselves.
 
-use crate::ir::{Graph, Source};
+use crate::graph::{Graph, ValueRef};
 use crate::spec::GraphError;
 use crate::tensor::{DType, TensorSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,7 +52,7 @@ pub struct PlanOptions {
     /// freed or reused. Owned rather than borrowed so a plan can carry the list it was made with
     /// ([`Plan::keep`]) and be re-planned with another stream count. `batch.`/`state.` entries are
     /// ignored (inputs are never buffers).
-    pub keep: Vec<Source>,
+    pub keep: Vec<ValueRef>,
 }
 
 impl Default for PlanOptions {
@@ -192,7 +192,7 @@ pub struct Plan {
     /// Per buffer id.
     pub buffers: Vec<Buffer>,
     /// The values whose buffers survive the run, as given.
-    pub keep: Vec<Source>,
+    pub keep: Vec<ValueRef>,
     /// Summary numbers.
     pub stats: PlanStats,
 }
@@ -232,7 +232,7 @@ pub fn plan(graph: &Graph, opts: &PlanOptions) -> Result<Plan, Vec<GraphError>> 
         .map(|node| {
             let mut p: BTreeSet<usize> = node.after.iter().copied().collect();
             for s in node.inputs.iter().flatten() {
-                if let Source::Node { node, .. } = s {
+                if let ValueRef::Node { node, .. } = s {
                     p.insert(*node);
                 }
             }
@@ -431,13 +431,13 @@ struct Memory {
 
 /// Pass 4: buffers, best fit over a pool of dead values' buffers, reuse only across a
 /// happens-before edge.
-fn plan_memory(graph: &Graph, keep: &[Source], clocks: &Clocks) -> Memory {
+fn plan_memory(graph: &Graph, keep: &[ValueRef], clocks: &Clocks) -> Memory {
     let n = graph.nodes.len();
     // Readers of each value; its accesses are the producer and the readers.
     let mut readers: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
     for (i, node) in graph.nodes.iter().enumerate() {
         for s in node.inputs.iter().flatten() {
-            if let Source::Node { node, port } = s {
+            if let ValueRef::Node { node, port } = s {
                 let r = readers.entry((*node, *port)).or_default();
                 if r.last() != Some(&i) {
                     r.push(i);
@@ -452,7 +452,7 @@ fn plan_memory(graph: &Graph, keep: &[Source], clocks: &Clocks) -> Memory {
     };
     let kept: BTreeSet<(usize, usize)> = (keep.iter())
         .filter_map(|s| match s {
-            Source::Node { node, port } => Some((*node, *port)),
+            ValueRef::Node { node, port } => Some((*node, *port)),
             _ => None,
         })
         .collect();
@@ -554,7 +554,7 @@ fn state_conflicts(graph: &Graph, preds: &[Vec<usize>]) -> Vec<GraphError> {
             let a = node.op.access();
             let mut reads: BTreeSet<String> = a.reads.into_iter().collect();
             for s in node.inputs.iter().flatten() {
-                if let Source::State(name) = s {
+                if let ValueRef::State(name) = s {
                     reads.insert(name.clone());
                 }
             }

@@ -10,6 +10,13 @@ use crate::op::{DynOp, Entry, Op};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
+/// The op name of the model-call composite (reserved: no op may take it).
+pub const FORWARD: &str = "forward";
+/// The op name of the gradient composite: `{ op: grad, inputs: { of: <scalar>, wrt: <value> } }`
+/// gives d(of)/d(wrt) as a value (Grad-CAM, VAT), with no gradient flowing through it
+/// (reserved: no op may take it).
+pub const GRAD: &str = "grad";
+
 /// Every op and model architecture the engine can instantiate, by YAML name.
 #[derive(Default)]
 pub struct Registry {
@@ -43,7 +50,7 @@ impl Registry {
 
     /// Registers op type `O`.
     pub fn add<O: Op>(&mut self) -> Result<&mut Self, RegistryError> {
-        if O::NAME == crate::ir::FORWARD || O::NAME == crate::ir::GRAD {
+        if O::NAME == FORWARD || O::NAME == GRAD {
             return Err(RegistryError::Reserved);
         }
         if self.ops.contains_key(O::NAME) {
@@ -116,7 +123,7 @@ impl Registry {
             .ops
             .keys()
             .filter_map(|&k| {
-                let d = edit_distance(name, k);
+                let d = strsim::levenshtein(name, k);
                 let prefix = name.len() >= 4 && (k.starts_with(name) || name.starts_with(k));
                 (d <= 2 || prefix).then_some((d, k))
             })
@@ -135,35 +142,5 @@ pub trait Plugin {
 impl<F: Fn(&mut Registry) -> Result<(), RegistryError>> Plugin for F {
     fn build(&self, registry: &mut Registry) -> Result<(), RegistryError> {
         self(registry)
-    }
-}
-
-/// Levenshtein distance over chars.
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.chars().enumerate() {
-        cur[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::edit_distance;
-
-    #[test]
-    fn edit_distance_hand_cases() {
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("relu", "relu"), 0);
-        assert_eq!(edit_distance("rleu", "relu"), 2);
-        assert_eq!(edit_distance("cross_entropi", "cross_entropy"), 1);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

@@ -18,7 +18,8 @@
 use crate::autodiff;
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::exec::{self, ExecError};
-use crate::ir::{self, Env, Graph, Source};
+use crate::graph::{Env, Graph, ValueRef};
+use crate::ir;
 use crate::registry::Registry;
 use crate::spec::{GraphError, GraphSpec, Loc, OptimKind, OptimSpec, Schedule};
 use crate::tensor::{DType, Tensor};
@@ -83,7 +84,7 @@ pub enum StepError {
 
 struct Param {
     state: String,
-    grad: Source,
+    grad: ValueRef,
     lr_mult: f64,
     m: Vec<f32>,
     v: Vec<f32>,
@@ -101,9 +102,9 @@ pub struct Trainer {
     /// Forward and backward nodes.
     pub graph: Graph,
     /// Every loss some optimizer minimizes, by reference, for logging.
-    pub losses: Vec<(String, Source)>,
+    pub losses: Vec<(String, ValueRef)>,
     /// The graph's `metrics:` (name, source), logged beside the losses.
-    pub metrics: Vec<(String, Source)>,
+    pub metrics: Vec<(String, ValueRef)>,
     /// The values of [`Trainer::metrics`] after the last [`Trainer::step`] (NaN where a metric
     /// had no value, e.g. an accuracy over no pixel).
     pub metric_values: Vec<(String, f32)>,
@@ -150,7 +151,7 @@ impl Trainer {
             }
         }
         let mut errors = Vec::new();
-        let mut losses: Vec<(String, Source)> = Vec::new();
+        let mut losses: Vec<(String, ValueRef)> = Vec::new();
         let mut optimizers = Vec::new();
         for (model, ospec) in &spec.optim {
             let prefix = format!("{}.", model.value);
@@ -553,7 +554,7 @@ impl Trainer {
     /// Every trained parameter's state name and the source of its gradient in [`Trainer::graph`]
     /// (optimizers in declared order), for tools that inspect one step: after
     /// [`exec::run_cpu`], `run.get(&source)` is the gradient the update would use.
-    pub fn gradient_sources(&self) -> Vec<(String, Source)> {
+    pub fn gradient_sources(&self) -> Vec<(String, ValueRef)> {
         self.optimizers
             .iter()
             .flat_map(|o| o.params.iter().map(|p| (p.state.clone(), p.grad.clone())))
@@ -721,7 +722,7 @@ fn name_stream(name: &str) -> u64 {
 }
 
 /// The first hidden batch field (`Env::hidden`) that `src` depends on, if any.
-fn hidden_input(graph: &Graph, src: &Source, hidden: &BTreeSet<String>) -> Option<String> {
+fn hidden_input(graph: &Graph, src: &ValueRef, hidden: &BTreeSet<String>) -> Option<String> {
     if hidden.is_empty() {
         return None;
     }
@@ -729,9 +730,9 @@ fn hidden_input(graph: &Graph, src: &Source, hidden: &BTreeSet<String>) -> Optio
     let mut seen = BTreeSet::new();
     while let Some(s) = stack.pop() {
         match s {
-            Source::Batch(f) if hidden.contains(&f) => return Some(f),
-            Source::Batch(_) | Source::State(_) => {}
-            Source::Node { node, .. } => {
+            ValueRef::Batch(f) if hidden.contains(&f) => return Some(f),
+            ValueRef::Batch(_) | ValueRef::State(_) => {}
+            ValueRef::Node { node, .. } => {
                 if seen.insert(node) {
                     stack.extend(graph.nodes[node].inputs.iter().flatten().cloned());
                 }
@@ -742,12 +743,12 @@ fn hidden_input(graph: &Graph, src: &Source, hidden: &BTreeSet<String>) -> Optio
 }
 
 /// The source of `node.port` among the graph's nodes.
-fn resolve_output(graph: &Graph, registry: &Registry, reference: &str) -> Option<Source> {
+fn resolve_output(graph: &Graph, registry: &Registry, reference: &str) -> Option<ValueRef> {
     let (node, port) = reference.split_once('.')?;
     let index = graph.nodes.iter().position(|n| n.name.value == node)?;
     let outputs = registry.get(graph.nodes[index].op.name())?.outputs();
     let port = outputs.iter().position(|p| p.name == port)?;
-    Some(Source::Node { node: index, port })
+    Some(ValueRef::Node { node: index, port })
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
     reason = "test helpers outside #[test] fns; a panic is the report"
 )]
 
-use flowseg_engine::ir::{self, Source};
+use flowseg_engine::graph::{self, ValueRef};
+use flowseg_engine::ir;
 use flowseg_engine::op::io;
 use flowseg_engine::spec::{self, GraphError, Loc};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Registry, Tensor, TensorSpec};
@@ -105,8 +106,8 @@ fn registry() -> Registry {
     r
 }
 
-fn env() -> ir::Env {
-    ir::Env {
+fn env() -> graph::Env {
+    graph::Env {
         batch: BTreeMap::from([
             ("image".to_owned(), TensorSpec::f32(&[2, 3, 4, 4])),
             ("label".to_owned(), TensorSpec::i32(&[2, 4, 4])),
@@ -116,7 +117,7 @@ fn env() -> ir::Env {
     }
 }
 
-fn build(yaml: &str) -> Result<ir::Graph, Vec<GraphError>> {
+fn build(yaml: &str) -> Result<graph::Graph, Vec<GraphError>> {
     let (g, _) = spec::parse_graph(yaml, &[]).unwrap();
     ir::build(&g, &registry(), &env())
 }
@@ -140,8 +141,8 @@ fn valid_graph_orders_by_data_and_after_edges() {
     assert_eq!(
         g.nodes[2].inputs,
         [
-            Some(Source::Node { node: 1, port: 0 }),
-            Some(Source::Node { node: 0, port: 1 })
+            Some(ValueRef::Node { node: 1, port: 0 }),
+            Some(ValueRef::Node { node: 0, port: 1 })
         ]
     );
     assert_eq!(g.nodes[3].after, [2]);

@@ -16,7 +16,8 @@
 
 use flowseg_engine::autodiff::{self};
 use flowseg_engine::exec::{run_cpu, run_plan, run_plan_in, ExecError, ExecOrder, Workspace};
-use flowseg_engine::ir::{self, Graph, Source};
+use flowseg_engine::graph::{Graph, ValueRef};
+use flowseg_engine::ir;
 use flowseg_engine::op::io;
 use flowseg_engine::plan::{pin_stream, plan, Plan, PlanOptions, Step};
 use flowseg_engine::spec;
@@ -151,8 +152,8 @@ fn node(g: &Graph, name: &str) -> usize {
     g.nodes.iter().position(|n| n.name.value == name).unwrap()
 }
 
-fn out(g: &Graph, name: &str) -> Source {
-    Source::Node {
+fn out(g: &Graph, name: &str) -> ValueRef {
+    ValueRef::Node {
         node: node(g, name),
         port: 0,
     }
@@ -170,7 +171,7 @@ nodes:
   - { name: loss, op: mse, inputs: { x: join.y, t: batch.t } }
 ";
 
-fn opts(streams: usize, keep: Vec<Source>) -> PlanOptions {
+fn opts(streams: usize, keep: Vec<ValueRef>) -> PlanOptions {
     PlanOptions { streams, keep }
 }
 
@@ -411,7 +412,7 @@ nodes:
   - { name: l2, op: mse, inputs: { x: mix.y, t: tw.y } }
 ";
 
-fn training_graph() -> (Graph, Vec<Source>) {
+fn training_graph() -> (Graph, Vec<ValueRef>) {
     let mut g = build(TRAIN);
     let losses = vec![(out(&g, "l1"), 1.0f32), (out(&g, "l2"), 0.5)];
     let wrt: BTreeSet<String> = ["net.w".into(), "net.v".into()].into();
@@ -428,7 +429,7 @@ fn training_graph() -> (Graph, Vec<Source>) {
 fn kept_bits(
     g: &Graph,
     p: &Plan,
-    keep: &[Source],
+    keep: &[ValueRef],
     order: ExecOrder,
 ) -> Result<Vec<Vec<u32>>, ExecError> {
     let (batch, state) = (batch(), state());
@@ -645,7 +646,7 @@ fn a_workspace_keeps_one_allocation_per_buffer_across_runs() {
         // Every buffer allocated once, at its planned size (all values here are f32).
         assert_eq!(4 * ws.allocated_elements(), p.stats.peak_bytes, "{p}");
         // Batch and state are not buffers; kept values stay readable from the workspace.
-        assert!(ws.get(&keep[0]).is_some() && ws.get(&Source::Batch("x".into())).is_none());
+        assert!(ws.get(&keep[0]).is_some() && ws.get(&ValueRef::Batch("x".into())).is_none());
     }
     assert!(addresses.windows(2).all(|w| w[0] == w[1]), "{addresses:?}");
 }

@@ -10,7 +10,8 @@
 
 use flowseg_engine::autodiff::{self};
 use flowseg_engine::exec::run_cpu;
-use flowseg_engine::ir::{self, Source};
+use flowseg_engine::graph::{self, ValueRef};
+use flowseg_engine::ir;
 use flowseg_engine::spec;
 use flowseg_engine::train::Trainer;
 use flowseg_engine::{NoParams, Port, Registry, Tensor, TensorSpec};
@@ -50,10 +51,10 @@ nodes:
 ";
 
 fn loss_of(
-    graph: &ir::Graph,
+    graph: &graph::Graph,
     batch: &BTreeMap<String, Tensor>,
     state: &BTreeMap<String, Tensor>,
-    losses: &[(Source, f32)],
+    losses: &[(ValueRef, f32)],
 ) -> f64 {
     let run = run_cpu(graph, batch, state, 0, 0).unwrap();
     losses
@@ -80,14 +81,14 @@ fn whole_graph_gradients_match_finite_differences() {
     };
     let losses = vec![
         (
-            Source::Node {
+            ValueRef::Node {
                 node: find("l1"),
                 port: 0,
             },
             1.0f32,
         ),
         (
-            Source::Node {
+            ValueRef::Node {
                 node: find("l2"),
                 port: 0,
             },
@@ -154,7 +155,7 @@ fn detach_cuts_the_gradient() {
     let wrt: BTreeSet<String> = ["net.w".into(), "net.v".into()].into();
     let grads = autodiff::differentiate(
         &mut graph,
-        &[(Source::Node { node: l2, port: 0 }, 1.0)],
+        &[(ValueRef::Node { node: l2, port: 0 }, 1.0)],
         &wrt,
     )
     .unwrap();
@@ -281,8 +282,8 @@ impl flowseg_engine::model::Model for Scaler {
     fn trace(
         p: &ScalerParams,
         t: &mut flowseg_engine::model::Tracer<'_>,
-        image: Source,
-    ) -> Result<Vec<Source>, String> {
+        image: ValueRef,
+    ) -> Result<Vec<ValueRef>, String> {
         use flowseg_engine::model::Init;
         let spec = t.spec(&image).ok_or("no image spec")?;
         let init = if p.init_one {
@@ -353,7 +354,7 @@ fn forward_nodes_trace_models_and_share_their_state() {
     assert!(g.params["student.head.scale"].trainable && !g.params["student.last_input"].trainable);
     assert_eq!(
         g.nodes[2].inputs[0],
-        Some(Source::Node { node: 0, port: 0 })
+        Some(ValueRef::Node { node: 0, port: 0 })
     );
     assert_eq!(g.assigns.len(), 3);
 }
@@ -637,7 +638,7 @@ fn grad_nodes_give_activation_gradients_as_data() {
         batch["t"].f32().unwrap(),
     );
     let got = run
-        .get(&Source::Node { node: gi, port: 0 })
+        .get(&ValueRef::Node { node: gi, port: 0 })
         .unwrap()
         .f32()
         .unwrap();

@@ -5,7 +5,7 @@
 //!
 //! Not here: the backward ops themselves (each lives beside its forward, in the forward's file).
 
-use flowseg_engine::ir::Source;
+use flowseg_engine::graph::ValueRef;
 use flowseg_engine::op::Vjp;
 use flowseg_engine::Port;
 
@@ -14,21 +14,21 @@ fn port_name(ports: &[Port], i: usize) -> &'static str {
 }
 
 /// Forward input `i` of the node being differentiated, which must be connected.
-pub(crate) fn input(g: &Vjp<'_>, inputs: &[Port], i: usize) -> Result<Source, String> {
+pub(crate) fn input(g: &Vjp<'_>, inputs: &[Port], i: usize) -> Result<ValueRef, String> {
     g.input(i)
         .ok_or_else(|| format!("`{}` is not connected", port_name(inputs, i)))
 }
 
 /// The gradient flowing into forward output `k`.
-pub(crate) fn grad_output(g: &Vjp<'_>, outputs: &[Port], k: usize) -> Result<Source, String> {
+pub(crate) fn grad_output(g: &Vjp<'_>, outputs: &[Port], k: usize) -> Result<ValueRef, String> {
     g.grad_output(k)
         .ok_or_else(|| format!("no gradient reached output `{}`", port_name(outputs, k)))
 }
 
 /// The `N` outputs of an emitted backward node, in its port order.
-pub(crate) fn outputs<const N: usize>(emitted: Vec<Source>) -> Result<[Source; N], String> {
+pub(crate) fn outputs<const N: usize>(emitted: Vec<ValueRef>) -> Result<[ValueRef; N], String> {
     let got = emitted.len();
-    <[Source; N]>::try_from(emitted)
+    <[ValueRef; N]>::try_from(emitted)
         .map_err(|_| format!("a backward node produced {got} outputs, expected {N}"))
 }
 

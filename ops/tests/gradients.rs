@@ -22,7 +22,8 @@
 //! params passed on, the seed's weight, and the summing of fan-out.
 
 use flowseg_engine::autodiff::{self, NOT_DIFFERENTIABLE};
-use flowseg_engine::ir::{self, Graph, Source};
+use flowseg_engine::graph::{self, Graph, ValueRef};
+use flowseg_engine::ir;
 use flowseg_engine::kernels::testing::{assert_close, rand_index, rand_vec};
 use flowseg_engine::op::{io, Vjp};
 use flowseg_engine::plan::{plan, PlanOptions};
@@ -204,7 +205,7 @@ enum Feed {
 /// The graph's inputs: specs for `ir::build` and the tensors for `exec::run_cpu`.
 #[derive(Default)]
 struct Inputs {
-    env: ir::Env,
+    env: graph::Env,
     batch: BTreeMap<String, Tensor>,
     state: BTreeMap<String, Tensor>,
     /// Seed of the next random tensor.
@@ -298,7 +299,7 @@ fn build(r: &Registry, nodes: &[String], inputs: &Inputs) -> Graph {
 }
 
 /// Output `port` of the node named `node`.
-fn output(r: &Registry, g: &Graph, node: &str, port: &str) -> Source {
+fn output(r: &Registry, g: &Graph, node: &str, port: &str) -> ValueRef {
     let i = g
         .nodes
         .iter()
@@ -309,11 +310,11 @@ fn output(r: &Registry, g: &Graph, node: &str, port: &str) -> Source {
         .iter()
         .position(|p| p.name == port)
         .unwrap_or_else(|| panic!("`{node}` has no output `{port}`"));
-    Source::Node { node: i, port: k }
+    ValueRef::Node { node: i, port: k }
 }
 
 /// The value of scalar `loss` with the current inputs.
-fn loss_value(g: &Graph, inputs: &Inputs, loss: &Source) -> f32 {
+fn loss_value(g: &Graph, inputs: &Inputs, loss: &ValueRef) -> f32 {
     exec::run_cpu(g, &inputs.batch, &inputs.state, 0, 0)
         .expect("the forward runs")
         .scalar(loss)
@@ -328,14 +329,14 @@ type Grads = BTreeMap<String, Vec<f32>>;
 fn gradients(
     g: &Graph,
     inputs: &Inputs,
-    losses: &[Source],
+    losses: &[ValueRef],
     wrt: &BTreeSet<String>,
 ) -> Result<(Grads, Graph), Vec<GraphError>> {
     let mut bwd = g.clone();
-    let weighted: Vec<(Source, f32)> = losses.iter().map(|l| (l.clone(), LOSS_WEIGHT)).collect();
+    let weighted: Vec<(ValueRef, f32)> = losses.iter().map(|l| (l.clone(), LOSS_WEIGHT)).collect();
     let grads = autodiff::differentiate(&mut bwd, &weighted, wrt)?;
     let run = exec::run_cpu(&bwd, &inputs.batch, &inputs.state, 0, 0).expect("backward runs");
-    let keep: Vec<Source> = losses.iter().chain(grads.values()).cloned().collect();
+    let keep: Vec<ValueRef> = losses.iter().chain(grads.values()).cloned().collect();
     planned_runs_match(&bwd, inputs, &run, &keep);
     let values = grads
         .iter()
@@ -363,9 +364,9 @@ fn bits(t: &Tensor) -> Vec<u32> {
 
 /// `keep`'s values from the poisoned plan simulator (one and two streams, two interleavings
 /// each) equal `reference`'s (a `run_cpu` of `g`) bit for bit.
-fn planned_runs_match(g: &Graph, inputs: &Inputs, reference: &exec::Run<'_>, keep: &[Source]) {
-    let names = |s: &Source| match s {
-        Source::Node { node, port } => format!("{}.{port}", g.nodes[*node].name.value),
+fn planned_runs_match(g: &Graph, inputs: &Inputs, reference: &exec::Run<'_>, keep: &[ValueRef]) {
+    let names = |s: &ValueRef| match s {
+        ValueRef::Node { node, port } => format!("{}.{port}", g.nodes[*node].name.value),
         other => format!("{other:?}"),
     };
     for streams in [1, 2] {
@@ -414,7 +415,7 @@ fn check_against_differences(
     what: &str,
     g: &Graph,
     inputs: &mut Inputs,
-    loss: &Source,
+    loss: &ValueRef,
     name: &str,
     analytic: &[f32],
 ) {

@@ -5,7 +5,8 @@
 
 use flowseg_engine::autodiff;
 use flowseg_engine::exec::run_cpu;
-use flowseg_engine::ir::{self, Env, Graph, Source};
+use flowseg_engine::graph::{Env, Graph, ValueRef};
+use flowseg_engine::ir;
 use flowseg_engine::kernels::testing::{rand_index, rand_vec};
 use flowseg_engine::model::Init;
 use flowseg_engine::spec;
@@ -219,7 +220,7 @@ fn eval_declares_the_same_state_and_assigns_nothing() {
     assert_eq!(assigned.len(), 32);
     assert!(assigned.contains("student.aspp.project.bn.running_var"));
     for (src, state) in &train.assigns {
-        let Source::Node { node, .. } = src else {
+        let ValueRef::Node { node, .. } = src else {
             panic!("{state} assigned from {src:?}")
         };
         assert_eq!(train.nodes[*node].op.name(), "batch_norm", "{state}");
@@ -383,7 +384,7 @@ fn whole_model_gradients_match_finite_differences() {
     );
     let e = env(2, 8, 8);
     let forward = build(&yaml, &e);
-    let loss = Source::Node {
+    let loss = ValueRef::Node {
         node: node(&forward, "ce"),
         port: 0,
     };

@@ -6,7 +6,8 @@
 //! ResNet-18 at 2×3×32×32 (~2 s in the dev profile). ResNet-50 is only traced: with its ~40M
 //! parameters three steps took ~6 s, too much beside the rest of the suite.
 
-use flowseg_engine::ir::{self, Env, Graph};
+use flowseg_engine::graph::{Env, Graph};
+use flowseg_engine::ir;
 use flowseg_engine::kernels::testing::rand_vec;
 use flowseg_engine::model::Init;
 use flowseg_engine::spec;

@@ -8,9 +8,9 @@
 //!
 //! Not here: the numbers themselves (ops/tests/gradients.rs, tests/run.rs).
 
-use flowseg_engine::data::open_graph;
 use flowseg_engine::exec::{self, ExecOrder, Run, Workspace};
-use flowseg_engine::ir::{Env, Source};
+use flowseg_engine::graph::{Env, ValueRef};
+use flowseg_engine::open::open_graph;
 use flowseg_engine::plan::{plan, PlanOptions};
 use flowseg_engine::train::Trainer;
 use flowseg_engine::Tensor;
@@ -23,7 +23,7 @@ fn graphs_dir() -> PathBuf {
 }
 
 /// Bits of each kept value, in `keep` order (`None` where the run has no such value).
-fn kept_bits(run: &Run<'_>, keep: &[Source]) -> Vec<Option<Vec<u32>>> {
+fn kept_bits(run: &Run<'_>, keep: &[ValueRef]) -> Vec<Option<Vec<u32>>> {
     keep.iter()
         .map(|s| {
             let t: &Tensor = run.get(s)?;
@@ -39,13 +39,15 @@ fn kept_bits(run: &Run<'_>, keep: &[Source]) -> Vec<Option<Vec<u32>>> {
 /// The first kept value whose bits differ, by node name.
 fn first_difference(
     trainer: &Trainer,
-    keep: &[Source],
+    keep: &[ValueRef],
     got: &[Option<Vec<u32>>],
     want: &[Option<Vec<u32>>],
 ) -> Option<String> {
     let k = (0..keep.len()).find(|&k| got[k] != want[k])?;
     Some(match &keep[k] {
-        Source::Node { node, port } => format!("{}.{port}", trainer.graph.nodes[*node].name.value),
+        ValueRef::Node { node, port } => {
+            format!("{}.{port}", trainer.graph.nodes[*node].name.value)
+        }
         other => format!("{other:?}"),
     })
 }

@@ -9,7 +9,8 @@
 )]
 
 use flowseg_engine::exec::run_cpu;
-use flowseg_engine::ir::{self, Env, Graph};
+use flowseg_engine::graph::{Env, Graph};
+use flowseg_engine::ir;
 use flowseg_engine::kernels::testing::rand_vec;
 use flowseg_engine::spec;
 use flowseg_engine::train::Trainer;
@@ -116,7 +117,7 @@ nodes:
     let batch = BTreeMap::from([("image".to_owned(), image)]);
     let run = run_cpu(&t.graph, &batch, &t.state, 3, 0).unwrap();
     let out = |n: &str| {
-        let s = ir::Source::Node {
+        let s = flowseg_engine::graph::ValueRef::Node {
             node: node(&t.graph, n),
             port: 0,
         };

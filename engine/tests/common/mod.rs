@@ -8,9 +8,9 @@
     reason = "each test file uses a subset; a panic in a test helper is the report"
 )]
 
-use flowseg_engine::autodiff::Vjp;
-use flowseg_engine::ir::Env;
+use flowseg_engine::graph::Env;
 use flowseg_engine::op::io;
+use flowseg_engine::op::Vjp;
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use std::collections::BTreeMap;
 

@@ -8,7 +8,7 @@
 
 use super::files::{FileSet, Item, WithGeometry};
 use super::loader::WithBatching;
-use flowseg_engine::data::{DataError, DataSource, Source};
+use flowseg_engine::data::{DataError, DataSource, Dataset};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -97,7 +97,7 @@ impl DataSource for Cityscapes {
     const SUMMARY: &'static str =
         "Cityscapes layout: leftImg8bit/ and gtFine/ labelIds, mapped to the 19 trainIds";
     type Params = WithBatching<WithGeometry<CityscapesParams>>;
-    fn open(p: &Self::Params, seed: u64) -> Result<Box<dyn Source>, DataError> {
+    fn open(p: &Self::Params, seed: u64) -> Result<Box<dyn Dataset>, DataError> {
         file_set(&p.params)?.into_source(p.batching.clone(), seed)
     }
 }

@@ -13,7 +13,7 @@
 use super::loader::{Batching, Part, Sample, SampleSet, SemiSource, IGNORE};
 use super::palette::read_index_png;
 use super::shared_keys::{peel, SharedKeys};
-use flowseg_engine::data::{DataError, EvalItem, Source};
+use flowseg_engine::data::{DataError, Dataset, EvalItem};
 use flowseg_engine::kernels::philox::Philox;
 use flowseg_engine::kernels::resize::{resize_bilinear_fwd, resize_nearest_fwd};
 use flowseg_engine::kernels::Nchw;
@@ -482,7 +482,7 @@ impl FileSet {
     }
 
     /// The loader over this dataset: split and batched as `batching` says.
-    pub fn into_source(self, batching: Batching, seed: u64) -> Result<Box<dyn Source>, DataError> {
+    pub fn into_source(self, batching: Batching, seed: u64) -> Result<Box<dyn Dataset>, DataError> {
         Ok(Box::new(SemiSource::new(self, batching, seed)?))
     }
 

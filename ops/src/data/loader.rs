@@ -1,6 +1,6 @@
 //! The loader every dataset shares: a dataset implements [`SampleSet`] (how to produce one
 //! training sample at the batch shape, one held-out image, one scan of an item) and
-//! [`SemiSource`] turns it into a [`Source`]: the labeled/unlabeled split, labeled and unlabeled
+//! [`SemiSource`] turns it into a [`Dataset`]: the labeled/unlabeled split, labeled and unlabeled
 //! batches drawn epoch by epoch, per-sample geometry randomness keyed by the draw, and worker
 //! threads that build the next batches ahead of the trainer into bounded crossbeam channels.
 //!
@@ -21,7 +21,7 @@
 use super::shared_keys::{peel, SharedKeys};
 use super::split::{split, tag, Labeled, Sampler, Split};
 use crossbeam_channel::{bounded, Receiver};
-use flowseg_engine::data::{Batch, DataError, EvalItem, ScanReport, Source, SplitLists};
+use flowseg_engine::data::{Batch, DataError, Dataset, EvalItem, ScanReport, SplitLists};
 use flowseg_engine::kernels::philox::Philox;
 use flowseg_engine::{Tensor, TensorSpec};
 use rayon::prelude::*;
@@ -290,7 +290,7 @@ fn tensor_i32(shape: &[usize], v: Vec<i32>) -> Result<Tensor, DataError> {
     })
 }
 
-/// A [`Source`] over any [`SampleSet`].
+/// A [`Dataset`] over any [`SampleSet`].
 pub struct SemiSource<S: SampleSet> {
     set: Arc<S>,
     draws: Draws,
@@ -358,7 +358,7 @@ impl<S: SampleSet> SemiSource<S> {
     }
 }
 
-impl<S: SampleSet> Source for SemiSource<S> {
+impl<S: SampleSet> Dataset for SemiSource<S> {
     fn specs(&self) -> BTreeMap<String, TensorSpec> {
         let (h, w) = self.set.shape();
         let (bl, bu) = (self.draws.b.batch, self.draws.b.unlabeled_batch);

@@ -8,7 +8,7 @@
 
 use super::files::{numbered_classes, require_file, FileSet, Item, WithGeometry};
 use super::loader::WithBatching;
-use flowseg_engine::data::{DataError, DataSource, Source};
+use flowseg_engine::data::{DataError, DataSource, Dataset};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -37,7 +37,7 @@ impl DataSource for Manifest {
     const SUMMARY: &'static str =
         "text files of `image [mask]` lines; lines without a mask are unlabeled images";
     type Params = WithBatching<WithGeometry<ManifestParams>>;
-    fn open(p: &Self::Params, seed: u64) -> Result<Box<dyn Source>, DataError> {
+    fn open(p: &Self::Params, seed: u64) -> Result<Box<dyn Dataset>, DataError> {
         file_set(&p.params)?.into_source(p.batching.clone(), seed)
     }
 }

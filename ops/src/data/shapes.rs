@@ -9,7 +9,7 @@
 //!
 //! Not here: splits and unlabeled batches (`synthetic` has them), augmentation, files.
 
-use flowseg_engine::data::{Batch, DataError, DataSource, EvalItem, Source};
+use flowseg_engine::data::{Batch, DataError, DataSource, Dataset, EvalItem};
 use flowseg_engine::kernels::philox::Philox;
 use flowseg_engine::{Tensor, TensorSpec};
 use serde::Deserialize;
@@ -55,7 +55,7 @@ impl DataSource for Shapes {
     const NAME: &'static str = "shapes";
     const SUMMARY: &'static str = "procedural discs and squares (3 classes), generated in memory";
     type Params = Params;
-    fn open(p: &Params, seed: u64) -> Result<Box<dyn Source>, DataError> {
+    fn open(p: &Params, seed: u64) -> Result<Box<dyn Dataset>, DataError> {
         if p.batch == 0 || p.size < 4 {
             return Err(DataError(format!(
                 "batch must be at least 1 and size at least 4 (got batch {}, size {})",
@@ -71,7 +71,7 @@ struct Opened {
     seed: u64,
 }
 
-impl Source for Opened {
+impl Dataset for Opened {
     fn specs(&self) -> BTreeMap<String, TensorSpec> {
         let (b, s) = (self.p.batch, self.p.size);
         BTreeMap::from([

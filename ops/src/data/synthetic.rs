@@ -43,7 +43,7 @@
 
 use super::loader::{Part, Sample, SampleSet, SemiSource, WithBatching};
 use super::split::tag;
-use flowseg_engine::data::{DataError, DataSource, EvalItem, Source};
+use flowseg_engine::data::{DataError, DataSource, Dataset, EvalItem};
 use flowseg_engine::kernels::philox::{sincos_2pi_portable, Philox};
 use flowseg_engine::Tensor;
 use serde::Deserialize;
@@ -170,7 +170,7 @@ impl DataSource for Synthetic {
     const SUMMARY: &'static str =
         "procedural shapes that differ in geometry on textured, cluttered backgrounds (in memory)";
     type Params = WithBatching<SyntheticParams>;
-    fn open(p: &Self::Params, seed: u64) -> Result<Box<dyn Source>, DataError> {
+    fn open(p: &Self::Params, seed: u64) -> Result<Box<dyn Dataset>, DataError> {
         let set = SyntheticSet::new(p.params.clone())?;
         Ok(Box::new(SemiSource::new(set, p.batching.clone(), seed)?))
     }

@@ -9,7 +9,7 @@
 
 use super::files::{numbered_classes, require_file, FileSet, Item, WithGeometry};
 use super::loader::WithBatching;
-use flowseg_engine::data::{DataError, DataSource, Source};
+use flowseg_engine::data::{DataError, DataSource, Dataset};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -92,7 +92,7 @@ impl DataSource for Voc {
     const SUMMARY: &'static str =
         "Pascal VOC layout: JPEGImages/, SegmentationClass/ index PNGs, ImageSets/Segmentation lists";
     type Params = WithBatching<WithGeometry<VocParams>>;
-    fn open(p: &Self::Params, seed: u64) -> Result<Box<dyn Source>, DataError> {
+    fn open(p: &Self::Params, seed: u64) -> Result<Box<dyn Dataset>, DataError> {
         file_set(&p.params)?.into_source(p.batching.clone(), seed)
     }
 }

@@ -53,7 +53,7 @@
 use crate::models::layers::{
     basic_block, concat, conv, conv_bn_relu, image_size, resize, size_of, Bias, Conv, Fan,
 };
-use flowseg_engine::ir::Source;
+use flowseg_engine::graph::ValueRef;
 use flowseg_engine::model::{Model, Tracer};
 use flowseg_engine::Port;
 use serde::Deserialize;
@@ -130,7 +130,7 @@ impl Model for DeepLabLite {
     ];
     type Params = Params;
 
-    fn trace(p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String> {
+    fn trace(p: &Params, t: &mut Tracer<'_>, image: ValueRef) -> Result<Vec<ValueRef>, String> {
         let size = image_size(t, &image)?;
         let c = p.width.get();
         let depth = p.depth.get();
@@ -168,13 +168,13 @@ impl Model for DeepLabLite {
 }
 
 /// In the current scope: `conv` → `bn` → `relu` (module names `conv`, `bn`, node `relu`).
-fn cbr(t: &mut Tracer<'_>, x: Source, c: Conv) -> Result<Source, String> {
+fn cbr(t: &mut Tracer<'_>, x: ValueRef, c: Conv) -> Result<ValueRef, String> {
     conv_bn_relu(t, ["conv", "bn", "relu"], x, c)
 }
 
 /// The ASPP head in scope `aspp`: branches `0` (1×1) and `1`..`3` (3×3, dilation b) of `a`
 /// channels each, joined by a chain of pairwise concats, then `project`.
-fn aspp(t: &mut Tracer<'_>, x: Source, a: usize) -> Result<Source, String> {
+fn aspp(t: &mut Tracer<'_>, x: ValueRef, a: usize) -> Result<ValueRef, String> {
     let mut joined = t.scope("0", |t| cbr(t, x.clone(), Conv::new(a, 1)))?;
     for b in 1..=3 {
         let branch = t.scope(&b.to_string(), |t| {
@@ -189,11 +189,11 @@ fn aspp(t: &mut Tracer<'_>, x: Source, a: usize) -> Result<Source, String> {
 /// ASPP output to the skip's size, concatenate, `fuse` with a 3×3 conv-BN-relu to `d` channels.
 fn decoder(
     t: &mut Tracer<'_>,
-    features: &Source,
-    low_level: &Source,
+    features: &ValueRef,
+    low_level: &ValueRef,
     r: usize,
     d: usize,
-) -> Result<Source, String> {
+) -> Result<ValueRef, String> {
     let skip = t.scope("reduce", |t| cbr(t, low_level.clone(), Conv::new(r, 1)))?;
     let size = size_of(t, low_level)?;
     let up = resize(t, "upsample", features.clone(), size)?;

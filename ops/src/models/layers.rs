@@ -22,20 +22,20 @@ use crate::forward::concat::Concat;
 use crate::forward::conv2d::{self, Conv2d};
 use crate::forward::relu::Relu;
 use crate::forward::resize_bilinear::{self, ResizeBilinear};
-use flowseg_engine::ir::Source;
+use flowseg_engine::graph::ValueRef;
 use flowseg_engine::model::{Init, Tracer};
 use flowseg_engine::{DType, NoParams, TensorSpec};
 use std::num::NonZeroUsize;
 
 /// The only output of an emitted node.
-pub(crate) fn single(outs: Vec<Source>) -> Result<Source, String> {
+pub(crate) fn single(outs: Vec<ValueRef>) -> Result<ValueRef, String> {
     outs.into_iter()
         .next()
         .ok_or_else(|| "a node has no output".into())
 }
 
 /// C of an NCHW value.
-pub(crate) fn channels(t: &Tracer<'_>, x: &Source) -> Result<usize, String> {
+pub(crate) fn channels(t: &Tracer<'_>, x: &ValueRef) -> Result<usize, String> {
     t.spec(x)
         .and_then(|s| s.as_nchw())
         .map(|s| s.c)
@@ -43,7 +43,7 @@ pub(crate) fn channels(t: &Tracer<'_>, x: &Source) -> Result<usize, String> {
 }
 
 /// [H, W] of an NCHW value.
-pub(crate) fn size_of(t: &Tracer<'_>, x: &Source) -> Result<[usize; 2], String> {
+pub(crate) fn size_of(t: &Tracer<'_>, x: &ValueRef) -> Result<[usize; 2], String> {
     t.spec(x)
         .and_then(|s| s.as_nchw())
         .map(|s| [s.h, s.w])
@@ -51,7 +51,7 @@ pub(crate) fn size_of(t: &Tracer<'_>, x: &Source) -> Result<[usize; 2], String> 
 }
 
 /// [H, W] of a model's `image` input, which must be f32[N, 3, H, W] with H, W > 0.
-pub(crate) fn image_size(t: &Tracer<'_>, image: &Source) -> Result<[usize; 2], String> {
+pub(crate) fn image_size(t: &Tracer<'_>, image: &ValueRef) -> Result<[usize; 2], String> {
     let spec = t.spec(image).ok_or("`image` has no spec")?;
     match (spec.dtype, spec.as_nchw()) {
         (DType::F32, Some(s)) if s.c == 3 && s.h > 0 && s.w > 0 => Ok([s.h, s.w]),
@@ -133,7 +133,12 @@ impl Conv {
 /// Module `name`: the conv `c` — `name.weight` (Kaiming normal by `c`'s fan), then `name.bias`
 /// if `c` has one — with "same" padding dilation·(k − 1)/2 (3 for a 7×7, the dilation for a
 /// 3×3, 0 for a 1×1), traced as node `name`.
-pub(crate) fn conv(t: &mut Tracer<'_>, name: &str, x: Source, c: Conv) -> Result<Source, String> {
+pub(crate) fn conv(
+    t: &mut Tracer<'_>,
+    name: &str,
+    x: ValueRef,
+    c: Conv,
+) -> Result<ValueRef, String> {
     let Conv {
         co,
         k,
@@ -176,7 +181,7 @@ pub(crate) fn conv(t: &mut Tracer<'_>, name: &str, x: Source, c: Conv) -> Result
 
 /// Module `name`: `nn.BatchNorm2d` (eps 1e-5, momentum 0.1) — γ (`weight`), β (`bias`) and the
 /// two running buffers; in train mode the buffers are assigned the op's updated statistics.
-pub(crate) fn bn(t: &mut Tracer<'_>, name: &str, x: Source) -> Result<Source, String> {
+pub(crate) fn bn(t: &mut Tracer<'_>, name: &str, x: ValueRef) -> Result<ValueRef, String> {
     let c = TensorSpec::f32(&[channels(t, &x)?]);
     let [gamma, beta, mean, var] = t.scope(name, |t| {
         Ok([
@@ -208,7 +213,7 @@ pub(crate) fn bn(t: &mut Tracer<'_>, name: &str, x: Source) -> Result<Source, St
         ],
     )?;
     let [y, new_mean, new_var, _, _] =
-        <[Source; 5]>::try_from(outs).map_err(|_| "batch_norm has 5 outputs")?;
+        <[ValueRef; 5]>::try_from(outs).map_err(|_| "batch_norm has 5 outputs")?;
     if train {
         t.assign(new_mean, &mean)?;
         t.assign(new_var, &var)?;
@@ -217,12 +222,17 @@ pub(crate) fn bn(t: &mut Tracer<'_>, name: &str, x: Source) -> Result<Source, St
 }
 
 /// Node `name`: relu.
-pub(crate) fn relu(t: &mut Tracer<'_>, name: &str, x: Source) -> Result<Source, String> {
+pub(crate) fn relu(t: &mut Tracer<'_>, name: &str, x: ValueRef) -> Result<ValueRef, String> {
     single(t.op::<Relu>(name, NoParams {}, vec![Some(x)])?)
 }
 
 /// Node `name`: `a + b`.
-pub(crate) fn add(t: &mut Tracer<'_>, name: &str, a: Source, b: Source) -> Result<Source, String> {
+pub(crate) fn add(
+    t: &mut Tracer<'_>,
+    name: &str,
+    a: ValueRef,
+    b: ValueRef,
+) -> Result<ValueRef, String> {
     single(t.op::<Add>(name, NoParams {}, vec![Some(a), Some(b)])?)
 }
 
@@ -230,9 +240,9 @@ pub(crate) fn add(t: &mut Tracer<'_>, name: &str, a: Source, b: Source) -> Resul
 pub(crate) fn concat(
     t: &mut Tracer<'_>,
     name: &str,
-    a: Source,
-    b: Source,
-) -> Result<Source, String> {
+    a: ValueRef,
+    b: ValueRef,
+) -> Result<ValueRef, String> {
     single(t.op::<Concat>(name, NoParams {}, vec![Some(a), Some(b)])?)
 }
 
@@ -240,9 +250,9 @@ pub(crate) fn concat(
 pub(crate) fn resize(
     t: &mut Tracer<'_>,
     name: &str,
-    x: Source,
+    x: ValueRef,
     size: [usize; 2],
-) -> Result<Source, String> {
+) -> Result<ValueRef, String> {
     let params = resize_bilinear::Params {
         size: size.map(nonzero),
         align_corners: false,
@@ -255,9 +265,9 @@ pub(crate) fn resize(
 pub(crate) fn conv_bn_relu(
     t: &mut Tracer<'_>,
     names: [&str; 3],
-    x: Source,
+    x: ValueRef,
     c: Conv,
-) -> Result<Source, String> {
+) -> Result<ValueRef, String> {
     let y = conv(t, names[0], x, c)?;
     let y = bn(t, names[1], y)?;
     relu(t, names[2], y)
@@ -269,12 +279,12 @@ pub(crate) fn conv_bn_relu(
 /// `downsample.1` (BN) — torchvision's condition in `_make_layer` — then `add`, `relu2`.
 pub(crate) fn basic_block(
     t: &mut Tracer<'_>,
-    x: Source,
+    x: ValueRef,
     planes: usize,
     stride: usize,
     dilation: usize,
     fan: Fan,
-) -> Result<Source, String> {
+) -> Result<ValueRef, String> {
     let c = Conv::new(planes, 3).dilation(dilation).fan(fan);
     let y = conv(t, "conv1", x.clone(), c.stride(stride))?;
     let y = bn(t, "bn1", y)?;
@@ -290,11 +300,11 @@ pub(crate) fn basic_block(
 /// + `downsample.1` (BN) when the stride or the width changes.
 pub(crate) fn shortcut(
     t: &mut Tracer<'_>,
-    x: Source,
+    x: ValueRef,
     co: usize,
     stride: usize,
     fan: Fan,
-) -> Result<Source, String> {
+) -> Result<ValueRef, String> {
     if stride == 1 && channels(t, &x)? == co {
         return Ok(x);
     }

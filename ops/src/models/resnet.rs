@@ -86,7 +86,7 @@ use crate::models::layers::{
     add, basic_block, bn, concat, conv, conv_bn_relu, image_size, nonzero, relu, resize, shortcut,
     single, size_of, Bias, Conv, Fan,
 };
-use flowseg_engine::ir::Source;
+use flowseg_engine::graph::ValueRef;
 use flowseg_engine::model::{Model, Tracer};
 use flowseg_engine::{NoParams, Port};
 use serde::Deserialize;
@@ -174,7 +174,7 @@ impl Model for Resnet18DeepLabV3Plus {
     ];
     type Params = Params;
 
-    fn trace(p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String> {
+    fn trace(p: &Params, t: &mut Tracer<'_>, image: ValueRef) -> Result<Vec<ValueRef>, String> {
         trace(RESNET18, p, t, image)
     }
 }
@@ -199,13 +199,18 @@ impl Model for Resnet50DeepLabV3Plus {
     ];
     type Params = Params;
 
-    fn trace(p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String> {
+    fn trace(p: &Params, t: &mut Tracer<'_>, image: ValueRef) -> Result<Vec<ValueRef>, String> {
         trace(RESNET50, p, t, image)
     }
 }
 
 /// Backbone, then head; returns [logits, features, low_level].
-fn trace(arch: Arch, p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String> {
+fn trace(
+    arch: Arch,
+    p: &Params,
+    t: &mut Tracer<'_>,
+    image: ValueRef,
+) -> Result<Vec<ValueRef>, String> {
     let size = image_size(t, &image)?;
     let (replace, rates) = match p.output_stride {
         OutputStride::Sixteen => ([false, false, true], [6, 12, 18]),
@@ -222,7 +227,7 @@ fn trace(arch: Arch, p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Ve
         padding: 1,
     };
     let [mut x, _argmax] =
-        <[Source; 2]>::try_from(t.op::<MaxPool2d>("maxpool", pool, vec![Some(x)])?)
+        <[ValueRef; 2]>::try_from(t.op::<MaxPool2d>("maxpool", pool, vec![Some(x)])?)
             .map_err(|_| "max_pool2d has 2 outputs")?;
 
     // torchvision's `_make_layer`, with `self.dilation` as `dilation`.
@@ -267,11 +272,11 @@ fn trace(arch: Arch, p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Ve
 /// scope; output 4·`planes` channels.
 fn bottleneck(
     t: &mut Tracer<'_>,
-    x: Source,
+    x: ValueRef,
     planes: usize,
     stride: usize,
     dilation: usize,
-) -> Result<Source, String> {
+) -> Result<ValueRef, String> {
     let co = planes * Block::Bottleneck.expansion();
     let c1 = Conv::new(planes, 1).fan(Fan::Out);
     let y = conv(t, "conv1", x.clone(), c1)?;
@@ -297,11 +302,11 @@ fn bottleneck(
 fn seq_cbr(
     t: &mut Tracer<'_>,
     first: usize,
-    x: Source,
+    x: ValueRef,
     co: usize,
     k: usize,
     dilation: usize,
-) -> Result<Source, String> {
+) -> Result<ValueRef, String> {
     let [c, b, r] = [first, first + 1, first + 2].map(|i| i.to_string());
     conv_bn_relu(t, [&c, &b, &r], x, Conv::new(co, k).dilation(dilation))
 }
@@ -309,7 +314,7 @@ fn seq_cbr(
 /// torchvision's `ASPP` (without its dropout) in scope `aspp`: `convs.0` 1×1, `convs.1..3`
 /// 3×3 at `rates`, `convs.4` image pooling, joined by a chain of pairwise concats (`cat1` ..
 /// `cat4`), then `project`.
-fn aspp(t: &mut Tracer<'_>, x: Source, rates: [usize; 3]) -> Result<Source, String> {
+fn aspp(t: &mut Tracer<'_>, x: ValueRef, rates: [usize; 3]) -> Result<ValueRef, String> {
     let size = size_of(t, &x)?;
     let joined = t.scope("convs", |t| {
         let mut joined = t.scope("0", |t| seq_cbr(t, 0, x.clone(), ASPP, 1, 1))?;
@@ -333,11 +338,11 @@ fn aspp(t: &mut Tracer<'_>, x: Source, rates: [usize; 3]) -> Result<Source, Stri
 /// upsample to the input's `size`.
 fn decoder(
     t: &mut Tracer<'_>,
-    features: &Source,
-    low_level: &Source,
+    features: &ValueRef,
+    low_level: &ValueRef,
     classes: usize,
     size: [usize; 2],
-) -> Result<Source, String> {
+) -> Result<ValueRef, String> {
     let skip = t.scope("reduce", |t| seq_cbr(t, 0, low_level.clone(), SKIP, 1, 1))?;
     let up = resize(t, "upsample", features.clone(), size_of(t, low_level)?)?;
     let joined = concat(t, "cat", up, skip)?;

@@ -39,7 +39,7 @@ use crate::forward::max_pool2d::{self, MaxPool2d};
 use crate::models::layers::{
     concat, conv, conv_bn_relu, image_size, resize, single, size_of, Bias, Conv,
 };
-use flowseg_engine::ir::Source;
+use flowseg_engine::graph::ValueRef;
 use flowseg_engine::model::{Model, Tracer};
 use flowseg_engine::Port;
 use serde::Deserialize;
@@ -90,12 +90,16 @@ impl Model for Unet {
     ];
     type Params = Params;
 
-    fn trace(p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String> {
+    fn trace(p: &Params, t: &mut Tracer<'_>, image: ValueRef) -> Result<Vec<ValueRef>, String> {
         let encoded = Self::trace_encoder(p, t, image)?;
         Self::trace_decoder(p, t, encoded)
     }
 
-    fn trace_encoder(p: &Params, t: &mut Tracer<'_>, image: Source) -> Result<Vec<Source>, String> {
+    fn trace_encoder(
+        p: &Params,
+        t: &mut Tracer<'_>,
+        image: ValueRef,
+    ) -> Result<Vec<ValueRef>, String> {
         let [h, w] = image_size(t, &image)?;
         let min = 1usize << (LEVELS - 1);
         if h < min || w < min {
@@ -104,7 +108,7 @@ impl Model for Unet {
             ));
         }
         let c = p.width.get();
-        let mut levels: Vec<Source> = Vec::with_capacity(LEVELS);
+        let mut levels: Vec<ValueRef> = Vec::with_capacity(LEVELS);
         let mut x = image;
         for i in 0..LEVELS {
             x = t.scope(&format!("down{i}"), |t| {
@@ -128,9 +132,9 @@ impl Model for Unet {
     fn trace_decoder(
         p: &Params,
         t: &mut Tracer<'_>,
-        encoded: Vec<Source>,
-    ) -> Result<Vec<Source>, String> {
-        let [skip0, skip1, skip2, features] = <[Source; LEVELS]>::try_from(encoded)
+        encoded: Vec<ValueRef>,
+    ) -> Result<Vec<ValueRef>, String> {
+        let [skip0, skip1, skip2, features] = <[ValueRef; LEVELS]>::try_from(encoded)
             .map_err(|e| format!("the decoder takes {LEVELS} encoded values, got {}", e.len()))?;
         let c = p.width.get();
         let skips = [skip0, skip1, skip2];
@@ -153,7 +157,7 @@ impl Model for Unet {
 
 /// In the current scope: conv3×3 `conv1` → `bn1` → `relu1` → conv3×3 `conv2` → `bn2` → `relu2`,
 /// both to `co` channels.
-fn double_conv(t: &mut Tracer<'_>, x: Source, co: usize) -> Result<Source, String> {
+fn double_conv(t: &mut Tracer<'_>, x: ValueRef, co: usize) -> Result<ValueRef, String> {
     let y = conv_bn_relu(t, ["conv1", "bn1", "relu1"], x, Conv::new(co, 3))?;
     conv_bn_relu(t, ["conv2", "bn2", "relu2"], y, Conv::new(co, 3))
 }
