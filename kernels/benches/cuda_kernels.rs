@@ -1,4 +1,4 @@
-//! GPU kernel benchmark (issue 5): prints one markdown table on a CUDA device — the
+//! GPU kernel benchmark: prints one markdown table on a CUDA device — the
 //! device-to-device copy bandwidth, the memory-bound launchers at large sizes in GB/s and as a
 //! fraction of that copy bandwidth, and the convolution forward in TFLOP/s on deeplab_lite's
 //! shapes (batch 16) and one large shape, as a fraction of cuBLAS SGEMM on the equivalent GEMM
@@ -25,7 +25,7 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
 use flowseg_kernels::batch_norm::{self, BatchNormParams};
 use flowseg_kernels::conv2d::{self, Conv2d};
-use flowseg_kernels::cuda::{conv, launch, nn, nvrtc, CudaError, Device};
+use flowseg_kernels::cuda::{self, nvrtc, CudaError, Device};
 use flowseg_kernels::loss::{self, CrossEntropyParams};
 use flowseg_kernels::optim::{self, AdamW};
 use flowseg_kernels::philox::Philox;
@@ -194,8 +194,8 @@ fn sgemm_ms(dev: &Device, blas: &CudaBlas, m: usize, n: usize, k: usize) -> Res<
     let mut a = dev.stream().alloc_zeros::<f32>(m * k)?;
     let mut b = dev.stream().alloc_zeros::<f32>(k * n)?;
     let mut c = dev.stream().alloc_zeros::<f32>(m * n)?;
-    launch::fill_uniform(dev, 1, 0, 0, &mut a)?;
-    launch::fill_uniform(dev, 2, 0, 0, &mut b)?;
+    cuda::philox::fill_uniform(dev, 1, 0, 0, &mut a)?;
+    cuda::philox::fill_uniform(dev, 2, 0, 0, &mut b)?;
     let cfg = GemmConfig {
         transa: cublasOperation_t::CUBLAS_OP_N,
         transb: cublasOperation_t::CUBLAS_OP_N,
@@ -262,9 +262,9 @@ fn run(dev: &Device) -> Res<bool> {
     let mut gy = dev.stream().alloc_zeros::<f32>(BIG)?;
     let mut y = vec![0f32; BIG];
     activation::relu_fwd(&a, &mut y)?;
-    launch::relu_fwd(dev, &ga, &mut gy)?;
+    cuda::activation::relu_fwd(dev, &ga, &mut gy)?;
     let ok = down(dev, &gy)? == y;
-    let ms = time_ms(dev, || launch::relu_fwd(dev, &ga, &mut gy))?;
+    let ms = time_ms(dev, || cuda::activation::relu_fwd(dev, &ga, &mut gy))?;
     rows.push(mem_row(
         "relu_fwd",
         format!("{BIG}"),
@@ -274,9 +274,9 @@ fn run(dev: &Device) -> Res<bool> {
     ));
 
     elementwise::add_fwd(&a, &b, &mut y)?;
-    launch::add_fwd(dev, &ga, &gb, &mut gy)?;
+    cuda::elementwise::add_fwd(dev, &ga, &gb, &mut gy)?;
     let ok = down(dev, &gy)? == y;
-    let ms = time_ms(dev, || launch::add_fwd(dev, &ga, &gb, &mut gy))?;
+    let ms = time_ms(dev, || cuda::elementwise::add_fwd(dev, &ga, &gb, &mut gy))?;
     rows.push(mem_row(
         "add_fwd",
         format!("{BIG}"),
@@ -290,9 +290,9 @@ fn run(dev: &Device) -> Res<bool> {
     let mut target = a.clone();
     optim::ema_update(&mut target, &b, 0.99)?;
     let mut gt = up(dev, &a)?;
-    launch::ema_update(dev, &mut gt, &gb, 0.99)?;
+    cuda::optim::ema_update(dev, &mut gt, &gb, 0.99)?;
     let ok = down(dev, &gt)? == target;
-    let ms = time_ms(dev, || launch::ema_update(dev, &mut gt, &gb, 0.99))?;
+    let ms = time_ms(dev, || cuda::optim::ema_update(dev, &mut gt, &gb, 0.99))?;
     rows.push(mem_row(
         "ema_update",
         format!("{BIG}"),
@@ -316,10 +316,10 @@ fn run(dev: &Device) -> Res<bool> {
         dev.stream().alloc_zeros::<f32>(BIG)?,
         dev.stream().alloc_zeros::<f32>(BIG)?,
     );
-    launch::adamw_step(dev, &mut gp, &gb, &mut gm, &mut gv, &cfg, 1)?;
+    cuda::optim::adamw_step(dev, &mut gp, &gb, &mut gm, &mut gv, &cfg, 1)?;
     let ok = down(dev, &gp)? == p && down(dev, &gm)? == m && down(dev, &gv)? == v;
     let ms = time_ms(dev, || {
-        launch::adamw_step(dev, &mut gp, &gb, &mut gm, &mut gv, &cfg, 1)
+        cuda::optim::adamw_step(dev, &mut gp, &gb, &mut gm, &mut gv, &cfg, 1)
     })?;
     rows.push(mem_row(
         "adamw_step",
@@ -337,9 +337,11 @@ fn run(dev: &Device) -> Res<bool> {
     let mut y = vec![0f32; s.len()];
     softmax::softmax_fwd(&logits, s, &mut y)?;
     let mut gy = dev.stream().alloc_zeros::<f32>(s.len())?;
-    nn::softmax_fwd(dev, &glogits, s, &mut gy)?;
+    cuda::softmax::softmax_fwd(dev, &glogits, s, &mut gy)?;
     let ok = check(&down(dev, &gy)?, &y, 1e-6, 1e-5);
-    let ms = time_ms(dev, || nn::softmax_fwd(dev, &glogits, s, &mut gy))?;
+    let ms = time_ms(dev, || {
+        cuda::softmax::softmax_fwd(dev, &glogits, s, &mut gy)
+    })?;
     rows.push(mem_row(
         "softmax_fwd",
         format!("{s:?}"),
@@ -361,10 +363,10 @@ fn run(dev: &Device) -> Res<bool> {
     };
     let cpu_loss = loss::cross_entropy_fwd(&logits, &labels, None, s, params, None)?;
     let mut gloss = dev.stream().alloc_zeros::<f32>(1)?;
-    launch::cross_entropy_fwd(dev, &glogits, &glabels, None, s, params, None, &mut gloss)?;
+    cuda::loss::cross_entropy_fwd(dev, &glogits, &glabels, None, s, params, None, &mut gloss)?;
     let ok = check(&down(dev, &gloss)?, &[cpu_loss], 0.0, 1e-4);
     let ms = time_ms(dev, || {
-        launch::cross_entropy_fwd(dev, &glogits, &glabels, None, s, params, None, &mut gloss)
+        cuda::loss::cross_entropy_fwd(dev, &glogits, &glabels, None, s, params, None, &mut gloss)
     })?;
     let bytes = f * s.len() as f64 + 4.0 * pixels as f64;
     rows.push(mem_row(
@@ -395,7 +397,7 @@ fn run(dev: &Device) -> Res<bool> {
         dev.stream().alloc_zeros::<f32>(s.c)?,
     );
     let mut bn = |gy: &mut CudaSlice<f32>| {
-        nn::batch_norm_train_fwd(
+        cuda::batch_norm::batch_norm_train_fwd(
             dev, &gx, &gg, &gbeta, s, bp, &mut grm, &mut grv, gy, &mut gsm, &mut gsi,
         )
     };
@@ -420,10 +422,10 @@ fn run(dev: &Device) -> Res<bool> {
     resize::resize_bilinear_fwd(&x, s, oh, ow, false, &mut y)?;
     let gx = up(dev, &x)?;
     let mut gy = dev.stream().alloc_zeros::<f32>(out)?;
-    nn::resize_bilinear_fwd(dev, &gx, s, oh, ow, false, &mut gy)?;
+    cuda::resize::resize_bilinear_fwd(dev, &gx, s, oh, ow, false, &mut gy)?;
     let ok = down(dev, &gy)? == y;
     let ms = time_ms(dev, || {
-        nn::resize_bilinear_fwd(dev, &gx, s, oh, ow, false, &mut gy)
+        cuda::resize::resize_bilinear_fwd(dev, &gx, s, oh, ow, false, &mut gy)
     })?;
     let bytes = f * (s.len() + out) as f64;
     rows.push(mem_row(
@@ -457,7 +459,7 @@ fn run(dev: &Device) -> Res<bool> {
         let w = uniform(40 + i as u64, p.weight_len(xs.c, co), -1.0, 1.0);
         let (gx, gw) = (up(dev, &x)?, up(dev, &w)?);
         let mut gy = dev.stream().alloc_zeros::<f32>(ys.len())?;
-        conv::conv2d_fwd(dev, &gx, xs, &gw, None, co, &p, &mut gy)?;
+        cuda::conv2d::conv2d_fwd(dev, &gx, xs, &gw, None, co, &p, &mut gy)?;
         // Images are independent: the CPU checks the first one (the large shape would take
         // seconds on the CPU in full).
         let x0 = Nchw::new(1, xs.c, xs.h, xs.w);
@@ -466,7 +468,7 @@ fn run(dev: &Device) -> Res<bool> {
         let gpu = down(dev, &gy)?;
         let ok = check(&gpu[..ys.image()], &y0, 4.0 * k as f32 * f32::EPSILON, 1e-5);
         let ms = time_ms(dev, || {
-            conv::conv2d_fwd(dev, &gx, xs, &gw, None, co, &p, &mut gy)
+            cuda::conv2d::conv2d_fwd(dev, &gx, xs, &gw, None, co, &p, &mut gy)
         })?;
         let cols = ys.n * ys.plane();
         let blas_ms = match &blas {

@@ -1,6 +1,7 @@
 // Argmax and max over the class axis of an [N,K,H,W] map (the pseudo-label and its confidence,
 // max_confidence's kernel): CUDA twins of argmax_fwd, max_fwd and max_bwd in
 // kernels/src/argmax.rs, bit-identical (only comparisons and copies).
+// Launchers: kernels/src/cuda/argmax.rs.
 //
 // One thread per pixel walks the K classes, which lie H·W apart; neighbouring threads read
 // neighbouring pixels, so every class plane is read coalesced. Ties go to the lowest k; NaN

@@ -3,6 +3,7 @@
 // `draw_*` functions, O(N) scalars); the launchers upload them as small arrays and these kernels
 // apply them per pixel, with the CPU's f32 operations in the CPU's order (--fmad=false), so the
 // results are bit-identical to the CPU.
+// Launchers: kernels/src/cuda/augment.rs.
 //
 // Colour jitter runs as four steps (step k applies each sample's k-th adjustment); before a step
 // in which some sample adjusts contrast, color_jitter_contrast_mean computes that sample's mean

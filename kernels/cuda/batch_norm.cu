@@ -1,6 +1,7 @@
 // Batch normalisation over the N·H·W values of each channel of an [N,C,H,W] tensor: the CUDA
 // twins of batch_norm_train_fwd, batch_norm_eval_fwd, batch_norm_train_bwd and
 // batch_norm_eval_bwd in kernels/src/batch_norm.rs.
+// Launchers: kernels/src/cuda/batch_norm.rs.
 //
 // Statistics accumulate in f64, as on the CPU (two passes: Σx, then Σ(x − mean)²; the backward's
 // Σdy and Σdy·(x − mean)·invstd). Deterministic, no atomics: a [B, C] grid writes one f64
@@ -11,7 +12,7 @@
 // rounding, not always bit for bit; the per-element affine steps are the CPU's exact f32
 // operations (with --fmad=false), so given equal coefficients they are bit-identical.
 //
-// Launch sequences (the launcher in kernels/src/cuda/nn.rs):
+// Launch sequences (the launchers in kernels/src/cuda/batch_norm.rs):
 //   train fwd: bn_stat_partials(mean = null) → bn_mean_finalize → bn_stat_partials(mean) →
 //              bn_train_finalize → bn_affine
 //   eval fwd:  bn_eval_coef → bn_affine

@@ -2,6 +2,7 @@
 // twins of conv2d_fwd and conv2d_bwd in kernels/src/conv2d.rs, as implicit GEMMs — no im2col
 // buffer is ever written; each tile of the virtual `col` matrix is gathered from x (or dy)
 // straight into shared memory.
+// Launchers: kernels/src/cuda/conv2d.rs.
 //
 // The three products, per group g (Cg = Ci/groups, Og = Co/groups, P = Ho·Wo, Q = H·W):
 //   forward  y  [Og, N·P]  = W_g [Og, Cg·kh·kw] · col [Cg·kh·kw, N·P]       (conv2d_fwd_m*)

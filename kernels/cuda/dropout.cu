@@ -1,6 +1,7 @@
 // Inverted dropout, element-wise and channel-wise: the CUDA twins of dropout_fwd and
 // dropout2d_fwd / dropout2d_bwd in kernels/src/dropout.rs (dropout_bwd is dy·mask, elementwise.cu's
 // mul_fwd).
+// Launchers: kernels/src/cuda/dropout.rs.
 //
 // This file is compiled after philox.cu (nvrtc.rs embeds the two as one module), whose
 // philox_block, word_of, u32_to_uniform and GRID_STRIDE it uses, so the draws are the CPU's

@@ -1,11 +1,22 @@
-// Element-wise arithmetic and activations: CUDA twins of kernels/src/elementwise.rs (add_fwd,
-// mul_fwd, mul_bwd, scale_fwd) and kernels/src/activation.rs (relu_fwd, relu_bwd).
+// Element-wise arithmetic and data movement: the CUDA twins of add_fwd, mul_fwd, mul_bwd,
+// scale_fwd, threshold_fwd and the concat and slice kernels (concat_channels_fwd / _bwd,
+// concat_batch_fwd / _bwd, slice_channels_fwd / _bwd, slice_batch_fwd / _bwd) in
+// kernels/src/elementwise.rs (launchers in kernels/src/cuda/elementwise.rs).
 //
-// Every kernel is a grid-stride loop over a flat length `n` (any shape, flattened); each
-// element is computed with the same single IEEE operation as the CPU reference, and the module
-// is compiled with --fmad=false, so results are bit-identical to the CPU.
+// Every kernel is a grid-stride loop over a flat length (any shape, flattened). Arithmetic is
+// the CPU's single IEEE operation per element (threshold: one compare; the module is compiled
+// with --fmad=false) and the copies move 32-bit words untouched, so every result equals the
+// CPU's bit for bit (NaN payloads included).
 //
-// Not here: broadcasting, strided views, concat/slice copies, leaky_relu, threshold.
+// Every concat and slice is one of two gathers over "rows" (an image, or the whole tensor):
+// `copy_rows` copies a window of each source row into a window of each destination row (concat
+// forwards and backwards, slice forwards; one launch per part), and `slice_bwd` writes a whole
+// destination row from a window of the source, zero outside it (the slice backwards). The copies
+// take 32-bit words, so f32 and i32 label maps share them like the CPU's `T: Copy` kernels.
+//
+// Block size: grid-stride, any; the launchers use 256. Not here: relu and leaky relu
+// (activation.cu), reductions (reduce.cu), broadcasting, strided views, 8- or 16-bit element
+// types.
 
 #define GRID_STRIDE(i, n)                                                                    \
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;  \
@@ -49,20 +60,49 @@ extern "C" __global__ void scale_fwd(const float* __restrict__ x,  // [n]
     GRID_STRIDE(i, n) { y[i] = alpha * x[i]; }
 }
 
-// y = max(x, 0); NaN maps to 0 as on the CPU (`x > 0` is false for NaN).
-extern "C" __global__ void relu_fwd(const float* __restrict__ x,  // [n]
-                                    unsigned long long n,
-                                    float* __restrict__ y) {      // [n]
+// threshold_fwd: y = 1 where x ≥ at (below: x < at), else 0; NaN gives 0 either way.
+extern "C" __global__ void threshold_fwd(const float* __restrict__ x,  // [n]
+                                         unsigned long long n,
+                                         float at,
+                                         int below,                    // 0 or 1
+                                         float* __restrict__ y) {      // [n]
     GRID_STRIDE(i, n) {
         float v = x[i];
-        y[i] = v > 0.0f ? v : 0.0f;
+        bool pass = below ? v < at : v >= at;
+        y[i] = pass ? 1.0f : 0.0f;
     }
 }
 
-// dx = dy * [x > 0].
-extern "C" __global__ void relu_bwd(const float* __restrict__ x,   // [n] forward input
-                                    const float* __restrict__ dy,  // [n]
-                                    unsigned long long n,
-                                    float* __restrict__ dx) {      // [n]
-    GRID_STRIDE(i, n) { dx[i] = x[i] > 0.0f ? dy[i] : 0.0f; }
+// dst[r·dst_stride + dst_off + j] = src[r·src_stride + src_off + j] for r < rows, j < row_len.
+// concat_channels_fwd part i: rows N, row_len Ci·H·W, src (stride, off) = (Ci·H·W, 0),
+// dst = (C·H·W, C_before·H·W); the backward swaps source and destination. The batch concat and
+// slice are one row (stride irrelevant).
+extern "C" __global__ void copy_rows(const unsigned* __restrict__ src,  // 32-bit words
+                                     unsigned long long rows,
+                                     unsigned long long row_len,
+                                     unsigned long long src_stride,
+                                     unsigned long long src_off,
+                                     unsigned long long dst_stride,
+                                     unsigned long long dst_off,
+                                     unsigned* __restrict__ dst) {     // 32-bit words
+    GRID_STRIDE(i, rows * row_len) {
+        unsigned long long r = i / row_len, j = i - r * row_len;
+        dst[r * dst_stride + dst_off + j] = src[r * src_stride + src_off + j];
+    }
+}
+
+// dx[r·row_len + j] = dy[r·(hi − lo) + j − lo] for lo ≤ j < hi, 0 otherwise, for r < rows.
+// slice_channels_bwd: rows N, row_len C·H·W, [lo, hi) = [c_start·H·W, c_end·H·W);
+// slice_batch_bwd: one row of N·C·H·W, [lo, hi) = [n_start·C·H·W, n_end·C·H·W).
+extern "C" __global__ void slice_bwd(const float* __restrict__ dy,  // [rows, hi − lo]
+                                     unsigned long long rows,
+                                     unsigned long long row_len,
+                                     unsigned long long lo,
+                                     unsigned long long hi,
+                                     float* __restrict__ dx) {      // [rows, row_len]
+    unsigned long long width = hi - lo;
+    GRID_STRIDE(i, rows * row_len) {
+        unsigned long long r = i / row_len, j = i - r * row_len;
+        dx[i] = (j >= lo && j < hi) ? dy[r * width + (j - lo)] : 0.0f;
+    }
 }

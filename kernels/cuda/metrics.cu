@@ -1,5 +1,7 @@
-// The confusion matrix for mIoU: the CUDA twin of confusion_add in kernels/src/metrics.rs.
-// Counts are integers, so the result is exact whatever the order of the atomics.
+// The confusion matrix for mIoU and the label agreement counts: the CUDA twins of confusion_add
+// and label_agreement_fwd in kernels/src/metrics.rs. Counts are integers, so the results are
+// exact whatever the order of the atomics.
+// Launchers: kernels/src/cuda/metrics.rs.
 //
 // Each block first counts into a private K·K histogram of u32 in shared memory (when
 // `use_shared`: the launcher sets it when K·K·4 bytes fit), then adds its non-zero cells to the

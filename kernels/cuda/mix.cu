@@ -3,6 +3,7 @@
 // stay on the host and are uploaded by the launchers; these kernels rasterise and apply them
 // with the CPU's f32 operations in the CPU's order (--fmad=false), so every result is
 // bit-identical to the CPU.
+// Launchers: kernels/src/cuda/mix.rs.
 //
 // mix_bwd is a gather: one thread per element of da/db sums the shares of every sample whose
 // partner it is, n ascending — the CPU's order — so no atomics and a deterministic result.

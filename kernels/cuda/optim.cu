@@ -1,5 +1,6 @@
 // Optimizer updates in place over flat parameter tensors: the CUDA twins of sgd_step,
 // adamw_step and ema_update in kernels/src/optim.rs (update rules in that file's header).
+// Launchers: kernels/src/cuda/optim.rs.
 //
 // The host computes every hyper-parameter-derived scalar exactly as the CPU does (in f64, then
 // rounded to f32: lr, momentum, wd, AdamW's step size and √(1−β2ᵗ), EMA's α and 1−α), and each

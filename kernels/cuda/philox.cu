@@ -1,4 +1,5 @@
 // Philox4x32-10 and its conversions: the CUDA twin of kernels/src/philox.rs, bit-identical to it.
+// Launchers: kernels/src/cuda/philox.rs.
 //
 // Keying as on the CPU: key = seed (low word, high word); counter = [block_lo, block_hi,
 // stream_lo, stream_hi] with block = element / 4, and element i takes word i % 4 of its block.
@@ -9,7 +10,8 @@
 // `mul_add` of philox.rs is an explicit fmaf here (both are the correctly rounded fused op);
 // sqrtf and '/' are IEEE-exact (NVRTC's default -prec-sqrt=true -prec-div=true); no libm.
 //
-// Not here: bernoulli masks (a `uniform < p` compare in the kernel that needs them), dropout.
+// Not here: bernoulli masks (a `uniform < p` compare in the kernel that needs them), dropout
+// (dropout.cu, which nvrtc.rs compiles together with this file).
 
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u

@@ -1,6 +1,7 @@
 // 2-d pooling over each (n, c) plane of an [N,C,H,W] tensor: the CUDA twins of max_pool2d_fwd,
 // max_pool2d_bwd, avg_pool2d_fwd, avg_pool2d_bwd, global_avg_pool_fwd and global_avg_pool_bwd
 // in kernels/src/pool.rs (see its header for the window geometry and PyTorch semantics).
+// Launchers: kernels/src/cuda/pool.rs.
 //
 // Forwards: one thread per output, visiting its window in the CPU's row-major order (max: strict
 // `>` keeps the first of ties, a NaN wins; avg: f64 sum, one division, one rounding), so they are

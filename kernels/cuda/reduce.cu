@@ -1,16 +1,28 @@
-// Sums and means over all elements, and their backwards: the CUDA twins of sum_fwd, mean_fwd,
-// sum_bwd and mean_bwd in kernels/src/reduce.rs.
+// The reductions of kernels/src/reduce.rs: the CUDA twins of sum_fwd, mean_fwd, sum_bwd,
+// mean_bwd, dot_fwd, and sum_channels_fwd / _bwd, mean_channels_fwd / _bwd (launchers in
+// kernels/src/cuda/reduce.rs).
 //
-// Like the CPU, the sum accumulates in f64 and rounds to f32 once. It runs in two launches so
-// the result is deterministic (no float atomics): `reduce_sum_partials` writes one f64 partial
-// per block, `reduce_sum_finalize` (one block) adds them in a fixed tree order. The order of
-// additions differs from the CPU's sequential f64 sum, so results agree to f32 rounding (the f64
-// sums differ by far less than an f32 ulp), not always bit for bit.
+// Sums over all elements and dot: like the CPU, accumulated in f64 (dot forms each product in
+// f64 too) and rounded to f32 once. They run in two launches so the result is deterministic (no
+// float atomics): `reduce_sum_partials` / `dot_partials` write one f64 partial per block (a
+// fixed-order tree sum), and `reduce_sum_finalize` (one block) adds them in a fixed tree order
+// and divides (by 1 for a sum, by len for a mean). The order of additions differs from the
+// CPU's sequential f64 sum, so results agree to f32 rounding (the f64 sums differ by far less
+// than an f32 ulp), not always bit for bit. The backwards fill dx with dy[0] / divisor.
 //
-// Block size: REDUCE_THREADS, which the launcher must use. Not here: channel sums
-// (sum_channels_fwd), dot, max/min reductions.
+// Channels: one thread per output pixel sums the C planes in f64 in channel order and rounds
+// (acc·scale) once — the CPU's exact operations, so bit-identical; the backward broadcasts dy (a
+// copy, or one f32 multiply by the host-rounded 1/C), also bit-identical.
+//
+// Block size: REDUCE_THREADS for the tree sums (reduce_sum_partials, reduce_sum_finalize,
+// dot_partials), which the launchers use; the others are grid-stride. Not here: max over classes
+// (argmax.cu), spatial means (pool.cu's global_avg_pool), the losses' sums (loss.cu).
 
 #define REDUCE_THREADS 256
+
+#define GRID_STRIDE(i, n)                                                                    \
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;  \
+         i < (n); i += (unsigned long long)blockDim.x * gridDim.x)
 
 // Tree sum of `v` over the block; the result is valid in thread 0.
 __device__ __forceinline__ double block_sum(double v, double* shared) {
@@ -57,4 +69,50 @@ extern "C" __global__ void reduce_fill_bwd(const float* __restrict__ dy,  // [1]
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (unsigned long long)blockDim.x * gridDim.x)
         dx[i] = g;
+}
+
+// partials[b] = Σ (double)a[i]·(double)b[i] over the elements block b visits (grid-stride).
+extern "C" __global__ void dot_partials(const float* __restrict__ a,  // [n]
+                                        const float* __restrict__ b,  // [n]
+                                        unsigned long long n,
+                                        double* __restrict__ partials) {  // [gridDim.x]
+    __shared__ double shared[REDUCE_THREADS];
+    double acc = 0.0;
+    GRID_STRIDE(i, n) acc += (double)a[i] * (double)b[i];
+    double total = block_sum(acc, shared);
+    if (threadIdx.x == 0) partials[blockIdx.x] = total;
+}
+
+// y[n, 0, h, w] = (float)(scale·Σ_c x[n, c, h, w]), the sum in f64 in channel order: scale 1 for
+// sum_channels_fwd, 1/C for mean_channels_fwd.
+extern "C" __global__ void channels_fwd(const float* __restrict__ x,  // [N, C, H, W]
+                                        unsigned long long pixels,    // N·H·W
+                                        unsigned c,                   // C
+                                        unsigned long long plane,     // H·W ≥ 1
+                                        double scale,
+                                        float* __restrict__ y) {      // [N, 1, H, W]
+    GRID_STRIDE(p, pixels) {
+        unsigned long long n = p / plane;
+        const float* xp = x + n * c * plane + (p - n * plane);
+        double acc = 0.0;
+        for (unsigned ch = 0; ch < c; ++ch) acc += (double)xp[ch * plane];
+        y[p] = (float)(acc * scale);
+    }
+}
+
+// dx[n, c, h, w] = dy[n, 0, h, w] (use_scale = 0: sum_channels_bwd) or dy[n, 0, h, w]·scale
+// (mean_channels_bwd, scale = (float)(1/C)).
+extern "C" __global__ void channels_bwd(const float* __restrict__ dy,  // [N, 1, H, W]
+                                        unsigned long long len,        // N·C·H·W
+                                        unsigned c,                    // C ≥ 1
+                                        unsigned long long plane,      // H·W ≥ 1
+                                        int use_scale,
+                                        float scale,
+                                        float* __restrict__ dx) {      // [N, C, H, W]
+    unsigned long long image = (unsigned long long)c * plane;
+    GRID_STRIDE(i, len) {
+        unsigned long long n = i / image;
+        float g = dy[n * plane + (i - (i / plane) * plane)];
+        dx[i] = use_scale ? g * scale : g;
+    }
 }

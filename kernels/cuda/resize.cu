@@ -2,6 +2,7 @@
 // resize_bilinear_bwd and resize_nearest_fwd (i32 label maps) in kernels/src/resize.rs (see its
 // header for PyTorch's index and weight formulas, which `resize_tap` and `nearest_src` repeat in
 // the same f32 operations).
+// Launchers: kernels/src/cuda/resize.rs.
 //
 // Bilinear forward: one thread per output pixel, the CPU's expression in the CPU's operand
 // order (width first, then height); with --fmad=false it is bit-identical.

@@ -1,6 +1,7 @@
 // Softmax and log-softmax over the class axis of an [N,K,H,W] map, forward and backward: the
 // CUDA twins of softmax_fwd, softmax_bwd, log_softmax_fwd and log_softmax_bwd in
 // kernels/src/softmax.rs.
+// Launchers: kernels/src/cuda/softmax.rs.
 //
 // One thread per pixel (n, y, x) loops over the K classes, which are H·W apart, so a warp reads
 // each class plane coalesced. Per-pixel sums over K run in f32 in class order, as on the CPU:
@@ -11,7 +12,8 @@
 // softmax_bwd is bit-identical to the CPU (--fmad=false, IEEE division); the others call
 // CUDA's expf/logf (≤ 2 ulp), not the CPU's libm, so they agree to a few f32 ulp.
 //
-// Block size: any (the launcher uses 256). Not here: other axes, temperature, masking.
+// Block size: any (the launcher uses 256). Not here: softmax fused with cross entropy
+// (loss.cu), other axes, temperature, masking.
 
 // y = softmax over K at every pixel.
 extern "C" __global__ void softmax_fwd(const float* __restrict__ x,  // [N,K,H,W]

@@ -1,14 +1,22 @@
 //! flowseg-kernels: the numeric layer. CPU reference kernels on contiguous NCHW slices, each
-//! forward beside its backward, the one GEMM entry point, and the Philox counter-based RNG.
+//! forward beside its backward, the one GEMM entry point, the Philox counter-based RNG, and (with
+//! the feature `cuda`) the kernels' CUDA twins.
 //!
 //! What this crate holds: plain functions over slices and small shape/param structs. Every
 //! kernel is generic over [`Real`] (f32 for training, f64 for the finite-difference gradient
 //! checks), returns [`KernelError`] on a length mismatch instead of panicking, and documents the
 //! shape of every argument with the letters below.
 //!
-//! What it does not hold: tensors, graphs, devices, autodiff or scheduling (`flowseg-engine`),
-//! ops and their params as users write them (`flowseg-ops`). CUDA twins of these kernels come in
-//! `kernels/cuda/*.cu` later, each tested against the function of the same name here.
+//! CUDA twins (module `cuda`, feature `cuda`): every kernel here has one, found by its name — the
+//! launcher of `<file>::<kernel>` is `cuda::<file>::<kernel>` in `src/cuda/<file>.rs` (Philox's
+//! `u32_at` is `philox_u32`), its device code is in `kernels/cuda/<file>.cu` — and each is tested
+//! against the function of the same name here (`tests/cuda_parity*.rs`, on a GPU;
+//! `tests/cuda_coverage.rs` checks that none is missing or filed elsewhere).
+//!
+//! What it does not hold: tensors, graphs, the engine's device abstraction, autodiff or
+//! scheduling (`flowseg-engine`), ops and their params as users write them (`flowseg-ops`). The
+//! engine does not dispatch ops to the CUDA twins yet: it runs every op on the CPU kernels (a
+//! later issue).
 //!
 //! Shape letters, used in every doc comment: N batch, C channels (Ci in, Co out), K classes,
 //! H and W height and width (Ho, Wo after an op), kh and kw kernel extent. Layout is always

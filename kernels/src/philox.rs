@@ -4,7 +4,8 @@
 //!
 //! Keying used throughout flowseg: `key = seed` (64 bits split into two words), counter words
 //! `[block_lo, block_hi, stream_lo, stream_hi]`, where `block = element / 4` and the element
-//! takes word `element % 4` of the block. The engine derives `stream` from (iteration, node).
+//! takes word `element % 4` of the block. The engine derives `stream` from the iteration and the node's name
+//! (`flowseg_engine::graph::ExecCx::rng`).
 //!
 //! Conversions are written with operations that IEEE 754 rounds exactly the same way everywhere
 //! (`+ - * /`, `sqrt`, and explicit `mul_add`): no libm `ln`/`cos`, which differ by an ulp

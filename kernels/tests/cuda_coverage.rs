@@ -1,8 +1,12 @@
-//! Every CPU kernel has a CUDA twin: reads the `pub fn` names of `kernels/src/*.rs` that are
-//! kernels (`*_fwd`, `*_bwd`, `*_step`, and the named extras below) and the "CPU kernel → CUDA
-//! launcher" table at the end of the docs of `kernels/src/cuda/mod.rs`, and fails naming every
-//! kernel without a row, every row whose CPU kernel is gone, and every launcher missing from the
-//! file the row names. Source text only, so it runs without the `cuda` feature and without a GPU.
+//! Every CPU kernel has a CUDA twin, found by its name: reads the `pub fn` names of
+//! `kernels/src/*.rs` that are kernels (`*_fwd`, `*_bwd`, `*_step`, and the named extras below)
+//! and the "CPU kernel → CUDA launcher" table at the end of the docs of `kernels/src/cuda/mod.rs`,
+//! and fails naming every kernel without a row, every row whose CPU kernel is gone, every
+//! launcher missing from the file the row names, and every launcher filed elsewhere than in its
+//! CPU kernel's file (`elementwise::add_fwd` → `cuda/elementwise.rs`). It also checks that every
+//! launcher file under `kernels/src/cuda/` (besides the shared plumbing) and every `.cu` source
+//! under `kernels/cuda/` is named like a CPU kernel file, one of each per file. Source text only,
+//! so it runs without the `cuda` feature and without a GPU.
 //!
 //! Not here: whether a twin computes the same thing (the `cuda_parity*` tests, on a GPU).
 #![allow(clippy::unwrap_used)]
@@ -23,6 +27,9 @@ const EXTRA_KERNELS: &[(&str, &str)] = &[
 /// written on another branch. The test fails while a listed launcher already exists, so a stale
 /// entry cannot linger. Empty: every CPU kernel has its twin.
 const PENDING: &[&str] = &[];
+
+/// Files of `kernels/src/cuda/` that hold shared plumbing, not launchers.
+const PLUMBING: &[&str] = &["mod", "common", "device", "nvrtc"];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -79,6 +86,21 @@ fn twin_table() -> BTreeMap<String, String> {
         assert!(previous.is_none(), "twin row listed twice: {line}");
     }
     rows
+}
+
+/// The file part of `file::name`.
+fn file_of(path: &str) -> &str {
+    path.split_once("::").map_or(path, |(file, _)| file)
+}
+
+/// Stems of the files in `dir` ending in `.ext`.
+fn stems(dir: &Path, ext: &str) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().to_string())
+        .collect()
 }
 
 /// True when `kernels/src/cuda/<file>.rs` defines `pub fn <name>`.
@@ -139,6 +161,11 @@ fn every_cpu_kernel_has_a_cuda_twin() {
                     ));
                 }
             }
+            Some(l) if file_of(l) != file_of(k) => problems.push(format!(
+                "{k}: its twin {l} must live in kernels/src/cuda/{}.rs, the file named like \
+                 the CPU kernel's",
+                file_of(k)
+            )),
             Some(l) if !launcher_exists(l) => problems.push(format!(
                 "{k}: its twin {l} is not a `pub fn` in kernels/src/cuda/"
             )),
@@ -155,6 +182,38 @@ fn every_cpu_kernel_has_a_cuda_twin() {
     for p in PENDING {
         if !table.contains_key(*p) {
             problems.push(format!("PENDING names {p}, which has no row in the table"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn launcher_and_source_files_are_named_like_cpu_kernel_files() {
+    let families: BTreeSet<String> = cpu_kernels()
+        .iter()
+        .map(|k| file_of(k).to_string())
+        .collect();
+    let launchers: BTreeSet<String> = stems(&src_dir().join("cuda"), "rs")
+        .into_iter()
+        .filter(|s| !PLUMBING.contains(&s.as_str()))
+        .collect();
+    let sources = stems(&Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda"), "cu");
+    let mut problems = Vec::new();
+    for (what, found) in [
+        ("kernels/src/cuda/{}.rs", &launchers),
+        ("kernels/cuda/{}.cu", &sources),
+    ] {
+        for f in found.difference(&families) {
+            problems.push(format!(
+                "{} is not named like a CPU kernel file (kernels/src/<file>.rs)",
+                what.replace("{}", f)
+            ));
+        }
+        for f in families.difference(found) {
+            problems.push(format!(
+                "kernels/src/{f}.rs has kernels but there is no {}",
+                what.replace("{}", f)
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));

@@ -15,7 +15,7 @@
 mod cuda_common;
 use cuda_common::*;
 
-use flowseg_kernels::cuda::launch;
+use flowseg_kernels::cuda;
 use flowseg_kernels::loss::{CrossEntropyParams, Denominator};
 use flowseg_kernels::optim::{AdamW, Sgd};
 use flowseg_kernels::philox::Philox;
@@ -49,28 +49,28 @@ fn elementwise_and_relu_match_cpu_bit_for_bit() {
         let mut cpu = vec![0f32; n];
         let mut cpu2 = vec![0f32; n];
 
-        launch::add_fwd(&dev, &da_, &db_, &mut y).unwrap();
+        cuda::elementwise::add_fwd(&dev, &da_, &db_, &mut y).unwrap();
         elementwise::add_fwd(&a, &b, &mut cpu).unwrap();
         exact(&format!("add_fwd n={n}"), &down(&dev, &y), &cpu);
 
-        launch::mul_fwd(&dev, &da_, &db_, &mut y).unwrap();
+        cuda::elementwise::mul_fwd(&dev, &da_, &db_, &mut y).unwrap();
         elementwise::mul_fwd(&a, &b, &mut cpu).unwrap();
         exact(&format!("mul_fwd n={n}"), &down(&dev, &y), &cpu);
 
-        launch::mul_bwd(&dev, &da_, &db_, &dy_, &mut y, &mut y2).unwrap();
+        cuda::elementwise::mul_bwd(&dev, &da_, &db_, &dy_, &mut y, &mut y2).unwrap();
         elementwise::mul_bwd(&a, &b, &dy, &mut cpu, &mut cpu2).unwrap();
         exact(&format!("mul_bwd da n={n}"), &down(&dev, &y), &cpu);
         exact(&format!("mul_bwd db n={n}"), &down(&dev, &y2), &cpu2);
 
-        launch::scale_fwd(&dev, &da_, 0.37, &mut y).unwrap();
+        cuda::elementwise::scale_fwd(&dev, &da_, 0.37, &mut y).unwrap();
         elementwise::scale_fwd(&a, 0.37, &mut cpu).unwrap();
         exact(&format!("scale_fwd n={n}"), &down(&dev, &y), &cpu);
 
-        launch::relu_fwd(&dev, &da_, &mut y).unwrap();
+        cuda::activation::relu_fwd(&dev, &da_, &mut y).unwrap();
         activation::relu_fwd(&a, &mut cpu).unwrap();
         exact(&format!("relu_fwd n={n}"), &down(&dev, &y), &cpu);
 
-        launch::relu_bwd(&dev, &da_, &dy_, &mut y).unwrap();
+        cuda::activation::relu_bwd(&dev, &da_, &dy_, &mut y).unwrap();
         activation::relu_bwd(&a, &dy, &mut cpu).unwrap();
         exact(&format!("relu_bwd n={n}"), &down(&dev, &y), &cpu);
     }
@@ -82,7 +82,7 @@ fn length_mismatch_is_the_cpu_error() {
     let a = up(&dev, &[1f32, 2.0, 3.0]);
     let b = up(&dev, &[1f32, 2.0]);
     let mut y = up(&dev, &[0f32; 3]);
-    let err = launch::add_fwd(&dev, &a, &b, &mut y)
+    let err = cuda::elementwise::add_fwd(&dev, &a, &b, &mut y)
         .unwrap_err()
         .to_string();
     assert_eq!(err, "add_fwd: `b` has 2 elements, expected 3");
@@ -100,7 +100,7 @@ fn philox_matches_cpu_bit_for_bit() {
             for offset in [0u64, 3, (1 << 32) + 1] {
                 let g = Philox::new(seed, stream);
                 let mut words = up(&dev, &vec![0u32; n]);
-                launch::philox_u32(&dev, seed, stream, offset, &mut words).unwrap();
+                cuda::philox::philox_u32(&dev, seed, stream, offset, &mut words).unwrap();
                 let cpu: Vec<u32> = (0..n as u64).map(|j| g.u32_at(offset + j)).collect();
                 exact_int(
                     &format!("philox_u32 n={n} off={offset}"),
@@ -110,7 +110,7 @@ fn philox_matches_cpu_bit_for_bit() {
 
                 let mut out = up(&dev, &vec![0f32; n]);
                 let mut cpu = vec![0f32; n];
-                launch::fill_uniform(&dev, seed, stream, offset, &mut out).unwrap();
+                cuda::philox::fill_uniform(&dev, seed, stream, offset, &mut out).unwrap();
                 g.fill_uniform(offset, &mut cpu);
                 exact(
                     &format!("fill_uniform n={n} off={offset}"),
@@ -118,7 +118,7 @@ fn philox_matches_cpu_bit_for_bit() {
                     &cpu,
                 );
 
-                launch::fill_normal(&dev, seed, stream, offset, 0.5, 2.0, &mut out).unwrap();
+                cuda::philox::fill_normal(&dev, seed, stream, offset, 0.5, 2.0, &mut out).unwrap();
                 g.fill_normal(offset, 0.5, 2.0, &mut cpu);
                 exact(
                     &format!("fill_normal n={n} off={offset}"),
@@ -171,7 +171,7 @@ fn cross_entropy_fwd_and_bwd_match_cpu() {
             let mut loss = up(&dev, &[0f32]);
             let mut pl = up(&dev, &vec![0f32; pixels]);
             let weight_gpu = weighted.then_some(&dw as &dyn flowseg_kernels::cuda::DeviceBuf<f32>);
-            launch::cross_entropy_fwd(
+            cuda::loss::cross_entropy_fwd(
                 &dev,
                 &dx,
                 &dt,
@@ -203,8 +203,10 @@ fn cross_entropy_fwd_and_bwd_match_cpu() {
 
             let dloss = up(&dev, &[0.7f32]);
             let mut g = up(&dev, &vec![f32::NAN; shape.len()]);
-            launch::cross_entropy_bwd(&dev, &dx, &dt, weight_gpu, shape, params, &dloss, &mut g)
-                .unwrap();
+            cuda::loss::cross_entropy_bwd(
+                &dev, &dx, &dt, weight_gpu, shape, params, &dloss, &mut g,
+            )
+            .unwrap();
             let mut g_cpu = vec![0f32; shape.len()];
             loss::cross_entropy_bwd(&x, &t, weight_cpu, shape, params, 0.7, &mut g_cpu).unwrap();
             let scale = g_cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -226,7 +228,7 @@ fn cross_entropy_bad_target_gives_nan_loss() {
     let x = uniform(1, shape.len(), -1.0, 1.0);
     let (dx, dt) = (up(&dev, &x), up(&dev, &[0i32, 1, 7, 2]));
     let mut loss = up(&dev, &[0f32]);
-    launch::cross_entropy_fwd(
+    cuda::loss::cross_entropy_fwd(
         &dev,
         &dx,
         &dt,
@@ -279,7 +281,7 @@ fn optimizers_match_cpu_bit_for_bit() {
             for step in 0..3 {
                 let g = uniform(21 + step, n, -1.0, 1.0);
                 let dg = up(&dev, &g);
-                launch::sgd_step(&dev, &mut dp, &dg, &mut db, cfg).unwrap();
+                cuda::optim::sgd_step(&dev, &mut dp, &dg, &mut db, cfg).unwrap();
                 optim::sgd_step(&mut p, &g, &mut b, cfg).unwrap();
             }
             exact(&format!("sgd {cfg:?} n={n}"), &down(&dev, &dp), &p);
@@ -290,7 +292,7 @@ fn optimizers_match_cpu_bit_for_bit() {
         for step in 1..=4u64 {
             let g = uniform(30 + step, n, -1.0, 1.0);
             let dg = up(&dev, &g);
-            launch::adamw_step(&dev, &mut dp, &dg, &mut dm, &mut dv, &adam, step).unwrap();
+            cuda::optim::adamw_step(&dev, &mut dp, &dg, &mut dm, &mut dv, &adam, step).unwrap();
             optim::adamw_step(&mut p, &g, &mut m, &mut v, &adam, step).unwrap();
         }
         exact(&format!("adamw param n={n}"), &down(&dev, &dp), &p);
@@ -300,7 +302,7 @@ fn optimizers_match_cpu_bit_for_bit() {
         let src = uniform(40, n, -1.0, 1.0);
         let (mut t, ds) = (p0.clone(), up(&dev, &src));
         let mut dt = up(&dev, &t);
-        launch::ema_update(&dev, &mut dt, &ds, 0.999).unwrap();
+        cuda::optim::ema_update(&dev, &mut dt, &ds, 0.999).unwrap();
         optim::ema_update(&mut t, &src, 0.999).unwrap();
         exact(&format!("ema_update n={n}"), &down(&dev, &dt), &t);
     }
@@ -312,7 +314,7 @@ fn optimizers_match_cpu_bit_for_bit() {
         nesterov: false,
         weight_decay: 0.0,
     };
-    let err = launch::sgd_step(&dev, &mut p, &g, &mut up(&dev, &[0f32; 0]), &bad).unwrap_err();
+    let err = cuda::optim::sgd_step(&dev, &mut p, &g, &mut up(&dev, &[0f32; 0]), &bad).unwrap_err();
     assert!(err.to_string().contains("invalid learning rate"), "{err}");
 }
 
@@ -323,7 +325,7 @@ fn sum_and_mean_match_cpu() {
         let x = uniform(50, n, -1.0, 2.0);
         let dx_ = up(&dev, &x);
         let mut out = up(&dev, &[0f32]);
-        launch::sum_fwd(&dev, &dx_, &mut out).unwrap();
+        cuda::reduce::sum_fwd(&dev, &dx_, &mut out).unwrap();
         close(
             &format!("sum_fwd n={n}"),
             &down(&dev, &out),
@@ -331,7 +333,7 @@ fn sum_and_mean_match_cpu() {
             0.0,
             1.2e-7,
         );
-        launch::mean_fwd(&dev, &dx_, &mut out).unwrap();
+        cuda::reduce::mean_fwd(&dev, &dx_, &mut out).unwrap();
         close(
             &format!("mean_fwd n={n}"),
             &down(&dev, &out),
@@ -343,10 +345,10 @@ fn sum_and_mean_match_cpu() {
         let dy = up(&dev, &[0.3f32]);
         let mut g = up(&dev, &vec![0f32; n]);
         let mut cpu = vec![0f32; n];
-        launch::sum_bwd(&dev, &dy, &mut g).unwrap();
+        cuda::reduce::sum_bwd(&dev, &dy, &mut g).unwrap();
         reduce::sum_bwd(0.3, &mut cpu).unwrap();
         exact(&format!("sum_bwd n={n}"), &down(&dev, &g), &cpu);
-        launch::mean_bwd(&dev, &dy, &mut g).unwrap();
+        cuda::reduce::mean_bwd(&dev, &dy, &mut g).unwrap();
         reduce::mean_bwd(0.3, &mut cpu).unwrap();
         exact(&format!("mean_bwd n={n}"), &down(&dev, &g), &cpu);
     }
@@ -373,14 +375,14 @@ fn argmax_and_max_match_cpu_with_ties_and_nan() {
         let mut idx = up(&dev, &vec![0i32; pixels]);
         let mut vals = up(&dev, &vec![0f32; pixels]);
         let (mut idx_cpu, mut vals_cpu) = (vec![0i32; pixels], vec![0f32; pixels]);
-        launch::argmax_fwd(&dev, &dxx, shape, &mut idx).unwrap();
+        cuda::argmax::argmax_fwd(&dev, &dxx, shape, &mut idx).unwrap();
         argmax::argmax_fwd(&x, shape, &mut idx_cpu).unwrap();
         exact_int(
             &format!("argmax_fwd {shape:?}"),
             &down(&dev, &idx),
             &idx_cpu,
         );
-        launch::max_fwd(&dev, &dxx, shape, &mut vals, &mut idx).unwrap();
+        cuda::argmax::max_fwd(&dev, &dxx, shape, &mut vals, &mut idx).unwrap();
         argmax::max_fwd(&x, shape, &mut vals_cpu, &mut idx_cpu).unwrap();
         exact_int(
             &format!("max_fwd idx {shape:?}"),
@@ -398,7 +400,7 @@ fn argmax_and_max_match_cpu_with_ties_and_nan() {
         let dy = uniform(61, pixels, -1.0, 1.0);
         let mut g = up(&dev, &vec![f32::NAN; shape.len()]);
         let mut g_cpu = vec![0f32; shape.len()];
-        launch::max_bwd(&dev, &up(&dev, &dy), &up(&dev, &idx_cpu), shape, &mut g).unwrap();
+        cuda::argmax::max_bwd(&dev, &up(&dev, &dy), &up(&dev, &idx_cpu), shape, &mut g).unwrap();
         argmax::max_bwd(&dy, &idx_cpu, shape, &mut g_cpu).unwrap();
         exact(&format!("max_bwd {shape:?}"), &down(&dev, &g), &g_cpu);
     }
@@ -427,7 +429,7 @@ fn label_agreement_matches_cpu() {
         let mask_dev = up(&dev, &mask);
         let mask_arg: Option<&dyn flowseg_kernels::cuda::DeviceBuf<f32>> =
             with_mask.then_some(&mask_dev as _);
-        launch::label_agreement_fwd(
+        cuda::metrics::label_agreement_fwd(
             &dev,
             &up(&dev, &pred),
             &up(&dev, &label),
@@ -461,7 +463,7 @@ fn confusion_matrix_matches_cpu() {
         metrics::confusion_add(&pred, &label, k, 255, &mut conf_cpu).unwrap();
         let mut conf = up(&dev, &vec![0u64; k * k]);
         let mut bad = up(&dev, &[0u32]);
-        launch::confusion_add(
+        cuda::metrics::confusion_add(
             &dev,
             &up(&dev, &pred),
             &up(&dev, &label),
@@ -480,7 +482,7 @@ fn confusion_matrix_matches_cpu() {
     }
     let mut conf = up(&dev, &[0u64; 4]);
     let mut bad = up(&dev, &[0u32]);
-    launch::confusion_add(
+    cuda::metrics::confusion_add(
         &dev,
         &up(&dev, &[0i32, 5, 1]),
         &up(&dev, &[0i32, 1, 9]),
@@ -509,7 +511,7 @@ fn arena_hands_out_aligned_disjoint_buffers() {
         use flowseg_kernels::cuda::DeviceBuf;
         assert_eq!(b.device_addr(s) - a.device_addr(s), 256);
         assert!(arena.alloc::<u8>(4096).is_err());
-        launch::fill_uniform(&dev, 1, 2, 0, &mut b).unwrap();
+        cuda::philox::fill_uniform(&dev, 1, 2, 0, &mut b).unwrap();
     }
     arena.reset();
     assert_eq!(arena.used(), 0);

@@ -14,7 +14,7 @@ mod cuda_common;
 use cuda_common::*;
 
 use flowseg_kernels::augment::{self, BlurParams, ColorJitterParams, CutoutSize};
-use flowseg_kernels::cuda::augment_mix as gpu;
+use flowseg_kernels::cuda;
 use flowseg_kernels::mix::{
     self, Area, AspectSampling, BoxParams, ClassCount, Combine, MixSource, Partner,
 };
@@ -72,7 +72,7 @@ fn color_jitter_matches_cpu_bit_for_bit() {
             let mut cpu = vec![0f32; s.len()];
             augment::color_jitter_fwd(&x, s, &draws, &mut cpu).unwrap();
             let mut y = up(&dev, &vec![-1f32; s.len()]);
-            gpu::color_jitter_fwd(&dev, &dx, s, &draws, &mut y).unwrap();
+            cuda::augment::color_jitter_fwd(&dev, &dx, s, &draws, &mut y).unwrap();
             exact(
                 &format!("color_jitter_fwd {s:?} params {j}"),
                 &down(&dev, &y),
@@ -92,7 +92,7 @@ fn grayscale_matches_cpu_bit_for_bit() {
         let mut cpu = vec![0f32; s.len()];
         augment::grayscale_fwd(&x, s, &apply, &mut cpu).unwrap();
         let mut y = up(&dev, &vec![-1f32; s.len()]);
-        gpu::grayscale_fwd(&dev, &up(&dev, &x), s, &apply, &mut y).unwrap();
+        cuda::augment::grayscale_fwd(&dev, &up(&dev, &x), s, &apply, &mut y).unwrap();
         exact(&format!("grayscale_fwd {s:?}"), &down(&dev, &y), &cpu);
     }
 }
@@ -114,7 +114,8 @@ fn gaussian_blur_matches_cpu_bit_for_bit() {
             let mut cpu = vec![0f32; s.len()];
             augment::gaussian_blur_fwd(&x, s, &draws, kernel, &mut cpu).unwrap();
             let mut y = up(&dev, &vec![-1f32; s.len()]);
-            gpu::gaussian_blur_fwd(&dev, &up(&dev, &x), s, &draws, kernel, &mut y).unwrap();
+            cuda::augment::gaussian_blur_fwd(&dev, &up(&dev, &x), s, &draws, kernel, &mut y)
+                .unwrap();
             exact(
                 &format!("gaussian_blur_fwd {s:?} kernel {kernel}"),
                 &down(&dev, &y),
@@ -171,7 +172,7 @@ fn cutout_matches_cpu_with_and_without_label_and_valid() {
             let mut img_out = up(&dev, &vec![-1f32; s.len()]);
             let mut label_out = up(&dev, &vec![0i32; pixels]);
             let mut valid_out = up(&dev, &vec![0f32; pixels]);
-            gpu::cutout_fwd(
+            cuda::augment::cutout_fwd(
                 &dev,
                 &dimg,
                 use_label.then_some(&dlabel as _),
@@ -200,7 +201,7 @@ fn augment_length_errors_are_the_cpu_errors() {
     let s = Nchw::new(1, 3, 2, 2);
     let x = up(&dev, &[0f32; 12]);
     let mut y = up(&dev, &[0f32; 11]);
-    let err = gpu::grayscale_fwd(&dev, &x, s, &[true], &mut y).unwrap_err();
+    let err = cuda::augment::grayscale_fwd(&dev, &x, s, &[true], &mut y).unwrap_err();
     let mut cpu = [0f32; 11];
     let cpu_err = augment::grayscale_fwd(&[0f32; 12], s, &[true], &mut cpu).unwrap_err();
     assert_eq!(err.to_string(), cpu_err.to_string());
@@ -209,7 +210,7 @@ fn augment_length_errors_are_the_cpu_errors() {
         apply: true,
         sigma: 1.0,
     }];
-    let err = gpu::gaussian_blur_fwd(&dev, &x, s, &draws, 4, &mut y).unwrap_err();
+    let err = cuda::augment::gaussian_blur_fwd(&dev, &x, s, &draws, 4, &mut y).unwrap_err();
     assert!(err.to_string().contains("odd"), "{err}");
 }
 
@@ -235,7 +236,7 @@ fn box_masks_match_cpu_bit_for_bit() {
             let mut cpu = vec![7f32; s.n * s.plane()];
             mix::box_mask_fwd(&boxes, s.n, s.h, s.w, 3, combine, &mut cpu).unwrap();
             let mut m = up(&dev, &vec![7f32; cpu.len()]);
-            gpu::box_mask_fwd(&dev, &boxes, s.n, s.h, s.w, 3, combine, &mut m).unwrap();
+            cuda::mix::box_mask_fwd(&dev, &boxes, s.n, s.h, s.w, 3, combine, &mut m).unwrap();
             let got = down(&dev, &m);
             exact(&format!("box_mask_fwd {s:?} {combine:?}"), &got, &cpu);
             assert!(
@@ -272,7 +273,7 @@ fn class_masks_match_cpu_bit_for_bit() {
             let mut cpu = vec![7f32; pixels];
             mix::class_mask_fwd(&label, &partner, &chosen, s.n, s.h, s.w, &mut cpu).unwrap();
             let mut m = up(&dev, &vec![7f32; pixels]);
-            gpu::class_mask_fwd(
+            cuda::mix::class_mask_fwd(
                 &dev,
                 &up(&dev, &label),
                 &partner,
@@ -336,7 +337,7 @@ fn mix_fwd_and_labels_match_cpu_bit_for_bit() {
                 let mut cpu = vec![0f32; s.len()];
                 mix::mix_fwd(&a, src, &m, &partner, s, &mut cpu).unwrap();
                 let mut out = up(&dev, &vec![-9f32; s.len()]);
-                gpu::mix_fwd(&dev, &da, dsrc, &dm, &partner, s, &mut out).unwrap();
+                cuda::mix::mix_fwd(&dev, &da, dsrc, &dm, &partner, s, &mut out).unwrap();
                 let what = format!("mix_fwd {s:?} {mode:?} b {with_b}");
                 exact(&what, &down(&dev, &out), &cpu);
 
@@ -344,7 +345,7 @@ fn mix_fwd_and_labels_match_cpu_bit_for_bit() {
                 let mut cpu = vec![0i32; s.len()];
                 mix::mix_labels_fwd(&la, lsrc, &m, &partner, s, &mut cpu).unwrap();
                 let mut out = up(&dev, &vec![-9i32; s.len()]);
-                gpu::mix_labels_fwd(&dev, &dla, dlsrc, &dm, &partner, s, &mut out).unwrap();
+                cuda::mix::mix_labels_fwd(&dev, &dla, dlsrc, &dm, &partner, s, &mut out).unwrap();
                 exact_int(
                     &format!("mix_labels_fwd {s:?} {mode:?} b {with_b}"),
                     &down(&dev, &out),
@@ -393,7 +394,7 @@ fn mix_bwd_matches_cpu_bit_for_bit() {
                 .unwrap();
                 let mut da = up(&dev, &vec![5f32; s.len()]);
                 let mut db = up(&dev, &vec![5f32; s.len()]);
-                gpu::mix_bwd(
+                cuda::mix::mix_bwd(
                     &dev,
                     &dg,
                     &dm,
@@ -419,12 +420,12 @@ fn mix_errors_are_the_cpu_errors() {
     let (a, m) = (up(&dev, &[0f32; 8]), up(&dev, &[0f32; 8]));
     let mut out = up(&dev, &[0f32; 8]);
     let bad = [0, 2];
-    let err = gpu::mix_fwd(&dev, &a, &a, &m, &bad, s, &mut out).unwrap_err();
+    let err = cuda::mix::mix_fwd(&dev, &a, &a, &m, &bad, s, &mut out).unwrap_err();
     let mut cpu = [0f32; 8];
     let cpu_err = mix::mix_fwd(&[0f32; 8], &[0f32; 8], &[0f32; 8], &bad, s, &mut cpu).unwrap_err();
     assert_eq!(err.to_string(), cpu_err.to_string());
     let mut db = up(&dev, &[0f32; 8]);
-    let err = gpu::mix_bwd(
+    let err = cuda::mix::mix_bwd(
         &dev,
         &a,
         &m,

@@ -1,4 +1,4 @@
-//! Parity of the CUDA convolution (kernels/src/cuda/conv.rs) with the CPU kernel
+//! Parity of the CUDA convolution (kernels/src/cuda/conv2d.rs) with the CPU kernel
 //! (kernels/src/conv2d.rs) on random inputs in [-1, 1): odd sizes (N=3, Ci=5, Co=7, 13×11,
 //! stride 2, pad 1, dilation 2; dense, grouped, depthwise; a 7×7 stem; rows beyond one 128-row
 //! tile; a dilation wider than the map) and deeplab_lite's shapes at batch 16 — forward with and
@@ -26,7 +26,7 @@ use cuda_common::*;
 
 use flowseg_kernels::conv2d::{self, Conv2d};
 use flowseg_kernels::cuda::cudarc_driver::CudaSlice;
-use flowseg_kernels::cuda::{conv, CudaError, Device};
+use flowseg_kernels::cuda::{self, CudaError, Device};
 use flowseg_kernels::Nchw;
 
 /// A named case: input shape, output channels, parameters.
@@ -147,7 +147,7 @@ fn check_case(dev: &Device, seed: u64, (name, xs, co, p): Case) {
         conv2d::conv2d_fwd(&x, xs, &w, bias, co, &p, &mut y).unwrap();
         let mut gy = nans(dev, ys.len());
         let gbias = with_bias.then_some(&gb as &dyn flowseg_kernels::cuda::DeviceBuf<f32>);
-        conv::conv2d_fwd(dev, &gx, xs, &gw, gbias, co, &p, &mut gy).unwrap();
+        cuda::conv2d::conv2d_fwd(dev, &gx, xs, &gw, gbias, co, &p, &mut gy).unwrap();
         let what = format!("conv2d_fwd {name} bias={with_bias}");
         if depthwise {
             exact(&what, &down(dev, &gy), &y);
@@ -170,7 +170,7 @@ fn check_case(dev: &Device, seed: u64, (name, xs, co, p): Case) {
     )
     .unwrap();
     let (mut gdx, mut gdw, mut gdb) = (nans(dev, x.len()), nans(dev, w.len()), nans(dev, co));
-    conv::conv2d_bwd(
+    cuda::conv2d::conv2d_bwd(
         dev,
         &gx,
         xs,
@@ -205,7 +205,7 @@ fn check_case(dev: &Device, seed: u64, (name, xs, co, p): Case) {
     // Each output alone equals the full backward, bit for bit (same kernels, fixed orders), and
     // a second run repeats the first: dW's split-K partials are added in a fixed order.
     let mut only_dx = nans(dev, x.len());
-    conv::conv2d_bwd(
+    cuda::conv2d::conv2d_bwd(
         dev,
         &gx,
         xs,
@@ -220,7 +220,7 @@ fn check_case(dev: &Device, seed: u64, (name, xs, co, p): Case) {
     .unwrap();
     exact(&format!("dx alone {name}"), &down(dev, &only_dx), &gdx_h);
     let mut only_dw = nans(dev, w.len());
-    conv::conv2d_bwd(
+    cuda::conv2d::conv2d_bwd(
         dev,
         &gx,
         xs,
@@ -263,15 +263,15 @@ fn conv_rejects_what_the_cpu_rejects() {
     let mut y = nans(&dev, 4);
     // Input smaller than the kernel.
     let (x4, w9) = (nans(&dev, 4), nans(&dev, 9));
-    let e =
-        conv::conv2d_fwd(&dev, &x4, Nchw::new(1, 1, 2, 2), &w9, None, 1, &p, &mut y).unwrap_err();
+    let e = cuda::conv2d::conv2d_fwd(&dev, &x4, Nchw::new(1, 1, 2, 2), &w9, None, 1, &p, &mut y)
+        .unwrap_err();
     assert!(
         e.to_string().contains("smaller than the dilated kernel"),
         "{e}"
     );
     // Groups that do not divide the channels.
     let (x75, w18) = (nans(&dev, 75), nans(&dev, 18));
-    let e = conv::conv2d_fwd(
+    let e = cuda::conv2d::conv2d_fwd(
         &dev,
         &x75,
         Nchw::new(1, 3, 5, 5),
@@ -286,8 +286,8 @@ fn conv_rejects_what_the_cpu_rejects() {
     // Wrong lengths, named as the CPU names them.
     let (x25, w8) = (nans(&dev, 25), nans(&dev, 8));
     let mut y9 = nans(&dev, 9);
-    let e =
-        conv::conv2d_fwd(&dev, &x25, Nchw::new(1, 1, 5, 5), &w8, None, 1, &p, &mut y9).unwrap_err();
+    let e = cuda::conv2d::conv2d_fwd(&dev, &x25, Nchw::new(1, 1, 5, 5), &w8, None, 1, &p, &mut y9)
+        .unwrap_err();
     assert!(
         matches!(
             &e,
@@ -296,7 +296,7 @@ fn conv_rejects_what_the_cpu_rejects() {
         "{e}"
     );
     let mut db2 = nans(&dev, 2);
-    let e = conv::conv2d_bwd(
+    let e = cuda::conv2d::conv2d_bwd(
         &dev,
         &x25,
         Nchw::new(1, 1, 5, 5),

@@ -1,5 +1,5 @@
-//! Parity of the CUDA kernels launched from kernels/src/cuda/more.rs (leaky relu, threshold,
-//! concat/slice, dropout, soft CE / squared error / KL, dot, channel reductions) with their CPU
+//! Parity of the second batch of CUDA twins (leaky relu, threshold, concat/slice, dropout, soft
+//! CE / squared error / KL, dot, channel reductions) with their CPU
 //! references on random inputs, at odd sizes (not multiples of the 256-thread block) and
 //! realistic ones.
 //!
@@ -18,7 +18,7 @@
 mod cuda_common;
 use cuda_common::*;
 
-use flowseg_kernels::cuda::{more, DeviceBuf, DeviceBufMut};
+use flowseg_kernels::cuda::{self, DeviceBuf, DeviceBufMut};
 use flowseg_kernels::loss::Denominator;
 use flowseg_kernels::philox::Philox;
 use flowseg_kernels::{activation, dropout, elementwise, loss, reduce, Nchw};
@@ -64,16 +64,16 @@ fn leaky_relu_and_threshold_match_cpu_bit_for_bit() {
         let mut g = zeros(&dev, n);
         let mut cpu = vec![0f32; n];
 
-        more::leaky_relu_fwd(&dev, &gx, 0.01, &mut g).unwrap();
+        cuda::activation::leaky_relu_fwd(&dev, &gx, 0.01, &mut g).unwrap();
         activation::leaky_relu_fwd(&x, 0.01, &mut cpu).unwrap();
         exact(&format!("leaky_relu_fwd n={n}"), &down(&dev, &g), &cpu);
 
-        more::leaky_relu_bwd(&dev, &gx, 0.2, &gdy, &mut g).unwrap();
+        cuda::activation::leaky_relu_bwd(&dev, &gx, 0.2, &gdy, &mut g).unwrap();
         activation::leaky_relu_bwd(&x, 0.2, &dy, &mut cpu).unwrap();
         exact(&format!("leaky_relu_bwd n={n}"), &down(&dev, &g), &cpu);
 
         for below in [false, true] {
-            more::threshold_fwd(&dev, &gx, 0.5, below, &mut g).unwrap();
+            cuda::elementwise::threshold_fwd(&dev, &gx, 0.5, below, &mut g).unwrap();
             elementwise::threshold_fwd(&x, 0.5, below, &mut cpu).unwrap();
             exact(
                 &format!("threshold_fwd below={below} n={n}"),
@@ -117,7 +117,7 @@ fn concat_and_slice_match_cpu_bit_for_bit() {
             .map(|(g, s)| (g as &dyn DeviceBuf<f32>, *s))
             .collect();
         let mut gy = zeros(&dev, whole.len());
-        more::concat_channels_fwd(&dev, &inputs, &mut gy, whole).unwrap();
+        cuda::elementwise::concat_channels_fwd(&dev, &inputs, &mut gy, whole).unwrap();
         let cpu_inputs: Vec<(&[f32], Nchw)> = cdata
             .iter()
             .zip(&cshapes)
@@ -133,7 +133,7 @@ fn concat_and_slice_match_cpu_bit_for_bit() {
             .zip(&cshapes)
             .map(|(g, s)| (g as &mut dyn DeviceBufMut<f32>, *s))
             .collect();
-        more::concat_channels_bwd(&dev, &gx, whole, &mut outs).unwrap();
+        cuda::elementwise::concat_channels_bwd(&dev, &gx, whole, &mut outs).unwrap();
         let mut cpu_outs: Vec<Vec<f32>> = cshapes.iter().map(|s| vec![0f32; s.len()]).collect();
         let mut cpu_refs: Vec<(&mut [f32], Nchw)> = cpu_outs
             .iter_mut()
@@ -167,7 +167,7 @@ fn concat_and_slice_match_cpu_bit_for_bit() {
             .map(|(g, s)| (g as &dyn DeviceBuf<i32>, *s))
             .collect();
         let mut gl = up(&dev, &vec![0i32; whole.len()]);
-        more::concat_batch_fwd(&dev, &linputs, &mut gl, whole).unwrap();
+        cuda::elementwise::concat_batch_fwd(&dev, &linputs, &mut gl, whole).unwrap();
         let cpu_l: Vec<(&[i32], Nchw)> = ldata
             .iter()
             .zip(&nshapes)
@@ -183,7 +183,7 @@ fn concat_and_slice_match_cpu_bit_for_bit() {
             .zip(&nshapes)
             .map(|(g, s)| (g as &mut dyn DeviceBufMut<f32>, *s))
             .collect();
-        more::concat_batch_bwd(&dev, &gx, whole, &mut outs).unwrap();
+        cuda::elementwise::concat_batch_bwd(&dev, &gx, whole, &mut outs).unwrap();
         let mut cpu_outs: Vec<Vec<f32>> = nshapes.iter().map(|s| vec![0f32; s.len()]).collect();
         let mut cpu_refs: Vec<(&mut [f32], Nchw)> = cpu_outs
             .iter_mut()
@@ -210,13 +210,29 @@ fn concat_and_slice_match_cpu_bit_for_bit() {
             // A view of `part` elements of a non-empty buffer: an empty range allocates nothing.
             let part = whole.n * (c1 - c0) * whole.plane();
             let mut gy = zeros(&dev, part.max(1));
-            more::slice_channels_fwd(&dev, &gx, whole, c0, c1, &mut gy.slice_mut(0..part)).unwrap();
+            cuda::elementwise::slice_channels_fwd(
+                &dev,
+                &gx,
+                whole,
+                c0,
+                c1,
+                &mut gy.slice_mut(0..part),
+            )
+            .unwrap();
             let mut y = vec![0f32; part];
             elementwise::slice_channels_fwd(&x, whole, c0, c1, &mut y).unwrap();
             let what = format!("slice_channels_fwd {c0}..{c1} {tag}");
             exact(&what, &down(&dev, &gy)[..part], &y);
             let mut gdx = up(&dev, &vec![f32::NAN; whole.len()]);
-            more::slice_channels_bwd(&dev, &gy.slice(0..part), whole, c0, c1, &mut gdx).unwrap();
+            cuda::elementwise::slice_channels_bwd(
+                &dev,
+                &gy.slice(0..part),
+                whole,
+                c0,
+                c1,
+                &mut gdx,
+            )
+            .unwrap();
             let mut dx = vec![0f32; whole.len()];
             elementwise::slice_channels_bwd(&y, whole, c0, c1, &mut dx).unwrap();
             exact(
@@ -229,13 +245,22 @@ fn concat_and_slice_match_cpu_bit_for_bit() {
         for (n0, n1) in nrange {
             let part = (n1 - n0) * whole.image();
             let mut gy = zeros(&dev, part.max(1));
-            more::slice_batch_fwd(&dev, &gx, whole, n0, n1, &mut gy.slice_mut(0..part)).unwrap();
+            cuda::elementwise::slice_batch_fwd(
+                &dev,
+                &gx,
+                whole,
+                n0,
+                n1,
+                &mut gy.slice_mut(0..part),
+            )
+            .unwrap();
             let mut y = vec![0f32; part];
             elementwise::slice_batch_fwd(&x, whole, n0, n1, &mut y).unwrap();
             let what = format!("slice_batch_fwd {n0}..{n1} {tag}");
             exact(&what, &down(&dev, &gy)[..part], &y);
             let mut gdx = up(&dev, &vec![f32::NAN; whole.len()]);
-            more::slice_batch_bwd(&dev, &gy.slice(0..part), whole, n0, n1, &mut gdx).unwrap();
+            cuda::elementwise::slice_batch_bwd(&dev, &gy.slice(0..part), whole, n0, n1, &mut gdx)
+                .unwrap();
             let mut dx = vec![0f32; whole.len()];
             elementwise::slice_batch_bwd(&y, whole, n0, n1, &mut dx).unwrap();
             exact(
@@ -254,7 +279,7 @@ fn concat_and_slice_errors_are_the_cpu_errors() {
     let a = zeros(&dev, 2 * 2 * 4);
     let mut y = zeros(&dev, whole.len());
     let parts: [(&dyn DeviceBuf<f32>, Nchw); 1] = [(&a, Nchw::new(2, 2, 2, 2))];
-    let err = more::concat_channels_fwd(&dev, &parts, &mut y, whole)
+    let err = cuda::elementwise::concat_channels_fwd(&dev, &parts, &mut y, whole)
         .unwrap_err()
         .to_string();
     let cpu = elementwise::concat_channels_fwd(
@@ -265,7 +290,7 @@ fn concat_and_slice_errors_are_the_cpu_errors() {
     .unwrap_err()
     .to_string();
     assert_eq!(err, cpu);
-    let err = more::slice_channels_fwd(&dev, &y, whole, 2, 4, &mut a.clone())
+    let err = cuda::elementwise::slice_channels_fwd(&dev, &y, whole, 2, 4, &mut a.clone())
         .unwrap_err()
         .to_string();
     assert!(
@@ -284,14 +309,14 @@ fn dropout_masks_and_outputs_are_bit_identical() {
         let (gx, gdy) = (up(&dev, &x), up(&dev, &dy));
         for (p, offset) in [(0.0f32, 0u64), (0.1, 3), (0.5, 1 << 33), (0.9, 5), (1.0, 0)] {
             let (mut gy, mut gm) = (zeros(&dev, n), zeros(&dev, n));
-            more::dropout_fwd(&dev, &gx, p, &rng, offset, &mut gy, &mut gm).unwrap();
+            cuda::dropout::dropout_fwd(&dev, &gx, p, &rng, offset, &mut gy, &mut gm).unwrap();
             let (mut y, mut m) = (vec![0f32; n], vec![0f32; n]);
             dropout::dropout_fwd(&x, p, &rng, offset, &mut y, &mut m).unwrap();
             let tag = format!("p={p} offset={offset} n={n}");
             exact(&format!("dropout_fwd mask {tag}"), &down(&dev, &gm), &m);
             exact(&format!("dropout_fwd y {tag}"), &down(&dev, &gy), &y);
             let mut gdx = zeros(&dev, n);
-            more::dropout_bwd(&dev, &gdy, &gm, &mut gdx).unwrap();
+            cuda::dropout::dropout_bwd(&dev, &gdy, &gm, &mut gdx).unwrap();
             let mut dx = vec![0f32; n];
             dropout::dropout_bwd(&dy, &m, &mut dx).unwrap();
             exact(&format!("dropout_bwd {tag}"), &down(&dev, &gdx), &dx);
@@ -303,14 +328,14 @@ fn dropout_masks_and_outputs_are_bit_identical() {
         let (gx, gdy) = (up(&dev, &x), up(&dev, &dy));
         for (p, offset) in [(0.3f32, 11u64), (0.5, 0), (1.0, 2)] {
             let (mut gy, mut gm) = (zeros(&dev, s.len()), zeros(&dev, s.n * s.c));
-            more::dropout2d_fwd(&dev, &gx, s, p, &rng, offset, &mut gy, &mut gm).unwrap();
+            cuda::dropout::dropout2d_fwd(&dev, &gx, s, p, &rng, offset, &mut gy, &mut gm).unwrap();
             let (mut y, mut m) = (vec![0f32; s.len()], vec![0f32; s.n * s.c]);
             dropout::dropout2d_fwd(&x, s, p, &rng, offset, &mut y, &mut m).unwrap();
             let tag = format!("p={p} offset={offset} {s:?}");
             exact(&format!("dropout2d_fwd mask {tag}"), &down(&dev, &gm), &m);
             exact(&format!("dropout2d_fwd y {tag}"), &down(&dev, &gy), &y);
             let mut gdx = zeros(&dev, s.len());
-            more::dropout2d_bwd(&dev, &gdy, &gm, s, &mut gdx).unwrap();
+            cuda::dropout::dropout2d_bwd(&dev, &gdy, &gm, s, &mut gdx).unwrap();
             let mut dx = vec![0f32; s.len()];
             dropout::dropout2d_bwd(&dy, &m, s, &mut dx).unwrap();
             exact(&format!("dropout2d_bwd {tag}"), &down(&dev, &gdx), &dx);
@@ -318,11 +343,11 @@ fn dropout_masks_and_outputs_are_bit_identical() {
     }
     // The CPU's parameter errors.
     let (gx, mut gy, mut gm) = (zeros(&dev, 4), zeros(&dev, 4), zeros(&dev, 4));
-    let err = more::dropout_fwd(&dev, &gx, 1.5, &rng, 0, &mut gy, &mut gm)
+    let err = cuda::dropout::dropout_fwd(&dev, &gx, 1.5, &rng, 0, &mut gy, &mut gm)
         .unwrap_err()
         .to_string();
     assert!(err.contains("probability must be in [0, 1]"), "{err}");
-    let err = more::dropout_fwd(&dev, &gx, 0.5, &rng, u64::MAX - 2, &mut gy, &mut gm)
+    let err = cuda::dropout::dropout_fwd(&dev, &gx, 0.5, &rng, u64::MAX - 2, &mut gy, &mut gm)
         .unwrap_err()
         .to_string();
     assert!(err.contains("overflows"), "{err}");
@@ -386,7 +411,8 @@ fn masked_losses_match_cpu() {
                 let tag = format!("{s:?} masked={masked} {d:?}");
                 let mut gl = zeros(&dev, 1);
 
-                more::soft_cross_entropy_fwd(&dev, &glogits, &gq, mask_gpu, s, d, &mut gl).unwrap();
+                cuda::loss::soft_cross_entropy_fwd(&dev, &glogits, &gq, mask_gpu, s, d, &mut gl)
+                    .unwrap();
                 let l = loss::soft_cross_entropy_fwd(&logits, &q, mask_cpu, s, d).unwrap();
                 close(
                     &format!("soft_ce_fwd {tag}"),
@@ -396,8 +422,10 @@ fn masked_losses_match_cpu() {
                     1e-5,
                 );
                 let mut gg = up(&dev, &vec![f32::NAN; s.len()]);
-                more::soft_cross_entropy_bwd(&dev, &glogits, &gq, mask_gpu, s, d, &dloss, &mut gg)
-                    .unwrap();
+                cuda::loss::soft_cross_entropy_bwd(
+                    &dev, &glogits, &gq, mask_gpu, s, d, &dloss, &mut gg,
+                )
+                .unwrap();
                 let mut gc = vec![0f32; s.len()];
                 loss::soft_cross_entropy_bwd(&logits, &q, mask_cpu, s, d, dloss_host, &mut gc)
                     .unwrap();
@@ -409,7 +437,7 @@ fn masked_losses_match_cpu() {
                     1e-5,
                 );
 
-                more::squared_error_fwd(&dev, &ga, &gb, mask_gpu, s, d, &mut gl).unwrap();
+                cuda::loss::squared_error_fwd(&dev, &ga, &gb, mask_gpu, s, d, &mut gl).unwrap();
                 let l = loss::squared_error_fwd(&a, &b, mask_cpu, s, d).unwrap();
                 close(
                     &format!("squared_error_fwd {tag}"),
@@ -419,7 +447,7 @@ fn masked_losses_match_cpu() {
                     1e-5,
                 );
                 let (mut gda, mut gdb) = (zeros(&dev, s.len()), zeros(&dev, s.len()));
-                more::squared_error_bwd(
+                cuda::loss::squared_error_bwd(
                     &dev,
                     &ga,
                     &gb,
@@ -453,7 +481,7 @@ fn masked_losses_match_cpu() {
                     }
                 }
 
-                more::kl_div_fwd(&dev, &glp, &glq, mask_gpu, s, d, &mut gl).unwrap();
+                cuda::loss::kl_div_fwd(&dev, &glp, &glq, mask_gpu, s, d, &mut gl).unwrap();
                 let l = loss::kl_div_fwd(&log_p, &log_q, mask_cpu, s, d).unwrap();
                 close(
                     &format!("kl_div_fwd {tag}"),
@@ -463,7 +491,7 @@ fn masked_losses_match_cpu() {
                     1e-5,
                 );
                 let (mut gdp, mut gdq) = (zeros(&dev, s.len()), zeros(&dev, s.len()));
-                more::kl_div_bwd(
+                cuda::loss::kl_div_bwd(
                     &dev,
                     &glp,
                     &glq,
@@ -516,10 +544,10 @@ fn masked_losses_zero_denominator_and_errors() {
     let dloss = up(&dev, &[1f32]);
     for d in [Denominator::ValidPixels, Denominator::WeightSum] {
         let mut gl = up(&dev, &[f32::NAN]);
-        more::squared_error_fwd(&dev, &ga, &gb, mask, s, d, &mut gl).unwrap();
+        cuda::loss::squared_error_fwd(&dev, &ga, &gb, mask, s, d, &mut gl).unwrap();
         exact(&format!("zero-D loss {d:?}"), &down(&dev, &gl), &[0.0]);
         let mut gg = up(&dev, &vec![f32::NAN; s.len()]);
-        more::soft_cross_entropy_bwd(&dev, &ga, &gb, mask, s, d, &dloss, &mut gg).unwrap();
+        cuda::loss::soft_cross_entropy_bwd(&dev, &ga, &gb, mask, s, d, &dloss, &mut gg).unwrap();
         exact(
             &format!("zero-D grad {d:?}"),
             &down(&dev, &gg),
@@ -527,7 +555,7 @@ fn masked_losses_zero_denominator_and_errors() {
         );
     }
     let mut gl = zeros(&dev, 1);
-    let err = more::kl_div_fwd(
+    let err = cuda::loss::kl_div_fwd(
         &dev,
         &ga,
         &gb,
@@ -552,7 +580,7 @@ fn dot_and_channel_reductions_match_cpu() {
     for &n in SIZES {
         let (a, b) = (uniform(40, n, -1.0, 2.0), uniform(41, n, -1.0, 1.0));
         let mut out = zeros(&dev, 1);
-        more::dot_fwd(&dev, &up(&dev, &a), &up(&dev, &b), &mut out).unwrap();
+        cuda::reduce::dot_fwd(&dev, &up(&dev, &a), &up(&dev, &b), &mut out).unwrap();
         close(
             &format!("dot_fwd n={n}"),
             &down(&dev, &out),
@@ -563,7 +591,7 @@ fn dot_and_channel_reductions_match_cpu() {
     }
     // Mean over zero channels is the CPU's error (checked before any length).
     let (one, mut one_out) = (zeros(&dev, 1), zeros(&dev, 1));
-    let err = more::mean_channels_fwd(&dev, &one, Nchw::new(2, 0, 3, 3), &mut one_out)
+    let err = cuda::reduce::mean_channels_fwd(&dev, &one, Nchw::new(2, 0, 3, 3), &mut one_out)
         .unwrap_err()
         .to_string();
     assert!(err.contains("mean over zero channels"), "{err}");
@@ -574,18 +602,18 @@ fn dot_and_channel_reductions_match_cpu() {
         let (gx, gdy) = (up(&dev, &x), up(&dev, &dy));
         let mut gy = zeros(&dev, pixels);
         let mut y = vec![0f32; pixels];
-        more::sum_channels_fwd(&dev, &gx, s, &mut gy).unwrap();
+        cuda::reduce::sum_channels_fwd(&dev, &gx, s, &mut gy).unwrap();
         reduce::sum_channels_fwd(&x, s, &mut y).unwrap();
         exact(&format!("sum_channels_fwd {s:?}"), &down(&dev, &gy), &y);
         let mut gdx = up(&dev, &vec![f32::NAN; s.len()]);
         let mut dx = vec![0f32; s.len()];
-        more::sum_channels_bwd(&dev, &gdy, s, &mut gdx).unwrap();
+        cuda::reduce::sum_channels_bwd(&dev, &gdy, s, &mut gdx).unwrap();
         reduce::sum_channels_bwd(&dy, s, &mut dx).unwrap();
         exact(&format!("sum_channels_bwd {s:?}"), &down(&dev, &gdx), &dx);
-        more::mean_channels_fwd(&dev, &gx, s, &mut gy).unwrap();
+        cuda::reduce::mean_channels_fwd(&dev, &gx, s, &mut gy).unwrap();
         reduce::mean_channels_fwd(&x, s, &mut y).unwrap();
         exact(&format!("mean_channels_fwd {s:?}"), &down(&dev, &gy), &y);
-        more::mean_channels_bwd(&dev, &gdy, s, &mut gdx).unwrap();
+        cuda::reduce::mean_channels_bwd(&dev, &gdy, s, &mut gdx).unwrap();
         reduce::mean_channels_bwd(&dy, s, &mut dx).unwrap();
         exact(&format!("mean_channels_bwd {s:?}"), &down(&dev, &gdx), &dx);
     }

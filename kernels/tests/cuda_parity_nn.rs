@@ -1,5 +1,4 @@
-//! Parity of the network-layer CUDA kernels (kernels/src/cuda/nn.rs: batch norm, pooling,
-//! resize, softmax) with their CPU references on random inputs, at odd sizes (N=3, C=5, H=17,
+//! Parity of the network-layer CUDA kernels (kernels/src/cuda/{batch_norm,pool,resize,softmax}.rs) with their CPU references on random inputs, at odd sizes (N=3, C=5, H=17,
 //! W=23) and a realistic one (16×64×64×64): |gpu − cpu| ≤ atol + rtol·|cpu|, or bit-identical
 //! where the kernel performs the CPU's exact f32 operations in the same order (--fmad=false).
 //! Each test names its tolerance and why.
@@ -14,7 +13,7 @@ mod cuda_common;
 use cuda_common::*;
 
 use flowseg_kernels::batch_norm::{self, BatchNormParams};
-use flowseg_kernels::cuda::nn;
+use flowseg_kernels::cuda;
 use flowseg_kernels::pool::{self, Pool2d};
 use flowseg_kernels::resize;
 use flowseg_kernels::softmax;
@@ -59,7 +58,7 @@ fn batch_norm_matches_cpu() {
         let mut y = vec![0f32; s.len()];
         let (mut sm, mut si) = (vec![0f32; s.c], vec![0f32; s.c]);
 
-        nn::batch_norm_train_fwd(
+        cuda::batch_norm::batch_norm_train_fwd(
             &dev, &gx, &gg, &gb, s, p, &mut grm, &mut grv, &mut gy, &mut gsm, &mut gsi,
         )
         .unwrap();
@@ -112,7 +111,7 @@ fn batch_norm_matches_cpu() {
         let (mut dx, mut dg, mut db) = (vec![0f32; s.len()], vec![0f32; s.c], vec![0f32; s.c]);
         // Same saved statistics on both sides, so only the backward's own sums differ.
         let (gsm_cpu, gsi_cpu) = (up(&dev, &sm), up(&dev, &si));
-        nn::batch_norm_train_bwd(
+        cuda::batch_norm::batch_norm_train_bwd(
             &dev, &gx, &gg, &gsm_cpu, &gsi_cpu, &gdy, s, &mut gdx, &mut gdg, &mut gdb,
         )
         .unwrap();
@@ -143,10 +142,11 @@ fn batch_norm_matches_cpu() {
         // Eval: the coefficients are computed the CPU's way from the same inputs, so y and dx
         // are bit-identical; dgamma/dbeta are sums (tolerance as above).
         let (grm0, grv0) = (up(&dev, &rm0), up(&dev, &rv0));
-        nn::batch_norm_eval_fwd(&dev, &gx, &gg, &gb, &grm0, &grv0, s, p, &mut gy).unwrap();
+        cuda::batch_norm::batch_norm_eval_fwd(&dev, &gx, &gg, &gb, &grm0, &grv0, s, p, &mut gy)
+            .unwrap();
         batch_norm::batch_norm_eval_fwd(&x, &gamma, &beta, &rm0, &rv0, s, p, &mut y).unwrap();
         exact(&format!("bn eval y {tag}"), &down(&dev, &gy), &y);
-        nn::batch_norm_eval_bwd(
+        cuda::batch_norm::batch_norm_eval_bwd(
             &dev, &gx, &gg, &grm0, &grv0, &gdy, s, p, &mut gdx, &mut gdg, &mut gdb,
         )
         .unwrap();
@@ -179,7 +179,7 @@ fn batch_norm_rejects_what_the_cpu_rejects() {
     let z = |n: usize| up(&dev, &vec![0f32; n]);
     let (x, g, b) = (z(2), z(2), z(2));
     let (mut rm, mut rv, mut y, mut sm, mut si) = (z(2), z(2), z(2), z(2), z(2));
-    let err = nn::batch_norm_train_fwd(
+    let err = cuda::batch_norm::batch_norm_train_fwd(
         &dev,
         &x,
         &g,
@@ -195,7 +195,7 @@ fn batch_norm_rejects_what_the_cpu_rejects() {
     .unwrap_err();
     assert!(err.to_string().contains("more than 1 value"), "{err}");
     let (x4, mut short) = (z(4), z(1));
-    let err = nn::batch_norm_train_fwd(
+    let err = cuda::batch_norm::batch_norm_train_fwd(
         &dev,
         &x4,
         &g,
@@ -252,7 +252,7 @@ fn pooling_matches_cpu_bit_for_bit() {
             let gdy = up(&dev, &dy);
             let (mut gy, mut ga) = (up(&dev, &vec![0f32; out]), up(&dev, &vec![0u32; out]));
             let (mut y, mut a) = (vec![0f32; out], vec![0u32; out]);
-            nn::max_pool2d_fwd(&dev, &gx, s, p, &mut gy, &mut ga).unwrap();
+            cuda::pool::max_pool2d_fwd(&dev, &gx, s, p, &mut gy, &mut ga).unwrap();
             pool::max_pool2d_fwd(&x, s, p, &mut y, &mut a).unwrap();
             exact(&format!("max_pool2d_fwd y {tag}"), &down(&dev, &gy), &y);
             exact_int(
@@ -263,19 +263,19 @@ fn pooling_matches_cpu_bit_for_bit() {
 
             let mut gdx = up(&dev, &vec![1f32; s.len()]);
             let mut dx = vec![0f32; s.len()];
-            nn::max_pool2d_bwd(&dev, &gdy, &ga, s, p, &mut gdx).unwrap();
+            cuda::pool::max_pool2d_bwd(&dev, &gdy, &ga, s, p, &mut gdx).unwrap();
             pool::max_pool2d_bwd(&dy, &a, s, p, &mut dx).unwrap();
             exact(&format!("max_pool2d_bwd {tag}"), &down(&dev, &gdx), &dx);
 
             for cip in [true, false] {
-                nn::avg_pool2d_fwd(&dev, &gx, s, p, cip, &mut gy).unwrap();
+                cuda::pool::avg_pool2d_fwd(&dev, &gx, s, p, cip, &mut gy).unwrap();
                 pool::avg_pool2d_fwd(&x, s, p, cip, &mut y).unwrap();
                 exact(
                     &format!("avg_pool2d_fwd cip={cip} {tag}"),
                     &down(&dev, &gy),
                     &y,
                 );
-                nn::avg_pool2d_bwd(&dev, &gdy, s, p, cip, &mut gdx).unwrap();
+                cuda::pool::avg_pool2d_bwd(&dev, &gdy, s, p, cip, &mut gdx).unwrap();
                 pool::avg_pool2d_bwd(&dy, s, p, cip, &mut dx).unwrap();
                 exact(
                     &format!("avg_pool2d_bwd cip={cip} {tag}"),
@@ -299,7 +299,7 @@ fn global_avg_pool_matches_cpu() {
         let (gx, gdy) = (up(&dev, &x), up(&dev, &dy));
         let mut gy = up(&dev, &vec![0f32; s.n * s.c]);
         let mut y = vec![0f32; s.n * s.c];
-        nn::global_avg_pool_fwd(&dev, &gx, s, &mut gy).unwrap();
+        cuda::pool::global_avg_pool_fwd(&dev, &gx, s, &mut gy).unwrap();
         pool::global_avg_pool_fwd(&x, s, &mut y).unwrap();
         close(
             &format!("global_avg_pool_fwd {s:?}"),
@@ -310,7 +310,7 @@ fn global_avg_pool_matches_cpu() {
         );
         let mut gdx = up(&dev, &vec![1f32; s.len()]);
         let mut dx = vec![0f32; s.len()];
-        nn::global_avg_pool_bwd(&dev, &gdy, s, &mut gdx).unwrap();
+        cuda::pool::global_avg_pool_bwd(&dev, &gdy, s, &mut gdx).unwrap();
         pool::global_avg_pool_bwd(&dy, s, &mut dx).unwrap();
         exact(
             &format!("global_avg_pool_bwd {s:?}"),
@@ -326,14 +326,14 @@ fn pooling_rejects_what_the_cpu_rejects() {
     let s = Nchw::new(1, 1, 2, 2);
     let x = up(&dev, &[0f32; 4]);
     let (mut y, mut a) = (up(&dev, &[0f32; 1]), up(&dev, &[0u32; 1]));
-    let err = nn::max_pool2d_fwd(&dev, &x, s, Pool2d::square(3, 1, 2), &mut y, &mut a)
+    let err = cuda::pool::max_pool2d_fwd(&dev, &x, s, Pool2d::square(3, 1, 2), &mut y, &mut a)
         .unwrap_err()
         .to_string();
     assert!(
         err.starts_with("max_pool2d_fwd: padding must be at most half"),
         "{err}"
     );
-    let err = nn::avg_pool2d_fwd(&dev, &x, s, Pool2d::square(1, 1, 0), true, &mut y)
+    let err = cuda::pool::avg_pool2d_fwd(&dev, &x, s, Pool2d::square(1, 1, 0), true, &mut y)
         .unwrap_err()
         .to_string();
     assert!(err.contains("`y` has 1 elements, expected 4"), "{err}");
@@ -377,10 +377,10 @@ fn resize_matches_cpu_bit_for_bit() {
             let mut dx = vec![0f32; s.len()];
             for ac in [false, true] {
                 let tag = format!("{s:?} -> {ho}x{wo} align_corners={ac}");
-                nn::resize_bilinear_fwd(&dev, &gx, s, ho, wo, ac, &mut gy).unwrap();
+                cuda::resize::resize_bilinear_fwd(&dev, &gx, s, ho, wo, ac, &mut gy).unwrap();
                 resize::resize_bilinear_fwd(&x, s, ho, wo, ac, &mut y).unwrap();
                 exact(&format!("resize_bilinear_fwd {tag}"), &down(&dev, &gy), &y);
-                nn::resize_bilinear_bwd(&dev, &gdy, s, ho, wo, ac, &mut gdx).unwrap();
+                cuda::resize::resize_bilinear_bwd(&dev, &gdy, s, ho, wo, ac, &mut gdx).unwrap();
                 resize::resize_bilinear_bwd(&dy, s, ho, wo, ac, &mut dx).unwrap();
                 exact(
                     &format!("resize_bilinear_bwd {tag}"),
@@ -390,7 +390,7 @@ fn resize_matches_cpu_bit_for_bit() {
             }
             let mut gyl = up(&dev, &vec![0i32; out]);
             let mut yl = vec![0i32; out];
-            nn::resize_nearest_fwd(&dev, &gl, s, ho, wo, &mut gyl).unwrap();
+            cuda::resize::resize_nearest_fwd(&dev, &gl, s, ho, wo, &mut gyl).unwrap();
             resize::resize_nearest_fwd(&labels, s, ho, wo, &mut yl).unwrap();
             exact_int(
                 &format!("resize_nearest_fwd {s:?} -> {ho}x{wo}"),
@@ -406,16 +406,18 @@ fn resize_rejects_what_the_cpu_rejects() {
     let Some(dev) = device() else { return };
     let x = up(&dev, &[0f32; 4]);
     let mut y = up(&dev, &[0f32; 4]);
-    let err = nn::resize_bilinear_fwd(&dev, &x, Nchw::new(1, 1, 2, 2), 0, 2, false, &mut y)
-        .unwrap_err()
-        .to_string();
+    let err =
+        cuda::resize::resize_bilinear_fwd(&dev, &x, Nchw::new(1, 1, 2, 2), 0, 2, false, &mut y)
+            .unwrap_err()
+            .to_string();
     assert!(
         err.starts_with("resize_bilinear_fwd: input and output sizes must be greater than 0"),
         "{err}"
     );
-    let err = nn::resize_bilinear_fwd(&dev, &x, Nchw::new(1, 1, 2, 2), 3, 3, false, &mut y)
-        .unwrap_err()
-        .to_string();
+    let err =
+        cuda::resize::resize_bilinear_fwd(&dev, &x, Nchw::new(1, 1, 2, 2), 3, 3, false, &mut y)
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("`y` has 4 elements, expected 9"), "{err}");
 }
 
@@ -439,7 +441,7 @@ fn softmax_matches_cpu() {
         let (mut y, mut dx) = (vec![0f32; s.len()], vec![0f32; s.len()]);
         let tag = format!("{s:?}");
 
-        nn::softmax_fwd(&dev, &gx, s, &mut gy).unwrap();
+        cuda::softmax::softmax_fwd(&dev, &gx, s, &mut gy).unwrap();
         softmax::softmax_fwd(&x, s, &mut y).unwrap();
         close(
             &format!("softmax_fwd {tag}"),
@@ -450,11 +452,11 @@ fn softmax_matches_cpu() {
         );
         // The backward from the CPU's y on both sides, so only the backward is compared.
         let gy_cpu = up(&dev, &y);
-        nn::softmax_bwd(&dev, &gy_cpu, &gdy, s, &mut gdx).unwrap();
+        cuda::softmax::softmax_bwd(&dev, &gy_cpu, &gdy, s, &mut gdx).unwrap();
         softmax::softmax_bwd(&y, &dy, s, &mut dx).unwrap();
         exact(&format!("softmax_bwd {tag}"), &down(&dev, &gdx), &dx);
 
-        nn::log_softmax_fwd(&dev, &gx, s, &mut gy).unwrap();
+        cuda::softmax::log_softmax_fwd(&dev, &gx, s, &mut gy).unwrap();
         softmax::log_softmax_fwd(&x, s, &mut y).unwrap();
         close(
             &format!("log_softmax_fwd {tag}"),
@@ -464,7 +466,7 @@ fn softmax_matches_cpu() {
             1e-5,
         );
         let gy_cpu = up(&dev, &y);
-        nn::log_softmax_bwd(&dev, &gy_cpu, &gdy, s, &mut gdx).unwrap();
+        cuda::softmax::log_softmax_bwd(&dev, &gy_cpu, &gdy, s, &mut gdx).unwrap();
         softmax::log_softmax_bwd(&y, &dy, s, &mut dx).unwrap();
         let atol = 1e-6 * s.c as f32;
         close(
@@ -482,7 +484,7 @@ fn softmax_rejects_what_the_cpu_rejects() {
     let Some(dev) = device() else { return };
     let x = up(&dev, &[0f32; 6]);
     let mut y = up(&dev, &[0f32; 5]);
-    let err = nn::log_softmax_fwd(&dev, &x, Nchw::new(1, 3, 1, 2), &mut y)
+    let err = cuda::softmax::log_softmax_fwd(&dev, &x, Nchw::new(1, 3, 1, 2), &mut y)
         .unwrap_err()
         .to_string();
     assert!(

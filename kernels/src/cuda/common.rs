@@ -1,7 +1,10 @@
-//! What every launcher file shares: block and grid shapes, the host-side length check with the
-//! CPU kernels' error, the `launch!` macro, per-call scratch and uploads.
+//! What every launcher file shares: block and grid shapes, the block count of the two-pass
+//! reductions, the host-side length and shape checks with the CPU kernels' errors, the `launch!`
+//! macro, per-call scratch and uploads.
 //!
-//! Not here: the launchers themselves (`launch.rs`, `nn.rs`, `augment_mix.rs`).
+//! Not here: the launchers themselves (one file per kernel family, named like the CPU kernel
+//! file: `elementwise.rs`, `loss.rs`, …), the device and its memory (`device.rs`), the kernel
+//! sources (`nvrtc.rs`).
 
 use super::device::{Device, DeviceBuf};
 use super::{driver_err, CudaError};
@@ -12,6 +15,9 @@ use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, ValidAsZeroBits};
 pub(crate) const THREADS: u32 = 256;
 /// Grid-stride kernels never need more blocks than this to fill any current GPU.
 pub(crate) const MAX_BLOCKS: usize = 1 << 16;
+/// Blocks of the two-pass reductions (`reduce.rs`, `loss.rs`): enough to fill a GPU, few enough
+/// for one finishing block.
+pub(crate) const REDUCE_BLOCKS: usize = 1024;
 
 /// Blocks of `THREADS` covering `n` elements, at least 1 and at most `cap`.
 pub(crate) fn blocks(n: usize, cap: usize) -> u32 {

@@ -1,6 +1,27 @@
 //! CUDA twins of the CPU kernels (feature `cuda`): the device (context, stream, event pool,
 //! arena), NVRTC compilation of the embedded `kernels/cuda/*.cu` sources with an on-disk CUBIN
-//! cache, and one Rust launcher per kernel in [`launch`], named after its CPU reference.
+//! cache, and one Rust launcher per CPU kernel.
+//!
+//! A twin is found by its name: the launcher of `crate::<file>::<kernel>` is
+//! `cuda::<file>::<kernel>` (one exception: Philox's `u32_at` is `philox::philox_u32`), and its
+//! `__global__` kernels live in `kernels/cuda/<file>.cu`, embedded as [`nvrtc`]'s module of that
+//! name. So `src/elementwise.rs`, `src/cuda/elementwise.rs` and `cuda/elementwise.cu` hold the
+//! element-wise kernels, and likewise `activation`, `argmax`, `augment`, `batch_norm`, `conv2d`,
+//! `dropout`, `loss`, `metrics`, `mix`, `optim`, `philox`, `pool`, `reduce`, `resize` and
+//! `softmax`. Shared plumbing: `common.rs` (grid shapes, the length check, the `launch!` macro,
+//! per-call scratch and uploads), `device.rs` ([`Device`], [`DeviceBuf`], the arena) and
+//! `nvrtc.rs` (the embedded sources and their compilation).
+//!
+//! Launchers: each takes its CPU reference's arguments in the same order (inputs → shape →
+//! params → outputs), device buffers in place of slices, and validates lengths, shapes and
+//! hyper-parameters on the host with the CPU kernel's own error (a [`KernelError`] naming the
+//! kernel and argument, as [`CudaError::Kernel`]) before anything is enqueued. They enqueue on
+//! [`Device::stream`] and return without waiting; reading results back synchronises. Where a
+//! device kernel cannot report an error (a bad class label), the result says so in-band (the
+//! cross-entropy loss becomes NaN, `confusion_add` counts the pixel in `bad`). Scratch
+//! (reduction partials, uploaded host draws) is allocated per call on the stream
+//! (stream-ordered, freed after the launches that use it); moving it into the plan's arena is
+//! later work.
 //!
 //! Everything CUDA is dlopened at first use (cudarc's `dynamic-loading`), so this module builds
 //! on every machine; [`Device::cuda`] and [`nvrtc::compile`] return a [`CudaError`] instead of
@@ -9,114 +30,121 @@
 //!
 //! Ordering: one stream per device for now, and cudarc's per-buffer event tracking is turned
 //! off before the first allocation — the plan, not cudarc, will own cross-stream ordering
-//! (DESIGN.md §4). Launchers only enqueue work; reading results back synchronises.
+//! (DESIGN.md §4).
 //!
-//! Launchers: `launch.rs` (element-wise, Philox, softmax-CE, optimizers, reductions, argmax,
-//! confusion matrix), `nn.rs` (batch norm, pooling, resize, softmax), `augment_mix.rs` (augment
-//! and mix ops, applying draws made on the host), `more.rs` (leaky relu, threshold, concat and
-//! slice, dropout, the masked probability-space losses, dot, channel reductions), `conv.rs`
-//! (convolution forward and backward as implicit GEMMs).
-//!
-//! Not here: multi-stream scheduling, CUDA graphs, cuBLAS (only the benchmark
-//! `benches/cuda_kernels.rs` calls it, as the yardstick), the engine's `Device` trait.
+//! Not here: the engine dispatching ops to these launchers (the engine runs every op on the CPU
+//! for now; a later issue), the engine's `Device` trait, multi-stream scheduling, CUDA graphs,
+//! cuBLAS (only the benchmark `benches/cuda_kernels.rs` calls it, as the yardstick).
 //!
 //! # CPU kernel → CUDA launcher
 //!
 //! Every CPU kernel of this crate (a `pub fn` named `*_fwd`, `*_bwd`, `*_step`, and
 //! `ema_update`, `confusion_add`, Philox's `u32_at` / `fill_uniform` / `fill_normal`) and its
 //! twin here. `tests/cuda_coverage.rs` reads this table and fails when a CPU kernel has no row,
-//! a row names a CPU kernel that no longer exists, or a launcher is missing from its file — so a
-//! kernel added later without a twin is caught. Format: one row per kernel,
-//! `| `file::cpu_name` | `launcher_file::launcher_name` |`.
+//! a row names a CPU kernel that no longer exists, a launcher is missing from its file, or a
+//! launcher's file is not its CPU kernel's — so a kernel added later without a twin, or a twin
+//! filed elsewhere, is caught. Format: one row per kernel,
+//! `| `file::cpu_name` | `file::launcher_name` |`, the same `file` on both sides.
 //!
 //! | CPU kernel | CUDA launcher |
 //! | --- | --- |
-//! | `activation::relu_fwd` | `launch::relu_fwd` |
-//! | `activation::relu_bwd` | `launch::relu_bwd` |
-//! | `activation::leaky_relu_fwd` | `more::leaky_relu_fwd` |
-//! | `activation::leaky_relu_bwd` | `more::leaky_relu_bwd` |
-//! | `argmax::argmax_fwd` | `launch::argmax_fwd` |
-//! | `argmax::max_fwd` | `launch::max_fwd` |
-//! | `argmax::max_bwd` | `launch::max_bwd` |
-//! | `augment::color_jitter_fwd` | `augment_mix::color_jitter_fwd` |
-//! | `augment::grayscale_fwd` | `augment_mix::grayscale_fwd` |
-//! | `augment::gaussian_blur_fwd` | `augment_mix::gaussian_blur_fwd` |
-//! | `augment::cutout_fwd` | `augment_mix::cutout_fwd` |
-//! | `batch_norm::batch_norm_train_fwd` | `nn::batch_norm_train_fwd` |
-//! | `batch_norm::batch_norm_eval_fwd` | `nn::batch_norm_eval_fwd` |
-//! | `batch_norm::batch_norm_train_bwd` | `nn::batch_norm_train_bwd` |
-//! | `batch_norm::batch_norm_eval_bwd` | `nn::batch_norm_eval_bwd` |
-//! | `conv2d::conv2d_fwd` | `conv::conv2d_fwd` |
-//! | `conv2d::conv2d_bwd` | `conv::conv2d_bwd` |
-//! | `dropout::dropout_fwd` | `more::dropout_fwd` |
-//! | `dropout::dropout_bwd` | `more::dropout_bwd` |
-//! | `dropout::dropout2d_fwd` | `more::dropout2d_fwd` |
-//! | `dropout::dropout2d_bwd` | `more::dropout2d_bwd` |
-//! | `elementwise::add_fwd` | `launch::add_fwd` |
-//! | `elementwise::mul_fwd` | `launch::mul_fwd` |
-//! | `elementwise::mul_bwd` | `launch::mul_bwd` |
-//! | `elementwise::scale_fwd` | `launch::scale_fwd` |
-//! | `elementwise::threshold_fwd` | `more::threshold_fwd` |
-//! | `elementwise::concat_channels_fwd` | `more::concat_channels_fwd` |
-//! | `elementwise::concat_channels_bwd` | `more::concat_channels_bwd` |
-//! | `elementwise::concat_batch_fwd` | `more::concat_batch_fwd` |
-//! | `elementwise::concat_batch_bwd` | `more::concat_batch_bwd` |
-//! | `elementwise::slice_channels_fwd` | `more::slice_channels_fwd` |
-//! | `elementwise::slice_channels_bwd` | `more::slice_channels_bwd` |
-//! | `elementwise::slice_batch_fwd` | `more::slice_batch_fwd` |
-//! | `elementwise::slice_batch_bwd` | `more::slice_batch_bwd` |
-//! | `loss::cross_entropy_fwd` | `launch::cross_entropy_fwd` |
-//! | `loss::cross_entropy_bwd` | `launch::cross_entropy_bwd` |
-//! | `loss::soft_cross_entropy_fwd` | `more::soft_cross_entropy_fwd` |
-//! | `loss::soft_cross_entropy_bwd` | `more::soft_cross_entropy_bwd` |
-//! | `loss::squared_error_fwd` | `more::squared_error_fwd` |
-//! | `loss::squared_error_bwd` | `more::squared_error_bwd` |
-//! | `loss::kl_div_fwd` | `more::kl_div_fwd` |
-//! | `loss::kl_div_bwd` | `more::kl_div_bwd` |
-//! | `metrics::confusion_add` | `launch::confusion_add` |
-//! | `metrics::label_agreement_fwd` | `launch::label_agreement_fwd` |
-//! | `mix::box_mask_fwd` | `augment_mix::box_mask_fwd` |
-//! | `mix::class_mask_fwd` | `augment_mix::class_mask_fwd` |
-//! | `mix::mix_fwd` | `augment_mix::mix_fwd` |
-//! | `mix::mix_labels_fwd` | `augment_mix::mix_labels_fwd` |
-//! | `mix::mix_bwd` | `augment_mix::mix_bwd` |
-//! | `optim::sgd_step` | `launch::sgd_step` |
-//! | `optim::adamw_step` | `launch::adamw_step` |
-//! | `optim::ema_update` | `launch::ema_update` |
-//! | `philox::u32_at` | `launch::philox_u32` |
-//! | `philox::fill_uniform` | `launch::fill_uniform` |
-//! | `philox::fill_normal` | `launch::fill_normal` |
-//! | `pool::max_pool2d_fwd` | `nn::max_pool2d_fwd` |
-//! | `pool::max_pool2d_bwd` | `nn::max_pool2d_bwd` |
-//! | `pool::avg_pool2d_fwd` | `nn::avg_pool2d_fwd` |
-//! | `pool::avg_pool2d_bwd` | `nn::avg_pool2d_bwd` |
-//! | `pool::global_avg_pool_fwd` | `nn::global_avg_pool_fwd` |
-//! | `pool::global_avg_pool_bwd` | `nn::global_avg_pool_bwd` |
-//! | `reduce::sum_fwd` | `launch::sum_fwd` |
-//! | `reduce::sum_bwd` | `launch::sum_bwd` |
-//! | `reduce::mean_fwd` | `launch::mean_fwd` |
-//! | `reduce::mean_bwd` | `launch::mean_bwd` |
-//! | `reduce::dot_fwd` | `more::dot_fwd` |
-//! | `reduce::sum_channels_fwd` | `more::sum_channels_fwd` |
-//! | `reduce::sum_channels_bwd` | `more::sum_channels_bwd` |
-//! | `reduce::mean_channels_fwd` | `more::mean_channels_fwd` |
-//! | `reduce::mean_channels_bwd` | `more::mean_channels_bwd` |
-//! | `resize::resize_bilinear_fwd` | `nn::resize_bilinear_fwd` |
-//! | `resize::resize_bilinear_bwd` | `nn::resize_bilinear_bwd` |
-//! | `resize::resize_nearest_fwd` | `nn::resize_nearest_fwd` |
-//! | `softmax::softmax_fwd` | `nn::softmax_fwd` |
-//! | `softmax::softmax_bwd` | `nn::softmax_bwd` |
-//! | `softmax::log_softmax_fwd` | `nn::log_softmax_fwd` |
-//! | `softmax::log_softmax_bwd` | `nn::log_softmax_bwd` |
+//! | `activation::relu_fwd` | `activation::relu_fwd` |
+//! | `activation::relu_bwd` | `activation::relu_bwd` |
+//! | `activation::leaky_relu_fwd` | `activation::leaky_relu_fwd` |
+//! | `activation::leaky_relu_bwd` | `activation::leaky_relu_bwd` |
+//! | `argmax::argmax_fwd` | `argmax::argmax_fwd` |
+//! | `argmax::max_fwd` | `argmax::max_fwd` |
+//! | `argmax::max_bwd` | `argmax::max_bwd` |
+//! | `augment::color_jitter_fwd` | `augment::color_jitter_fwd` |
+//! | `augment::grayscale_fwd` | `augment::grayscale_fwd` |
+//! | `augment::gaussian_blur_fwd` | `augment::gaussian_blur_fwd` |
+//! | `augment::cutout_fwd` | `augment::cutout_fwd` |
+//! | `batch_norm::batch_norm_train_fwd` | `batch_norm::batch_norm_train_fwd` |
+//! | `batch_norm::batch_norm_eval_fwd` | `batch_norm::batch_norm_eval_fwd` |
+//! | `batch_norm::batch_norm_train_bwd` | `batch_norm::batch_norm_train_bwd` |
+//! | `batch_norm::batch_norm_eval_bwd` | `batch_norm::batch_norm_eval_bwd` |
+//! | `conv2d::conv2d_fwd` | `conv2d::conv2d_fwd` |
+//! | `conv2d::conv2d_bwd` | `conv2d::conv2d_bwd` |
+//! | `dropout::dropout_fwd` | `dropout::dropout_fwd` |
+//! | `dropout::dropout_bwd` | `dropout::dropout_bwd` |
+//! | `dropout::dropout2d_fwd` | `dropout::dropout2d_fwd` |
+//! | `dropout::dropout2d_bwd` | `dropout::dropout2d_bwd` |
+//! | `elementwise::add_fwd` | `elementwise::add_fwd` |
+//! | `elementwise::mul_fwd` | `elementwise::mul_fwd` |
+//! | `elementwise::mul_bwd` | `elementwise::mul_bwd` |
+//! | `elementwise::scale_fwd` | `elementwise::scale_fwd` |
+//! | `elementwise::threshold_fwd` | `elementwise::threshold_fwd` |
+//! | `elementwise::concat_channels_fwd` | `elementwise::concat_channels_fwd` |
+//! | `elementwise::concat_channels_bwd` | `elementwise::concat_channels_bwd` |
+//! | `elementwise::concat_batch_fwd` | `elementwise::concat_batch_fwd` |
+//! | `elementwise::concat_batch_bwd` | `elementwise::concat_batch_bwd` |
+//! | `elementwise::slice_channels_fwd` | `elementwise::slice_channels_fwd` |
+//! | `elementwise::slice_channels_bwd` | `elementwise::slice_channels_bwd` |
+//! | `elementwise::slice_batch_fwd` | `elementwise::slice_batch_fwd` |
+//! | `elementwise::slice_batch_bwd` | `elementwise::slice_batch_bwd` |
+//! | `loss::cross_entropy_fwd` | `loss::cross_entropy_fwd` |
+//! | `loss::cross_entropy_bwd` | `loss::cross_entropy_bwd` |
+//! | `loss::soft_cross_entropy_fwd` | `loss::soft_cross_entropy_fwd` |
+//! | `loss::soft_cross_entropy_bwd` | `loss::soft_cross_entropy_bwd` |
+//! | `loss::squared_error_fwd` | `loss::squared_error_fwd` |
+//! | `loss::squared_error_bwd` | `loss::squared_error_bwd` |
+//! | `loss::kl_div_fwd` | `loss::kl_div_fwd` |
+//! | `loss::kl_div_bwd` | `loss::kl_div_bwd` |
+//! | `metrics::confusion_add` | `metrics::confusion_add` |
+//! | `metrics::label_agreement_fwd` | `metrics::label_agreement_fwd` |
+//! | `mix::box_mask_fwd` | `mix::box_mask_fwd` |
+//! | `mix::class_mask_fwd` | `mix::class_mask_fwd` |
+//! | `mix::mix_fwd` | `mix::mix_fwd` |
+//! | `mix::mix_labels_fwd` | `mix::mix_labels_fwd` |
+//! | `mix::mix_bwd` | `mix::mix_bwd` |
+//! | `optim::sgd_step` | `optim::sgd_step` |
+//! | `optim::adamw_step` | `optim::adamw_step` |
+//! | `optim::ema_update` | `optim::ema_update` |
+//! | `philox::u32_at` | `philox::philox_u32` |
+//! | `philox::fill_uniform` | `philox::fill_uniform` |
+//! | `philox::fill_normal` | `philox::fill_normal` |
+//! | `pool::max_pool2d_fwd` | `pool::max_pool2d_fwd` |
+//! | `pool::max_pool2d_bwd` | `pool::max_pool2d_bwd` |
+//! | `pool::avg_pool2d_fwd` | `pool::avg_pool2d_fwd` |
+//! | `pool::avg_pool2d_bwd` | `pool::avg_pool2d_bwd` |
+//! | `pool::global_avg_pool_fwd` | `pool::global_avg_pool_fwd` |
+//! | `pool::global_avg_pool_bwd` | `pool::global_avg_pool_bwd` |
+//! | `reduce::sum_fwd` | `reduce::sum_fwd` |
+//! | `reduce::sum_bwd` | `reduce::sum_bwd` |
+//! | `reduce::mean_fwd` | `reduce::mean_fwd` |
+//! | `reduce::mean_bwd` | `reduce::mean_bwd` |
+//! | `reduce::dot_fwd` | `reduce::dot_fwd` |
+//! | `reduce::sum_channels_fwd` | `reduce::sum_channels_fwd` |
+//! | `reduce::sum_channels_bwd` | `reduce::sum_channels_bwd` |
+//! | `reduce::mean_channels_fwd` | `reduce::mean_channels_fwd` |
+//! | `reduce::mean_channels_bwd` | `reduce::mean_channels_bwd` |
+//! | `resize::resize_bilinear_fwd` | `resize::resize_bilinear_fwd` |
+//! | `resize::resize_bilinear_bwd` | `resize::resize_bilinear_bwd` |
+//! | `resize::resize_nearest_fwd` | `resize::resize_nearest_fwd` |
+//! | `softmax::softmax_fwd` | `softmax::softmax_fwd` |
+//! | `softmax::softmax_bwd` | `softmax::softmax_bwd` |
+//! | `softmax::log_softmax_fwd` | `softmax::log_softmax_fwd` |
+//! | `softmax::log_softmax_bwd` | `softmax::log_softmax_bwd` |
 
-pub mod augment_mix;
+pub mod activation;
+pub mod argmax;
+pub mod augment;
+pub mod batch_norm;
 mod common;
-pub mod conv;
+pub mod conv2d;
 mod device;
-pub mod launch;
-pub mod more;
-pub mod nn;
+pub mod dropout;
+pub mod elementwise;
+pub mod loss;
+pub mod metrics;
+pub mod mix;
 pub mod nvrtc;
+pub mod optim;
+pub mod philox;
+pub mod pool;
+pub mod reduce;
+pub mod resize;
+pub mod softmax;
 
 pub use device::{Arena, ArenaBuf, Device, DeviceBuf, DeviceBufMut, EventPool};
 

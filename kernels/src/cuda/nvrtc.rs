@@ -1,12 +1,15 @@
 //! NVRTC: the embedded kernel sources and their compilation to CUBIN (or PTX) for one
 //! architecture, with an on-disk CUBIN cache.
 //!
-//! Every `.cu` file under `kernels/cuda/` is embedded with `include_str!` and listed in
-//! [`SOURCES`]. [`compile`] returns CUBIN for `sm_XY`, cached under `$FLOWSEG_CACHE/cubin`
-//! (default `$XDG_CACHE_HOME/flowseg/cubin`, then `~/.cache/flowseg/cubin`) in a file named by a
-//! 128-bit FNV-1a hash of (source, options, NVRTC version, arch); a changed kernel, option or
-//! compiler therefore misses the cache instead of loading stale code. Files are written to a
-//! temporary name and renamed, so concurrent compiles never read a half-written CUBIN.
+//! Every `.cu` file under `kernels/cuda/` is embedded with `include_str!` as one module, named
+//! like the CPU kernel file whose twins it holds (`elementwise.cu` ↔ `src/elementwise.rs`), and
+//! listed in [`SOURCES`]; `dropout` is compiled together with `philox.cu`, whose draws it uses.
+//! [`compile`] returns CUBIN for `sm_XY`, cached under `$FLOWSEG_CACHE/cubin` (default
+//! `$XDG_CACHE_HOME/flowseg/cubin`, then `~/.cache/flowseg/cubin`) in a file named by a 128-bit
+//! FNV-1a hash of (source, options, NVRTC version, arch); a changed kernel, option or compiler
+//! (or a kernel moved to another module) therefore misses the cache instead of loading stale
+//! code. Files are written to a temporary name and renamed, so concurrent compiles never read a
+//! half-written CUBIN.
 //!
 //! Options common to every module: `--std=c++17`, `-default-device` (helpers need no
 //! `__device__`), and `--fmad=false`: the CPU reference never fuses a·b+c, so with contraction
@@ -45,46 +48,13 @@ macro_rules! cuda_source {
     };
 }
 
-/// `elementwise.cu`: add, mul, scale, relu.
-pub static ELEMENTWISE: CudaSource = cuda_source!(
-    "elementwise",
-    [
-        "add_fwd",
-        "mul_fwd",
-        "mul_bwd",
-        "scale_fwd",
-        "relu_fwd",
-        "relu_bwd"
-    ]
-);
-/// `philox.cu`: Philox4x32-10 words, uniforms and normals.
-pub static PHILOX: CudaSource =
-    cuda_source!("philox", ["philox_u32", "philox_uniform", "philox_normal"]);
-/// `softmax_ce.cu`: fused softmax + cross-entropy, forward and backward.
-pub static SOFTMAX_CE: CudaSource = cuda_source!(
-    "softmax_ce",
-    [
-        "ce_fwd_partials",
-        "ce_stats_partials",
-        "ce_finalize",
-        "ce_bwd"
-    ]
-);
-/// `optim.cu`: sgd, adamw, ema.
-pub static OPTIM: CudaSource = cuda_source!("optim", ["sgd_step", "adamw_step", "ema_update"]);
-/// `reduce.cu`: sum / mean and their backwards.
-pub static REDUCE: CudaSource = cuda_source!(
-    "reduce",
-    [
-        "reduce_sum_partials",
-        "reduce_sum_finalize",
-        "reduce_fill_bwd"
-    ]
+/// `activation.cu`: relu and leaky relu, forward and backward.
+pub static ACTIVATION: CudaSource = cuda_source!(
+    "activation",
+    ["relu_fwd", "relu_bwd", "leaky_relu_fwd", "leaky_relu_bwd"]
 );
 /// `argmax.cu`: argmax / max over classes and max's backward.
 pub static ARGMAX: CudaSource = cuda_source!("argmax", ["argmax_fwd", "max_fwd", "max_bwd"]);
-/// `metrics.cu`: the confusion matrix.
-pub static METRICS: CudaSource = cuda_source!("metrics", ["confusion_add"]);
 /// `augment.cu`: colour jitter, grayscale, Gaussian blur, cutout (draws made on the host).
 pub static AUGMENT: CudaSource = cuda_source!(
     "augment",
@@ -95,17 +65,6 @@ pub static AUGMENT: CudaSource = cuda_source!(
         "gaussian_blur_h",
         "gaussian_blur_v",
         "cutout_fwd"
-    ]
-);
-/// `mix.cu`: box and class masks, the mix of images and labels, its backward.
-pub static MIX: CudaSource = cuda_source!(
-    "mix",
-    [
-        "box_mask_fwd",
-        "class_mask_fwd",
-        "mix_fwd",
-        "mix_labels_fwd",
-        "mix_bwd"
     ]
 );
 /// `batch_norm.cu`: batch norm train/eval forward and backward.
@@ -122,80 +81,6 @@ pub static BATCH_NORM: CudaSource = cuda_source!(
         "bn_bwd_finalize",
         "bn_bwd_dx"
     ]
-);
-/// `pool.cu`: max / average / global average pooling, forward and backward.
-pub static POOL: CudaSource = cuda_source!(
-    "pool",
-    [
-        "max_pool2d_fwd",
-        "max_pool2d_bwd",
-        "avg_pool2d_fwd",
-        "avg_pool2d_bwd",
-        "global_avg_pool_fwd",
-        "global_avg_pool_bwd"
-    ]
-);
-/// `resize.cu`: bilinear resize forward / backward (a gather), nearest for i32 labels.
-pub static RESIZE: CudaSource = cuda_source!(
-    "resize",
-    [
-        "resize_bilinear_fwd",
-        "resize_bilinear_bwd",
-        "resize_nearest_fwd"
-    ]
-);
-/// `softmax.cu`: softmax and log-softmax over classes, forward and backward.
-pub static SOFTMAX: CudaSource = cuda_source!(
-    "softmax",
-    [
-        "softmax_fwd",
-        "softmax_bwd",
-        "log_softmax_fwd",
-        "log_softmax_bwd"
-    ]
-);
-
-/// `shape.cu`: leaky relu, threshold, and the concat / slice copies.
-pub static SHAPE: CudaSource = cuda_source!(
-    "shape",
-    [
-        "leaky_relu_fwd",
-        "leaky_relu_bwd",
-        "threshold_fwd",
-        "copy_rows",
-        "slice_bwd"
-    ]
-);
-/// `dropout.cu`, compiled after `philox.cu` as one module (it draws with philox.cu's device
-/// functions, so the masks are the CPU's bit for bit).
-pub static DROPOUT: CudaSource = CudaSource {
-    name: "dropout",
-    source: concat!(
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/philox.cu")),
-        "\n",
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/dropout.cu"))
-    ),
-    kernels: &["dropout_fwd", "dropout2d_mask", "dropout2d_apply"],
-};
-/// `loss.cu`: soft cross entropy, squared error, KL divergence (finalized by `ce_finalize` of
-/// [`SOFTMAX_CE`]).
-pub static LOSS: CudaSource = cuda_source!(
-    "loss",
-    [
-        "masked_stats_partials",
-        "soft_ce_fwd_partials",
-        "squared_error_fwd_partials",
-        "kl_div_fwd_partials",
-        "soft_ce_bwd",
-        "squared_error_bwd",
-        "kl_div_bwd"
-    ]
-);
-/// `reduce_more.cu`: dot (finalized by `reduce_sum_finalize` of [`REDUCE`]), channel sums and
-/// means.
-pub static REDUCE_MORE: CudaSource = cuda_source!(
-    "reduce_more",
-    ["dot_partials", "channels_fwd", "channels_bwd"]
 );
 /// `conv2d.cu`: convolution forward, dX, dW (implicit GEMM, four tile heights each), the
 /// split-K sum, db, depthwise.
@@ -221,27 +106,129 @@ pub static CONV2D: CudaSource = cuda_source!(
         "conv2d_depthwise_dw"
     ]
 );
+/// `dropout.cu`, compiled after `philox.cu` as one module (it draws with philox.cu's device
+/// functions, so the masks are the CPU's bit for bit).
+pub static DROPOUT: CudaSource = CudaSource {
+    name: "dropout",
+    source: concat!(
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/philox.cu")),
+        "\n",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/dropout.cu"))
+    ),
+    kernels: &["dropout_fwd", "dropout2d_mask", "dropout2d_apply"],
+};
+/// `elementwise.cu`: add, mul, scale, threshold, and the concat / slice copies.
+pub static ELEMENTWISE: CudaSource = cuda_source!(
+    "elementwise",
+    [
+        "add_fwd",
+        "mul_fwd",
+        "mul_bwd",
+        "scale_fwd",
+        "threshold_fwd",
+        "copy_rows",
+        "slice_bwd"
+    ]
+);
+/// `loss.cu`: cross entropy on hard labels (fused softmax + CE), soft cross entropy, squared
+/// error and KL divergence, all finished by `ce_finalize`.
+pub static LOSS: CudaSource = cuda_source!(
+    "loss",
+    [
+        "ce_fwd_partials",
+        "ce_stats_partials",
+        "ce_finalize",
+        "ce_bwd",
+        "masked_stats_partials",
+        "soft_ce_fwd_partials",
+        "squared_error_fwd_partials",
+        "kl_div_fwd_partials",
+        "soft_ce_bwd",
+        "squared_error_bwd",
+        "kl_div_bwd"
+    ]
+);
+/// `metrics.cu`: the confusion matrix and the label agreement counts.
+pub static METRICS: CudaSource = cuda_source!("metrics", ["confusion_add", "label_agreement"]);
+/// `mix.cu`: box and class masks, the mix of images and labels, its backward.
+pub static MIX: CudaSource = cuda_source!(
+    "mix",
+    [
+        "box_mask_fwd",
+        "class_mask_fwd",
+        "mix_fwd",
+        "mix_labels_fwd",
+        "mix_bwd"
+    ]
+);
+/// `optim.cu`: sgd, adamw, ema.
+pub static OPTIM: CudaSource = cuda_source!("optim", ["sgd_step", "adamw_step", "ema_update"]);
+/// `philox.cu`: Philox4x32-10 words, uniforms and normals.
+pub static PHILOX: CudaSource =
+    cuda_source!("philox", ["philox_u32", "philox_uniform", "philox_normal"]);
+/// `pool.cu`: max / average / global average pooling, forward and backward.
+pub static POOL: CudaSource = cuda_source!(
+    "pool",
+    [
+        "max_pool2d_fwd",
+        "max_pool2d_bwd",
+        "avg_pool2d_fwd",
+        "avg_pool2d_bwd",
+        "global_avg_pool_fwd",
+        "global_avg_pool_bwd"
+    ]
+);
+/// `reduce.cu`: sum / mean and their backwards, dot (finished by `reduce_sum_finalize` too),
+/// channel sums and means.
+pub static REDUCE: CudaSource = cuda_source!(
+    "reduce",
+    [
+        "reduce_sum_partials",
+        "reduce_sum_finalize",
+        "reduce_fill_bwd",
+        "dot_partials",
+        "channels_fwd",
+        "channels_bwd"
+    ]
+);
+/// `resize.cu`: bilinear resize forward / backward (a gather), nearest for i32 labels.
+pub static RESIZE: CudaSource = cuda_source!(
+    "resize",
+    [
+        "resize_bilinear_fwd",
+        "resize_bilinear_bwd",
+        "resize_nearest_fwd"
+    ]
+);
+/// `softmax.cu`: softmax and log-softmax over classes, forward and backward.
+pub static SOFTMAX: CudaSource = cuda_source!(
+    "softmax",
+    [
+        "softmax_fwd",
+        "softmax_bwd",
+        "log_softmax_fwd",
+        "log_softmax_bwd"
+    ]
+);
 
-/// Every embedded module.
+/// Every embedded module: one per kernel family, named like the CPU kernel file.
 pub static SOURCES: &[&CudaSource] = &[
-    &ELEMENTWISE,
-    &PHILOX,
-    &SOFTMAX_CE,
-    &OPTIM,
-    &REDUCE,
+    &ACTIVATION,
     &ARGMAX,
-    &METRICS,
     &AUGMENT,
-    &MIX,
     &BATCH_NORM,
+    &CONV2D,
+    &DROPOUT,
+    &ELEMENTWISE,
+    &LOSS,
+    &METRICS,
+    &MIX,
+    &OPTIM,
+    &PHILOX,
     &POOL,
+    &REDUCE,
     &RESIZE,
     &SOFTMAX,
-    &SHAPE,
-    &DROPOUT,
-    &LOSS,
-    &REDUCE_MORE,
-    &CONV2D,
 ];
 
 /// Options every module is compiled with (the target option is added per call).

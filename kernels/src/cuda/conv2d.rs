@@ -1,7 +1,7 @@
-//! Rust launchers for `conv2d.cu`: [`conv2d_fwd`] and [`conv2d_bwd`], the CUDA twins of
-//! [`crate::conv2d::conv2d_fwd`] and [`crate::conv2d::conv2d_bwd`] with the same arguments in the
-//! same order (device buffers in place of slices) and the CPU kernels' errors for bad shapes and
-//! lengths, checked on the host before anything is enqueued.
+//! CUDA launchers of [`crate::conv2d`]: [`conv2d_fwd`] and [`conv2d_bwd`]
+//! (`kernels/cuda/conv2d.cu`), with the CPU kernels' arguments in the same order (device buffers
+//! in place of slices) and the CPU kernels' errors for bad shapes and lengths, checked on the host
+//! before anything is enqueued.
 //!
 //! Dense and grouped convolutions run as implicit GEMMs (see the header of `kernels/cuda/conv2d.cu`);
 //! depthwise ones (groups = Ci = Co > 1, the CPU's direct path) run direct kernels. The tile height
@@ -11,7 +11,7 @@
 //! results are deterministic for a shape.
 //!
 //! Launchers enqueue on [`Device::stream`] and return without waiting; split-K partials are
-//! per-call scratch, as elsewhere.
+//! per-call scratch, as in every launcher file (see [`super`]).
 //!
 //! Not here: cuBLAS (the benchmark compares against it, nothing calls it), NHWC, TF32.
 
