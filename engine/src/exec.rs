@@ -182,7 +182,7 @@ pub fn run_cpu<'a>(
 ) -> Result<Run<'a>, ExecError> {
     check_inputs(graph, batch, state)?;
     let mut outputs: Vec<Vec<Option<Tensor>>> = Vec::with_capacity(graph.nodes.len());
-    for (i, node) in graph.nodes.iter().enumerate() {
+    for node in &graph.nodes {
         let mut outs: Vec<Tensor> = node.outputs.iter().map(Tensor::zeros).collect();
         let ins: Vec<Option<&Tensor>> = node
             .inputs
@@ -193,11 +193,7 @@ pub fn run_cpu<'a>(
                 ValueRef::Node { node, port } => outputs.get(*node)?.get(*port)?.as_ref(),
             })
             .collect();
-        let cx = ExecCx {
-            seed,
-            iteration,
-            node: u32::try_from(i).unwrap_or(u32::MAX),
-        };
+        let cx = ExecCx::for_node(seed, iteration, &node.name.value);
         node.op
             .cpu(&cx, &ins, &mut outs)
             .map_err(|source| ExecError::Node {
@@ -577,11 +573,7 @@ impl Executor<'_, '_, '_> {
             });
         }
         let refs: Vec<Option<&Tensor>> = ins.iter().map(Option::as_deref).collect();
-        let cx = ExecCx {
-            seed: self.seed,
-            iteration: self.iteration,
-            node: u32::try_from(i).unwrap_or(u32::MAX),
-        };
+        let cx = ExecCx::for_node(self.seed, self.iteration, &node.name.value);
         node.op
             .cpu(&cx, &refs, outs)
             .map_err(|source| ExecError::Node {

@@ -89,19 +89,43 @@ pub struct ExecCx {
     pub seed: u64,
     /// Current iteration.
     pub iteration: u64,
-    /// The node's index in the op graph (stable for a given graph file).
-    pub node: u32,
+    /// The node's random-stream key: [`node_key`] of its name, so the randomness of a node
+    /// depends on its name only — adding, removing or reordering other nodes leaves it as it was.
+    pub node_key: u64,
 }
 
 impl ExecCx {
-    /// The node's random stream this iteration: Philox keyed by the seed, stream
-    /// `node << 40 | iteration` — identical on every device and independent of execution order.
-    pub fn rng(&self) -> Philox {
-        Philox::new(
-            self.seed,
-            (u64::from(self.node) << 40) | (self.iteration & ((1 << 40) - 1)),
-        )
+    /// The context of the node named `name` at `iteration` of a run seeded with `seed`.
+    pub fn for_node(seed: u64, iteration: u64, name: &str) -> Self {
+        ExecCx {
+            seed,
+            iteration,
+            node_key: node_key(name),
+        }
     }
+
+    /// The node's random stream this iteration: Philox keyed by the seed, stream
+    /// `node_key ⊕ iteration` — identical on every device and independent of execution order.
+    /// Two (node, iteration) pairs share a stream only if their name hashes differ in nothing
+    /// but the iteration bits (about 2^-43 per pair of nodes over a million iterations).
+    pub fn rng(&self) -> Philox {
+        Philox::new(self.seed, self.node_key ^ self.iteration)
+    }
+}
+
+/// The random-stream key of a node: the 64-bit FNV-1a hash of its name's UTF-8 bytes (written
+/// out here rather than taken from a hashing crate, because it keys every random draw of a run:
+/// it must never change with a dependency's version or the platform).
+pub const fn node_key(name: &str) -> u64 {
+    let bytes = name.as_bytes();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    h
 }
 
 /// A configured op instance (params decoded), as the IR, planner and executors see it.

@@ -274,7 +274,7 @@ fn configured_ops_run_their_cpu_reference() {
     let cx = ExecCx {
         seed: 0,
         iteration: 0,
-        node: 0,
+        node_key: 0,
     };
     g.nodes[0].op.cpu(&cx, &[Some(&x)], &mut out).unwrap();
     assert_eq!(out[0].f32().unwrap()[..3], [0.0, 2.5, 5.0]);

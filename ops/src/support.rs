@@ -51,7 +51,7 @@ pub(crate) mod test {
         let cx = ExecCx {
             seed: 0,
             iteration: 0,
-            node: 0,
+            node_key: 0,
         };
         op.cpu(&cx, &inputs, &mut outputs).expect("cpu runs");
         outputs

@@ -136,7 +136,7 @@ mod tests {
         ExecCx {
             seed: 3,
             iteration,
-            node: 5,
+            node_key: 5,
         }
     }
 
@@ -182,7 +182,14 @@ mod tests {
         assert_eq!(a, b);
         let c = run_at(UNIMATCH, &[Some(x.clone())], cx(8));
         assert_ne!(a, c);
-        let d = run_at(UNIMATCH, &[Some(x.clone())], ExecCx { node: 6, ..cx(7) });
+        let d = run_at(
+            UNIMATCH,
+            &[Some(x.clone())],
+            ExecCx {
+                node_key: 6,
+                ..cx(7)
+            },
+        );
         assert_ne!(a, d);
         for out in [&a, &c, &d] {
             assert_eq!(out[0].spec(), x.spec());

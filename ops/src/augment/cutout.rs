@@ -354,7 +354,7 @@ mod tests {
         let cx = |iteration| ExecCx {
             seed: 4,
             iteration,
-            node: 3,
+            node_key: 3,
         };
         let a = run_at(half, &ins, cx(0));
         assert_eq!(a, run_at(half, &ins, cx(0)));

@@ -168,7 +168,7 @@ mod tests {
         let cx = |iteration| ExecCx {
             seed: 9,
             iteration,
-            node: 1,
+            node_key: 1,
         };
         let half = "name: b\nop: gaussian_blur\nparams: { p: 0.5 }\n";
         let a = run_at(half, &[Some(x.clone())], cx(0));

@@ -114,7 +114,7 @@ mod tests {
         let cx = |iteration| ExecCx {
             seed: 1,
             iteration,
-            node: 2,
+            node_key: 2,
         };
         let half = run_at(&node(0.5), &[Some(x.clone())], cx(0));
         let greys = grey_samples(&half[0]);

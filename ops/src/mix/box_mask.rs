@@ -356,7 +356,7 @@ mod tests {
         ExecCx {
             seed: 17,
             iteration,
-            node: 3,
+            node_key: 3,
         }
     }
 
@@ -402,7 +402,10 @@ mod tests {
         let a = run(params, &[8, 16, 16], cx(4));
         assert_eq!(a, run(params, &[8, 16, 16], cx(4)));
         assert_ne!(a, run(params, &[8, 16, 16], cx(5)));
-        let other_node = ExecCx { node: 4, ..cx(4) };
+        let other_node = ExecCx {
+            node_key: 4,
+            ..cx(4)
+        };
         assert_ne!(a, run(params, &[8, 16, 16], other_node));
         // An i32 `like` of the same N, H, W draws the same masks.
         let op = configure(&format!("name: cut\nop: box_mask\nparams: {params}\n"));

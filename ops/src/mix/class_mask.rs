@@ -154,7 +154,7 @@ mod tests {
         ExecCx {
             seed: 5,
             iteration,
-            node: 1,
+            node_key: 1,
         }
     }
 
