@@ -24,6 +24,36 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+/// How a gradient case feeds one input port of the op under test.
+#[derive(Debug, Clone, Copy)]
+pub enum Feed {
+    /// A trainable state tensor `state.<port>`, uniform in [−1, 1).
+    Trainable(&'static [usize]),
+    /// As `Trainable`, but |x| ∈ [0.1, 1.1): for kinked ops, so x ± eps stays on one side.
+    TrainableOffZero(&'static [usize]),
+    /// As `Trainable`, but a random permutation of values 0.05 apart (centred on 0): for
+    /// selecting ops (max pooling), so x ± eps never changes which element wins.
+    TrainableDistinct(&'static [usize]),
+    /// A constant f32 batch field `batch.<port>`, uniform in [0.1, 1) (weights, frozen inputs).
+    Constant(&'static [usize]),
+    /// An i32 batch field `batch.<port>` of labels in [0, 3) (K = 3), every 9th one 255.
+    Labels(&'static [usize]),
+    /// A constant f32 batch field of random 0s and 1s (a mix mask).
+    Binary(&'static [usize]),
+    /// An i32 batch field holding exactly these values (mix partners).
+    Indices(&'static [i32]),
+}
+
+/// One graph of the gradient suite: the op with `params` (a YAML mapping), each listed input
+/// port fed as its [`Feed`] says; ports not listed stay unconnected.
+#[derive(Debug, Clone, Copy)]
+pub struct GradCase {
+    /// The node's params, e.g. `"{ stride: 2, padding: 1 }"`.
+    pub params: &'static str,
+    /// (input port, feed).
+    pub feeds: &'static [(&'static str, Feed)],
+}
+
 /// One kind of op. Implemented once per file in `flowseg-ops`.
 pub trait Op: Send + Sync + 'static {
     /// YAML name (`relu`, `conv2d`, `cross_entropy`); also the file name.
@@ -36,6 +66,10 @@ pub trait Op: Send + Sync + 'static {
     const OUTPUTS: &'static [Port];
     /// A YAML node that uses the op; the registry tests decode it, `flowseg ops` prints it.
     const EXAMPLE: &'static str;
+    /// Graphs on which the gradient suite (`ops/tests/gradients.rs`) checks the op: its
+    /// backward against finite differences, or, for a stop-gradient, that no gradient passes.
+    /// Every built-in op needs at least one; add more where params change the code path.
+    const GRAD_CASES: &'static [GradCase] = &[];
     /// Params as written under `params:` (use `deny_unknown_fields`; document every field).
     type Params: DeserializeOwned + fmt::Debug + Clone + Send + Sync + 'static;
 
@@ -87,6 +121,8 @@ pub trait DynOp: Send + Sync {
     fn outputs(&self) -> &'static [Port];
     /// Example YAML node.
     fn example(&self) -> &'static str;
+    /// See [`Op::GRAD_CASES`].
+    fn grad_cases(&self) -> &'static [GradCase];
     /// Decodes `params` (absent = an empty mapping) into a configured node; errors carry the
     /// line:column of the offending key or value.
     fn configure(&self, params: Option<&Node>) -> Result<Arc<dyn OpNode>, DeError>;
@@ -110,6 +146,9 @@ impl<O: Op> DynOp for Entry<O> {
     }
     fn example(&self) -> &'static str {
         O::EXAMPLE
+    }
+    fn grad_cases(&self) -> &'static [GradCase] {
+        O::GRAD_CASES
     }
     fn configure(&self, params: Option<&Node>) -> Result<Arc<dyn OpNode>, DeError> {
         let params: O::Params = match params {

@@ -32,7 +32,7 @@ fn build(nodes: &[&str]) -> Graph {
         batch: [("image".to_owned(), spec_of)].into(),
         ..Env::default()
     };
-    ir::build(&spec, &builtin_registry().unwrap(), &env).unwrap_or_else(|e| panic!("{e:?}"))
+    ir::build(&spec, &builtin_registry().expect("built-in ops register"), &env).unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 /// Bits of every output of the node named `name`.
@@ -41,18 +41,18 @@ fn outputs_of(graph: &Graph, name: &str, seed: u64, iteration: u64) -> Vec<Vec<u
         &[2, 3, 8, 8],
         (0..384).map(|v| (v % 17) as f32 / 17.0).collect(),
     )
-    .unwrap();
+    .expect("length matches shape");
     let batch: BTreeMap<String, Tensor> = [("image".to_owned(), image)].into();
     let state = BTreeMap::new();
-    let run = exec::run_cpu(graph, &batch, &state, seed, iteration).unwrap();
+    let run = exec::run_cpu(graph, &batch, &state, seed, iteration).expect("the graph runs");
     let node = graph
         .nodes
         .iter()
         .position(|n| n.name.value == name)
-        .unwrap();
+        .expect("the node exists");
     (0..graph.nodes[node].outputs.len())
         .map(|port| {
-            let t = run.get(&ValueRef::Node { node, port }).unwrap();
+            let t = run.get(&ValueRef::Node { node, port }).expect("outputs are kept");
             match (t.f32(), t.i32()) {
                 (Some(v), _) => v.iter().map(|x| x.to_bits()).collect(),
                 (_, Some(v)) => v.iter().map(|&x| x as u32).collect(),

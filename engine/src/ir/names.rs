@@ -208,7 +208,7 @@ pub(super) fn resolve_references(
                 inputs.push(None);
                 continue;
             };
-            match resolve(r, &index, &outputs_of, env) {
+            match resolve(r, index, &outputs_of, env) {
                 Ok(x) => inputs.push(Some((x, r.loc))),
                 Err(e) => {
                     errors.push(e.in_node(&n.name));

@@ -15,7 +15,7 @@
 //! uint8 rounding between steps, TensorFlow's additive brightness.
 
 use super::common::{image_spec, probability};
-use flowseg_engine::op::io;
+use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::augment::{color_jitter_fwd, draw_color_jitter, ColorJitterParams};
 use serde::{Deserialize, Deserializer};
@@ -95,6 +95,13 @@ impl Op for ColorJitter {
     const EXAMPLE: &'static str =
         "name: jitter\nop: color_jitter\ninputs: { image: batch.image }\n\
         params: { p: 0.8, brightness: 0.5, contrast: 0.5, saturation: 0.5, hue: 0.25 }\n";
+    const GRAD_CASES: &'static [GradCase] = &[
+        // Augmentations act on data: stop-gradients, checked on 3-channel images.
+        GradCase {
+            params: "{ p: 1.0, brightness: 0.5, hue: 0.1 }",
+            feeds: &[("image", Feed::Trainable(&[2, 3, 5, 7]))],
+        },
+    ];
     type Params = Params;
 
     /// Augmentations transform data; no gradient flows back to the images.

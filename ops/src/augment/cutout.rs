@@ -22,7 +22,7 @@
 //! mix family), pasting another image into the box (CutMix).
 
 use super::common::{image_spec, probability};
-use flowseg_engine::op::io;
+use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::augment::{cutout_fwd, draw_cutout, CutoutSize};
 use serde::{Deserialize, Deserializer};
@@ -175,6 +175,10 @@ impl Op for Cutout {
     const EXAMPLE: &'static str = "name: cut\nop: cutout\n\
         inputs: { image: blur.image_out, label: batch.label }\n\
         params: { p: 0.5, size: { area: 0.25 }, fill: 0.5 }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{ p: 1.0, size: { area: 0.25 } }",
+        feeds: &[("image", Feed::Trainable(&[2, 3, 5, 7]))],
+    }];
     type Params = Params;
 
     /// Augmentations transform data; no gradient flows back to the images.

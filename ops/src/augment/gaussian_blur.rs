@@ -16,7 +16,7 @@
 //! Not here: anisotropic kernels (σx ≠ σy), other padding modes.
 
 use super::common::{image_spec, probability};
-use flowseg_engine::op::io;
+use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::augment::{
     default_blur_kernel, draw_gaussian_blur, gaussian_blur_fwd, BlurParams,
@@ -88,6 +88,10 @@ impl Op for GaussianBlur {
     const EXAMPLE: &'static str =
         "name: blur\nop: gaussian_blur\ninputs: { image: grey.image_out }\n\
         params: { p: 0.5, sigma: [0.1, 2.0] }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{ p: 1.0 }",
+        feeds: &[("image", Feed::Trainable(&[2, 3, 5, 7]))],
+    }];
     type Params = Params;
 
     /// Augmentations transform data; no gradient flows back to the images.

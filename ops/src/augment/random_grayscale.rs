@@ -13,7 +13,7 @@
 //! Not here: a 1-channel output (use the first channel of `image_out`).
 
 use super::common::{image_spec, probability};
-use flowseg_engine::op::io;
+use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::augment::{draw_grayscale, grayscale_fwd};
 use serde::Deserialize;
@@ -41,6 +41,10 @@ impl Op for RandomGrayscale {
     )];
     const EXAMPLE: &'static str =
         "name: grey\nop: random_grayscale\ninputs: { image: jitter.image_out }\nparams: { p: 0.2 }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{ p: 1.0 }",
+        feeds: &[("image", Feed::Trainable(&[2, 3, 5, 7]))],
+    }];
     type Params = Params;
 
     /// Augmentations transform data; no gradient flows back to the images.

@@ -5,7 +5,7 @@
 //! CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::elementwise::add_fwd;
 
@@ -21,6 +21,13 @@ impl Op for Add {
     ];
     const OUTPUTS: &'static [Port] = &[Port::req("y", "f32, the spec of `a`")];
     const EXAMPLE: &'static str = "name: skip\nop: add\ninputs: { a: block.y, b: shortcut.y }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{}",
+        feeds: &[
+            ("a", Feed::Trainable(&[2, 3, 5, 7])),
+            ("b", Feed::Trainable(&[2, 3, 5, 7])),
+        ],
+    }];
     type Params = NoParams;
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

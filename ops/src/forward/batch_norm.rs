@@ -25,7 +25,7 @@
 //! not dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::batch_norm::{
     batch_norm_eval_bwd, batch_norm_eval_fwd, batch_norm_train_bwd, batch_norm_train_fwd,
@@ -160,6 +160,30 @@ impl Op for BatchNorm {
         inputs: { x: conv1.y, gamma: state.student.bn1.weight, beta: state.student.bn1.bias,\n  \
         running_mean: state.student.bn1.running_mean, running_var: state.student.bn1.running_var }\n\
         params: { eps: 1.0e-5, momentum: 0.1, mode: train }\n";
+    const GRAD_CASES: &'static [GradCase] = &[
+        // Train mode: the batch statistics depend on x (the two correction terms of dx).
+        GradCase {
+            params: "{ eps: 1.0e-3 }",
+            feeds: &[
+                ("x", Feed::Trainable(&[2, 3, 5, 7])),
+                ("gamma", Feed::Trainable(&[3])),
+                ("beta", Feed::Trainable(&[3])),
+                ("running_mean", Feed::Constant(&[3])),
+                ("running_var", Feed::Constant(&[3])),
+            ],
+        },
+        // Eval mode: constant running statistics, read by the backward from the forward's inputs.
+        GradCase {
+            params: "{ mode: eval }",
+            feeds: &[
+                ("x", Feed::Trainable(&[2, 3, 5, 7])),
+                ("gamma", Feed::Trainable(&[3])),
+                ("beta", Feed::Trainable(&[3])),
+                ("running_mean", Feed::Constant(&[3])),
+                ("running_var", Feed::Constant(&[3])),
+            ],
+        },
+    ];
     type Params = Params;
 
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

@@ -17,7 +17,7 @@
 //! dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::elementwise::{concat_channels_bwd, concat_channels_fwd, slice_channels_fwd};
 use flowseg_kernels::Nchw;
@@ -36,6 +36,24 @@ impl Op for Concat {
     const OUTPUTS: &'static [Port] = &[Port::req("y", "f32[N, Ca + Cb, H, W]")];
     const EXAMPLE: &'static str =
         "name: skip\nop: concat\ninputs: { a: upsample.y, b: reduce.y }\n";
+    const GRAD_CASES: &'static [GradCase] = &[
+        // Both halves of dy wanted (one concat_channels_bwd pass).
+        GradCase {
+            params: "{}",
+            feeds: &[
+                ("a", Feed::Trainable(&[2, 3, 5, 7])),
+                ("b", Feed::Trainable(&[2, 2, 5, 7])),
+            ],
+        },
+        // Only b's half: a channel slice of dy.
+        GradCase {
+            params: "{}",
+            feeds: &[
+                ("a", Feed::Constant(&[2, 1, 5, 7])),
+                ("b", Feed::Trainable(&[2, 3, 5, 7])),
+            ],
+        },
+    ];
     type Params = NoParams;
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

@@ -14,7 +14,7 @@
 //! dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::conv2d::{conv2d_bwd, conv2d_fwd, Conv2d as Geometry};
 use flowseg_kernels::KernelError;
@@ -69,6 +69,34 @@ impl Op for Conv2d {
     const EXAMPLE: &'static str = "name: stem\nop: conv2d\n\
         inputs: { x: batch.image, weight: stem_w.y, bias: stem_b.y }\n\
         params: { stride: 2, padding: 1 }\n";
+    const GRAD_CASES: &'static [GradCase] = &[
+        // im2col path, stride and padding, with a bias.
+        GradCase {
+            params: "{ stride: 2, padding: 1 }",
+            feeds: &[
+                ("x", Feed::Trainable(&[2, 3, 5, 7])),
+                ("weight", Feed::Trainable(&[4, 3, 3, 3])),
+                ("bias", Feed::Trainable(&[4])),
+            ],
+        },
+        // Depthwise path with dilation, no bias.
+        GradCase {
+            params: "{ padding: 2, dilation: 2, groups: 3 }",
+            feeds: &[
+                ("x", Feed::Trainable(&[2, 3, 5, 7])),
+                ("weight", Feed::Trainable(&[3, 1, 3, 3])),
+            ],
+        },
+        // 1×1 path on a constant input: only dweight and dbias are asked for.
+        GradCase {
+            params: "{}",
+            feeds: &[
+                ("x", Feed::Constant(&[2, 3, 5, 7])),
+                ("weight", Feed::Trainable(&[2, 3, 1, 1])),
+                ("bias", Feed::Trainable(&[2])),
+            ],
+        },
+    ];
     type Params = Params;
 
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

@@ -18,7 +18,7 @@
 //! Not here: alpha dropout, dropout in eval mode, drop-path.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::dropout::{dropout2d_bwd, dropout2d_fwd, dropout_bwd, dropout_fwd};
 use flowseg_kernels::Nchw;
@@ -73,6 +73,18 @@ impl Op for Dropout {
     ];
     const EXAMPLE: &'static str =
         "name: fp_features\nop: dropout\ninputs: { x: enc.features }\nparams: { p: 0.5, channels: true }\n";
+    const GRAD_CASES: &'static [GradCase] = &[
+        // Whole planes (UniMatch's feature perturbation) and single elements: the mask is a pure
+        // function of the node's stream, so the differences see the same mask.
+        GradCase {
+            params: "{ p: 0.5, channels: true }",
+            feeds: &[("x", Feed::Trainable(&[2, 3, 5, 7]))],
+        },
+        GradCase {
+            params: "{ p: 0.3 }",
+            feeds: &[("x", Feed::Trainable(&[2, 3, 5, 7]))],
+        },
+    ];
     type Params = Params;
 
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

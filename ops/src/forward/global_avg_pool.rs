@@ -10,7 +10,7 @@
 //! engine does not dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::pool::{global_avg_pool_bwd, global_avg_pool_fwd};
 use flowseg_kernels::Nchw;
@@ -25,6 +25,10 @@ impl Op for GlobalAvgPool {
     const INPUTS: &'static [Port] = &[Port::req("x", "f32[N, C, H, W], H and W positive")];
     const OUTPUTS: &'static [Port] = &[Port::req("y", "f32[N, C, 1, 1]: the plane means")];
     const EXAMPLE: &'static str = "name: pool\nop: global_avg_pool\ninputs: { x: layer4.y }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{}",
+        feeds: &[("x", Feed::Trainable(&[2, 3, 5, 7]))],
+    }];
     type Params = NoParams;
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

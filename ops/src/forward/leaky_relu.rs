@@ -6,7 +6,7 @@
 //! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::activation::{leaky_relu_bwd, leaky_relu_fwd};
 use serde::Deserialize;
@@ -34,6 +34,10 @@ impl Op for LeakyRelu {
     const OUTPUTS: &'static [Port] = &[Port::req("y", "f32, the shape of `x`")];
     const EXAMPLE: &'static str =
         "name: act\nop: leaky_relu\ninputs: { x: conv.y }\nparams: { slope: 0.1 }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{ slope: 0.2 }",
+        feeds: &[("x", Feed::TrainableOffZero(&[2, 3, 5, 7]))],
+    }];
     type Params = Params;
 
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

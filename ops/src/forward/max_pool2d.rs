@@ -21,7 +21,7 @@
 //! for them yet), max_unpool.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::pool::{max_pool2d_bwd, max_pool2d_fwd, Pool2d};
 use flowseg_kernels::{KernelError, Nchw};
@@ -82,6 +82,18 @@ impl Op for MaxPool2d {
     ];
     const EXAMPLE: &'static str = "name: pool\nop: max_pool2d\ninputs: { x: stem.y }\n\
         params: { kernel: 3, stride: 2, padding: 1 }\n";
+    const GRAD_CASES: &'static [GradCase] = &[
+        // Overlapping windows with padding (ResNet's stem pool): overlaps sum in the backward.
+        GradCase {
+            params: "{ kernel: 3, stride: 2, padding: 1 }",
+            feeds: &[("x", Feed::TrainableDistinct(&[2, 3, 5, 7]))],
+        },
+        // Default stride (= kernel), a 5×7 plane that leaves a row and a column unpooled.
+        GradCase {
+            params: "{ kernel: 2 }",
+            feeds: &[("x", Feed::TrainableDistinct(&[2, 3, 5, 7]))],
+        },
+    ];
     type Params = Params;
 
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

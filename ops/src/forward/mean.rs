@@ -13,7 +13,7 @@
 //! CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::reduce::{mean_bwd, mean_fwd};
 use serde::Deserialize;
@@ -46,6 +46,10 @@ impl Op for Mean {
     const OUTPUTS: &'static [Port] = &[Port::req("y", "f32[] scalar")];
     const EXAMPLE: &'static str =
         "name: confident_fraction\nop: mean\ninputs: { x: mask.y }\nparams: { over: all }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{ over: all }",
+        feeds: &[("x", Feed::Trainable(&[2, 3, 5, 7]))],
+    }];
     type Params = Params;
 
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

@@ -11,7 +11,7 @@
 //! not dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::elementwise::{mul_bwd, mul_fwd, scale_fwd};
 use flowseg_kernels::reduce::dot_fwd;
@@ -34,6 +34,40 @@ impl Op for Mul {
     const OUTPUTS: &'static [Port] = &[Port::req("y", "f32, the spec of `a`")];
     const EXAMPLE: &'static str =
         "name: weighted_loss\nop: mul\ninputs: { a: unsup_loss.loss, b: confident_fraction.y }\n";
+    const GRAD_CASES: &'static [GradCase] = &[
+        // Same-spec operands, both wanted (one mul_bwd pass).
+        GradCase {
+            params: "{}",
+            feeds: &[
+                ("a", Feed::Trainable(&[2, 3, 5, 7])),
+                ("b", Feed::Trainable(&[2, 3, 5, 7])),
+            ],
+        },
+        // Only db, fed `a` alone.
+        GradCase {
+            params: "{}",
+            feeds: &[
+                ("a", Feed::Constant(&[2, 3, 5, 7])),
+                ("b", Feed::Trainable(&[2, 3, 5, 7])),
+            ],
+        },
+        // A scalar `b`: da = dy·b, db = Σ dy·a.
+        GradCase {
+            params: "{}",
+            feeds: &[
+                ("a", Feed::Trainable(&[2, 3, 5, 7])),
+                ("b", Feed::Trainable(&[])),
+            ],
+        },
+        // A constant scalar `b` (a confident fraction): only da, fed `b` alone.
+        GradCase {
+            params: "{}",
+            feeds: &[
+                ("a", Feed::Trainable(&[2, 3, 5, 7])),
+                ("b", Feed::Constant(&[])),
+            ],
+        },
+    ];
     type Params = NoParams;
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

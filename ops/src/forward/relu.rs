@@ -5,7 +5,7 @@
 //! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::activation::{relu_bwd, relu_fwd};
 
@@ -18,6 +18,10 @@ impl Op for Relu {
     const INPUTS: &'static [Port] = &[Port::req("x", "f32, any shape")];
     const OUTPUTS: &'static [Port] = &[Port::req("y", "f32, the shape of `x`")];
     const EXAMPLE: &'static str = "name: act\nop: relu\ninputs: { x: conv.y }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{}",
+        feeds: &[("x", Feed::TrainableOffZero(&[2, 3, 5, 7]))],
+    }];
     type Params = NoParams;
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

@@ -11,7 +11,7 @@
 //! CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::resize::{resize_bilinear_bwd, resize_bilinear_fwd};
 use flowseg_kernels::Nchw;
@@ -42,6 +42,16 @@ impl Op for ResizeBilinear {
     const OUTPUTS: &'static [Port] = &[Port::req("y", "f32[N, C, h, w] with [h, w] = `size`")];
     const EXAMPLE: &'static str = "name: upsample\nop: resize_bilinear\ninputs: { x: head.y }\n\
         params: { size: [512, 512], align_corners: false }\n";
+    const GRAD_CASES: &'static [GradCase] = &[
+        GradCase {
+            params: "{ size: [4, 9] }",
+            feeds: &[("x", Feed::Trainable(&[2, 3, 5, 7]))],
+        },
+        GradCase {
+            params: "{ size: [8, 3], align_corners: true }",
+            feeds: &[("x", Feed::Trainable(&[2, 3, 5, 7]))],
+        },
+    ];
     type Params = Params;
 
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

@@ -6,7 +6,7 @@
 //! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::softmax::{softmax_bwd, softmax_fwd};
 
@@ -22,6 +22,10 @@ impl Op for Softmax {
         "f32[N, K, H, W] probabilities, summing to 1 over K",
     )];
     const EXAMPLE: &'static str = "name: probs\nop: softmax\ninputs: { x: head.y }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{}",
+        feeds: &[("x", Feed::Trainable(&[2, 3, 5, 7]))],
+    }];
     type Params = NoParams;
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

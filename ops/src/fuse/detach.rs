@@ -10,7 +10,7 @@
 //!
 //! Not here: the CUDA launcher (a device copy, or an alias once the memory plan allows it).
 
-use flowseg_engine::op::io;
+use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 
 /// The `detach` op (no params).
@@ -22,6 +22,10 @@ impl Op for Detach {
     const INPUTS: &'static [Port] = &[Port::req("x", "f32, any shape")];
     const OUTPUTS: &'static [Port] = &[Port::req("y", "f32, the spec of `x`, a copy")];
     const EXAMPLE: &'static str = "name: target\nop: detach\ninputs: { x: student_probs.y }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{}",
+        feeds: &[("x", Feed::Trainable(&[2, 3, 5, 7]))],
+    }];
     type Params = NoParams;
 
     /// The whole point of the op: its output carries no gradient.

@@ -16,7 +16,7 @@
 //! Not here: per-class accuracy or IoU of pseudo-labels (the evaluator scores models on
 //! held-out images).
 
-use flowseg_engine::op::io;
+use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::metrics::label_agreement_fwd;
 use serde::Deserialize;
@@ -62,6 +62,14 @@ impl Op for LabelAccuracy {
     )];
     const EXAMPLE: &'static str = "name: pseudo_acc\nop: label_accuracy\n\
         inputs: { pred: pseudo.label, target: batch.u_label, mask: confident.y }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{}",
+        feeds: &[
+            ("pred", Feed::Labels(&[2, 5, 7])),
+            ("target", Feed::Labels(&[2, 5, 7])),
+            ("mask", Feed::Trainable(&[2, 5, 7])),
+        ],
+    }];
     type Params = Params;
 
     const STOP_GRAD: bool = true;

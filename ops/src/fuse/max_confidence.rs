@@ -8,7 +8,7 @@
 //! A stop-gradient (`Op::STOP_GRAD`): neither output carries a gradient back to `probs`. Its
 //! kernels' CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
-use flowseg_engine::op::io;
+use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::argmax::max_fwd;
 
@@ -29,6 +29,10 @@ impl Op for MaxConfidence {
     ];
     const EXAMPLE: &'static str =
         "name: pseudo\nop: max_confidence\ninputs: { probs: teacher_probs.y }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{}",
+        feeds: &[("probs", Feed::Trainable(&[2, 3, 5, 7]))],
+    }];
     type Params = NoParams;
 
     /// The pseudo-label primitive: its label and confidence are targets and weights for another

@@ -9,7 +9,7 @@
 //! almost everywhere, and the methods use it as a constant weight. Not here: soft (sigmoid)
 //! thresholds, per-class thresholds (FlexMatch-style), and the CUDA launcher.
 
-use flowseg_engine::op::io;
+use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::elementwise::threshold_fwd;
 use serde::Deserialize;
@@ -37,6 +37,10 @@ impl Op for Threshold {
     const OUTPUTS: &'static [Port] = &[Port::req("y", "f32, the spec of `x`, each 0 or 1")];
     const EXAMPLE: &'static str = "name: confident\nop: threshold\n\
         inputs: { x: pseudo.confidence }\nparams: { at: 0.95 }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{ at: 0.0 }",
+        feeds: &[("x", Feed::Trainable(&[2, 3, 5, 7]))],
+    }];
     type Params = Params;
 
     /// A mask is a constant of the loss it weights (FixMatch's confidence mask), not something

@@ -16,7 +16,7 @@
 //! to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::loss::{self, cross_entropy_bwd, cross_entropy_fwd, CrossEntropyParams};
 use serde::{Deserialize, Deserializer};
@@ -108,6 +108,23 @@ impl Op for CrossEntropy {
     const EXAMPLE: &'static str = "name: sup_loss\nop: cross_entropy\n\
         inputs: { logits: student_fwd.logits, target: batch.label }\n\
         params: { ignore_index: 255, denominator: valid_pixels }\n";
+    const GRAD_CASES: &'static [GradCase] = &[
+        GradCase {
+            params: "{}",
+            feeds: &[
+                ("logits", Feed::Trainable(&[2, 3, 5, 7])),
+                ("target", Feed::Labels(&[2, 5, 7])),
+            ],
+        },
+        GradCase {
+            params: "{ denominator: weight_sum }",
+            feeds: &[
+                ("logits", Feed::Trainable(&[2, 3, 5, 7])),
+                ("target", Feed::Labels(&[2, 5, 7])),
+                ("weight", Feed::Constant(&[2, 5, 7])),
+            ],
+        },
+    ];
     type Params = Params;
 
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

@@ -21,7 +21,7 @@
 
 use crate::grad;
 use crate::loss::cross_entropy::Denominator;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::loss::{squared_error_bwd, squared_error_fwd};
 use serde::Deserialize;
@@ -65,6 +65,25 @@ impl Op for SquaredError {
     const EXAMPLE: &'static str = "name: cons_loss\nop: squared_error\n\
         inputs: { a: student_probs.y, b: teacher_probs.y, weight: mixed_mask.y }\n\
         params: { denominator: all_pixels }\n";
+    const GRAD_CASES: &'static [GradCase] = &[
+        // Both maps trainable, default denominator (N·H·W), no weight.
+        GradCase {
+            params: "{}",
+            feeds: &[
+                ("a", Feed::Trainable(&[2, 3, 5, 7])),
+                ("b", Feed::Trainable(&[2, 3, 5, 7])),
+            ],
+        },
+        // A teacher-like constant target and a per-pixel weight: only da.
+        GradCase {
+            params: "{ denominator: weight_sum }",
+            feeds: &[
+                ("a", Feed::Trainable(&[2, 3, 5, 7])),
+                ("b", Feed::Constant(&[2, 3, 5, 7])),
+                ("weight", Feed::Constant(&[2, 5, 7])),
+            ],
+        },
+    ];
     type Params = Params;
 
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {

@@ -26,7 +26,7 @@
 //! kernels' CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 //! The draws are counter-based, so the twin reproduces these masks exactly.
 
-use flowseg_engine::op::io;
+use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::mix::{self as kernel, box_mask_fwd, draw_boxes, draw_partners, BoxParams};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -287,6 +287,13 @@ impl Op for BoxMask {
     ];
     const EXAMPLE: &'static str = "name: cut\nop: box_mask\ninputs: { like: batch.u_image }\n\
         params: { partner: same, area: [0.02, 0.4], aspect_sampling: uniform, p: 0.5 }\n";
+    const GRAD_CASES: &'static [GradCase] = &[
+        // Stop-gradients: the masks are drawn (box) or read off labels (class).
+        GradCase {
+            params: "{ partner: permute, area: [0.02, 0.4] }",
+            feeds: &[("like", Feed::Trainable(&[2, 3, 5, 7]))],
+        },
+    ];
     type Params = Params;
 
     /// The mask and partner are drawn, not computed from `like`: constants for autodiff.

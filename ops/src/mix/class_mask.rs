@@ -24,7 +24,7 @@
 //! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use super::box_mask::{batch_plane, check_extent, Partner};
-use flowseg_engine::op::io;
+use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::mix::{class_mask_fwd, draw_classes, draw_partners, ClassCount};
 use serde::Deserialize;
@@ -78,6 +78,10 @@ impl Op for ClassMask {
     ];
     const EXAMPLE: &'static str = "name: classes\nop: class_mask\n\
         inputs: { label: pseudo.label }\nparams: { partner: roll, ignore: 255 }\n";
+    const GRAD_CASES: &'static [GradCase] = &[GradCase {
+        params: "{ partner: roll }",
+        feeds: &[("label", Feed::Labels(&[2, 5, 7]))],
+    }];
     type Params = Params;
 
     /// The mask is a function of (integer) labels: a constant for autodiff.

@@ -19,7 +19,7 @@
 //! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{DType, ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::mix::{mix_bwd, mix_fwd, mix_labels_fwd, MixSource};
 use flowseg_kernels::Nchw;
@@ -79,6 +79,38 @@ impl Op for Mix {
     const OUTPUTS: &'static [Port] = &[Port::req("out", "the spec of `a`")];
     const EXAMPLE: &'static str = "name: mixed\nop: mix\n\
         inputs: { mask: cut.mask, partner: cut.partner, a: batch.u_image, b: batch.u_image_2 }\n";
+    const GRAD_CASES: &'static [GradCase] = &[
+        // Within the batch, sample 1 the partner of both: its da sums its own share and both
+        // samples' pasted shares.
+        GradCase {
+            params: "{}",
+            feeds: &[
+                ("mask", Feed::Binary(&[2, 5, 7])),
+                ("partner", Feed::Indices(&[1, 1])),
+                ("a", Feed::Trainable(&[2, 3, 5, 7])),
+            ],
+        },
+        // A second batch: da and db.
+        GradCase {
+            params: "{}",
+            feeds: &[
+                ("mask", Feed::Binary(&[2, 5, 7])),
+                ("partner", Feed::Indices(&[1, 0])),
+                ("a", Feed::Trainable(&[2, 3, 5, 7])),
+                ("b", Feed::Trainable(&[2, 3, 5, 7])),
+            ],
+        },
+        // [N, H, W] maps, a constant second batch: only da.
+        GradCase {
+            params: "{}",
+            feeds: &[
+                ("mask", Feed::Binary(&[2, 5, 7])),
+                ("partner", Feed::Indices(&[0, 1])),
+                ("a", Feed::Trainable(&[2, 5, 7])),
+                ("b", Feed::Constant(&[2, 5, 7])),
+            ],
+        },
+    ];
     type Params = NoParams;
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
