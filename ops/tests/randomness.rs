@@ -32,7 +32,12 @@ fn build(nodes: &[&str]) -> Graph {
         batch: [("image".to_owned(), spec_of)].into(),
         ..Env::default()
     };
-    ir::build(&spec, &builtin_registry().expect("built-in ops register"), &env).unwrap_or_else(|e| panic!("{e:?}"))
+    ir::build(
+        &spec,
+        &builtin_registry().expect("built-in ops register"),
+        &env,
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 /// Bits of every output of the node named `name`.
@@ -52,7 +57,9 @@ fn outputs_of(graph: &Graph, name: &str, seed: u64, iteration: u64) -> Vec<Vec<u
         .expect("the node exists");
     (0..graph.nodes[node].outputs.len())
         .map(|port| {
-            let t = run.get(&ValueRef::Node { node, port }).expect("outputs are kept");
+            let t = run
+                .get(&ValueRef::Node { node, port })
+                .expect("outputs are kept");
             match (t.f32(), t.i32()) {
                 (Some(v), _) => v.iter().map(|x| x.to_bits()).collect(),
                 (_, Some(v)) => v.iter().map(|&x| x as u32).collect(),
