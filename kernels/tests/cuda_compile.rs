@@ -9,7 +9,7 @@
 //! `PATH`; `.ci/run` installs both from NVIDIA's Python wheels. When either is missing the test
 //! prints why and passes, unless `FLOWSEG_REQUIRE_NVRTC=1` (CI), which makes it fail.
 //!
-//! Not here: running anything (tests/cuda_parity.rs, which needs a GPU).
+//! Not here: running anything (tests/cuda_parity_<family>.rs, which need a GPU).
 #![cfg(feature = "cuda")]
 #![allow(clippy::print_stdout)]
 

@@ -4,8 +4,9 @@
 //! and fails naming every kernel without a row, every row whose CPU kernel is gone, every
 //! launcher missing from the file the row names, and every launcher filed elsewhere than in its
 //! CPU kernel's file (`elementwise::add_fwd` → `cuda/elementwise.rs`). It also checks that every
-//! launcher file under `kernels/src/cuda/` (besides the shared plumbing) and every `.cu` source
-//! under `kernels/cuda/` is named like a CPU kernel file, one of each per file. Source text only,
+//! launcher file under `kernels/src/cuda/` (besides the shared plumbing), every `.cu` source
+//! under `kernels/cuda/` and every parity test `tests/cuda_parity_<file>.rs` is named like a CPU
+//! kernel file, one of each per file. Source text only,
 //! so it runs without the `cuda` feature and without a GPU.
 //!
 //! Not here: whether a twin computes the same thing (the `cuda_parity*` tests, on a GPU).
@@ -188,7 +189,7 @@ fn every_cpu_kernel_has_a_cuda_twin() {
 }
 
 #[test]
-fn launcher_and_source_files_are_named_like_cpu_kernel_files() {
+fn launcher_source_and_test_files_are_named_like_cpu_kernel_files() {
     let families: BTreeSet<String> = cpu_kernels()
         .iter()
         .map(|k| file_of(k).to_string())
@@ -215,6 +216,29 @@ fn launcher_and_source_files_are_named_like_cpu_kernel_files() {
                 what.replace("{}", f)
             ));
         }
+    }
+    // Parity tests: one file per launcher file, named like it (`device` tests the plumbing).
+    let parity: BTreeSet<String> = stems(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .as_path(),
+        "rs",
+    )
+    .iter()
+    .filter_map(|s| s.strip_prefix("cuda_parity_").map(str::to_string))
+    .collect();
+    for f in parity
+        .iter()
+        .filter(|f| !families.contains(*f) && !PLUMBING.contains(&f.as_str()))
+    {
+        problems.push(format!(
+            "kernels/tests/cuda_parity_{f}.rs is not named like a launcher file of kernels/src/cuda/"
+        ));
+    }
+    for f in families.difference(&parity) {
+        problems.push(format!(
+            "kernels/src/cuda/{f}.rs has no parity test kernels/tests/cuda_parity_{f}.rs"
+        ));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -151,6 +151,8 @@ pub fn threshold_fwd(
     launch!(dev, ELEMENTWISE, "threshold_fwd", grid(n); px, n64, at, below, py)
 }
 
+// ---------------------------------------------------------------- concat and slice
+
 /// One `copy_rows` launch: `rows` rows of `row_len` words from `src` (row stride, offset) to
 /// `dst` (row stride, offset), addresses already taken.
 #[allow(clippy::too_many_arguments)]

@@ -23,8 +23,6 @@ use crate::loss::{CrossEntropyParams, Denominator};
 use crate::{KernelError, Nchw};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-// Hard labels: softmax + cross entropy.
-
 /// (mode, constant) of a denominator as `ce_finalize` reads them; rejects a bad constant with
 /// the CPU's message. Shared by every loss of this file.
 fn denominator_code(kernel: &'static str, d: Denominator) -> Result<(i32, f64), CudaError> {
@@ -42,6 +40,8 @@ fn denominator_code(kernel: &'static str, d: Denominator) -> Result<(i32, f64), 
         }
     })
 }
+
+// ---------------------------------------------------------------- hard labels: softmax + CE
 
 fn check_ce_common(
     kernel: &'static str,
@@ -168,7 +168,7 @@ pub fn cross_entropy_bwd(
         px, pt, pw, pdl, pinv, pixels64, k, plane, ignore, pg)
 }
 
-// Masked probability-space losses: soft CE, squared error, KL.
+// ---------------------------------------------------------------- masked losses
 
 /// The per-pixel forward of a masked loss (`loss.cu`'s `*_fwd_partials`).
 #[derive(Clone, Copy)]

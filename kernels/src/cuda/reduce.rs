@@ -101,6 +101,8 @@ pub fn mean_bwd(
     fill_bwd(dev, dy, dx.elems() as f64, dx)
 }
 
+// ---------------------------------------------------------------- dot and channel reductions
+
 /// [`crate::reduce::dot_fwd`]: out[0] = Σ a·b, accumulated in f64 (0 when empty). a, b: same
 /// length; out: [1].
 pub fn dot_fwd(

@@ -2,7 +2,11 @@
 //! host↔device copies, and the comparisons that print the maximum error on success and the first
 //! mismatches on failure.
 //!
-//! Not here: the tests themselves (`cuda_parity*.rs`, one file per launcher module).
+//! Also the inputs several families share: the odd element counts [`SIZES`], class labels, and
+//! the per-sample helpers of the augment and mix tests.
+//!
+//! Not here: the tests themselves (`cuda_parity_<family>.rs`, one file per launcher file of
+//! `kernels/src/cuda/`, named like it: `cuda_parity_elementwise.rs` tests `cuda/elementwise.rs`).
 
 #![allow(dead_code, reason = "each test file uses the helpers it needs")]
 
@@ -24,6 +28,38 @@ pub fn device() -> Option<Device> {
     }
 }
 
+/// Odd sizes around the block size, and one realistic activation (4×64×128×128).
+pub const SIZES: &[usize] = &[1, 255, 257, 100_003, 4 * 64 * 128 * 128];
+
+/// `n` class labels in [0, k), about `ignore_frac` of them `ignore`, a pure function of `seed`.
+pub fn labels(seed: u64, n: usize, k: usize, ignore: i32, ignore_frac: f32) -> Vec<i32> {
+    let g = Philox::new(seed, 0x1AB);
+    (0..n)
+        .map(|i| {
+            if g.uniform_at(2 * i as u64) < ignore_frac {
+                ignore
+            } else {
+                (g.u32_at(2 * i as u64 + 1) % k as u32) as i32
+            }
+        })
+        .collect()
+}
+
+/// `n` integers in [0, k), a pure function of `seed`.
+pub fn ints(seed: u64, n: usize, k: u32) -> Vec<i32> {
+    let g = Philox::new(seed, 0x1AB);
+    (0..n).map(|i| (g.u32_at(i as u64) % k) as i32).collect()
+}
+
+/// Makes sure a small batch has both an applied sample (the first) and a copied one (the last).
+pub fn both<D>(draws: &mut [D], apply: impl Fn(&mut D) -> &mut bool) {
+    *apply(&mut draws[0]) = true;
+    if draws.len() > 1 {
+        let last = draws.len() - 1;
+        *apply(&mut draws[last]) = false;
+    }
+}
+
 /// `n` values uniform in [lo, hi), a pure function of `seed`.
 pub fn uniform(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     let g = Philox::new(seed, 0xC0DA);
@@ -35,6 +71,11 @@ pub fn uniform(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 /// Host → device.
 pub fn up<T: DeviceRepr>(dev: &Device, v: &[T]) -> CudaSlice<T> {
     dev.stream().clone_htod(v).unwrap()
+}
+
+/// `n` zeros on the device.
+pub fn zeros(dev: &Device, n: usize) -> CudaSlice<f32> {
+    up(dev, &vec![0f32; n])
 }
 
 /// Device → host.

@@ -146,7 +146,7 @@ fn check_case(dev: &Device, seed: u64, (name, xs, co, p): Case) {
         let bias = with_bias.then_some(b.as_slice());
         conv2d::conv2d_fwd(&x, xs, &w, bias, co, &p, &mut y).unwrap();
         let mut gy = nans(dev, ys.len());
-        let gbias = with_bias.then_some(&gb as &dyn flowseg_kernels::cuda::DeviceBuf<f32>);
+        let gbias = with_bias.then_some(&gb as &dyn cuda::DeviceBuf<f32>);
         cuda::conv2d::conv2d_fwd(dev, &gx, xs, &gw, gbias, co, &p, &mut gy).unwrap();
         let what = format!("conv2d_fwd {name} bias={with_bias}");
         if depthwise {

@@ -1,0 +1,108 @@
+//! Parity of the CUDA reductions (kernels/src/cuda/reduce.rs: sum and mean over all elements and
+//! their backwards, dot, channel sums and means) with kernels/src/reduce.rs, at odd sizes and
+//! realistic ones. The f64 sums over all elements (and dot) are finished in another order than
+//! the CPU's and agree to f32 rounding; the channel reductions and every backward are
+//! bit-identical. Each test names its tolerance.
+//!
+//! Without a GPU every test prints "skipped: no CUDA device (<reason>)" and passes, unless
+//! `FLOWSEG_REQUIRE_GPU=1` (the GPU check script), which makes it fail.
+#![cfg(feature = "cuda")]
+// Helpers outside #[test] fns unwrap too: a panic is the failure report here.
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+mod cuda_common;
+use cuda_common::*;
+
+use flowseg_kernels::cuda;
+use flowseg_kernels::{reduce, Nchw};
+
+#[test]
+fn sum_and_mean_match_cpu() {
+    let Some(dev) = device() else { return };
+    for &n in SIZES {
+        let x = uniform(50, n, -1.0, 2.0);
+        let dx_ = up(&dev, &x);
+        let mut out = up(&dev, &[0f32]);
+        cuda::reduce::sum_fwd(&dev, &dx_, &mut out).unwrap();
+        close(
+            &format!("sum_fwd n={n}"),
+            &down(&dev, &out),
+            &[reduce::sum_fwd(&x).unwrap()],
+            0.0,
+            1.2e-7,
+        );
+        cuda::reduce::mean_fwd(&dev, &dx_, &mut out).unwrap();
+        close(
+            &format!("mean_fwd n={n}"),
+            &down(&dev, &out),
+            &[reduce::mean_fwd(&x).unwrap()],
+            0.0,
+            1.2e-7,
+        );
+
+        let dy = up(&dev, &[0.3f32]);
+        let mut g = up(&dev, &vec![0f32; n]);
+        let mut cpu = vec![0f32; n];
+        cuda::reduce::sum_bwd(&dev, &dy, &mut g).unwrap();
+        reduce::sum_bwd(0.3, &mut cpu).unwrap();
+        exact(&format!("sum_bwd n={n}"), &down(&dev, &g), &cpu);
+        cuda::reduce::mean_bwd(&dev, &dy, &mut g).unwrap();
+        reduce::mean_bwd(0.3, &mut cpu).unwrap();
+        exact(&format!("mean_bwd n={n}"), &down(&dev, &g), &cpu);
+    }
+}
+
+/// Odd shapes and a realistic one (the loss maps: 8 images, 21 classes, 128×128).
+const SHAPES: &[Nchw] = &[
+    Nchw::new(1, 1, 1, 1),
+    Nchw::new(3, 5, 17, 23),
+    Nchw::new(2, 19, 33, 47),
+    Nchw::new(8, 21, 128, 128),
+];
+
+/// dot: rtol 1.2e-7 (an f64 sum in another order, rounded once). Channel sums and means and
+/// their backwards: bit-identical (the CPU's f64 channel-order sums and f32 products).
+#[test]
+fn dot_and_channel_reductions_match_cpu() {
+    let Some(dev) = device() else { return };
+    for &n in SIZES {
+        let (a, b) = (uniform(40, n, -1.0, 2.0), uniform(41, n, -1.0, 1.0));
+        let mut out = zeros(&dev, 1);
+        cuda::reduce::dot_fwd(&dev, &up(&dev, &a), &up(&dev, &b), &mut out).unwrap();
+        close(
+            &format!("dot_fwd n={n}"),
+            &down(&dev, &out),
+            &[reduce::dot_fwd(&a, &b).unwrap()],
+            0.0,
+            1.2e-7,
+        );
+    }
+    // Mean over zero channels is the CPU's error (checked before any length).
+    let (one, mut one_out) = (zeros(&dev, 1), zeros(&dev, 1));
+    let err = cuda::reduce::mean_channels_fwd(&dev, &one, Nchw::new(2, 0, 3, 3), &mut one_out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mean over zero channels"), "{err}");
+    for &s in SHAPES {
+        let pixels = s.n * s.plane();
+        let x = uniform(42, s.len(), -3.0, 3.0);
+        let dy = uniform(43, pixels, -1.0, 1.0);
+        let (gx, gdy) = (up(&dev, &x), up(&dev, &dy));
+        let mut gy = zeros(&dev, pixels);
+        let mut y = vec![0f32; pixels];
+        cuda::reduce::sum_channels_fwd(&dev, &gx, s, &mut gy).unwrap();
+        reduce::sum_channels_fwd(&x, s, &mut y).unwrap();
+        exact(&format!("sum_channels_fwd {s:?}"), &down(&dev, &gy), &y);
+        let mut gdx = up(&dev, &vec![f32::NAN; s.len()]);
+        let mut dx = vec![0f32; s.len()];
+        cuda::reduce::sum_channels_bwd(&dev, &gdy, s, &mut gdx).unwrap();
+        reduce::sum_channels_bwd(&dy, s, &mut dx).unwrap();
+        exact(&format!("sum_channels_bwd {s:?}"), &down(&dev, &gdx), &dx);
+        cuda::reduce::mean_channels_fwd(&dev, &gx, s, &mut gy).unwrap();
+        reduce::mean_channels_fwd(&x, s, &mut y).unwrap();
+        exact(&format!("mean_channels_fwd {s:?}"), &down(&dev, &gy), &y);
+        cuda::reduce::mean_channels_bwd(&dev, &gdy, s, &mut gdx).unwrap();
+        reduce::mean_channels_bwd(&dy, s, &mut dx).unwrap();
+        exact(&format!("mean_channels_bwd {s:?}"), &down(&dev, &gdx), &dx);
+    }
+}
