@@ -63,7 +63,7 @@ fn tiny_graph() -> String {
 }
 
 fn main() {
-    let registry = flowseg_ops::builtin_registry().unwrap();
+    let registry = flowseg::registry(&[]).unwrap();
 
     // 1. Planning 500 tiny ops.
     let text = tiny_graph();
@@ -146,11 +146,7 @@ fn main() {
     let t_ops = time(reps, || {
         for (i, n) in graph.nodes.iter().enumerate() {
             let ins: Vec<Option<&Tensor>> = inputs[i].iter().map(Option::as_ref).collect();
-            let cx = ExecCx {
-                seed: 0,
-                iteration: 0,
-                node: i as u32,
-            };
+            let cx = ExecCx::for_node(0, 0, &n.name.value);
             n.op.cpu(&cx, &ins, &mut outputs[i]).unwrap();
         }
     });

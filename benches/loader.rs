@@ -18,12 +18,12 @@
 
 use flowseg_engine::data::{DataSource, Dataset};
 use flowseg_kernels::philox::Philox;
-use flowseg_ops::data::files::{Crop, Geometry, WithGeometry};
-use flowseg_ops::data::loader::{Batching, WithBatching};
-use flowseg_ops::data::palette::write_index_png;
-use flowseg_ops::data::split::Labeled;
-use flowseg_ops::data::synthetic::{Synthetic, SyntheticParams};
-use flowseg_ops::data::voc::{Voc, VocParams};
+use flowseg_sources::files::{Crop, Geometry, WithGeometry};
+use flowseg_sources::loader::{Batching, WithBatching};
+use flowseg_sources::palette::write_index_png;
+use flowseg_sources::split::Labeled;
+use flowseg_sources::synthetic::{Synthetic, SyntheticParams};
+use flowseg_sources::voc::{Voc, VocParams};
 use std::path::Path;
 use std::time::Instant;
 

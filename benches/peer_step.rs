@@ -358,11 +358,7 @@ fn profile(registry: &Registry, label: &str, graph: &str, size: usize, sets: &[S
         }
         for (i, node) in graph.nodes.iter().enumerate() {
             let ins: Vec<Option<&Tensor>> = inputs[i].iter().map(Option::as_ref).collect();
-            let cx = ExecCx {
-                seed: 0,
-                iteration: 0,
-                node: i as u32,
-            };
+            let cx = ExecCx::for_node(0, 0, &node.name.value);
             let t = Instant::now();
             node.op.cpu(&cx, &ins, &mut outputs[i]).unwrap();
             if pass >= WARMUP {
@@ -434,7 +430,7 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let registry = flowseg_ops::builtin_registry().unwrap();
+    let registry = flowseg::registry(&[]).unwrap();
     let count =
         |a: Option<&String>| -> usize { a.and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()) };
     match args.first().map(String::as_str) {

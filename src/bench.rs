@@ -69,7 +69,7 @@ pub(crate) const DATASETS: &[Dataset] = &[
 ];
 
 /// The keys of a graph's `data:` kept by a dataset with `replace_source` (the loader's
-/// batching keys, ops/src/data/loader.rs).
+/// batching keys, sources/src/loader.rs).
 pub(crate) const BATCHING_KEYS: &[&str] = &[
     "batch",
     "unlabeled_batch",
@@ -584,6 +584,7 @@ const CODE_PATHS: &[&str] = &[
     ":/kernels",
     ":/engine",
     ":/ops",
+    ":/sources",
     ":/src",
     ":/Cargo.toml",
     ":/Cargo.lock",

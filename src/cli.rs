@@ -81,9 +81,10 @@ pub(crate) struct Styled {
     pub(crate) err: bool,
 }
 
-/// The built-in ops, then each plugin's, in order.
+/// The built-in ops, models and data sources, then each plugin's, in order.
 pub fn registry(plugins: &[&dyn Plugin]) -> Result<Registry, RegistryError> {
     let mut r = flowseg_ops::builtin_registry()?;
+    flowseg_sources::register_builtin_sources(&mut r)?;
     for p in plugins {
         r.install(*p)?;
     }

@@ -5,10 +5,10 @@
 //!
 //! Not here: the split and generator logic (flowseg-ops `data::split`, `data::m2nist`).
 
-use flowseg_ops::data::m2nist::{
+use flowseg_sources::m2nist::{
     generate, parse_digit_range, parse_scale_range, M2nistArgs, CLASSES,
 };
-use flowseg_ops::data::split::{split, Labeled};
+use flowseg_sources::split::{split, Labeled};
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;

@@ -23,10 +23,10 @@ use flowseg_kernels::optim::{sgd_step, Sgd};
 use flowseg_kernels::philox::Philox;
 use flowseg_kernels::resize::{resize_bilinear_bwd, resize_bilinear_fwd};
 use flowseg_kernels::{KernelError, Nchw};
-use flowseg_ops::data::shapes::shapes_batch as batch;
+use flowseg_sources::shapes::shapes_batch as batch;
 use std::time::Instant;
 
-pub use flowseg_ops::data::shapes::CLASSES;
+pub use flowseg_sources::shapes::CLASSES;
 const K: usize = CLASSES.len();
 
 /// What to train and for how long. Also the `flowseg demo` flags (each field is `--field`).

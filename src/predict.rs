@@ -12,7 +12,7 @@ use crate::eval::{Evaluator, Predictor};
 use crate::run::{load, read, Loaded, Rejected};
 use flowseg_engine::checkpoint;
 use flowseg_engine::{Registry, Tensor};
-use flowseg_ops::data::palette::{voc_palette, write_index_png};
+use flowseg_sources::palette::{voc_palette, write_index_png};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! beats the all-background baseline), deterministically, and the binary reports bad flags.
 
 use flowseg::demo::{run, DemoConfig};
-use flowseg_ops::data::shapes::shapes_sample;
+use flowseg_sources::shapes::shapes_sample;
 use std::process::Command;
 
 fn small() -> DemoConfig {

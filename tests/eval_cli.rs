@@ -161,7 +161,7 @@ fn predict_writes_masks_and_overlays_and_keeps_existing_files() {
     let (code, out, err) = call(args(&[]));
     assert_eq!(code, ExitCode::SUCCESS, "{err}");
     assert!(out.contains("2 images segmented with `student`"), "{out}");
-    let (ids, h, w) = flowseg_ops::data::palette::read_index_png(&masks.join("b.png")).unwrap();
+    let (ids, h, w) = flowseg_sources::palette::read_index_png(&masks.join("b.png")).unwrap();
     assert_eq!((h, w), (20, 24));
     assert!(ids.iter().all(|&i| i < 3));
     let overlay = image::open(masks.join("a_overlay.png")).unwrap();

@@ -192,7 +192,7 @@ fn main_loss(name: &str) -> &'static str {
 
 #[test]
 fn on_a_fixed_batch_every_graph_lowers_its_main_loss_in_30_iterations() {
-    let registry = flowseg_ops::builtin_registry().unwrap();
+    let registry = flowseg::registry(&[]).unwrap();
     for name in all_graphs() {
         let text = std::fs::read_to_string(graph(&name)).unwrap();
         let mut sets = small(&name);

@@ -10,7 +10,7 @@
 //! params, `open`), [`Dataset`] the opened instance that delivers batches.
 //!
 //! Not here: opening the source a graph names (`open.rs`, above the registry), the sources
-//! themselves, splits and loader threads (`flowseg-ops`, data/).
+//! themselves, splits and loader threads (`flowseg-sources`).
 
 use crate::spec::{from_node, DeError, Node, Value};
 use crate::tensor::{Tensor, TensorSpec};

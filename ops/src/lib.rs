@@ -5,7 +5,8 @@
 //!
 //! Families: `augment` (photometric and cutout augmentations), `forward` (layers and
 //! activations), `loss` (scalar objectives), `fuse` (turning predictions into pseudo-labels and
-//! masks), `mix` (CutMix / ClassMix masks and the masked mix); data sources live in `data/`. EMA
+//! masks), `mix` (CutMix / ClassMix masks and the masked mix). Data sources are another crate's
+//! (`flowseg-sources`). EMA
 //! teachers and optimizers are the trainer's (declared in a graph's `models:` and `optim:`).
 //! Beside the ops, `models/` holds the built-in architectures (`deeplab_lite`,
 //! `resnet18_deeplabv3plus`, `resnet50_deeplabv3plus`), one file per family, registered the same
@@ -32,21 +33,6 @@ pub mod augment {
     pub mod cutout;
     pub mod gaussian_blur;
     pub mod random_grayscale;
-}
-
-/// Data sources (`data: { source: ... }`).
-pub mod data {
-    pub mod cityscapes;
-    pub mod files;
-    pub mod loader;
-    pub mod m2nist;
-    pub mod manifest;
-    pub mod palette;
-    pub mod shapes;
-    pub mod shared_keys;
-    pub mod split;
-    pub mod synthetic;
-    pub mod voc;
 }
 
 /// Network layers and activations.
@@ -129,11 +115,6 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<mix::class_mask::ClassMask>()?;
     r.add::<mix::mix::Mix>()?;
     r.add::<loss::squared_error::SquaredError>()?;
-    r.add_data::<data::cityscapes::Cityscapes>()?;
-    r.add_data::<data::manifest::Manifest>()?;
-    r.add_data::<data::shapes::Shapes>()?;
-    r.add_data::<data::synthetic::Synthetic>()?;
-    r.add_data::<data::voc::Voc>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;
     r.add_model::<models::resnet::Resnet50DeepLabV3Plus>()?;

@@ -54,7 +54,8 @@ fn first_difference(
 
 #[test]
 fn every_shipped_graph_steps_identically_on_poisoned_and_reused_buffers() {
-    let registry = builtin_registry().expect("built-in ops register");
+    let mut registry = builtin_registry().expect("built-in ops register");
+    flowseg_sources::register_builtin_sources(&mut registry).expect("built-in sources register");
     let mut files: Vec<PathBuf> = std::fs::read_dir(graphs_dir())
         .expect("graphs/ is readable")
         .map(|e| e.expect("a directory entry").path())

@@ -42,8 +42,8 @@
 //!
 //! Not here: the CLI subcommand (root crate), reading the VOC layout back (`files.rs`).
 
-use crate::data::palette::write_index_png;
-use crate::data::split::tag;
+use crate::palette::write_index_png;
+use crate::split::tag;
 use flowseg_engine::kernels::philox::Philox;
 use rayon::prelude::*;
 use std::fs;
@@ -865,7 +865,7 @@ fn write_text(path: &Path, text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::palette::read_index_png;
+    use crate::palette::read_index_png;
 
     /// A fresh temp folder for one test.
     fn temp(name: &str) -> PathBuf {

@@ -657,7 +657,7 @@ pub(crate) mod testdir {
 mod tests {
     use super::testdir::{write_mask, write_rgb, TempDir};
     use super::*;
-    use crate::data::palette::voc_palette;
+    use crate::palette::voc_palette;
     use flowseg_engine::spec::{from_node, parse_yaml};
 
     fn geometry(h: usize, w: usize, scale: [f32; 2]) -> Geometry {

@@ -231,7 +231,8 @@ mod tests {
              unlabeled_batch: 3 }}",
             d.0.display()
         );
-        let reg = crate::builtin_registry().unwrap();
+        let mut reg = flowseg_engine::Registry::new();
+        crate::register_builtin_sources(&mut reg).unwrap();
         let mut src = reg
             .data("voc")
             .unwrap()
