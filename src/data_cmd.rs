@@ -130,10 +130,8 @@ fn split_cmd(a: &SplitArgs, out: &mut dyn Write) -> Result<(), (u8, String)> {
         if body.is_empty() {
             body.push_str("# (none)\n");
         }
-        // Temp file + rename: an interrupted write never leaves half a split behind.
-        let tmp = path.with_extension("txt.partial");
-        fs::write(&tmp, body)
-            .and_then(|()| fs::rename(&tmp, path))
+        // An interrupted write never leaves half a split behind.
+        flowseg_engine::fsutil::write_atomic(path, body.as_bytes())
             .map_err(|e| (1, format!("cannot write {}: {e}", path.display())))?;
     }
     writeln!(

@@ -722,37 +722,18 @@ fn fresh_run_dir(out: &Path, name: &str) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// `YYYYmmdd-HHMMSS` in UTC (civil-from-days, Howard Hinnant's algorithm).
+/// `YYYYmmdd-HHMMSS` in UTC: RFC 3339 (`humantime`) without its separators.
 fn utc_stamp(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let iso = humantime::format_rfc3339_seconds(t).to_string();
+    iso.trim_end_matches('Z')
+        .replace('T', "_")
+        .replace(['-', ':'], "")
+        .replace('_', "-")
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a crash leaves the old
-/// file or the new one.
+/// [`flowseg_engine::fsutil::write_atomic`] as an `io::Result`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)
+    Ok(flowseg_engine::fsutil::write_atomic(path, bytes)?)
 }
 
 /// Keeps the metrics lines of iterations before `next` (lines written after the checkpoint a

@@ -18,10 +18,10 @@ use safetensors::tensor::{Dtype, TensorInfo, View};
 use safetensors::SafeTensors;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
+
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// The `meta` key holding the format version.
@@ -211,65 +211,19 @@ pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<(), CheckpointError> {
             )));
         }
     }
-    let Some(name) = path.file_name() else {
+    if path.file_name().is_none() {
         return Err(invalid("the path names no file".to_string()));
-    };
+    }
     let mut meta: HashMap<String, String> = ckpt.meta.clone().into_iter().collect();
     meta.insert(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string());
     let bytes = safetensors::serialize(ckpt.tensors.iter().map(|(k, t)| (k, Le(t))), Some(meta))
         .map_err(|e| invalid(e.to_string()))?;
 
-    // `Path::parent` of a bare file name is `""`, which no syscall accepts as a directory.
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let io_err = |p: &Path, op: &str, source| CheckpointError::Io {
-        path: p.to_path_buf(),
-        op: op.to_string(),
-        source,
-    };
-
-    // Same directory, so the rename stays within one filesystem and is atomic. A stale temp
-    // of ours (a crash that reused this pid) is simply truncated.
-    let written = (|| -> Result<(), CheckpointError> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| io_err(&tmp, "create", e))?;
-        file.write_all(&bytes)
-            .map_err(|e| io_err(&tmp, "write", e))?;
-        file.flush().map_err(|e| io_err(&tmp, "flush", e))?;
-        // The data must be on disk before the rename makes it visible under the final name;
-        // otherwise a power cut can leave the new name pointing at an empty or partial file.
-        file.sync_all().map_err(|e| io_err(&tmp, "fsync", e))?;
-        fs::rename(&tmp, path)
-            .map_err(|e| io_err(&tmp, &format!("rename to {}", path.display()), e))
-    })();
-    if let Err(e) = written {
-        // Best effort: the error being reported matters more than a leftover temp.
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    sync_dir(dir).map_err(|e| io_err(dir, "fsync directory", e))
-}
-
-/// Makes the rename durable: on unix the directory entry lives in the directory's own data.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Elsewhere a directory cannot be opened as a file; the rename is still atomic.
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
+    crate::fsutil::write_atomic(path, &bytes).map_err(|e| CheckpointError::Io {
+        path: e.path,
+        op: e.op,
+        source: e.source,
+    })
 }
 
 /// Reads a checkpoint written by [`save`]. `meta` comes back with [`FORMAT_KEY`] in it.
@@ -433,11 +387,6 @@ mod tests {
         Checkpoint { tensors, meta }
     }
 
-    fn tmp_name(path: &Path) -> PathBuf {
-        let name = path.file_name().unwrap().to_string_lossy();
-        path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-    }
-
     #[test]
     fn round_trip_keeps_tensors_and_meta() {
         let dir = tempfile::tempdir().unwrap();
@@ -496,11 +445,12 @@ mod tests {
         let path = dir.path().join("last.safetensors");
         let old = sample();
         save(&path, &old).unwrap();
-        // A save that died mid-write: garbage in the temp file, the final name untouched.
-        let tmp = tmp_name(&path);
+        // A save that died mid-write: garbage in its temporary file, the final name untouched.
+        let tmp = dir.path().join(".last.safetensors.dead01.tmp");
         fs::write(&tmp, b"\x40\x00\x00\x00\x00\x00\x00\x00{\"student.conv.w").unwrap();
         assert_eq!(load(&path).unwrap().tensors, old.tensors);
-        // The next save overwrites the stale temp, renames it into place, leaves nothing behind.
+        // The next save writes its own temporary and renames it into place; the dead one's
+        // leftover is not read and not touched.
         let mut new = sample();
         new.meta.insert("iteration".to_string(), "1300".to_string());
         new.tensors.remove("empty_f32");
@@ -508,12 +458,12 @@ mod tests {
         let back = load(&path).unwrap();
         assert_eq!(back.tensors, new.tensors);
         assert_eq!(back.meta["iteration"], "1300");
-        assert!(!tmp.exists());
-        let names: Vec<_> = fs::read_dir(dir.path())
+        let mut names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, ["last.safetensors"]);
+        names.sort();
+        assert_eq!(names, [".last.safetensors.dead01.tmp", "last.safetensors"]);
     }
 
     #[test]
@@ -525,9 +475,17 @@ mod tests {
         fs::write(path.join("keep"), b"x").unwrap();
         let e = save(&path, &sample()).unwrap_err();
         assert!(matches!(e, CheckpointError::Io { .. }), "{e}");
-        assert!(e.to_string().contains("rename to"), "{e}");
+        assert!(e.to_string().contains("rename a temporary file to"), "{e}");
         assert!(path.join("keep").exists());
-        assert!(!tmp_name(&path).exists());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            ["ckpt.safetensors"],
+            "the temporary file was left behind"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod autodiff;
 pub mod checkpoint;
 pub mod data;
 pub mod exec;
+pub mod fsutil;
 pub mod graph;
 pub mod ir;
 pub mod model;

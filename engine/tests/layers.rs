@@ -10,6 +10,7 @@ use std::path::Path;
 
 /// Bottom to top. A module's files (`spec/` holds several) share its rank.
 const STACK: &[&str] = &[
+    "fsutil",
     "spec",
     "tensor",
     "graph",

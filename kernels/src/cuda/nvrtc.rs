@@ -428,19 +428,21 @@ pub fn compile(source: &'static CudaSource, arch: &str) -> Result<Vec<u8>, CudaE
     Ok(cubin)
 }
 
-/// Writes `bytes` to `path` atomically (temp file + rename); errors are ignored (see `compile`).
+/// Writes `bytes` to `path` through a temporary file and a rename (`tempfile`'s persist), so a
+/// reader never sees half a CUBIN; errors are ignored (see `compile`). Unlike the engine's
+/// `fsutil::write_atomic` it does not fsync: a cache entry lost to a power cut is recompiled.
 fn store(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write;
     let Some(dir) = path.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("cubin"),
-        std::process::id()
-    ));
-    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let Ok(mut tmp) = tempfile::Builder::new().suffix(".tmp").tempfile_in(dir) else {
+        return;
+    };
+    if tmp.write_all(bytes).is_ok() {
+        // A failed persist drops (deletes) the temporary file.
+        let _ = tmp.persist(path);
     }
 }
 
