@@ -20,7 +20,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 /// A dataset every method graph is trained on.
 #[derive(Debug, Clone, Copy)]
@@ -1440,6 +1440,7 @@ fn relative_link(target: &Path, from: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn splice_replaces_only_between_the_markers() {

@@ -37,7 +37,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 /// Flags of `flowseg run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -760,6 +760,7 @@ fn truncate_metrics(path: &Path, next: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn utc_stamps_match_known_dates() {
