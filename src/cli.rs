@@ -9,11 +9,12 @@
 
 use crate::demo::{self, DemoConfig};
 use crate::ops_doc;
+use crate::report::finish;
 use crate::run::{self, CheckArgs, PlanArgs, RunArgs};
 use clap::{Parser, Subcommand};
 use flowseg_engine::{Plugin, Registry, RegistryError};
 use std::ffi::OsString;
-use std::io::{self, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -206,19 +207,6 @@ where
 
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-/// The exit code after writing the output: a closed pipe (`flowseg ops | head`) is not a
-/// failure; any other write error is (1).
-pub(crate) fn finish(result: io::Result<()>, err: &mut dyn Write) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            let _ = writeln!(err, "error: cannot write the output: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 fn run_demo(cfg: &DemoConfig, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {

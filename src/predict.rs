@@ -187,7 +187,7 @@ pub fn eval(
             text.push_str(&format!("{line}\n"));
         }
     }
-    crate::cli::finish(out.write_all(text.as_bytes()), err)
+    crate::report::finish(out.write_all(text.as_bytes()), err)
 }
 
 /// The image files of a folder, sorted by name.
@@ -332,7 +332,7 @@ pub fn predict(
                 crate::eval::mode_name(l.spec.eval.mode),
                 a.out.display()
             );
-            crate::cli::finish(r, err)
+            crate::report::finish(r, err)
         }
     }
 }

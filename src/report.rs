@@ -185,6 +185,22 @@ fn token_len(rest: &str) -> usize {
     }
 }
 
+/// The exit code after writing the output: a closed pipe (`flowseg ops | head`) is not a
+/// failure; any other write error is (1).
+pub(crate) fn finish(
+    result: std::io::Result<()>,
+    err: &mut dyn std::io::Write,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot write the output: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{byte_offset, token_len};

@@ -222,7 +222,7 @@ pub fn check(
                 g.state.len(),
                 params
             );
-            crate::cli::finish(r, err)
+            crate::report::finish(r, err)
         }
         Err(Rejected(text)) => {
             let _ = err.write_all(text.as_bytes());
@@ -316,13 +316,13 @@ pub fn plan(
         l.spec.name.value
     );
     if written.is_err() {
-        return crate::cli::finish(written, err);
+        return crate::report::finish(written, err);
     }
     let Some(n) = a.verify else {
-        return crate::cli::finish(out.flush(), err);
+        return crate::report::finish(out.flush(), err);
     };
     match verify(&mut l, &p, n) {
-        Ok(kept) => crate::cli::finish(
+        Ok(kept) => crate::report::finish(
             writeln!(
                 out,
                 "verified: {n} interleavings of this plan give the single-stream run's {kept} \
