@@ -319,6 +319,15 @@ impl Trainer {
             .chain(graph.assigns.iter().map(|(s, _)| s))
             .cloned()
             .collect();
+        // The CPU runs one op at a time, so it plans one stream; `stream:` pins shape the
+        // multi-stream plans of `flowseg plan --streams K` (and of the CUDA executor, later).
+        let pinned = graph.nodes.iter().filter(|n| n.stream.is_some()).count();
+        if pinned > 0 {
+            tracing::info!(
+                "{pinned} node(s) pinned to a stream: pins apply to multi-stream plans; the CPU \
+                 trainer runs one stream"
+            );
+        }
         let plan = crate::plan::plan(&graph, &crate::plan::PlanOptions { streams: 1, keep })?;
         let mut t = Trainer {
             plan,
@@ -604,6 +613,16 @@ impl Trainer {
                 .ok_or_else(|| invalid(format!("meta `{k}` missing or not a number")))
         };
         let next = meta_u64("iteration")?;
+        // Every random draw is keyed by the seed: continuing another seed's run would splice
+        // two different runs together without a trace.
+        let seed = meta_u64("seed")?;
+        if seed != self.seed {
+            return Err(invalid(format!(
+                "the checkpoint was written by a run with seed {seed}; this run has seed {} \
+                 (resume with `--set train.seed={seed}`, or start afresh)",
+                self.seed
+            )));
+        }
         let mut state = self.state.clone();
         let plain = Checkpoint {
             tensors: c

@@ -510,6 +510,22 @@ fn a_checkpoint_of_another_graph_is_refused_whole() {
 }
 
 #[test]
+fn a_checkpoint_of_another_seed_is_refused() {
+    let (spec, _) = spec::parse_graph(MODEL_GRAPH, &[]).unwrap();
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    let mut c = t.checkpoint(3);
+    let other = (spec.train.seed + 1).to_string();
+    c.meta.insert("seed".into(), other.clone());
+    let before = t.state.clone();
+    let e = t.resume(&c).unwrap_err().to_string();
+    assert!(e.contains(&format!("seed {other}")), "{e}");
+    assert_eq!(t.state, before);
+    // The same checkpoint with the run's own seed resumes.
+    c.meta.insert("seed".into(), spec.train.seed.to_string());
+    assert_eq!(t.resume(&c).unwrap(), 3);
+}
+
+#[test]
 fn ema_teachers_follow_the_formula() {
     // α = 0.5 without warm-up: teacher ← ½ teacher + ½ student after every step.
     let yaml = MODEL_GRAPH.replace(

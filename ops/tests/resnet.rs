@@ -15,7 +15,6 @@ use flowseg_engine::train::Trainer;
 use flowseg_engine::{Tensor, TensorSpec};
 use flowseg_ops::builtin_registry;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
 
 /// A graph calling `student` (`arch` with `params`) once as `s` in `mode`, followed by `nodes`
 /// (YAML flow mappings, one a line) and an optional `optim` block.
@@ -541,7 +540,6 @@ fn resnet18_deeplabv3plus_trains() {
     let (spec, _) = spec::parse_graph(&yaml, &[]).expect("parses");
     let registry = builtin_registry().expect("registers");
     let batch = blocks_batch();
-    let start = Instant::now();
     let mut t = Trainer::new(&spec, &registry, &env(2, 32, 32), BTreeMap::new()).expect("trainer");
     let losses: Vec<f32> = (0..3)
         .map(|it| t.step(&batch, it).expect("step")[0].1)
@@ -556,6 +554,4 @@ fn resnet18_deeplabv3plus_trains() {
         let v = t.state[name].f32().expect("f32");
         assert!(v.iter().any(|&x| x != 1.0 && x != 0.0), "{name}");
     }
-    let elapsed = start.elapsed();
-    assert!(elapsed.as_secs() < 60, "3 steps took {elapsed:?}");
 }
