@@ -1,8 +1,10 @@
 //! The `flowseg` command line: argument parsing (clap) and the commands, writing to the streams
 //! it is given so tests can run it in-process. Commands: `run` (train a method graph), `check`
-//! (validate one), `plan` (print the plan of its training step), `bench methods` (the results
-//! table of every method graph), `ops` (list the registered ops) and `demo` (the kernels-only
-//! demo network).
+//! (validate one; `--data` reads every file), `plan` (print the plan of its training step),
+//! `graph` (draw it), `eval` and `predict` (score or apply a trained run), `data` (`split`,
+//! `m2nist`), `bench` (`methods`: the results table of every method graph; `gain`: one method
+//! against supervised), `ops` (list the registered ops) and `demo` (the kernels-only demo
+//! network).
 //!
 //! Exit codes: 0 ok, 1 a run-time failure (including failing to write the output), 2 a usage or
 //! graph error (bad flags, a bad demo configuration, a plugin that cannot be registered).

@@ -1,11 +1,14 @@
-//! The `flowseg` package: the command line (`flowseg demo`, `flowseg ops`; the graph commands
-//! arrive with the engine) and the small library it is built from, including the entry point of
-//! custom binaries: a crate with its own ops ships `fn main() -> ExitCode {
+//! The `flowseg` package: the command line and the small library it is built from, including
+//! the entry point of custom binaries: a crate with its own ops ships `fn main() -> ExitCode {
 //! flowseg::main_with(&[&MyPlugin]) }` and gets the whole CLI with its ops registered.
 //!
-//! Modules: `demo` (a tiny segmentation network trained end to end with the CPU kernels),
-//! `report` (graph errors rendered with the file's source), and the CLI itself (private; entered
-//! through [`main_with`] or, in tests, [`run_cli`]).
+//! Modules, bottom to top (each uses only those before it; `tests/layers.rs` checks): `report`
+//! (graph errors rendered with the file's source, exit codes after writing), `device`
+//! (`--device`), `plot` (a run's metrics.png, the results figure), `graph_fmt` (DOT / Mermaid),
+//! `ops_doc` (`flowseg ops`), `demo` (a tiny network trained with the kernels alone), `eval`
+//! (evaluation modes), `data_cmd` (`flowseg data`), `run` (`check`, `plan`, `run`), `predict`
+//! (`eval`, `predict`), `bench` (`bench methods`, `bench gain`), and `cli` (argument parsing;
+//! entered through [`main_with`] or, in tests, [`run_cli`]).
 
 mod bench;
 mod cli;

@@ -20,7 +20,11 @@
 //! events, buffers, peak memory); `--verify N` also runs that plan on the first batch under N
 //! random stream interleavings against the trainer's single-stream run.
 //!
-//! Not here yet: evaluation during training, tracing spans.
+//! `run_inner` reads as the steps of a run: which graph, load it, the run directory (fresh or
+//! resumed), its files, the iterations (metrics line, checkpoints, evaluations, progress), the
+//! results. Evaluation modes are `eval.rs`'s.
+//!
+//! Not here: tracing spans.
 
 use crate::report;
 use flowseg_engine::checkpoint;
@@ -429,15 +433,7 @@ fn run_inner(
     color: bool,
 ) -> Result<(), Failure> {
     crate::device::require(a.device).map_err(|msg| (2, msg))?;
-    // Which graph, which directory.
-    let (graph_path, dir) = match (&a.resume, &a.graph) {
-        (Some(dir), _) => (
-            a.graph.clone().unwrap_or_else(|| dir.join("graph.yaml")),
-            Some(dir.clone()),
-        ),
-        (None, Some(g)) => (g.clone(), None),
-        (None, None) => return Err((2, "error: give a graph file, or --resume DIR".into())),
-    };
+    let (graph_path, resume) = which_graph(a)?;
     let text = fs::read_to_string(&graph_path).map_err(|e| {
         (
             2,
@@ -453,45 +449,8 @@ fn run_inner(
         .map_err(|Rejected(t)| (2, t))?;
     let mut evaluator = crate::eval::Evaluator::new(&spec, registry, source.as_ref())
         .map_err(|e| (2, format!("error: {}: {e}", graph_path.display())))?;
-
-    let (dir, start) = match dir {
-        Some(dir) => {
-            let ckpt = dir.join("checkpoints").join("last.safetensors");
-            let c =
-                checkpoint::load(&ckpt).map_err(|e| (2, format!("error: cannot resume: {e}")))?;
-            let next = trainer.resume(&c).map_err(|e| {
-                (
-                    2,
-                    format!("error: cannot resume from {}: {e}", ckpt.display()),
-                )
-            })?;
-            truncate_metrics(&dir.join("metrics.jsonl"), next)
-                .map_err(|e| io_fail("rewrite", &dir.join("metrics.jsonl"), e))?;
-            (dir, next)
-        }
-        None => {
-            let dir = fresh_run_dir(&a.out, &spec.name.value)
-                .map_err(|e| io_fail("create a run directory in", &a.out, e))?;
-            (dir, 0)
-        }
-    };
-    fs::create_dir_all(dir.join("checkpoints")).map_err(|e| io_fail("create", &dir, e))?;
-    write_atomic(&dir.join("graph.yaml"), root.to_yaml().as_bytes())
-        .map_err(|e| io_fail("write", &dir.join("graph.yaml"), e))?;
-    // The labeled/unlabeled split the run trains with, so a result can be reproduced with it.
-    if let Some(split) = source.split() {
-        let split_dir = dir.join("split");
-        fs::create_dir_all(&split_dir).map_err(|e| io_fail("create", &split_dir, e))?;
-        for (file, names) in [
-            ("labeled.txt", &split.labeled),
-            ("unlabeled.txt", &split.unlabeled),
-        ] {
-            let mut text = names.join("\n");
-            text.push('\n');
-            let path = split_dir.join(file);
-            write_atomic(&path, text.as_bytes()).map_err(|e| io_fail("write", &path, e))?;
-        }
-    }
+    let (dir, start) = run_dir(a, &spec, resume, &mut trainer)?;
+    write_run_files(&dir, &root, source.as_ref())?;
     let metrics_path = dir.join("metrics.jsonl");
     let mut metrics = fs::OpenOptions::new()
         .create(true)
@@ -508,36 +467,11 @@ fn run_inner(
         dir.display()
     );
     let started = Instant::now();
-    // Best and last evaluation per model; on resume the best so far comes from metrics.jsonl.
-    let mut best: BTreeMap<String, (f64, u64)> = earlier_best(&metrics_path);
-    let mut last: BTreeMap<String, (f64, f64, u64)> = BTreeMap::new();
-    let every = (total / 20).max(1);
-    // On a terminal a live bar (stderr); otherwise (logs, CI) a line every 5 % of the run.
-    let bar = color.then(|| {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(total),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        bar.set_position(start);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len}  {msg}  {per_sec}  ETA {eta}",
-        ) {
-            bar.set_style(style);
-        }
-        bar
-    });
-    let save = |trainer: &Trainer, next: u64| -> Result<(), Failure> {
-        let c = trainer.checkpoint(next);
-        let last = dir.join("checkpoints").join("last.safetensors");
-        checkpoint::save(&last, &c).map_err(|e| (1, format!("error: {e}")))?;
-        if spec.train.checkpoint_every > 0 && next.is_multiple_of(spec.train.checkpoint_every) {
-            let named = dir
-                .join("checkpoints")
-                .join(format!("iter-{next}.safetensors"));
-            checkpoint::save(&named, &c).map_err(|e| (1, format!("error: {e}")))?;
-        }
-        Ok(())
+    let mut scores = RunScores {
+        best: earlier_best(&metrics_path),
+        last: BTreeMap::new(),
     };
+    let progress = Progress::new(color, start, total);
     let end = a.stop_at.map_or(total, |s| s.min(total));
     for it in start..end {
         let batch = source
@@ -547,31 +481,14 @@ fn run_inner(
             .step(&batch, it)
             .map_err(|e| (1, format!("error: iteration {it}: {e}")))?;
         let secs = started.elapsed().as_secs_f64();
-        let mut line = serde_json::Map::new();
-        line.insert("iteration".into(), it.into());
-        line.insert(
-            "time_s".into(),
-            serde_json::json!((secs * 1000.0).round() / 1000.0),
-        );
-        for (name, v) in &losses {
-            line.insert(format!("loss/{name}"), serde_json::json!(v));
-        }
-        // A metric with no value this step (NaN) is written as null.
-        for (name, v) in &trainer.metric_values {
-            let v = v.is_finite().then_some(*v);
-            line.insert(format!("metric/{name}"), serde_json::json!(v));
-        }
-        for (model, lr) in trainer.learning_rates(it) {
-            line.insert(format!("lr/{model}"), serde_json::json!(lr));
-        }
-        writeln!(metrics, "{}", serde_json::Value::Object(line))
+        writeln!(metrics, "{}", iteration_line(&trainer, it, secs, &losses))
             .map_err(|e| io_fail("append to", &metrics_path, e))?;
         let done = it + 1;
         if spec.train.checkpoint_every > 0
             && done.is_multiple_of(spec.train.checkpoint_every)
             && done < total
         {
-            save(&trainer, done)?;
+            save_checkpoints(&spec, &dir, &trainer, done)?;
         }
         let eval_now = spec.train.eval_every > 0 && done.is_multiple_of(spec.train.eval_every)
             || done == total;
@@ -579,60 +496,14 @@ fn run_inner(
             let results = ev
                 .run(source.as_mut(), &trainer.state)
                 .map_err(|e| (1, format!("error: evaluation after iteration {done}: {e}")))?;
-            let mut line = serde_json::Map::new();
-            line.insert("iteration".into(), it.into());
-            let mut shown = Vec::new();
-            for (model, sc) in &results {
-                line.insert(format!("eval/{model}/miou"), serde_json::json!(sc.miou));
-                line.insert(
-                    format!("eval/{model}/pixel_acc"),
-                    serde_json::json!(sc.pixel_acc),
-                );
-                let ious: Vec<serde_json::Value> =
-                    sc.iou.iter().map(|v| serde_json::json!(v)).collect();
-                line.insert(format!("eval/{model}/iou"), serde_json::Value::Array(ious));
-                let best = best.entry(model.clone()).or_insert((f64::NEG_INFINITY, 0));
-                if sc.miou > best.0 {
-                    *best = (sc.miou, done);
-                }
-                last.insert(model.clone(), (sc.miou, sc.pixel_acc, done));
-                shown.push(format!(
-                    "{model} mIoU {:.1} (best {:.1} @{})",
-                    100.0 * sc.miou,
-                    100.0 * best.0,
-                    best.1
-                ));
-            }
-            writeln!(metrics, "{}", serde_json::Value::Object(line))
-                .map_err(|e| io_fail("append to", &metrics_path, e))?;
+            let (line, msg) = scores.record(&results, it, done);
+            writeln!(metrics, "{line}").map_err(|e| io_fail("append to", &metrics_path, e))?;
             crate::plot::refresh_run_plot(&dir, err);
-            let msg = format!("eval after {done}: {}", shown.join(", "));
-            match &bar {
-                Some(bar) => bar.println(msg),
-                None => {
-                    let _ = writeln!(out, "{msg}");
-                }
-            }
+            progress.note(&msg, out);
         }
-        if let Some(bar) = &bar {
-            let shown: Vec<String> = losses.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
-            bar.set_message(shown.join("  "));
-            bar.set_position(done);
-        } else if done.is_multiple_of(every) || done == total {
-            let rate = (done - start) as f64 / secs.max(1e-9);
-            let eta = (total - done) as f64 / rate.max(1e-9);
-            let shown: Vec<String> = losses.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
-            let _ = writeln!(
-                out,
-                "iter {done:>6}/{total}  {}  {rate:.2} it/s  ETA {}",
-                shown.join("  "),
-                hms(eta)
-            );
-        }
+        progress.step(done, secs, &losses, out);
     }
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     metrics
         .sync_all()
         .map_err(|e| io_fail("sync", &metrics_path, e))?;
@@ -645,16 +516,8 @@ fn run_inner(
         );
         return Ok(());
     }
-    save(&trainer, total)?;
-    if !last.is_empty() {
-        let results = serde_json::json!({
-            "last": last.iter().map(|(m, (miou, acc, it))| (m.clone(), serde_json::json!({"miou": miou, "pixel_acc": acc, "after_iteration": it}))).collect::<serde_json::Map<_, _>>(),
-            "best": best.iter().map(|(m, (miou, it))| (m.clone(), serde_json::json!({"miou": miou, "after_iteration": it}))).collect::<serde_json::Map<_, _>>(),
-        });
-        let path = dir.join("results.json");
-        write_atomic(&path, format!("{results:#}\n").as_bytes())
-            .map_err(|e| io_fail("write", &path, e))?;
-    }
+    save_checkpoints(&spec, &dir, &trainer, total)?;
+    scores.write_results(&dir)?;
     let _ = writeln!(
         out,
         "done in {}; checkpoint {}",
@@ -662,6 +525,242 @@ fn run_inner(
         dir.join("checkpoints").join("last.safetensors").display()
     );
     Ok(())
+}
+
+/// The graph file to read and, for `--resume DIR`, the run directory to continue in.
+fn which_graph(a: &RunArgs) -> Result<(PathBuf, Option<PathBuf>), Failure> {
+    match (&a.resume, &a.graph) {
+        (Some(dir), _) => Ok((
+            a.graph.clone().unwrap_or_else(|| dir.join("graph.yaml")),
+            Some(dir.clone()),
+        )),
+        (None, Some(g)) => Ok((g.clone(), None)),
+        (None, None) => Err((2, "error: give a graph file, or --resume DIR".into())),
+    }
+}
+
+/// The run directory and the first iteration: a resumed run's directory with its checkpoint
+/// restored into `trainer` (and metrics past it dropped), or a fresh timestamped one.
+fn run_dir(
+    a: &RunArgs,
+    spec: &GraphSpec,
+    resume: Option<PathBuf>,
+    trainer: &mut Trainer,
+) -> Result<(PathBuf, u64), Failure> {
+    let Some(dir) = resume else {
+        let dir = fresh_run_dir(&a.out, &spec.name.value)
+            .map_err(|e| io_fail("create a run directory in", &a.out, e))?;
+        return Ok((dir, 0));
+    };
+    let ckpt = dir.join("checkpoints").join("last.safetensors");
+    let c = checkpoint::load(&ckpt).map_err(|e| (2, format!("error: cannot resume: {e}")))?;
+    let next = trainer.resume(&c).map_err(|e| {
+        (
+            2,
+            format!("error: cannot resume from {}: {e}", ckpt.display()),
+        )
+    })?;
+    truncate_metrics(&dir.join("metrics.jsonl"), next)
+        .map_err(|e| io_fail("rewrite", &dir.join("metrics.jsonl"), e))?;
+    Ok((dir, next))
+}
+
+/// The resolved graph.yaml and the labeled/unlabeled split the run trains with, so a result
+/// can be reproduced with them; and the checkpoints folder.
+fn write_run_files(dir: &Path, root: &spec::Node, source: &dyn Dataset) -> Result<(), Failure> {
+    fs::create_dir_all(dir.join("checkpoints")).map_err(|e| io_fail("create", dir, e))?;
+    write_atomic(&dir.join("graph.yaml"), root.to_yaml().as_bytes())
+        .map_err(|e| io_fail("write", &dir.join("graph.yaml"), e))?;
+    if let Some(split) = source.split() {
+        let split_dir = dir.join("split");
+        fs::create_dir_all(&split_dir).map_err(|e| io_fail("create", &split_dir, e))?;
+        for (file, names) in [
+            ("labeled.txt", &split.labeled),
+            ("unlabeled.txt", &split.unlabeled),
+        ] {
+            let mut text = names.join("\n");
+            text.push('\n');
+            let path = split_dir.join(file);
+            write_atomic(&path, text.as_bytes()).map_err(|e| io_fail("write", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// checkpoints/last.safetensors, and iter-<next> when `checkpoint_every` divides `next`.
+fn save_checkpoints(
+    spec: &GraphSpec,
+    dir: &Path,
+    trainer: &Trainer,
+    next: u64,
+) -> Result<(), Failure> {
+    let c = trainer.checkpoint(next);
+    let last = dir.join("checkpoints").join("last.safetensors");
+    checkpoint::save(&last, &c).map_err(|e| (1, format!("error: {e}")))?;
+    if spec.train.checkpoint_every > 0 && next.is_multiple_of(spec.train.checkpoint_every) {
+        let named = dir
+            .join("checkpoints")
+            .join(format!("iter-{next}.safetensors"));
+        checkpoint::save(&named, &c).map_err(|e| (1, format!("error: {e}")))?;
+    }
+    Ok(())
+}
+
+/// One metrics.jsonl line of iteration `it`: losses, the graph's metrics (NaN written as null:
+/// no value this step), learning rates, seconds since the start.
+fn iteration_line(
+    trainer: &Trainer,
+    it: u64,
+    secs: f64,
+    losses: &[(String, f32)],
+) -> serde_json::Value {
+    let mut line = serde_json::Map::new();
+    line.insert("iteration".into(), it.into());
+    line.insert(
+        "time_s".into(),
+        serde_json::json!((secs * 1000.0).round() / 1000.0),
+    );
+    for (name, v) in losses {
+        line.insert(format!("loss/{name}"), serde_json::json!(v));
+    }
+    for (name, v) in &trainer.metric_values {
+        let v = v.is_finite().then_some(*v);
+        line.insert(format!("metric/{name}"), serde_json::json!(v));
+    }
+    for (model, lr) in trainer.learning_rates(it) {
+        line.insert(format!("lr/{model}"), serde_json::json!(lr));
+    }
+    serde_json::Value::Object(line)
+}
+
+/// Each evaluated model's best mIoU (and after which iteration) and its last (mIoU, pixel
+/// accuracy, iteration); on resume the best so far comes from metrics.jsonl.
+struct RunScores {
+    best: BTreeMap<String, (f64, u64)>,
+    last: BTreeMap<String, (f64, f64, u64)>,
+}
+
+impl RunScores {
+    /// Records one evaluation after iteration `done`; returns its metrics.jsonl line and the
+    /// message to show.
+    fn record(
+        &mut self,
+        results: &[(String, flowseg_engine::kernels::metrics::Scores)],
+        it: u64,
+        done: u64,
+    ) -> (serde_json::Value, String) {
+        let mut line = serde_json::Map::new();
+        line.insert("iteration".into(), it.into());
+        let mut shown = Vec::new();
+        for (model, sc) in results {
+            line.insert(format!("eval/{model}/miou"), serde_json::json!(sc.miou));
+            line.insert(
+                format!("eval/{model}/pixel_acc"),
+                serde_json::json!(sc.pixel_acc),
+            );
+            let ious: Vec<serde_json::Value> =
+                sc.iou.iter().map(|v| serde_json::json!(v)).collect();
+            line.insert(format!("eval/{model}/iou"), serde_json::Value::Array(ious));
+            let best = self
+                .best
+                .entry(model.clone())
+                .or_insert((f64::NEG_INFINITY, 0));
+            if sc.miou > best.0 {
+                *best = (sc.miou, done);
+            }
+            self.last
+                .insert(model.clone(), (sc.miou, sc.pixel_acc, done));
+            shown.push(format!(
+                "{model} mIoU {:.1} (best {:.1} @{})",
+                100.0 * sc.miou,
+                100.0 * best.0,
+                best.1
+            ));
+        }
+        let msg = format!("eval after {done}: {}", shown.join(", "));
+        (serde_json::Value::Object(line), msg)
+    }
+
+    /// results.json: last and best per model (nothing when the run never evaluated).
+    fn write_results(&self, dir: &Path) -> Result<(), Failure> {
+        if self.last.is_empty() {
+            return Ok(());
+        }
+        let results = serde_json::json!({
+            "last": self.last.iter().map(|(m, (miou, acc, it))| (m.clone(), serde_json::json!({"miou": miou, "pixel_acc": acc, "after_iteration": it}))).collect::<serde_json::Map<_, _>>(),
+            "best": self.best.iter().map(|(m, (miou, it))| (m.clone(), serde_json::json!({"miou": miou, "after_iteration": it}))).collect::<serde_json::Map<_, _>>(),
+        });
+        let path = dir.join("results.json");
+        write_atomic(&path, format!("{results:#}\n").as_bytes())
+            .map_err(|e| io_fail("write", &path, e))
+    }
+}
+
+/// Progress on the terminal: a live bar on stderr, or (logs, CI) a line every 5 % of the run.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    start: u64,
+    total: u64,
+    every: u64,
+}
+
+impl Progress {
+    fn new(color: bool, start: u64, total: u64) -> Self {
+        let bar = color.then(|| {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(total),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            bar.set_position(start);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len}  {msg}  {per_sec}  ETA {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Progress {
+            bar,
+            start,
+            total,
+            every: (total / 20).max(1),
+        }
+    }
+
+    /// A message above the bar (or a plain line).
+    fn note(&self, msg: &str, out: &mut dyn Write) {
+        match &self.bar {
+            Some(bar) => bar.println(msg),
+            None => {
+                let _ = writeln!(out, "{msg}");
+            }
+        }
+    }
+
+    /// After iteration `done`, `secs` into the run.
+    fn step(&self, done: u64, secs: f64, losses: &[(String, f32)], out: &mut dyn Write) {
+        let shown: Vec<String> = losses.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+        if let Some(bar) = &self.bar {
+            bar.set_message(shown.join("  "));
+            bar.set_position(done);
+        } else if done.is_multiple_of(self.every) || done == self.total {
+            let rate = (done - self.start) as f64 / secs.max(1e-9);
+            let eta = (self.total - done) as f64 / rate.max(1e-9);
+            let _ = writeln!(
+                out,
+                "iter {done:>6}/{}  {}  {rate:.2} it/s  ETA {}",
+                self.total,
+                shown.join("  "),
+                hms(eta)
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// The best `eval/<model>/miou` per model in an existing metrics file (and the iteration after
