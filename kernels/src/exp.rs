@@ -11,6 +11,9 @@
 //! last bit now and then); e^0 = 1 exactly.
 //! Edges: x < ln 2⁻¹⁵⁰ gives 0, x > ln(f32::MAX) gives +∞, −∞ gives 0, NaN stays NaN.
 //!
+//! Hand-written on purpose, not taken from a math crate: the same bits on every CPU target are
+//! what lets a CUDA twin (same polynomial, `--fmad=false`) reproduce the CPU's losses.
+//!
 //! Not here: other functions (ln stays libm's), an f64 version (the f64 gradchecks use
 //! `f64::exp`, see `Real::exp_in_place`).
 

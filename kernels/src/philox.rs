@@ -12,6 +12,10 @@
 //! between CPU and CUDA. A CUDA twin must be compiled with `--fmad=false` (or use `__fmaf_rn`
 //! exactly where this file calls `mul_add`) to stay bit-identical.
 //!
+//! Hand-written on purpose, not taken from the `rand` ecosystem: the exact counter layout and
+//! conversions are a contract with the CUDA twins (`kernels/cuda/philox.cu`), which must draw
+//! the same numbers bit for bit.
+//!
 //! Not here: stateful generators, or sequences longer than 2^66 elements per stream.
 
 const M0: u32 = 0xD251_1F53;
