@@ -177,12 +177,8 @@ where
         Command::Eval(a) => return crate::predict::eval(&a, &registry, out, err, styled.err),
         Command::Predict(a) => return crate::predict::predict(&a, &registry, out, err, styled.err),
         Command::Graph { graph, set, format } => {
-            let text = match std::fs::read_to_string(&graph) {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = writeln!(err, "error: cannot read {}: {e}", graph.display());
-                    return ExitCode::from(2);
-                }
+            let Some(text) = crate::run::read(&graph, styled.err, err) else {
+                return ExitCode::from(2);
             };
             match flowseg_engine::spec::parse_graph(&text, &set) {
                 Ok((spec, _)) => out.write_all(crate::graph_fmt::render(&spec, format).as_bytes()),

@@ -86,7 +86,7 @@ fn load_trained(
         };
         (t.run.clone(), c.clone())
     };
-    let text = read(&graph, err).ok_or(ExitCode::from(2))?;
+    let text = read(&graph, color, err).ok_or(ExitCode::from(2))?;
     let mut l =
         load(&graph, &text, &t.set, false, registry, color, err).map_err(|Rejected(text)| {
             let _ = err.write_all(text.as_bytes());

@@ -8,6 +8,10 @@
 //! snippet; a position past the end of its line or of the file (which the engine should not
 //! produce) is clamped to the end of that line or of the file.
 //!
+//! Nothing unbounded is echoed: a source line longer than [`MAX_LINE`] characters is cut around
+//! the position (with `…` where text was left out; line numbers stay true), and a message longer
+//! than [`MAX_MESSAGE`] characters (serde repeats a wrong value whole) is cut.
+//!
 //! Not here: choosing whether to colour (the caller knows whether it writes to a terminal),
 //! reading the file, sorting (errors appear in the order given, which is the order found).
 
@@ -66,6 +70,55 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
+/// The longest source line a snippet shows, in characters.
+pub const MAX_LINE: usize = 160;
+/// The longest message shown, in characters.
+pub const MAX_MESSAGE: usize = 400;
+
+/// `text` cut to `max` characters, with `…` where the rest was left out.
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// `source` with every line longer than [`MAX_LINE`] characters cut — line `line` around column
+/// `col`, the others at their start — and the column `col` moved to where it is in the cut line.
+fn clip_lines(source: &str, line: u32, col: u32) -> (String, u32) {
+    if source.lines().all(|l| l.chars().count() <= MAX_LINE) {
+        return (source.to_owned(), col);
+    }
+    let mut shown_col = col;
+    let mut out = String::with_capacity(source.len().min(1 << 16));
+    for (i, l) in source.split_inclusive('\n').enumerate() {
+        let (body, end) = match l.strip_suffix('\n') {
+            Some(b) => (b.strip_suffix('\r').unwrap_or(b), "\n"),
+            None => (l, ""),
+        };
+        let n = body.chars().count();
+        if n <= MAX_LINE {
+            out.push_str(body);
+        } else if i + 1 == line as usize && col as usize > MAX_LINE / 2 {
+            // A window around the position: `…` + MAX_LINE characters + `…`.
+            let from = (col as usize - 1)
+                .saturating_sub(MAX_LINE / 2)
+                .min(n - MAX_LINE);
+            let window: String = body.chars().skip(from).take(MAX_LINE).collect();
+            out.push('…');
+            out.push_str(&window);
+            if from + MAX_LINE < n {
+                out.push('…');
+            }
+            shown_col = u32::try_from(col as usize - from + 1).unwrap_or(u32::MAX);
+        } else {
+            out.push_str(&clip(body, MAX_LINE));
+        }
+        out.push_str(end);
+    }
+    (out, shown_col)
+}
+
 /// One [`GraphError`] as a miette diagnostic.
 #[derive(Debug)]
 struct Report<'a> {
@@ -79,10 +132,11 @@ struct Report<'a> {
 impl<'a> Report<'a> {
     fn new(path: &str, source: &str, error: &'a GraphError) -> Self {
         let kind = if error.warning { "warning" } else { "error" };
-        let snippet = byte_offset(source, error.loc.line, error.loc.col).map(|at| {
+        let (shown, col) = clip_lines(source, error.loc.line, error.loc.col);
+        let snippet = byte_offset(&shown, error.loc.line, col).map(|at| {
             let name = format!("{path}:{}:{}", error.loc.line, error.loc.col.max(1));
-            let span = SourceSpan::new(at.into(), token_len(&source[at..]));
-            (NamedSource::new(name, source.to_owned()), span)
+            let span = SourceSpan::new(at.into(), token_len(&shown[at..]));
+            (NamedSource::new(name, shown.clone()), span)
         });
         Report {
             error,
@@ -97,7 +151,7 @@ impl fmt::Display for Report<'_> {
         if let Some(node) = &self.error.node {
             write!(f, "node `{node}`: ")?;
         }
-        f.write_str(&self.error.message)
+        f.write_str(&clip(&self.error.message, MAX_MESSAGE))
     }
 }
 

@@ -168,11 +168,13 @@ pub(crate) fn load(
     })
 }
 
-pub(crate) fn read(path: &Path, err: &mut dyn Write) -> Option<String> {
-    match fs::read_to_string(path) {
+/// The graph file's text, or `None` after reporting FS0004 on `err`.
+pub(crate) fn read(path: &Path, color: bool, err: &mut dyn Write) -> Option<String> {
+    match spec::read_graph_file(path) {
         Ok(t) => Some(t),
-        Err(e) => {
-            let _ = writeln!(err, "error: cannot read {}: {e}", path.display());
+        Err(u) => {
+            let shown = path.display().to_string();
+            let _ = err.write_all(report::render(&shown, &u.text, &[u.error], color).as_bytes());
             None
         }
     }
@@ -187,7 +189,7 @@ pub fn check(
     err: &mut dyn Write,
     color: bool,
 ) -> ExitCode {
-    let Some(text) = read(&a.graph, err) else {
+    let Some(text) = read(&a.graph, color, err) else {
         return ExitCode::from(2);
     };
     match load(&a.graph, &text, &a.set, a.strict, registry, color, err) {
@@ -288,7 +290,7 @@ pub fn plan(
     err: &mut dyn Write,
     color: bool,
 ) -> ExitCode {
-    let Some(text) = read(&a.graph, err) else {
+    let Some(text) = read(&a.graph, color, err) else {
         return ExitCode::from(2);
     };
     let mut l = match load(&a.graph, &text, &a.set, a.strict, registry, color, err) {
@@ -410,9 +412,11 @@ pub fn run(
     match run_inner(a, registry, out, err, color) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
-            let _ = err.write_all(msg.as_bytes());
-            if !msg.ends_with('\n') {
-                let _ = writeln!(err);
+            if !msg.is_empty() {
+                let _ = err.write_all(msg.as_bytes());
+                if !msg.ends_with('\n') {
+                    let _ = writeln!(err);
+                }
             }
             ExitCode::from(code)
         }
@@ -434,12 +438,8 @@ fn run_inner(
 ) -> Result<(), Failure> {
     crate::device::require(a.device).map_err(|msg| (2, msg))?;
     let (graph_path, resume) = which_graph(a)?;
-    let text = fs::read_to_string(&graph_path).map_err(|e| {
-        (
-            2,
-            format!("error: cannot read {}: {e}", graph_path.display()),
-        )
-    })?;
+    // Reported by `read`; the empty message adds nothing.
+    let text = read(&graph_path, color, err).ok_or((2, String::new()))?;
     let Loaded {
         spec,
         root,

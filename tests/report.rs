@@ -149,3 +149,23 @@ fn no_errors_is_just_the_summary() {
         "0 errors, 0 warnings in g.yaml\n"
     );
 }
+
+#[test]
+fn long_lines_and_messages_are_cut_not_echoed() {
+    let long = format!(
+        "name: x\nnodes: [{}]\ntrain: {{ iterations: 1 }}\n",
+        "a".repeat(5000)
+    );
+    let message = format!(
+        "invalid type: string \"{}\", expected f64",
+        "b".repeat(3000)
+    );
+    let e = GraphError::new("FS0002", message, at(2, 3000));
+    let out = render("big.yaml", &long, &[e], false);
+    assert!(out.contains("big.yaml:2:3000"), "{out}");
+    assert!(out.contains('…'), "{out}");
+    let widest = out.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    assert!(widest < 600, "a line of {widest} characters was echoed");
+    // The line numbers around it stay true.
+    assert!(out.contains(" 3 │ train"), "{out}");
+}

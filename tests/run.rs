@@ -232,7 +232,19 @@ fn bad_graphs_exit_2_with_located_reports() {
     let (code, _, err) = cli(&["check", dir.join("missing.yaml").to_str().unwrap()]);
     assert_eq!(code, ExitCode::from(2));
     assert!(
-        err.contains("cannot read") && err.contains("missing.yaml"),
+        err.contains("FS0004") && err.contains("cannot read") && err.contains("missing.yaml"),
+        "{err}"
+    );
+    // A directory, and a file that is not UTF-8 (located at the bad byte).
+    let (code, _, err) = cli(&["check", dir.to_str().unwrap()]);
+    assert_eq!(code, ExitCode::from(2));
+    assert!(err.contains("FS0004") && err.contains("directory"), "{err}");
+    let latin1 = dir.join("latin1.yaml");
+    std::fs::write(&latin1, b"name: caf\xe9\ntrain: { iterations: 1 }\n").unwrap();
+    let (code, _, err) = cli(&["check", latin1.to_str().unwrap()]);
+    assert_eq!(code, ExitCode::from(2));
+    assert!(
+        err.contains("FS0004") && err.contains("latin1.yaml:1:10"),
         "{err}"
     );
     let (code, _, err) = cli(&["run", "--resume", dir.join("nowhere").to_str().unwrap()]);

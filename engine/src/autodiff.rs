@@ -206,6 +206,34 @@ pub fn differentiate_sources(
     Ok(grads.into_iter().filter(|(s, _)| wrt.contains(s)).collect())
 }
 
+/// Whether a gradient can flow from `value` back to any of `wrt`: a path of data edges from one
+/// of them to `value` through ops that are not stop-gradients. (What `differentiate` would find
+/// non-zero, without emitting anything.)
+pub fn depends_on(graph: &Graph, value: &ValueRef, wrt: &BTreeSet<ValueRef>) -> bool {
+    if wrt.contains(value) {
+        return true;
+    }
+    let mut seen = vec![false; graph.nodes.len()];
+    let mut stack: Vec<usize> = match value {
+        ValueRef::Node { node, .. } => vec![*node],
+        ValueRef::Batch(_) | ValueRef::State(_) => return false,
+    };
+    while let Some(i) = stack.pop() {
+        if std::mem::replace(&mut seen[i], true) || graph.nodes[i].op.stop_grad() {
+            continue;
+        }
+        for input in graph.nodes[i].inputs.iter().flatten() {
+            if wrt.contains(input) {
+                return true;
+            }
+            if let ValueRef::Node { node, .. } = input {
+                stack.push(*node);
+            }
+        }
+    }
+    false
+}
+
 /// grads[target] += g, emitting a `grad_add` when a gradient is already there.
 fn accumulate(
     graph: &mut Graph,

@@ -218,12 +218,40 @@ pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<(), CheckpointError> {
     meta.insert(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string());
     let bytes = safetensors::serialize(ckpt.tensors.iter().map(|(k, t)| (k, Le(t))), Some(meta))
         .map_err(|e| invalid(e.to_string()))?;
+    let bytes = sorted_header(bytes).map_err(invalid)?;
 
     crate::fsutil::write_atomic(path, &bytes).map_err(|e| CheckpointError::Io {
         path: e.path,
         op: e.op,
         source: e.source,
     })
+}
+
+/// The same safetensors bytes with the JSON header's keys in sorted order: `safetensors` takes
+/// the metadata as a `HashMap`, whose order changes from one save to the next, and two saves
+/// of the same state must be the same bytes (a resumed run's checkpoint compares equal to an
+/// uninterrupted one's). The header is padded with spaces to a multiple of 8 bytes, as the
+/// format asks; the tensor data after it is unchanged.
+fn sorted_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let n = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| 8 + n <= bytes.len())
+        .ok_or("safetensors wrote no header")?;
+    // serde_json's map is ordered by key (no `preserve_order`), so this sorts every level.
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| format!("header: {e}"))?;
+    let mut text = serde_json::to_string(&header).map_err(|e| format!("header: {e}"))?;
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 8);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// Reads a checkpoint written by [`save`]. `meta` comes back with [`FORMAT_KEY`] in it.
@@ -385,6 +413,25 @@ mod tests {
         meta.insert("seed".to_string(), "42".to_string());
         meta.insert("graph".to_string(), "unimatch — voc".to_string());
         Checkpoint { tensors, meta }
+    }
+
+    #[test]
+    fn two_saves_of_one_checkpoint_are_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            dir.path().join("a.safetensors"),
+            dir.path().join("b.safetensors"),
+        );
+        let mut ckpt = sample();
+        for i in 0..20 {
+            ckpt.meta.insert(format!("key{i}"), format!("value{i}"));
+        }
+        save(&a, &ckpt).unwrap();
+        save(&b, &ckpt).unwrap();
+        assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
+        let back = load(&b).unwrap();
+        assert_eq!(back.tensors, ckpt.tensors);
+        assert_eq!(back.meta["key7"], "value7");
     }
 
     #[test]

@@ -210,6 +210,9 @@ pub struct Graph {
     pub params: BTreeMap<String, StateDecl>,
     /// Buffers written at the end of an iteration: (value, state name), in order.
     pub assigns: Vec<(ValueRef, String)>,
+    /// The value of every output a graph file can name, `<node>.<port>` → value: op nodes'
+    /// outputs and the outputs of `forward` and `grad` composites (which became other nodes).
+    pub outputs: BTreeMap<String, ValueRef>,
     /// Non-fatal findings (unused outputs).
     pub warnings: Vec<GraphError>,
 }

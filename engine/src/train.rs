@@ -30,6 +30,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// FS0111: a `minimize:` entry that names no loss, or an optimizer for a model without
 /// parameters.
 pub const BAD_OBJECTIVE: &str = "FS0111";
+/// FS0117: a model's initial weights (`init: { weights: file }`) cannot be loaded.
+pub const INIT_WEIGHTS: &str = "FS0117";
 
 /// Learning rate at `iteration` (0-based) of `total`: linear warm-up from 0 over `warmup`
 /// iterations, then the schedule over the remaining ones.
@@ -77,6 +79,18 @@ pub enum StepError {
         name: String,
         /// Its value.
         value: f32,
+        /// Iteration.
+        iteration: u64,
+    },
+    /// A gradient came out NaN or infinite although every loss was finite (an overflow in the
+    /// backward, a huge loss weight or learning rate): no update is applied.
+    #[error(
+        "the gradient of `{param}` is not finite at iteration {iteration} (the losses were \
+         finite); state left unchanged"
+    )]
+    NonFiniteGradient {
+        /// The parameter whose gradient is the first found non-finite.
+        param: String,
         /// Iteration.
         iteration: u64,
     },
@@ -175,7 +189,55 @@ impl Trainer {
             }
             let mut objective = Vec::new();
             for (reference, weight) in &ospec.minimize {
-                match resolve_output(&graph, registry, reference) {
+                match resolve_output(&graph, reference) {
+                    Some(src)
+                        if !graph
+                            .spec_of(&src)
+                            .is_some_and(|t| t.dtype == DType::F32 && t.shape.is_empty()) =>
+                    {
+                        errors.push(
+                            GraphError::new(
+                                crate::autodiff::BAD_LOSS,
+                                format!(
+                                    "`{}` is {}: a loss must be an f32 scalar",
+                                    reference.value,
+                                    graph
+                                        .spec_of(&src)
+                                        .map_or("unknown".to_owned(), |t| t.to_string())
+                                ),
+                                reference.loc,
+                            )
+                            .help(
+                                "minimize a loss op's output (`cross_entropy`, `squared_error`), \
+                                 or reduce the value with a `mean` node",
+                            ),
+                        );
+                    }
+                    Some(src)
+                        if !crate::autodiff::depends_on(
+                            &graph,
+                            &src,
+                            &wrt.iter().cloned().map(ValueRef::State).collect(),
+                        ) =>
+                    {
+                        errors.push(
+                            GraphError::new(
+                                BAD_OBJECTIVE,
+                                format!(
+                                    "`{}` depends on no trainable parameter of `{}`: minimizing \
+                                     it would change no weight",
+                                    reference.value, model.value
+                                ),
+                                reference.loc,
+                            )
+                            .help(format!(
+                                "a loss of another model (an EMA teacher's) or one behind a \
+                                 stop-gradient (`detach`, pseudo-labels) trains nothing; minimize \
+                                 a loss computed from `{}`'s outputs",
+                                model.value
+                            )),
+                        );
+                    }
                     Some(src) => {
                         if !losses.iter().any(|(r, _)| r == &reference.value) {
                             losses.push((reference.value.clone(), src.clone()));
@@ -196,7 +258,7 @@ impl Trainer {
                 }
             }
             for reference in ospec.minimize.keys() {
-                let hidden = resolve_output(&graph, registry, reference)
+                let hidden = resolve_output(&graph, reference)
                     .and_then(|src| hidden_input(&graph, &src, &env.hidden));
                 if let Some(field) = hidden {
                     errors.push(
@@ -275,7 +337,7 @@ impl Trainer {
         }
         let mut metrics = Vec::new();
         for (name, reference) in &spec.metrics {
-            match resolve_output(&graph, registry, reference) {
+            match resolve_output(&graph, reference) {
                 Some(src) if graph.spec_of(&src).is_some_and(|s| s.len() == 1) => {
                     metrics.push((name.value.clone(), src));
                 }
@@ -380,10 +442,11 @@ impl Trainer {
             let path = base_dir.join(&init.weights.value);
             let ckpt = checkpoint::load_tensors(&path).map_err(|e| {
                 GraphError::new(
-                    BAD_OBJECTIVE,
+                    INIT_WEIGHTS,
                     format!("initial weights of `{}`: {e}", model.value),
                     init.weights.loc,
                 )
+                .help("the path is relative to the graph file's folder")
             })?;
             let prefix = format!("{}.", model.value);
             let mut loaded = BTreeSet::new();
@@ -425,7 +488,8 @@ impl Trainer {
     }
 
     /// One iteration on `batch`: run forward and backward, then every optimizer in declared
-    /// order. Returns the losses. A non-finite loss skips every update (the state is unchanged).
+    /// order. Returns the losses. A non-finite loss or gradient skips every update (the state is
+    /// unchanged).
     pub fn step(
         &mut self,
         batch: &BTreeMap<String, Tensor>,
@@ -461,6 +525,19 @@ impl Trainer {
         // The gradients and assigned buffers are read in place from the workspace, which the
         // updates below do not touch.
         let kept = &self.workspace;
+        // All or nothing: one non-finite gradient would poison its parameter (and, through the
+        // EMA and the next checkpoint, everything after it), so no update is applied.
+        for opt in &self.optimizers {
+            for p in &opt.params {
+                let g = kept.get(&p.grad).and_then(Tensor::f32).unwrap_or(&[]);
+                if !g.iter().all(|v| v.is_finite()) {
+                    return Err(StepError::NonFiniteGradient {
+                        param: p.state.clone(),
+                        iteration,
+                    });
+                }
+            }
+        }
         for opt in &mut self.optimizers {
             opt.steps += 1;
             let base = lr_at(
@@ -688,18 +765,8 @@ fn ema_pairs(spec: &GraphSpec, graph: &Graph, errors: &mut Vec<GraphError>) -> V
             }
             continue;
         };
+        // In [0, 1]: checked where the file is decoded (spec/range.rs).
         let decay = m.decay.unwrap_or(0.99);
-        if !(0.0..=1.0).contains(&decay) {
-            errors.push(GraphError::new(
-                BAD_OBJECTIVE,
-                format!(
-                    "EMA decay of `{}` must be in [0, 1], got {decay}",
-                    name.value
-                ),
-                name.loc,
-            ));
-            continue;
-        }
         let with_buffers = m.ema_buffers.unwrap_or(true);
         let (tp, sp) = (format!("{}.", name.value), format!("{}.", src.value));
         let mut pairs = Vec::new();
@@ -762,12 +829,9 @@ fn hidden_input(graph: &Graph, src: &ValueRef, hidden: &BTreeSet<String>) -> Opt
 }
 
 /// The source of `node.port` among the graph's nodes.
-fn resolve_output(graph: &Graph, registry: &Registry, reference: &str) -> Option<ValueRef> {
-    let (node, port) = reference.split_once('.')?;
-    let index = graph.nodes.iter().position(|n| n.name.value == node)?;
-    let outputs = registry.get(graph.nodes[index].op.name())?.outputs();
-    let port = outputs.iter().position(|p| p.name == port)?;
-    Some(ValueRef::Node { node: index, port })
+/// The value a graph file's `<node>.<port>` names (`forward` outputs included).
+fn resolve_output(graph: &Graph, reference: &str) -> Option<ValueRef> {
+    graph.outputs.get(reference).cloned()
 }
 
 #[cfg(test)]

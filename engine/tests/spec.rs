@@ -167,7 +167,7 @@ fn missing_sections_and_duplicate_keys_are_reported() {
         errs[0]
     );
     assert!(
-        errs[0].message.contains("duplicate mapping key"),
+        errs[0].message.contains("`name` appears twice"),
         "{}",
         errs[0]
     );
@@ -198,4 +198,159 @@ fn the_resolved_tree_writes_back_as_yaml_with_the_same_values() {
         "{}",
         odd.to_yaml()
     );
+}
+
+/// The 1-based (line, column) where `needle` starts in `text` (its first occurrence).
+fn position(text: &str, needle: &str) -> Loc {
+    let i = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` not in the text"));
+    let line = text[..i].matches('\n').count() + 1;
+    let col = i - text[..i].rfind('\n').map_or(0, |j| j + 1) + 1;
+    at(line as u32, col as u32)
+}
+
+#[test]
+fn out_of_range_values_are_fs0002_at_the_value() {
+    let base = fixture("ok_minimal.yaml");
+    // (text to replace, its replacement, a unique piece of the result that starts at the
+    // offending value).
+    let cases = [
+        ("lr: 0.01", "lr: -0.01", "-0.01"),
+        ("lr: 0.01", "lr: 0", "0\n    momentum"),
+        ("momentum: 0.9", "momentum: 1.0", "1.0\n"),
+        ("weight_decay: 1.0e-4", "weight_decay: -0.1", "-0.1"),
+        ("kind: sgd", "kind: adamw\n    betas: [1.0, 0.999]", "[1.0, 0.999]"),
+        ("kind: sgd", "kind: adamw\n    eps: 0.0", "0.0\n"),
+        // Inside the tagged `schedule:` mapping serde loses the inner position: the error
+        // points at the mapping.
+        ("power: 0.9", "power: -1.0", "{ kind: poly, power: -1.0"),
+        ("lr_mult: { backbone: 0.1 }", "lr_mult: { backbone: -1.0 }", "{ backbone: -1.0 }"),
+        ("iterations: 2000", "iterations: 0", "0, eval_every"),
+        ("teacher: { ema_of: student }", "teacher: { ema_of: student, decay: 1.5 }", "1.5"),
+        (
+            "lr_mult: { backbone: 0.1 }",
+            "lr_mult: { backbone: 0.1 }\n    minimize: { sup_loss.loss: -1.0 }",
+            "-1.0 }",
+        ),
+        (
+            "lr_mult: { backbone: 0.1 }",
+            "lr_mult: { backbone: 0.1 }\n    minimize: { sup_loss.loss: { weight: -2.0, rampup: 5 } }",
+            "-2.0",
+        ),
+        ("nodes:", "eval: { batch: 0 }\nnodes:", "0 }\nnodes"),
+        ("nodes:", "eval: { crop: 0 }\nnodes:", "0 }\nnodes"),
+        ("nodes:", "eval: { stride: [0, 4] }\nnodes:", "[0, 4]"),
+    ];
+    for (from, to, value) in cases {
+        let text = base.replacen(from, to, 1);
+        assert_eq!(
+            text.matches(value).count(),
+            1,
+            "{to}: `{value}` is not unique"
+        );
+        let errs = spec::parse_graph(&text, &[]).expect_err(to);
+        assert_eq!(errs.len(), 1, "{to}: {errs:#?}");
+        assert_eq!(errs[0].code, "FS0002", "{to}: {errs:#?}");
+        assert_eq!(errs[0].loc, position(&text, value), "{to}: {}", errs[0]);
+    }
+    // The boundaries are allowed.
+    for (from, to) in [
+        ("momentum: 0.9", "momentum: 0"),
+        ("weight_decay: 1.0e-4", "weight_decay: 0"),
+        ("lr_mult: { backbone: 0.1 }", "lr_mult: { backbone: 0 }"),
+        (
+            "teacher: { ema_of: student }",
+            "teacher: { ema_of: student, decay: 1 }",
+        ),
+    ] {
+        let text = base.replacen(from, to, 1);
+        if let Err(e) = spec::parse_graph(&text, &[]) {
+            panic!("{to}: {e:#?}");
+        }
+    }
+}
+
+#[test]
+fn non_finite_numbers_and_duplicate_keys_say_what_they_are() {
+    let base = fixture("ok_minimal.yaml");
+    let nan = base.replacen("lr: 0.01", "lr: .nan", 1);
+    let errs = spec::parse_graph(&nan, &[]).unwrap_err();
+    assert_eq!(errs[0].code, "FS0002", "{errs:#?}");
+    assert!(errs[0].message.contains("finite"), "{errs:#?}");
+    let twice = base.replacen("seed: 7 }", "seed: 7, seed: 8 }", 1);
+    let errs = spec::parse_graph(&twice, &[]).unwrap_err();
+    assert_eq!(errs[0].code, "FS0001", "{errs:#?}");
+    assert!(
+        errs[0].message.contains("`seed` appears twice"),
+        "{errs:#?}"
+    );
+    assert!(!errs[0].message.contains("DuplicateKeyPolicy"), "{errs:#?}");
+    assert!(!errs[0].message.contains("line "), "{errs:#?}");
+}
+
+#[test]
+fn unusable_names_are_fs0005_at_the_name() {
+    let base = fixture("ok_minimal.yaml");
+    for (from, to, name) in [
+        ("name: supervised", "name: ../x", "../x"),
+        ("name: supervised", "name: /tmp/x", "/tmp/x"),
+        ("name: supervised", "name: \"\"", "\"\""),
+        ("name: supervised", "name: .", "."),
+        ("- name: sup_loss", "- name: sup.loss", "sup.loss"),
+        ("- name: fwd", "- name: batch", "batch"),
+    ] {
+        let text = base.replacen(from, to, 1);
+        let errs = spec::parse_graph(&text, &[]).unwrap_err();
+        let line = position(&text, to);
+        let want = at(line.line, line.col + to.find(name).unwrap() as u32);
+        assert!(
+            errs.iter().any(|e| e.code == "FS0005" && e.loc == want),
+            "{to}: {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn references_between_sections_name_usable_models() {
+    let base = fixture("ok_minimal.yaml");
+    let cases = [
+        // An optimizer on an EMA copy.
+        (
+            "  student:\n    kind: sgd",
+            "  teacher:\n    kind: sgd",
+            "teacher:\n    kind",
+            "an EMA copy",
+        ),
+        // An EMA of no model.
+        (
+            "ema_of: student",
+            "ema_of: studnet",
+            "studnet }",
+            "not a model",
+        ),
+        // eval.models naming no model.
+        (
+            "nodes:",
+            "eval: { models: [studnet] }\nnodes:",
+            "studnet]",
+            "not a model",
+        ),
+    ];
+    for (from, to, at_text, says) in cases {
+        let text = base.replacen(from, to, 1);
+        let errs = spec::parse_graph(&text, &[]).unwrap_err();
+        let e = errs
+            .iter()
+            .find(|e| e.code == "FS0112")
+            .unwrap_or_else(|| panic!("{to}: {errs:#?}"));
+        assert!(e.message.contains(says), "{to}: {e}");
+        assert_eq!(e.loc, position(&text, at_text), "{to}: {e}");
+        if to.contains("studnet") {
+            assert!(
+                e.help.as_deref().unwrap_or("").contains("`student`"),
+                "{to}: {e}"
+            );
+        }
+    }
 }

@@ -434,8 +434,12 @@ fn bad_model_references_are_fs0112() {
         ("mode: eval", "mode: inference", "FS0102", 11),
     ] {
         let yaml = MODEL_GRAPH.replace(from, to);
-        let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
-        let errs = ir::build(&spec, &model_registry(), &env()).err().unwrap();
+        // References between sections (`ema_of:`) are checked while the file is read; the
+        // rest when the graph is built.
+        let errs = match spec::parse_graph(&yaml, &[]) {
+            Ok((spec, _)) => ir::build(&spec, &model_registry(), &env()).err().unwrap(),
+            Err(errs) => errs,
+        };
         assert_eq!(
             (errs[0].code, errs[0].loc.line),
             (code, line),
@@ -510,6 +514,87 @@ fn a_checkpoint_of_another_graph_is_refused_whole() {
 }
 
 #[test]
+fn a_loss_that_reaches_no_parameter_of_its_model_is_fs0111() {
+    // `tl` is the EMA teacher's loss: minimizing it with the student's optimizer trains nothing.
+    let yaml = MODEL_GRAPH.replace(
+        "minimize: { loss.loss: 1.0 }",
+        "minimize: { loss.loss: 1.0, tl.loss: 1.0 }",
+    );
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let errs = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new())
+        .err()
+        .expect("refused");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].code, "FS0111", "{errs:#?}");
+    assert!(
+        errs[0]
+            .message
+            .contains("`tl.loss` depends on no trainable parameter"),
+        "{errs:#?}"
+    );
+    assert_eq!(errs[0].loc.line, 7, "{errs:#?}");
+}
+
+#[test]
+fn non_finite_gradients_leave_the_state_unchanged() {
+    // A weight that overflows f32 in the backward seed: the loss is finite, its gradient not.
+    let yaml = MODEL_GRAPH.replace("loss.loss: 1.0", "loss.loss: 1.0e300");
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    let before = t.state.clone();
+    let batch = tensors(&[("x", vec_of(1, 0.5, 1.5)), ("t", vec_of(2, 0.5, 2.0))]);
+    let e = t.step(&batch, 0).unwrap_err().to_string();
+    assert!(
+        e.contains("the gradient of `student.") && e.contains("state left unchanged"),
+        "{e}"
+    );
+    assert_eq!(t.state, before);
+}
+
+#[test]
+fn minimizing_a_non_scalar_is_fs0110_at_the_reference() {
+    // A model's output (a `forward` composite's port) and a primitive's non-scalar output.
+    for (reference, spec_text) in [
+        ("s1.logits", "s1.logits: 1.0"),
+        ("s2.logits", "s2.logits: 1.0"),
+    ] {
+        let yaml = MODEL_GRAPH.replace("loss.loss: 1.0", spec_text);
+        let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+        let errs = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new())
+            .err()
+            .expect("refused");
+        let e = errs
+            .iter()
+            .find(|e| e.code == "FS0110")
+            .unwrap_or_else(|| panic!("{errs:#?}"));
+        assert!(
+            e.message.contains(reference) && e.message.contains("f32["),
+            "{e}"
+        );
+        let col = yaml.find(spec_text).unwrap()
+            - yaml[..yaml.find(spec_text).unwrap()].rfind('\n').unwrap();
+        assert_eq!(e.loc.col as usize, col, "{e}");
+    }
+}
+
+#[test]
+fn an_unknown_model_in_a_node_lists_the_models() {
+    let yaml = MODEL_GRAPH.replace(
+        "params: { model: teacher, mode: eval }",
+        "params: { model: xyzzy }",
+    );
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let errs = ir::build(&spec, &model_registry(), &env()).unwrap_err();
+    assert_eq!(errs[0].code, "FS0112", "{errs:#?}");
+    let help = errs[0].help.as_deref().unwrap_or("");
+    assert!(
+        help.contains("`student`") && help.contains("`teacher`"),
+        "{help}"
+    );
+    assert!(!help.contains("node names"), "{help}");
+}
+
+#[test]
 fn a_checkpoint_of_another_seed_is_refused() {
     let (spec, _) = spec::parse_graph(MODEL_GRAPH, &[]).unwrap();
     let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
@@ -563,16 +648,21 @@ fn ema_teachers_follow_the_formula() {
     {
         assert_eq!(*got, 0.5 * b + 0.5 * v);
     }
-    // A decay outside [0, 1] or an EMA of a model the graph never runs is FS0111.
+    // A decay outside [0, 1] is a schema error (FS0002) at the value, before any training.
     let bad = MODEL_GRAPH.replace(
         "teacher: { ema_of: student }",
         "teacher: { ema_of: student, decay: 1.5 }",
     );
-    let (spec, _) = spec::parse_graph(&bad, &[]).unwrap();
-    let errs = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new())
-        .err()
+    let errs = spec::parse_graph(&bad, &[]).unwrap_err();
+    assert_eq!(errs[0].code, "FS0002", "{errs:#?}");
+    assert!(errs[0].message.contains("[0, 1]"), "{errs:#?}");
+    let col = bad
+        .lines()
+        .find(|l| l.contains("decay: 1.5"))
+        .unwrap()
+        .find("1.5")
         .unwrap();
-    assert!(errs[0].message.contains("must be in [0, 1]"), "{errs:#?}");
+    assert_eq!(errs[0].loc.col as usize, col + 1, "{errs:#?}");
 }
 
 #[test]
@@ -617,6 +707,7 @@ fn initial_weights_load_by_name_and_report_the_rest() {
     let (spec, _) = spec::parse_graph(&missing, &[]).unwrap();
     let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
     let e = t.load_init_weights(&spec, &dir).unwrap_err();
+    assert_eq!(e.code, "FS0117", "{e}");
     assert_eq!(e.loc.line, 4, "{e}");
     assert!(e.message.contains("nope.safetensors"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -782,7 +873,7 @@ fn a_ramped_weight_seeds_its_loss_by_the_schedule() {
     }
     let bad = GRAPH.replace("l2.loss: 0.5", "l2.loss: { weight: 0.5, ramp: 10 }");
     let e = spec::parse_graph(&bad, &[]).unwrap_err();
-    assert!(e[0].message.contains("a number, or `{ weight"), "{e:#?}");
+    assert!(e[0].message.contains("unknown field `ramp`"), "{e:#?}");
 }
 
 #[test]

@@ -585,13 +585,14 @@ impl SampleSet for FileSet {
 
 /// `path` must be an existing file; `what` says which (and where it was listed).
 pub fn require_file(path: &Path, what: &str) -> Result<(), DataError> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(DataError(format!(
-            "{what} {} does not exist",
-            path.display()
-        )))
+    let fail = |why: String| Err(DataError(format!("{what} {} {why}", path.display())));
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_dir() => fail("is a directory, not a file".to_owned()),
+        Ok(_) => fail("is not a regular file".to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fail("does not exist".to_owned()),
+        // A symbolic-link loop, a permission: say what the system said.
+        Err(e) => fail(format!("cannot be read: {e}")),
     }
 }
 

@@ -186,9 +186,29 @@ impl SharedKeys for Batching {
                 "`unlabeled_sets` must be at least 1 when `unlabeled_batch` is set",
             ));
         }
+        // Each worker is a thread and each prefetched batch is memory held ahead: beyond these
+        // bounds a typo (`workers: 2000`) would exhaust the machine before the first step.
+        if self.workers > MAX_WORKERS {
+            return Err(E::custom(format!(
+                "`workers` is {}; at most {MAX_WORKERS} loader threads (0 builds batches on the \
+                 trainer's thread)",
+                self.workers
+            )));
+        }
+        if self.prefetch > MAX_PREFETCH {
+            return Err(E::custom(format!(
+                "`prefetch` is {}; at most {MAX_PREFETCH} batches are built ahead per worker",
+                self.prefetch
+            )));
+        }
         Ok(self)
     }
 }
+
+/// The most loader threads a graph may ask for.
+pub const MAX_WORKERS: usize = 64;
+/// The most batches a worker may build ahead.
+pub const MAX_PREFETCH: usize = 64;
 
 /// The field names of unlabeled set `s` (0-based): (`u_image`, `u_valid`), then
 /// (`u_image_2`, `u_valid_2`), ...
@@ -687,6 +707,28 @@ mod tests {
                 assert!(!split.labeled.contains(&format!("item{}", v[0])));
             }
         }
+    }
+
+    #[test]
+    fn loader_threads_and_prefetch_are_bounded() {
+        type E = serde::de::value::Error;
+        let many = Batching {
+            workers: MAX_WORKERS + 1,
+            ..Batching::default()
+        };
+        let e = many.build::<E>().expect_err("refused");
+        assert!(e.to_string().contains("`workers`"), "{e}");
+        let deep = Batching {
+            prefetch: MAX_PREFETCH + 1,
+            ..Batching::default()
+        };
+        assert!(deep.build::<E>().is_err());
+        let ok = Batching {
+            workers: MAX_WORKERS,
+            prefetch: MAX_PREFETCH,
+            ..Batching::default()
+        };
+        assert!(ok.build::<E>().is_ok());
     }
 
     #[test]

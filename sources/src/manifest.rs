@@ -2,7 +2,9 @@
 //! (whitespace-separated, so paths cannot contain spaces; relative paths are relative to the
 //! manifest file's folder; blank lines and lines starting with `#` are skipped). A training line
 //! without a mask is an unlabeled image: it goes to the unlabeled pool whatever the split says.
-//! Every held-out line needs a mask. Every listed file must exist when the source opens.
+//! Every held-out line needs a mask. Every listed file must exist when the source opens, and
+//! lie inside the manifest's folder — an absolute path or one that climbs out with `..` is
+//! refused (naming the manifest line) unless `allow_outside_root: true` says it is meant.
 //!
 //! Not here: decoding and geometry (`files.rs`), batching and the split (`loader.rs`).
 
@@ -30,6 +32,9 @@ pub struct ManifestParams {
     /// Class names, by label (default `class0`, `class1`, ...).
     #[serde(default)]
     pub class_names: Option<Vec<String>>,
+    /// Accept listed paths outside the manifest's folder (absolute, or climbing out with `..`).
+    #[serde(default)]
+    pub allow_outside_root: bool,
 }
 
 impl DataSource for Manifest {
@@ -56,16 +61,35 @@ pub fn file_set(p: &WithGeometry<ManifestParams>) -> Result<FileSet, DataError> 
         Some(n) => n.clone(),
         None => numbered_classes(m.classes),
     };
-    let items = read(&m.train, false)?;
+    let items = read(&m.train, false, m.allow_outside_root)?;
     let eval = match &m.eval {
-        Some(e) => read(e, true)?,
+        Some(e) => read(e, true, m.allow_outside_root)?,
         None => Vec::new(),
     };
     FileSet::new(items, eval, names, p.geometry.clone(), None)
 }
 
-/// The items of manifest `path`; with `need_mask`, every line must name a mask.
-pub fn read(path: &Path, need_mask: bool) -> Result<Vec<Item>, DataError> {
+/// Whether `rel` stays inside the folder it is joined to: relative, and never climbing above it
+/// with `..` (judged on the path as written; symbolic links inside the folder are followed).
+fn stays_inside(rel: &Path) -> bool {
+    let mut depth = 0usize;
+    for c in rel.components() {
+        match c {
+            std::path::Component::Normal(_) => depth += 1,
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            std::path::Component::RootDir | std::path::Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+/// The items of manifest `path`; with `need_mask`, every line must name a mask; unless
+/// `outside_ok`, every path must stay inside the manifest's folder.
+pub fn read(path: &Path, need_mask: bool, outside_ok: bool) -> Result<Vec<Item>, DataError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| DataError(format!("{}: cannot read the manifest: {e}", path.display())))?;
     let base = path.parent().unwrap_or(Path::new(""));
@@ -94,6 +118,15 @@ pub fn read(path: &Path, need_mask: bool) -> Result<Vec<Item>, DataError> {
                 )))
             }
         };
+        for p in std::iter::once(image).chain(mask) {
+            if !outside_ok && !stays_inside(Path::new(p)) {
+                return Err(DataError(format!(
+                    "{at}: `{p}` leaves the manifest's folder {}; list paths inside it, or set \
+                     `allow_outside_root: true` if that is meant",
+                    base.display()
+                )));
+            }
+        }
         let image_path = base.join(image);
         require_file(&image_path, &format!("{at}: image"))?;
         let mask = match mask {
@@ -151,6 +184,7 @@ mod tests {
                 eval: Some(d.path("eval.txt")),
                 classes: 3,
                 class_names: Some(vec!["bg".into(), "a".into(), "b".into()]),
+                allow_outside_root: false,
             },
         }
     }
@@ -243,5 +277,28 @@ mod tests {
         p.params.class_names = None;
         let e = file_set(&p).unwrap_err().0;
         assert!(e.contains("absent.txt: cannot read the manifest"), "{e}");
+    }
+
+    #[test]
+    fn paths_leaving_the_manifest_folder_are_refused_unless_allowed() {
+        for (p, inside) in [
+            ("a.png", true),
+            ("img/./a.png", true),
+            ("img/../a.png", true),
+            ("../a.png", false),
+            ("img/../../a.png", false),
+            ("/etc/hostname", false),
+        ] {
+            assert_eq!(super::stays_inside(std::path::Path::new(p)), inside, "{p}");
+        }
+        let d = TempDir::new("manifest-outside");
+        std::fs::write(d.path("train.txt"), "../../../../etc/hostname\n").unwrap();
+        let e = super::read(&d.path("train.txt"), false, false)
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("train.txt:1") && e.contains("allow_outside_root"),
+            "{e}"
+        );
     }
 }

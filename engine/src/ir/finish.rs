@@ -1,14 +1,15 @@
 //! The last pass of [`super::build`]: warnings for nodes none of whose outputs is read
-//! (FS0108; an error under `--strict`), and the batch fields and state tensors the finished
-//! graph reads, with their specs.
+//! (FS0108; an error under `--strict`), the batch fields and state tensors the finished graph
+//! reads, with their specs, and the value of every output a graph file can name.
 //!
 //! Not here: errors (every earlier pass reports its own).
 
 use super::infer::Traced;
 use super::{Kind, Pending, UNUSED_OUTPUT};
-use crate::graph::{Env, ValueRef};
+use crate::graph::{Env, Port, ValueRef};
 use crate::registry::Registry;
 use crate::spec::GraphError;
+use crate::spec::GraphSpec;
 use crate::tensor::TensorSpec;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -77,4 +78,22 @@ pub(super) fn reads(
         }
     }
     (batch, state)
+}
+
+/// `<node>.<port>` → value for every output of every spec node that was built.
+pub(super) fn named_outputs(
+    spec: &GraphSpec,
+    out_ports: &[Option<&'static [Port]>],
+    produced: &[Option<Vec<ValueRef>>],
+) -> BTreeMap<String, ValueRef> {
+    let mut out = BTreeMap::new();
+    for (i, n) in spec.nodes.iter().enumerate() {
+        let (Some(Some(ports)), Some(Some(values))) = (out_ports.get(i), produced.get(i)) else {
+            continue;
+        };
+        for (port, value) in ports.iter().zip(values) {
+            out.insert(format!("{}.{}", n.name.value, port.name), value.clone());
+        }
+    }
+    out
 }

@@ -26,6 +26,8 @@ pub(super) struct Traced {
     pub(super) decls: BTreeMap<String, StateDecl>,
     /// Buffers written at the end of an iteration.
     pub(super) assigns: Vec<(ValueRef, String)>,
+    /// Per spec node (file order): the values of its outputs, once built.
+    pub(super) produced: Vec<Option<Vec<ValueRef>>>,
 }
 
 /// Infers shapes and traces composites in `order`; records in `used` every (node, port) read.
@@ -177,6 +179,7 @@ pub(super) fn infer_and_trace(
         state_specs,
         decls,
         assigns,
+        produced,
     }
 }
 
@@ -197,6 +200,7 @@ fn grad_of(
         state: state.clone(),
         params: BTreeMap::new(),
         assigns: Vec::new(),
+        outputs: BTreeMap::new(),
         warnings: Vec::new(),
     };
     let wanted: BTreeSet<ValueRef> = [wrt.clone()].into();

@@ -57,8 +57,9 @@ pub const DUPLICATE_NODE: &str = "FS0105";
 pub const CYCLE: &str = "FS0106";
 /// FS0107: shape or dtype mismatch.
 pub const SHAPE: &str = "FS0107";
-/// FS0112: bad model reference.
-pub const BAD_MODEL: &str = "FS0112";
+/// FS0112: bad model reference (defined with the spec, which checks references between
+/// sections first).
+pub use crate::spec::BAD_MODEL;
 pub(super) const GRAD_INPUTS: &[Port] = &[
     Port::req("of", "f32[] (a scalar, usually a loss)"),
     Port::req("wrt", "f32, any shape (an activation or input)"),
@@ -141,12 +142,14 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
     }
     let warnings = finish::unused_outputs(&pending, registry, &used);
     let (batch, state) = finish::reads(&traced, env);
+    let outputs = finish::named_outputs(spec, &out_ports, &traced.produced);
     Ok(Graph {
         nodes: traced.nodes,
         batch,
         state,
         params: traced.decls,
         assigns: traced.assigns,
+        outputs,
         warnings,
     })
 }

@@ -296,7 +296,9 @@ pub(super) fn forward_kind(
             format!("no model named `{}`", fp.model.value),
             fp.model.loc,
         )
-        .help(nearest_names(&fp.model, names)));
+        .help(nearest_or(&fp.model, names, || {
+            port_list("models", spec.models.iter().map(|(k, _)| k.as_str()))
+        })));
     };
     // An EMA copy has its source's architecture (one level: `ema_of` an `ema_of` is refused).
     let (arch_model, arch) = match (&m.arch, &m.ema_of) {
@@ -453,7 +455,19 @@ pub(super) fn port_list<'a>(what: &str, names: impl Iterator<Item = &'a str>) ->
     }
 }
 
+/// "did you mean `x`?" for the nearest of `names`, else the node-name reminder.
 pub(super) fn nearest_names<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> String {
+    nearest_or(name, names, || {
+        "node names are the `name:` of each entry under `nodes:`".to_owned()
+    })
+}
+
+/// "did you mean `x`?" for the nearest of `names` (within two edits), else `fallback()`.
+pub(super) fn nearest_or<'a>(
+    name: &str,
+    names: impl Iterator<Item = &'a str>,
+    fallback: impl FnOnce() -> String,
+) -> String {
     let mut near: Vec<(usize, &str)> = names
         .map(|n| (strsim::levenshtein(name, n), n))
         .filter(|(d, _)| *d <= 2)
@@ -461,6 +475,6 @@ pub(super) fn nearest_names<'a>(name: &str, names: impl Iterator<Item = &'a str>
     near.sort();
     match near.first() {
         Some((_, n)) => format!("did you mean `{n}`?"),
-        None => "node names are the `name:` of each entry under `nodes:`".to_owned(),
+        None => fallback(),
     }
 }

@@ -19,6 +19,7 @@
 //! ```
 
 use super::de::{from_node, DeError, Sp};
+use super::range;
 use super::value::{Node, Value};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -64,9 +65,9 @@ pub struct ModelSpec {
     /// file lacks keep their initialiser; names the model lacks are reported and ignored.
     #[serde(default)]
     pub init: Option<InitSpec>,
-    /// EMA decay α for an `ema_of` model: teacher ← α·teacher + (1 − α)·student after every
-    /// optimizer step.
-    #[serde(default)]
+    /// EMA decay α ∈ [0, 1] for an `ema_of` model: teacher ← α·teacher + (1 − α)·student after
+    /// every optimizer step.
+    #[serde(default, deserialize_with = "range::unit_opt")]
     pub decay: Option<f64>,
     /// For an `ema_of` model: use α_t = min(α, 1 − 1/(t + 1)) at step t (Mean Teacher's
     /// warm-up, so early teachers follow the student closely). Default true.
@@ -111,7 +112,7 @@ pub enum Schedule {
     /// lr · (1 − t/T)^power.
     Poly {
         /// Exponent (0.9 in most segmentation codebases).
-        #[serde(default = "default_power")]
+        #[serde(default = "default_power", deserialize_with = "range::non_negative")]
         power: f64,
         /// Linear warm-up iterations from 0.
         #[serde(default)]
@@ -120,7 +121,7 @@ pub enum Schedule {
     /// Half-cosine from lr to `min_lr`.
     Cosine {
         /// Final learning rate.
-        #[serde(default)]
+        #[serde(default, deserialize_with = "range::non_negative")]
         min_lr: f64,
         /// Linear warm-up iterations from 0.
         #[serde(default)]
@@ -138,28 +139,30 @@ fn default_power() -> f64 {
 pub struct OptimSpec {
     /// `sgd` or `adamw`.
     pub kind: OptimKind,
-    /// Base learning rate.
+    /// Base learning rate (> 0).
+    #[serde(deserialize_with = "range::positive")]
     pub lr: f64,
-    /// SGD momentum.
-    #[serde(default)]
+    /// SGD momentum, in [0, 1).
+    #[serde(default, deserialize_with = "range::unit_open")]
     pub momentum: f64,
     /// SGD Nesterov momentum.
     #[serde(default)]
     pub nesterov: bool,
-    /// L2 (SGD) or decoupled (AdamW) weight decay.
-    #[serde(default)]
+    /// L2 (SGD) or decoupled (AdamW) weight decay (≥ 0).
+    #[serde(default, deserialize_with = "range::non_negative")]
     pub weight_decay: f64,
-    /// AdamW (β1, β2).
-    #[serde(default = "default_betas")]
+    /// AdamW (β1, β2), each in [0, 1).
+    #[serde(default = "default_betas", deserialize_with = "range::betas")]
     pub betas: (f64, f64),
-    /// AdamW ε.
-    #[serde(default = "default_eps")]
+    /// AdamW ε (> 0).
+    #[serde(default = "default_eps", deserialize_with = "range::positive")]
     pub eps: f64,
     /// Learning-rate schedule; constant when absent.
     #[serde(default)]
     pub schedule: Option<Schedule>,
-    /// Per-parameter-group multipliers by name prefix within the model, e.g. `{ backbone: 0.1 }`.
-    #[serde(default)]
+    /// Per-parameter-group multipliers by name prefix within the model, e.g. `{ backbone: 0.1 }`
+    /// (each ≥ 0; 0 freezes the group).
+    #[serde(default, deserialize_with = "range::multipliers")]
     pub lr_mult: BTreeMap<String, f64>,
     /// What this optimizer minimizes: loss references (`node.port`, f32 scalars) → weight. The
     /// weighted sum is differentiated with respect to the model's parameters. A weight is a
@@ -174,11 +177,10 @@ pub struct OptimSpec {
 /// ```yaml
 /// minimize: { sup_loss.loss: 1.0, cons.loss: { weight: 10.0, rampup: 500, shape: sigmoid } }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "a number, or `{ weight: <number>, rampup: <iterations>, shape: sigmoid | linear }`"
-)]
+///
+/// Weights are ≥ 0 (a negative weight would maximize the loss). Decoded by hand rather than as
+/// an untagged enum, whose error replaces the reason (a weight of −1) with a generic one.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LossWeight {
     /// The same weight every iteration.
     Fixed(f64),
@@ -186,11 +188,45 @@ pub enum LossWeight {
     Ramped(RampedWeight),
 }
 
+impl<'de> Deserialize<'de> for LossWeight {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Weight;
+        impl<'de> serde::de::Visitor<'de> for Weight {
+            type Value = LossWeight;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a number ≥ 0, or `{ weight: <number ≥ 0>, rampup: <iterations>, shape: \
+                     sigmoid | linear }`",
+                )
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<LossWeight, E> {
+                range::non_negative(serde::de::value::F64Deserializer::<E>::new(v))
+                    .map(LossWeight::Fixed)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<LossWeight, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<LossWeight, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<LossWeight, A::Error> {
+                RampedWeight::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(LossWeight::Ramped)
+            }
+        }
+        d.deserialize_any(Weight)
+    }
+}
+
 /// A weight with a ramp-up.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RampedWeight {
-    /// The weight after the ramp-up.
+    /// The weight after the ramp-up (≥ 0).
+    #[serde(deserialize_with = "range::non_negative")]
     pub weight: f64,
     /// Iterations of the ramp-up (0: none).
     pub rampup: u64,
@@ -268,7 +304,8 @@ fn default_eps() -> f64 {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSpec {
-    /// Training iterations.
+    /// Training iterations (≥ 1).
+    #[serde(deserialize_with = "range::at_least_one")]
     pub iterations: u64,
     /// Evaluate every this many iterations (0: only at the end).
     #[serde(default)]
@@ -303,8 +340,8 @@ pub struct EvalSpec {
     /// Also run the horizontally flipped image and average the two softmax maps.
     #[serde(default)]
     pub flip: bool,
-    /// Images (or windows) per forward pass; default: the training batch size.
-    #[serde(default)]
+    /// Images (or windows) per forward pass (≥ 1); default: the training batch size.
+    #[serde(default, deserialize_with = "range::at_least_one_opt")]
     pub batch: Option<usize>,
     /// Which models to evaluate; default: every model with an architecture or `ema_of`.
     #[serde(default)]
@@ -337,14 +374,56 @@ pub enum EvalMode {
     Sliding,
 }
 
-/// A 2-D extent written `64` or `[48, 64]` (height, width).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+/// A 2-D extent written `64` or `[48, 64]` (height, width), each side ≥ 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// Square.
     Square(usize),
     /// `[h, w]`.
     Rect([usize; 2]),
+}
+
+impl<'de> Deserialize<'de> for Side {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Extent;
+        impl<'de> serde::de::Visitor<'de> for Extent {
+            type Value = Side;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a side ≥ 1, or `[height, width]` each ≥ 1")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Side, E> {
+                match usize::try_from(v) {
+                    Ok(s) if s >= 1 => Ok(Side::Square(s)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Unsigned(v), &self)),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Side, E> {
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Side, A::Error> {
+                let mut hw = [0usize; 2];
+                for (i, side) in hw.iter_mut().enumerate() {
+                    *side = seq
+                        .next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(serde::de::Error::invalid_length(3, &self));
+                }
+                if hw.contains(&0) {
+                    return Err(serde::de::Error::invalid_value(
+                        serde::de::Unexpected::Unsigned(0),
+                        &self,
+                    ));
+                }
+                Ok(Side::Rect(hw))
+            }
+        }
+        d.deserialize_any(Extent)
+    }
 }
 
 impl Side {

@@ -11,6 +11,8 @@
 
 pub mod de;
 mod graph;
+mod range;
+mod validate;
 pub mod value;
 
 pub use de::{from_node, DeError, Sp};
@@ -84,11 +86,80 @@ pub const YAML_SYNTAX: &str = "FS0001";
 pub const SCHEMA: &str = "FS0002";
 /// FS0003: a `--set key=value` override that cannot be applied.
 pub const BAD_OVERRIDE: &str = "FS0003";
+/// FS0004: the graph file cannot be read (missing, a directory, too large, not UTF-8).
+pub const UNREADABLE: &str = "FS0004";
+/// FS0005: a run, node or model name that cannot be used (validate.rs).
+pub const BAD_NAME: &str = "FS0005";
+/// FS0112: a reference to a model that names no usable model (`forward`'s `model:`, `ema_of:`,
+/// an `optim:` key, an `eval.models` entry).
+pub const BAD_MODEL: &str = "FS0112";
 
 impl GraphError {
     fn schema(e: DeError) -> Self {
         GraphError::new(SCHEMA, e.message, e.loc)
     }
+}
+
+/// Graph files larger than this are refused (FS0004): a method graph is a few kilobytes, and a
+/// wrong path (a dataset archive) should not be read into memory.
+pub const MAX_GRAPH_BYTES: u64 = 16 << 20;
+
+/// A graph file that cannot be read: FS0004, and the text read so far (lossily decoded, empty
+/// when nothing was read) for the report's snippet.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The FS0004 error.
+    pub error: GraphError,
+    /// What could be read.
+    pub text: String,
+}
+
+/// Reads a graph file. On failure, FS0004: missing, a directory, unreadable, larger than
+/// [`MAX_GRAPH_BYTES`], or not UTF-8 (located at the first bad byte).
+pub fn read_graph_file(path: &std::path::Path) -> Result<String, Box<Unreadable>> {
+    let fail = |why: String| {
+        Box::new(Unreadable {
+            error: GraphError::new(
+                UNREADABLE,
+                format!("cannot read {}: {why}", path.display()),
+                Loc::NONE,
+            ),
+            text: String::new(),
+        })
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if meta.is_dir() {
+        return Err(fail("it is a directory, not a graph file".to_owned()));
+    }
+    if meta.len() > MAX_GRAPH_BYTES {
+        return Err(fail(format!(
+            "it is {} MiB; a graph file is at most {} MiB",
+            meta.len() >> 20,
+            MAX_GRAPH_BYTES >> 20
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let good = e.utf8_error().valid_up_to();
+        let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+        let before = String::from_utf8_lossy(&e.as_bytes()[..good]).into_owned();
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let loc = Loc {
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+            col: u32::try_from(col).unwrap_or(u32::MAX),
+        };
+        let error = GraphError::new(
+            UNREADABLE,
+            format!(
+                "{} is not UTF-8 text: this byte is not valid UTF-8",
+                path.display()
+            ),
+            loc,
+        )
+        .help("save the file as UTF-8");
+        Box::new(Unreadable { error, text: lossy })
+    })
 }
 
 /// Parses YAML text into the located tree.
@@ -98,14 +169,33 @@ pub fn parse_yaml(text: &str) -> Result<Node, GraphError> {
             line: u32::try_from(l.line()).unwrap_or(u32::MAX),
             col: u32::try_from(l.column()).unwrap_or(u32::MAX),
         });
-        // serde-saphyr's message embeds a rendered snippet; the first line is the diagnosis.
-        let message = e
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("invalid YAML")
-            .to_owned();
-        GraphError::new(YAML_SYNTAX, message, loc)
+        // serde-saphyr's message embeds a rendered snippet; the first line is the diagnosis,
+        // after its own copy of the position.
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("invalid YAML");
+        // "error: line 14 column 54: duplicate mapping key: ..." → "duplicate mapping key: ...".
+        let message = first
+            .find(" column ")
+            .and_then(|i| first[i..].find(": ").map(|j| &first[i + j + 2..]))
+            .unwrap_or(first);
+        if let Some(key) = message.strip_prefix("duplicate mapping key: ") {
+            let key = key.split(',').next().unwrap_or(key).trim();
+            return GraphError::new(
+                YAML_SYNTAX,
+                format!("key `{key}` appears twice in this mapping"),
+                loc,
+            )
+            .help("keep one: other YAML readers would silently take the last");
+        }
+        if message.contains("non-finite") {
+            return GraphError::new(
+                SCHEMA,
+                "`.nan` and `.inf` are valid YAML but not usable values: every number in a \
+                 graph must be finite",
+                loc,
+            );
+        }
+        GraphError::new(YAML_SYNTAX, message.to_owned(), loc)
     })
 }
 
@@ -211,9 +301,13 @@ pub fn parse_graph(text: &str, overrides: &[String]) -> Result<(GraphSpec, Node)
     if !errors.is_empty() {
         return Err(errors);
     }
-    match graph::decode(&root) {
-        Ok(g) => Ok((g, root)),
-        Err(errs) => Err(errs.into_iter().map(GraphError::schema).collect()),
+    let spec = graph::decode(&root)
+        .map_err(|errs| errs.into_iter().map(GraphError::schema).collect::<Vec<_>>())?;
+    let errors = validate::check(&spec);
+    if errors.is_empty() {
+        Ok((spec, root))
+    } else {
+        Err(errors)
     }
 }
 
