@@ -14,10 +14,13 @@ pub const BAD_DATA: &str = "FS0113";
 /// Opens the source a graph's `data:` section describes.
 pub fn open_source(spec: &GraphSpec, registry: &Registry) -> Result<Box<dyn Dataset>, GraphError> {
     let Some(data) = &spec.data else {
-        return Err(
-            GraphError::new(BAD_DATA, "the graph has no `data:` section", Loc::NONE)
-                .help("add e.g. `data: { source: shapes, batch: 8, size: 32 }`"),
-        );
+        // At the top of the file: the section is missing from the root mapping.
+        return Err(GraphError::new(
+            BAD_DATA,
+            "the graph has no `data:` section",
+            Loc { line: 1, col: 1 },
+        )
+        .help("add e.g. `data: { source: shapes, batch: 8, size: 32 }`"));
     };
     let names = || {
         let v: Vec<String> = registry

@@ -30,6 +30,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// FS0111: a `minimize:` entry that names no loss, or an optimizer for a model without
 /// parameters.
 pub const BAD_OBJECTIVE: &str = "FS0111";
+/// FS0116: an `lr_mult` prefix that selects no parameter of its model.
+pub const LR_MULT: &str = "FS0116";
 /// FS0117: a model's initial weights (`init: { weights: file }`) cannot be loaded.
 pub const INIT_WEIGHTS: &str = "FS0117";
 
@@ -289,6 +291,36 @@ impl Trainer {
                     );
                 }
                 continue;
+            }
+            // Every `lr_mult` prefix must select some parameter: a misspelt one would silently
+            // train its group at the base rate.
+            for prefix_key in ospec.lr_mult.keys() {
+                let locals = || wrt.iter().map(|n| &n[prefix.len()..]);
+                if !locals().any(|l| l.starts_with(prefix_key.as_str())) {
+                    let mut groups: Vec<&str> =
+                        locals().map(|l| l.split('.').next().unwrap_or(l)).collect();
+                    groups.dedup();
+                    let near = groups
+                        .iter()
+                        .map(|g| (strsim::levenshtein(prefix_key, g), *g))
+                        .min()
+                        .filter(|(d, _)| *d <= 3)
+                        .map(|(_, g)| format!("did you mean `{g}`? "))
+                        .unwrap_or_default();
+                    let shown: Vec<String> =
+                        groups.iter().take(12).map(|g| format!("`{g}`")).collect();
+                    errors.push(
+                        GraphError::new(
+                            LR_MULT,
+                            format!(
+                                "`lr_mult` prefix `{prefix_key}` matches no parameter of `{}`",
+                                model.value
+                            ),
+                            model.loc,
+                        )
+                        .help(format!("{near}parameter groups: {}", shown.join(", "))),
+                    );
+                }
             }
             match autodiff::differentiate_weighted(&mut graph, &objective, &wrt) {
                 Ok(grads) => {

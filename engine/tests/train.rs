@@ -536,6 +536,22 @@ fn a_loss_that_reaches_no_parameter_of_its_model_is_fs0111() {
 }
 
 #[test]
+fn an_lr_mult_prefix_matching_no_parameter_is_fs0116() {
+    let yaml = MODEL_GRAPH.replace("lr: 0.3,", "lr: 0.3, lr_mult: { hed: 0.1 },");
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let errs = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new())
+        .err()
+        .expect("refused");
+    assert_eq!(errs[0].code, "FS0116", "{errs:#?}");
+    let help = errs[0].help.as_deref().unwrap_or("");
+    assert!(help.contains("did you mean `head`?"), "{help}");
+    // The right prefix trains.
+    let yaml = MODEL_GRAPH.replace("lr: 0.3,", "lr: 0.3, lr_mult: { head: 0.1 },");
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    assert!(Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).is_ok());
+}
+
+#[test]
 fn non_finite_gradients_leave_the_state_unchanged() {
     // A weight that overflows f32 in the backward seed: the loss is finite, its gradient not.
     let yaml = MODEL_GRAPH.replace("loss.loss: 1.0", "loss.loss: 1.0e300");

@@ -41,9 +41,36 @@ pub fn read_index_png(path: &Path) -> Result<(Vec<u8>, usize, usize), String> {
     if depth != png::BitDepth::Eight
         || !matches!(ct, png::ColorType::Indexed | png::ColorType::Grayscale)
     {
+        let bits = match depth {
+            png::BitDepth::One => 1,
+            png::BitDepth::Two => 2,
+            png::BitDepth::Four => 4,
+            png::BitDepth::Eight => 8,
+            png::BitDepth::Sixteen => 16,
+        };
+        // Say what this file is and what to do about it: the fix differs by kind.
+        let (what, fix) = match ct {
+            png::ColorType::Grayscale | png::ColorType::GrayscaleAlpha if bits == 16 => (
+                "a 16-bit grayscale PNG",
+                "save the ids as 8 bits (PIL: `Image.fromarray(ids.astype(np.uint8))`)",
+            ),
+            png::ColorType::Grayscale | png::ColorType::Indexed => (
+                "a PNG of fewer than 8 bits per pixel",
+                "save the ids as 8 bits",
+            ),
+            png::ColorType::GrayscaleAlpha => (
+                "a grayscale PNG with an alpha channel",
+                "drop the alpha channel",
+            ),
+            png::ColorType::Rgb | png::ColorType::Rgba => (
+                "an RGB colour mask",
+                "map each colour to its class id first (VOC's palette: `flowseg data` reads \
+                 index PNGs)",
+            ),
+        };
         return Err(format!(
-            "a label mask must be an 8-bit palette or grayscale PNG of class ids, this one is \
-             {ct:?} at {depth:?} bits (an RGB colour mask needs converting to ids first)"
+            "a label mask must be an 8-bit palette or grayscale PNG of class ids; this one is \
+             {what} ({bits} bits): {fix}"
         ));
     }
     let mut buf = vec![0u8; reader.output_buffer_size().ok_or("PNG too large")?];
