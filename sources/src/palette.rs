@@ -113,6 +113,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_16_bit_grayscale_mask_is_named_as_such() {
+        let dir = std::env::temp_dir().join(format!("flowseg-mask16-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m16.png");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), 2, 2);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Sixteen);
+        enc.write_header()
+            .unwrap()
+            .write_image_data(&[0; 8])
+            .unwrap();
+        let e = read_index_png(&path).unwrap_err();
+        assert!(
+            e.contains("16-bit grayscale") && e.contains("8 bits"),
+            "{e}"
+        );
+        assert!(!e.contains("RGB"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn voc_colours_match_the_published_map() {
         let p = voc_palette();
         assert_eq!(p[0], [0, 0, 0]);
