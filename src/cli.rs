@@ -184,6 +184,7 @@ where
                 Ok((spec, _)) => out.write_all(crate::graph_fmt::render(&spec, format).as_bytes()),
                 Err(errors) => {
                     let shown = graph.display().to_string();
+                    let errors = crate::report::name_flags(&errors, &set);
                     let _ = err.write_all(
                         crate::report::render(&shown, &text, &errors, styled.err).as_bytes(),
                     );

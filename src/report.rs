@@ -62,6 +62,21 @@ pub fn render(path: &str, source: &str, errors: &[GraphError], color: bool) -> S
     out
 }
 
+/// `errors` with each one that points at a `--set` override (`Loc::set_index`) saying which:
+/// such an error has no place in the file to show, so its message names the flag itself.
+pub fn name_flags(errors: &[GraphError], sets: &[String]) -> Vec<GraphError> {
+    errors
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            if let Some(flag) = e.loc.set_index().and_then(|i| sets.get(i)) {
+                e.message = format!("{} (in `--set {flag}`)", e.message);
+            }
+            e
+        })
+        .collect()
+}
+
 fn plural(n: usize, word: &str) -> String {
     if n == 1 {
         word.to_owned()

@@ -129,7 +129,10 @@ pub(crate) fn load(
     err: &mut dyn Write,
 ) -> Result<Loaded, Rejected> {
     let shown = path.display().to_string();
-    let reject = |errors: &[GraphError]| Rejected(report::render(&shown, text, errors, color));
+    let reject = |errors: &[GraphError]| {
+        let named = report::name_flags(errors, sets);
+        Rejected(report::render(&shown, text, &named, color))
+    };
     let (spec, root, source) = open_graph(text, sets, registry).map_err(|e| reject(&e))?;
     let env = Env {
         batch: source.specs(),

@@ -378,3 +378,25 @@ fn a_run_draws_its_curves_and_a_plot_failure_does_not_fail_it() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn a_mistake_in_a_set_flag_names_the_flag() {
+    let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    let g = g.to_str().unwrap();
+    for (flag, code) in [
+        ("data.batch=abc", "FS0113"),
+        ("train.iterations=abc", "FS0002"),
+        ("models.student.params.widht=3", "FS0102"),
+        ("optim.student.lr=-1", "FS0002"),
+    ] {
+        let (exit, _, err) = cli(&["check", g, "--set", flag]);
+        assert_eq!(exit, ExitCode::from(2), "{flag}: {err}");
+        assert!(err.contains(code), "{flag}: {err}");
+        assert!(
+            err.contains(&format!("(in `--set {flag}`)")),
+            "{flag}: {err}"
+        );
+        // The flag's value is not in the file: no snippet of the file is blamed.
+        assert!(!err.contains("supervised.yaml:"), "{flag}: {err}");
+    }
+}

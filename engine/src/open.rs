@@ -47,7 +47,7 @@ pub fn open_source(spec: &GraphSpec, registry: &Registry) -> Result<Box<dyn Data
     };
     match def.open(data, spec.train.seed) {
         Err(e) => {
-            let loc = if e.loc.is_known() { e.loc } else { data.loc };
+            let loc = if e.loc.is_located() { e.loc } else { data.loc };
             Err(GraphError::new(
                 BAD_DATA,
                 format!("params of data source `{name}`: {}", e.message),

@@ -127,10 +127,13 @@ fn overrides_reach_keys_and_nodes_by_name() {
     });
     assert_eq!(ignore.unwrap().value, spec::Value::Int(-1));
     let depth = g.models[0].1.params.as_ref().unwrap().get("depth").unwrap();
+    // Values an override wrote are located at that override (the 4th `--set`).
     assert_eq!(
         (depth.value.clone(), depth.loc),
-        (spec::Value::Int(3), Loc::NONE)
+        (spec::Value::Int(3), Loc::set(3))
     );
+    assert_eq!(depth.loc.set_index(), Some(3));
+    assert!(!depth.loc.is_known() && depth.loc.is_located());
 }
 
 #[test]
@@ -145,11 +148,16 @@ fn bad_overrides_are_fs0003() {
     ] {
         let errs = spec::parse_graph(&text, &[bad.to_owned()]).unwrap_err();
         assert_eq!(errs[0].code, "FS0003", "{bad}: {}", errs[0]);
+        assert_eq!(errs[0].loc, Loc::set(0), "{bad}: {}", errs[0]);
     }
-    // An override that parses but breaks the schema is a schema error.
-    let errs = spec::parse_graph(&text, &["train.iterations=many".to_owned()]).unwrap_err();
+    // An override that parses but breaks the schema is a schema error, at that override.
+    let sets = [
+        "train.seed=1".to_owned(),
+        "train.iterations=many".to_owned(),
+    ];
+    let errs = spec::parse_graph(&text, &sets).unwrap_err();
     assert_eq!(errs[0].code, "FS0002");
-    assert_eq!(errs[0].loc, Loc::NONE);
+    assert_eq!(errs[0].loc, Loc::set(1));
 }
 
 #[test]

@@ -130,7 +130,7 @@ pub(super) fn configure_nodes(
                 },
             ))),
             Err(e) => {
-                let loc = if e.loc.is_known() { e.loc } else { n.op.loc };
+                let loc = if e.loc.is_located() { e.loc } else { n.op.loc };
                 errors.push(
                     node_err(
                         BAD_PARAMS,
@@ -275,7 +275,7 @@ pub(super) fn forward_kind(
 ) -> Result<(Kind, Ports), GraphError> {
     let empty = crate::spec::Node::detached(crate::spec::Value::Map(Vec::new()));
     let fp: ForwardParams = from_node(params.unwrap_or(&empty)).map_err(|e| {
-        let loc = if e.loc.is_known() { e.loc } else { op_loc };
+        let loc = if e.loc.is_located() { e.loc } else { op_loc };
         GraphError::new(
             BAD_PARAMS,
             format!("params of `forward`: {}", e.message),
@@ -340,7 +340,7 @@ pub(super) fn forward_kind(
         .help(port_list("architectures", names.into_iter())));
     };
     let net = def.configure(arch_model.params.as_ref()).map_err(|e| {
-        let loc = if e.loc.is_known() { e.loc } else { arch.loc };
+        let loc = if e.loc.is_located() { e.loc } else { arch.loc };
         GraphError::new(
             BAD_PARAMS,
             format!("params of `{}`: {}", def.name(), e.message),

@@ -202,10 +202,14 @@ pub fn parse_yaml(text: &str) -> Result<Node, GraphError> {
 /// Applies one `key.path=value` override to the tree. Path segments name mapping keys; inside a
 /// sequence a segment is an index or the `name` of an element (so `nodes.sup_loss.params.weight`
 /// reaches a node by name). Missing mapping keys are created. The value is parsed as YAML.
-pub fn apply_override(root: &mut Node, assignment: &str) -> Result<(), GraphError> {
+///
+/// `index` is the override's place among the `--set`s: every node it writes, and every error
+/// about it, is located there ([`Loc::set`]), so later stages can blame the flag.
+pub fn apply_override(root: &mut Node, assignment: &str, index: usize) -> Result<(), GraphError> {
+    let at = Loc::set(index);
     let err = |message: String, help: Option<&str>| GraphError {
         help: help.map(str::to_owned),
-        ..GraphError::new(BAD_OVERRIDE, message, Loc::NONE)
+        ..GraphError::new(BAD_OVERRIDE, message, at)
     };
     let (path, raw) = assignment.split_once('=').ok_or_else(|| {
         err(
@@ -223,7 +227,7 @@ pub fn apply_override(root: &mut Node, assignment: &str) -> Result<(), GraphErro
             None,
         )
     })?;
-    detach(&mut value);
+    relocate(&mut value, at);
     let mut cur = root;
     for (i, seg) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
@@ -246,8 +250,14 @@ pub fn apply_override(root: &mut Node, assignment: &str) -> Result<(), GraphErro
                             Value::Map(Vec::new())
                         };
                         entries.push((
-                            Node::detached(Value::Str((*seg).to_owned())),
-                            Node::detached(fresh),
+                            Node {
+                                value: Value::Str((*seg).to_owned()),
+                                loc: at,
+                            },
+                            Node {
+                                value: fresh,
+                                loc: at,
+                            },
                         ));
                         entries.len() - 1
                     }
@@ -276,13 +286,14 @@ pub fn apply_override(root: &mut Node, assignment: &str) -> Result<(), GraphErro
     Ok(())
 }
 
-fn detach(n: &mut Node) {
-    n.loc = Loc::NONE;
+/// Gives `n` and everything under it the location `at`.
+fn relocate(n: &mut Node, at: Loc) {
+    n.loc = at;
     match &mut n.value {
-        Value::Seq(items) => items.iter_mut().for_each(detach),
+        Value::Seq(items) => items.iter_mut().for_each(|c| relocate(c, at)),
         Value::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
-            detach(k);
-            detach(v);
+            relocate(k, at);
+            relocate(v, at);
         }),
         _ => {}
     }
@@ -293,8 +304,8 @@ fn detach(n: &mut Node) {
 pub fn parse_graph(text: &str, overrides: &[String]) -> Result<(GraphSpec, Node), Vec<GraphError>> {
     let mut root = parse_yaml(text).map_err(|e| vec![e])?;
     let mut errors = Vec::new();
-    for o in overrides {
-        if let Err(e) = apply_override(&mut root, o) {
+    for (i, o) in overrides.iter().enumerate() {
+        if let Err(e) = apply_override(&mut root, o, i) {
             errors.push(e);
         }
     }

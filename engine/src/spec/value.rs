@@ -8,8 +8,9 @@
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 
-/// A 1-based line and column in the source file; `line == 0` means "not from the file" (e.g. a
-/// `--set` override or a default).
+/// A 1-based line and column in the source file; `line == 0` means "not from the file": with
+/// `col == 0` nowhere in particular (a default), with `col == n ≥ 1` the n-th `--set` override
+/// ([`Loc::set`]), so an error in an override's value can name the flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct Loc {
     /// Line, from 1; 0 when unknown.
@@ -26,12 +27,32 @@ impl Loc {
     pub fn is_known(&self) -> bool {
         self.line > 0
     }
+
+    /// The place of the `index`-th (0-based) `--set` override.
+    pub fn set(index: usize) -> Loc {
+        Loc {
+            line: 0,
+            col: u32::try_from(index + 1).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Which `--set` (0-based) this points at, if it points at one.
+    pub fn set_index(&self) -> Option<usize> {
+        (self.line == 0 && self.col > 0).then(|| self.col as usize - 1)
+    }
+
+    /// True when this points somewhere: into the file or at a `--set`.
+    pub fn is_located(&self) -> bool {
+        self.line > 0 || self.col > 0
+    }
 }
 
 impl fmt::Display for Loc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_known() {
             write!(f, "{}:{}", self.line, self.col)
+        } else if let Some(i) = self.set_index() {
+            write!(f, "--set #{}", i + 1)
         } else {
             f.write_str("?:?")
         }
