@@ -400,3 +400,31 @@ fn a_mistake_in_a_set_flag_names_the_flag() {
         assert!(!err.contains("supervised.yaml:"), "{flag}: {err}");
     }
 }
+
+#[test]
+fn a_graph_too_big_for_the_machine_is_refused_by_check() {
+    if !Path::new("/proc/meminfo").exists() {
+        return; // no memory limit to check against
+    }
+    let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    let (code, _, err) = cli(&[
+        "check",
+        g.to_str().unwrap(),
+        "--set",
+        "models.student.params.width=100000",
+    ]);
+    assert_eq!(code, ExitCode::from(2), "{err}");
+    assert!(
+        err.contains("FS0118") && err.contains("this machine has"),
+        "{err}"
+    );
+    // A data size whose element count overflows is refused the same way, not a panic.
+    let (code, _, err) = cli(&[
+        "check",
+        g.to_str().unwrap(),
+        "--set",
+        "data.size=10000000000",
+    ]);
+    assert_eq!(code, ExitCode::from(2), "{err}");
+    assert!(err.contains("FS0118"), "{err}");
+}

@@ -30,6 +30,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// FS0111: a `minimize:` entry that names no loss, or an optimizer for a model without
 /// parameters.
 pub const BAD_OBJECTIVE: &str = "FS0111";
+/// FS0118: the training step would not fit in this machine's memory.
+pub const TOO_BIG: &str = "FS0118";
 /// FS0116: an `lr_mult` prefix that selects no parameter of its model.
 pub const LR_MULT: &str = "FS0116";
 /// FS0117: a model's initial weights (`init: { weights: file }`) cannot be loaded.
@@ -157,7 +159,14 @@ impl Trainer {
         env: &Env,
         mut state: BTreeMap<String, Tensor>,
     ) -> Result<Self, Vec<GraphError>> {
+        // Sizes first: a batch whose element count overflows would panic in shape arithmetic,
+        // and the state below is allocated at once.
+        let limit = machine_memory();
+        check_fits(&Footprint::of_batch(env), spec, limit).map_err(|e| vec![e])?;
         let mut graph = ir::build(spec, registry, env)?;
+        let mut footprint = Footprint::of_batch(env);
+        footprint.add_state(spec, &graph);
+        check_fits(&footprint, spec, limit).map_err(|e| vec![e])?;
         for (name, decl) in &graph.params {
             if !state.contains_key(name) {
                 let t = decl
@@ -423,6 +432,8 @@ impl Trainer {
             );
         }
         let plan = crate::plan::plan(&graph, &crate::plan::PlanOptions { streams: 1, keep })?;
+        footprint.activations = plan.stats.peak_bytes as u64;
+        check_fits(&footprint, spec, limit).map_err(|e| vec![e])?;
         let mut t = Trainer {
             plan,
             workspace: exec::Workspace::default(),
@@ -775,6 +786,140 @@ impl Trainer {
             }
         }
         Ok(next)
+    }
+}
+
+/// Bytes of a tensor of `spec` (every dtype is 4 bytes), saturating instead of overflowing.
+fn bytes_of(spec: &crate::tensor::TensorSpec) -> u64 {
+    spec.shape
+        .iter()
+        .fold(4u64, |a, &d| a.saturating_mul(d as u64))
+}
+
+/// What a training step holds in memory, estimated from specs before anything is allocated.
+#[derive(Debug, Default)]
+struct Footprint {
+    /// One batch (the loader holds a few more ahead; counted twice).
+    batch: u64,
+    /// Parameters and buffers of every model.
+    state: u64,
+    /// Optimizer buffers (momentum: one per parameter; AdamW: two) and gradients.
+    optimizer: u64,
+    /// The plan's arena (every activation and gradient of the step, with reuse).
+    activations: u64,
+    /// The model with the most state, to point the error at.
+    largest_model: Option<(String, u64)>,
+}
+
+impl Footprint {
+    fn of_batch(env: &Env) -> Self {
+        let batch = env
+            .batch
+            .values()
+            .map(bytes_of)
+            .fold(0, u64::saturating_add);
+        Footprint {
+            batch: batch.saturating_mul(2),
+            ..Footprint::default()
+        }
+    }
+
+    fn add_state(&mut self, spec: &GraphSpec, graph: &Graph) {
+        let mut by_model: BTreeMap<&str, u64> = BTreeMap::new();
+        for (name, d) in &graph.params {
+            let b = bytes_of(&d.spec);
+            self.state = self.state.saturating_add(b);
+            let model = name.split('.').next().unwrap_or(name);
+            *by_model.entry(model).or_default() += b;
+        }
+        for (model, o) in &spec.optim {
+            let per = match o.kind {
+                OptimKind::Adamw => 3,
+                OptimKind::Sgd if o.momentum > 0.0 => 2,
+                OptimKind::Sgd => 1,
+            };
+            let own = by_model.get(model.as_str()).copied().unwrap_or(0);
+            self.optimizer = self.optimizer.saturating_add(own.saturating_mul(per));
+        }
+        self.largest_model = by_model
+            .into_iter()
+            .max_by_key(|&(_, b)| b)
+            .map(|(m, b)| (m.to_owned(), b));
+    }
+
+    fn total(&self) -> u64 {
+        self.batch
+            .saturating_add(self.state)
+            .saturating_add(self.optimizer)
+            .saturating_add(self.activations)
+    }
+}
+
+/// `n` bytes for people.
+fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    match n {
+        _ if n >= 1e12 => format!("{:.1} TB", n / 1e12),
+        _ if n >= 1e9 => format!("{:.1} GB", n / 1e9),
+        _ if n >= 1e6 => format!("{:.1} MB", n / 1e6),
+        _ => format!("{:.1} kB", n / 1e3),
+    }
+}
+
+/// FS0118 when the estimate exceeds `limit`, pointing at the largest part's cause.
+fn check_fits(f: &Footprint, spec: &GraphSpec, limit: Option<u64>) -> Result<(), GraphError> {
+    let Some(limit) = limit else { return Ok(()) };
+    let total = f.total();
+    if total <= limit {
+        return Ok(());
+    }
+    let parts = format!(
+        "model state {}, optimizer {}, activations {}, batches {}",
+        human_bytes(f.state),
+        human_bytes(f.optimizer),
+        human_bytes(f.activations),
+        human_bytes(f.batch)
+    );
+    // Point at the model whose size dominates, else at the data (batch and image size).
+    let (loc, hint) = match &f.largest_model {
+        Some((m, b)) if b.saturating_mul(2) >= f.state.max(1) && f.state >= f.activations => (
+            spec.models
+                .iter()
+                .find(|(k, _)| k.value == *m)
+                .map_or(Loc::NONE, |(k, _)| k.loc),
+            format!("model `{m}` is the largest part: reduce its width"),
+        ),
+        _ => (
+            Loc { line: 1, col: 1 },
+            "reduce `data.batch`, the image or crop size, or the model width".to_owned(),
+        ),
+    };
+    Err(GraphError::new(
+        TOO_BIG,
+        format!(
+            "the training step needs about {} ({parts}); this machine has {}",
+            human_bytes(total),
+            human_bytes(limit)
+        ),
+        loc,
+    )
+    .help(hint))
+}
+
+/// This machine's memory: the cgroup's limit where one is set and lower, else the total RAM
+/// (`/proc/meminfo`). `None` where neither can be read (no check then).
+fn machine_memory() -> Option<u64> {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        let line = t.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb.saturating_mul(1024))
+    });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    match (total, cgroup) {
+        (Some(t), Some(c)) => Some(t.min(c)),
+        (t, c) => t.or(c),
     }
 }
 

@@ -552,6 +552,26 @@ fn an_lr_mult_prefix_matching_no_parameter_is_fs0116() {
 }
 
 #[test]
+fn a_step_that_cannot_fit_in_memory_is_fs0118_before_anything_is_allocated() {
+    if !std::path::Path::new("/proc/meminfo").exists() {
+        return; // the limit is read from /proc/meminfo; elsewhere there is no check
+    }
+    let (spec, _) = spec::parse_graph(MODEL_GRAPH, &[]).unwrap();
+    let mut huge = env();
+    for s in huge.batch.values_mut() {
+        *s = TensorSpec::f32(&[1 << 20, 1 << 20]); // 4.4 TB a field
+    }
+    let errs = Trainer::new(&spec, &model_registry(), &huge, BTreeMap::new())
+        .err()
+        .expect("refused");
+    assert_eq!(errs[0].code, "FS0118", "{errs:#?}");
+    assert!(
+        errs[0].message.contains("TB") && errs[0].message.contains("this machine has"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
 fn non_finite_gradients_leave_the_state_unchanged() {
     // A weight that overflows f32 in the backward seed: the loss is finite, its gradient not.
     let yaml = MODEL_GRAPH.replace("loss.loss: 1.0", "loss.loss: 1.0e300");
