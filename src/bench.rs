@@ -1044,6 +1044,7 @@ fn run_one(
         graph: Some(j.graph.path.clone()),
         set: j.sets.clone(),
         resume: None,
+        force: false,
         out: dir.to_path_buf(),
         strict: false,
         stop_at: None,

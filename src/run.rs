@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Continue the run in this directory from its last checkpoint.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// With `--resume`: continue although `--set` (or another graph file) changes the run's
+    /// graph; the changed graph is kept beside the original as `graph.resumed-<iteration>.yaml`.
+    #[arg(long, requires = "resume")]
+    pub force: bool,
     /// Where run directories are created.
     #[arg(long, default_value = "runs", value_name = "DIR")]
     pub out: PathBuf,
@@ -452,8 +456,12 @@ fn run_inner(
         .map_err(|Rejected(t)| (2, t))?;
     let mut evaluator = crate::eval::Evaluator::new(&spec, registry, source.as_ref())
         .map_err(|e| (2, format!("error: {}: {e}", graph_path.display())))?;
+    let resumed = resume.is_some();
     let (dir, start) = run_dir(a, &spec, resume, &mut trainer)?;
-    write_run_files(&dir, &root, source.as_ref())?;
+    if resumed {
+        keep_the_graph(a, &dir, &root, start)?;
+    }
+    write_run_files(&dir, (!resumed).then_some(&root), source.as_ref())?;
     let metrics_path = dir.join("metrics.jsonl");
     let mut metrics = fs::OpenOptions::new()
         .create(true)
@@ -568,12 +576,53 @@ fn run_dir(
     Ok((dir, next))
 }
 
-/// The resolved graph.yaml and the labeled/unlabeled split the run trains with, so a result
-/// can be reproduced with them; and the checkpoints folder.
-fn write_run_files(dir: &Path, root: &spec::Node, source: &dyn Dataset) -> Result<(), Failure> {
+/// FS0122 unless `--force` when the graph a resumed run would continue with differs from the
+/// run's own graph.yaml (a `--set`, or another graph file, changed it): the rest of the run would
+/// not be the run its first part belongs to. With `--force` the changed graph is kept beside the
+/// original, which is never rewritten.
+/// FS0122: `--resume` with a graph that differs from the run's own.
+const RESUME_CHANGED: &str = "FS0122";
+
+fn keep_the_graph(a: &RunArgs, dir: &Path, root: &spec::Node, start: u64) -> Result<(), Failure> {
+    let path = dir.join("graph.yaml");
+    let saved = fs::read_to_string(&path).map_err(|e| io_fail("read", &path, e))?;
+    let now = root.to_yaml();
+    if saved == now {
+        return Ok(());
+    }
+    if !a.force {
+        let what = if a.set.is_empty() {
+            "the graph file given".to_owned()
+        } else {
+            let flags: Vec<String> = a.set.iter().map(|s| format!("`--set {s}`")).collect();
+            flags.join(", ")
+        };
+        return Err((
+            2,
+            format!(
+                "error[{RESUME_CHANGED}]: {what} change the graph of the run in {}: a resumed run continues \
+                 the same graph\n  help: drop the change, or pass --force to continue with it (the \
+                 changed graph is kept as graph.resumed-{start}.yaml; graph.yaml stays as it was)",
+                dir.display()
+            ),
+        ));
+    }
+    let kept = dir.join(format!("graph.resumed-{start}.yaml"));
+    write_atomic(&kept, now.as_bytes()).map_err(|e| io_fail("write", &kept, e))
+}
+
+/// The run's files: the resolved graph.yaml (`None` on resume: the run's own is kept), the
+/// labeled/unlabeled split, and the checkpoints folder.
+fn write_run_files(
+    dir: &Path,
+    root: Option<&spec::Node>,
+    source: &dyn Dataset,
+) -> Result<(), Failure> {
     fs::create_dir_all(dir.join("checkpoints")).map_err(|e| io_fail("create", dir, e))?;
-    write_atomic(&dir.join("graph.yaml"), root.to_yaml().as_bytes())
-        .map_err(|e| io_fail("write", &dir.join("graph.yaml"), e))?;
+    if let Some(root) = root {
+        write_atomic(&dir.join("graph.yaml"), root.to_yaml().as_bytes())
+            .map_err(|e| io_fail("write", &dir.join("graph.yaml"), e))?;
+    }
     if let Some(split) = source.split() {
         let split_dir = dir.join("split");
         fs::create_dir_all(&split_dir).map_err(|e| io_fail("create", &split_dir, e))?;

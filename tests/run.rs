@@ -418,13 +418,54 @@ fn a_graph_too_big_for_the_machine_is_refused_by_check() {
         err.contains("FS0118") && err.contains("this machine has"),
         "{err}"
     );
-    // A data size whose element count overflows is refused the same way, not a panic.
-    let (code, _, err) = cli(&[
-        "check",
-        g.to_str().unwrap(),
-        "--set",
-        "data.size=10000000000",
-    ]);
+}
+
+#[test]
+fn resuming_with_a_changed_graph_is_fs0122_unless_forced() {
+    let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    let out = scratch("resume-changed");
+    let mut a: Vec<String> = vec!["run".into(), g.to_str().unwrap().into()];
+    a.extend(SMALL.iter().map(|s| (*s).to_owned()));
+    a.extend(
+        [
+            "--set",
+            "train.iterations=4",
+            "--set",
+            "train.checkpoint_every=2",
+            "--stop-at",
+            "2",
+            "--out",
+        ]
+        .map(String::from),
+    );
+    a.push(out.to_str().unwrap().into());
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, _, err) = cli(&args);
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    let run = the_run_dir(&out);
+    let before = std::fs::read(run.join("graph.yaml")).unwrap();
+    let r = run.to_str().unwrap();
+    let (code, _, err) = cli(&["run", "--resume", r, "--set", "optim.student.lr=0.5"]);
     assert_eq!(code, ExitCode::from(2), "{err}");
-    assert!(err.contains("FS0118"), "{err}");
+    assert!(
+        err.contains("FS0122") && err.contains("optim.student.lr=0.5"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("graph.yaml")).unwrap(), before);
+    let (code, _, err) = cli(&[
+        "run",
+        "--resume",
+        r,
+        "--set",
+        "optim.student.lr=0.5",
+        "--force",
+    ]);
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    assert_eq!(
+        std::fs::read(run.join("graph.yaml")).unwrap(),
+        before,
+        "graph.yaml was rewritten"
+    );
+    let kept = std::fs::read_to_string(run.join("graph.resumed-2.yaml")).unwrap();
+    assert!(kept.contains("0.5"), "{kept}");
 }
