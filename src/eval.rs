@@ -18,9 +18,15 @@ use flowseg_engine::kernels::metrics::{confusion_add, scores, Scores};
 use flowseg_engine::kernels::softmax::softmax_fwd;
 use flowseg_engine::kernels::Nchw;
 use flowseg_engine::plan::{self, Plan, PlanOptions};
-use flowseg_engine::spec::{EvalMode, EvalSpec, GraphSpec, Node, NodeSpec, Sp, TrainSpec, Value};
+use flowseg_engine::spec::{
+    EvalMode, EvalSpec, GraphError, GraphSpec, Loc, Node, NodeSpec, Sp, TrainSpec, Value,
+};
 use flowseg_engine::{Registry, Tensor, TensorSpec};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// FS0119: evaluation cannot be set up (a model's class count differs from the data's, a
+/// sliding stride larger than its window, a model the eval graph cannot build).
+pub const EVAL_SETUP: &str = "FS0119";
 
 /// Label value that evaluation skips.
 pub const IGNORE: i32 = 255;
@@ -109,6 +115,13 @@ impl<'r> Predictor<'r> {
             });
         if stride.0 == 0 || stride.1 == 0 {
             return Err("eval.stride must be at least 1×1".into());
+        }
+        if e.mode == EvalMode::Sliding && (stride.0 > crop.0 || stride.1 > crop.1) {
+            return Err(format!(
+                "eval.stride {}×{} is larger than the window {}×{}: pixels between windows would \
+                 never be scored",
+                stride.0, stride.1, crop.0, crop.1
+            ));
         }
         let batch = e.batch.unwrap_or(train_batch).max(1);
         let mut p = Predictor {
@@ -454,15 +467,36 @@ impl<'r> Evaluator<'r> {
         spec: &GraphSpec,
         registry: &'r Registry,
         source: &dyn Dataset,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<Self>, GraphError> {
         if source.eval_len() == 0 {
             return Ok(None);
         }
+        // Where to point an error about model `name`: its `classes:` when the file has one,
+        // else its name under `models:`.
+        let at_model = |name: &str, key: &str| {
+            spec.models
+                .iter()
+                .find(|(n, _)| n.value == name)
+                .map_or(Loc::NONE, |(n, m)| {
+                    m.params
+                        .as_ref()
+                        .and_then(|p| p.get(key))
+                        .map(|v| v.loc)
+                        .filter(Loc::is_located)
+                        .unwrap_or(n.loc)
+                })
+        };
+        let fail = |message: String, loc: Loc| GraphError::new(EVAL_SETUP, message, loc);
         let image = source
             .specs()
             .get("image")
             .and_then(TensorSpec::as_nchw)
-            .ok_or("the data source has no f32[N, 3, H, W] `image` field")?;
+            .ok_or_else(|| {
+                fail(
+                    "the data source has no f32[N, 3, H, W] `image` field".to_owned(),
+                    Loc::NONE,
+                )
+            })?;
         let chosen: Vec<String> = match &spec.eval.models {
             Some(list) => list.iter().map(|m| m.value.clone()).collect(),
             None => spec
@@ -474,20 +508,29 @@ impl<'r> Evaluator<'r> {
         };
         let mut models = Vec::new();
         for name in chosen {
-            if !spec.models.iter().any(|(n, _)| n.value == name) {
-                return Err(format!("eval.models names `{name}`, which is not a model"));
-            }
-            let mut p = Predictor::new(spec, registry, &name, (image.h, image.w), image.n)?;
+            // (`eval.models` entries naming no model are FS0112 when the file is read.)
+            let mut p = Predictor::new(spec, registry, &name, (image.h, image.w), image.n)
+                .map_err(|e| fail(e, at_model(&name, "")))?;
             // A head with the wrong number of classes would train (labels < K) or fail mid-run
             // (labels ≥ K): say so before the first step.
             let data_classes = source.classes().len();
-            let k = p.graph(p.mode.batch, p.mode.crop.0, p.mode.crop.1)?.classes;
+            let k = p
+                .graph(p.mode.batch, p.mode.crop.0, p.mode.crop.1)
+                .map_err(|e| fail(e, at_model(&name, "")))?
+                .classes;
             if data_classes > 0 && k != data_classes {
-                return Err(format!(
-                    "model `{name}` predicts {k} classes but the data source has {data_classes} \
-                     ({}); set the architecture's `classes: {data_classes}`",
-                    source.classes().join(", ")
-                ));
+                return Err(fail(
+                    format!(
+                        "model `{name}` predicts {k} classes but the data source has \
+                         {data_classes} ({})",
+                        source.classes().join(", ")
+                    ),
+                    at_model(&name, "classes"),
+                )
+                .help(format!(
+                    "set the architecture's `classes: {data_classes}`, or leave `classes` out \
+                     to take the data's count"
+                )));
             }
             models.push(p);
         }

@@ -203,7 +203,9 @@ pub fn check(
         Ok(mut l) => {
             // What `run` checks before its first step: every evaluated model fits the data.
             if let Err(e) = crate::eval::Evaluator::new(&l.spec, registry, l.source.as_ref()) {
-                let _ = writeln!(err, "error: {}: {e}", a.graph.display());
+                let shown = a.graph.display().to_string();
+                let named = report::name_flags(&[e], &a.set);
+                let _ = err.write_all(report::render(&shown, &text, &named, color).as_bytes());
                 return ExitCode::from(2);
             }
             if a.data {
@@ -454,8 +456,12 @@ fn run_inner(
         mut trainer,
     } = load(&graph_path, &text, &a.set, a.strict, registry, color, err)
         .map_err(|Rejected(t)| (2, t))?;
-    let mut evaluator = crate::eval::Evaluator::new(&spec, registry, source.as_ref())
-        .map_err(|e| (2, format!("error: {}: {e}", graph_path.display())))?;
+    let mut evaluator =
+        crate::eval::Evaluator::new(&spec, registry, source.as_ref()).map_err(|e| {
+            let shown = graph_path.display().to_string();
+            let named = report::name_flags(&[e], &a.set);
+            (2, report::render(&shown, &text, &named, color))
+        })?;
     let resumed = resume.is_some();
     let (dir, start) = run_dir(a, &spec, resume, &mut trainer)?;
     if resumed {

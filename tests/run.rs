@@ -469,3 +469,34 @@ fn resuming_with_a_changed_graph_is_fs0122_unless_forced() {
     let kept = std::fs::read_to_string(run.join("graph.resumed-2.yaml")).unwrap();
     assert!(kept.contains("0.5"), "{kept}");
 }
+
+#[test]
+fn evaluation_that_cannot_be_set_up_is_fs0119_before_training() {
+    let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    let g = g.to_str().unwrap();
+    let (code, _, err) = cli(&["check", g, "--set", "models.student.params.classes=5"]);
+    assert_eq!(code, ExitCode::from(2), "{err}");
+    assert!(
+        err.contains("FS0119") && err.contains("predicts 5 classes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("(in `--set models.student.params.classes=5`)"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&[
+        "check",
+        g,
+        "--set",
+        "eval.mode=sliding",
+        "--set",
+        "eval.crop=32",
+        "--set",
+        "eval.stride=48",
+    ]);
+    assert_eq!(code, ExitCode::from(2), "{err}");
+    assert!(
+        err.contains("FS0119") && err.contains("larger than the window"),
+        "{err}"
+    );
+}
