@@ -248,6 +248,10 @@ pub fn check(
 
 /// `flowseg check --data`: every item of the source read once; each problem printed. Err with
 /// exit code 2 when any item is bad.
+/// FS0120: a bad data file (missing, unreadable, undecodable, a mask of the wrong format or
+/// size, a class id out of range), found by `check --data` or while training.
+const BAD_DATA_FILE: &str = "FS0120";
+
 fn scan_data(
     source: &mut dyn Dataset,
     out: &mut dyn Write,
@@ -264,7 +268,7 @@ fn scan_data(
     let report = match report {
         Ok(r) => r,
         Err(e) => {
-            let _ = writeln!(err, "error: cannot scan the data: {e}");
+            let _ = writeln!(err, "error[{BAD_DATA_FILE}]: cannot scan the data: {e}");
             return Err(ExitCode::from(2));
         }
     };
@@ -278,7 +282,7 @@ fn scan_data(
         return Ok(());
     }
     for p in &report.problems {
-        let _ = writeln!(err, "error: {p}");
+        let _ = writeln!(err, "error[{BAD_DATA_FILE}]: {p}");
     }
     let _ = writeln!(
         err,
@@ -491,9 +495,12 @@ fn run_inner(
     let progress = Progress::new(color, start, total);
     let end = a.stop_at.map_or(total, |s| s.min(total));
     for it in start..end {
-        let batch = source
-            .batch(it)
-            .map_err(|e| (1, format!("error: data, iteration {it}: {e}")))?;
+        let batch = source.batch(it).map_err(|e| {
+            (
+                1,
+                format!("error[{BAD_DATA_FILE}]: data, iteration {it}: {e}"),
+            )
+        })?;
         let losses = trainer
             .step(&batch, it)
             .map_err(|e| (1, format!("error: iteration {it}: {e}")))?;

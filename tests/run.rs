@@ -500,3 +500,35 @@ fn evaluation_that_cannot_be_set_up_is_fs0119_before_training() {
         "{err}"
     );
 }
+
+#[test]
+fn check_data_codes_every_bad_file_fs0120() {
+    let d = scratch("bad-data");
+    image::RgbImage::new(16, 16)
+        .save(d.join("good.png"))
+        .unwrap();
+    image::GrayImage::new(16, 16)
+        .save(d.join("good_mask.png"))
+        .unwrap();
+    std::fs::write(d.join("broken.png"), b"not a png at all").unwrap();
+    image::GrayImage::new(16, 16)
+        .save(d.join("broken_mask.png"))
+        .unwrap();
+    std::fs::write(
+        d.join("train.txt"),
+        "good.png good_mask.png\nbroken.png broken_mask.png\ngood.png\n",
+    )
+    .unwrap();
+    let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    let data = format!(
+        "data={{ source: manifest, train: {}, classes: 6, crop: 16, batch: 1, labeled: all, workers: 0 }}",
+        d.join("train.txt").display()
+    );
+    let (code, _, err) = cli(&["check", g.to_str().unwrap(), "--set", &data, "--data"]);
+    assert_eq!(code, ExitCode::from(2), "{err}");
+    assert!(
+        err.contains("FS0120") && err.contains("broken.png"),
+        "{err}"
+    );
+    assert!(err.contains("1 of 3 items are bad"), "{err}");
+}
