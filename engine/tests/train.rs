@@ -614,6 +614,37 @@ fn minimizing_a_non_scalar_is_fs0110_at_the_reference() {
 }
 
 #[test]
+fn a_mistake_in_a_model_is_reported_once_at_the_model() {
+    // `student` is used by two forward nodes and copied by the EMA teacher's: one error.
+    let yaml = MODEL_GRAPH.replace(
+        "params: { init_one: true }",
+        "params: { init_one: true, bogus: 1 }",
+    );
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let errs = ir::build(&spec, &model_registry(), &env()).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(
+        (errs[0].code, errs[0].node.as_deref()),
+        ("FS0102", None),
+        "{errs:#?}"
+    );
+    assert!(errs[0].message.contains("model `student`"), "{errs:#?}");
+    // A model no node uses is configured too: its unknown architecture is FS0112 at `arch:`.
+    let yaml = MODEL_GRAPH.replace(
+        "  teacher: { ema_of: student }",
+        "  teacher: { ema_of: student }\n  spare: { arch: nope }",
+    );
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let errs = ir::build(&spec, &model_registry(), &env()).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!((errs[0].code, errs[0].loc.line), ("FS0112", 6), "{errs:#?}");
+    assert!(
+        errs[0].help.as_deref().unwrap_or("").contains("`scaler`"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
 fn an_unknown_model_in_a_node_lists_the_models() {
     let yaml = MODEL_GRAPH.replace(
         "params: { model: teacher, mode: eval }",

@@ -65,13 +65,14 @@ fn every_shipped_graph_steps_identically_on_poisoned_and_reused_buffers() {
     assert!(files.len() >= 3, "{files:?}");
     for file in &files {
         let text = std::fs::read_to_string(file).expect("readable graph");
-        let mut sets: Vec<String> = [
-            "data.size=16",
-            "data.batch=2",
-            "models.student.params.width=8",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut sets: Vec<String> = ["data.size=16", "data.batch=2"].map(String::from).to_vec();
+        // Width 8 for every model with an architecture (CPS names its two `a` and `b`).
+        let (plain, _) = flowseg_engine::spec::parse_graph(&text, &[]).expect("parses");
+        for (name, m) in &plain.models {
+            if m.arch.is_some() {
+                sets.push(format!("models.{}.params.width=8", name.value));
+            }
+        }
         if text.contains("unlabeled_batch") {
             sets.push("data.unlabeled_batch=2".into());
         }

@@ -20,6 +20,8 @@
 //!
 //! `build` runs named passes, one file each, every one testable alone:
 //!
+//! 0. [`models`]: configure each entry of `models:` once (FS0112 unknown architecture, FS0102
+//!    bad params), reported at the model, not at each node that uses it;
 //! 1. [`names`]: index the node names (FS0105), configure each node's op or model call
 //!    (FS0101, FS0102, FS0112), resolve every input reference against the ports (FS0103,
 //!    FS0104);
@@ -34,6 +36,7 @@
 
 mod finish;
 mod infer;
+mod models;
 mod names;
 mod order;
 
@@ -117,7 +120,8 @@ pub(super) enum Ref {
 pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, Vec<GraphError>> {
     let mut errors = Vec::new();
     let index = names::index_names(spec, &mut errors);
-    let kinds = names::configure_nodes(spec, registry, &mut errors);
+    let models = models::configure_models(spec, registry, &mut errors);
+    let kinds = names::configure_nodes(spec, registry, &models, &mut errors);
     let out_ports = names::output_ports(&kinds);
     let pending = names::resolve_references(spec, env, &index, &out_ports, kinds, &mut errors);
     let order = match order::topo_order(&pending) {

@@ -5,6 +5,7 @@
 //!
 //! Not here: ordering (`order.rs`), shapes (`infer.rs`).
 
+use super::models::Models;
 use super::{
     Kind, Pending, Ports, Ref, BAD_MODEL, BAD_PARAMS, BAD_PORT, DANGLING, DUPLICATE_NODE,
     FORWARD_INPUTS, GRAD_INPUTS, GRAD_OUTPUTS, UNKNOWN_OP,
@@ -69,6 +70,7 @@ pub(super) fn index_names<'a>(
 pub(super) fn configure_nodes(
     spec: &GraphSpec,
     registry: &Registry,
+    models: &Models,
     errors: &mut Vec<GraphError>,
 ) -> Vec<Option<(Kind, Ports)>> {
     let mut kinds: Vec<Option<(Kind, Ports)>> = Vec::with_capacity(spec.nodes.len());
@@ -97,12 +99,13 @@ pub(super) fn configure_nodes(
         }
         if n.op.value == FORWARD {
             kinds.push(
-                match forward_kind(spec, registry, n.params.as_ref(), n.op.loc) {
+                match forward_kind(spec, registry, models, n.params.as_ref(), n.op.loc) {
                     Ok(k) => Some(k),
-                    Err(e) => {
+                    Err(Some(e)) => {
                         errors.push(e.in_node(&n.name));
                         None
                     }
+                    Err(None) => None,
                 },
             );
             continue;
@@ -266,13 +269,15 @@ pub(super) fn read_by_trainer(
     used
 }
 
-/// Looks up the model a `forward` node calls and configures its architecture.
+/// The kind and ports of a `forward` node: its params decoded, its model looked up among the
+/// configured ones. `Err(None)`: the model's own mistake, already reported (models.rs).
 pub(super) fn forward_kind(
     spec: &GraphSpec,
     registry: &Registry,
+    models: &Models,
     params: Option<&crate::spec::Node>,
     op_loc: Loc,
-) -> Result<(Kind, Ports), GraphError> {
+) -> Result<(Kind, Ports), Option<GraphError>> {
     let empty = crate::spec::Node::detached(crate::spec::Value::Map(Vec::new()));
     let fp: ForwardParams = from_node(params.unwrap_or(&empty)).map_err(|e| {
         let loc = if e.loc.is_located() { e.loc } else { op_loc };
@@ -282,98 +287,62 @@ pub(super) fn forward_kind(
             loc,
         )
         .help("write `params: { model: <name>, mode: train | eval, stage: whole | encoder | decoder }`")
-    })?;
+    })
+    .map_err(Some)?;
     let find = |name: &str| {
         spec.models
             .iter()
             .find(|(k, _)| k.value == name)
             .map(|(_, m)| m)
     };
-    let Some(m) = find(&fp.model) else {
+    if find(&fp.model).is_none() {
         let names = spec.models.iter().map(|(k, _)| k.as_str());
-        return Err(GraphError::new(
-            BAD_MODEL,
-            format!("no model named `{}`", fp.model.value),
-            fp.model.loc,
-        )
-        .help(nearest_or(&fp.model, names, || {
-            port_list("models", spec.models.iter().map(|(k, _)| k.as_str()))
-        })));
-    };
-    // An EMA copy has its source's architecture (one level: `ema_of` an `ema_of` is refused).
-    let (arch_model, arch) = match (&m.arch, &m.ema_of) {
-        (Some(a), _) => (m, a),
-        (None, Some(src)) => match find(src) {
-            Some(s) => match &s.arch {
-                Some(a) => (s, a),
-                None => {
-                    return Err(GraphError::new(
-                        BAD_MODEL,
-                        format!("`{}` is an EMA of a model without `arch`", fp.model.value),
-                        src.loc,
-                    ))
-                }
-            },
-            None => {
-                return Err(GraphError::new(
-                    BAD_MODEL,
-                    format!("`ema_of` names no model `{}`", src.value),
-                    src.loc,
-                ))
-            }
-        },
-        (None, None) => {
-            return Err(GraphError::new(
+        return Err(Some(
+            GraphError::new(
                 BAD_MODEL,
-                format!("model `{}` has neither `arch` nor `ema_of`", fp.model.value),
+                format!("no model named `{}`", fp.model.value),
                 fp.model.loc,
-            ))
-        }
+            )
+            .help(nearest_or(&fp.model, names, || {
+                port_list("models", spec.models.iter().map(|(k, _)| k.as_str()))
+            })),
+        ));
+    }
+    // The model was configured once (models.rs), its mistakes reported there.
+    let Some(Some(model)) = models.get(&fp.model.value) else {
+        return Err(None);
     };
-    let Some(def) = registry.model(arch) else {
-        let names: Vec<&str> = registry.models().map(|m| m.name()).collect();
-        return Err(GraphError::new(
-            BAD_MODEL,
-            format!("unknown architecture `{}`", arch.value),
-            arch.loc,
-        )
-        .help(port_list("architectures", names.into_iter())));
-    };
-    let net = def.configure(arch_model.params.as_ref()).map_err(|e| {
-        let loc = if e.loc.is_located() { e.loc } else { arch.loc };
-        GraphError::new(
-            BAD_PARAMS,
-            format!("params of `{}`: {}", def.name(), e.message),
-            loc,
-        )
-    })?;
-    if fp.stage != Stage::Whole && def.encoded().is_empty() {
+    let (net, def_name, outputs, encoded) =
+        (model.net.clone(), model.arch, model.outputs, model.encoded);
+    if fp.stage != Stage::Whole && encoded.is_empty() {
         let split: Vec<&str> = (registry.models())
             .filter(|m| !m.encoded().is_empty())
             .map(|m| m.name())
             .collect();
-        return Err(GraphError::new(
-            BAD_PARAMS,
-            format!(
-                "architecture `{}` has no encoder/decoder stages; `stage` must be `whole`",
-                def.name()
-            ),
-            op_loc,
-        )
-        .help(port_list("split architectures", split.into_iter())));
+        return Err(Some(
+            GraphError::new(
+                BAD_PARAMS,
+                format!(
+                    "architecture `{def_name}` has no encoder/decoder stages; `stage` must be \
+                     `whole`"
+                ),
+                op_loc,
+            )
+            .help(port_list("split architectures", split.into_iter())),
+        ));
     }
     let ports = match fp.stage {
         Stage::Whole => Ports {
             inputs: FORWARD_INPUTS,
-            outputs: def.outputs(),
+            outputs,
         },
         Stage::Encoder => Ports {
             inputs: FORWARD_INPUTS,
-            outputs: def.encoded(),
+            outputs: encoded,
         },
         Stage::Decoder => Ports {
-            inputs: def.encoded(),
-            outputs: def.outputs(),
+            inputs: encoded,
+            outputs,
         },
     };
     Ok((
