@@ -256,16 +256,31 @@ fn sorted_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
 
 /// Reads a checkpoint written by [`save`]. `meta` comes back with [`FORMAT_KEY`] in it.
 pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
-    read(path, true)
+    read(path, true, false).map(|(c, _)| c)
 }
 
 /// Reads the f32/i32 tensors of any safetensors file, by name — weights exported from PyTorch
 /// (`safetensors.torch.save_file(model.state_dict(), ...)`) have no flowseg format metadata.
 pub fn load_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>, CheckpointError> {
-    read(path, false).map(|c| c.tensors)
+    read(path, false, false).map(|(c, _)| c.tensors)
 }
 
-fn read(path: &Path, require_format: bool) -> Result<Checkpoint, CheckpointError> {
+/// [`load_tensors`] for weights written by other programs: tensors of a dtype flowseg does not
+/// hold (torchvision's I64 `num_batches_tracked`, say) are left out and listed as (name,
+/// dtype) instead of refusing the file; the caller decides whether one of them mattered.
+pub fn load_foreign_tensors(
+    path: &Path,
+) -> Result<(BTreeMap<String, Tensor>, Vec<(String, String)>), CheckpointError> {
+    read(path, false, true).map(|(c, skipped)| (c.tensors, skipped))
+}
+
+/// The checkpoint at `path`; with `skip_other_dtypes`, tensors that are neither F32 nor I32 are
+/// left out and returned beside it, else they are an error.
+fn read(
+    path: &Path,
+    require_format: bool,
+    skip_other_dtypes: bool,
+) -> Result<(Checkpoint, Vec<(String, String)>), CheckpointError> {
     let bytes = fs::read(path).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => CheckpointError::NotFound {
             path: path.to_path_buf(),
@@ -311,6 +326,7 @@ fn read(path: &Path, require_format: bool) -> Result<Checkpoint, CheckpointError
     // Sorted, so the first unsupported dtype reported does not depend on hash order.
     let infos: BTreeMap<String, &TensorInfo> = header.tensors().into_iter().collect();
     let mut tensors = BTreeMap::new();
+    let mut skipped = Vec::new();
     for (name, info) in infos {
         let raw = data
             .get(info.data_offsets.0..info.data_offsets.1)
@@ -319,6 +335,10 @@ fn read(path: &Path, require_format: bool) -> Result<Checkpoint, CheckpointError
         let tensor = match info.dtype {
             Dtype::F32 => Tensor::from_f32(&info.shape, words.map(f32::from_le_bytes).collect()),
             Dtype::I32 => Tensor::from_i32(&info.shape, words.map(i32::from_le_bytes).collect()),
+            other if skip_other_dtypes => {
+                skipped.push((name, other.to_string()));
+                continue;
+            }
             other => {
                 return Err(CheckpointError::UnsupportedDtype {
                     path: path.to_path_buf(),
@@ -330,7 +350,7 @@ fn read(path: &Path, require_format: bool) -> Result<Checkpoint, CheckpointError
         .ok_or_else(|| malformed(format!("tensor `{name}`: data does not match its shape")))?;
         tensors.insert(name, tensor);
     }
-    Ok(Checkpoint { tensors, meta })
+    Ok((Checkpoint { tensors, meta }, skipped))
 }
 
 /// Copies the checkpoint's tensors into `into`, by name, for the names starting with `prefix`

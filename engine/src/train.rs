@@ -483,7 +483,7 @@ impl Trainer {
         for (model, m) in &spec.models {
             let Some(init) = &m.init else { continue };
             let path = base_dir.join(&init.weights.value);
-            let ckpt = checkpoint::load_tensors(&path).map_err(|e| {
+            let (ckpt, skipped) = checkpoint::load_foreign_tensors(&path).map_err(|e| {
                 GraphError::new(
                     INIT_WEIGHTS,
                     format!("initial weights of `{}`: {e}", model.value),
@@ -492,6 +492,30 @@ impl Trainer {
                 .help("the path is relative to the graph file's folder")
             })?;
             let prefix = format!("{}.", model.value);
+            // Tensors of a dtype flowseg does not hold: fine unless the model declares the name.
+            for (name, dtype) in skipped {
+                let full = format!("{prefix}{name}");
+                match self.state.get(&full) {
+                    Some(slot) => {
+                        return Err(GraphError::new(
+                            INIT_WEIGHTS,
+                            format!(
+                                "initial weights of `{}`: `{name}` is {dtype} in {}, {} in the \
+                                 model",
+                                model.value,
+                                path.display(),
+                                slot.spec()
+                            ),
+                            init.weights.loc,
+                        ))
+                    }
+                    None => notes.push(format!(
+                        "{}: `{name}` ({dtype}) is not a parameter of `{}`: skipped",
+                        path.display(),
+                        model.value
+                    )),
+                }
+            }
             let mut loaded = BTreeSet::new();
             for (name, t) in ckpt {
                 let full = format!("{prefix}{name}");

@@ -733,6 +733,54 @@ fn ema_teachers_follow_the_formula() {
 }
 
 #[test]
+fn foreign_integer_tensors_in_initial_weights_are_skipped_unless_declared() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let dir = std::env::temp_dir().join(format!("flowseg-init-i64-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let scale: Vec<u8> = [2.0f32; N].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let count: Vec<u8> = 7i64.to_le_bytes().to_vec();
+    // torchvision writes `num_batches_tracked` as I64: a name the model lacks is skipped.
+    let write = |names: [&str; 2]| {
+        let views = vec![
+            (
+                names[0],
+                TensorView::new(Dtype::F32, vec![N], &scale).unwrap(),
+            ),
+            (
+                names[1],
+                TensorView::new(Dtype::I64, vec![], &count).unwrap(),
+            ),
+        ];
+        std::fs::write(
+            dir.join("w.safetensors"),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
+    };
+    write(["head.scale", "bn.num_batches_tracked"]);
+    let yaml = MODEL_GRAPH.replace(
+        "student: { arch: scaler, params: { init_one: true } }",
+        "student: { arch: scaler, params: { init_one: true }, init: { weights: w.safetensors } }",
+    );
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    let notes = t.load_init_weights(&spec, &dir).unwrap();
+    assert_eq!(t.state["student.head.scale"].f32().unwrap(), &[2.0; N]);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("`bn.num_batches_tracked` (I64) is not a parameter")),
+        "{notes:#?}"
+    );
+    // One the model declares is an error: its value cannot be read.
+    write(["bn.other", "head.scale"]);
+    let e = t.load_init_weights(&spec, &dir).unwrap_err();
+    assert_eq!(e.code, "FS0117", "{e}");
+    assert!(e.message.contains("`head.scale` is I64"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn initial_weights_load_by_name_and_report_the_rest() {
     use flowseg_engine::checkpoint;
     let dir = std::env::temp_dir().join(format!("flowseg-init-{}", std::process::id()));
