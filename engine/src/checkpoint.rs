@@ -265,12 +265,15 @@ pub fn load_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>, CheckpointE
     read(path, false, false).map(|(c, _)| c.tensors)
 }
 
+/// Tensors by name.
+pub type Tensors = BTreeMap<String, Tensor>;
+/// Tensors left out of a foreign file: (name, dtype).
+pub type Skipped = Vec<(String, String)>;
+
 /// [`load_tensors`] for weights written by other programs: tensors of a dtype flowseg does not
 /// hold (torchvision's I64 `num_batches_tracked`, say) are left out and listed as (name,
 /// dtype) instead of refusing the file; the caller decides whether one of them mattered.
-pub fn load_foreign_tensors(
-    path: &Path,
-) -> Result<(BTreeMap<String, Tensor>, Vec<(String, String)>), CheckpointError> {
+pub fn load_foreign_tensors(path: &Path) -> Result<(Tensors, Skipped), CheckpointError> {
     read(path, false, true).map(|(c, skipped)| (c.tensors, skipped))
 }
 
@@ -280,7 +283,7 @@ fn read(
     path: &Path,
     require_format: bool,
     skip_other_dtypes: bool,
-) -> Result<(Checkpoint, Vec<(String, String)>), CheckpointError> {
+) -> Result<(Checkpoint, Skipped), CheckpointError> {
     let bytes = fs::read(path).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => CheckpointError::NotFound {
             path: path.to_path_buf(),
