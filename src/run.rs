@@ -137,7 +137,20 @@ pub(crate) fn load(
         let named = report::name_flags(errors, sets);
         Rejected(report::render(&shown, text, &named, color))
     };
-    let (spec, root, source) = open_graph(text, sets, registry).map_err(|e| reject(&e))?;
+    let (spec, root, source) = open_graph(text, sets, registry).map_err(|mut e| {
+        // The data could not be opened: the graph's other mistakes are still worth reporting
+        // now, rather than one at a time after the data is fixed.
+        if e.iter().all(|e| e.code == flowseg_engine::open::BAD_DATA) {
+            // Models that take their class count from the data get a stand-in one.
+            let parsed = spec::parse_graph(text, sets)
+                .ok()
+                .and_then(|(_, mut root)| spec::default_model_classes(&mut root, 2).ok());
+            if let Some(spec) = parsed {
+                e.extend(flowseg_engine::ir::check_without_data(&spec, registry));
+            }
+        }
+        reject(&e)
+    })?;
     let env = Env {
         batch: source.specs(),
         state: BTreeMap::new(),

@@ -532,3 +532,22 @@ fn check_data_codes_every_bad_file_fs0120() {
     );
     assert!(err.contains("1 of 3 items are bad"), "{err}");
 }
+
+#[test]
+fn a_bad_data_section_does_not_hide_the_graphs_other_mistakes() {
+    let d = scratch("data-and-op");
+    let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    let text = std::fs::read_to_string(&g)
+        .unwrap()
+        .replace("source: synthetic", "source: synthetc")
+        .replace("op: cross_entropy", "op: cross_entropi");
+    let bad = d.join("two.yaml");
+    std::fs::write(&bad, text).unwrap();
+    let (code, _, err) = cli(&["check", bad.to_str().unwrap()]);
+    assert_eq!(code, ExitCode::from(2), "{err}");
+    assert!(
+        err.contains("FS0113") && err.contains("FS0101"),
+        "both reported: {err}"
+    );
+    assert!(err.contains("2 errors"), "{err}");
+}

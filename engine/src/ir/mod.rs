@@ -157,3 +157,30 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
         warnings,
     })
 }
+
+/// The checks of [`build`] that need no data — models, ops and their params, references between
+/// nodes, order — for a graph whose data source could not be opened, so that its other
+/// mistakes are reported in the same pass. Every `batch.<field>` a node names is taken as
+/// given (the data would say whether it exists); shapes are not inferred.
+pub fn check_without_data(spec: &GraphSpec, registry: &Registry) -> Vec<GraphError> {
+    let mut env = Env::default();
+    for r in spec.nodes.iter().flat_map(|n| n.inputs.values()) {
+        if let Some(field) = r.strip_prefix("batch.") {
+            env.batch
+                .insert(field.to_owned(), crate::tensor::TensorSpec::scalar());
+        } else if let Some(name) = r.strip_prefix("state.") {
+            env.state
+                .insert(name.to_owned(), crate::tensor::TensorSpec::scalar());
+        }
+    }
+    let mut errors = Vec::new();
+    let index = names::index_names(spec, &mut errors);
+    let models = models::configure_models(spec, registry, &mut errors);
+    let kinds = names::configure_nodes(spec, registry, &models, &mut errors);
+    let out_ports = names::output_ports(&kinds);
+    let pending = names::resolve_references(spec, &env, &index, &out_ports, kinds, &mut errors);
+    if let Err(cycle) = order::topo_order(&pending) {
+        errors.push(order::cycle_error(spec, &cycle));
+    }
+    errors
+}
