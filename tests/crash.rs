@@ -1,8 +1,10 @@
 //! A run killed at any moment (SIGKILL: no destructor, no flush) and resumed from its last
 //! checkpoint ends with exactly the checkpoint of a run that was never interrupted, byte for
 //! byte — checkpoints are written atomically and deterministically, and a resumed run draws the
-//! same batches and random streams. The real binary runs in a child process and is killed at a
-//! few points of a short run; where it died before its first checkpoint, it starts afresh.
+//! same batches and random streams. The real binary runs FixMatch (augmentations, cutout and
+//! confidence masks drawn every step) in a child process with a checkpoint after every
+//! iteration, so kills land during checkpoint writes too; it is killed at several points of a
+//! short run; where it died before its first checkpoint, it starts afresh.
 //!
 //! Not here: resuming after `--stop-at` (tests/run.rs), the bits of every shipped graph
 //! (tests/graphs.rs).
@@ -22,16 +24,17 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-/// `flowseg run` of the supervised graph at toy size, writing under `out`.
+/// `flowseg run` of the FixMatch graph at toy size, writing under `out`.
 fn run_args(out: &Path) -> Vec<String> {
-    let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/fixmatch.yaml");
     let mut a: Vec<String> = vec!["run".into(), g.to_str().unwrap().into()];
     for set in [
         "data.size=16",
         "data.batch=2",
+        "data.unlabeled_batch=2",
         "models.student.params.width=8",
         "train.iterations=12",
-        "train.checkpoint_every=2",
+        "train.checkpoint_every=1",
         "train.eval_every=0",
     ] {
         a.push("--set".into());
@@ -42,9 +45,9 @@ fn run_args(out: &Path) -> Vec<String> {
     a
 }
 
-/// The one run directory under `out` (`<out>/supervised/<time>`), if any.
+/// The one run directory under `out` (`<out>/fixmatch/<time>`), if any.
 fn run_dir(out: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(out.join("supervised"))
+    std::fs::read_dir(out.join("fixmatch"))
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -72,7 +75,7 @@ fn a_killed_run_resumed_ends_with_the_uninterrupted_checkpoint() {
     .unwrap();
 
     let mut resumed = 0;
-    for (i, percent) in [20u64, 45, 70, 90].into_iter().enumerate() {
+    for (i, percent) in [15u64, 35, 50, 65, 80, 95].into_iter().enumerate() {
         let kill_after_ms = whole * percent / 100;
         let out = scratch(&format!("killed{i}"));
         let mut child = Command::new(BIN)

@@ -77,7 +77,10 @@ pub enum StepError {
         source: KernelError,
     },
     /// A loss came out NaN or infinite: the update is skipped and the state left unchanged.
-    #[error("loss `{name}` is {value} at iteration {iteration}; state left unchanged")]
+    #[error(
+        "loss `{name}` is {value} at iteration {iteration}{}; state left unchanged",
+        first_non_finite(first)
+    )]
     NonFinite {
         /// Loss reference.
         name: String,
@@ -85,19 +88,32 @@ pub enum StepError {
         value: f32,
         /// Iteration.
         iteration: u64,
+        /// The first node, in graph order, with a NaN or infinite output: where it started.
+        first: Option<String>,
     },
     /// A gradient came out NaN or infinite although every loss was finite (an overflow in the
     /// backward, a huge loss weight or learning rate): no update is applied.
     #[error(
         "the gradient of `{param}` is not finite at iteration {iteration} (the losses were \
-         finite); state left unchanged"
+         finite){}; state left unchanged",
+        first_non_finite(first)
     )]
     NonFiniteGradient {
         /// The parameter whose gradient is the first found non-finite.
         param: String,
         /// Iteration.
         iteration: u64,
+        /// The first node, in graph order, with a NaN or infinite output.
+        first: Option<String>,
     },
+}
+
+/// ", first non-finite output: node `x`" for an error message, or nothing.
+fn first_non_finite(first: &Option<String>) -> String {
+    first
+        .as_ref()
+        .map(|n| format!(" (the first NaN or infinity is an output of node `{n}`)"))
+        .unwrap_or_default()
 }
 
 struct Param {
@@ -458,6 +474,21 @@ impl Trainer {
         Ok(t)
     }
 
+    /// Where a non-finite value started: the step run again by the reference executor, which
+    /// keeps every output, and the first node in graph order with a NaN or infinite f32 output.
+    /// Only on failure: it costs one more step.
+    fn first_non_finite(&self, batch: &BTreeMap<String, Tensor>, iteration: u64) -> Option<String> {
+        let run = exec::run_cpu(&self.graph, batch, &self.state, self.seed, iteration).ok()?;
+        self.graph.nodes.iter().enumerate().find_map(|(node, n)| {
+            let bad = (0..n.outputs.len()).any(|port| {
+                run.get(&ValueRef::Node { node, port })
+                    .and_then(Tensor::f32)
+                    .is_some_and(|v| v.iter().any(|x| !x.is_finite()))
+            });
+            bad.then(|| n.name.value.clone())
+        })
+    }
+
     /// Every EMA model becomes an exact copy of its source (parameters and buffers), as at the
     /// start of Mean Teacher; called after initialisation and after loading initial weights.
     fn sync_emas(&mut self) {
@@ -577,10 +608,12 @@ impl Trainer {
         for (name, src) in &self.losses {
             let v = run.scalar(src).unwrap_or(f32::NAN);
             if !v.is_finite() {
+                drop(run);
                 return Err(StepError::NonFinite {
                     name: name.clone(),
                     value: v,
                     iteration,
+                    first: self.first_non_finite(batch, iteration),
                 });
             }
             values.push((name.clone(), v));
@@ -601,6 +634,7 @@ impl Trainer {
                     return Err(StepError::NonFiniteGradient {
                         param: p.state.clone(),
                         iteration,
+                        first: self.first_non_finite(batch, iteration),
                     });
                 }
             }

@@ -254,10 +254,12 @@ fn non_finite_losses_leave_the_state_unchanged() {
     ]);
     let mut t = Trainer::new(&spec, &registry(), &env(), init.clone()).unwrap();
     let batch = tensors(&[("x", vec![1.0; N]), ("t", vec![0.0; N])]);
-    let e = t.step(&batch, 0).unwrap_err();
+    let e = t.step(&batch, 0).unwrap_err().to_string();
+    assert!(e.contains("is inf at iteration 0"), "{e}");
+    assert!(e.contains("state left unchanged"), "{e}");
+    // The diagnosis: `net.w` is infinite, so `y1` = x·w is the first node whose output is.
     assert!(
-        e.to_string()
-            .contains("is inf at iteration 0; state left unchanged"),
+        e.contains("the first NaN or infinity is an output of node `y1`"),
         "{e}"
     );
     assert_eq!(t.state, init);
