@@ -140,12 +140,14 @@ pub(crate) fn load(
     let (spec, root, source) = open_graph(text, sets, registry).map_err(|mut e| {
         // The data could not be opened: the graph's other mistakes are still worth reporting
         // now, rather than one at a time after the data is fixed.
-        if e.iter().all(|e| e.code == flowseg_engine::open::BAD_DATA) {
-            // Models that take their class count from the data get a stand-in one.
-            let parsed = spec::parse_graph(text, sets)
-                .ok()
-                .and_then(|(_, mut root)| spec::default_model_classes(&mut root, 2).ok());
-            if let Some(spec) = parsed {
+        // So are they when the file's schema had mistakes (`lr: fast` beside a misspelt op),
+        // as far as the rest of the file decodes. Models that take their class count from the
+        // data get a stand-in one.
+        let later_stages = e
+            .iter()
+            .all(|e| matches!(e.code, flowseg_engine::open::BAD_DATA | spec::SCHEMA));
+        if later_stages {
+            if let Some(spec) = spec::parse_graph_for_report(text, sets, 2) {
                 e.extend(flowseg_engine::ir::check_without_data(&spec, registry));
             }
         }

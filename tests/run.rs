@@ -551,3 +551,28 @@ fn a_bad_data_section_does_not_hide_the_graphs_other_mistakes() {
     );
     assert!(err.contains("2 errors"), "{err}");
 }
+
+#[test]
+fn a_schema_mistake_does_not_hide_a_misspelt_op() {
+    let d = scratch("schema-and-op");
+    let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    let text = std::fs::read_to_string(&g)
+        .unwrap()
+        .replace("lr: 0.002", "lr: fast")
+        .replace("op: cross_entropy", "op: cross_entropi");
+    let bad = d.join("two.yaml");
+    std::fs::write(&bad, &text).unwrap();
+    let (code, _, err) = cli(&["check", bad.to_str().unwrap()]);
+    assert_eq!(code, ExitCode::from(2), "{err}");
+    assert!(
+        err.contains("FS0002") && err.contains("FS0101"),
+        "both reported: {err}"
+    );
+    // Each at its own line.
+    let op_line = text
+        .lines()
+        .position(|l| l.contains("cross_entropi"))
+        .unwrap()
+        + 1;
+    assert!(err.contains(&format!("two.yaml:{op_line}:")), "{err}");
+}

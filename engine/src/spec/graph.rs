@@ -540,6 +540,58 @@ pub(super) fn decode(root: &Node) -> Result<GraphSpec, Vec<DeError>> {
     }
 }
 
+/// What can be decoded of a graph whose schema has mistakes, to look for the mistakes of later
+/// stages (ops, models, references) in the same pass: `None` unless the root is a mapping and
+/// every model and every node decodes (a node that does not would make every reference to it
+/// look dangling). A section that fails takes its default (`train`: one iteration; `eval`: the
+/// defaults; `optim`, `metrics`: the entries that decode). For reporting only, never for a run.
+pub(super) fn decode_for_report(root: &Node) -> Option<GraphSpec> {
+    let Value::Map(_) = &root.value else {
+        return None;
+    };
+    let mut errors = Vec::new();
+    let name = root
+        .get("name")
+        .and_then(|n| from_node::<Sp<String>>(n).ok())
+        .unwrap_or_else(|| Sp::detached("graph".to_owned()));
+    let train = root
+        .get("train")
+        .and_then(|n| from_node::<TrainSpec>(n).ok())
+        .unwrap_or(TrainSpec {
+            iterations: 1,
+            eval_every: 0,
+            checkpoint_every: 0,
+            seed: 0,
+        });
+    let eval = root
+        .get("eval")
+        .and_then(|n| from_node::<EvalSpec>(n).ok())
+        .unwrap_or_default();
+    let models = named_entries::<ModelSpec>(root.get("models"), &mut errors);
+    if !errors.is_empty() {
+        return None;
+    }
+    let optim = named_entries::<OptimSpec>(root.get("optim"), &mut Vec::new());
+    let metrics = named_entries::<Sp<String>>(root.get("metrics"), &mut Vec::new());
+    let Some(Value::Seq(items)) = root.get("nodes").map(|n| &n.value) else {
+        return None;
+    };
+    let nodes = items
+        .iter()
+        .map(|item| from_node::<NodeSpec>(item).ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some(GraphSpec {
+        name,
+        data: root.get("data").cloned(),
+        models,
+        optim,
+        train,
+        eval,
+        nodes,
+        metrics,
+    })
+}
+
 /// The value, or `None` after recording the error.
 fn take<T>(r: Result<T, DeError>, errors: &mut Vec<DeError>) -> Option<T> {
     r.map_err(|e| errors.push(e)).ok()

@@ -322,6 +322,25 @@ pub fn parse_graph(text: &str, overrides: &[String]) -> Result<(GraphSpec, Node)
     }
 }
 
+/// After [`parse_graph`] failed on the schema: what can still be decoded of the file with its
+/// overrides, to report the mistakes of later stages beside the schema's (see
+/// `graph::decode_for_report`). `None` when too little decodes. Never for a run.
+/// Models that leave `classes` out get `classes` (a stand-in for the data's count when the
+/// data cannot be opened).
+pub fn parse_graph_for_report(
+    text: &str,
+    overrides: &[String],
+    classes: usize,
+) -> Option<GraphSpec> {
+    let mut root = parse_yaml(text).ok()?;
+    for (i, o) in overrides.iter().enumerate() {
+        apply_override(&mut root, o, i).ok()?;
+    }
+    // Fills in `classes` in place (its own strict decode may fail: the schema has mistakes).
+    let _ = default_model_classes(&mut root, classes);
+    graph::decode_for_report(&root)
+}
+
 /// Gives every model with an `arch` whose params lack `classes` the data source's class count
 /// (`classes` is then written in the resolved graph a run keeps), and decodes the tree again.
 /// Graphs can so leave the count to the data: the same method graph runs on `synthetic` (6
