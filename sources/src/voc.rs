@@ -157,6 +157,14 @@ fn list(v: &VocParams, name: &str) -> Result<Vec<Item>, DataError> {
                 "{at}: expected one image id per line, found `{id}`"
             )));
         }
+        // An id names a file inside JPEGImages/ and the mask folder: a separator or `..`
+        // would reach outside the dataset's folder.
+        if id.contains(['/', '\\']) || id == ".." || id == "." {
+            return Err(DataError(format!(
+                "{at}: `{id}` is not an image id: ids name files inside JPEGImages/, without a \
+                 folder"
+            )));
+        }
         let image = find_image(&v.root, id).ok_or_else(|| {
             DataError(format!(
                 "{at}: no image for `{id}`: neither {} nor its .png exists",
@@ -319,5 +327,22 @@ mod tests {
         let report = src.scan(&mut |_, _| {}).unwrap();
         assert_eq!(report.problems.len(), 4);
         assert!(report.problems[0].contains("SegmentationClass/v0.png: class id 15"));
+    }
+
+    #[test]
+    fn ids_that_leave_the_dataset_folder_are_refused() {
+        let d = TempDir::new("voc-escape");
+        std::fs::create_dir_all(d.path("ImageSets/Segmentation")).unwrap();
+        std::fs::write(
+            d.path("ImageSets/Segmentation/train.txt"),
+            "../../etc/hostname\n",
+        )
+        .unwrap();
+        let p = VocParams::at(d.path(""));
+        let e = list(&p, "train").unwrap_err().0;
+        assert!(
+            e.contains("train.txt:1") && e.contains("not an image id"),
+            "{e}"
+        );
     }
 }
