@@ -514,10 +514,25 @@ impl<'r> Evaluator<'r> {
             // A head with the wrong number of classes would train (labels < K) or fail mid-run
             // (labels ≥ K): say so before the first step.
             let data_classes = source.classes().len();
-            let k = p
+            let built = p
                 .graph(p.mode.batch, p.mode.crop.0, p.mode.crop.1)
-                .map_err(|e| fail(e, at_model(&name, "")))?
-                .classes;
+                .map_err(|e| fail(e, at_model(&name, "")))?;
+            let (k, peak) = (built.classes, built.plan.stats.peak_bytes as u64);
+            // The evaluation forward's arena must fit too (a huge `eval.crop` or batch).
+            if let Some(limit) = flowseg_engine::train::machine_memory() {
+                if peak > limit {
+                    return Err(GraphError::new(
+                        flowseg_engine::train::TOO_BIG,
+                        format!(
+                            "evaluating `{name}` needs about {} a forward pass; this machine has {}",
+                            flowseg_engine::train::human_bytes(peak),
+                            flowseg_engine::train::human_bytes(limit)
+                        ),
+                        Loc::NONE,
+                    )
+                    .help("reduce `eval.batch` or `eval.crop`, or use `eval.mode: sliding`"));
+                }
+            }
             if data_classes > 0 && k != data_classes {
                 return Err(fail(
                     format!(

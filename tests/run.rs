@@ -418,6 +418,20 @@ fn a_graph_too_big_for_the_machine_is_refused_by_check() {
         err.contains("FS0118") && err.contains("this machine has"),
         "{err}"
     );
+    // The evaluation forward is checked too: a held-out crop of 40000² pixels.
+    let (code, _, err) = cli(&[
+        "check",
+        g.to_str().unwrap(),
+        "--set",
+        "eval.mode=center_crop",
+        "--set",
+        "eval.crop=40000",
+    ]);
+    assert_eq!(code, ExitCode::from(2), "{err}");
+    assert!(
+        err.contains("FS0118") && err.contains("evaluating"),
+        "{err}"
+    );
 }
 
 #[test]

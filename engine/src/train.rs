@@ -914,7 +914,7 @@ impl Footprint {
 }
 
 /// `n` bytes for people.
-fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     let n = n as f64;
     match n {
         _ if n >= 1e12 => format!("{:.1} TB", n / 1e12),
@@ -966,7 +966,7 @@ fn check_fits(f: &Footprint, spec: &GraphSpec, limit: Option<u64>) -> Result<(),
 
 /// This machine's memory: the cgroup's limit where one is set and lower, else the total RAM
 /// (`/proc/meminfo`). `None` where neither can be read (no check then).
-fn machine_memory() -> Option<u64> {
+pub fn machine_memory() -> Option<u64> {
     let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
         let line = t.lines().find(|l| l.starts_with("MemTotal:"))?;
         let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
