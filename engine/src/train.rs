@@ -325,12 +325,8 @@ impl Trainer {
                     let mut groups: Vec<&str> =
                         locals().map(|l| l.split('.').next().unwrap_or(l)).collect();
                     groups.dedup();
-                    let near = groups
-                        .iter()
-                        .map(|g| (strsim::levenshtein(prefix_key, g), *g))
-                        .min()
-                        .filter(|(d, _)| *d <= 3)
-                        .map(|(_, g)| format!("did you mean `{g}`? "))
+                    let near = crate::spec::nearest(prefix_key, groups.iter().copied(), 3)
+                        .map(|g| format!("did you mean `{g}`? "))
                         .unwrap_or_default();
                     let shown: Vec<String> =
                         groups.iter().take(12).map(|g| format!("`{g}`")).collect();

@@ -437,13 +437,8 @@ pub(super) fn nearest_or<'a>(
     names: impl Iterator<Item = &'a str>,
     fallback: impl FnOnce() -> String,
 ) -> String {
-    let mut near: Vec<(usize, &str)> = names
-        .map(|n| (strsim::levenshtein(name, n), n))
-        .filter(|(d, _)| *d <= 2)
-        .collect();
-    near.sort();
-    match near.first() {
-        Some((_, n)) => format!("did you mean `{n}`?"),
+    match crate::spec::nearest(name, names, 2) {
+        Some(n) => format!("did you mean `{n}`?"),
         None => fallback(),
     }
 }

@@ -162,6 +162,20 @@ pub fn read_graph_file(path: &std::path::Path) -> Result<String, Box<Unreadable>
     })
 }
 
+/// The nearest of `names` to `name` within `max` edits (Levenshtein), for "did you mean"
+/// hints; every stage's suggestions go through it.
+pub fn nearest<'a>(
+    name: &str,
+    names: impl Iterator<Item = &'a str>,
+    max: usize,
+) -> Option<&'a str> {
+    names
+        .map(|n| (strsim::levenshtein(name, n), n))
+        .filter(|(d, _)| *d <= max)
+        .min()
+        .map(|(_, n)| n)
+}
+
 /// Parses YAML text into the located tree.
 pub fn parse_yaml(text: &str) -> Result<Node, GraphError> {
     serde_saphyr::from_str::<Node>(text).map_err(|e| {

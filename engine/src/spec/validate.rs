@@ -34,15 +34,6 @@ fn is_identifier(s: &str) -> bool {
         && !matches!(s, "batch" | "state")
 }
 
-/// The nearest of `names` to `name`, as a hint.
-fn did_you_mean<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    names
-        .map(|n| (strsim::levenshtein(name, n), n))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, n)| n)
-}
-
 /// Every problem found, in file order of the sections checked.
 pub(super) fn check(spec: &GraphSpec) -> Vec<GraphError> {
     let mut errors = Vec::new();
@@ -87,7 +78,7 @@ pub(super) fn check(spec: &GraphSpec) -> Vec<GraphError> {
     let model = |name: &str| spec.models.iter().find(|(k, _)| k.value == name);
     let models = || spec.models.iter().map(|(k, _)| k.as_str());
     let unknown = |what: String, name: &Sp<String>| {
-        let help = match did_you_mean(name, models()) {
+        let help = match super::nearest(name, models(), 2) {
             Some(near) => format!("did you mean `{near}`?"),
             None => {
                 let all: Vec<String> = models().map(|m| format!("`{m}`")).collect();
