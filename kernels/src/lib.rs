@@ -41,6 +41,7 @@ mod error;
 pub mod exp;
 pub mod gemm;
 pub mod loss;
+pub mod maps;
 pub mod metrics;
 pub mod mix;
 pub mod optim;

@@ -40,9 +40,11 @@ pub mod forward {
     pub mod add;
     pub mod batch_norm;
     pub mod concat;
+    pub mod concat_batch;
     pub mod conv2d;
     pub mod dropout;
     pub mod global_avg_pool;
+    pub mod instance_norm;
     pub mod leaky_relu;
     pub mod max_pool2d;
     pub mod mean;
@@ -50,14 +52,21 @@ pub mod forward {
     pub mod relu;
     pub mod resize_bilinear;
     pub mod softmax;
+    pub mod split_batch;
+    pub mod split_channels;
+    pub mod squeeze;
 }
 
 /// Predictions combined into training signals (pseudo-labels, confidences), and the explicit
 /// stop-gradient `detach`.
 pub mod fuse {
+    pub mod blur_map;
     pub mod detach;
+    pub mod error_map;
     pub mod label_accuracy;
     pub mod max_confidence;
+    pub mod minmax_normalize;
+    pub mod select_by_key;
     pub mod threshold;
 }
 
@@ -81,6 +90,7 @@ pub mod mix {
 /// a `forward` node.
 pub mod models {
     pub mod deeplab_lite;
+    pub mod flaw_detector;
     mod layers;
     pub mod resnet;
     pub mod unet;
@@ -96,9 +106,11 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::add::Add>()?;
     r.add::<forward::batch_norm::BatchNorm>()?;
     r.add::<forward::concat::Concat>()?;
+    r.add::<forward::concat_batch::ConcatBatch>()?;
     r.add::<forward::conv2d::Conv2d>()?;
     r.add::<forward::dropout::Dropout>()?;
     r.add::<forward::global_avg_pool::GlobalAvgPool>()?;
+    r.add::<forward::instance_norm::InstanceNorm>()?;
     r.add::<forward::leaky_relu::LeakyRelu>()?;
     r.add::<forward::max_pool2d::MaxPool2d>()?;
     r.add::<forward::mean::Mean>()?;
@@ -106,9 +118,16 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::relu::Relu>()?;
     r.add::<forward::resize_bilinear::ResizeBilinear>()?;
     r.add::<forward::softmax::Softmax>()?;
+    r.add::<forward::split_batch::SplitBatch>()?;
+    r.add::<forward::split_channels::SplitChannels>()?;
+    r.add::<forward::squeeze::Squeeze>()?;
+    r.add::<fuse::blur_map::BlurMap>()?;
     r.add::<fuse::detach::Detach>()?;
+    r.add::<fuse::error_map::ErrorMap>()?;
     r.add::<fuse::label_accuracy::LabelAccuracy>()?;
     r.add::<fuse::max_confidence::MaxConfidence>()?;
+    r.add::<fuse::minmax_normalize::MinmaxNormalize>()?;
+    r.add::<fuse::select_by_key::SelectByKey>()?;
     r.add::<fuse::threshold::Threshold>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
     r.add::<mix::box_mask::BoxMask>()?;
@@ -116,6 +135,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<mix::mix::Mix>()?;
     r.add::<loss::squared_error::SquaredError>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
+    r.add_model::<models::flaw_detector::FlawDetector>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;
     r.add_model::<models::resnet::Resnet50DeepLabV3Plus>()?;
     r.add_model::<models::unet::Unet>()?;
