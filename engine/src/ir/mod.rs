@@ -102,6 +102,8 @@ pub(super) enum Kind {
         model: String,
         train: bool,
         stage: Stage,
+        /// The parameter set (`<model>.<instance>.…`), when the node names one.
+        instance: Option<String>,
     },
     Grad,
 }

@@ -29,6 +29,11 @@ struct ForwardParams {
     /// `whole` (default), `encoder` or `decoder`: which part of a split architecture runs.
     #[serde(default)]
     stage: Stage,
+    /// One of several independent parameter sets of the model: its state is declared under
+    /// `<model>.<instance>.…` (CCT's auxiliary decoders: one architecture, K parameter sets, one
+    /// optimizer over `<model>.*`). Forwards naming the same instance share its parameters.
+    #[serde(default)]
+    instance: Option<Sp<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -287,9 +292,28 @@ pub(super) fn forward_kind(
             format!("params of `forward`: {}", e.message),
             loc,
         )
-        .help("write `params: { model: <name>, mode: train | eval, stage: whole | encoder | decoder }`")
+        .help(
+            "write `params: { model: <name>, mode: train | eval, stage: whole | encoder | \
+             decoder, instance: <name> }` (`mode`, `stage`, `instance` optional)",
+        )
     })
     .map_err(Some)?;
+    if let Some(inst) = &fp.instance {
+        if !crate::spec::is_identifier(&inst.value) {
+            return Err(Some(
+                GraphError::new(
+                    BAD_PARAMS,
+                    format!("`instance: {}` is not a usable name", inst.value),
+                    inst.loc,
+                )
+                .help(
+                    "an instance names a parameter set inside the model's state \
+                     (`<model>.<instance>.…`): letters, digits, `_`, `-`, not starting with a \
+                     digit or `-`",
+                ),
+            ));
+        }
+    }
     let find = |name: &str| {
         spec.models
             .iter()
@@ -356,6 +380,7 @@ pub(super) fn forward_kind(
             model: fp.model.value.clone(),
             train: fp.mode == Mode::Train,
             stage: fp.stage,
+            instance: fp.instance.map(|i| i.value),
         },
         ports,
     ))
