@@ -324,18 +324,27 @@ mod tests {
 
     #[test]
     fn separable_blur_by_hand() {
-        // Taps [0.25, 0.5, 0.25] on a 3×3 plane with a 1 in the centre: the outer product.
+        // Taps [0.25, 0.5, 0.25] on a 5×5 plane with a 1 in the centre: the outer product
+        // around it (the reflected borders hold zeros).
+        let mut x = [0f32; 25];
+        x[12] = 1.0;
+        let mut y = [f32::NAN; 25];
+        separable_blur_fwd(&x, Nchw::new(1, 1, 5, 5), &[0.25, 0.5, 0.25], &mut y).unwrap();
+        let t = [0.25f32, 0.5, 0.25];
+        let mut want = [0f32; 25];
+        for dy in 0..3 {
+            for dx in 0..3 {
+                want[(1 + dy) * 5 + 1 + dx] = t[dy] * t[dx];
+            }
+        }
+        close(&y, &want, 1e-7);
+        // On a 3×3 plane the centre's reflection (−1 → 1) lands on the centre itself: the
+        // blur of the centred delta is 0.25 everywhere (row pass [0.5, 0.5, 0.5], then columns).
         let mut x = [0f32; 9];
         x[4] = 1.0;
         let mut y = [f32::NAN; 9];
         separable_blur_fwd(&x, Nchw::new(1, 1, 3, 3), &[0.25, 0.5, 0.25], &mut y).unwrap();
-        close(
-            &y,
-            &[
-                0.0625, 0.125, 0.0625, 0.125, 0.25, 0.125, 0.0625, 0.125, 0.0625,
-            ],
-            1e-7,
-        );
+        close(&y, &[0.25; 9], 1e-7);
         // A 1 in the corner: reflect padding (−1 → 1) mirrors the 1's neighbour, not the 1.
         let mut x = [0f32; 9];
         x[0] = 1.0;

@@ -90,6 +90,10 @@
 //! | `loss::squared_error_bwd` | `loss::squared_error_bwd` |
 //! | `loss::kl_div_fwd` | `loss::kl_div_fwd` |
 //! | `loss::kl_div_bwd` | `loss::kl_div_bwd` |
+//! | `maps::error_map_fwd` | `maps::error_map_fwd` |
+//! | `maps::separable_blur_fwd` | `maps::separable_blur_fwd` |
+//! | `maps::minmax_normalize_fwd` | `maps::minmax_normalize_fwd` |
+//! | `maps::select_by_key_fwd` | `maps::select_by_key_fwd` |
 //! | `metrics::confusion_add` | `metrics::confusion_add` |
 //! | `metrics::label_agreement_fwd` | `metrics::label_agreement_fwd` |
 //! | `mix::box_mask_fwd` | `mix::box_mask_fwd` |
@@ -136,6 +140,7 @@ mod device;
 pub mod dropout;
 pub mod elementwise;
 pub mod loss;
+pub mod maps;
 pub mod metrics;
 pub mod mix;
 pub mod nvrtc;

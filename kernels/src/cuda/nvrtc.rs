@@ -148,6 +148,19 @@ pub static LOSS: CudaSource = cuda_source!(
         "kl_div_bwd"
     ]
 );
+/// `maps.cu`: GCT's guidance maps (error map, separable blur, min–max normalisation, selection
+/// by key).
+pub static MAPS: CudaSource = cuda_source!(
+    "maps",
+    [
+        "error_map_fwd",
+        "separable_blur_h",
+        "separable_blur_v",
+        "minmax_reduce",
+        "minmax_apply",
+        "select_by_key_fwd"
+    ]
+);
 /// `metrics.cu`: the confusion matrix and the label agreement counts.
 pub static METRICS: CudaSource = cuda_source!("metrics", ["confusion_add", "label_agreement"]);
 /// `mix.cu`: box and class masks, the mix of images and labels, its backward.
@@ -221,6 +234,7 @@ pub static SOURCES: &[&CudaSource] = &[
     &DROPOUT,
     &ELEMENTWISE,
     &LOSS,
+    &MAPS,
     &METRICS,
     &MIX,
     &OPTIM,

@@ -185,13 +185,13 @@ mod tests {
         // Two planes of two values: [1, 3] (μ 2, σ² 1) and [0, 4] (μ 2, σ² 4), eps = 0.
         let x = f32s(&[1, 2, 1, 2], &[1.0, 3.0, 0.0, 4.0]);
         let y = run(
-            "name: n\nop: instance_norm\nparams: { eps: 0.0 }\n",
+            "name: inorm\nop: instance_norm\nparams: { eps: 0.0 }\n",
             &[Some(x)],
         );
         assert_close(y[0].f32().unwrap(), &[-1.0, 1.0, -1.0, 1.0], 1e-6);
         // With the default eps = 1e-5: 1/√(1 + 1e-5) and 2/√(4 + 1e-5).
         let x = f32s(&[1, 2, 1, 2], &[1.0, 3.0, 0.0, 4.0]);
-        let y = run("name: n\nop: instance_norm\n", &[Some(x)]);
+        let y = run("name: inorm\nop: instance_norm\n", &[Some(x)]);
         let (a, b) = (1.0 / (1.0f64 + 1e-5).sqrt(), 2.0 / (4.0f64 + 1e-5).sqrt());
         assert_close(
             y[0].f32().unwrap(),
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn infer_rejects_single_pixel_planes() {
         let e = infer_err(
-            "name: n\nop: instance_norm\n",
+            "name: inorm\nop: instance_norm\n",
             &[Some(TensorSpec::f32(&[2, 3, 1, 1]))],
         );
         assert_eq!(

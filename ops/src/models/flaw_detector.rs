@@ -107,7 +107,8 @@ fn ibn(t: &mut Tracer<'_>, name: &str, x: ValueRef) -> Result<ValueRef, String> 
         if at == c {
             return bn(t, "bnorm", x);
         }
-        let halves = t.op::<SplitChannels>("split", split_channels::Params { at }, vec![Some(x)])?;
+        let halves =
+            t.op::<SplitChannels>("split", split_channels::Params { at }, vec![Some(x)])?;
         let [head, tail] = <[ValueRef; 2]>::try_from(halves).map_err(|_| "two halves")?;
         let b = bn(t, "bnorm", head)?;
         let params = instance_norm::Params { eps: 1e-5 };
@@ -136,7 +137,10 @@ impl Model for FlawDetector {
         "GCT's flaw detector: image ‖ probabilities → per-pixel flaw map (4×4 convs, IBNorm)";
     const INPUTS: &'static [Port] = &[
         Port::req("image", "f32[N, 3, H, W]"),
-        Port::req("probs", "f32[N, K, H, W]: a task model's class probabilities"),
+        Port::req(
+            "probs",
+            "f32[N, K, H, W]: a task model's class probabilities",
+        ),
     ];
     const OUTPUTS: &'static [Port] = &[Port::req(
         "flawmap",
@@ -188,7 +192,11 @@ impl Model for FlawDetector {
             size: [nonzero(h), nonzero(w)],
             align_corners: true,
         };
-        Ok(vec![single(t.op::<ResizeBilinear>("resize", params, vec![Some(x)])?)?])
+        Ok(vec![single(t.op::<ResizeBilinear>(
+            "resize",
+            params,
+            vec![Some(x)],
+        )?)?])
     }
 }
 
@@ -201,7 +209,7 @@ mod tests {
 
     fn build(side: usize, params: &str) -> Result<flowseg_engine::graph::Graph, String> {
         let yaml = format!(
-            "name: t\nmodels:\n  fd: {{ arch: flaw_detector, params: {params} }}\n\
+            "name: t\ntrain: {{ iterations: 1, seed: 0 }}\nmodels:\n  fd: {{ arch: flaw_detector, params: {params} }}\n\
              nodes:\n  - {{ name: d, op: forward, inputs: {{ image: batch.image, probs: batch.p }}, params: {{ model: fd }} }}\n"
         );
         let (spec, _) = parse_graph(&yaml, &[]).map_err(|e| format!("{e:?}"))?;
@@ -231,7 +239,11 @@ mod tests {
         // IBNorm: BN on ⌈c/2⌉ channels, instance norm (no parameters) on the rest.
         assert_eq!(shape("fd.ibn1.bnorm.weight"), Some(vec![8]));
         assert_eq!(shape("fd.ibn2_1.bnorm.running_var"), Some(vec![16]));
-        assert!(g.params.keys().all(|k| !k.contains("inorm")), "{:?}", g.params.keys());
+        assert!(
+            g.params.keys().all(|k| !k.contains("inorm")),
+            "{:?}",
+            g.params.keys()
+        );
         let side = |node: &str| {
             let k = g.nodes.iter().position(|n| n.name.value == node).unwrap();
             g.nodes[k].outputs[0].shape.clone()
@@ -245,7 +257,10 @@ mod tests {
     #[test]
     fn the_class_count_is_checked_against_probs() {
         let e = build(32, "{ classes: 4, width: 8, stages: 1 }").unwrap_err();
-        assert!(e.contains("`probs` has 5 channels but `classes` is 4"), "{e}");
+        assert!(
+            e.contains("`probs` has 5 channels but `classes` is 4"),
+            "{e}"
+        );
         build(32, "{ classes: 5, width: 8, stages: 1 }").unwrap();
     }
 }
