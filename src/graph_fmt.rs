@@ -1,7 +1,10 @@
 //! `flowseg graph --format dot|mermaid`: draws the *method* graph as written — its nodes (a
 //! `forward` shows its model), batch fields and state it reads, data edges labelled with ports,
-//! `after:` order edges dashed, and each optimizer with the losses it minimizes. Not the traced
-//! op graph (hundreds of primitives for a real model); `flowseg plan` shows that one.
+//! `after:` order edges dashed, and each optimizer — numbered in the order it steps — with the
+//! losses it minimizes (dotted, with their weights) and the model calls whose parameters it
+//! updates (bold: with several optimizers, as GCT's three, which one trains which network).
+//! Not the traced op graph (hundreds of primitives for a real model); `flowseg plan` shows
+//! that one.
 
 use flowseg_engine::spec::GraphSpec;
 use std::collections::BTreeSet;
@@ -35,6 +38,22 @@ fn id(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
+}
+
+/// The model a `forward` node calls, if it is one.
+fn called_model<'a>(op: &str, params: Option<&'a flowseg_engine::spec::Node>) -> Option<&'a str> {
+    match op {
+        "forward" => params.and_then(|p| p.get("model")).and_then(|m| m.as_str()),
+        _ => None,
+    }
+}
+
+/// The ids of the `forward` nodes that call `model`: what its optimizer updates.
+fn calls_of<'a>(spec: &'a GraphSpec, model: &'a str) -> impl Iterator<Item = String> + 'a {
+    spec.nodes
+        .iter()
+        .filter(move |n| called_model(&n.op, n.params.as_ref()) == Some(model))
+        .map(|n| id(&format!("n_{}", n.name.value)))
 }
 
 fn label(op: &str, params: Option<&flowseg_engine::spec::Node>) -> String {
@@ -93,16 +112,25 @@ pub fn render(spec: &GraphSpec, format: Format) -> String {
                     );
                 }
             }
-            for (model, o) in &spec.optim {
+            for (step, (model, o)) in spec.optim.iter().enumerate() {
                 let oid = id(&format!("opt_{}", model.value));
                 let _ = writeln!(
                     s,
-                    "  {oid} [label=\"optimize {}\\n{:?}\", shape=hexagon];",
-                    model.value, o.kind
+                    "  {oid} [label=\"{}. optimize {}\\n{:?}\", shape=hexagon];",
+                    step + 1,
+                    model.value,
+                    o.kind
                 );
                 for (r, w) in &o.minimize {
                     let (from, _, _) = producer(r);
                     let _ = writeln!(s, "  {from} -> {oid} [style=dotted, label=\"× {w}\"];");
+                }
+                // Drawn against the data flow without moving the layout.
+                for call in calls_of(spec, &model.value) {
+                    let _ = writeln!(
+                        s,
+                        "  {oid} -> {call} [style=bold, label=\"updates\", constraint=false];"
+                    );
                 }
             }
             s.push_str("}\n");
@@ -136,15 +164,20 @@ pub fn render(spec: &GraphSpec, format: Format) -> String {
                     let _ = writeln!(s, "  {} -.->|after| {to}", id(&format!("n_{}", a.value)));
                 }
             }
-            for (model, o) in &spec.optim {
+            for (step, (model, o)) in spec.optim.iter().enumerate() {
                 let oid = id(&format!("opt_{}", model.value));
                 let _ = writeln!(
                     s,
-                    "  {oid}{{{{\"optimize {}<br/>{:?}\"}}}}",
-                    model.value, o.kind
+                    "  {oid}{{{{\"{}. optimize {}<br/>{:?}\"}}}}",
+                    step + 1,
+                    model.value,
+                    o.kind
                 );
                 for (r, w) in &o.minimize {
                     let _ = writeln!(s, "  {} -.->|× {w}| {oid}", producer(r).0);
+                }
+                for call in calls_of(spec, &model.value) {
+                    let _ = writeln!(s, "  {oid} ==>|updates| {call}");
                 }
             }
         }
@@ -173,8 +206,9 @@ mod tests {
              n_fwd -> n_loss [label=\"logits → logits\"];\n  \
              in_batch_label -> n_loss [label=\"target\"];\n  \
              n_fwd -> n_loss [style=dashed, label=\"after\"];\n  \
-             opt_student [label=\"optimize student\\nSgd\", shape=hexagon];\n  \
-             n_loss -> opt_student [style=dotted, label=\"× 1\"];\n}\n"
+             opt_student [label=\"1. optimize student\\nSgd\", shape=hexagon];\n  \
+             n_loss -> opt_student [style=dotted, label=\"× 1\"];\n  \
+             opt_student -> n_fwd [style=bold, label=\"updates\", constraint=false];\n}\n"
         );
         let mm = render(&spec, Format::Mermaid);
         assert!(mm.starts_with("flowchart LR\n"), "{mm}");
@@ -182,8 +216,9 @@ mod tests {
         assert!(mm.contains("  in_batch_image([\"batch.image\"])\n"), "{mm}");
         assert!(mm.contains("  n_fwd -.->|after| n_loss\n"), "{mm}");
         assert!(
-            mm.contains("  opt_student{{\"optimize student<br/>Sgd\"}}\n"),
+            mm.contains("  opt_student{{\"1. optimize student<br/>Sgd\"}}\n"),
             "{mm}"
         );
+        assert!(mm.contains("  opt_student ==>|updates| n_fwd\n"), "{mm}");
     }
 }

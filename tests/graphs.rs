@@ -185,6 +185,7 @@ fn every_graph_trains_three_iterations_with_finite_losses_and_its_metrics() {
 fn main_loss(name: &str) -> &'static str {
     match name {
         "cps" => "sup_a.loss",
+        "gct" => "sup_l.loss",
         "supervised" | "supervised_full" => "sup_loss.loss",
         _ => "sup_loss.loss",
     }
@@ -308,4 +309,11 @@ fn fixmatch_resumes_bit_for_bit() {
 #[test]
 fn cps_resumes_bit_for_bit() {
     resume_matches("cps");
+}
+
+/// Three optimizers (two task models and the flaw detector, Adam state each) and the
+/// detector's batch-norm buffers, updated by two forwards per step.
+#[test]
+fn gct_resumes_bit_for_bit() {
+    resume_matches("gct");
 }

@@ -273,6 +273,34 @@ fn graphs_draw_as_dot_and_mermaid() {
 }
 
 #[test]
+fn the_gct_drawing_shows_which_optimizer_updates_which_model() {
+    // Three optimizers, numbered in step order, each with bold edges to the model calls it
+    // trains: l and r their task model's forward, fd both detector calls.
+    let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/gct.yaml");
+    let (code, out, err) = cli(&["graph", g.to_str().unwrap()]);
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    for (step, model) in [(1, "l"), (2, "r"), (3, "fd")] {
+        assert!(
+            out.contains(&format!("opt_{model} [label=\"{step}. optimize {model}\\n")),
+            "{out}"
+        );
+    }
+    let updates = |opt: &str| -> Vec<&str> {
+        out.lines()
+            .filter(|l| l.contains("label=\"updates\""))
+            .filter_map(|l| l.trim().strip_prefix(&format!("opt_{opt} -> ")))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect()
+    };
+    assert_eq!(updates("l"), ["n_fwd_l"]);
+    assert_eq!(updates("r"), ["n_fwd_r"]);
+    assert_eq!(updates("fd"), ["n_det_l", "n_det_r"]);
+    let (code, out, _) = cli(&["graph", g.to_str().unwrap(), "--format", "mermaid"]);
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert!(out.contains("  opt_fd ==>|updates| n_det_r\n"), "{out}");
+}
+
+#[test]
 fn a_bad_data_section_is_fs0113_at_its_position() {
     let dir = scratch("data");
     let g = graphs()
