@@ -168,7 +168,13 @@ impl Op for SplitChannelsBwd {
     ) -> Result<(), OpError> {
         let dh = io::f32_opt(Self::INPUTS, inputs, 0)?;
         let dt = io::f32_opt(Self::INPUTS, inputs, 1)?;
-        let shape_of = |i: usize| inputs.get(i).copied().flatten().and_then(|t| t.spec().as_nchw());
+        let shape_of = |i: usize| {
+            inputs
+                .get(i)
+                .copied()
+                .flatten()
+                .and_then(|t| t.spec().as_nchw())
+        };
         let s = Self::dx_shape(p, shape_of(0), shape_of(1)).ok_or(OpError::Input {
             port: "dhead",
             problem: "neither gradient is connected".into(),

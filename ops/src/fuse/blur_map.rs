@@ -66,7 +66,7 @@ impl Params {
             (None, Some(0)) => Err("`divisor` must be at least 1".into()),
             (None, Some(d)) => {
                 let k = h / d;
-                Ok(if k % 2 == 0 { k + 1 } else { k })
+                Ok(if k.is_multiple_of(2) { k + 1 } else { k })
             }
             _ => Err("give exactly one of `kernel` (an odd size) and `divisor`".into()),
         }
@@ -174,10 +174,13 @@ mod tests {
         let x = Some(TensorSpec::f32(&[1, 1, 8, 8]));
         let e = infer_err(
             "name: b\nop: blur_map\nparams: { kernel: 4 }\n",
-            &[x.clone()],
+            std::slice::from_ref(&x),
         );
         assert_eq!(e, "`kernel` must be odd, got 4");
-        let e = infer_err("name: b\nop: blur_map\nparams: {}\n", &[x.clone()]);
+        let e = infer_err(
+            "name: b\nop: blur_map\nparams: {}\n",
+            std::slice::from_ref(&x),
+        );
         assert_eq!(
             e,
             "give exactly one of `kernel` (an odd size) and `divisor`"

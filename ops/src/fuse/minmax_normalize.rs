@@ -65,7 +65,8 @@ impl Op for MinmaxNormalize {
         outputs: &mut [Tensor],
     ) -> Result<(), OpError> {
         let x = io::f32(Self::INPUTS, inputs, 0)?;
-        let n = (inputs.first().copied().flatten()).map_or(0, |t| t.spec().shape.first().copied().unwrap_or(0));
+        let n = (inputs.first().copied().flatten())
+            .map_or(0, |t| t.spec().shape.first().copied().unwrap_or(0));
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(minmax_normalize_fwd(x, n, p.min_peak, p.eps, y)?)
     }

@@ -102,7 +102,8 @@ fn conv4(
 /// on the rest (`name.inorm`), joined.
 fn ibn(t: &mut Tracer<'_>, name: &str, x: ValueRef) -> Result<ValueRef, String> {
     let c = channels(t, &x)?;
-    let at = (c + 1) / 2;
+    // int(c·0.5 + 0.5) = ⌈c/2⌉.
+    let at = c.div_ceil(2);
     t.scope(name, |t| {
         if at == c {
             return bn(t, "bnorm", x);
