@@ -618,3 +618,34 @@ fn a_schema_mistake_does_not_hide_a_misspelt_op() {
         + 1;
     assert!(err.contains(&format!("two.yaml:{op_line}:")), "{err}");
 }
+
+#[test]
+fn evaluation_takes_image_models_only() {
+    // Left out, `eval.models` is every model that takes an image alone: GCT's detector is
+    // skipped (evaluating it would fail FS0119, it has no `probs` to be fed); named, it is
+    // FS0123 at its entry.
+    let dir = scratch("eval-models");
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/gct.yaml"))
+            .unwrap();
+    let without = text.replace("eval: { models: [l, r], batch: 32 }\n", "");
+    assert_ne!(without, text, "graphs/gct.yaml names its evaluated models");
+    let g = dir.join("gct-default-eval.yaml");
+    std::fs::write(&g, without).unwrap();
+    let (code, _, err) = cli(&["check", g.to_str().unwrap(), "--set", "data.size=16"]);
+    assert_eq!(code, ExitCode::SUCCESS, "{err}");
+    let (code, _, err) = cli(&[
+        "check",
+        g.to_str().unwrap(),
+        "--set",
+        "data.size=16",
+        "--set",
+        "eval.models=[l, fd]",
+    ]);
+    assert_ne!(code, ExitCode::SUCCESS);
+    assert!(
+        err.contains("FS0123") && err.contains("`fd`") && err.contains("flaw_detector"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
