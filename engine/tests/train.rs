@@ -406,7 +406,8 @@ nodes:
     let (spec, _) = spec::parse_graph(&bad, &[]).unwrap();
     let e = ir::build(&spec, &model_registry(), &env()).unwrap_err();
     assert!(
-        e.iter().any(|e| e.message.contains("`instance: b.c` is not a usable name")),
+        e.iter()
+            .any(|e| e.message.contains("`instance: b.c` is not a usable name")),
         "{e:?}"
     );
 }

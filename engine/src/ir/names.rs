@@ -284,19 +284,20 @@ pub(super) fn forward_kind(
     op_loc: Loc,
 ) -> Result<(Kind, Ports), Option<GraphError>> {
     let empty = crate::spec::Node::detached(crate::spec::Value::Map(Vec::new()));
-    let fp: ForwardParams = from_node(params.unwrap_or(&empty)).map_err(|e| {
-        let loc = if e.loc.is_located() { e.loc } else { op_loc };
-        GraphError::new(
-            BAD_PARAMS,
-            format!("params of `forward`: {}", e.message),
-            loc,
-        )
-        .help(
-            "write `params: { model: <name>, mode: train | eval, stage: whole | encoder | \
+    let fp: ForwardParams = from_node(params.unwrap_or(&empty))
+        .map_err(|e| {
+            let loc = if e.loc.is_located() { e.loc } else { op_loc };
+            GraphError::new(
+                BAD_PARAMS,
+                format!("params of `forward`: {}", e.message),
+                loc,
+            )
+            .help(
+                "write `params: { model: <name>, mode: train | eval, stage: whole | encoder | \
              decoder, instance: <name> }` (`mode`, `stage`, `instance` optional)",
-        )
-    })
-    .map_err(Some)?;
+            )
+        })
+        .map_err(Some)?;
     if let Some(inst) = &fp.instance {
         if !crate::spec::is_identifier(&inst.value) {
             return Err(Some(
