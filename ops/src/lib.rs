@@ -42,11 +42,15 @@ pub mod forward {
     pub mod concat;
     pub mod conv2d;
     pub mod dropout;
+    pub mod feature_drop;
+    pub mod feature_noise;
     pub mod global_avg_pool;
+    pub mod guided_mask;
     pub mod leaky_relu;
     pub mod max_pool2d;
     pub mod mean;
     pub mod mul;
+    mod perturb;
     pub mod relu;
     pub mod resize_bilinear;
     pub mod softmax;
@@ -56,8 +60,10 @@ pub mod forward {
 /// stop-gradient `detach`.
 pub mod fuse {
     pub mod detach;
+    pub mod l2_normalize;
     pub mod label_accuracy;
     pub mod max_confidence;
+    pub mod random_direction;
     pub mod threshold;
 }
 
@@ -98,7 +104,10 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::concat::Concat>()?;
     r.add::<forward::conv2d::Conv2d>()?;
     r.add::<forward::dropout::Dropout>()?;
+    r.add::<forward::feature_drop::FeatureDrop>()?;
+    r.add::<forward::feature_noise::FeatureNoise>()?;
     r.add::<forward::global_avg_pool::GlobalAvgPool>()?;
+    r.add::<forward::guided_mask::GuidedMask>()?;
     r.add::<forward::leaky_relu::LeakyRelu>()?;
     r.add::<forward::max_pool2d::MaxPool2d>()?;
     r.add::<forward::mean::Mean>()?;
@@ -107,8 +116,10 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::resize_bilinear::ResizeBilinear>()?;
     r.add::<forward::softmax::Softmax>()?;
     r.add::<fuse::detach::Detach>()?;
+    r.add::<fuse::l2_normalize::L2Normalize>()?;
     r.add::<fuse::label_accuracy::LabelAccuracy>()?;
     r.add::<fuse::max_confidence::MaxConfidence>()?;
+    r.add::<fuse::random_direction::RandomDirection>()?;
     r.add::<fuse::threshold::Threshold>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
     r.add::<mix::box_mask::BoxMask>()?;
