@@ -191,9 +191,10 @@ pub(super) fn resolve_references(
         };
         for (port, r) in &n.inputs {
             if !ports.inputs.iter().any(|p| p.name == port) {
+                let names = || ports.inputs.iter().map(|p| p.name);
                 errors.push(
                     node_err(BAD_PORT, format!("`{what}` has no input `{port}`"), r.loc)
-                        .help(port_list("inputs", ports.inputs.iter().map(|p| p.name))),
+                        .help(nearest_or(port, names(), || port_list("inputs", names()))),
                 );
             }
         }
@@ -337,8 +338,13 @@ pub(super) fn forward_kind(
     let Some(Some(model)) = models.get(&fp.model.value) else {
         return Err(None);
     };
-    let (net, def_name, outputs, encoded) =
-        (model.net.clone(), model.arch, model.outputs, model.encoded);
+    let (net, def_name, inputs, outputs, encoded) = (
+        model.net.clone(),
+        model.arch,
+        model.inputs,
+        model.outputs,
+        model.encoded,
+    );
     if fp.stage != Stage::Whole && encoded.is_empty() {
         let split: Vec<&str> = (registry.models())
             .filter(|m| !m.encoded().is_empty())
@@ -356,11 +362,10 @@ pub(super) fn forward_kind(
             .help(port_list("split architectures", split.into_iter())),
         ));
     }
+    // A whole model takes its architecture's inputs (one `image` for most); the encoder
+    // stage takes the image only (model.rs: stages are for image-input models).
     let ports = match fp.stage {
-        Stage::Whole => Ports {
-            inputs: FORWARD_INPUTS,
-            outputs,
-        },
+        Stage::Whole => Ports { inputs, outputs },
         Stage::Encoder => Ports {
             inputs: FORWARD_INPUTS,
             outputs: encoded,
