@@ -64,6 +64,7 @@ pub mod fuse {
 /// Losses: a scalar from predictions and targets.
 pub mod loss {
     pub mod cross_entropy;
+    pub mod soft_cross_entropy;
     pub mod squared_error;
 }
 
@@ -111,6 +112,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<fuse::max_confidence::MaxConfidence>()?;
     r.add::<fuse::threshold::Threshold>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
+    r.add::<loss::soft_cross_entropy::SoftCrossEntropy>()?;
     r.add::<mix::box_mask::BoxMask>()?;
     r.add::<mix::class_mask::ClassMask>()?;
     r.add::<mix::mix::Mix>()?;
