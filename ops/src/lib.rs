@@ -70,6 +70,7 @@ pub mod fuse {
 /// Losses: a scalar from predictions and targets.
 pub mod loss {
     pub mod cross_entropy;
+    pub mod soft_cross_entropy;
     pub mod squared_error;
 }
 
@@ -122,6 +123,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<fuse::random_direction::RandomDirection>()?;
     r.add::<fuse::threshold::Threshold>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
+    r.add::<loss::soft_cross_entropy::SoftCrossEntropy>()?;
     r.add::<mix::box_mask::BoxMask>()?;
     r.add::<mix::class_mask::ClassMask>()?;
     r.add::<mix::mix::Mix>()?;
