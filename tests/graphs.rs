@@ -306,6 +306,11 @@ fn fixmatch_resumes_bit_for_bit() {
 }
 
 #[test]
+fn cct_resumes_bit_for_bit() {
+    resume_matches("cct");
+}
+
+#[test]
 fn cps_resumes_bit_for_bit() {
     resume_matches("cps");
 }

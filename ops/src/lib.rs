@@ -87,6 +87,7 @@ pub mod mix {
 /// Network architectures (`arch:` in a graph's `models:`), traced into the primitive ops above by
 /// a `forward` node.
 pub mod models {
+    pub mod cct_head;
     pub mod deeplab_lite;
     mod layers;
     pub mod resnet;
@@ -128,6 +129,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<mix::class_mask::ClassMask>()?;
     r.add::<mix::mix::Mix>()?;
     r.add::<loss::squared_error::SquaredError>()?;
+    r.add_model::<models::cct_head::CctHead>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;
     r.add_model::<models::resnet::Resnet50DeepLabV3Plus>()?;
