@@ -43,12 +43,16 @@ pub mod forward {
     pub mod concat_batch;
     pub mod conv2d;
     pub mod dropout;
+    pub mod feature_drop;
+    pub mod feature_noise;
     pub mod global_avg_pool;
+    pub mod guided_mask;
     pub mod instance_norm;
     pub mod leaky_relu;
     pub mod max_pool2d;
     pub mod mean;
     pub mod mul;
+    mod perturb;
     pub mod relu;
     pub mod resize_bilinear;
     pub mod softmax;
@@ -63,9 +67,11 @@ pub mod fuse {
     pub mod blur_map;
     pub mod detach;
     pub mod error_map;
+    pub mod l2_normalize;
     pub mod label_accuracy;
     pub mod max_confidence;
     pub mod minmax_normalize;
+    pub mod random_direction;
     pub mod select_by_key;
     pub mod threshold;
 }
@@ -73,6 +79,7 @@ pub mod fuse {
 /// Losses: a scalar from predictions and targets.
 pub mod loss {
     pub mod cross_entropy;
+    pub mod soft_cross_entropy;
     pub mod squared_error;
 }
 
@@ -89,6 +96,7 @@ pub mod mix {
 /// Network architectures (`arch:` in a graph's `models:`), traced into the primitive ops above by
 /// a `forward` node.
 pub mod models {
+    pub mod cct_head;
     pub mod deeplab_lite;
     pub mod flaw_detector;
     mod layers;
@@ -109,7 +117,10 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::concat_batch::ConcatBatch>()?;
     r.add::<forward::conv2d::Conv2d>()?;
     r.add::<forward::dropout::Dropout>()?;
+    r.add::<forward::feature_drop::FeatureDrop>()?;
+    r.add::<forward::feature_noise::FeatureNoise>()?;
     r.add::<forward::global_avg_pool::GlobalAvgPool>()?;
+    r.add::<forward::guided_mask::GuidedMask>()?;
     r.add::<forward::instance_norm::InstanceNorm>()?;
     r.add::<forward::leaky_relu::LeakyRelu>()?;
     r.add::<forward::max_pool2d::MaxPool2d>()?;
@@ -124,16 +135,20 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<fuse::blur_map::BlurMap>()?;
     r.add::<fuse::detach::Detach>()?;
     r.add::<fuse::error_map::ErrorMap>()?;
+    r.add::<fuse::l2_normalize::L2Normalize>()?;
     r.add::<fuse::label_accuracy::LabelAccuracy>()?;
     r.add::<fuse::max_confidence::MaxConfidence>()?;
     r.add::<fuse::minmax_normalize::MinmaxNormalize>()?;
+    r.add::<fuse::random_direction::RandomDirection>()?;
     r.add::<fuse::select_by_key::SelectByKey>()?;
     r.add::<fuse::threshold::Threshold>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
+    r.add::<loss::soft_cross_entropy::SoftCrossEntropy>()?;
     r.add::<mix::box_mask::BoxMask>()?;
     r.add::<mix::class_mask::ClassMask>()?;
     r.add::<mix::mix::Mix>()?;
     r.add::<loss::squared_error::SquaredError>()?;
+    r.add_model::<models::cct_head::CctHead>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     r.add_model::<models::flaw_detector::FlawDetector>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;

@@ -37,6 +37,7 @@ fn the_expected_ops_are_registered() {
         "random_grayscale",
         "relu",
         "resize_bilinear",
+        "soft_cross_entropy",
         "softmax",
         "squared_error",
         "threshold",

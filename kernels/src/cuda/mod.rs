@@ -73,6 +73,8 @@
 //! | `elementwise::mul_fwd` | `elementwise::mul_fwd` |
 //! | `elementwise::mul_bwd` | `elementwise::mul_bwd` |
 //! | `elementwise::scale_fwd` | `elementwise::scale_fwd` |
+//! | `elementwise::affine_fwd` | `elementwise::affine_fwd` |
+//! | `elementwise::mul_broadcast_fwd` | `elementwise::mul_broadcast_fwd` |
 //! | `elementwise::threshold_fwd` | `elementwise::threshold_fwd` |
 //! | `elementwise::concat_channels_fwd` | `elementwise::concat_channels_fwd` |
 //! | `elementwise::concat_channels_bwd` | `elementwise::concat_channels_bwd` |
@@ -104,6 +106,8 @@
 //! | `optim::sgd_step` | `optim::sgd_step` |
 //! | `optim::adamw_step` | `optim::adamw_step` |
 //! | `optim::ema_update` | `optim::ema_update` |
+//! | `perturb::salient_drop_mask_fwd` | `perturb::salient_drop_mask_fwd` |
+//! | `perturb::foreground_mask_fwd` | `perturb::foreground_mask_fwd` |
 //! | `philox::u32_at` | `philox::philox_u32` |
 //! | `philox::fill_uniform` | `philox::fill_uniform` |
 //! | `philox::fill_normal` | `philox::fill_normal` |
@@ -122,6 +126,7 @@
 //! | `reduce::sum_channels_bwd` | `reduce::sum_channels_bwd` |
 //! | `reduce::mean_channels_fwd` | `reduce::mean_channels_fwd` |
 //! | `reduce::mean_channels_bwd` | `reduce::mean_channels_bwd` |
+//! | `reduce::l2_normalize_fwd` | `reduce::l2_normalize_fwd` |
 //! | `resize::resize_bilinear_fwd` | `resize::resize_bilinear_fwd` |
 //! | `resize::resize_bilinear_bwd` | `resize::resize_bilinear_bwd` |
 //! | `resize::resize_nearest_fwd` | `resize::resize_nearest_fwd` |
@@ -145,6 +150,7 @@ pub mod metrics;
 pub mod mix;
 pub mod nvrtc;
 pub mod optim;
+pub mod perturb;
 pub mod philox;
 pub mod pool;
 pub mod reduce;

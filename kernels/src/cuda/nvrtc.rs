@@ -117,7 +117,8 @@ pub static DROPOUT: CudaSource = CudaSource {
     ),
     kernels: &["dropout_fwd", "dropout2d_mask", "dropout2d_apply"],
 };
-/// `elementwise.cu`: add, mul, scale, threshold, and the concat / slice copies.
+/// `elementwise.cu`: add, mul, scale, affine, broadcast mul, threshold, and the concat / slice
+/// copies.
 pub static ELEMENTWISE: CudaSource = cuda_source!(
     "elementwise",
     [
@@ -125,6 +126,8 @@ pub static ELEMENTWISE: CudaSource = cuda_source!(
         "mul_fwd",
         "mul_bwd",
         "scale_fwd",
+        "affine_fwd",
+        "mul_broadcast_fwd",
         "threshold_fwd",
         "copy_rows",
         "slice_bwd"
@@ -176,6 +179,9 @@ pub static MIX: CudaSource = cuda_source!(
 );
 /// `optim.cu`: sgd, adamw, ema.
 pub static OPTIM: CudaSource = cuda_source!("optim", ["sgd_step", "adamw_step", "ema_update"]);
+/// `perturb.cu`: the masks of CCT's feature perturbations (salient drop, foreground).
+pub static PERTURB: CudaSource =
+    cuda_source!("perturb", ["salient_drop_mask_fwd", "foreground_mask_fwd"]);
 /// `philox.cu`: Philox4x32-10 words, uniforms and normals.
 pub static PHILOX: CudaSource =
     cuda_source!("philox", ["philox_u32", "philox_uniform", "philox_normal"]);
@@ -192,7 +198,7 @@ pub static POOL: CudaSource = cuda_source!(
     ]
 );
 /// `reduce.cu`: sum / mean and their backwards, dot (finished by `reduce_sum_finalize` too),
-/// channel sums and means.
+/// channel sums and means, per-row L2 normalisation.
 pub static REDUCE: CudaSource = cuda_source!(
     "reduce",
     [
@@ -201,7 +207,8 @@ pub static REDUCE: CudaSource = cuda_source!(
         "reduce_fill_bwd",
         "dot_partials",
         "channels_fwd",
-        "channels_bwd"
+        "channels_bwd",
+        "l2_normalize_rows"
     ]
 );
 /// `resize.cu`: bilinear resize forward / backward (a gather), nearest for i32 labels.
@@ -238,6 +245,7 @@ pub static SOURCES: &[&CudaSource] = &[
     &METRICS,
     &MIX,
     &OPTIM,
+    &PERTURB,
     &PHILOX,
     &POOL,
     &REDUCE,
