@@ -141,7 +141,7 @@ fn a_misspelt_input_is_fs0103_with_the_nearest_port_and_a_missing_one_is_named()
     .unwrap_err();
     let misspelt = errs
         .iter()
-        .find(|e| e.message.contains("no input `hnt`"))
+        .find(|e| e.message == "model `det` has no input `hnt`")
         .unwrap_or_else(|| panic!("{errs:?}"));
     assert_eq!(misspelt.code, "FS0103");
     assert_eq!(misspelt.loc, Loc { line: 7, col: 60 });

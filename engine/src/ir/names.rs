@@ -180,20 +180,20 @@ pub(super) fn resolve_references(
     for (i, n) in spec.nodes.iter().enumerate() {
         let errors_before = errors.len();
         let node_err = |code, msg: String, loc| GraphError::new(code, msg, loc).in_node(&n.name);
-        let Some((_, ports)) = &kinds[i] else {
+        let Some((kind, ports)) = &kinds[i] else {
             pending.push(None);
             continue;
         };
-        let what = if n.op.value == FORWARD {
-            "a model call"
-        } else {
-            n.op.as_str()
+        // A model call names its model: which inputs it has depends on the architecture.
+        let what = match kind {
+            Kind::Forward { model, .. } => format!("model `{model}`"),
+            _ => format!("`{}`", n.op.value),
         };
         for (port, r) in &n.inputs {
             if !ports.inputs.iter().any(|p| p.name == port) {
                 let names = || ports.inputs.iter().map(|p| p.name);
                 errors.push(
-                    node_err(BAD_PORT, format!("`{what}` has no input `{port}`"), r.loc)
+                    node_err(BAD_PORT, format!("{what} has no input `{port}`"), r.loc)
                         .help(nearest_or(port, names(), || port_list("inputs", names()))),
                 );
             }
