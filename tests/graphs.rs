@@ -1,6 +1,6 @@
 //! The method graphs of graphs/, as the results issue asks of each: at toy size every graph
 //! trains three iterations with finite losses and logs its metrics; on one fixed batch its main
-//! (supervised) loss falls over 30 iterations; and a run of cutmix_seg, fixmatch and cps
+//! (supervised) loss falls over 30 iterations; and a run of cutmix_seg, fixmatch, cps and pseudoseg
 //! interrupted in the middle and resumed reproduces the uninterrupted run bit for bit (losses,
 //! metrics, evaluation, final checkpoint).
 //!
@@ -72,8 +72,9 @@ fn small(name: &str) -> Vec<String> {
     if text.contains("unlabeled_batch") {
         sets.push("data.unlabeled_batch=2".to_owned());
     }
+    // Width 8 for every model that sets a width (the U-Nets; PseudoSeg's heads have none).
     for (model, m) in &spec.models {
-        if m.arch.is_some() {
+        if m.params.as_ref().is_some_and(|p| p.get("width").is_some()) {
             sets.push(format!("models.{}.params.width=8", model.value));
         }
     }
@@ -185,6 +186,7 @@ fn every_graph_trains_three_iterations_with_finite_losses_and_its_metrics() {
 fn main_loss(name: &str) -> &'static str {
     match name {
         "cps" => "sup_a.loss",
+        "pseudoseg" => "sup.loss",
         "supervised" | "supervised_full" => "sup_loss.loss",
         _ => "sup_loss.loss",
     }
@@ -308,4 +310,9 @@ fn fixmatch_resumes_bit_for_bit() {
 #[test]
 fn cps_resumes_bit_for_bit() {
     resume_matches("cps");
+}
+
+#[test]
+fn pseudoseg_resumes_bit_for_bit() {
+    resume_matches("pseudoseg");
 }

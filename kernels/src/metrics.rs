@@ -136,7 +136,7 @@ pub fn image_labels_fwd<T: Real>(
     const K: &str = "image_labels_fwd";
     check_len(K, "label", label, n * plane)?;
     check_len(K, "y", y, n * foreground)?;
-    if usize::try_from(background).map_or(true, |b| b > foreground) {
+    if !usize::try_from(background).is_ok_and(|b| b <= foreground) {
         return Err(KernelError::Shape {
             kernel: K,
             reason: format!("the background id {background} is not in 0..={foreground}"),

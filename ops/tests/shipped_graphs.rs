@@ -66,10 +66,11 @@ fn every_shipped_graph_steps_identically_on_poisoned_and_reused_buffers() {
     for file in &files {
         let text = std::fs::read_to_string(file).expect("readable graph");
         let mut sets: Vec<String> = ["data.size=16", "data.batch=2"].map(String::from).to_vec();
-        // Width 8 for every model with an architecture (CPS names its two `a` and `b`).
+        // Width 8 for every model that sets a width (CPS names its two U-Nets `a` and `b`;
+        // PseudoSeg's heads have no width).
         let (plain, _) = flowseg_engine::spec::parse_graph(&text, &[]).expect("parses");
         for (name, m) in &plain.models {
-            if m.arch.is_some() {
+            if m.params.as_ref().is_some_and(|p| p.get("width").is_some()) {
                 sets.push(format!("models.{}.params.width=8", name.value));
             }
         }

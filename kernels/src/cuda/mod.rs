@@ -6,9 +6,9 @@
 //! `cuda::<file>::<kernel>` (one exception: Philox's `u32_at` is `philox::philox_u32`), and its
 //! `__global__` kernels live in `kernels/cuda/<file>.cu`, embedded as [`nvrtc`]'s module of that
 //! name. So `src/elementwise.rs`, `src/cuda/elementwise.rs` and `cuda/elementwise.cu` hold the
-//! element-wise kernels, and likewise `activation`, `argmax`, `augment`, `batch_norm`, `conv2d`,
-//! `dropout`, `loss`, `metrics`, `mix`, `optim`, `philox`, `pool`, `reduce`, `resize` and
-//! `softmax`. Shared plumbing: `common.rs` (grid shapes, the length check, the `launch!` macro,
+//! element-wise kernels, and likewise `activation`, `argmax`, `attention`, `augment`,
+//! `batch_norm`, `conv2d`, `dropout`, `loss`, `metrics`, `mix`, `optim`, `philox`, `pool`,
+//! `reduce`, `resize` and `softmax`. Shared plumbing: `common.rs` (grid shapes, the length check, the `launch!` macro,
 //! per-call scratch and uploads), `device.rs` ([`Device`], [`DeviceBuf`], the arena) and
 //! `nvrtc.rs` (the embedded sources and their compilation).
 //!
@@ -55,6 +55,8 @@
 //! | `argmax::argmax_fwd` | `argmax::argmax_fwd` |
 //! | `argmax::max_fwd` | `argmax::max_fwd` |
 //! | `argmax::max_bwd` | `argmax::max_bwd` |
+//! | `attention::attention_fwd` | `attention::attention_fwd` |
+//! | `attention::attention_bwd` | `attention::attention_bwd` |
 //! | `augment::color_jitter_fwd` | `augment::color_jitter_fwd` |
 //! | `augment::grayscale_fwd` | `augment::grayscale_fwd` |
 //! | `augment::gaussian_blur_fwd` | `augment::gaussian_blur_fwd` |
@@ -90,8 +92,11 @@
 //! | `loss::squared_error_bwd` | `loss::squared_error_bwd` |
 //! | `loss::kl_div_fwd` | `loss::kl_div_fwd` |
 //! | `loss::kl_div_bwd` | `loss::kl_div_bwd` |
+//! | `loss::binary_cross_entropy_fwd` | `loss::binary_cross_entropy_fwd` |
+//! | `loss::binary_cross_entropy_bwd` | `loss::binary_cross_entropy_bwd` |
 //! | `metrics::confusion_add` | `metrics::confusion_add` |
 //! | `metrics::label_agreement_fwd` | `metrics::label_agreement_fwd` |
+//! | `metrics::image_labels_fwd` | `metrics::image_labels_fwd` |
 //! | `mix::box_mask_fwd` | `mix::box_mask_fwd` |
 //! | `mix::class_mask_fwd` | `mix::class_mask_fwd` |
 //! | `mix::mix_fwd` | `mix::mix_fwd` |
@@ -118,6 +123,7 @@
 //! | `reduce::sum_channels_bwd` | `reduce::sum_channels_bwd` |
 //! | `reduce::mean_channels_fwd` | `reduce::mean_channels_fwd` |
 //! | `reduce::mean_channels_bwd` | `reduce::mean_channels_bwd` |
+//! | `reduce::cam_normalize_fwd` | `reduce::cam_normalize_fwd` |
 //! | `resize::resize_bilinear_fwd` | `resize::resize_bilinear_fwd` |
 //! | `resize::resize_bilinear_bwd` | `resize::resize_bilinear_bwd` |
 //! | `resize::resize_nearest_fwd` | `resize::resize_nearest_fwd` |
@@ -125,9 +131,11 @@
 //! | `softmax::softmax_bwd` | `softmax::softmax_bwd` |
 //! | `softmax::log_softmax_fwd` | `softmax::log_softmax_fwd` |
 //! | `softmax::log_softmax_bwd` | `softmax::log_softmax_bwd` |
+//! | `softmax::sharpen_fwd` | `softmax::sharpen_fwd` |
 
 pub mod activation;
 pub mod argmax;
+pub mod attention;
 pub mod augment;
 pub mod batch_norm;
 mod common;

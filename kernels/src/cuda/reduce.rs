@@ -230,3 +230,30 @@ pub fn mean_channels_bwd(
     no_channels(K, shape)?;
     channels_bwd(dev, K, dy, shape, Some((1.0 / shape.c as f64) as f32), dx)
 }
+
+/// [`crate::reduce::cam_normalize_fwd`]: per (image, class) plane, x = max(scores, 0)·label,
+/// y = x/max(m, 1e-5) where m = max x > 0, else 0; bit-identical to the CPU.
+/// scores, y: [N,C,H,W]; labels: [N,C].
+pub fn cam_normalize_fwd(
+    dev: &Device,
+    scores: &impl DeviceBuf<f32>,
+    labels: &impl DeviceBuf<f32>,
+    shape: Nchw,
+    y: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    expect("cam_normalize_fwd", "scores", scores, shape.len())?;
+    expect("cam_normalize_fwd", "labels", labels, shape.n * shape.c)?;
+    expect("cam_normalize_fwd", "y", y, shape.len())?;
+    let planes = shape.n * shape.c;
+    if planes == 0 || shape.plane() == 0 {
+        return Ok(());
+    }
+    let st = dev.stream();
+    let (ps, pl, py) = (
+        scores.device_addr(st),
+        labels.device_addr(st),
+        y.device_addr(st),
+    );
+    let (planes64, plane) = (planes as u64, shape.plane() as u64);
+    launch!(dev, REDUCE, "cam_normalize_fwd", grid(planes); ps, pl, planes64, plane, py)
+}
