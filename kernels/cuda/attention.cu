@@ -42,7 +42,7 @@ extern "C" __global__ void attention_weights(const float* __restrict__ q,      /
         const float* qn = q + n * d * p;
         const float* kn = k + n * d * p;
         float* ar = a + row * p;
-        float m = -INFINITY;
+        float m = __int_as_float(0xff800000);  // −∞
         for (unsigned long long j = 0; j < p; ++j) {
             float s;
             if (excluded(valid, n, p, i, j)) {

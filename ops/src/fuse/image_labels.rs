@@ -1,8 +1,9 @@
 //! `image_labels`: which foreground classes occur in each image of a label map, as a 0/1
 //! vector — the image-level labels PseudoSeg trains its classifier on when only pixel labels
 //! exist (googleinterns/wss train_wss.py `_build_pseudo_seg`, non-weakly setting: the
-//! `cls_label` of the pixel-labelled samples, derived from their masks by the data pipeline),
-//! and the truth its predicted labels are measured against.
+//! `cls_label` of the pixel-labelled samples, which core/data_generator.py `_preprocess_image`
+//! derives from the cropped label map — the unique ids below the ignore label, each id c ≥ 1 a
+//! one-hot row c − 1, id 0 a zero row), and the truth its predicted labels are measured against.
 //!
 //! y[n, c] = 1 when some pixel of image n carries the c-th foreground class: the ids other than
 //! `background`, in increasing order (with background 0, id c + 1 → c); pixels at `ignore_index`
