@@ -28,6 +28,22 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 /// sliding stride larger than its window, a model the eval graph cannot build).
 pub const EVAL_SETUP: &str = "FS0119";
 
+/// Whether model `name`'s architecture (its source's, for an EMA copy) takes one `image` and
+/// nothing else. Unknown architectures count as image models: their error is reported elsewhere.
+fn takes_image_only(spec: &GraphSpec, registry: &Registry, name: &str) -> bool {
+    let find = |n: &str| spec.models.iter().find(|(k, _)| k.value == n).map(|(_, m)| m);
+    let Some(m) = find(name) else {
+        return true;
+    };
+    let arch = m
+        .arch
+        .as_ref()
+        .or_else(|| m.ema_of.as_ref().and_then(|s| find(s)).and_then(|s| s.arch.as_ref()));
+    let image = flowseg_engine::model::IMAGE_INPUTS.iter().map(|p| p.name);
+    arch.and_then(|a| registry.model(a))
+        .is_none_or(|def| def.inputs().iter().map(|p| p.name).eq(image))
+}
+
 /// Label value that evaluation skips.
 pub const IGNORE: i32 = 255;
 
@@ -499,10 +515,14 @@ impl<'r> Evaluator<'r> {
             })?;
         let chosen: Vec<String> = match &spec.eval.models {
             Some(list) => list.iter().map(|m| m.value.clone()).collect(),
+            // By default every segmentation model: those that take an image alone (a
+            // multi-input model — GCT's flaw detector — has nothing to be fed here; naming one
+            // in `eval.models` is FS0123 when the graph is built).
             None => spec
                 .models
                 .iter()
                 .filter(|(_, m)| m.arch.is_some() || m.ema_of.is_some())
+                .filter(|(n, _)| takes_image_only(spec, registry, &n.value))
                 .map(|(n, _)| n.value.clone())
                 .collect(),
         };

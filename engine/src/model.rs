@@ -8,6 +8,11 @@
 //! A model used by several `forward` nodes (weak and strong views) shares one set of state. An
 //! `ema_of:` model reuses the architecture of its source under its own name.
 //!
+//! Most architectures take one input, `image`. One may declare several ([`Model::INPUTS`]: GCT's
+//! flaw detector reads the image and a prediction); a `forward` node then connects each by name
+//! and the whole model is traced on all of them ([`Model::trace_inputs`]). Encoder/decoder stages
+//! and evaluation stay image-input only.
+//!
 //! Not here: the architectures themselves (`flowseg-ops`, `models/`), loading ImageNet weights
 //! (checkpoint), EMA updates (an op).
 
@@ -22,24 +27,45 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+/// The inputs of an image-input model (the default [`Model::INPUTS`]): what a `forward` node of
+/// most architectures, and every evaluation, connects.
+pub const IMAGE_INPUTS: &[Port] = &[Port::req("image", "f32[N, 3, H, W]")];
+
 /// One network architecture. Implemented once per file in `flowseg-ops` (models/).
 pub trait Model: Send + Sync + 'static {
     /// `arch:` name (`deeplab_lite`).
     const NAME: &'static str;
     /// One line for `flowseg ops`.
     const SUMMARY: &'static str;
+    /// Input ports of a whole `forward` of this model, in order. The default is one `image`;
+    /// a model with other inputs implements [`Model::trace_inputs`] and cannot be evaluated
+    /// (`eval.models` refuses it: evaluation feeds images only).
+    const INPUTS: &'static [Port] = IMAGE_INPUTS;
     /// Output ports of a `forward` of this model, in order.
     const OUTPUTS: &'static [Port];
     /// Architecture params (`models: { student: { arch: ..., params: {...} } }`).
     type Params: DeserializeOwned + fmt::Debug + Clone + Send + Sync + 'static;
 
     /// Emits the network applied to `image` (f32[N, 3, H, W]); returns one source per
-    /// [`Model::OUTPUTS`] entry.
+    /// [`Model::OUTPUTS`] entry. A model whose [`Model::INPUTS`] are not just `image` is traced
+    /// through [`Model::trace_inputs`] instead, and may answer an error here.
     fn trace(
         p: &Self::Params,
         t: &mut Tracer<'_>,
         image: ValueRef,
     ) -> Result<Vec<ValueRef>, String>;
+
+    /// Emits the network applied to `inputs`, one source per [`Model::INPUTS`] entry in that
+    /// order (the engine checked that each port is connected). The default traces an
+    /// image-input model: [`Model::trace`] on the first.
+    fn trace_inputs(
+        p: &Self::Params,
+        t: &mut Tracer<'_>,
+        inputs: Vec<ValueRef>,
+    ) -> Result<Vec<ValueRef>, String> {
+        let image = inputs.into_iter().next().ok_or("no `image` input")?;
+        Self::trace(p, t, image)
+    }
 
     /// The values an architecture split into an encoder and a decoder passes between them:
     /// the outputs of `forward` with `stage: encoder` and the inputs of `stage: decoder`, so a
@@ -88,6 +114,8 @@ pub trait DynModel: Send + Sync {
     fn name(&self) -> &'static str;
     /// One line.
     fn summary(&self) -> &'static str;
+    /// Input ports of a whole forward ([`Model::INPUTS`]).
+    fn inputs(&self) -> &'static [Port];
     /// Output ports.
     fn outputs(&self) -> &'static [Port];
     /// The ports between encoder and decoder ([`Model::ENCODED`]).
@@ -100,7 +128,8 @@ pub trait DynModel: Send + Sync {
 pub trait Net: Send + Sync + fmt::Debug {
     /// See [`Model::trace`].
     fn trace(&self, t: &mut Tracer<'_>, image: ValueRef) -> Result<Vec<ValueRef>, String>;
-    /// `stage` of the model on `inputs` (the image, or the encoded values for the decoder).
+    /// `stage` of the model on `inputs`: for `whole`, one value per [`Model::INPUTS`] entry;
+    /// for `encoder`, the image; for `decoder`, the encoded values.
     fn trace_stage(
         &self,
         stage: Stage,
@@ -117,6 +146,9 @@ impl<M: Model> DynModel for ModelEntry<M> {
     }
     fn summary(&self) -> &'static str {
         M::SUMMARY
+    }
+    fn inputs(&self) -> &'static [Port] {
+        M::INPUTS
     }
     fn outputs(&self) -> &'static [Port] {
         M::OUTPUTS
@@ -161,7 +193,17 @@ impl<M: Model> Net for ConfiguredNet<M> {
     ) -> Result<Vec<ValueRef>, String> {
         let image = || inputs.first().cloned().ok_or("no `image` input");
         match stage {
-            Stage::Whole => M::trace(&self.params, t, image()?),
+            Stage::Whole => {
+                if inputs.len() != M::INPUTS.len() {
+                    return Err(format!(
+                        "`{}` takes {} inputs, got {}",
+                        M::NAME,
+                        M::INPUTS.len(),
+                        inputs.len()
+                    ));
+                }
+                M::trace_inputs(&self.params, t, inputs)
+            }
             Stage::Encoder => M::trace_encoder(&self.params, t, image()?),
             Stage::Decoder => M::trace_decoder(&self.params, t, inputs),
         }

@@ -362,6 +362,112 @@ fn forward_nodes_trace_models_and_share_their_state() {
 }
 
 #[test]
+fn forward_instances_are_independent_parameter_sets_of_one_model() {
+    // CCT's auxiliary decoders: one architecture, one optimizer, a parameter set per instance;
+    // two forwards naming the same instance share it.
+    let yaml = "\
+name: m
+train: { iterations: 1, seed: 3 }
+models:
+  aux: { arch: scaler }
+optim:
+  aux: { kind: sgd, lr: 0.3, minimize: { la.loss: 1.0, lb.loss: 1.0 } }
+nodes:
+  - { name: a1, op: forward, inputs: { image: batch.x }, params: { model: aux, instance: a } }
+  - { name: a2, op: forward, inputs: { image: batch.x }, params: { model: aux, instance: a } }
+  - { name: b, op: forward, inputs: { image: batch.x }, params: { model: aux, instance: b } }
+  - { name: la, op: mse, inputs: { x: a2.logits, t: batch.t } }
+  - { name: lb, op: mse, inputs: { x: b.logits, t: batch.t } }
+";
+    let (spec, _) = spec::parse_graph(yaml, &[]).unwrap();
+    let g = ir::build(&spec, &model_registry(), &env()).unwrap();
+    let declared: Vec<&str> = g.params.keys().map(String::as_str).collect();
+    assert_eq!(
+        declared,
+        [
+            "aux.a.head.scale",
+            "aux.a.last_input",
+            "aux.b.head.scale",
+            "aux.b.last_input"
+        ]
+    );
+    assert_eq!(g.nodes[0].name.as_str(), "a1/a.mul");
+    // The sets start from their own draws and both train under the one optimizer.
+    let batch = tensors(&[("x", vec_of(1, 0.5, 1.5)), ("t", vec_of(2, 0.5, 2.0))]);
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    assert_ne!(t.state["aux.a.head.scale"], t.state["aux.b.head.scale"]);
+    let before = t.state.clone();
+    t.step(&batch, 0).unwrap();
+    for name in ["aux.a.head.scale", "aux.b.head.scale"] {
+        assert_ne!(t.state[name], before[name], "{name} did not train");
+    }
+    // A name that cannot be part of a state path is refused where it is written.
+    let bad = yaml.replace("instance: b }", "instance: b.c }");
+    let (spec, _) = spec::parse_graph(&bad, &[]).unwrap();
+    let e = ir::build(&spec, &model_registry(), &env()).unwrap_err();
+    assert!(
+        e.iter()
+            .any(|e| e.message.contains("`instance: b.c` is not a usable name")),
+        "{e:?}"
+    );
+}
+
+const TWO_OPTIMIZERS: &str = "\
+name: m
+train: { iterations: 1, seed: 3 }
+models:
+  a: { arch: scaler }
+  b: { arch: scaler }
+optim:
+  a: { kind: sgd, lr: 0.5, minimize: { l1.loss: 1.0 } }
+  b: { kind: sgd, lr: 0.5, minimize: { l2.loss: 1.0 } }
+nodes:
+  - { name: fa, op: forward, inputs: { image: batch.x }, params: { model: a } }
+  - { name: fb, op: forward, inputs: { image: fa.logits }, params: { model: b } }
+  - { name: l1, op: mse, inputs: { x: fb.logits, t: batch.t } }
+  - { name: l2, op: mse, inputs: { x: fb.logits, t: batch.x } }
+";
+
+#[test]
+fn each_optimizer_differentiates_its_own_model_through_the_others_held_fixed() {
+    // GCT's "frozen but passing gradients": a's loss l1 reaches a through b, and b's weights
+    // are not moved by it; b steps on its own loss l2 only. With y = x·wa·wb and
+    // mse = mean((y − t)²): ∂l1/∂wa = 2/N·(y − t)·x·wb, ∂l2/∂wb = 2/N·(y − u)·x·wa, both from
+    // the one forward, before either step (u = x here: l2 pulls y towards the input).
+    let batch = tensors(&[("x", vec_of(1, 0.5, 1.5)), ("t", vec_of(2, 0.5, 2.0))]);
+    let (spec, _) = spec::parse_graph(TWO_OPTIMIZERS, &[]).unwrap();
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    let f = |s: &BTreeMap<String, Tensor>, k: &str| s[k].f32().unwrap().to_vec();
+    let (wa, wb) = (f(&t.state, "a.head.scale"), f(&t.state, "b.head.scale"));
+    t.step(&batch, 0).unwrap();
+    let (x, tt) = (f(&batch, "x"), f(&batch, "t"));
+    let u = x.clone();
+    let n = x.len() as f64;
+    for i in 0..x.len() {
+        let (xa, a, b) = (f64::from(x[i]), f64::from(wa[i]), f64::from(wb[i]));
+        let y = xa * a * b;
+        let want_a = a - 0.5 * 2.0 / n * (y - f64::from(tt[i])) * xa * b;
+        let want_b = b - 0.5 * 2.0 / n * (y - f64::from(u[i])) * xa * a;
+        let (got_a, got_b) = (
+            f64::from(t.state["a.head.scale"].f32().unwrap()[i]),
+            f64::from(t.state["b.head.scale"].f32().unwrap()[i]),
+        );
+        assert!((got_a - want_a).abs() < 1e-5, "a[{i}]: {got_a} vs {want_a}");
+        assert!((got_b - want_b).abs() < 1e-5, "b[{i}]: {got_b} vs {want_b}");
+    }
+    // The order of `optim:` is the order of the steps, and no step reads another's result.
+    let swapped = TWO_OPTIMIZERS.replace(
+        "  a: { kind: sgd, lr: 0.5, minimize: { l1.loss: 1.0 } }\n  b: { kind: sgd, lr: 0.5, minimize: { l2.loss: 1.0 } }",
+        "  b: { kind: sgd, lr: 0.5, minimize: { l2.loss: 1.0 } }\n  a: { kind: sgd, lr: 0.5, minimize: { l1.loss: 1.0 } }",
+    );
+    assert_ne!(swapped, TWO_OPTIMIZERS);
+    let (spec, _) = spec::parse_graph(&swapped, &[]).unwrap();
+    let mut t2 = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    t2.step(&batch, 0).unwrap();
+    assert_eq!(t2.state, t.state);
+}
+
+#[test]
 fn traced_models_train_and_assign_their_buffers() {
     let (spec, _) = spec::parse_graph(MODEL_GRAPH, &[]).unwrap();
     let batch = tensors(&[("x", vec_of(1, 0.5, 1.5)), ("t", vec_of(2, 0.5, 2.0))]);

@@ -1,5 +1,5 @@
 // Element-wise arithmetic and data movement: the CUDA twins of add_fwd, mul_fwd, mul_bwd,
-// scale_fwd, threshold_fwd and the concat and slice kernels (concat_channels_fwd / _bwd,
+// scale_fwd, affine_fwd, mul_broadcast_fwd, threshold_fwd and the concat and slice kernels (concat_channels_fwd / _bwd,
 // concat_batch_fwd / _bwd, slice_channels_fwd / _bwd, slice_batch_fwd / _bwd) in
 // kernels/src/elementwise.rs (launchers in kernels/src/cuda/elementwise.rs).
 //
@@ -58,6 +58,31 @@ extern "C" __global__ void scale_fwd(const float* __restrict__ x,  // [n]
                                      float alpha,
                                      float* __restrict__ y) {      // [n]
     GRID_STRIDE(i, n) { y[i] = alpha * x[i]; }
+}
+
+// affine_fwd: y = alpha * x + beta, two roundings (no contraction under --fmad=false).
+extern "C" __global__ void affine_fwd(const float* __restrict__ x,  // [n]
+                                      unsigned long long n,
+                                      float alpha,
+                                      float beta,
+                                      float* __restrict__ y) {      // [n]
+    GRID_STRIDE(i, n) { y[i] = alpha * x[i] + beta; }
+}
+
+// mul_broadcast_fwd: y = x * m with m shared over the batch (over_channels = 0: m [C, H, W],
+// index i mod C·H·W) or over the channels (over_channels = 1: m [N, H, W], index
+// (i / (C·H·W))·H·W + i mod H·W).
+extern "C" __global__ void mul_broadcast_fwd(const float* __restrict__ x,  // [N, C, H, W]
+                                             const float* __restrict__ m,  // see above
+                                             unsigned long long len,       // N·C·H·W
+                                             unsigned long long image,     // C·H·W ≥ 1
+                                             unsigned long long plane,     // H·W ≥ 1
+                                             int over_channels,
+                                             float* __restrict__ y) {      // [N, C, H, W]
+    GRID_STRIDE(i, len) {
+        unsigned long long j = over_channels ? (i / image) * plane + i % plane : i % image;
+        y[i] = x[i] * m[j];
+    }
 }
 
 // threshold_fwd: y = 1 where x ≥ at (below: x < at), else 0; NaN gives 0 either way.

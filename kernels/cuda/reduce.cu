@@ -1,6 +1,6 @@
 // The reductions of kernels/src/reduce.rs: the CUDA twins of sum_fwd, mean_fwd, sum_bwd,
-// mean_bwd, dot_fwd, and sum_channels_fwd / _bwd, mean_channels_fwd / _bwd (launchers in
-// kernels/src/cuda/reduce.rs).
+// mean_bwd, dot_fwd, sum_channels_fwd / _bwd, mean_channels_fwd / _bwd, and l2_normalize_fwd
+// (launchers in kernels/src/cuda/reduce.rs).
 //
 // Sums over all elements and dot: like the CPU, accumulated in f64 (dot forms each product in
 // f64 too) and rounded to f32 once. They run in two launches so the result is deterministic (no
@@ -115,6 +115,32 @@ extern "C" __global__ void channels_bwd(const float* __restrict__ dy,  // [N, 1,
         float g = dy[n * plane + (i - (i / plane) * plane)];
         dx[i] = use_scale ? g * scale : g;
     }
+}
+
+// l2_normalize_fwd: one block per row; the block sums x² in f64 (a fixed-order tree), then every
+// thread writes (float)((double)x·factor) with factor = scale / (‖x‖ + eps), 0 when that
+// denominator is 0. The sum's order differs from the CPU's sequential one, so results agree to
+// f32 rounding, not always bit for bit.
+extern "C" __global__ void l2_normalize_rows(const float* __restrict__ x,  // [rows, per]
+                                             unsigned long long per,       // ≥ 1
+                                             double scale,
+                                             double eps,
+                                             float* __restrict__ y) {      // [rows, per]
+    __shared__ double shared[REDUCE_THREADS];
+    const float* xr = x + (unsigned long long)blockIdx.x * per;
+    float* yr = y + (unsigned long long)blockIdx.x * per;
+    double acc = 0.0;
+    for (unsigned long long i = threadIdx.x; i < per; i += blockDim.x)
+        acc += (double)xr[i] * (double)xr[i];
+    double total = block_sum(acc, shared);
+    __shared__ double factor;
+    if (threadIdx.x == 0) {
+        double d = sqrt(total) + eps;
+        factor = d == 0.0 ? 0.0 : scale / d;
+    }
+    __syncthreads();
+    for (unsigned long long i = threadIdx.x; i < per; i += blockDim.x)
+        yr[i] = (float)((double)xr[i] * factor);
 }
 
 // cam_normalize_fwd: per (n, c) plane, x = max(scores, 0)·label[n, c], y = x·(1/max(m, 1e-5))

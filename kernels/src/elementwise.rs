@@ -1,5 +1,6 @@
 //! Element-wise arithmetic and the data-movement kernels that join and split tensors: add, mul,
-//! scale, threshold (a 0/1 mask); concatenation and slicing along the channel axis (skip
+//! scale, affine (α·x + β), mul_broadcast (a multiplier shared over batch or channels),
+//! threshold (a 0/1 mask); concatenation and slicing along the channel axis (skip
 //! connections, ASPP branches) and along the batch axis (labeled and unlabeled halves of a
 //! semi-supervised batch).
 //!
@@ -12,7 +13,8 @@
 //! (concat and slice forwards, concat backward) take any `T: Copy`, so integer label maps can be
 //! joined and split with the same code. All of them overwrite their outputs.
 //!
-//! Not here: broadcasting (both operands of add/mul have the same length), strided views (every
+//! Broadcasting exists in one form only, [`mul_broadcast_fwd`] (a multiplier shared over the
+//! batch or over the channels). Not here: other broadcasting, strided views (every
 //! slice is copied into a contiguous output), and in-place variants.
 
 use crate::{check_len, KernelError, Nchw, Real};
@@ -62,6 +64,76 @@ pub fn scale_fwd<T: Real>(x: &[T], alpha: T, y: &mut [T]) -> Result<(), KernelEr
     check_len("scale_fwd", "y", y, x.len())?;
     for (o, &v) in y.iter_mut().zip(x) {
         *o = alpha * v;
+    }
+    Ok(())
+}
+
+/// y = alpha · x + beta (two roundings: the product, then the sum; no fused multiply-add, as
+/// the CUDA twin under --fmad=false). x, y: any shape, same length. Maps draws onto a range
+/// (CCT's noise multiplier 1 + U(−r, r) from U(0, 1)) and masks onto their complement
+/// (1 − m).
+pub fn affine_fwd<T: Real>(x: &[T], alpha: T, beta: T, y: &mut [T]) -> Result<(), KernelError> {
+    check_len("affine_fwd", "y", y, x.len())?;
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = alpha * v + beta;
+    }
+    Ok(())
+}
+
+/// Which axis a [`mul_broadcast_fwd`] multiplier is shared over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broadcast {
+    /// m: [C, H, W], the same for every sample (`x * m.unsqueeze(0)`).
+    OverBatch,
+    /// m: [N, H, W], the same for every channel (`x * m.unsqueeze(1)`).
+    OverChannels,
+}
+
+/// y = x ⊙ m with m broadcast over the batch or the channels. Also its own backward with
+/// respect to x: dx = mul_broadcast_fwd(dy, m) (the multipliers of the CCT perturbations are
+/// constants: noise, or masks from comparisons).
+///
+/// * `x`, `y`: [N, C, H, W] (`shape`).
+/// * `m`: [C, H, W] for [`Broadcast::OverBatch`], [N, H, W] for [`Broadcast::OverChannels`].
+pub fn mul_broadcast_fwd<T: Real>(
+    x: &[T],
+    m: &[T],
+    shape: Nchw,
+    over: Broadcast,
+    y: &mut [T],
+) -> Result<(), KernelError> {
+    const K: &str = "mul_broadcast_fwd";
+    check_len(K, "x", x, shape.len())?;
+    check_len(K, "y", y, shape.len())?;
+    let plane = shape.plane();
+    match over {
+        Broadcast::OverBatch => {
+            check_len(K, "m", m, shape.c * plane)?;
+            if m.is_empty() {
+                return Ok(());
+            }
+            for (yi, xi) in y.chunks_exact_mut(m.len()).zip(x.chunks_exact(m.len())) {
+                for ((o, &v), &f) in yi.iter_mut().zip(xi).zip(m) {
+                    *o = v * f;
+                }
+            }
+        }
+        Broadcast::OverChannels => {
+            check_len(K, "m", m, shape.n * plane)?;
+            if plane == 0 {
+                return Ok(());
+            }
+            for (i, (yp, xp)) in y
+                .chunks_exact_mut(plane)
+                .zip(x.chunks_exact(plane))
+                .enumerate()
+            {
+                let mp = &m[(i / shape.c.max(1)) * plane..][..plane];
+                for ((o, &v), &f) in yp.iter_mut().zip(xp).zip(mp) {
+                    *o = v * f;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -363,6 +435,35 @@ pub fn slice_batch_bwd<T: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn affine_and_broadcast_products_by_hand() {
+        let mut y = [0f32; 3];
+        affine_fwd(&[0.0f32, 0.5, 1.0], 0.6, 0.7, &mut y).unwrap();
+        assert_eq!(y, [0.7, 0.6f32 * 0.5 + 0.7, 0.6f32 + 0.7]);
+        // x: [N=2, C=2, H=1, W=2] = 1..8.
+        let x: Vec<f32> = (1..=8).map(|v| v as f32).collect();
+        let s = Nchw::new(2, 2, 1, 2);
+        let mut y = [0f32; 8];
+        // Over the batch: m [C=2, 1, 2] multiplies both samples alike.
+        mul_broadcast_fwd(&x, &[1.0, 0.0, 2.0, -1.0], s, Broadcast::OverBatch, &mut y).unwrap();
+        assert_eq!(y, [1.0, 0.0, 6.0, -4.0, 5.0, 0.0, 14.0, -8.0]);
+        // Over the channels: m [N=2, 1, 2] multiplies both channels of its sample alike.
+        mul_broadcast_fwd(
+            &x,
+            &[1.0, 0.0, 0.5, 2.0],
+            s,
+            Broadcast::OverChannels,
+            &mut y,
+        )
+        .unwrap();
+        assert_eq!(y, [1.0, 0.0, 3.0, 0.0, 2.5, 12.0, 3.5, 16.0]);
+        let e = mul_broadcast_fwd(&x, &[1.0; 3], s, Broadcast::OverChannels, &mut y).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "mul_broadcast_fwd: `m` has 3 elements, expected 4"
+        );
+    }
     use crate::testing::{gradcheck, rand_vec};
 
     #[test]

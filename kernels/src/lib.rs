@@ -45,6 +45,7 @@ pub mod loss;
 pub mod metrics;
 pub mod mix;
 pub mod optim;
+pub mod perturb;
 pub mod philox;
 pub mod pool;
 mod real;

@@ -64,6 +64,9 @@ pub enum Denominator {
     ValidPixels,
     /// N·H·W, whatever is ignored or masked (FixMatch's mean over all unlabeled pixels).
     AllPixels,
+    /// N·K·H·W, every element of the class maps: with no mask, the mean PyTorch's
+    /// `F.mse_loss(a, b)` takes (CCT's and GCT's consistency losses), whatever K is.
+    AllElements,
     /// Σ of the per-pixel weights (or mask values) over valid pixels; the valid count when there
     /// are no weights.
     WeightSum,
@@ -72,17 +75,18 @@ pub enum Denominator {
 }
 
 impl Denominator {
-    /// The value of D given the batch's statistics.
+    /// The value of D given the batch's statistics and the shape of the class maps.
     fn resolve(
         self,
         kernel: &'static str,
         valid: usize,
         weight_sum: f64,
-        all: usize,
+        shape: Nchw,
     ) -> Result<f64, KernelError> {
         match self {
             Denominator::ValidPixels => Ok(valid as f64),
-            Denominator::AllPixels => Ok(all as f64),
+            Denominator::AllPixels => Ok((shape.n * shape.plane()) as f64),
+            Denominator::AllElements => Ok(shape.len() as f64),
             Denominator::WeightSum => Ok(weight_sum),
             Denominator::Constant(c) if c.is_finite() && c >= 0.0 => Ok(c),
             Denominator::Constant(c) => Err(KernelError::Shape {
@@ -257,7 +261,7 @@ fn masked_prologue<T: Real>(
     check_pair(kernel, names, a, b, mask, shape)?;
     let pixels = shape.n * shape.plane();
     let (valid, wsum) = mask_stats(mask, pixels);
-    Ok(inv(denominator.resolve(kernel, valid, wsum, pixels)?))
+    Ok(inv(denominator.resolve(kernel, valid, wsum, shape)?))
 }
 
 /// Σ_p w_p·ℓ_p over the pixels of image `n` (`per_pixel` is [H·W]), skipping w = 0 outright so
@@ -300,7 +304,7 @@ pub fn cross_entropy_fwd<T: Real>(
     }
     let ignore = params.ignore_index;
     let (valid, wsum) = check_targets(K, target, weight, shape, ignore)?;
-    let d = params.denominator.resolve(K, valid, wsum, pixels)?;
+    let d = params.denominator.resolve(K, valid, wsum, shape)?;
     if shape.is_empty() {
         if let Some(pl) = pixel_loss {
             pl.fill(T::zero());
@@ -386,7 +390,7 @@ pub fn cross_entropy_bwd<T: Real>(
     check_len(K, "dlogits", dlogits, shape.len())?;
     let ignore = params.ignore_index;
     let (valid, wsum) = check_targets(K, target, weight, shape, ignore)?;
-    let d = params.denominator.resolve(K, valid, wsum, pixels)?;
+    let d = params.denominator.resolve(K, valid, wsum, shape)?;
     if shape.is_empty() {
         return Ok(());
     }

@@ -12,6 +12,9 @@
 //! elements (or zero channels) is an error rather than PyTorch's NaN, since it always means an
 //! upstream shape bug here.
 //!
+//! Also the per-row L2 normalisation [`l2_normalize_fwd`] (a reduction per row, then a scale):
+//! the unit directions of VAT.
+//!
 //! Per-plane normalisation by the maximum (`cam_normalize_fwd`, PseudoSeg's class activation maps,
 //! googleinterns/wss core/train_utils_core.py `compute_cam_v2`): x = ReLU(scores)·ℓ with ℓ the
 //! per-(image, class) label, m = max over H·W of x, y = [m > 0]·x / max(m, 1e-5)
@@ -182,6 +185,50 @@ pub fn mean_channels_bwd<T: Real>(dy: &[T], shape: Nchw, dx: &mut [T]) -> Result
     channels_bwd(K, dy, shape, dx, Some(T::of(1.0 / shape.c as f64)))
 }
 
+/// Per-row L2 normalisation, `scale · x / (‖x‖₂ + eps)` over each of `rows` equal rows (one
+/// row per sample: CCT's `_l2_normalize`, `d / (torch.norm(d.view(N, -1), dim=1) + 1e-8)`).
+/// The norm accumulates in f64; the factor scale/(‖x‖ + eps) is formed in f64 and each element
+/// rounds once. A zero row stays zero (also with eps = 0).
+///
+/// * `x`, `y`: [rows, len / rows], flattened; `x.len()` must divide into `rows` (rows = 0 only
+///   for an empty slice).
+pub fn l2_normalize_fwd<T: Real>(
+    x: &[T],
+    rows: usize,
+    scale: f64,
+    eps: f64,
+    y: &mut [T],
+) -> Result<(), KernelError> {
+    const K: &str = "l2_normalize_fwd";
+    check_len(K, "y", y, x.len())?;
+    if rows == 0 || x.len() % rows != 0 {
+        if x.is_empty() {
+            return Ok(());
+        }
+        return Err(KernelError::Shape {
+            kernel: K,
+            reason: format!("{} elements do not split into {rows} equal rows", x.len()),
+        });
+    }
+    let per = x.len() / rows;
+    if per == 0 {
+        return Ok(());
+    }
+    for (xr, yr) in x.chunks_exact(per).zip(y.chunks_exact_mut(per)) {
+        let norm = xr.iter().map(|v| v.f64() * v.f64()).sum::<f64>().sqrt();
+        // A zero row with eps = 0 would be 0/0: it stays zero instead.
+        let factor = if norm + eps == 0.0 {
+            0.0
+        } else {
+            scale / (norm + eps)
+        };
+        for (o, &v) in yr.iter_mut().zip(xr) {
+            *o = T::of(v.f64() * factor);
+        }
+    }
+    Ok(())
+}
+
 /// The floor of the maximum a map is divided by (`_div_maybe_zero`'s `tf.maximum(1e-5, ·)`).
 const CAM_MAX_FLOOR: f64 = 1e-5;
 
@@ -229,6 +276,21 @@ pub fn cam_normalize_fwd<T: Real>(
 mod tests {
     use super::*;
     use crate::testing::{assert_close, gradcheck, rand_vec};
+
+    #[test]
+    fn l2_normalize_rows_by_hand() {
+        // Rows (3, 4) and (0, 0): norms 5 and 0.
+        let mut y = [0f32; 4];
+        l2_normalize_fwd(&[3.0f32, 4.0, 0.0, 0.0], 2, 2.0, 0.0, &mut y).unwrap();
+        assert_eq!(y, [1.2, 1.6, 0.0, 0.0]);
+        l2_normalize_fwd(&[3.0f32, 4.0, 0.0, 0.0], 2, 1.0, 1.0, &mut y).unwrap();
+        assert_eq!(y, [0.5, 4.0 / 6.0, 0.0, 0.0]);
+        let e = l2_normalize_fwd(&[1.0f32; 5], 2, 1.0, 0.0, &mut [0f32; 5]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "l2_normalize_fwd: 5 elements do not split into 2 equal rows"
+        );
+    }
 
     #[test]
     fn hand_computed_totals() {

@@ -14,6 +14,7 @@ mod cuda_common;
 use cuda_common::*;
 
 use flowseg_kernels::cuda::{self, DeviceBuf, DeviceBufMut};
+use flowseg_kernels::elementwise::Broadcast;
 use flowseg_kernels::{elementwise, Nchw};
 
 #[test]
@@ -299,4 +300,43 @@ fn concat_and_slice_errors_are_the_cpu_errors() {
         err.contains("channel range 2..4 is not within 0..3"),
         "{err}"
     );
+}
+
+#[test]
+fn affine_and_broadcast_products_match_cpu_bit_for_bit() {
+    let Some(dev) = device() else { return };
+    for &n in SIZES {
+        let x = uniform(11, n, -3.0, 3.0);
+        let gx = up(&dev, &x);
+        let mut g = zeros(&dev, n);
+        let mut cpu = vec![0f32; n];
+        cuda::elementwise::affine_fwd(&dev, &gx, 0.6, 0.7, &mut g).unwrap();
+        elementwise::affine_fwd(&x, 0.6, 0.7, &mut cpu).unwrap();
+        exact(&format!("affine_fwd n={n}"), &down(&dev, &g), &cpu);
+    }
+    for shape in [
+        Nchw::new(3, 5, 7, 9),
+        Nchw::new(2, 16, 64, 64),
+        Nchw::new(1, 1, 1, 1),
+    ] {
+        let x = uniform(12, shape.len(), -2.0, 2.0);
+        let gx = up(&dev, &x);
+        for over in [Broadcast::OverBatch, Broadcast::OverChannels] {
+            let m_len = match over {
+                Broadcast::OverBatch => shape.c * shape.plane(),
+                Broadcast::OverChannels => shape.n * shape.plane(),
+            };
+            let m = uniform(13, m_len, 0.0, 2.0);
+            let mut g = zeros(&dev, shape.len());
+            let mut cpu = vec![0f32; shape.len()];
+            cuda::elementwise::mul_broadcast_fwd(&dev, &gx, &up(&dev, &m), shape, over, &mut g)
+                .unwrap();
+            elementwise::mul_broadcast_fwd(&x, &m, shape, over, &mut cpu).unwrap();
+            exact(
+                &format!("mul_broadcast_fwd {shape:?} {over:?}"),
+                &down(&dev, &g),
+                &cpu,
+            );
+        }
+    }
 }

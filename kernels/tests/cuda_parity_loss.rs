@@ -39,6 +39,7 @@ fn cross_entropy_fwd_and_bwd_match_cpu() {
     let denominators = [
         Denominator::ValidPixels,
         Denominator::AllPixels,
+        Denominator::AllElements,
         Denominator::WeightSum,
         Denominator::Constant(123.0),
     ];
@@ -141,9 +142,10 @@ const SHAPES: &[Nchw] = &[
     Nchw::new(8, 21, 128, 128),
 ];
 
-const DENOMINATORS: [Denominator; 4] = [
+const DENOMINATORS: [Denominator; 5] = [
     Denominator::ValidPixels,
     Denominator::AllPixels,
+    Denominator::AllElements,
     Denominator::WeightSum,
     Denominator::Constant(123.0),
 ];

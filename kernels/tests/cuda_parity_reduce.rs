@@ -108,6 +108,27 @@ fn dot_and_channel_reductions_match_cpu() {
 }
 
 #[test]
+fn l2_normalize_matches_cpu_to_f32_rounding() {
+    let Some(dev) = device() else { return };
+    for (rows, per) in [(1, 1), (3, 1000), (8, 16 * 64 * 64), (2, 257)] {
+        let mut x = uniform(21, rows * per, -0.5, 0.5);
+        // A zero row stays zero on both sides.
+        x[..per].fill(0.0);
+        let mut g = zeros(&dev, x.len());
+        let mut cpu = vec![0f32; x.len()];
+        cuda::reduce::l2_normalize_fwd(&dev, &up(&dev, &x), rows, 2.0, 1e-8, &mut g).unwrap();
+        reduce::l2_normalize_fwd(&x, rows, 2.0, 1e-8, &mut cpu).unwrap();
+        close(
+            &format!("l2_normalize_fwd {rows}x{per}"),
+            &down(&dev, &g),
+            &cpu,
+            1e-7,
+            1e-6,
+        );
+    }
+}
+
+#[test]
 fn cam_normalize_matches_cpu_exactly() {
     let Some(dev) = device() else { return };
     for shape in [

@@ -44,12 +44,16 @@ pub mod forward {
     pub mod concat;
     pub mod conv2d;
     pub mod dropout;
+    pub mod feature_drop;
+    pub mod feature_noise;
     pub mod global_avg_pool;
+    pub mod guided_mask;
     pub mod leaky_relu;
     pub mod max_pool2d;
     pub mod mean;
     pub mod mul;
     pub mod prepend_background;
+    mod perturb;
     pub mod relu;
     pub mod resize_bilinear;
     pub mod self_attention;
@@ -63,8 +67,10 @@ pub mod fuse {
     pub mod cam_normalize;
     pub mod detach;
     pub mod image_labels;
+    pub mod l2_normalize;
     pub mod label_accuracy;
     pub mod max_confidence;
+    pub mod random_direction;
     pub mod sharpen;
     pub mod threshold;
 }
@@ -110,7 +116,10 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::concat::Concat>()?;
     r.add::<forward::conv2d::Conv2d>()?;
     r.add::<forward::dropout::Dropout>()?;
+    r.add::<forward::feature_drop::FeatureDrop>()?;
+    r.add::<forward::feature_noise::FeatureNoise>()?;
     r.add::<forward::global_avg_pool::GlobalAvgPool>()?;
+    r.add::<forward::guided_mask::GuidedMask>()?;
     r.add::<forward::leaky_relu::LeakyRelu>()?;
     r.add::<forward::max_pool2d::MaxPool2d>()?;
     r.add::<forward::mean::Mean>()?;
@@ -124,8 +133,10 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<fuse::cam_normalize::CamNormalize>()?;
     r.add::<fuse::detach::Detach>()?;
     r.add::<fuse::image_labels::ImageLabels>()?;
+    r.add::<fuse::l2_normalize::L2Normalize>()?;
     r.add::<fuse::label_accuracy::LabelAccuracy>()?;
     r.add::<fuse::max_confidence::MaxConfidence>()?;
+    r.add::<fuse::random_direction::RandomDirection>()?;
     r.add::<fuse::sharpen::Sharpen>()?;
     r.add::<fuse::threshold::Threshold>()?;
     r.add::<loss::binary_cross_entropy::BinaryCrossEntropy>()?;

@@ -127,6 +127,7 @@ pub(super) fn infer_and_trace(
                 model,
                 train,
                 stage,
+                instance,
             } => {
                 // Every port of a forward is required: a missing one was reported already.
                 let Some(inputs) = sources.iter().cloned().collect::<Option<Vec<ValueRef>>>()
@@ -142,7 +143,8 @@ pub(super) fn infer_and_trace(
                     model: model.clone(),
                     node: p.name.clone(),
                     train: *train,
-                    scope: Vec::new(),
+                    // An instance is the outermost module of the model's state names.
+                    scope: instance.iter().cloned().collect(),
                 };
                 match net.trace_stage(*stage, &mut tracer, inputs) {
                     Ok(outs) => produced[i] = Some(outs),

@@ -14,6 +14,7 @@
 //! | FS0107 | shape or dtype mismatch found by shape inference |
 //! | FS0108 | a node none of whose outputs is consumed (warning; an error under `--strict`) |
 //! | FS0112 | a `forward` names no model, or a model has no known architecture |
+//! | FS0123 | `eval.models` names a model that takes inputs other than `image` |
 //!
 //! `forward` nodes are composites: the named model's architecture traces its primitive nodes into
 //! the graph in place of the `forward` node (see `model.rs`), declaring its parameters as state.
@@ -21,7 +22,8 @@
 //! `build` runs named passes, one file each, every one testable alone:
 //!
 //! 0. [`models`]: configure each entry of `models:` once (FS0112 unknown architecture, FS0102
-//!    bad params), reported at the model, not at each node that uses it;
+//!    bad params), reported at the model, not at each node that uses it; `eval.models` entries
+//!    that are not image-input models (FS0123);
 //! 1. [`names`]: index the node names (FS0105), configure each node's op or model call
 //!    (FS0101, FS0102, FS0112), resolve every input reference against the ports (FS0103,
 //!    FS0104);
@@ -71,7 +73,10 @@ pub(super) const GRAD_OUTPUTS: &[Port] =
     &[Port::req("grad", "like wrt: d(of)/d(wrt), a stop-gradient")];
 /// FS0115: a `grad` whose `of` does not depend on its `wrt`.
 pub const NO_GRADIENT: &str = "FS0115";
-pub(super) const FORWARD_INPUTS: &[Port] = &[Port::req("image", "f32[N, 3, H, W]")];
+/// The input of an encoder stage (the default input of every image-input model).
+pub(super) const FORWARD_INPUTS: &[Port] = crate::model::IMAGE_INPUTS;
+/// FS0123: `eval.models` names a model whose inputs are not just `image`.
+pub const NOT_EVALUABLE: &str = "FS0123";
 
 /// FS0108: unused output.
 pub const UNUSED_OUTPUT: &str = "FS0108";
@@ -97,6 +102,8 @@ pub(super) enum Kind {
         model: String,
         train: bool,
         stage: Stage,
+        /// The parameter set (`<model>.<instance>.…`), when the node names one.
+        instance: Option<String>,
     },
     Grad,
 }
@@ -121,6 +128,7 @@ pub fn build(spec: &GraphSpec, registry: &Registry, env: &Env) -> Result<Graph, 
     let mut errors = Vec::new();
     let index = names::index_names(spec, &mut errors);
     let models = models::configure_models(spec, registry, &mut errors);
+    models::check_eval_models(spec, &models, &mut errors);
     let kinds = names::configure_nodes(spec, registry, &models, &mut errors);
     let out_ports = names::output_ports(&kinds);
     let pending = names::resolve_references(spec, env, &index, &out_ports, kinds, &mut errors);
@@ -176,6 +184,7 @@ pub fn check_without_data(spec: &GraphSpec, registry: &Registry) -> Vec<GraphErr
     let mut errors = Vec::new();
     let index = names::index_names(spec, &mut errors);
     let models = models::configure_models(spec, registry, &mut errors);
+    models::check_eval_models(spec, &models, &mut errors);
     let kinds = names::configure_nodes(spec, registry, &models, &mut errors);
     let out_ports = names::output_ports(&kinds);
     let pending = names::resolve_references(spec, &env, &index, &out_ports, kinds, &mut errors);

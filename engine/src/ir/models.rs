@@ -4,12 +4,15 @@
 //! architecture, FS0102 bad params), whether one node, several or none use it. `forward` nodes
 //! then find their model here and never report a model's own mistake again.
 //!
+//! Also here: `eval.models` may name only models whose architecture takes an image alone
+//! (FS0123): evaluation feeds held-out images, nothing else.
+//!
 //! Not here: whether a `forward` node's `model:` names a model and its `stage:` fits the
 //! architecture (names.rs: those are the node's mistakes).
 
-use super::BAD_PARAMS;
+use super::{BAD_PARAMS, NOT_EVALUABLE};
 use crate::graph::Port;
-use crate::model::Net;
+use crate::model::{Net, IMAGE_INPUTS};
 use crate::registry::Registry;
 use crate::spec::{GraphError, GraphSpec, BAD_MODEL};
 use std::collections::BTreeMap;
@@ -22,6 +25,8 @@ pub(super) struct Configured {
     pub(super) net: Arc<dyn Net>,
     /// The architecture's name.
     pub(super) arch: &'static str,
+    /// Inputs of a whole forward (`image` for most; several for a multi-input model).
+    pub(super) inputs: &'static [Port],
     /// Outputs of a whole forward.
     pub(super) outputs: &'static [Port],
     /// The ports between encoder and decoder (empty: no stages).
@@ -92,6 +97,7 @@ pub(super) fn configure_models(
                     Some(Configured {
                         net,
                         arch: def.name(),
+                        inputs: def.inputs(),
                         outputs: def.outputs(),
                         encoded: def.encoded(),
                     }),
@@ -126,4 +132,46 @@ pub(super) fn configure_models(
         }
     }
     out
+}
+
+/// FS0123 for every `eval.models` entry whose model takes inputs other than one `image` (a
+/// multi-input model such as GCT's flaw detector): evaluation has nothing to feed them. An
+/// entry naming no model was reported when the file was read (FS0112); a model with its own
+/// mistake, where it is defined.
+pub(super) fn check_eval_models(spec: &GraphSpec, models: &Models, errors: &mut Vec<GraphError>) {
+    for name in spec.eval.models.iter().flatten() {
+        let Some(Some(model)) = models.get(&name.value) else {
+            continue;
+        };
+        if model
+            .inputs
+            .iter()
+            .map(|p| p.name)
+            .eq(IMAGE_INPUTS.iter().map(|p| p.name))
+        {
+            continue;
+        }
+        let ports: Vec<String> = model
+            .inputs
+            .iter()
+            .map(|p| format!("`{}`", p.name))
+            .collect();
+        errors.push(
+            GraphError::new(
+                NOT_EVALUABLE,
+                format!(
+                    "`eval.models` names `{}`, whose architecture `{}` takes {}: evaluation \
+                     feeds an image only",
+                    name.value,
+                    model.arch,
+                    ports.join(", ")
+                ),
+                name.loc,
+            )
+            .help(
+                "list the segmentation models that take `image` alone; a model that reads \
+                 other inputs (a flaw detector, a head on features) is trained, not evaluated",
+            ),
+        );
+    }
 }

@@ -29,6 +29,11 @@ struct ForwardParams {
     /// `whole` (default), `encoder` or `decoder`: which part of a split architecture runs.
     #[serde(default)]
     stage: Stage,
+    /// One of several independent parameter sets of the model: its state is declared under
+    /// `<model>.<instance>.…` (CCT's auxiliary decoders: one architecture, K parameter sets, one
+    /// optimizer over `<model>.*`). Forwards naming the same instance share its parameters.
+    #[serde(default)]
+    instance: Option<Sp<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -186,9 +191,10 @@ pub(super) fn resolve_references(
         };
         for (port, r) in &n.inputs {
             if !ports.inputs.iter().any(|p| p.name == port) {
+                let names = || ports.inputs.iter().map(|p| p.name);
                 errors.push(
                     node_err(BAD_PORT, format!("`{what}` has no input `{port}`"), r.loc)
-                        .help(port_list("inputs", ports.inputs.iter().map(|p| p.name))),
+                        .help(nearest_or(port, names(), || port_list("inputs", names()))),
                 );
             }
         }
@@ -279,16 +285,36 @@ pub(super) fn forward_kind(
     op_loc: Loc,
 ) -> Result<(Kind, Ports), Option<GraphError>> {
     let empty = crate::spec::Node::detached(crate::spec::Value::Map(Vec::new()));
-    let fp: ForwardParams = from_node(params.unwrap_or(&empty)).map_err(|e| {
-        let loc = if e.loc.is_located() { e.loc } else { op_loc };
-        GraphError::new(
-            BAD_PARAMS,
-            format!("params of `forward`: {}", e.message),
-            loc,
-        )
-        .help("write `params: { model: <name>, mode: train | eval, stage: whole | encoder | decoder }`")
-    })
-    .map_err(Some)?;
+    let fp: ForwardParams = from_node(params.unwrap_or(&empty))
+        .map_err(|e| {
+            let loc = if e.loc.is_located() { e.loc } else { op_loc };
+            GraphError::new(
+                BAD_PARAMS,
+                format!("params of `forward`: {}", e.message),
+                loc,
+            )
+            .help(
+                "write `params: { model: <name>, mode: train | eval, stage: whole | encoder | \
+             decoder, instance: <name> }` (`mode`, `stage`, `instance` optional)",
+            )
+        })
+        .map_err(Some)?;
+    if let Some(inst) = &fp.instance {
+        if !crate::spec::is_identifier(&inst.value) {
+            return Err(Some(
+                GraphError::new(
+                    BAD_PARAMS,
+                    format!("`instance: {}` is not a usable name", inst.value),
+                    inst.loc,
+                )
+                .help(
+                    "an instance names a parameter set inside the model's state \
+                     (`<model>.<instance>.…`): letters, digits, `_`, `-`, not starting with a \
+                     digit or `-`",
+                ),
+            ));
+        }
+    }
     let find = |name: &str| {
         spec.models
             .iter()
@@ -312,8 +338,13 @@ pub(super) fn forward_kind(
     let Some(Some(model)) = models.get(&fp.model.value) else {
         return Err(None);
     };
-    let (net, def_name, outputs, encoded) =
-        (model.net.clone(), model.arch, model.outputs, model.encoded);
+    let (net, def_name, inputs, outputs, encoded) = (
+        model.net.clone(),
+        model.arch,
+        model.inputs,
+        model.outputs,
+        model.encoded,
+    );
     if fp.stage != Stage::Whole && encoded.is_empty() {
         let split: Vec<&str> = (registry.models())
             .filter(|m| !m.encoded().is_empty())
@@ -331,11 +362,10 @@ pub(super) fn forward_kind(
             .help(port_list("split architectures", split.into_iter())),
         ));
     }
+    // A whole model takes its architecture's inputs (one `image` for most); the encoder
+    // stage takes the image only (model.rs: stages are for image-input models).
     let ports = match fp.stage {
-        Stage::Whole => Ports {
-            inputs: FORWARD_INPUTS,
-            outputs,
-        },
+        Stage::Whole => Ports { inputs, outputs },
         Stage::Encoder => Ports {
             inputs: FORWARD_INPUTS,
             outputs: encoded,
@@ -351,6 +381,7 @@ pub(super) fn forward_kind(
             model: fp.model.value.clone(),
             train: fp.mode == Mode::Train,
             stage: fp.stage,
+            instance: fp.instance.map(|i| i.value),
         },
         ports,
     ))

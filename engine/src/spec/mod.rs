@@ -13,6 +13,7 @@ pub mod de;
 mod graph;
 mod range;
 mod validate;
+pub(crate) use validate::is_identifier;
 pub mod value;
 
 pub use de::{from_node, DeError, Sp};

@@ -25,7 +25,7 @@ fn is_run_name(s: &str) -> bool {
 
 /// A node or model name: an identifier (letters, digits, `_`, `-`; not starting with a digit
 /// or `-`), and not a reference head or a reserved composite.
-fn is_identifier(s: &str) -> bool {
+pub(crate) fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     chars
         .next()

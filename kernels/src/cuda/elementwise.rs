@@ -16,7 +16,7 @@ use super::common::{expect, grid, launch};
 use super::device::{Device, DeviceBuf, DeviceBufMut};
 use super::nvrtc::ELEMENTWISE;
 use super::CudaError;
-use crate::elementwise::{check_parts, check_range, Axis};
+use crate::elementwise::{check_parts, check_range, Axis, Broadcast};
 use crate::Nchw;
 use cudarc::driver::PushKernelArg;
 
@@ -125,6 +125,55 @@ pub fn scale_fwd(
     let s = dev.stream();
     let (px, py, n64) = (x.device_addr(s), y.device_addr(s), n as u64);
     launch!(dev, ELEMENTWISE, "scale_fwd", grid(n); px, n64, alpha, py)
+}
+
+/// [`crate::elementwise::affine_fwd`]: y = alpha · x + beta, bit-identical (two roundings).
+/// x, y: same length.
+pub fn affine_fwd(
+    dev: &Device,
+    x: &impl DeviceBuf<f32>,
+    alpha: f32,
+    beta: f32,
+    y: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    let n = x.elems();
+    expect("affine_fwd", "y", y, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let s = dev.stream();
+    let (px, py, n64) = (x.device_addr(s), y.device_addr(s), n as u64);
+    launch!(dev, ELEMENTWISE, "affine_fwd", grid(n); px, n64, alpha, beta, py)
+}
+
+/// [`crate::elementwise::mul_broadcast_fwd`]: y = x ⊙ m, m shared over the batch ([C, H, W]) or
+/// over the channels ([N, H, W]); bit-identical. x, y: [N, C, H, W] (`shape`).
+pub fn mul_broadcast_fwd(
+    dev: &Device,
+    x: &impl DeviceBuf<f32>,
+    m: &impl DeviceBuf<f32>,
+    shape: Nchw,
+    over: Broadcast,
+    y: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    const K: &str = "mul_broadcast_fwd";
+    expect(K, "x", x, shape.len())?;
+    expect(K, "y", y, shape.len())?;
+    let plane = shape.plane();
+    let (m_len, over_channels) = match over {
+        Broadcast::OverBatch => (shape.c * plane, 0i32),
+        Broadcast::OverChannels => (shape.n * plane, 1i32),
+    };
+    expect(K, "m", m, m_len)?;
+    let n = shape.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let s = dev.stream();
+    let (px, pm, py) = (x.device_addr(s), m.device_addr(s), y.device_addr(s));
+    let (len, image, plane) = (n as u64, (shape.c * plane) as u64, plane as u64);
+    launch!(dev, ELEMENTWISE, "mul_broadcast_fwd", grid(n);
+        px, pm, len, image, plane, over_channels, py)
 }
 
 /// [`crate::elementwise::threshold_fwd`]: y = 1 where x ≥ at (with `below`: x < at), else 0;

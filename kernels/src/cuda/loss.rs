@@ -24,11 +24,17 @@ use crate::{KernelError, Nchw};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// (mode, constant) of a denominator as `ce_finalize` reads them; rejects a bad constant with
-/// the CPU's message. Shared by every loss of this file.
-fn denominator_code(kernel: &'static str, d: Denominator) -> Result<(i32, f64), CudaError> {
+/// the CPU's message. Shared by every loss of this file. `AllElements` (N·K·H·W) is known on the
+/// host, so it travels as a constant.
+fn denominator_code(
+    kernel: &'static str,
+    d: Denominator,
+    shape: Nchw,
+) -> Result<(i32, f64), CudaError> {
     Ok(match d {
         Denominator::ValidPixels => (0, 0.0),
         Denominator::AllPixels => (1, 0.0),
+        Denominator::AllElements => (3, shape.len() as f64),
         Denominator::WeightSum => (2, 0.0),
         Denominator::Constant(c) if c.is_finite() && c >= 0.0 => (3, c),
         Denominator::Constant(c) => {
@@ -81,7 +87,7 @@ pub fn cross_entropy_fwd(
         expect(K, "pixel_loss", pl, pixels)?;
     }
     expect(K, "loss", loss, 1)?;
-    let (mode, constant) = denominator_code(K, params.denominator)?;
+    let (mode, constant) = denominator_code(K, params.denominator, shape)?;
     if shape.c == 0 && pixels > 0 {
         return Err(KernelError::Shape {
             kernel: K,
@@ -133,7 +139,7 @@ pub fn cross_entropy_bwd(
     check_ce_common(K, logits, target, weight, shape)?;
     expect(K, "dloss", dloss, 1)?;
     expect(K, "dlogits", dlogits, shape.len())?;
-    let (mode, constant) = denominator_code(K, params.denominator)?;
+    let (mode, constant) = denominator_code(K, params.denominator, shape)?;
     let pixels = shape.n * shape.plane();
     if shape.is_empty() {
         return Ok(());
@@ -195,7 +201,7 @@ fn masked_check(
     if let Some(m) = mask {
         expect(kernel, "mask", m, shape.n * shape.plane())?;
     }
-    denominator_code(kernel, denominator)
+    denominator_code(kernel, denominator, shape)
 }
 
 /// `ce_finalize` over `nblocks` rows of partials: loss[0] = Σ w·ℓ / D, inv_d[0] = 1/D.

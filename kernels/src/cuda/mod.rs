@@ -7,8 +7,8 @@
 //! `__global__` kernels live in `kernels/cuda/<file>.cu`, embedded as [`nvrtc`]'s module of that
 //! name. So `src/elementwise.rs`, `src/cuda/elementwise.rs` and `cuda/elementwise.cu` hold the
 //! element-wise kernels, and likewise `activation`, `argmax`, `attention`, `augment`,
-//! `batch_norm`, `conv2d`, `dropout`, `loss`, `metrics`, `mix`, `optim`, `philox`, `pool`,
-//! `reduce`, `resize` and `softmax`. Shared plumbing: `common.rs` (grid shapes, the length check, the `launch!` macro,
+//! `batch_norm`, `conv2d`, `dropout`, `loss`, `metrics`, `mix`, `optim`, `perturb`, `philox`,
+//! `pool`, `reduce`, `resize` and `softmax`. Shared plumbing: `common.rs` (grid shapes, the length check, the `launch!` macro,
 //! per-call scratch and uploads), `device.rs` ([`Device`], [`DeviceBuf`], the arena) and
 //! `nvrtc.rs` (the embedded sources and their compilation).
 //!
@@ -75,6 +75,8 @@
 //! | `elementwise::mul_fwd` | `elementwise::mul_fwd` |
 //! | `elementwise::mul_bwd` | `elementwise::mul_bwd` |
 //! | `elementwise::scale_fwd` | `elementwise::scale_fwd` |
+//! | `elementwise::affine_fwd` | `elementwise::affine_fwd` |
+//! | `elementwise::mul_broadcast_fwd` | `elementwise::mul_broadcast_fwd` |
 //! | `elementwise::threshold_fwd` | `elementwise::threshold_fwd` |
 //! | `elementwise::concat_channels_fwd` | `elementwise::concat_channels_fwd` |
 //! | `elementwise::concat_channels_bwd` | `elementwise::concat_channels_bwd` |
@@ -105,6 +107,8 @@
 //! | `optim::sgd_step` | `optim::sgd_step` |
 //! | `optim::adamw_step` | `optim::adamw_step` |
 //! | `optim::ema_update` | `optim::ema_update` |
+//! | `perturb::salient_drop_mask_fwd` | `perturb::salient_drop_mask_fwd` |
+//! | `perturb::foreground_mask_fwd` | `perturb::foreground_mask_fwd` |
 //! | `philox::u32_at` | `philox::philox_u32` |
 //! | `philox::fill_uniform` | `philox::fill_uniform` |
 //! | `philox::fill_normal` | `philox::fill_normal` |
@@ -123,6 +127,7 @@
 //! | `reduce::sum_channels_bwd` | `reduce::sum_channels_bwd` |
 //! | `reduce::mean_channels_fwd` | `reduce::mean_channels_fwd` |
 //! | `reduce::mean_channels_bwd` | `reduce::mean_channels_bwd` |
+//! | `reduce::l2_normalize_fwd` | `reduce::l2_normalize_fwd` |
 //! | `reduce::cam_normalize_fwd` | `reduce::cam_normalize_fwd` |
 //! | `resize::resize_bilinear_fwd` | `resize::resize_bilinear_fwd` |
 //! | `resize::resize_bilinear_bwd` | `resize::resize_bilinear_bwd` |
@@ -148,6 +153,7 @@ pub mod metrics;
 pub mod mix;
 pub mod nvrtc;
 pub mod optim;
+pub mod perturb;
 pub mod philox;
 pub mod pool;
 pub mod reduce;

@@ -129,7 +129,8 @@ pub static DROPOUT: CudaSource = CudaSource {
     ),
     kernels: &["dropout_fwd", "dropout2d_mask", "dropout2d_apply"],
 };
-/// `elementwise.cu`: add, mul, scale, threshold, and the concat / slice copies.
+/// `elementwise.cu`: add, mul, scale, affine, broadcast mul, threshold, and the concat / slice
+/// copies.
 pub static ELEMENTWISE: CudaSource = cuda_source!(
     "elementwise",
     [
@@ -137,6 +138,8 @@ pub static ELEMENTWISE: CudaSource = cuda_source!(
         "mul_fwd",
         "mul_bwd",
         "scale_fwd",
+        "affine_fwd",
+        "mul_broadcast_fwd",
         "threshold_fwd",
         "copy_rows",
         "slice_bwd"
@@ -180,6 +183,9 @@ pub static MIX: CudaSource = cuda_source!(
 );
 /// `optim.cu`: sgd, adamw, ema.
 pub static OPTIM: CudaSource = cuda_source!("optim", ["sgd_step", "adamw_step", "ema_update"]);
+/// `perturb.cu`: the masks of CCT's feature perturbations (salient drop, foreground).
+pub static PERTURB: CudaSource =
+    cuda_source!("perturb", ["salient_drop_mask_fwd", "foreground_mask_fwd"]);
 /// `philox.cu`: Philox4x32-10 words, uniforms and normals.
 pub static PHILOX: CudaSource =
     cuda_source!("philox", ["philox_u32", "philox_uniform", "philox_normal"]);
@@ -196,7 +202,7 @@ pub static POOL: CudaSource = cuda_source!(
     ]
 );
 /// `reduce.cu`: sum / mean and their backwards, dot (finished by `reduce_sum_finalize` too),
-/// channel sums and means.
+/// channel sums and means, per-row L2 normalisation, per-plane max normalisation (CAMs).
 pub static REDUCE: CudaSource = cuda_source!(
     "reduce",
     [
@@ -206,6 +212,7 @@ pub static REDUCE: CudaSource = cuda_source!(
         "dot_partials",
         "channels_fwd",
         "channels_bwd",
+        "l2_normalize_rows",
         "cam_normalize_fwd"
     ]
 );
@@ -218,7 +225,7 @@ pub static RESIZE: CudaSource = cuda_source!(
         "resize_nearest_fwd"
     ]
 );
-/// `softmax.cu`: softmax and log-softmax over classes, forward and backward.
+/// `softmax.cu`: softmax and log-softmax over classes, forward and backward; sharpening.
 pub static SOFTMAX: CudaSource = cuda_source!(
     "softmax",
     [
@@ -244,6 +251,7 @@ pub static SOURCES: &[&CudaSource] = &[
     &METRICS,
     &MIX,
     &OPTIM,
+    &PERTURB,
     &PHILOX,
     &POOL,
     &REDUCE,

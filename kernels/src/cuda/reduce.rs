@@ -1,5 +1,6 @@
 //! CUDA launchers of [`crate::reduce`] (`kernels/cuda/reduce.cu`): sum and mean over all
-//! elements and their backwards, the dot product, and the sums and means over channels. The
+//! elements and their backwards, the dot product, the sums and means over channels, and the
+//! per-row L2 normalisation. The
 //! all-element sums and dot accumulate in f64 in two launches (per-block partials, then one block
 //! adds them in a fixed order), so they are deterministic and agree with the CPU to f32 rounding;
 //! the channel reductions and every backward are the CPU's exact operations, bit-identical.
@@ -229,6 +230,32 @@ pub fn mean_channels_bwd(
     const K: &str = "mean_channels_bwd";
     no_channels(K, shape)?;
     channels_bwd(dev, K, dy, shape, Some((1.0 / shape.c as f64) as f32), dx)
+}
+
+/// [`crate::reduce::l2_normalize_fwd`]: each of `rows` equal rows scaled by
+/// scale / (‖row‖₂ + eps) (a zero row stays zero); one block per row, the norm in f64, so
+/// results agree with the CPU to f32 rounding. x, y: [rows, len / rows].
+pub fn l2_normalize_fwd(
+    dev: &Device,
+    x: &impl DeviceBuf<f32>,
+    rows: usize,
+    scale: f64,
+    eps: f64,
+    y: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    const K: &str = "l2_normalize_fwd";
+    let n = x.elems();
+    expect(K, "y", y, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    // The CPU's shape error, from the CPU itself (no data is read for it).
+    if rows == 0 || n % rows != 0 {
+        reduce::l2_normalize_fwd::<f32>(&vec![0.0; n], rows, scale, eps, &mut vec![0.0; n])?;
+    }
+    let s = dev.stream();
+    let (px, py, per) = (x.device_addr(s), y.device_addr(s), (n / rows) as u64);
+    launch!(dev, REDUCE, "l2_normalize_rows", grid2(rows as u32, 1); px, per, scale, eps, py)
 }
 
 /// [`crate::reduce::cam_normalize_fwd`]: per (image, class) plane, x = max(scores, 0)·label,

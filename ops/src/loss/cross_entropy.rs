@@ -41,8 +41,8 @@ fn default_ignore_index() -> i32 {
     255
 }
 
-/// The denominator D, as written in YAML: `valid_pixels`, `all_pixels`, `weight_sum` or
-/// `{ constant: 123.0 }`. Shared by the pixel losses (`squared_error` too), each saying what
+/// The denominator D, as written in YAML: `valid_pixels`, `all_pixels`, `all_elements`,
+/// `weight_sum` or `{ constant: 123.0 }`. Shared by the pixel losses (`squared_error` too), each saying what
 /// makes a pixel valid.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +53,8 @@ pub enum Denominator {
     ValidPixels,
     /// N·H·W, ignored pixels included (FixMatch's mean over all unlabeled pixels).
     AllPixels,
+    /// N·K·H·W, every element of the class maps (`F.mse_loss`'s mean), whatever K is.
+    AllElements,
     /// Σ of `weight` over non-ignored pixels (the valid count without a weight).
     WeightSum,
     /// A fixed value, finite and ≥ 0.
@@ -76,6 +78,7 @@ impl From<Denominator> for loss::Denominator {
         match d {
             Denominator::ValidPixels => loss::Denominator::ValidPixels,
             Denominator::AllPixels => loss::Denominator::AllPixels,
+            Denominator::AllElements => loss::Denominator::AllElements,
             Denominator::WeightSum => loss::Denominator::WeightSum,
             Denominator::Constant(c) => loss::Denominator::Constant(c),
         }
@@ -310,6 +313,11 @@ mod tests {
         close(
             loss(&node("{ denominator: all_pixels }"), &[1, 255], None),
             l0 / 2.0,
+        );
+        // all_elements divides by N·K·H·W = 1·2·1·2.
+        close(
+            loss(&node("{ denominator: all_elements }"), &[1, 255], None),
+            l0 / 4.0,
         );
         // Weights (2, 0.5): weight_sum divides by 2.5; a constant by itself.
         let w = Some(&[2.0f32, 0.5][..]);

@@ -2,7 +2,8 @@
 //! loss = Σ_pixels w_p · Σ_k (a_k − b_k)² / D, where w_p is the optional per-pixel `weight` (1
 //! without it) and D is chosen by `denominator`. With the default `all_pixels` (D = N·H·W) and
 //! no weight this is CutMix-Seg's / Mean Teacher's `((a − b)**2).sum(dim=1).mean()`;
-//! `F.mse_loss(a, b)` (a mean over every element) is `{ constant: N·K·H·W }`.
+//! `F.mse_loss(a, b)` (a mean over every element: CCT's and GCT's consistency) is
+//! `all_elements` (D = N·K·H·W).
 //!
 //! Shapes: `a` f32[N, K, H, W] (e.g. student probabilities), `b` the spec of `a` (targets,
 //! usually from a detached teacher branch), `weight` f32[N, H, W] (optional; e.g. a mixed
@@ -10,7 +11,7 @@
 //!
 //! Denominators as in `cross_entropy`, where for this loss a pixel is *valid* when its weight is
 //! ≠ 0 (every pixel without a weight): `valid_pixels` counts those, `weight_sum` is Σ weight,
-//! `all_pixels` is N·H·W, `{ constant: c }` is c. D = 0 gives loss 0 and zero gradients. Pixels
+//! `all_pixels` is N·H·W, `all_elements` is N·K·H·W, `{ constant: c }` is c. D = 0 gives loss 0 and zero gradients. Pixels
 //! with weight 0 are skipped outright, so NaN there cannot leak into the loss.
 //!
 //! Backward: `squared_error_bwd` (below, unregistered) computes da = 2·dloss·w·(a − b)/D and db
@@ -301,6 +302,9 @@ mod tests {
         assert_eq!(loss("{ denominator: valid_pixels }", w), 0.5625);
         assert_eq!(loss("{ denominator: weight_sum }", w), 0.75);
         assert_eq!(loss("{ denominator: { constant: 4 } }", w), 0.28125);
+        // all_elements: N·K·H·W = 4, whatever the weights.
+        assert_eq!(loss("{ denominator: all_elements }", None), 0.53125);
+        assert_eq!(loss("{ denominator: all_elements }", w), 0.28125);
         // Weight (0, 0.5): a NaN at the masked pixel is skipped; valid_pixels counts one.
         let node = "name: l\nop: squared_error\nparams: { denominator: valid_pixels }\n";
         let nan_a = f32s(&[1, 2, 1, 2], &[f32::NAN, 1.0, 0.75, 0.0]);
