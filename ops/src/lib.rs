@@ -52,8 +52,8 @@ pub mod forward {
     pub mod max_pool2d;
     pub mod mean;
     pub mod mul;
-    pub mod prepend_background;
     mod perturb;
+    pub mod prepend_background;
     pub mod relu;
     pub mod resize_bilinear;
     pub mod self_attention;

@@ -32,7 +32,7 @@ fn both_ways(c: usize) -> (Vec<f32>, Vec<f32>) {
          models:\n  cls: {{ arch: cam_classifier, params: {{ classes: {CLASSES} }} }}\n\
          nodes:\n\
          \x20 - {{ name: a, op: relu, inputs: {{ x: batch.x }} }}\n\
-         \x20 - {{ name: fwd, op: forward, inputs: {{ image: a.y }}, params: {{ model: cls }} }}\n\
+         \x20 - {{ name: fwd, op: forward, inputs: {{ features: a.y }}, params: {{ model: cls }} }}\n\
          \x20 - {{ name: pick, op: mul, inputs: {{ a: fwd.logits, b: batch.onehot }} }}\n\
          \x20 - {{ name: score, op: mean, inputs: {{ x: pick.y }} }}\n\
          \x20 - {{ name: g, op: grad, inputs: {{ of: score.y, wrt: a.y }} }}\n\

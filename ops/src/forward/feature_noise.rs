@@ -130,7 +130,8 @@ mod tests {
 
     #[test]
     fn params_and_shapes_are_checked() {
-        let e = try_configure("name: fnoise\nop: feature_noise\nparams: { range: 2 }\n").unwrap_err();
+        let e =
+            try_configure("name: fnoise\nop: feature_noise\nparams: { range: 2 }\n").unwrap_err();
         assert!(
             e.message.contains("`range` must be in [0, 1], got 2"),
             "{e}"

@@ -10,8 +10,8 @@
 //!
 //! Backward: `prepend_background_bwd` (below, unregistered): dx = dy[:, 1:] − onehot(argmax_c
 //! x)·dy[:, 0] (ties go to the lowest class, as `torch.max` routes them). Kernels:
-//! `argmax::max_fwd` / `max_bwd`, `elementwise::concat_channels_fwd` / `slice_channels_fwd`,
-//! `scale_fwd`, `add_fwd`; the shift offset − max is a loop here (one subtraction per pixel).
+//! `argmax::max_fwd` / `max_bwd`, `elementwise::affine_fwd` (offset − max), `concat_channels_fwd`
+//! / `slice_channels_fwd`, `scale_fwd`, `add_fwd` (no new kernel).
 //!
 //! Not here: a background from anything but the maximum (e.g. 1 − Σ).
 
@@ -19,7 +19,9 @@ use crate::grad;
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::argmax::{max_bwd, max_fwd};
-use flowseg_kernels::elementwise::{add_fwd, concat_channels_fwd, scale_fwd, slice_channels_fwd};
+use flowseg_kernels::elementwise::{
+    add_fwd, affine_fwd, concat_channels_fwd, scale_fwd, slice_channels_fwd,
+};
 use flowseg_kernels::Nchw;
 use serde::Deserialize;
 
@@ -77,11 +79,10 @@ impl Op for PrependBackground {
         let s = io::nchw(Self::INPUTS, inputs, 0)?;
         let x = io::f32(Self::INPUTS, inputs, 0)?;
         let pixels = s.n * s.plane();
-        let (mut bg, mut idx) = (vec![0f32; pixels], vec![0i32; pixels]);
-        max_fwd(x, s, &mut bg, &mut idx)?;
-        for v in &mut bg {
-            *v = p.offset - *v;
-        }
+        let (mut top, mut idx) = (vec![0f32; pixels], vec![0i32; pixels]);
+        max_fwd(x, s, &mut top, &mut idx)?;
+        let mut bg = vec![0f32; pixels];
+        affine_fwd(&top, -1.0, p.offset, &mut bg)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         let bg_shape = Nchw::new(s.n, 1, s.h, s.w);
         let y_shape = Nchw::new(s.n, s.c + 1, s.h, s.w);

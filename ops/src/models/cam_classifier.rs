@@ -3,9 +3,9 @@
 //! backbone's `global_pool=True, num_classes=K−1` logits; core/train_utils_core.py
 //! `compute_cam_v2` takes Grad-CAM of them at the last feature map).
 //!
-//! Input: the feature map A f32[N, D, h, w] (the `forward` node's `image` port: a feature map
-//! here, e.g. the U-Net's bottleneck `features`). Params: `classes` K (the data's class count,
-//! background included: the head scores the K − 1 foreground classes).
+//! Input `features`: the feature map A f32[N, D, h, w] (e.g. the U-Net's bottleneck `features`;
+//! not an image, so evaluation never runs this model). Params: `classes` K (the data's class
+//! count, background included: the head scores the K − 1 foreground classes).
 //!
 //! Outputs, with W `cls.weight` [K−1, D, 1, 1] and b `cls.bias` [K−1]:
 //! * `logits` f32[N, K−1, 1, 1] = W·GAP(A) + b (the multi-label logits; slim's `logits` conv);
@@ -46,6 +46,10 @@ impl Model for CamClassifier {
     const NAME: &'static str = "cam_classifier";
     const SUMMARY: &'static str =
         "multi-label classifier head (GAP + 1×1 conv) on a feature map, with its dense class map";
+    const INPUTS: &'static [Port] = &[Port::req(
+        "features",
+        "f32[N, D, h, w]: the feature map the classifier pools (A of Grad-CAM)",
+    )];
     const OUTPUTS: &'static [Port] = &[
         Port::req(
             "logits",
@@ -58,7 +62,16 @@ impl Model for CamClassifier {
     ];
     type Params = Params;
 
-    fn trace(p: &Params, t: &mut Tracer<'_>, features: ValueRef) -> Result<Vec<ValueRef>, String> {
+    fn trace(_: &Params, _: &mut Tracer<'_>, _: ValueRef) -> Result<Vec<ValueRef>, String> {
+        Err("`cam_classifier` takes `features`, not an image".into())
+    }
+
+    fn trace_inputs(
+        p: &Params,
+        t: &mut Tracer<'_>,
+        inputs: Vec<ValueRef>,
+    ) -> Result<Vec<ValueRef>, String> {
+        let features = single(inputs)?;
         let spec = t.spec(&features).ok_or("`features` has no spec")?;
         if spec.as_nchw().is_none_or(|s| s.h == 0 || s.w == 0) {
             return Err(format!(

@@ -3,13 +3,9 @@
 //! score prepended, then a learned per-pixel normalisation into K class logits
 //! (googleinterns/wss core/train_utils_core.py `compute_self_att_v2`, `linformer=False`).
 //!
-//! Input: one map f32[N, Dh + K − 1, h, w], the hypercolumn (Dh channels) followed by the K − 1
-//! normalised CAMs (`cam_normalize`), concatenated in the graph; the head splits it at Dh. Why
-//! one input: a `forward` node feeds a model one `image` today; when multi-input models land
-//! (the engine feature E2 of docs/plans/seed-methods.md), this becomes two inputs, `hyper` and
-//! `cam`, with no change to the head itself ([`head`]). The split has no backward: both parts
-//! are constants in the official code (`tf.stop_gradient` on the hypercolumn and the seed), so
-//! the graph detaches them and a gradient reaching the split is an error, not a silent drop.
+//! Inputs: `hyper` f32[N, Dh, h, w], the hypercolumn, and `cam` f32[N, K − 1, h, w], the
+//! normalised CAMs (`cam_normalize`). Both are constants in the official code
+//! (`tf.stop_gradient` on the hypercolumn and the seed), so the graph detaches them.
 //!
 //! The head, per image, with P = h·w positions:
 //! * key, query = 1×1 convs of the hypercolumn to `attention_dim` channels, no bias
@@ -31,10 +27,7 @@ use crate::forward::self_attention::{self, SelfAttention};
 use crate::models::layers::{bn, channels, conv, single, Conv};
 use flowseg_engine::graph::ValueRef;
 use flowseg_engine::model::{Model, Tracer};
-use flowseg_engine::op::io;
-use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
-use flowseg_kernels::elementwise::slice_channels_fwd;
-use flowseg_kernels::Nchw;
+use flowseg_engine::{NoParams, Port};
 use serde::Deserialize;
 use std::num::NonZeroUsize;
 
@@ -61,30 +54,44 @@ impl Model for SgcHead {
     const NAME: &'static str = "sgc_head";
     const SUMMARY: &'static str =
         "PseudoSeg's self-attention Grad-CAM head: CAMs refined by hypercolumn attention → K logits";
+    const INPUTS: &'static [Port] = &[
+        Port::req(
+            "hyper",
+            "f32[N, Dh, h, w]: the hypercolumn keys and queries are computed from",
+        ),
+        Port::req(
+            "cam",
+            "f32[N, K − 1, h, w]: the normalised CAMs (the values)",
+        ),
+    ];
     const OUTPUTS: &'static [Port] = &[Port::req(
         "logits",
         "f32[N, K, h, w]: class scores at the CAMs' size (class 0 the background)",
     )];
     type Params = Params;
 
-    fn trace(p: &Params, t: &mut Tracer<'_>, input: ValueRef) -> Result<Vec<ValueRef>, String> {
+    fn trace(_: &Params, _: &mut Tracer<'_>, _: ValueRef) -> Result<Vec<ValueRef>, String> {
+        Err("`sgc_head` takes `hyper` and `cam`, not an image".into())
+    }
+
+    fn trace_inputs(
+        p: &Params,
+        t: &mut Tracer<'_>,
+        inputs: Vec<ValueRef>,
+    ) -> Result<Vec<ValueRef>, String> {
+        let [hyper, cam] = <[ValueRef; 2]>::try_from(inputs)
+            .map_err(|got| format!("`sgc_head` takes 2 inputs, got {}", got.len()))?;
         let cams = p.classes.get() - 1;
         if cams == 0 {
             return Err("`classes` must be at least 2 (background and one class)".into());
         }
-        let total = channels(t, &input)?;
-        if total <= cams {
+        let got = channels(t, &cam)?;
+        if got != cams {
             return Err(format!(
-                "the input must hold a hypercolumn and then the {cams} CAMs (more than {cams} \
-                 channels), got {total}"
+                "`cam` must hold the {cams} foreground maps of K = {} classes, got {got} channels",
+                p.classes
             ));
         }
-        let split = |t: &mut Tracer<'_>, leaf: &str, start: usize, end: usize| {
-            let params = SplitParams { start, end };
-            single(t.op::<SplitInput>(leaf, params, vec![Some(input.clone())])?)
-        };
-        let hyper = split(t, "hyper", 0, total - cams)?;
-        let cam = split(t, "cam", total - cams, total)?;
         Ok(vec![head(p, t, hyper, cam)?])
     }
 }
@@ -116,57 +123,4 @@ fn head(
         let y = conv(t, "conv", scores, Conv::new(p.classes.get(), 1))?;
         bn(t, "bn", y)
     })
-}
-
-/// Channels `start..end` of the head's one input (unregistered; emitted by [`SgcHead::trace`]
-/// only). No backward: see the file header.
-struct SplitInput;
-
-/// Params of the split.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SplitParams {
-    /// First channel.
-    start: usize,
-    /// One past the last channel.
-    end: usize,
-}
-
-impl Op for SplitInput {
-    const NAME: &'static str = "sgc_head_split";
-    const SUMMARY: &'static str = "a channel range of sgc_head's input (no gradient passes)";
-    const INPUTS: &'static [Port] = &[Port::req("x", "f32[N, C, h, w]")];
-    const OUTPUTS: &'static [Port] = &[Port::req("y", "f32[N, end − start, h, w]")];
-    const EXAMPLE: &'static str = "";
-    type Params = SplitParams;
-
-    fn infer(p: &SplitParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
-        let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
-        if p.start > p.end || p.end > x.c {
-            return Err(format!(
-                "channels {}..{} are not inside {}",
-                p.start,
-                p.end,
-                TensorSpec::nchw(x)
-            ));
-        }
-        Ok(vec![TensorSpec::nchw(Nchw::new(
-            x.n,
-            p.end - p.start,
-            x.h,
-            x.w,
-        ))])
-    }
-
-    fn cpu(
-        p: &SplitParams,
-        _: &ExecCx,
-        inputs: &[Option<&Tensor>],
-        outputs: &mut [Tensor],
-    ) -> Result<(), OpError> {
-        let shape = io::nchw(Self::INPUTS, inputs, 0)?;
-        let x = io::f32(Self::INPUTS, inputs, 0)?;
-        let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
-        Ok(slice_channels_fwd(x, shape, p.start, p.end, y)?)
-    }
 }
