@@ -8,9 +8,9 @@
 //! name. So `src/elementwise.rs`, `src/cuda/elementwise.rs` and `cuda/elementwise.cu` hold the
 //! element-wise kernels, and likewise `activation`, `argmax`, `attention`, `augment`,
 //! `batch_norm`, `conv2d`, `dropout`, `loss`, `metrics`, `mix`, `optim`, `perturb`, `philox`,
-//! `pool`, `reduce`, `resize` and `softmax`. Shared plumbing: `common.rs` (grid shapes, the length check, the `launch!` macro,
-//! per-call scratch and uploads), `device.rs` ([`Device`], [`DeviceBuf`], the arena) and
-//! `nvrtc.rs` (the embedded sources and their compilation).
+//! `pool`, `reduce`, `resize` and `softmax`. Shared plumbing: `common.rs` (grid shapes, the
+//! length check, the `launch!` macro, per-call scratch and uploads), `device.rs` ([`Device`],
+//! [`DeviceBuf`], the arena) and `nvrtc.rs` (the embedded sources and their compilation).
 //!
 //! Launchers: each takes its CPU reference's arguments in the same order (inputs → shape →
 //! params → outputs), device buffers in place of slices, and validates lengths, shapes and

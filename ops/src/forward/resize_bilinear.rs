@@ -1,8 +1,8 @@
 //! `resize_bilinear`: `F.interpolate(x, size=(h, w), mode='bilinear', align_corners)` to an
 //! output size given either as `size` or by another tensor (`like`, whose last two dims lend
 //! [h, w]: a graph that resizes a head's logits to the decoder's need not spell the crop size,
-//! so it runs at every `data.size`). Per axis with input extent `in` and output extent `out`, output index
-//! d reads source position s = max((d + 0.5)·in/out − 0.5, 0) (align_corners false) or
+//! so it runs at every `data.size`). Per axis with input extent `in` and output extent `out`,
+//! output index d reads source position s = max((d + 0.5)·in/out − 0.5, 0) (align_corners false) or
 //! s = d·(in − 1)/(out − 1) (true), and y blends the two nearest source pixels ⌊s⌋ and
 //! ⌊s⌋ + 1 (clamped to the edge) with weights 1 − frac(s) and frac(s), along H then W.
 //!
@@ -43,7 +43,7 @@ pub struct Params {
 impl Op for ResizeBilinear {
     const NAME: &'static str = "resize_bilinear";
     const SUMMARY: &'static str =
-        "bilinear resize of an NCHW map to a fixed [h, w] (PyTorch semantics)";
+        "bilinear resize of an NCHW map to a fixed [h, w] or another map's (PyTorch semantics)";
     const INPUTS: &'static [Port] = &[
         Port::req("x", "f32[N, C, H, W], H and W positive"),
         Port::opt(

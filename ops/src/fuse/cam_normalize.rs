@@ -27,7 +27,7 @@ pub struct CamNormalize;
 impl Op for CamNormalize {
     const NAME: &'static str = "cam_normalize";
     const SUMMARY: &'static str =
-        "class activation maps ReLU(scores)·label scaled to [0, 1] per map (Grad-CAM); stop-gradient";
+        "class activation maps ReLU(scores)·label scaled to [0, 1] (Grad-CAM); stop-gradient";
     const INPUTS: &'static [Port] = &[
         Port::req(
             "scores",

@@ -53,7 +53,7 @@ fn default_attention_dim() -> NonZeroUsize {
 impl Model for SgcHead {
     const NAME: &'static str = "sgc_head";
     const SUMMARY: &'static str =
-        "PseudoSeg's self-attention Grad-CAM head: CAMs refined by hypercolumn attention → K logits";
+        "PseudoSeg's self-attention Grad-CAM head: hypercolumn attention over CAMs → K logits";
     const INPUTS: &'static [Port] = &[
         Port::req(
             "hyper",
