@@ -32,7 +32,7 @@ pub fn salient_drop_mask_fwd<T: Real>(
 ) -> Result<(), KernelError> {
     const K: &str = "salient_drop_mask_fwd";
     check_len(K, "mask", mask, attention.len())?;
-    if n == 0 || attention.len() % n != 0 {
+    if n == 0 || !attention.len().is_multiple_of(n) {
         if attention.is_empty() {
             return Ok(());
         }

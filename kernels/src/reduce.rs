@@ -201,7 +201,7 @@ pub fn l2_normalize_fwd<T: Real>(
 ) -> Result<(), KernelError> {
     const K: &str = "l2_normalize_fwd";
     check_len(K, "y", y, x.len())?;
-    if rows == 0 || x.len() % rows != 0 {
+    if rows == 0 || !x.len().is_multiple_of(rows) {
         if x.is_empty() {
             return Ok(());
         }

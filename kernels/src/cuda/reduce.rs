@@ -250,7 +250,7 @@ pub fn l2_normalize_fwd(
         return Ok(());
     }
     // The CPU's shape error, from the CPU itself (no data is read for it).
-    if rows == 0 || n % rows != 0 {
+    if rows == 0 || !n.is_multiple_of(rows) {
         reduce::l2_normalize_fwd::<f32>(&vec![0.0; n], rows, scale, eps, &mut vec![0.0; n])?;
     }
     let s = dev.stream();
