@@ -31,14 +31,21 @@ pub const EVAL_SETUP: &str = "FS0119";
 /// Whether model `name`'s architecture (its source's, for an EMA copy) takes one `image` and
 /// nothing else. Unknown architectures count as image models: their error is reported elsewhere.
 fn takes_image_only(spec: &GraphSpec, registry: &Registry, name: &str) -> bool {
-    let find = |n: &str| spec.models.iter().find(|(k, _)| k.value == n).map(|(_, m)| m);
+    let find = |n: &str| {
+        spec.models
+            .iter()
+            .find(|(k, _)| k.value == n)
+            .map(|(_, m)| m)
+    };
     let Some(m) = find(name) else {
         return true;
     };
-    let arch = m
-        .arch
-        .as_ref()
-        .or_else(|| m.ema_of.as_ref().and_then(|s| find(s)).and_then(|s| s.arch.as_ref()));
+    let arch = m.arch.as_ref().or_else(|| {
+        m.ema_of
+            .as_ref()
+            .and_then(|s| find(s))
+            .and_then(|s| s.arch.as_ref())
+    });
     let image = flowseg_engine::model::IMAGE_INPUTS.iter().map(|p| p.name);
     arch.and_then(|a| registry.model(a))
         .is_none_or(|def| def.inputs().iter().map(|p| p.name).eq(image))
