@@ -42,13 +42,14 @@ const SMALL: [&str; 6] = [
     "models.student.params.width=8",
 ];
 
-/// [`SMALL`] for any graph: every model with an architecture gets width 8.
+/// [`SMALL`] for any graph: every model that sets a width gets width 8 (the U-Nets; PseudoSeg's
+/// heads have none).
 fn small_for(graph: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(graph).unwrap();
     let (spec, _) = flowseg_engine::spec::parse_graph(&text, &[]).unwrap();
     let mut v: Vec<String> = SMALL[..4].iter().map(|s| (*s).to_owned()).collect();
     for (name, m) in &spec.models {
-        if m.arch.is_some() {
+        if m.params.as_ref().is_some_and(|p| p.get("width").is_some()) {
             v.push("--set".into());
             v.push(format!("models.{}.params.width=8", name.value));
         }
