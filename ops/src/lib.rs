@@ -97,6 +97,7 @@ pub mod mix {
 /// a `forward` node.
 pub mod models {
     pub mod cam_classifier;
+    pub mod cct_head;
     pub mod deeplab_lite;
     mod layers;
     pub mod resnet;
@@ -147,6 +148,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<mix::mix::Mix>()?;
     r.add::<loss::squared_error::SquaredError>()?;
     r.add_model::<models::cam_classifier::CamClassifier>()?;
+    r.add_model::<models::cct_head::CctHead>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;
     r.add_model::<models::resnet::Resnet50DeepLabV3Plus>()?;
