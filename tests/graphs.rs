@@ -1,8 +1,8 @@
 //! The method graphs of graphs/, as the results issue asks of each: at toy size every graph
 //! trains three iterations with finite losses and logs its metrics; on one fixed batch its main
-//! (supervised) loss falls over 30 iterations; and a run of cutmix_seg, fixmatch and cps
-//! interrupted in the middle and resumed reproduces the uninterrupted run bit for bit (losses,
-//! metrics, evaluation, final checkpoint).
+//! (supervised) loss falls over 30 iterations; and a run of cutmix_seg, fixmatch, cct, cps and
+//! pseudoseg interrupted in the middle and resumed reproduces the uninterrupted run bit for bit
+//! (losses, metrics, evaluation, final checkpoint).
 //!
 //! Not here: whether a method beats supervised (docs/RESULTS.md, `flowseg bench methods`), the
 //! plan executor on the shipped graphs (ops/tests/shipped_graphs.rs).
@@ -192,6 +192,7 @@ fn main_loss(name: &str) -> &'static str {
     match name {
         "cps" => "sup_a.loss",
         "gct" => "sup_l.loss",
+        "pseudoseg" => "sup.loss",
         "supervised" | "supervised_full" => "sup_loss.loss",
         _ => "sup_loss.loss",
     }
@@ -327,4 +328,9 @@ fn cps_resumes_bit_for_bit() {
 #[test]
 fn gct_resumes_bit_for_bit() {
     resume_matches("gct");
+}
+
+#[test]
+fn pseudoseg_resumes_bit_for_bit() {
+    resume_matches("pseudoseg");
 }

@@ -42,7 +42,8 @@ const SMALL: [&str; 6] = [
     "models.student.params.width=8",
 ];
 
-/// [`SMALL`] for any graph: every model that sets a width gets width 8.
+/// [`SMALL`] for any graph: every model that sets a width gets width 8 (the U-Nets; PseudoSeg's
+/// heads have none).
 fn small_for(graph: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(graph).unwrap();
     let (spec, _) = flowseg_engine::spec::parse_graph(&text, &[]).unwrap();

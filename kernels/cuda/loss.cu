@@ -412,3 +412,40 @@ extern "C" __global__ void kl_div_bwd(const float* __restrict__ log_p,   // [N,K
         grad[i] = g;
     }
 }
+
+// binary_cross_entropy_fwd: loss[0] = Σ (max(x, 0) − x·t + log1p(exp(−|x|))) / len, in f64 (the
+// CPU's formula and precision; kernels/src/loss.rs binary_cross_entropy_fwd). One block of
+// LOSS_THREADS: the inputs are class logits (N·(K−1) elements), and one block sums them in a
+// fixed order, so the result is deterministic.
+extern "C" __global__ void binary_cross_entropy_fwd(const float* __restrict__ x,  // [len]
+                                                    const float* __restrict__ t,  // [len]
+                                                    unsigned long long len,
+                                                    float* __restrict__ loss) {   // [1]
+    __shared__ double shared[LOSS_THREADS];
+    double acc = 0.0;
+    for (unsigned long long i = threadIdx.x; i < len; i += blockDim.x) {
+        double xv = (double)x[i], tv = (double)t[i];
+        acc += fmax(xv, 0.0) - xv * tv + log1p(exp(-fabs(xv)));
+    }
+    shared[threadIdx.x] = acc;
+    __syncthreads();
+    for (unsigned s = LOSS_THREADS / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) loss[0] = len == 0 ? 0.0f : (float)(shared[0] / (double)len);
+}
+
+// binary_cross_entropy_bwd: dx = (dloss/len)·(σ(x) − t), σ split by sign as on the CPU.
+extern "C" __global__ void binary_cross_entropy_bwd(const float* __restrict__ x,      // [len]
+                                                    const float* __restrict__ t,      // [len]
+                                                    const float* __restrict__ dloss,  // [1]
+                                                    unsigned long long len,
+                                                    float* __restrict__ dx) {         // [len]
+    float coef = dloss[0] / (float)len;
+    GRID_STRIDE(i, len) {
+        float v = x[i];
+        float sigmoid = v < 0.0f ? expf(v) / (1.0f + expf(v)) : 1.0f / (1.0f + expf(-v));
+        dx[i] = coef * (sigmoid - t[i]);
+    }
+}

@@ -93,3 +93,32 @@ extern "C" __global__ void label_agreement(const int* __restrict__ pred,    // [
         if (sums[1][0]) atomicAdd(&counts[1], sums[1][0]);
     }
 }
+
+// image_labels_fwd: y[n, c] = 1 when a pixel of image n carries the c-th foreground class (ids
+// other than `background`, in order), else 0 (kernels/src/metrics.rs image_labels_fwd). One
+// thread per (n, c) scans the image. Unlike the CPU, an id outside the classes (not ignored)
+// cannot be reported: it matches no column.
+extern "C" __global__ void image_labels_fwd(const int* __restrict__ label,  // [N,H,W]
+                                            unsigned long long n,           // N
+                                            unsigned long long plane,       // H·W
+                                            unsigned foreground,            // C
+                                            int background,                 // in [0, C]
+                                            int ignore_index,               // skipped label
+                                            float* __restrict__ y) {        // [N,C]
+    unsigned long long total = n * foreground;
+    for (unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         e < total; e += (unsigned long long)blockDim.x * gridDim.x) {
+        unsigned long long img = e / foreground;
+        int c = (int)(e - img * foreground);
+        int id = c < background ? c : c + 1;
+        const int* lp = label + img * plane;
+        float present = 0.0f;
+        // A column whose id is the ignore index never occurs (the CPU skips those pixels).
+        for (unsigned long long i = 0; id != ignore_index && i < plane; ++i)
+            if (lp[i] == id) {
+                present = 1.0f;
+                break;
+            }
+        y[e] = present;
+    }
+}

@@ -142,3 +142,29 @@ extern "C" __global__ void l2_normalize_rows(const float* __restrict__ x,  // [r
     for (unsigned long long i = threadIdx.x; i < per; i += blockDim.x)
         yr[i] = (float)((double)xr[i] * factor);
 }
+
+// cam_normalize_fwd: per (n, c) plane, x = max(scores, 0)·label[n, c], y = x·(1/max(m, 1e-5))
+// where m = max x > 0, else 0 (kernels/src/reduce.rs cam_normalize_fwd). One thread per plane
+// (planes are small feature maps); the CPU's exact operations, bit-identical.
+extern "C" __global__ void cam_normalize_fwd(const float* __restrict__ scores,  // [N,C,H,W]
+                                             const float* __restrict__ labels,  // [N,C]
+                                             unsigned long long planes,         // N·C
+                                             unsigned long long plane,          // H·W
+                                             float* __restrict__ y) {           // [N,C,H,W]
+    GRID_STRIDE(pl, planes) {
+        const float* sp = scores + pl * plane;
+        float* yp = y + pl * plane;
+        float l = labels[pl], m = 0.0f;
+        for (unsigned long long i = 0; i < plane; ++i) {
+            float o = fmaxf(sp[i], 0.0f) * l;
+            yp[i] = o;
+            if (o > m) m = o;
+        }
+        if (m > 0.0f) {
+            float inv = 1.0f / fmaxf(m, 1e-5f);
+            for (unsigned long long i = 0; i < plane; ++i) yp[i] *= inv;
+        } else {
+            for (unsigned long long i = 0; i < plane; ++i) yp[i] = 0.0f;
+        }
+    }
+}

@@ -102,3 +102,34 @@ extern "C" __global__ void log_softmax_bwd(const float* __restrict__ y,   // [N,
         }
     }
 }
+
+// sharpen_fwd: y_k = (p_k/m)^(1/T) / Σ_j (p_j/m)^(1/T), m = max_j p_j, negative p as 0, a pixel
+// with m ≤ 0 all 0 (kernels/src/softmax.rs sharpen_fwd). One thread per pixel; powf is CUDA's,
+// so the result agrees with the CPU's libm to a few ulp.
+extern "C" __global__ void sharpen_fwd(const float* __restrict__ p,  // [N,K,H,W]
+                                       unsigned long long pixels,    // N·H·W
+                                       unsigned k,                   // K ≥ 1
+                                       unsigned long long plane,     // H·W
+                                       float power,                  // 1/T
+                                       float* __restrict__ y) {      // [N,K,H,W]
+    for (unsigned long long q = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         q < pixels; q += (unsigned long long)blockDim.x * gridDim.x) {
+        unsigned long long n = q / plane, r = q - n * plane;
+        const float* pp = p + n * k * plane + r;
+        float* yp = y + n * k * plane + r;
+        float m = pp[0];
+        for (unsigned c = 1; c < k; ++c) {
+            float v = pp[c * plane];
+            if (v > m) m = v;
+        }
+        float s = 0.0f;
+        for (unsigned c = 0; c < k; ++c) {
+            float v = pp[c * plane];
+            float o = (m > 0.0f && v > 0.0f) ? powf(v / m, power) : 0.0f;
+            yp[c * plane] = o;
+            s += o;
+        }
+        if (s > 0.0f)
+            for (unsigned c = 0; c < k; ++c) yp[c * plane] /= s;
+    }
+}

@@ -28,6 +28,7 @@
 
 pub mod activation;
 pub mod argmax;
+pub mod attention;
 pub mod augment;
 pub mod batch_norm;
 pub mod conv2d;

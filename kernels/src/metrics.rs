@@ -2,9 +2,12 @@
 //! gives — per-class IoU, mIoU, pixel accuracy. Counts are u64 so a whole validation set of
 //! large images accumulates without overflow.
 //!
+//! Also the image-level labels a label map implies (`image_labels_fwd`: which foreground classes
+//! occur in each image — PseudoSeg's classifier targets, the `cls_label` derived from pixels).
+//!
 //! Not here: argmax (argmax.rs), sliding-window or flip evaluation (the eval pipeline).
 
-use crate::{check_len, KernelError};
+use crate::{check_len, KernelError, Real};
 use std::cmp::Ordering;
 
 /// Adds predictions to a K×K confusion matrix, row = true class, column = predicted class.
@@ -114,6 +117,56 @@ pub fn scores(confusion: &[u64], k: usize) -> Scores {
     }
 }
 
+/// Which foreground classes occur in each image: y[n, c] = 1 when some pixel of image n carries
+/// the c-th foreground class, else 0. The foreground classes are the ids 0..=C except
+/// `background`, in increasing order (with `background` 0: id c + 1 → column c). Pixels equal
+/// to `ignore_index` are skipped; any other id outside 0..=C is an error naming the pixel.
+///
+/// * `label`: [N, H, W] i32 (`n` images of `plane` pixels).
+/// * `y`: [N, C] (C = `foreground` classes), overwritten.
+pub fn image_labels_fwd<T: Real>(
+    label: &[i32],
+    n: usize,
+    plane: usize,
+    foreground: usize,
+    background: i32,
+    ignore_index: i32,
+    y: &mut [T],
+) -> Result<(), KernelError> {
+    const K: &str = "image_labels_fwd";
+    check_len(K, "label", label, n * plane)?;
+    check_len(K, "y", y, n * foreground)?;
+    if !usize::try_from(background).is_ok_and(|b| b <= foreground) {
+        return Err(KernelError::Shape {
+            kernel: K,
+            reason: format!("the background id {background} is not in 0..={foreground}"),
+        });
+    }
+    y.fill(T::zero());
+    for (i, &t) in label.iter().enumerate() {
+        if t == ignore_index || t == background {
+            continue;
+        }
+        let column = usize::try_from(t)
+            .ok()
+            .filter(|&id| id <= foreground)
+            .map(|id| if t > background { id - 1 } else { id });
+        let Some(c) = column else {
+            return Err(KernelError::Shape {
+                kernel: K,
+                reason: format!(
+                    "label {t} at pixel {} of image {} is not in 0..={foreground} (background \
+                     {background}) nor the ignore index {ignore_index}",
+                    i % plane.max(1),
+                    i / plane.max(1)
+                ),
+            });
+        };
+        y[(i / plane) * foreground + c] = T::one();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -174,5 +227,22 @@ mod tests {
         assert!(e.to_string().contains("pixel 1"), "{e}");
         assert!(confusion_add(&[0], &[-1], 2, 255, &mut c).is_err());
         assert!(confusion_add(&[0], &[0, 1], 2, 255, &mut c).is_err());
+    }
+
+    #[test]
+    fn image_labels_hand_computed() {
+        // Two images of 4 pixels, ids 0..=3 (3 foreground classes), background 0, ignore 255.
+        let label = [0, 2, 2, 255, 3, 1, 0, 0];
+        let mut y = [f32::NAN; 6];
+        image_labels_fwd(&label, 2, 4, 3, 0, 255, &mut y).unwrap();
+        assert_eq!(y, [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]);
+        // Background 2: the foreground ids are 0, 1, 3 → columns 0, 1, 2.
+        image_labels_fwd(&label, 2, 4, 3, 2, 255, &mut y).unwrap();
+        assert_eq!(y, [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+        let e = image_labels_fwd(&[4], 1, 1, 3, 0, 255, &mut y[..3]).unwrap_err();
+        assert!(
+            e.to_string().contains("label 4 at pixel 0 of image 0"),
+            "{e}"
+        );
     }
 }

@@ -15,6 +15,11 @@
 //! Also the per-row L2 normalisation [`l2_normalize_fwd`] (a reduction per row, then a scale):
 //! the unit directions of VAT.
 //!
+//! Per-plane normalisation by the maximum (`cam_normalize_fwd`, PseudoSeg's class activation maps,
+//! googleinterns/wss core/train_utils_core.py `compute_cam_v2`): x = ReLU(scores)·ℓ with ℓ the
+//! per-(image, class) label, m = max over H·W of x, y = [m > 0]·x / max(m, 1e-5)
+//! (`_div_maybe_zero`). No backward: the maps are stop-gradient seeds.
+//!
 //! Not here: per-plane spatial sums and means over H·W (that is `global_avg_pool` in
 //! `pool.rs`), arbitrary axes, keepdim variants, or max/min reductions.
 
@@ -224,6 +229,49 @@ pub fn l2_normalize_fwd<T: Real>(
     Ok(())
 }
 
+/// The floor of the maximum a map is divided by (`_div_maybe_zero`'s `tf.maximum(1e-5, ·)`).
+const CAM_MAX_FLOOR: f64 = 1e-5;
+
+/// Class activation maps normalised to [0, 1] per (image, class) plane: x = max(scores, 0)·ℓ,
+/// y = x / max(m, 1e-5) where m = max_hw x > 0, else 0. scores, y: [N,C,H,W] (`shape`);
+/// labels: [N,C] (one factor per plane, usually 0 or 1).
+pub fn cam_normalize_fwd<T: Real>(
+    scores: &[T],
+    labels: &[T],
+    shape: Nchw,
+    y: &mut [T],
+) -> Result<(), KernelError> {
+    check_len("cam_normalize_fwd", "scores", scores, shape.len())?;
+    check_len("cam_normalize_fwd", "labels", labels, shape.n * shape.c)?;
+    check_len("cam_normalize_fwd", "y", y, shape.len())?;
+    let plane = shape.plane();
+    if plane == 0 {
+        return Ok(());
+    }
+    for ((yp, sp), &l) in y
+        .chunks_exact_mut(plane)
+        .zip(scores.chunks_exact(plane))
+        .zip(labels)
+    {
+        let mut m = T::zero();
+        for (o, &v) in yp.iter_mut().zip(sp) {
+            *o = v.max(T::zero()) * l;
+            if *o > m {
+                m = *o;
+            }
+        }
+        if m > T::zero() {
+            let inv = m.max(T::of(CAM_MAX_FLOOR)).recip();
+            for o in yp.iter_mut() {
+                *o *= inv;
+            }
+        } else {
+            yp.fill(T::zero());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,5 +475,23 @@ mod tests {
             e.to_string().contains("mean_channels_bwd: `dx` has 23"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn cam_normalize_hand_computed() {
+        // [N=1, C=3, H=1, W=3]. Class 0: (−1, 2, 4), label 1 → ReLU (0, 2, 4) / 4. Class 1:
+        // (5, 1, 0), label 0 → 0. Class 2: (−3, −1, 0), label 1 → all ≤ 0 → 0. The floor: a
+        // maximum of 1e-6 divides by 1e-5.
+        let s = Nchw::new(1, 3, 1, 3);
+        let scores = [-1.0f64, 2.0, 4.0, 5.0, 1.0, 0.0, -3.0, -1.0, 0.0];
+        let mut y = [f64::NAN; 9];
+        cam_normalize_fwd(&scores, &[1.0, 0.0, 1.0], s, &mut y).unwrap();
+        let want = [0.0, 0.5, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        assert_close("cam_normalize", &y, &want, 0.0, 0.0);
+        let mut z = [0.0f64; 2];
+        cam_normalize_fwd(&[1e-6, 5e-7], &[1.0], Nchw::new(1, 1, 1, 2), &mut z).unwrap();
+        assert_close("cam_normalize floor", &z, &[0.1, 0.05], 1e-12, 0.0);
+        let e = cam_normalize_fwd(&scores, &[1.0], s, &mut y).unwrap_err();
+        assert!(e.to_string().contains("`labels`"), "{e}");
     }
 }

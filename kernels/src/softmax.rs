@@ -18,8 +18,14 @@
 //! [`crate::exp`], within 1 ulp of libm's `expf`). The per-pixel sums over K run in `T`: K is small
 //! (tens) and every term of s lies in (0, 1], so f32 loses nothing worth an f64 widen.
 //!
-//! Not here: softmax over any other axis, temperature (scale the logits first), masking, and
-//! the fused softmax + cross-entropy (see `loss`).
+//! * sharpen (of probabilities p, temperature T): y_k = p_k^(1/T) / Σ_j p_j^(1/T), computed as
+//!   (p_k/m)^(1/T) / Σ_j (p_j/m)^(1/T) with m = max_j p_j so that small p with a large 1/T do not
+//!   underflow to an all-zero pixel; negative p count as 0, and a pixel whose p are all ≤ 0
+//!   gives y = 0 (PseudoSeg's `tf.pow(prob, 1/T)` then `/ reduce_sum`, which would give NaN
+//!   there). No backward: the sharpened map is a pseudo-label target.
+//!
+//! Not here: softmax over any other axis, temperature of logits (scale the logits first),
+//! masking, and the fused softmax + cross-entropy (see `loss`).
 
 use crate::{check_len, KernelError, Nchw, Real};
 use rayon::prelude::*;
@@ -192,6 +198,53 @@ pub fn log_softmax_bwd<T: Real>(
     Ok(())
 }
 
+/// y = p^(1/T) / Σ_k p_k^(1/T) at every pixel (see the module docs: max-normalised, negative p
+/// as 0, an all-zero pixel gives 0). p, y: [N,K,H,W] (`shape.c` is K); `temperature` finite > 0.
+pub fn sharpen_fwd<T: Real>(
+    p: &[T],
+    shape: Nchw,
+    temperature: T,
+    y: &mut [T],
+) -> Result<(), KernelError> {
+    check_len("sharpen_fwd", "p", p, shape.len())?;
+    check_len("sharpen_fwd", "y", y, shape.len())?;
+    if !(temperature.is_finite() && temperature > T::zero()) {
+        return Err(KernelError::Shape {
+            kernel: "sharpen_fwd",
+            reason: format!("the temperature must be finite and > 0, got {temperature:?}"),
+        });
+    }
+    if shape.is_empty() {
+        return Ok(());
+    }
+    let (plane, power) = (shape.plane(), temperature.recip());
+    y.par_chunks_mut(shape.image())
+        .zip(p.par_chunks(shape.image()))
+        .for_each(|(yi, pi)| {
+            let mut m = vec![T::zero(); plane];
+            let mut s = vec![T::zero(); plane];
+            plane_max(pi, &mut m);
+            for (yk, pk) in yi.chunks_exact_mut(plane).zip(pi.chunks_exact(plane)) {
+                for (((o, &v), &mv), sv) in yk.iter_mut().zip(pk).zip(&m).zip(s.iter_mut()) {
+                    *o = if mv > T::zero() && v > T::zero() {
+                        (v / mv).powf(power)
+                    } else {
+                        T::zero()
+                    };
+                    *sv += *o;
+                }
+            }
+            for yk in yi.chunks_exact_mut(plane) {
+                for (o, &sv) in yk.iter_mut().zip(&s) {
+                    if sv > T::zero() {
+                        *o /= sv;
+                    }
+                }
+            }
+        });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +394,26 @@ mod tests {
                 vec![dx]
             },
         );
+    }
+
+    #[test]
+    fn sharpen_hand_computed() {
+        // [N=1, K=2, H=1, W=3], class-major. Pixel 0: (1/4, 3/4), T = 1/2 → squares 1/16, 9/16
+        // → (0.1, 0.9). Pixel 1: (0, 0) → 0. Pixel 2: (−1, 0.5): the negative counts as 0 →
+        // (0, 1).
+        let s = Nchw::new(1, 2, 1, 3);
+        let p = [0.25f64, 0.0, -1.0, 0.75, 0.0, 0.5];
+        let mut y = [f64::NAN; 6];
+        sharpen_fwd(&p, s, 0.5, &mut y).unwrap();
+        assert_close("sharpen", &y, &[0.1, 0.0, 0.0, 0.9, 0.0, 1.0], 1e-12, 0.0);
+        // T = 1 renormalises: (1, 3) → (1/4, 3/4).
+        sharpen_fwd(&[1.0, 3.0], Nchw::new(1, 2, 1, 1), 1.0, &mut y[..2]).unwrap();
+        assert_close("sharpen T=1", &y[..2], &[0.25, 0.75], 1e-12, 0.0);
+        // Tiny probabilities with a large power still sharpen instead of underflowing.
+        let mut z = [0f32; 2];
+        sharpen_fwd(&[1e-30f32, 2e-30], Nchw::new(1, 2, 1, 1), 0.05, &mut z).unwrap();
+        assert!(z[1] > 0.99 && (z[0] + z[1] - 1.0).abs() < 1e-6, "{z:?}");
+        let e = sharpen_fwd(&[1.0f32], Nchw::new(1, 1, 1, 1), 0.0, &mut z[..1]).unwrap_err();
+        assert!(e.to_string().contains("temperature"), "{e}");
     }
 }

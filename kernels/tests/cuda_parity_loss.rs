@@ -368,3 +368,38 @@ fn masked_losses_zero_denominator_and_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn binary_cross_entropy_matches_cpu() {
+    let Some(dev) = device() else { return };
+    for len in [1, 255, 257, 8 * 20, 100_003] {
+        let x = uniform(100, len, -20.0, 20.0);
+        let t: Vec<f32> = uniform(101, len, 0.0, 1.0)
+            .iter()
+            .map(|&u| if u < 0.5 { 1.0 } else { 0.0 })
+            .collect();
+        let (dx_, dt) = (up(&dev, &x), up(&dev, &t));
+        let mut l = up(&dev, &[f32::NAN]);
+        cuda::loss::binary_cross_entropy_fwd(&dev, &dx_, &dt, &mut l).unwrap();
+        let want = loss::binary_cross_entropy_fwd(&x, &t).unwrap();
+        close(
+            &format!("binary_cross_entropy_fwd len={len}"),
+            &down(&dev, &l),
+            &[want],
+            0.0,
+            1e-6,
+        );
+        let mut g = up(&dev, &vec![f32::NAN; len]);
+        let mut g_cpu = vec![0f32; len];
+        cuda::loss::binary_cross_entropy_bwd(&dev, &dx_, &dt, &up(&dev, &[1.5f32]), &mut g)
+            .unwrap();
+        loss::binary_cross_entropy_bwd(&x, &t, 1.5, &mut g_cpu).unwrap();
+        close(
+            &format!("binary_cross_entropy_bwd len={len}"),
+            &down(&dev, &g),
+            &g_cpu,
+            1e-9,
+            1e-5,
+        );
+    }
+}

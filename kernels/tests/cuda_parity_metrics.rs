@@ -106,3 +106,36 @@ fn confusion_matrix_matches_cpu() {
     );
     assert_eq!(down(&dev, &conf), vec![1, 0, 0, 0]);
 }
+
+#[test]
+fn image_labels_match_cpu_exactly() {
+    let Some(dev) = device() else { return };
+    for (n, plane, foreground, background) in [(1, 1, 1, 0), (3, 37, 5, 0), (8, 4096, 20, 3)] {
+        // Ids in 0..=C with some ignored pixels; a sparse image so that some classes are absent.
+        let label: Vec<i32> = labels(90, n * plane, foreground + 1, 255, 0.1)
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| if i % 3 == 0 { background } else { t })
+            .collect();
+        let mut y = up(&dev, &vec![f32::NAN; n * foreground]);
+        let mut y_cpu = vec![0f32; n * foreground];
+        cuda::metrics::image_labels_fwd(
+            &dev,
+            &up(&dev, &label),
+            n,
+            plane,
+            foreground,
+            background,
+            255,
+            &mut y,
+        )
+        .unwrap();
+        metrics::image_labels_fwd(&label, n, plane, foreground, background, 255, &mut y_cpu)
+            .unwrap();
+        exact(
+            &format!("image_labels_fwd n={n} plane={plane}"),
+            &down(&dev, &y),
+            &y_cpu,
+        );
+    }
+}

@@ -127,3 +127,41 @@ fn l2_normalize_matches_cpu_to_f32_rounding() {
         );
     }
 }
+
+#[test]
+fn cam_normalize_matches_cpu_exactly() {
+    let Some(dev) = device() else { return };
+    for shape in [
+        Nchw::new(1, 1, 1, 1),
+        Nchw::new(3, 5, 7, 9),
+        Nchw::new(8, 20, 33, 33),
+    ] {
+        let scores = uniform(80, shape.len(), -1.0, 1.0);
+        // Labels 0/1, and one present class whose map is all negative (→ 0).
+        let mut labels: Vec<f32> = uniform(81, shape.n * shape.c, 0.0, 1.0)
+            .iter()
+            .map(|&u| if u < 0.6 { 1.0 } else { 0.0 })
+            .collect();
+        labels[0] = 1.0;
+        let mut scores = scores;
+        for v in &mut scores[..shape.plane()] {
+            *v = -v.abs();
+        }
+        let mut y = up(&dev, &vec![f32::NAN; shape.len()]);
+        let mut y_cpu = vec![0f32; shape.len()];
+        cuda::reduce::cam_normalize_fwd(
+            &dev,
+            &up(&dev, &scores),
+            &up(&dev, &labels),
+            shape,
+            &mut y,
+        )
+        .unwrap();
+        reduce::cam_normalize_fwd(&scores, &labels, shape, &mut y_cpu).unwrap();
+        exact(
+            &format!("cam_normalize_fwd {shape:?}"),
+            &down(&dev, &y),
+            &y_cpu,
+        );
+    }
+}

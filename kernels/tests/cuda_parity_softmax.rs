@@ -92,3 +92,34 @@ fn softmax_rejects_what_the_cpu_rejects() {
         "{err}"
     );
 }
+
+#[test]
+fn sharpen_matches_cpu() {
+    let Some(dev) = device() else { return };
+    for (shape, t) in [
+        (Nchw::new(1, 1, 1, 1), 0.5),
+        (Nchw::new(3, 7, 13, 11), 0.5),
+        (Nchw::new(8, 21, 64, 64), 0.3),
+    ] {
+        // Probabilities with exact zeros (every 7th) and one all-zero pixel.
+        let mut p: Vec<f32> = uniform(70, shape.len(), 0.0, 1.0)
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| if i % 7 == 0 { 0.0 } else { v })
+            .collect();
+        for c in 0..shape.c {
+            p[c * shape.plane()] = 0.0;
+        }
+        let mut y = up(&dev, &vec![f32::NAN; shape.len()]);
+        let mut y_cpu = vec![0f32; shape.len()];
+        cuda::softmax::sharpen_fwd(&dev, &up(&dev, &p), shape, t, &mut y).unwrap();
+        softmax::sharpen_fwd(&p, shape, t, &mut y_cpu).unwrap();
+        close(
+            &format!("sharpen_fwd {shape:?}"),
+            &down(&dev, &y),
+            &y_cpu,
+            1e-7,
+            1e-5,
+        );
+    }
+}

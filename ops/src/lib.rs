@@ -9,12 +9,14 @@
 //! (`flowseg-sources`). EMA
 //! teachers and optimizers are the trainer's (declared in a graph's `models:` and `optim:`).
 //! Beside the ops, `models/` holds the built-in architectures (`deeplab_lite`,
-//! `resnet18_deeplabv3plus`, `resnet50_deeplabv3plus`), one file per family, registered the same
+//! `resnet18_deeplabv3plus`, `resnet50_deeplabv3plus`, `unet`, and PseudoSeg's heads
+//! `cam_classifier` and `sgc_head`), one file per family, registered the same
 //! way with `add_model`, and `models/layers.rs` the building blocks they trace with.
 //!
 //! Every differentiable op implements `Op::vjp` by emitting backward ops, which live in the
 //! forward op's file and are not registered (they are never written in YAML); the others
-//! (`max_confidence`, `threshold`, `detach`, `box_mask`, `class_mask`) are stop-gradients
+//! (`max_confidence`, `threshold`, `detach`, `box_mask`, `class_mask`, and PseudoSeg's
+//! `calibrated_fusion`, `sharpen`, `cam_normalize`, `image_labels`) are stop-gradients
 //! (`Op::STOP_GRAD`). The CUDA launchers arrive with the CUDA kernels, as new `Op` methods.
 
 use flowseg_engine::{Registry, RegistryError};
@@ -53,8 +55,10 @@ pub mod forward {
     pub mod mean;
     pub mod mul;
     mod perturb;
+    pub mod prepend_background;
     pub mod relu;
     pub mod resize_bilinear;
+    pub mod self_attention;
     pub mod softmax;
     pub mod split_batch;
     pub mod split_channels;
@@ -65,19 +69,24 @@ pub mod forward {
 /// stop-gradient `detach`.
 pub mod fuse {
     pub mod blur_map;
+    pub mod calibrated_fusion;
+    pub mod cam_normalize;
     pub mod detach;
     pub mod error_map;
+    pub mod image_labels;
     pub mod l2_normalize;
     pub mod label_accuracy;
     pub mod max_confidence;
     pub mod minmax_normalize;
     pub mod random_direction;
     pub mod select_by_key;
+    pub mod sharpen;
     pub mod threshold;
 }
 
 /// Losses: a scalar from predictions and targets.
 pub mod loss {
+    pub mod binary_cross_entropy;
     pub mod cross_entropy;
     pub mod soft_cross_entropy;
     pub mod squared_error;
@@ -96,11 +105,13 @@ pub mod mix {
 /// Network architectures (`arch:` in a graph's `models:`), traced into the primitive ops above by
 /// a `forward` node.
 pub mod models {
+    pub mod cam_classifier;
     pub mod cct_head;
     pub mod deeplab_lite;
     pub mod flaw_detector;
     mod layers;
     pub mod resnet;
+    pub mod sgc_head;
     pub mod unet;
 }
 
@@ -126,33 +137,42 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::max_pool2d::MaxPool2d>()?;
     r.add::<forward::mean::Mean>()?;
     r.add::<forward::mul::Mul>()?;
+    r.add::<forward::prepend_background::PrependBackground>()?;
     r.add::<forward::relu::Relu>()?;
     r.add::<forward::resize_bilinear::ResizeBilinear>()?;
+    r.add::<forward::self_attention::SelfAttention>()?;
     r.add::<forward::softmax::Softmax>()?;
     r.add::<forward::split_batch::SplitBatch>()?;
     r.add::<forward::split_channels::SplitChannels>()?;
     r.add::<forward::squeeze::Squeeze>()?;
     r.add::<fuse::blur_map::BlurMap>()?;
+    r.add::<fuse::calibrated_fusion::CalibratedFusion>()?;
+    r.add::<fuse::cam_normalize::CamNormalize>()?;
     r.add::<fuse::detach::Detach>()?;
     r.add::<fuse::error_map::ErrorMap>()?;
+    r.add::<fuse::image_labels::ImageLabels>()?;
     r.add::<fuse::l2_normalize::L2Normalize>()?;
     r.add::<fuse::label_accuracy::LabelAccuracy>()?;
     r.add::<fuse::max_confidence::MaxConfidence>()?;
     r.add::<fuse::minmax_normalize::MinmaxNormalize>()?;
     r.add::<fuse::random_direction::RandomDirection>()?;
     r.add::<fuse::select_by_key::SelectByKey>()?;
+    r.add::<fuse::sharpen::Sharpen>()?;
     r.add::<fuse::threshold::Threshold>()?;
+    r.add::<loss::binary_cross_entropy::BinaryCrossEntropy>()?;
     r.add::<loss::cross_entropy::CrossEntropy>()?;
     r.add::<loss::soft_cross_entropy::SoftCrossEntropy>()?;
     r.add::<mix::box_mask::BoxMask>()?;
     r.add::<mix::class_mask::ClassMask>()?;
     r.add::<mix::mix::Mix>()?;
     r.add::<loss::squared_error::SquaredError>()?;
+    r.add_model::<models::cam_classifier::CamClassifier>()?;
     r.add_model::<models::cct_head::CctHead>()?;
     r.add_model::<models::deeplab_lite::DeepLabLite>()?;
     r.add_model::<models::flaw_detector::FlawDetector>()?;
     r.add_model::<models::resnet::Resnet18DeepLabV3Plus>()?;
     r.add_model::<models::resnet::Resnet50DeepLabV3Plus>()?;
+    r.add_model::<models::sgc_head::SgcHead>()?;
     r.add_model::<models::unet::Unet>()?;
     Ok(())
 }

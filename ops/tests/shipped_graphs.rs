@@ -67,7 +67,7 @@ fn every_shipped_graph_steps_identically_on_poisoned_and_reused_buffers() {
         let text = std::fs::read_to_string(file).expect("readable graph");
         let mut sets: Vec<String> = ["data.size=16", "data.batch=2"].map(String::from).to_vec();
         // Width 8 for every model that sets a width (CPS names its two U-Nets `a` and `b`;
-        // CCT's auxiliary heads have none).
+        // CCT's auxiliary heads and PseudoSeg's heads have none).
         let (plain, _) = flowseg_engine::spec::parse_graph(&text, &[]).expect("parses");
         for (name, m) in &plain.models {
             if m.params.as_ref().is_some_and(|p| p.get("width").is_some()) {

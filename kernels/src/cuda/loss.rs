@@ -521,3 +521,56 @@ pub fn kl_div_bwd(
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------- binary cross entropy
+
+/// [`crate::loss::binary_cross_entropy_fwd`]: loss[0] = mean of max(x, 0) − x·t + ln(1 + e^−|x|),
+/// summed in f64 by one block (deterministic; agrees with the CPU to f32 rounding). logits,
+/// target: [len]; loss: [1].
+pub fn binary_cross_entropy_fwd(
+    dev: &Device,
+    logits: &impl DeviceBuf<f32>,
+    target: &impl DeviceBuf<f32>,
+    loss: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    const K: &str = "binary_cross_entropy_fwd";
+    let len = logits.elems();
+    expect(K, "target", target, len)?;
+    expect(K, "loss", loss, 1)?;
+    let st = dev.stream();
+    let (px, pt, pl, len64) = (
+        logits.device_addr(st),
+        target.device_addr(st),
+        loss.device_addr(st),
+        len as u64,
+    );
+    launch!(dev, LOSS, "binary_cross_entropy_fwd", one_block(); px, pt, len64, pl)
+}
+
+/// [`crate::loss::binary_cross_entropy_bwd`]: dlogits = dloss·(σ(x) − t)/len (CUDA's expf: a
+/// few ulp from the CPU). logits, target, dlogits: [len]; dloss: [1].
+pub fn binary_cross_entropy_bwd(
+    dev: &Device,
+    logits: &impl DeviceBuf<f32>,
+    target: &impl DeviceBuf<f32>,
+    dloss: &impl DeviceBuf<f32>,
+    dlogits: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    const K: &str = "binary_cross_entropy_bwd";
+    let len = logits.elems();
+    expect(K, "target", target, len)?;
+    expect(K, "dloss", dloss, 1)?;
+    expect(K, "dlogits", dlogits, len)?;
+    if len == 0 {
+        return Ok(());
+    }
+    let st = dev.stream();
+    let (px, pt, pd, pg, len64) = (
+        logits.device_addr(st),
+        target.device_addr(st),
+        dloss.device_addr(st),
+        dlogits.device_addr(st),
+        len as u64,
+    );
+    launch!(dev, LOSS, "binary_cross_entropy_bwd", grid(len); px, pt, pd, len64, pg)
+}

@@ -94,3 +94,34 @@ pub fn confusion_add(
     let (n64, k32) = (n as u64, k as i32);
     launch!(dev, METRICS, "confusion_add", cfg; pp, pl, n64, k32, ignore_index, use_shared, pc, pb)
 }
+
+/// [`crate::metrics::image_labels_fwd`]: y[n, c] = 1 when the c-th foreground class occurs in
+/// image n. label: [N, H, W] i32 (`n` images of `plane` pixels); y: [N, C]. The background is
+/// checked here with the CPU's error; unlike the CPU, a label outside the classes (and not
+/// `ignore_index`) is not reported: it matches no column.
+#[allow(clippy::too_many_arguments)]
+pub fn image_labels_fwd(
+    dev: &Device,
+    label: &impl DeviceBuf<i32>,
+    n: usize,
+    plane: usize,
+    foreground: usize,
+    background: i32,
+    ignore_index: i32,
+    y: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    expect("image_labels_fwd", "label", label, n * plane)?;
+    expect("image_labels_fwd", "y", y, n * foreground)?;
+    if !usize::try_from(background).is_ok_and(|b| b <= foreground) {
+        // The CPU kernel's own error.
+        crate::metrics::image_labels_fwd::<f32>(&[], 0, 0, foreground, background, 0, &mut [])?;
+    }
+    if n * foreground == 0 {
+        return Ok(());
+    }
+    let st = dev.stream();
+    let (pl, py) = (label.device_addr(st), y.device_addr(st));
+    let (n64, plane64, fg) = (n as u64, plane as u64, foreground as u32);
+    launch!(dev, METRICS, "image_labels_fwd", grid(n * foreground);
+        pl, n64, plane64, fg, background, ignore_index, py)
+}

@@ -6,11 +6,11 @@
 //! `cuda::<file>::<kernel>` (one exception: Philox's `u32_at` is `philox::philox_u32`), and its
 //! `__global__` kernels live in `kernels/cuda/<file>.cu`, embedded as [`nvrtc`]'s module of that
 //! name. So `src/elementwise.rs`, `src/cuda/elementwise.rs` and `cuda/elementwise.cu` hold the
-//! element-wise kernels, and likewise `activation`, `argmax`, `augment`, `batch_norm`, `conv2d`,
-//! `dropout`, `loss`, `metrics`, `mix`, `optim`, `philox`, `pool`, `reduce`, `resize` and
-//! `softmax`. Shared plumbing: `common.rs` (grid shapes, the length check, the `launch!` macro,
-//! per-call scratch and uploads), `device.rs` ([`Device`], [`DeviceBuf`], the arena) and
-//! `nvrtc.rs` (the embedded sources and their compilation).
+//! element-wise kernels, and likewise `activation`, `argmax`, `attention`, `augment`,
+//! `batch_norm`, `conv2d`, `dropout`, `loss`, `metrics`, `mix`, `optim`, `perturb`, `philox`,
+//! `pool`, `reduce`, `resize` and `softmax`. Shared plumbing: `common.rs` (grid shapes, the
+//! length check, the `launch!` macro, per-call scratch and uploads), `device.rs` ([`Device`],
+//! [`DeviceBuf`], the arena) and `nvrtc.rs` (the embedded sources and their compilation).
 //!
 //! Launchers: each takes its CPU reference's arguments in the same order (inputs → shape →
 //! params → outputs), device buffers in place of slices, and validates lengths, shapes and
@@ -55,6 +55,8 @@
 //! | `argmax::argmax_fwd` | `argmax::argmax_fwd` |
 //! | `argmax::max_fwd` | `argmax::max_fwd` |
 //! | `argmax::max_bwd` | `argmax::max_bwd` |
+//! | `attention::attention_fwd` | `attention::attention_fwd` |
+//! | `attention::attention_bwd` | `attention::attention_bwd` |
 //! | `augment::color_jitter_fwd` | `augment::color_jitter_fwd` |
 //! | `augment::grayscale_fwd` | `augment::grayscale_fwd` |
 //! | `augment::gaussian_blur_fwd` | `augment::gaussian_blur_fwd` |
@@ -96,8 +98,11 @@
 //! | `maps::separable_blur_fwd` | `maps::separable_blur_fwd` |
 //! | `maps::minmax_normalize_fwd` | `maps::minmax_normalize_fwd` |
 //! | `maps::select_by_key_fwd` | `maps::select_by_key_fwd` |
+//! | `loss::binary_cross_entropy_fwd` | `loss::binary_cross_entropy_fwd` |
+//! | `loss::binary_cross_entropy_bwd` | `loss::binary_cross_entropy_bwd` |
 //! | `metrics::confusion_add` | `metrics::confusion_add` |
 //! | `metrics::label_agreement_fwd` | `metrics::label_agreement_fwd` |
+//! | `metrics::image_labels_fwd` | `metrics::image_labels_fwd` |
 //! | `mix::box_mask_fwd` | `mix::box_mask_fwd` |
 //! | `mix::class_mask_fwd` | `mix::class_mask_fwd` |
 //! | `mix::mix_fwd` | `mix::mix_fwd` |
@@ -127,6 +132,7 @@
 //! | `reduce::mean_channels_fwd` | `reduce::mean_channels_fwd` |
 //! | `reduce::mean_channels_bwd` | `reduce::mean_channels_bwd` |
 //! | `reduce::l2_normalize_fwd` | `reduce::l2_normalize_fwd` |
+//! | `reduce::cam_normalize_fwd` | `reduce::cam_normalize_fwd` |
 //! | `resize::resize_bilinear_fwd` | `resize::resize_bilinear_fwd` |
 //! | `resize::resize_bilinear_bwd` | `resize::resize_bilinear_bwd` |
 //! | `resize::resize_nearest_fwd` | `resize::resize_nearest_fwd` |
@@ -134,9 +140,11 @@
 //! | `softmax::softmax_bwd` | `softmax::softmax_bwd` |
 //! | `softmax::log_softmax_fwd` | `softmax::log_softmax_fwd` |
 //! | `softmax::log_softmax_bwd` | `softmax::log_softmax_bwd` |
+//! | `softmax::sharpen_fwd` | `softmax::sharpen_fwd` |
 
 pub mod activation;
 pub mod argmax;
+pub mod attention;
 pub mod augment;
 pub mod batch_norm;
 mod common;

@@ -55,6 +55,18 @@ pub static ACTIVATION: CudaSource = cuda_source!(
 );
 /// `argmax.cu`: argmax / max over classes and max's backward.
 pub static ARGMAX: CudaSource = cuda_source!("argmax", ["argmax_fwd", "max_fwd", "max_bwd"]);
+/// `attention.cu`: pixel self-attention (weights, apply) and its backward.
+pub static ATTENTION: CudaSource = cuda_source!(
+    "attention",
+    [
+        "attention_weights",
+        "attention_apply",
+        "attention_dv",
+        "attention_dscores",
+        "attention_dq",
+        "attention_dk"
+    ]
+);
 /// `augment.cu`: colour jitter, grayscale, Gaussian blur, cutout (draws made on the host).
 pub static AUGMENT: CudaSource = cuda_source!(
     "augment",
@@ -148,7 +160,9 @@ pub static LOSS: CudaSource = cuda_source!(
         "kl_div_fwd_partials",
         "soft_ce_bwd",
         "squared_error_bwd",
-        "kl_div_bwd"
+        "kl_div_bwd",
+        "binary_cross_entropy_fwd",
+        "binary_cross_entropy_bwd"
     ]
 );
 /// `maps.cu`: GCT's guidance maps (error map, separable blur, min–max normalisation, selection
@@ -165,7 +179,10 @@ pub static MAPS: CudaSource = cuda_source!(
     ]
 );
 /// `metrics.cu`: the confusion matrix and the label agreement counts.
-pub static METRICS: CudaSource = cuda_source!("metrics", ["confusion_add", "label_agreement"]);
+pub static METRICS: CudaSource = cuda_source!(
+    "metrics",
+    ["confusion_add", "label_agreement", "image_labels_fwd"]
+);
 /// `mix.cu`: box and class masks, the mix of images and labels, its backward.
 pub static MIX: CudaSource = cuda_source!(
     "mix",
@@ -198,7 +215,7 @@ pub static POOL: CudaSource = cuda_source!(
     ]
 );
 /// `reduce.cu`: sum / mean and their backwards, dot (finished by `reduce_sum_finalize` too),
-/// channel sums and means, per-row L2 normalisation.
+/// channel sums and means, per-row L2 normalisation, per-plane max normalisation (CAMs).
 pub static REDUCE: CudaSource = cuda_source!(
     "reduce",
     [
@@ -208,7 +225,8 @@ pub static REDUCE: CudaSource = cuda_source!(
         "dot_partials",
         "channels_fwd",
         "channels_bwd",
-        "l2_normalize_rows"
+        "l2_normalize_rows",
+        "cam_normalize_fwd"
     ]
 );
 /// `resize.cu`: bilinear resize forward / backward (a gather), nearest for i32 labels.
@@ -220,14 +238,15 @@ pub static RESIZE: CudaSource = cuda_source!(
         "resize_nearest_fwd"
     ]
 );
-/// `softmax.cu`: softmax and log-softmax over classes, forward and backward.
+/// `softmax.cu`: softmax and log-softmax over classes, forward and backward; sharpening.
 pub static SOFTMAX: CudaSource = cuda_source!(
     "softmax",
     [
         "softmax_fwd",
         "softmax_bwd",
         "log_softmax_fwd",
-        "log_softmax_bwd"
+        "log_softmax_bwd",
+        "sharpen_fwd"
     ]
 );
 
@@ -235,6 +254,7 @@ pub static SOFTMAX: CudaSource = cuda_source!(
 pub static SOURCES: &[&CudaSource] = &[
     &ACTIVATION,
     &ARGMAX,
+    &ATTENTION,
     &AUGMENT,
     &BATCH_NORM,
     &CONV2D,

@@ -30,7 +30,7 @@ pub fn salient_drop_mask_fwd(
         return Ok(());
     }
     // The CPU's shape error, from the CPU itself (no data is read for it).
-    if n == 0 || len % n != 0 {
+    if n == 0 || !len.is_multiple_of(n) {
         perturb::salient_drop_mask_fwd::<f32>(&vec![0.0; len], n, gamma, &mut vec![0.0; len])?;
     }
     let s = dev.stream();

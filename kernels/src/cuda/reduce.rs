@@ -250,10 +250,37 @@ pub fn l2_normalize_fwd(
         return Ok(());
     }
     // The CPU's shape error, from the CPU itself (no data is read for it).
-    if rows == 0 || n % rows != 0 {
+    if rows == 0 || !n.is_multiple_of(rows) {
         reduce::l2_normalize_fwd::<f32>(&vec![0.0; n], rows, scale, eps, &mut vec![0.0; n])?;
     }
     let s = dev.stream();
     let (px, py, per) = (x.device_addr(s), y.device_addr(s), (n / rows) as u64);
     launch!(dev, REDUCE, "l2_normalize_rows", grid2(rows as u32, 1); px, per, scale, eps, py)
+}
+
+/// [`crate::reduce::cam_normalize_fwd`]: per (image, class) plane, x = max(scores, 0)·label,
+/// y = x/max(m, 1e-5) where m = max x > 0, else 0; bit-identical to the CPU.
+/// scores, y: [N,C,H,W]; labels: [N,C].
+pub fn cam_normalize_fwd(
+    dev: &Device,
+    scores: &impl DeviceBuf<f32>,
+    labels: &impl DeviceBuf<f32>,
+    shape: Nchw,
+    y: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    expect("cam_normalize_fwd", "scores", scores, shape.len())?;
+    expect("cam_normalize_fwd", "labels", labels, shape.n * shape.c)?;
+    expect("cam_normalize_fwd", "y", y, shape.len())?;
+    let planes = shape.n * shape.c;
+    if planes == 0 || shape.plane() == 0 {
+        return Ok(());
+    }
+    let st = dev.stream();
+    let (ps, pl, py) = (
+        scores.device_addr(st),
+        labels.device_addr(st),
+        y.device_addr(st),
+    );
+    let (planes64, plane) = (planes as u64, shape.plane() as u64);
+    launch!(dev, REDUCE, "cam_normalize_fwd", grid(planes); ps, pl, planes64, plane, py)
 }

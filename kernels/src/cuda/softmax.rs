@@ -106,3 +106,34 @@ pub fn log_softmax_bwd(
 ) -> Result<(), CudaError> {
     softmax_bwd_launch(dev, "log_softmax_bwd", y, dy, shape, dx)
 }
+
+/// [`crate::softmax::sharpen_fwd`]: y = p^(1/T)/Σ p^(1/T) per pixel, max-normalised (CUDA's
+/// powf: a few ulp from the CPU). p, y: [N,K,H,W]; `temperature` finite and > 0 (checked here
+/// with the CPU's error).
+pub fn sharpen_fwd(
+    dev: &Device,
+    p: &impl DeviceBuf<f32>,
+    shape: Nchw,
+    temperature: f32,
+    y: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    expect("sharpen_fwd", "p", p, shape.len())?;
+    expect("sharpen_fwd", "y", y, shape.len())?;
+    if !(temperature.is_finite() && temperature > 0.0) {
+        // The CPU kernel's own error, from its own check.
+        crate::softmax::sharpen_fwd::<f32>(&[], Nchw::new(0, 0, 0, 0), temperature, &mut [])?;
+    }
+    if shape.is_empty() {
+        return Ok(());
+    }
+    let pixels = shape.n * shape.plane();
+    let st = dev.stream();
+    let (pp, py) = (p.device_addr(st), y.device_addr(st));
+    let (p64, k, plane, power) = (
+        pixels as u64,
+        shape.c as u32,
+        shape.plane() as u64,
+        temperature.recip(),
+    );
+    launch!(dev, SOFTMAX, "sharpen_fwd", grid(pixels); pp, p64, k, plane, power, py)
+}

@@ -1,17 +1,22 @@
 //! `resize_bilinear`: `F.interpolate(x, size=(h, w), mode='bilinear', align_corners)` to an
-//! explicit output size. Per axis with input extent `in` and output extent `out`, output index
-//! d reads source position s = max((d + 0.5)·in/out − 0.5, 0) (align_corners false) or
+//! output size given either as `size` or by another tensor (`like`, whose last two dims lend
+//! [h, w]: a graph that resizes a head's logits to the decoder's need not spell the crop size,
+//! so it runs at every `data.size`). Per axis with input extent `in` and output extent `out`,
+//! output index d reads source position s = max((d + 0.5)·in/out − 0.5, 0) (align_corners false) or
 //! s = d·(in − 1)/(out − 1) (true), and y blends the two nearest source pixels ⌊s⌋ and
 //! ⌊s⌋ + 1 (clamped to the edge) with weights 1 − frac(s) and frac(s), along H then W.
 //!
-//! Shapes: `x` f32[N, C, H, W] → `y` f32[N, C, h, w]; H, W, h and w must be positive.
+//! Shapes: `x` f32[N, C, H, W], `like` (optional) [N', C', h, w] or [N', h, w] of any dtype →
+//! `y` f32[N, C, h, w]; H, W, h and w must be positive. Exactly one of `size` and `like`.
 //!
 //! Backward: `resize_bilinear_bwd` (below, unregistered) scatters dy back through the same taps
-//! and weights (the adjoint of the blend); it needs only dy and the input's size. Its kernels'
-//! CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
+//! and weights (the adjoint of the blend); it needs only dy and the input's size. `like` lends a
+//! shape, never values: where it depends on trainable state it gets an exact zero gradient
+//! (`zero_grad_like`, below). Its kernels' CUDA twins exist (kernels/src/cuda); the engine does
+//! not dispatch ops to them yet.
 
 use crate::grad;
-use flowseg_engine::op::{io, Feed, GradCase, Vjp};
+use flowseg_engine::op::{io, Feed, GradCase, NoParams, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::resize::{resize_bilinear_bwd, resize_bilinear_fwd};
 use flowseg_kernels::Nchw;
@@ -25,9 +30,10 @@ pub struct ResizeBilinear;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    /// Output `[height, width]`, both positive (required: shapes are static, so the size is
-    /// given, never a scale factor).
-    pub size: [NonZeroUsize; 2],
+    /// Output `[height, width]`, both positive (shapes are static, so a size is given, never a
+    /// scale factor). Leave it out to take the size from the `like` input instead.
+    #[serde(default)]
+    pub size: Option<[NonZeroUsize; 2]>,
     /// PyTorch's `align_corners`: true maps the corner pixels' centres onto each other; default
     /// false (pixel areas aligned, as `F.interpolate` defaults).
     #[serde(default)]
@@ -37,9 +43,19 @@ pub struct Params {
 impl Op for ResizeBilinear {
     const NAME: &'static str = "resize_bilinear";
     const SUMMARY: &'static str =
-        "bilinear resize of an NCHW map to a fixed [h, w] (PyTorch semantics)";
-    const INPUTS: &'static [Port] = &[Port::req("x", "f32[N, C, H, W], H and W positive")];
-    const OUTPUTS: &'static [Port] = &[Port::req("y", "f32[N, C, h, w] with [h, w] = `size`")];
+        "bilinear resize of an NCHW map to a fixed [h, w] or another map's (PyTorch semantics)";
+    const INPUTS: &'static [Port] = &[
+        Port::req("x", "f32[N, C, H, W], H and W positive"),
+        Port::opt(
+            "like",
+            "[*, *, h, w] or [*, h, w], any dtype: lends the output size (values unread); \
+             instead of `size`",
+        ),
+    ];
+    const OUTPUTS: &'static [Port] = &[Port::req(
+        "y",
+        "f32[N, C, h, w] with [h, w] = `size` or the last two dims of `like`",
+    )];
     const EXAMPLE: &'static str = "name: upsample\nop: resize_bilinear\ninputs: { x: head.y }\n\
         params: { size: [512, 512], align_corners: false }\n";
     const GRAD_CASES: &'static [GradCase] = &[
@@ -50,6 +66,14 @@ impl Op for ResizeBilinear {
         GradCase {
             params: "{ size: [8, 3], align_corners: true }",
             feeds: &[("x", Feed::Trainable(&[2, 3, 5, 7]))],
+        },
+        // The size from a trainable `like`, which gets a zero gradient.
+        GradCase {
+            params: "{ align_corners: true }",
+            feeds: &[
+                ("x", Feed::Trainable(&[2, 3, 5, 7])),
+                ("like", Feed::Trainable(&[2, 1, 4, 6])),
+            ],
         },
     ];
     type Params = Params;
@@ -62,7 +86,7 @@ impl Op for ResizeBilinear {
                 TensorSpec::nchw(x)
             ));
         }
-        let [h, w] = p.size.map(NonZeroUsize::get);
+        let [h, w] = out_size(p, inputs.get(1).copied().flatten())?;
         Ok(vec![TensorSpec::nchw(Nchw::new(x.n, x.c, h, w))])
     }
 
@@ -74,8 +98,12 @@ impl Op for ResizeBilinear {
     ) -> Result<(), OpError> {
         let shape = io::nchw(Self::INPUTS, inputs, 0)?;
         let x = io::f32(Self::INPUTS, inputs, 0)?;
+        let like = inputs.get(1).copied().flatten().map(Tensor::spec);
+        let [h, w] = out_size(p, like).map_err(|problem| OpError::Input {
+            port: "like",
+            problem,
+        })?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
-        let [h, w] = p.size.map(NonZeroUsize::get);
         Ok(resize_bilinear_fwd(x, shape, h, w, p.align_corners, y)?)
     }
 
@@ -84,9 +112,35 @@ impl Op for ResizeBilinear {
     }
 }
 
+/// The output [h, w]: `size`, or the last two dims of `like`; exactly one of them.
+fn out_size(p: &Params, like: Option<&TensorSpec>) -> Result<[usize; 2], String> {
+    match (p.size, like) {
+        (Some(size), None) => Ok(size.map(NonZeroUsize::get)),
+        (None, Some(like)) => match like.shape[..] {
+            [_, h, w] | [_, _, h, w] if h > 0 && w > 0 => Ok([h, w]),
+            _ => Err(format!(
+                "`like` must be [N, C, h, w] or [N, h, w] with h, w positive, got {like}"
+            )),
+        },
+        (Some(_), Some(_)) => Err(
+            "give the output size once: either `size` (a param) or `like` (an input), not both"
+                .into(),
+        ),
+        (None, None) => Err(
+            "the output size is missing: give `size: [h, w]` as a param or connect `like`".into(),
+        ),
+    }
+}
+
 /// The VJP of `resize_bilinear`: one `resize_bilinear_bwd` node reading only dy; the input's
-/// [H, W] goes into its params, so x need not be kept for the backward.
+/// [H, W] goes into its params, so x need not be kept for the backward. A `like` that needs a
+/// gradient gets zeros (its values never reach `y`).
 fn backward(p: &Params, g: &mut Vjp<'_>) -> Result<(), String> {
+    if g.needs_grad(1) {
+        let like = grad::input(g, ResizeBilinear::INPUTS, 1)?;
+        let [zeros] = grad::outputs(g.emit::<ZeroGradLike>(NoParams {}, vec![Some(like)])?)?;
+        g.set_grad(1, zeros);
+    }
     if !g.needs_grad(0) {
         return Ok(());
     }
@@ -103,6 +157,33 @@ fn backward(p: &Params, g: &mut Vjp<'_>) -> Result<(), String> {
     let [dx] = grad::outputs(g.emit::<ResizeBilinearBwd>(params, vec![Some(dy)])?)?;
     g.set_grad(0, dx);
     Ok(())
+}
+
+/// The gradient of `like` (emitted by the VJP, not registered): zeros of its spec, because only
+/// its shape is read.
+struct ZeroGradLike;
+
+impl Op for ZeroGradLike {
+    const NAME: &'static str = "zero_grad_like";
+    const SUMMARY: &'static str = "the zero gradient of an input whose values are never read";
+    const INPUTS: &'static [Port] = &[Port::req("like", "f32: the shape-only input")];
+    const OUTPUTS: &'static [Port] = &[Port::req("dlike", "zeros like `like`")];
+    const EXAMPLE: &'static str = "";
+    type Params = NoParams;
+
+    fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        Ok(vec![io::f32_spec(Self::INPUTS, inputs, 0)?.clone()])
+    }
+
+    fn cpu(
+        _: &NoParams,
+        _: &ExecCx,
+        _: &[Option<&Tensor>],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        io::f32_out(Self::OUTPUTS, outputs, 0)?.fill(0.0);
+        Ok(())
+    }
 }
 
 /// Backward of `resize_bilinear` (emitted by its VJP, not registered): dx = the adjoint of the
@@ -166,7 +247,7 @@ impl Op for ResizeBilinearBwd {
 
 #[cfg(test)]
 mod tests {
-    use crate::support::test::{assert_close, f32s, infer_err, run, try_configure};
+    use crate::support::test::{assert_close, f32s, i32s, infer_err, run, try_configure};
     use flowseg_engine::TensorSpec;
 
     #[test]
@@ -201,9 +282,44 @@ mod tests {
     }
 
     #[test]
-    fn size_is_required_and_positive() {
-        let e = try_configure("name: r\nop: resize_bilinear\n").unwrap_err();
-        assert!(e.message.contains("missing field `size`"), "{e}");
+    fn like_lends_the_size() {
+        let node = "name: r\nop: resize_bilinear\nparams: { align_corners: true }\n";
+        let x = || Some(f32s(&[1, 1, 1, 2], &[0.0, 1.0]));
+        // A label map [N, h, w] (i32) and a feature map [N, C, h, w] both lend [1, 4].
+        for like in [i32s(&[3, 1, 4], &[0; 12]), f32s(&[1, 5, 1, 4], &[0.0; 20])] {
+            let y = run(node, &[x(), Some(like)]);
+            assert_eq!(y[0].spec(), &TensorSpec::f32(&[1, 1, 1, 4]));
+            assert_close(y[0].f32().unwrap(), &[0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0], 1e-6);
+        }
+    }
+
+    #[test]
+    fn exactly_one_of_size_and_like() {
+        let x = Some(TensorSpec::f32(&[1, 2, 3, 3]));
+        let like = Some(TensorSpec::f32(&[1, 2, 6, 6]));
+        let e = infer_err("name: r\nop: resize_bilinear\n", &[x.clone(), None]);
+        assert_eq!(
+            e,
+            "the output size is missing: give `size: [h, w]` as a param or connect `like`"
+        );
+        let both = "name: r\nop: resize_bilinear\nparams: { size: [4, 4] }\n";
+        let e = infer_err(both, &[x.clone(), like]);
+        assert_eq!(
+            e,
+            "give the output size once: either `size` (a param) or `like` (an input), not both"
+        );
+        let e = infer_err(
+            "name: r\nop: resize_bilinear\n",
+            &[x, Some(TensorSpec::f32(&[6]))],
+        );
+        assert_eq!(
+            e,
+            "`like` must be [N, C, h, w] or [N, h, w] with h, w positive, got f32[6]"
+        );
+    }
+
+    #[test]
+    fn size_is_positive() {
         let e =
             try_configure("name: r\nop: resize_bilinear\nparams: { size: [4, 0] }\n").unwrap_err();
         assert!(e.message.contains("nonzero"), "{e}");

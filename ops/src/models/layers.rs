@@ -254,7 +254,7 @@ pub(crate) fn resize(
     size: [usize; 2],
 ) -> Result<ValueRef, String> {
     let params = resize_bilinear::Params {
-        size: size.map(nonzero),
+        size: Some(size.map(nonzero)),
         align_corners: false,
     };
     single(t.op::<ResizeBilinear>(name, params, vec![Some(x)])?)
