@@ -190,7 +190,7 @@ impl Model for FlawDetector {
         }
         let x = conv4(t, "classifier", x, 1, 2)?;
         let params = resize_bilinear::Params {
-            size: [nonzero(h), nonzero(w)],
+            size: Some([nonzero(h), nonzero(w)]),
             align_corners: true,
         };
         Ok(vec![single(t.op::<ResizeBilinear>(
