@@ -75,17 +75,11 @@ impl Composite {
             .enumerate()
             .map(|(i, (name, s))| {
                 let n = s.shape.iter().product();
-                let w: Vec<f64> = rand_vec(40 + i as u64, n, -1.5, 1.5)
-                    .into_iter()
-                    .map(f64::from)
-                    .collect();
+                let w = rand_vec(40 + i as u64, n, -1.5, 1.5);
                 (name.clone(), f32s(&s.shape, &w))
             })
             .collect();
-        let h = rand_vec(3, N * C * H * W, -1.0, 1.0)
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let h = rand_vec(3, N * C * H * W, -1.0, 1.0);
         Composite { graph, state, h }
     }
 
@@ -112,10 +106,7 @@ impl Composite {
 #[test]
 fn ivat_direction_matches_a_finite_difference_estimate() {
     let c = Composite::new();
-    let r: Vec<f64> = rand_vec(5, N * C * H * W, -1.0, 1.0)
-        .into_iter()
-        .map(f64::from)
-        .collect();
+    let r = rand_vec(5, N * C * H * W, -1.0, 1.0);
     let got = c.run(&r, &["kl.loss", "g.grad", "dir.y"]);
     let (loss, grad, dir) = (got[0][0], &got[1], &got[2]);
     // Not vacuous: the perturbed prediction differs from p₀ by a margin far above rounding.
