@@ -42,7 +42,6 @@ pub mod forward {
     pub mod add;
     pub mod batch_norm;
     pub mod concat;
-    pub mod concat_batch;
     pub mod conv2d;
     pub mod dropout;
     pub mod feature_drop;
@@ -60,8 +59,7 @@ pub mod forward {
     pub mod resize_bilinear;
     pub mod self_attention;
     pub mod softmax;
-    pub mod split_batch;
-    pub mod split_channels;
+    pub mod split;
     pub mod squeeze;
 }
 
@@ -125,7 +123,6 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::add::Add>()?;
     r.add::<forward::batch_norm::BatchNorm>()?;
     r.add::<forward::concat::Concat>()?;
-    r.add::<forward::concat_batch::ConcatBatch>()?;
     r.add::<forward::conv2d::Conv2d>()?;
     r.add::<forward::dropout::Dropout>()?;
     r.add::<forward::feature_drop::FeatureDrop>()?;
@@ -142,8 +139,7 @@ pub fn register_builtin_ops(r: &mut Registry) -> Result<(), RegistryError> {
     r.add::<forward::resize_bilinear::ResizeBilinear>()?;
     r.add::<forward::self_attention::SelfAttention>()?;
     r.add::<forward::softmax::Softmax>()?;
-    r.add::<forward::split_batch::SplitBatch>()?;
-    r.add::<forward::split_channels::SplitChannels>()?;
+    r.add::<forward::split::Split>()?;
     r.add::<forward::squeeze::Squeeze>()?;
     r.add::<fuse::blur_map::BlurMap>()?;
     r.add::<fuse::calibrated_fusion::CalibratedFusion>()?;

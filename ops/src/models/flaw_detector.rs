@@ -17,7 +17,7 @@
 //!
 //! IBNorm(c): batch norm (affine, running statistics: `ibn<i>.bnorm.*`) on the first
 //! ⌊c/2 + 0.5⌋ channels, instance norm without affine on the rest, concatenated
-//! (`split_channels` → `bn` | `instance_norm` → `concat`).
+//! (`split` → `bn` | `instance_norm` → `concat`).
 //!
 //! The official network has `stages: 3` (conv2..conv4 pairs); on a 321-pixel crop its map is
 //! 9×9 before the resize, but on 64 pixels it would be 1×1. `stages: 1` keeps 7×7 at 64 px (3×3
@@ -28,16 +28,16 @@
 //! Not here: the task models, the flaw map's post-processing (`blur_map`, `minmax_normalize`
 //! in the graph), evaluation.
 
-use crate::forward::concat::Concat;
+use crate::forward::concat::{self, Concat};
 use crate::forward::conv2d::{self, Conv2d};
 use crate::forward::instance_norm::{self, InstanceNorm};
 use crate::forward::leaky_relu::{self, LeakyRelu};
 use crate::forward::resize_bilinear::{self, ResizeBilinear};
-use crate::forward::split_channels::{self, SplitChannels};
+use crate::forward::split::{self, Split};
 use crate::models::layers::{bn, channels, image_size, nonzero, single};
 use flowseg_engine::graph::ValueRef;
 use flowseg_engine::model::{Init, Model, Tracer};
-use flowseg_engine::{NoParams, Port, TensorSpec};
+use flowseg_engine::{Port, TensorSpec};
 use serde::Deserialize;
 use std::num::NonZeroUsize;
 
@@ -108,13 +108,16 @@ fn ibn(t: &mut Tracer<'_>, name: &str, x: ValueRef) -> Result<ValueRef, String> 
         if at == c {
             return bn(t, "bnorm", x);
         }
-        let halves =
-            t.op::<SplitChannels>("split", split_channels::Params { at }, vec![Some(x)])?;
+        let params = split::Params {
+            at: Some(at),
+            ..split::Params::default()
+        };
+        let halves = t.op::<Split>("split", params, vec![Some(x), None])?;
         let [head, tail] = <[ValueRef; 2]>::try_from(halves).map_err(|_| "two halves")?;
         let b = bn(t, "bnorm", head)?;
         let params = instance_norm::Params { eps: 1e-5 };
         let i = single(t.op::<InstanceNorm>("inorm", params, vec![Some(tail)])?)?;
-        single(t.op::<Concat>("cat", NoParams {}, vec![Some(b), Some(i)])?)
+        single(t.op::<Concat>("cat", concat::Params::default(), vec![Some(b), Some(i)])?)
     })
 }
 
@@ -181,7 +184,11 @@ impl Model for FlawDetector {
             }
         }
         let c = p.width.get();
-        let x = single(t.op::<Concat>("cat", NoParams {}, vec![Some(image), Some(probs)])?)?;
+        let x = single(t.op::<Concat>(
+            "cat",
+            concat::Params::default(),
+            vec![Some(image), Some(probs)],
+        )?)?;
         let mut x = block(t, "1", x, c, 2)?;
         for i in 2..2 + p.stages {
             let co = c << (i - 1);

@@ -243,7 +243,7 @@ pub(crate) fn concat(
     a: ValueRef,
     b: ValueRef,
 ) -> Result<ValueRef, String> {
-    single(t.op::<Concat>(name, NoParams {}, vec![Some(a), Some(b)])?)
+    single(t.op::<Concat>(name, Default::default(), vec![Some(a), Some(b)])?)
 }
 
 /// Node `name`: bilinear resize, align_corners false (`F.interpolate`'s default), to `size`.
