@@ -527,22 +527,33 @@ pub fn reflect_index(i: isize, n: usize) -> usize {
 /// One 1-D pass of the blur over `src` (planes of `h` rows × `w` columns) into `dst`:
 /// `dst[p] = Σ_j w_j · src[reflect(p + j − r)]` along rows (`horizontal`) or columns, the sum
 /// taken in f32 for j ascending from 0.
+///
+/// Each tap is one multiply-add over a whole contiguous row (the horizontal pass reads a
+/// reflect-padded copy of the row, the vertical pass the reflected source row), so the inner
+/// loops vectorise; every output still sums its taps in the same order, so the bits are those
+/// of the per-pixel loop (the unit test `blur_pass_matches_the_per_pixel_definition`).
 fn blur_pass(src: &[f32], h: usize, w: usize, weights: &[f32], horizontal: bool, dst: &mut [f32]) {
     let r = (weights.len() / 2) as isize;
+    let mut padded = Vec::new();
     for (sp, dp) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(h * w)) {
-        for y in 0..h {
-            for x in 0..w {
-                let mut acc = 0f32;
+        for (y, out) in dp.chunks_exact_mut(w).enumerate() {
+            out.fill(0.0);
+            if horizontal {
+                let row = &sp[y * w..(y + 1) * w];
+                padded.clear();
+                padded.extend((-r..w as isize + r).map(|i| row[reflect_index(i, w)]));
                 for (j, &wj) in weights.iter().enumerate() {
-                    let o = j as isize - r;
-                    let v = if horizontal {
-                        sp[y * w + reflect_index(x as isize + o, w)]
-                    } else {
-                        sp[reflect_index(y as isize + o, h) * w + x]
-                    };
-                    acc += wj * v;
+                    for (o, &v) in out.iter_mut().zip(&padded[j..j + w]) {
+                        *o += wj * v;
+                    }
                 }
-                dp[y * w + x] = acc;
+            } else {
+                for (j, &wj) in weights.iter().enumerate() {
+                    let sy = reflect_index(y as isize + j as isize - r, h);
+                    for (o, &v) in out.iter_mut().zip(&sp[sy * w..(sy + 1) * w]) {
+                        *o += wj * v;
+                    }
+                }
             }
         }
     }
@@ -1147,6 +1158,56 @@ mod tests {
                     0.0
                 };
                 assert_eq!(at(r, c), want, "({r}, {c})");
+            }
+        }
+    }
+
+    #[test]
+    fn blur_pass_matches_the_per_pixel_definition() {
+        // The definition, one output at a time: Σ_j w_j · src[reflect(p + j − r)], j ascending.
+        fn per_pixel(src: &[f32], h: usize, w: usize, wt: &[f32], horizontal: bool) -> Vec<f32> {
+            let r = (wt.len() / 2) as isize;
+            let mut dst = vec![0.0; src.len()];
+            for (sp, dp) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(h * w)) {
+                for y in 0..h {
+                    for x in 0..w {
+                        let mut acc = 0f32;
+                        for (j, &wj) in wt.iter().enumerate() {
+                            let o = j as isize - r;
+                            acc += wj
+                                * if horizontal {
+                                    sp[y * w + reflect_index(x as isize + o, w)]
+                                } else {
+                                    sp[reflect_index(y as isize + o, h) * w + x]
+                                };
+                        }
+                        dp[y * w + x] = acc;
+                    }
+                }
+            }
+            dst
+        }
+        // Kernels wider than the image reflect more than once; 1-pixel axes read one value.
+        for (planes, h, w, kernel) in [(3, 9, 13, 5), (2, 4, 3, 13), (1, 1, 7, 9), (2, 6, 1, 3)] {
+            let x: Vec<f32> = crate::testing::rand_vec(11, planes * h * w, 0.0, 1.0)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let wt = gaussian_weights(1.7, kernel);
+            for horizontal in [true, false] {
+                let mut got = vec![f32::NAN; x.len()];
+                blur_pass(&x, h, w, &wt, horizontal, &mut got);
+                let want = per_pixel(&x, h, w, &wt, horizontal);
+                // Bit for bit: the row-wise loops keep each output's order of taps.
+                let (g, e): (Vec<u32>, Vec<u32>) = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a.to_bits(), b.to_bits()))
+                    .unzip();
+                assert_eq!(
+                    g, e,
+                    "{planes}×{h}×{w}, kernel {kernel}, horizontal {horizontal}"
+                );
             }
         }
     }
