@@ -188,6 +188,7 @@ impl ConvBnRelu {
             &self.mean,
             &self.invstd,
             &dbn,
+            None,
             ys,
             &mut dconv,
             dgamma,

@@ -147,6 +147,17 @@ pub trait OpNode: Send + Sync + fmt::Debug {
         inputs: &[Option<&Tensor>],
         outputs: &mut [Tensor],
     ) -> Result<(), OpError>;
+    /// See [`Op::fuse_consumer`]: the fused node, configured.
+    fn fuse_consumer(&self, port: usize, consumer: &dyn OpNode) -> Option<Arc<dyn OpNode>>;
+    /// See [`Op::fuse_producer`]: the fused node, configured, and the producer's input ports'
+    /// places on it.
+    fn fuse_producer(
+        &self,
+        port: usize,
+        producer: &dyn OpNode,
+    ) -> Option<(Arc<dyn OpNode>, Vec<usize>)>;
+    /// The configured node as `Any`, for [`crate::op::params_of`].
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Where an input comes from.

@@ -93,6 +93,33 @@ pub trait Op: Send + Sync + 'static {
         None
     }
 
+    /// Fusion (the planner's pass, engine/src/fuse.rs; `--no-fuse` skips it): a node of this op
+    /// can also compute `consumer`, an op whose only input is this node's output `port` and
+    /// whose one output has that output's spec (an element-wise epilogue: `batch_norm` takes a
+    /// following `relu`). Returns the fused node's params; its output `port` then holds what the
+    /// consumer computed. The fused node must give the same values, bit for bit or within a
+    /// tolerance its op file states. `None` (the default): this op fuses nothing after it.
+    fn fuse_consumer(
+        _p: &Self::Params,
+        _port: usize,
+        _consumer: &dyn OpNode,
+    ) -> Option<Self::Params> {
+        None
+    }
+
+    /// Fusion: a node of this op can absorb `producer`, a single-output op whose output feeds
+    /// this node's input `port` and nothing else (a prologue: `batch_norm_bwd` takes the
+    /// `relu_bwd` in front of its `dy`). Returns the fused node's params and, for each input of
+    /// the producer in order, the input port of this op that takes it: `port` itself, or an
+    /// optional port that is unconnected (the pass checks). `None` (the default): no fusion.
+    fn fuse_producer(
+        _p: &Self::Params,
+        _port: usize,
+        _producer: &dyn OpNode,
+    ) -> Option<(Self::Params, Vec<usize>)> {
+        None
+    }
+
     /// The CPU reference: fill `outputs` (allocated from `infer`) from `inputs`.
     ///
     /// Contract: write every element of every output, and never read an output before writing
@@ -201,6 +228,34 @@ impl<O: Op> OpNode for Configured<O> {
     ) -> Result<(), OpError> {
         O::cpu(&self.params, cx, inputs, outputs)
     }
+    fn fuse_consumer(&self, port: usize, consumer: &dyn OpNode) -> Option<Arc<dyn OpNode>> {
+        let params = O::fuse_consumer(&self.params, port, consumer)?;
+        Some(Arc::new(Configured::<O> { params }))
+    }
+    fn fuse_producer(
+        &self,
+        port: usize,
+        producer: &dyn OpNode,
+    ) -> Option<(Arc<dyn OpNode>, Vec<usize>)> {
+        let (params, ports) = O::fuse_producer(&self.params, port, producer)?;
+        Some((Arc::new(Configured::<O> { params }), ports))
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The params of `node` if it is a node of op `O` (a fusion hook reading its neighbour's
+/// configuration), else `None`.
+pub fn params_of<O: Op>(node: &dyn OpNode) -> Option<&O::Params> {
+    node.as_any()
+        .downcast_ref::<Configured<O>>()
+        .map(|c| &c.params)
+}
+
+/// True if `node` is a node of op `O`.
+pub fn is<O: Op>(node: &dyn OpNode) -> bool {
+    params_of::<O>(node).is_some()
 }
 
 /// Params of an op that takes none (`params:` absent or `{}`; any key is an error).

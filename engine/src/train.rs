@@ -153,6 +153,24 @@ pub struct Trainer {
     pub plan: crate::plan::Plan,
     /// The plan's buffers, kept across steps (see [`exec::Workspace`]).
     workspace: exec::Workspace,
+    /// The node pairs the fusion pass merged in `graph` (empty with [`TrainerOptions::fuse`]
+    /// off).
+    pub fusions: Vec<crate::fuse::Fusion>,
+}
+
+/// How [`Trainer::with_options`] builds the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainerOptions {
+    /// Run the fusion pass ([`crate::fuse`]) on the step's graph before planning it (default
+    /// true; `--no-fuse` turns it off). The values are the same either way (bit for bit for the
+    /// built-in fusions; tests/fusion.rs).
+    pub fuse: bool,
+}
+
+impl Default for TrainerOptions {
+    fn default() -> Self {
+        TrainerOptions { fuse: true }
+    }
 }
 
 /// An `ema_of` model: its parameters follow the source model's.
@@ -173,7 +191,18 @@ impl Trainer {
         spec: &GraphSpec,
         registry: &Registry,
         env: &Env,
+        state: BTreeMap<String, Tensor>,
+    ) -> Result<Self, Vec<GraphError>> {
+        Self::with_options(spec, registry, env, state, TrainerOptions::default())
+    }
+
+    /// [`Trainer::new`] with `options`.
+    pub fn with_options(
+        spec: &GraphSpec,
+        registry: &Registry,
+        env: &Env,
         mut state: BTreeMap<String, Tensor>,
+        options: TrainerOptions,
     ) -> Result<Self, Vec<GraphError>> {
         // Sizes first: a batch whose element count overflows would panic in shape arithmetic,
         // and the state below is allocated at once.
@@ -429,11 +458,45 @@ impl Trainer {
         let grads = optimizers
             .iter()
             .flat_map(|o| o.params.iter().map(|p| &p.grad));
-        let keep = (losses.iter().map(|(_, s)| s).chain(grads))
+        let keep: Vec<ValueRef> = (losses.iter().map(|(_, s)| s).chain(grads))
             .chain(metrics.iter().map(|(_, s)| s))
             .chain(graph.assigns.iter().map(|(s, _)| s))
             .cloned()
             .collect();
+        let fused = if options.fuse {
+            crate::fuse::fuse(graph, &keep)
+        } else {
+            crate::fuse::Fused::none(graph)
+        };
+        // The pass never removes a kept value, so every reference maps.
+        let remap = |v: &mut ValueRef| -> Result<(), Vec<GraphError>> {
+            *v = fused.remap(v).ok_or_else(|| {
+                vec![GraphError::new(
+                    BAD_OBJECTIVE,
+                    "internal: the fusion pass removed a value the step reads",
+                    Loc::NONE,
+                )]
+            })?;
+            Ok(())
+        };
+        let mut keep = keep;
+        for v in keep
+            .iter_mut()
+            .chain(losses.iter_mut().map(|(_, v)| v))
+            .chain(metrics.iter_mut().map(|(_, v)| v))
+            .chain(
+                optimizers
+                    .iter_mut()
+                    .flat_map(|o| o.params.iter_mut().map(|p| &mut p.grad)),
+            )
+        {
+            remap(v)?;
+        }
+        let graph = fused.graph;
+        let fusions = fused.fusions;
+        if !fusions.is_empty() {
+            tracing::info!("fused: {}", crate::fuse::Summary(&fusions));
+        }
         // The CPU runs one op at a time, so it plans one stream; `stream:` pins shape the
         // multi-stream plans of `flowseg plan --streams K` (and of the CUDA executor, later).
         let pinned = graph.nodes.iter().filter(|n| n.stream.is_some()).count();
@@ -448,6 +511,7 @@ impl Trainer {
         check_fits(&footprint, spec, limit).map_err(|e| vec![e])?;
         let mut t = Trainer {
             plan,
+            fusions,
             workspace: exec::Workspace::default(),
             graph,
             losses,

@@ -18,8 +18,12 @@
 //   eval fwd:  bn_eval_coef → bn_affine
 //   bwd:       bn_bwd_stats → bn_dy_partials → bn_bwd_finalize → bn_bwd_dx
 //
-// Block size: BN_THREADS, which the launcher must use. Not here: f64 tensors, fused ReLU,
-// sync-BN across devices.
+// Fused ReLU (the planner's batch_norm → relu fusion): bn_affine's `relu` clamps at zero with
+// the CPU's comparison; the backward's `relu_y` (null: none) zeroes dy where relu_y ≤ 0, as
+// relu_bwd does, before every use.
+//
+// Block size: BN_THREADS, which the launcher must use. Not here: f64 tensors, sync-BN across
+// devices.
 
 #define BN_THREADS 256
 
@@ -135,18 +139,28 @@ extern "C" __global__ void bn_eval_coef(const float* __restrict__ gamma,        
     coef[3 * c + 2] = beta[c];
 }
 
-// y = (x − mean)·scale + shift with (mean, scale, shift) = coef[c], in f32 (grid-stride).
+// y = (x − mean)·scale + shift with (mean, scale, shift) = coef[c], in f32 (grid-stride);
+// with `relu`, y = y > 0 ? y : 0.
 extern "C" __global__ void bn_affine(const float* __restrict__ x,     // [N,C,H,W]
                                      const float* __restrict__ coef,  // [C, 3]
                                      unsigned long long len,          // N·C·H·W
                                      unsigned ch,                     // C
                                      unsigned long long plane,        // H·W
+                                     int relu,                        // 0 or 1
                                      float* __restrict__ y) {         // [N,C,H,W]
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
          i < len; i += (unsigned long long)blockDim.x * gridDim.x) {
         unsigned c = (unsigned)((i / plane) % ch);
-        y[i] = (x[i] - coef[3 * c]) * coef[3 * c + 1] + coef[3 * c + 2];
+        float t = (x[i] - coef[3 * c]) * coef[3 * c + 1] + coef[3 * c + 2];
+        y[i] = relu ? (t > 0.0f ? t : 0.0f) : t;
     }
+}
+
+// The gradient reaching batch norm: dy, or behind a fused ReLU dy where relu_y > 0, else 0.
+__device__ __forceinline__ float bn_dy_at(const float* __restrict__ dy,
+                                          const float* __restrict__ relu_y,
+                                          unsigned long long i) {
+    return (relu_y == nullptr || relu_y[i] > 0.0f) ? dy[i] : 0.0f;
 }
 
 // The backward's (mean, invstd) in f64: train reads save_mean/save_invstd (var_or_invstd is
@@ -167,6 +181,7 @@ extern "C" __global__ void bn_bwd_stats(const float* __restrict__ mean,         
 // channel c. Grid (B, C).
 extern "C" __global__ void bn_dy_partials(const float* __restrict__ x,       // [N,C,H,W]
                                           const float* __restrict__ dy,      // [N,C,H,W]
+                                          const float* __restrict__ relu_y,  // [N,C,H,W] or null
                                           unsigned long long count,          // N·H·W
                                           unsigned ch,                       // C
                                           unsigned long long plane,          // H·W
@@ -179,7 +194,7 @@ extern "C" __global__ void bn_dy_partials(const float* __restrict__ x,       // 
     for (unsigned long long j = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
          j < count; j += (unsigned long long)blockDim.x * gridDim.x) {
         unsigned long long i = bn_at(j, c, ch, plane);
-        double g = (double)dy[i];
+        double g = (double)bn_dy_at(dy, relu_y, i);
         sd += g;
         sdx += g * ((double)x[i] - m) * k;
     }
@@ -227,8 +242,9 @@ extern "C" __global__ void bn_bwd_finalize(const double* __restrict__ partials, 
 
 // train: dx = k·(dy − a − (x − mean)·invstd·b); eval: dx = dy·k; (mean, invstd, k, a, b) =
 // coef[c], in f32 in the CPU's operation order (grid-stride).
-extern "C" __global__ void bn_bwd_dx(const float* __restrict__ x,     // [N,C,H,W]
-                                     const float* __restrict__ dy,    // [N,C,H,W]
+extern "C" __global__ void bn_bwd_dx(const float* __restrict__ x,       // [N,C,H,W]
+                                     const float* __restrict__ dy,      // [N,C,H,W]
+                                     const float* __restrict__ relu_y,  // [N,C,H,W] or null
                                      const float* __restrict__ coef,  // [C, 5]
                                      unsigned long long len,          // N·C·H·W
                                      unsigned ch,                     // C
@@ -238,7 +254,7 @@ extern "C" __global__ void bn_bwd_dx(const float* __restrict__ x,     // [N,C,H,
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
          i < len; i += (unsigned long long)blockDim.x * gridDim.x) {
         const float* k5 = coef + 5 * ((i / plane) % ch);
-        float g = dy[i];
+        float g = bn_dy_at(dy, relu_y, i);
         dx[i] = eval ? g * k5[2] : k5[2] * (g - k5[3] - (x[i] - k5[0]) * k5[1] * k5[4]);
     }
 }

@@ -50,6 +50,10 @@ pub struct BatchNormParams {
     /// Weight of the new batch statistic in the running averages (PyTorch default 0.1). Only
     /// [`batch_norm_train_fwd`] reads it.
     pub momentum: f64,
+    /// The forwards also apply a ReLU, y = max(x̂·gamma + beta, 0), in the same pass (the
+    /// planner's fusion of `batch_norm` → `relu`); the backward's counterpart is its `relu_y`
+    /// argument. Default false.
+    pub relu: bool,
 }
 
 impl Default for BatchNormParams {
@@ -57,6 +61,7 @@ impl Default for BatchNormParams {
         BatchNormParams {
             eps: 1e-5,
             momentum: 0.1,
+            relu: false,
         }
     }
 }
@@ -179,8 +184,10 @@ fn channel_stats<T: Real>(s: Nchw, x: &[T]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// y = (x − mean[c])·scale[c] + shift[c] per channel; `coef[c] = (mean, scale, shift)`.
-fn affine<T: Real>(s: Nchw, x: &[T], coef: &[(T, T, T)], y: &mut [T]) {
+/// y = (x − mean[c])·scale[c] + shift[c] per channel, then max(y, 0) with `relu` (the exact
+/// comparison of `activation::relu_fwd`, so a fused node gives relu's bits); `coef[c] = (mean,
+/// scale, shift)`.
+fn affine<T: Real>(s: Nchw, x: &[T], coef: &[(T, T, T)], relu: bool, y: &mut [T]) {
     // An empty plane means empty slices; `max(1)` only keeps the chunk size legal.
     let p = s.plane().max(1);
     y.par_chunks_mut(p)
@@ -189,10 +196,29 @@ fn affine<T: Real>(s: Nchw, x: &[T], coef: &[(T, T, T)], y: &mut [T]) {
         .enumerate()
         .for_each(|(i, (yp, xp))| {
             let (mean, scale, shift) = coef[i % s.c];
-            for (o, &v) in yp.iter_mut().zip(xp) {
-                *o = (v - mean) * scale + shift;
+            if relu {
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    let t = (v - mean) * scale + shift;
+                    *o = if t > T::zero() { t } else { T::zero() };
+                }
+            } else {
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    *o = (v - mean) * scale + shift;
+                }
             }
         });
+}
+
+/// The N plane sums of each channel added in image order: per channel (Σdy, Σdy·x̂).
+fn combine_planes(s: Nchw, planes: &[(f64, f64)], invstd: &[f64]) -> Vec<(f64, f64)> {
+    (0..s.c)
+        .map(|c| {
+            let (sd, sdx) = (0..s.n)
+                .map(|n| planes.get(n * s.c + c).copied().unwrap_or((0.0, 0.0)))
+                .fold((0f64, 0f64), |(a, b), (u, v)| (a + u, b + v));
+            (sd, sdx * invstd[c])
+        })
+        .collect()
 }
 
 /// Per channel (Σdy, Σdy·(x − mean[c])·invstd[c]) in f64, over inputs checked by the caller:
@@ -206,14 +232,38 @@ fn dy_sums<T: Real>(s: Nchw, x: &[T], dy: &[T], mean: &[f64], invstd: &[f64]) ->
         .enumerate()
         .map(|(i, (xp, gp))| dy_lane_sums_widest(xp, gp, mean[i % s.c]))
         .collect();
-    (0..s.c)
-        .map(|c| {
-            let (sd, sdx) = (0..s.n)
-                .map(|n| planes.get(n * s.c + c).copied().unwrap_or((0.0, 0.0)))
-                .fold((0f64, 0f64), |(a, b), (u, v)| (a + u, b + v));
-            (sd, sdx * invstd[c])
+    combine_planes(s, &planes, invstd)
+}
+
+/// [`dy_sums`] of the gradient behind a fused ReLU, dz = dy·[relu_y > 0] (the exact select of
+/// `activation::relu_bwd`), written into `dz` plane by plane and summed while the plane is in
+/// cache: the same dz and the same sums as `relu_bwd` followed by [`dy_sums`].
+fn masked_dy_sums<T: Real>(
+    s: Nchw,
+    x: &[T],
+    dy: &[T],
+    relu_y: &[T],
+    mean: &[f64],
+    invstd: &[f64],
+    dz: &mut [T],
+) -> Vec<(f64, f64)> {
+    let p = s.plane().max(1);
+    let planes: Vec<(f64, f64)> = dz
+        .par_chunks_mut(p)
+        .zip(
+            x.par_chunks(p)
+                .zip(dy.par_chunks(p).zip(relu_y.par_chunks(p))),
+        )
+        .with_min_len(planes_per_task(p))
+        .enumerate()
+        .map(|(i, (zp, (xp, (gp, yp))))| {
+            for ((o, &g), &v) in zp.iter_mut().zip(gp).zip(yp) {
+                *o = if v > T::zero() { g } else { T::zero() };
+            }
+            dy_lane_sums_widest(xp, zp, mean[i % s.c])
         })
-        .collect()
+        .collect();
+    combine_planes(s, &planes, invstd)
 }
 
 /// Training-mode forward: normalizes with the batch statistics, saves them for the backward and
@@ -255,7 +305,7 @@ pub fn batch_norm_train_fwd<T: Real>(
         running_var[c] = T::of((1.0 - p.momentum) * running_var[c].f64() + p.momentum * unbiased);
         coef.push((T::of(mean), T::of(invstd * gamma[c].f64()), beta[c]));
     }
-    affine(s, x, &coef, y);
+    affine(s, x, &coef, p.relu, y);
     Ok(())
 }
 
@@ -286,22 +336,26 @@ pub fn batch_norm_eval_fwd<T: Real>(
             (running_mean[c], T::of(invstd * gamma[c].f64()), beta[c])
         })
         .collect();
-    affine(s, x, &coef, y);
+    affine(s, x, &coef, p.relu, y);
     Ok(())
 }
 
 /// Training-mode backward, from the statistics [`batch_norm_train_fwd`] saved:
 /// dx = gamma·invstd·(dy − Σdy/M − x̂·Σ(dy·x̂)/M), dgamma = Σ dy·x̂, dbeta = Σ dy.
-/// Overwrites dx, dgamma and dbeta.
+/// Overwrites dx, dgamma and dbeta. With `relu_y` (the output of a forward fused with a ReLU,
+/// [`BatchNormParams::relu`]) the incoming gradient is dy·[relu_y > 0], as `relu_bwd` would
+/// have made it, bit for bit.
 ///
-/// Shapes: x, dy, dx [N,C,H,W]; gamma, save_mean, save_invstd, dgamma, dbeta [C].
+/// Shapes: x, dy, relu_y, dx [N,C,H,W]; gamma, save_mean, save_invstd, dgamma, dbeta [C].
 /// Errors on a length mismatch or N·H·W < 2 (no train forward can have run on that shape).
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train_bwd<T: Real>(
     x: &[T],
     gamma: &[T],
     save_mean: &[T],
     save_invstd: &[T],
     dy: &[T],
+    relu_y: Option<&[T]>,
     s: Nchw,
     dx: &mut [T],
     dgamma: &mut [T],
@@ -316,10 +370,17 @@ pub fn batch_norm_train_bwd<T: Real>(
     check_len(K, "dx", dx, s.len())?;
     check_len(K, "dgamma", dgamma, s.c)?;
     check_len(K, "dbeta", dbeta, s.c)?;
+    if let Some(r) = relu_y {
+        check_len(K, "relu_y", r, s.len())?;
+    }
     let mf = train_count(K, s)? as f64;
     let mean: Vec<f64> = save_mean.iter().map(|v| v.f64()).collect();
     let invstd: Vec<f64> = save_invstd.iter().map(|v| v.f64()).collect();
-    let sums = dy_sums(s, x, dy, &mean, &invstd);
+    // Behind a fused ReLU the masked gradient goes into dx first; the last pass reads it there.
+    let sums = match relu_y {
+        Some(r) => masked_dy_sums(s, x, dy, r, &mean, &invstd, dx),
+        None => dy_sums(s, x, dy, &mean, &invstd),
+    };
     // Per channel: (mean, invstd, gamma·invstd, Σdy/M, Σ(dy·x̂)/M), so that the element-wise
     // pass is dx = k·(dy − a − (x − mean)·invstd·b).
     let coef: Vec<[T; 5]> = (0..s.c)
@@ -336,30 +397,49 @@ pub fn batch_norm_train_bwd<T: Real>(
         })
         .collect();
     let p = s.plane().max(1);
-    dx.par_chunks_mut(p)
-        .zip(x.par_chunks(p).zip(dy.par_chunks(p)))
-        .with_min_len(planes_per_task(p))
-        .enumerate()
-        .for_each(|(i, (dxp, (xp, dyp)))| {
-            let [mean, invstd, k, a, b] = coef[i % s.c];
-            for ((o, &v), &g) in dxp.iter_mut().zip(xp).zip(dyp) {
-                *o = k * (g - a - (v - mean) * invstd * b);
+    let dx_of = |(i, dxp, xp, dyp): (usize, &mut [T], &[T], Option<&[T]>)| {
+        let [mean, invstd, k, a, b] = coef[i % s.c];
+        match dyp {
+            Some(dyp) => {
+                for ((o, &v), &g) in dxp.iter_mut().zip(xp).zip(dyp) {
+                    *o = k * (g - a - (v - mean) * invstd * b);
+                }
             }
-        });
+            None => {
+                for (o, &v) in dxp.iter_mut().zip(xp) {
+                    *o = k * (*o - a - (v - mean) * invstd * b);
+                }
+            }
+        }
+    };
+    let chunks = dx.par_chunks_mut(p).zip(x.par_chunks(p)).enumerate();
+    if relu_y.is_some() {
+        chunks
+            .with_min_len(planes_per_task(p))
+            .for_each(|(i, (dxp, xp))| dx_of((i, dxp, xp, None)));
+    } else {
+        chunks
+            .zip(dy.par_chunks(p))
+            .with_min_len(planes_per_task(p))
+            .for_each(|((i, (dxp, xp)), dyp)| dx_of((i, dxp, xp, Some(dyp))));
+    }
     Ok(())
 }
 
 /// Eval-mode (and frozen-mode) backward: the running statistics are constants, so
 /// dx = dy·gamma·invstd, dgamma = Σ dy·x̂, dbeta = Σ dy with invstd = 1/√(running_var + eps) and
-/// x̂ = (x − running_mean)·invstd. Overwrites dx, dgamma and dbeta; `p.momentum` is unused.
+/// x̂ = (x − running_mean)·invstd. Overwrites dx, dgamma and dbeta; `p.momentum` and `p.relu`
+/// are unused (`relu_y` as in [`batch_norm_train_bwd`]).
 ///
-/// Shapes: x, dy, dx [N,C,H,W]; gamma, running_mean, running_var, dgamma, dbeta [C].
+/// Shapes: x, dy, relu_y, dx [N,C,H,W]; gamma, running_mean, running_var, dgamma, dbeta [C].
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_eval_bwd<T: Real>(
     x: &[T],
     gamma: &[T],
     running_mean: &[T],
     running_var: &[T],
     dy: &[T],
+    relu_y: Option<&[T]>,
     s: Nchw,
     p: BatchNormParams,
     dx: &mut [T],
@@ -375,12 +455,18 @@ pub fn batch_norm_eval_bwd<T: Real>(
     check_len(K, "dx", dx, s.len())?;
     check_len(K, "dgamma", dgamma, s.c)?;
     check_len(K, "dbeta", dbeta, s.c)?;
+    if let Some(r) = relu_y {
+        check_len(K, "relu_y", r, s.len())?;
+    }
     let mean: Vec<f64> = running_mean.iter().map(|v| v.f64()).collect();
     let invstd: Vec<f64> = running_var
         .iter()
         .map(|v| 1.0 / (v.f64() + p.eps).sqrt())
         .collect();
-    let sums = dy_sums(s, x, dy, &mean, &invstd);
+    let sums = match relu_y {
+        Some(r) => masked_dy_sums(s, x, dy, r, &mean, &invstd, dx),
+        None => dy_sums(s, x, dy, &mean, &invstd),
+    };
     let scale: Vec<T> = (0..s.c)
         .map(|c| {
             dgamma[c] = T::of(sums[c].1);
@@ -389,16 +475,26 @@ pub fn batch_norm_eval_bwd<T: Real>(
         })
         .collect();
     let p = s.plane().max(1);
-    dx.par_chunks_mut(p)
-        .zip(dy.par_chunks(p))
-        .with_min_len(planes_per_task(p))
-        .enumerate()
-        .for_each(|(i, (dxp, dyp))| {
-            let k = scale[i % s.c];
-            for (o, &g) in dxp.iter_mut().zip(dyp) {
-                *o = g * k;
-            }
-        });
+    if relu_y.is_some() {
+        dx.par_chunks_mut(p)
+            .with_min_len(planes_per_task(p))
+            .enumerate()
+            .for_each(|(i, dxp)| {
+                let k = scale[i % s.c];
+                dxp.iter_mut().for_each(|o| *o = *o * k);
+            });
+    } else {
+        dx.par_chunks_mut(p)
+            .zip(dy.par_chunks(p))
+            .with_min_len(planes_per_task(p))
+            .enumerate()
+            .for_each(|(i, (dxp, dyp))| {
+                let k = scale[i % s.c];
+                for (o, &g) in dxp.iter_mut().zip(dyp) {
+                    *o = g * k;
+                }
+            });
+    }
     Ok(())
 }
 
@@ -436,6 +532,7 @@ mod tests {
     const P0: BatchNormParams = BatchNormParams {
         eps: 0.0,
         momentum: 0.1,
+        relu: false,
     };
 
     #[test]
@@ -505,6 +602,7 @@ mod tests {
         let p = BatchNormParams {
             eps: 1.0,
             momentum: 0.5,
+            relu: false,
         };
         batch_norm_eval_fwd(&X, &GAMMA, &BETA, &[0.0, 0.0], &[3.0, 3.0], S, p, &mut y).unwrap();
         assert_close(
@@ -525,7 +623,10 @@ mod tests {
         let dy = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0];
         let mut dx = vec![9.0; 8];
         let (mut dg, mut db) = (vec![9.0; 2], vec![9.0; 2]);
-        batch_norm_train_bwd(&X, &GAMMA, &sm, &si, &dy, S, &mut dx, &mut dg, &mut db).unwrap();
+        batch_norm_train_bwd(
+            &X, &GAMMA, &sm, &si, &dy, None, S, &mut dx, &mut dg, &mut db,
+        )
+        .unwrap();
         assert_close(
             "train dx",
             &dx,
@@ -544,6 +645,7 @@ mod tests {
             &[1.0, 3.0],
             &[1.0, 4.0],
             &dy,
+            None,
             S,
             P0,
             &mut dx,
@@ -568,6 +670,7 @@ mod tests {
         let p = BatchNormParams {
             eps: 1e-5,
             momentum: 0.25,
+            relu: false,
         };
         let gamma = rand_vec(2, s.c, 0.5, 1.5);
         let beta = rand_vec(3, s.c, -0.5, 0.5);
@@ -622,8 +725,10 @@ mod tests {
                 let (_, sm, si, _, _) = train(s, p, &i[0], &i[1], &i[2]);
                 let mut dx = vec![0.0; s.len()];
                 let (mut dg, mut db) = (vec![0.0; s.c], vec![0.0; s.c]);
-                batch_norm_train_bwd(&i[0], &i[1], &sm, &si, dy, s, &mut dx, &mut dg, &mut db)
-                    .unwrap();
+                batch_norm_train_bwd(
+                    &i[0], &i[1], &sm, &si, dy, None, s, &mut dx, &mut dg, &mut db,
+                )
+                .unwrap();
                 vec![dx, dg, db]
             },
         );
@@ -635,6 +740,7 @@ mod tests {
         let p = BatchNormParams {
             eps: 1e-3,
             momentum: 0.1,
+            relu: false,
         };
         let x = rand_vec(30, s.len(), -1.0, 3.0);
         let gamma = rand_vec(31, s.c, 0.5, 1.5);
@@ -652,8 +758,10 @@ mod tests {
             |i, dy| {
                 let mut dx = vec![0.0; s.len()];
                 let (mut dg, mut db) = (vec![0.0; s.c], vec![0.0; s.c]);
-                batch_norm_eval_bwd(&i[0], &i[1], &rm, &rv, dy, s, p, &mut dx, &mut dg, &mut db)
-                    .unwrap();
+                batch_norm_eval_bwd(
+                    &i[0], &i[1], &rm, &rv, dy, None, s, p, &mut dx, &mut dg, &mut db,
+                )
+                .unwrap();
                 vec![dx, dg, db]
             },
         );
@@ -686,7 +794,7 @@ mod tests {
         assert_eq!((rm, rv), ([0.0; 3], [1.0; 3]));
         let (mut dx, mut dg, mut db) = ([0f32; 3], [0f32; 3], [0f32; 3]);
         let e = batch_norm_train_bwd(
-            &x, &[1.0; 3], &sm, &si, &[1.0; 3], s, &mut dx, &mut dg, &mut db,
+            &x, &[1.0; 3], &sm, &si, &[1.0; 3], None, s, &mut dx, &mut dg, &mut db,
         )
         .unwrap_err();
         assert!(matches!(e, KernelError::Shape { .. }), "{e}");
@@ -717,7 +825,7 @@ mod tests {
         let (_, sm, si, _, _) = train(S, P0, &X, &GAMMA, &BETA);
         let mut dx = vec![0.0; 7];
         let (mut dg, mut db) = (vec![0.0; 2], vec![0.0; 2]);
-        let e = batch_norm_train_bwd(&X, &GAMMA, &sm, &si, &X, S, &mut dx, &mut dg, &mut db)
+        let e = batch_norm_train_bwd(&X, &GAMMA, &sm, &si, &X, None, S, &mut dx, &mut dg, &mut db)
             .unwrap_err();
         assert!(
             e.to_string()
@@ -758,7 +866,10 @@ mod tests {
             )
             .unwrap();
             let (mut dx, mut dg, mut db) = (vec![0f32; s.len()], [0f32; 3], [0f32; 3]);
-            batch_norm_train_bwd(&x, &gamma, &sm, &si, &dy, s, &mut dx, &mut dg, &mut db).unwrap();
+            batch_norm_train_bwd(
+                &x, &gamma, &sm, &si, &dy, None, s, &mut dx, &mut dg, &mut db,
+            )
+            .unwrap();
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             [y, rm.to_vec(), rv.to_vec(), dx, dg.to_vec(), db.to_vec()].map(|v| bits(&v))
         };
@@ -776,6 +887,7 @@ mod tests {
         let p = BatchNormParams {
             eps: 0.0,
             momentum: 1.0,
+            relu: false,
         };
         batch_norm_train_fwd(
             &x, &gamma, &beta, s, p, &mut rm, &mut rv, &mut y, &mut sm, &mut si,
@@ -822,6 +934,75 @@ mod tests {
             let (got_sd, got_sdx) = dy_lane_sums(&x, &dy, 0.25);
             assert_close("sd", &[got_sd], &[sd], 1e-9, 1e-12);
             assert_close("sdx", &[got_sdx], &[sdx], 1e-9, 1e-12);
+        }
+    }
+
+    #[test]
+    fn fused_relu_is_batch_norm_then_relu_bit_for_bit() {
+        use crate::activation::{relu_bwd, relu_fwd};
+        // Odd plane (tails of every lane loop), about half the outputs below zero.
+        let s = Nchw::new(3, 4, 7, 9);
+        let f = |seed, lo, hi| -> Vec<f32> {
+            rand_vec(seed, s.len(), lo, hi)
+                .iter()
+                .map(|&v| v as f32)
+                .collect()
+        };
+        let (x, dy) = (f(50, -2.0, 3.0), f(51, -1.0, 1.0));
+        let gamma = [1.5f32, 0.5, -1.0, 0.8];
+        let beta = [0.1f32, -0.2, 0.3, 0.0];
+        let (rm0, rv0) = ([0.2f32, -0.1, 0.0, 0.4], [1.3f32, 0.7, 2.0, 1.0]);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for train in [true, false] {
+            // (y, mean, invstd) of one forward; `relu` fused or not.
+            let fwd = |relu: bool| {
+                let p = BatchNormParams {
+                    relu,
+                    ..BatchNormParams::default()
+                };
+                let (mut rm, mut rv) = (rm0, rv0);
+                let (mut y, mut sm, mut si) = (vec![f32::NAN; s.len()], rm0, [0f32; 4]);
+                if train {
+                    batch_norm_train_fwd(
+                        &x, &gamma, &beta, s, p, &mut rm, &mut rv, &mut y, &mut sm, &mut si,
+                    )
+                    .unwrap();
+                } else {
+                    batch_norm_eval_fwd(&x, &gamma, &beta, &rm0, &rv0, s, p, &mut y).unwrap();
+                    si = rv0;
+                }
+                (y, sm, si)
+            };
+            let (y_bn, a, b) = fwd(false);
+            let mut y_relu = vec![f32::NAN; s.len()];
+            relu_fwd(&y_bn, &mut y_relu).unwrap();
+            let (y_fused, ..) = fwd(true);
+            assert_eq!(bits(&y_fused), bits(&y_relu), "forward, train {train}");
+            assert!(y_relu.iter().any(|&v| v == 0.0) && y_relu.iter().any(|&v| v > 0.0));
+            // Backward: relu_bwd on the relu output, then batch norm's; against the fused one.
+            let bwd = |dy: &[f32], relu_y: Option<&[f32]>| {
+                let (mut dx, mut dg, mut db) = (vec![f32::NAN; s.len()], [0f32; 4], [0f32; 4]);
+                let p = BatchNormParams::default();
+                if train {
+                    batch_norm_train_bwd(
+                        &x, &gamma, &a, &b, dy, relu_y, s, &mut dx, &mut dg, &mut db,
+                    )
+                    .unwrap();
+                } else {
+                    batch_norm_eval_bwd(
+                        &x, &gamma, &a, &b, dy, relu_y, s, p, &mut dx, &mut dg, &mut db,
+                    )
+                    .unwrap();
+                }
+                [dx, dg.to_vec(), db.to_vec()].map(|v| bits(&v))
+            };
+            let mut dz = vec![f32::NAN; s.len()];
+            relu_bwd(&y_relu, &dy, &mut dz).unwrap();
+            assert_eq!(
+                bwd(&dy, Some(&y_fused)),
+                bwd(&dz, None),
+                "backward, train {train}"
+            );
         }
     }
 }

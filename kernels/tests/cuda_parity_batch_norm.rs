@@ -1,7 +1,8 @@
 //! Parity of the CUDA batch norm (kernels/src/cuda/batch_norm.rs: training and evaluation,
 //! forward and backward) with kernels/src/batch_norm.rs on random inputs, at odd sizes (N=3, C=5,
-//! H=17, W=23) and a realistic one (16×64×64×64), and the CPU's errors for what it rejects. The
-//! test names its tolerance and why.
+//! H=17, W=23) and a realistic one (16×64×64×64), plain and with the fused ReLU (`relu` forward,
+//! `relu_y` backward), and the CPU's errors for what it rejects. The test names its tolerance and
+//! why.
 //!
 //! Without a GPU every test prints "skipped: no CUDA device (<reason>)" and passes, unless
 //! `FLOWSEG_REQUIRE_GPU=1` (the GPU check script), which makes it fail.
@@ -14,6 +15,7 @@ use cuda_common::*;
 
 use flowseg_kernels::batch_norm::{self, BatchNormParams};
 use flowseg_kernels::cuda;
+use flowseg_kernels::cuda::DeviceBuf;
 use flowseg_kernels::Nchw;
 
 /// Odd sizes (not multiples of anything) and one realistic activation.
@@ -30,11 +32,16 @@ const SHAPES: &[Nchw] = &[
 #[test]
 fn batch_norm_matches_cpu() {
     let Some(dev) = device() else { return };
-    let p = BatchNormParams {
-        eps: 1e-5,
-        momentum: 0.1,
-    };
-    for (i, &s) in SHAPES.iter().enumerate() {
+    for (i, &s, relu) in SHAPES
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| [(i, *s, false), (i, *s, true)])
+    {
+        let p = BatchNormParams {
+            eps: 1e-5,
+            momentum: 0.1,
+            relu,
+        };
         let seed = 10 * i as u64;
         let x = uniform(seed, s.len(), -2.0, 3.0);
         let dy = uniform(seed + 1, s.len(), -1.0, 1.0);
@@ -63,7 +70,7 @@ fn batch_norm_matches_cpu() {
             &x, &gamma, &beta, s, p, &mut rm, &mut rv, &mut y, &mut sm, &mut si,
         )
         .unwrap();
-        let tag = format!("{s:?}");
+        let tag = format!("{s:?} relu {relu}");
         close(
             &format!("bn train y {tag}"),
             &down(&dev, &gy),
@@ -106,14 +113,30 @@ fn batch_norm_matches_cpu() {
             up(&dev, &vec![0f32; s.c]),
         );
         let (mut dx, mut dg, mut db) = (vec![0f32; s.len()], vec![0f32; s.c], vec![0f32; s.c]);
-        // Same saved statistics on both sides, so only the backward's own sums differ.
+        // Same saved statistics on both sides, so only the backward's own sums differ; behind
+        // the fused ReLU, the CPU forward's output is both sides' mask (a value within an ulp of
+        // zero could otherwise pass on one side only).
         let (gsm_cpu, gsi_cpu) = (up(&dev, &sm), up(&dev, &si));
+        let relu_y = relu.then(|| y.clone());
+        let g_relu_y = relu_y.as_ref().map(|v| up(&dev, v));
+        let g_relu_y = g_relu_y.as_ref().map(|b| b as &dyn DeviceBuf<f32>);
         cuda::batch_norm::batch_norm_train_bwd(
-            &dev, &gx, &gg, &gsm_cpu, &gsi_cpu, &gdy, s, &mut gdx, &mut gdg, &mut gdb,
+            &dev, &gx, &gg, &gsm_cpu, &gsi_cpu, &gdy, g_relu_y, s, &mut gdx, &mut gdg, &mut gdb,
         )
         .unwrap();
-        batch_norm::batch_norm_train_bwd(&x, &gamma, &sm, &si, &dy, s, &mut dx, &mut dg, &mut db)
-            .unwrap();
+        batch_norm::batch_norm_train_bwd(
+            &x,
+            &gamma,
+            &sm,
+            &si,
+            &dy,
+            relu_y.as_deref(),
+            s,
+            &mut dx,
+            &mut dg,
+            &mut db,
+        )
+        .unwrap();
         close(
             &format!("bn train dx {tag}"),
             &down(&dev, &gdx),
@@ -143,12 +166,25 @@ fn batch_norm_matches_cpu() {
             .unwrap();
         batch_norm::batch_norm_eval_fwd(&x, &gamma, &beta, &rm0, &rv0, s, p, &mut y).unwrap();
         exact(&format!("bn eval y {tag}"), &down(&dev, &gy), &y);
+        let relu_y = relu.then(|| y.clone());
+        let g_relu_y = relu_y.as_ref().map(|v| up(&dev, v));
+        let g_relu_y = g_relu_y.as_ref().map(|b| b as &dyn DeviceBuf<f32>);
         cuda::batch_norm::batch_norm_eval_bwd(
-            &dev, &gx, &gg, &grm0, &grv0, &gdy, s, p, &mut gdx, &mut gdg, &mut gdb,
+            &dev, &gx, &gg, &grm0, &grv0, &gdy, g_relu_y, s, p, &mut gdx, &mut gdg, &mut gdb,
         )
         .unwrap();
         batch_norm::batch_norm_eval_bwd(
-            &x, &gamma, &rm0, &rv0, &dy, s, p, &mut dx, &mut dg, &mut db,
+            &x,
+            &gamma,
+            &rm0,
+            &rv0,
+            &dy,
+            relu_y.as_deref(),
+            s,
+            p,
+            &mut dx,
+            &mut dg,
+            &mut db,
         )
         .unwrap();
         exact(&format!("bn eval dx {tag}"), &down(&dev, &gdx), &dx);

@@ -6,7 +6,9 @@
 //!
 //! Conventions (names, argument order, host-side checks, enqueue only): see [`super`].
 //!
-//! Not here: sync-BN across devices, fused activations, f64 tensors.
+//! Fused ReLU: `BatchNormParams::relu` in the forwards, `relu_y` in the backwards, as on the CPU.
+//!
+//! Not here: sync-BN across devices, f64 tensors.
 
 use super::common::{expect, grid, grid2, launch, scratch, THREADS};
 use super::device::{Device, DeviceBuf, DeviceBufMut};
@@ -92,13 +94,14 @@ pub fn batch_norm_train_fwd(
     );
     let (count, ch, plane, mf) = (m as u64, s.c as u32, s.plane() as u64, m as f64);
     let (len, eps, momentum) = (s.len() as u64, p.eps, p.momentum);
+    let relu = i32::from(p.relu);
     let c32 = s.c as u32;
     launch!(dev, BATCH_NORM, "bn_stat_partials", grid2(nb, c32); px, count, ch, plane, null, pp)?;
     launch!(dev, BATCH_NORM, "bn_mean_finalize", grid2(c32, 1); pp, nb, mf, pmean)?;
     launch!(dev, BATCH_NORM, "bn_stat_partials", grid2(nb, c32); px, count, ch, plane, pmean, pp)?;
     launch!(dev, BATCH_NORM, "bn_train_finalize", grid2(c32, 1);
         pp, nb, mf, pmean, pg, pb, eps, momentum, prm, prv, psm, psi, pcoef)?;
-    launch!(dev, BATCH_NORM, "bn_affine", grid(s.len()); px, pcoef, len, ch, plane, py)
+    launch!(dev, BATCH_NORM, "bn_affine", grid(s.len()); px, pcoef, len, ch, plane, relu, py)
 }
 
 /// [`crate::batch_norm::batch_norm_eval_fwd`]: y = (x − running_mean)·γ/√(running_var + eps) + β.
@@ -138,8 +141,9 @@ pub fn batch_norm_eval_fwd(
         coef.device_addr(st),
     );
     let (ch, eps, len, plane) = (s.c as u32, p.eps, s.len() as u64, s.plane() as u64);
+    let relu = i32::from(p.relu);
     launch!(dev, BATCH_NORM, "bn_eval_coef", grid(s.c); pg, pb, prm, prv, ch, eps, pcoef)?;
-    launch!(dev, BATCH_NORM, "bn_affine", grid(s.len()); px, pcoef, len, ch, plane, py)
+    launch!(dev, BATCH_NORM, "bn_affine", grid(s.len()); px, pcoef, len, ch, plane, relu, py)
 }
 
 /// Shared backward: `invstd` is save_invstd (train) or running_var (eval).
@@ -151,6 +155,7 @@ fn bn_bwd(
     mean: &impl DeviceBuf<f32>,
     invstd_or_var: &impl DeviceBuf<f32>,
     dy: &impl DeviceBuf<f32>,
+    relu_y: Option<&dyn DeviceBuf<f32>>,
     s: Nchw,
     eval: Option<f64>,
     dx: &mut impl DeviceBufMut<f32>,
@@ -184,6 +189,8 @@ fn bn_bwd(
         coef.device_addr(st),
     );
     let (is_eval, eps) = (i32::from(eval.is_some()), eval.unwrap_or(0.0));
+    // Null: no fused ReLU in front.
+    let pry = relu_y.map_or(0u64, |r| r.device_addr(st));
     let pinv = if eval.is_some() { 0u64 } else { pv };
     let (count, ch, plane, mf, len) = (
         m as u64,
@@ -194,19 +201,20 @@ fn bn_bwd(
     );
     launch!(dev, BATCH_NORM, "bn_bwd_stats", grid(s.c); pm, pv, ch, is_eval, eps, pstats)?;
     launch!(dev, BATCH_NORM, "bn_dy_partials", grid2(nb, ch);
-        px, pdy, count, ch, plane, pstats, pp)?;
+        px, pdy, pry, count, ch, plane, pstats, pp)?;
     launch!(dev, BATCH_NORM, "bn_bwd_finalize", grid2(ch, 1);
         pp, nb, mf, pg, pstats, pm, pinv, pdg, pdb, pcoef)?;
     if s.is_empty() {
         return Ok(());
     }
-    launch!(dev, BATCH_NORM, "bn_bwd_dx", grid(s.len()); px, pdy, pcoef, len, ch, plane, is_eval, pdx)
+    launch!(dev, BATCH_NORM, "bn_bwd_dx", grid(s.len());
+        px, pdy, pry, pcoef, len, ch, plane, is_eval, pdx)
 }
 
 /// [`crate::batch_norm::batch_norm_train_bwd`]: dx, dgamma = Σ dy·x̂, dbeta = Σ dy from the
-/// forward's save_mean / save_invstd.
+/// forward's save_mean / save_invstd; behind a fused ReLU (`relu_y`), of dy·[relu_y > 0].
 ///
-/// x, dy, dx: [N,C,H,W] (`s`); gamma, save_mean, save_invstd, dgamma, dbeta: [C].
+/// x, dy, relu_y, dx: [N,C,H,W] (`s`); gamma, save_mean, save_invstd, dgamma, dbeta: [C].
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train_bwd(
     dev: &Device,
@@ -215,6 +223,7 @@ pub fn batch_norm_train_bwd(
     save_mean: &impl DeviceBuf<f32>,
     save_invstd: &impl DeviceBuf<f32>,
     dy: &impl DeviceBuf<f32>,
+    relu_y: Option<&dyn DeviceBuf<f32>>,
     s: Nchw,
     dx: &mut impl DeviceBufMut<f32>,
     dgamma: &mut impl DeviceBufMut<f32>,
@@ -226,6 +235,9 @@ pub fn batch_norm_train_bwd(
     expect(K, "save_mean", save_mean, s.c)?;
     expect(K, "save_invstd", save_invstd, s.c)?;
     expect(K, "dy", dy, s.len())?;
+    if let Some(r) = relu_y {
+        expect(K, "relu_y", r, s.len())?;
+    }
     expect(K, "dx", dx, s.len())?;
     expect(K, "dgamma", dgamma, s.c)?;
     expect(K, "dbeta", dbeta, s.c)?;
@@ -237,6 +249,7 @@ pub fn batch_norm_train_bwd(
         save_mean,
         save_invstd,
         dy,
+        relu_y,
         s,
         None,
         dx,
@@ -246,9 +259,9 @@ pub fn batch_norm_train_bwd(
 }
 
 /// [`crate::batch_norm::batch_norm_eval_bwd`]: dx = dy·γ/√(running_var + eps), dgamma, dbeta
-/// as in training but with the running statistics.
+/// as in training but with the running statistics (`relu_y` as in the train backward).
 ///
-/// x, dy, dx: [N,C,H,W] (`s`); gamma, running_mean, running_var, dgamma, dbeta: [C].
+/// x, dy, relu_y, dx: [N,C,H,W] (`s`); gamma, running_mean, running_var, dgamma, dbeta: [C].
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_eval_bwd(
     dev: &Device,
@@ -257,6 +270,7 @@ pub fn batch_norm_eval_bwd(
     running_mean: &impl DeviceBuf<f32>,
     running_var: &impl DeviceBuf<f32>,
     dy: &impl DeviceBuf<f32>,
+    relu_y: Option<&dyn DeviceBuf<f32>>,
     s: Nchw,
     p: BatchNormParams,
     dx: &mut impl DeviceBufMut<f32>,
@@ -269,6 +283,9 @@ pub fn batch_norm_eval_bwd(
     expect(K, "running_mean", running_mean, s.c)?;
     expect(K, "running_var", running_var, s.c)?;
     expect(K, "dy", dy, s.len())?;
+    if let Some(r) = relu_y {
+        expect(K, "relu_y", r, s.len())?;
+    }
     expect(K, "dx", dx, s.len())?;
     expect(K, "dgamma", dgamma, s.c)?;
     expect(K, "dbeta", dbeta, s.c)?;
@@ -279,6 +296,7 @@ pub fn batch_norm_eval_bwd(
         running_mean,
         running_var,
         dy,
+        relu_y,
         s,
         Some(p.eps),
         dx,

@@ -13,6 +13,13 @@
 //!   copies of them (nothing moves); `save_mean`/`save_invstd` are running_mean and
 //!   1/√(running_var + eps). Also the mode of a frozen BN inside a trained model.
 //!
+//! * `relu: true`: y = max(x̂·gamma + beta, 0) in the same pass — what the fusion pass makes of a
+//!   `batch_norm` whose `y` only a `relu` reads ([`Op::fuse_consumer`]); the backward then
+//!   passes the gradient where y > 0 only. Bit-identical to `batch_norm` then `relu`, forward
+//!   and backward (ops/tests/fusion.rs); it has no finite-difference case of its own because
+//!   a central difference across the ReLU's kink is meaningless, and batch norm's ±eps moves
+//!   every pre-activation of a channel at once.
+//!
 //! Shapes: `x` f32[N, C, H, W]; `gamma`, `beta`, `running_mean`, `running_var` f32[C] → `y`
 //! f32[N, C, H, W], the four statistics f32[C].
 //!
@@ -21,12 +28,15 @@
 //! from `save_mean`/`save_invstd`, or the eval-mode one (statistics constant) from the running
 //! statistics. The running statistics are buffers, never trained: if one depends on trainable
 //! state, or a gradient reaches a statistics output, the VJP reports an error instead of
-//! dropping that gradient. Its kernels' CUDA twins exist (kernels/src/cuda); the engine does
+//! dropping that gradient. `batch_norm_bwd` takes the `relu_bwd` in front of its `dy` as its
+//! optional `relu_y` ([`Op::fuse_producer`]), so a `relu` after batch norm costs no pass of its
+//! own in either direction. Its kernels' CUDA twins exist (kernels/src/cuda); the engine does
 //! not dispatch ops to them yet.
 
+use crate::forward::relu::{Relu, ReluBwd};
 use crate::grad;
-use flowseg_engine::op::{io, Feed, GradCase, Vjp};
-use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+use flowseg_engine::op::{self, io, Feed, GradCase, Vjp};
+use flowseg_engine::{ExecCx, Op, OpError, OpNode, Port, Tensor, TensorSpec};
 use flowseg_kernels::batch_norm::{
     batch_norm_eval_bwd, batch_norm_eval_fwd, batch_norm_train_bwd, batch_norm_train_fwd,
     BatchNormParams,
@@ -62,6 +72,9 @@ pub struct Params {
     /// `train` (default) or `eval`.
     #[serde(default)]
     pub mode: Mode,
+    /// Also apply a ReLU to `y` (default false; the fusion pass sets it when a `relu` follows).
+    #[serde(default)]
+    pub relu: bool,
 }
 
 fn default_eps() -> f64 {
@@ -101,6 +114,7 @@ impl Params {
         BatchNormParams {
             eps: self.eps,
             momentum: self.momentum,
+            relu: self.relu,
         }
     }
 }
@@ -270,6 +284,13 @@ impl Op for BatchNorm {
     fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
         Some(backward(p, g))
     }
+
+    fn fuse_consumer(p: &Params, port: usize, consumer: &dyn OpNode) -> Option<Params> {
+        (port == 0 && !p.relu && op::is::<Relu>(consumer)).then(|| Params {
+            relu: true,
+            ..p.clone()
+        })
+    }
 }
 
 /// The VJP of `batch_norm`: one `batch_norm_bwd` node, asked for exactly the gradients of x,
@@ -322,9 +343,11 @@ fn backward(p: &Params, g: &mut Vjp<'_>) -> Result<(), String> {
         mode: p.mode,
         want,
     };
+    // A fused ReLU: its output is the mask of the gradient.
+    let relu_y = p.relu.then(|| g.output(0));
     let [dx, dgamma, dbeta] = grad::outputs(g.emit::<BatchNormBwd>(
         params,
-        vec![Some(x), Some(gamma), Some(a), Some(b), Some(dy)],
+        vec![Some(x), Some(gamma), Some(a), Some(b), Some(dy), relu_y],
     )?)?;
     for (i, wanted, grad) in [
         (0, want.dx, dx),
@@ -380,6 +403,10 @@ impl Op for BatchNormBwd {
             "f32[C]: train, the forward's `save_invstd`; eval, its `running_var`",
         ),
         Port::req("dy", "f32[N, C, H, W]: the gradient of batch_norm's `y`"),
+        Port::opt(
+            "relu_y",
+            "f32[N, C, H, W]: a ReLU's output after batch norm; the gradient passes where > 0",
+        ),
     ];
     const OUTPUTS: &'static [Port] = &[
         Port::req("dx", "f32[N, C, H, W], or f32[0] when not wanted"),
@@ -407,6 +434,11 @@ impl Op for BatchNormBwd {
         if *dy != x {
             return Err(format!("`dy` must be {x} (batch_norm's `y`), got {dy}"));
         }
+        if let Some(r) = inputs.get(5).copied().flatten() {
+            if *r != x {
+                return Err(format!("`relu_y` must be {x} (batch_norm's `y`), got {r}"));
+            }
+        }
         let pick = |wanted: bool, spec: &TensorSpec| {
             if wanted {
                 spec.clone()
@@ -433,6 +465,10 @@ impl Op for BatchNormBwd {
         let a = io::f32(Self::INPUTS, inputs, 2)?;
         let b = io::f32(Self::INPUTS, inputs, 3)?;
         let dy = io::f32(Self::INPUTS, inputs, 4)?;
+        let relu_y = match inputs.get(5).copied().flatten() {
+            Some(_) => Some(io::f32(Self::INPUTS, inputs, 5)?),
+            None => None,
+        };
         let n = outputs.len();
         let [dx, dgamma, dbeta] = outputs else {
             return Err(OpError::Output {
@@ -450,12 +486,27 @@ impl Op for BatchNormBwd {
         let kp = BatchNormParams {
             eps: p.eps,
             momentum: 0.0,
+            relu: false,
         };
         match p.mode {
-            Mode::Train => batch_norm_train_bwd(x, gamma, a, b, dy, s, dx, dgamma, dbeta)?,
-            Mode::Eval => batch_norm_eval_bwd(x, gamma, a, b, dy, s, kp, dx, dgamma, dbeta)?,
+            Mode::Train => {
+                batch_norm_train_bwd(x, gamma, a, b, dy, relu_y, s, dx, dgamma, dbeta)?;
+            }
+            Mode::Eval => {
+                batch_norm_eval_bwd(x, gamma, a, b, dy, relu_y, s, kp, dx, dgamma, dbeta)?;
+            }
         }
         Ok(())
+    }
+
+    /// The `relu_bwd` in front of `dy` (it reads the ReLU's output and its gradient): its two
+    /// inputs go to `relu_y` and `dy`.
+    fn fuse_producer(
+        p: &BwdParams,
+        port: usize,
+        producer: &dyn OpNode,
+    ) -> Option<(BwdParams, Vec<usize>)> {
+        (port == 4 && op::is::<ReluBwd>(producer)).then(|| (p.clone(), vec![5, 4]))
     }
 }
 

@@ -52,7 +52,11 @@ fn normalise(
     // Running statistics are a by-product of the kernel that instance norm does not keep.
     let (mut rm, mut rv) = (vec![0f32; v.c], vec![1f32; v.c]);
     let (mut mean, mut invstd) = (vec![0f32; v.c], vec![0f32; v.c]);
-    let p = BatchNormParams { eps, momentum: 0.0 };
+    let p = BatchNormParams {
+        eps,
+        momentum: 0.0,
+        relu: false,
+    };
     batch_norm_train_fwd(
         x,
         &ones,
@@ -170,7 +174,18 @@ impl Op for InstanceNormBwd {
         let v = planes(s);
         let ones = vec![1f32; v.c];
         let (mut dgamma, mut dbeta) = (vec![0f32; v.c], vec![0f32; v.c]);
-        batch_norm_train_bwd(x, &ones, &mean, &invstd, dy, v, dx, &mut dgamma, &mut dbeta)?;
+        batch_norm_train_bwd(
+            x,
+            &ones,
+            &mean,
+            &invstd,
+            dy,
+            None,
+            v,
+            dx,
+            &mut dgamma,
+            &mut dbeta,
+        )?;
         Ok(())
     }
 }

@@ -1,8 +1,11 @@
 //! `relu`: y = max(x, 0) element-wise, `torch.relu(x)`. `x` and `y`: f32, any shape, the same.
 //!
-//! Backward: `relu_bwd` (below, unregistered) computes dx = dy·[x > 0] from the forward input,
-//! so the gradient at x = 0 is 0, as in PyTorch. Its kernels' CUDA twins exist
-//! (kernels/src/cuda); the engine does not dispatch ops to them yet.
+//! Backward: `relu_bwd` (below, unregistered) computes dx = dy·[y > 0] from the forward
+//! *output* (y > 0 exactly where x > 0), so the gradient at x = 0 is 0, as in PyTorch — and the
+//! forward's input need not outlive the forward, which lets the fusion pass fold a `relu` into
+//! the op before it (`batch_norm`'s `relu`) and a `relu_bwd` into the backward after it
+//! (`batch_norm_bwd`'s `relu_y`). Its kernels' CUDA twins exist (kernels/src/cuda); the engine
+//! does not dispatch ops to them yet.
 
 use crate::grad;
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
@@ -44,39 +47,42 @@ impl Op for Relu {
     }
 }
 
-/// The VJP of `relu`: one `relu_bwd` node, dx from x and dy.
+/// The VJP of `relu`: one `relu_bwd` node, dx from y and dy.
 fn backward(g: &mut Vjp<'_>) -> Result<(), String> {
     if !g.needs_grad(0) {
         return Ok(());
     }
-    let x = grad::input(g, Relu::INPUTS, 0)?;
+    let y = g.output(0);
     let dy = grad::grad_output(g, Relu::OUTPUTS, 0)?;
-    let [dx] = grad::outputs(g.emit::<ReluBwd>(NoParams {}, vec![Some(x), Some(dy)])?)?;
+    let [dx] = grad::outputs(g.emit::<ReluBwd>(NoParams {}, vec![Some(y), Some(dy)])?)?;
     g.set_grad(0, dx);
     Ok(())
 }
 
-/// Backward of `relu` (emitted by its VJP, not registered): dx = dy·[x > 0].
-struct ReluBwd;
+/// Backward of `relu` (emitted by its VJP, not registered): dx = dy·[y > 0].
+pub(crate) struct ReluBwd;
 
 impl Op for ReluBwd {
     const NAME: &'static str = "relu_bwd";
-    const SUMMARY: &'static str = "gradient of relu, dx = dy where x > 0, else 0";
+    const SUMMARY: &'static str = "gradient of relu, dx = dy where y > 0, else 0";
     const INPUTS: &'static [Port] = &[
-        Port::req("x", "f32, any shape: relu's input"),
+        Port::req(
+            "y",
+            "f32, any shape: relu's output (or its input: the same signs)",
+        ),
         Port::req("dy", "f32, the spec of `x`: the gradient of relu's `y`"),
     ];
-    const OUTPUTS: &'static [Port] = &[Port::req("dx", "f32, the spec of `x`")];
+    const OUTPUTS: &'static [Port] = &[Port::req("dx", "f32, the spec of `y`")];
     const EXAMPLE: &'static str = "";
     type Params = NoParams;
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
-        let x = io::f32_spec(Self::INPUTS, inputs, 0)?;
+        let y = io::f32_spec(Self::INPUTS, inputs, 0)?;
         let dy = io::spec(Self::INPUTS, inputs, 1)?;
-        if dy != x {
-            return Err(format!("`dy` must match `x` ({x}), got {dy}"));
+        if dy != y {
+            return Err(format!("`dy` must match `y` ({y}), got {dy}"));
         }
-        Ok(vec![x.clone()])
+        Ok(vec![y.clone()])
     }
 
     fn cpu(
@@ -85,10 +91,10 @@ impl Op for ReluBwd {
         inputs: &[Option<&Tensor>],
         outputs: &mut [Tensor],
     ) -> Result<(), OpError> {
-        let x = io::f32(Self::INPUTS, inputs, 0)?;
+        let y = io::f32(Self::INPUTS, inputs, 0)?;
         let dy = io::f32(Self::INPUTS, inputs, 1)?;
         let dx = io::f32_out(Self::OUTPUTS, outputs, 0)?;
-        Ok(relu_bwd(x, dy, dx)?)
+        Ok(relu_bwd(y, dy, dx)?)
     }
 }
 

@@ -200,6 +200,8 @@ pub(crate) fn bn(t: &mut Tracer<'_>, name: &str, x: ValueRef) -> Result<ValueRef
         } else {
             batch_norm::Mode::Eval
         },
+        // A `relu` after it is the fusion pass's to fold in; models stay op by op.
+        relu: false,
     };
     let outs = t.op::<BatchNorm>(
         name,
