@@ -25,6 +25,8 @@
 //!   one JSON line per step (supervised at 64×64 and 128×128, CutMix-Seg at 64×64, batch 16),
 //!   with `Trainer::step`'s median beside the sum. `PROFILE_NODES=1` also prints every node
 //!   (median ms, op, name, input shapes) on stderr.
+//! * `fuse-ab <graph.yaml> <rounds> <n> [k=v]...` — the step of any graph with and without the
+//!   fusion pass, in one process, alternating per round; one JSON line (docs/BENCHMARKS.md).
 //!
 //! Threads: rayon's pool, `RAYON_NUM_THREADS` (run.sh sets 2).
 
@@ -44,7 +46,7 @@ use flowseg_engine::ir;
 use flowseg_engine::plan::{plan, PlanOptions};
 use flowseg_engine::registry::Registry;
 use flowseg_engine::spec::{self, GraphSpec};
-use flowseg_engine::train::Trainer;
+use flowseg_engine::train::{Trainer, TrainerOptions};
 use flowseg_engine::{ExecCx, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -93,6 +95,16 @@ fn parse(graph: &str, sets: &[String]) -> GraphSpec {
 
 /// The trainer of `graph` with `sets` and batch 0 of its data.
 fn trainer(registry: &Registry, graph: &str, sets: &[String]) -> (Trainer, Batch) {
+    trainer_with(registry, graph, sets, TrainerOptions::default())
+}
+
+/// [`trainer`] with `options` (fusion on or off).
+fn trainer_with(
+    registry: &Registry,
+    graph: &str,
+    sets: &[String],
+    options: TrainerOptions,
+) -> (Trainer, Batch) {
     let text = std::fs::read_to_string(graph).unwrap();
     let (gspec, _, mut source) = flowseg_engine::open::open_graph(&text, sets, registry).unwrap();
     let env = Env {
@@ -100,7 +112,7 @@ fn trainer(registry: &Registry, graph: &str, sets: &[String]) -> (Trainer, Batch
         state: BTreeMap::new(),
         hidden: source.hidden_fields(),
     };
-    let trainer = match Trainer::new(&gspec, registry, &env, BTreeMap::new()) {
+    let trainer = match Trainer::with_options(&gspec, registry, &env, BTreeMap::new(), options) {
         Ok(t) => t,
         Err(e) => panic!("{e:?}"),
     };
@@ -416,10 +428,55 @@ fn profile(registry: &Registry, label: &str, graph: &str, size: usize, sets: &[S
     );
 }
 
+/// The fusion pass's effect on one graph's step: a trainer with the pass and one without, in one
+/// process, timed alternately (`rounds` rounds of `n` steps each after the warm-up, median per
+/// round); one JSON line with each side's per-round medians, their minima and the ratio.
+fn fuse_ab(registry: &Registry, graph: &str, rounds: usize, n: usize, sets: &[String]) {
+    let (mut on, batch) = trainer_with(registry, graph, sets, TrainerOptions { fuse: true });
+    let (mut off, _) = trainer_with(registry, graph, sets, TrainerOptions { fuse: false });
+    let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
+    let mut it = 0u64;
+    for round in 0..rounds.max(1) {
+        // Alternate which side goes first.
+        for side in [round % 2, 1 - round % 2] {
+            let (t, times) = if side == 0 {
+                (&mut on, &mut t_on)
+            } else {
+                (&mut off, &mut t_off)
+            };
+            let ms = time(n, || {
+                t.step(&batch, it).unwrap();
+                it += 1;
+            }) * 1e3;
+            times.push(ms);
+        }
+    }
+    let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "{{\"graph\": \"{graph}\", \"threads\": {}, \"nodes_fused\": {}, \"nodes_unfused\": {}, \
+         \"fused_ms\": [{}], \"unfused_ms\": [{}], \"fused_min_ms\": {:.2}, \"unfused_min_ms\": {:.2}, \
+         \"ratio_of_minima\": {:.3}}}",
+        rayon::current_num_threads(),
+        on.graph.nodes.len(),
+        off.graph.nodes.len(),
+        list(&t_on),
+        list(&t_off),
+        min(&t_on),
+        min(&t_off),
+        min(&t_on) / min(&t_off)
+    );
+}
+
 fn usage() -> ! {
     eprintln!(
         "usage: peer_step export <dir> [--set k=v]... | time <n> | profile <n> | \
-         profile-graph <graph.yaml> <n> [k=v]..."
+         profile-graph <graph.yaml> <n> [k=v]... | fuse-ab <graph.yaml> <rounds> <n> [k=v]..."
     );
     std::process::exit(2)
 }
@@ -458,6 +515,12 @@ fn main() {
             let n = count(args.get(2));
             let sets: Vec<String> = args[3..].to_vec();
             profile(&registry, path, path, 0, &sets, n);
+        }
+        Some("fuse-ab") => {
+            let path = args.get(1).unwrap_or_else(|| usage());
+            let rounds = count(args.get(2));
+            let n = count(args.get(3));
+            fuse_ab(&registry, path, rounds, n, &args[4..]);
         }
         // Plain `cargo bench` (every bench binary): a short timing, so it does something useful.
         None => time_all(&registry, 5),

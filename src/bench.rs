@@ -1049,6 +1049,7 @@ fn run_one(
         strict: false,
         stop_at: None,
         device: crate::device::DeviceArg::Cpu,
+        no_fuse: false,
     };
     let started = Instant::now();
     let code = crate::run::run(&args, registry, out, err, color);

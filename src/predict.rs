@@ -87,11 +87,12 @@ fn load_trained(
         (t.run.clone(), c.clone())
     };
     let text = read(&graph, color, err).ok_or(ExitCode::from(2))?;
-    let mut l =
-        load(&graph, &text, &t.set, false, registry, color, err).map_err(|Rejected(text)| {
+    let mut l = load(&graph, &text, &t.set, false, true, registry, color, err).map_err(
+        |Rejected(text)| {
             let _ = err.write_all(text.as_bytes());
             ExitCode::from(2)
-        })?;
+        },
+    )?;
     let c = checkpoint::load(&ckpt).map_err(|e| {
         let _ = writeln!(err, "error: {e}");
         ExitCode::from(2)

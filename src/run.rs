@@ -34,7 +34,7 @@ use flowseg_engine::graph::Env;
 use flowseg_engine::open::open_graph;
 use flowseg_engine::plan::{self, PlanOptions};
 use flowseg_engine::spec::{self, GraphError, GraphSpec};
-use flowseg_engine::train::Trainer;
+use flowseg_engine::train::{Trainer, TrainerOptions};
 use flowseg_engine::Registry;
 use std::collections::BTreeMap;
 use std::fs;
@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// the CPU executor only so far).
     #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
     pub device: crate::device::DeviceArg,
+    /// Run the training step op by op: skip the fusion pass (batch norm + ReLU in one pass,
+    /// forward and backward). The results are the same bit for bit; for timing and debugging.
+    #[arg(long)]
+    pub no_fuse: bool,
 }
 
 /// Flags of `flowseg check`.
@@ -110,6 +114,9 @@ pub struct PlanArgs {
     /// Treat warnings as errors.
     #[arg(long)]
     pub strict: bool,
+    /// Plan the step op by op, without the fusion pass.
+    #[arg(long)]
+    pub no_fuse: bool,
 }
 
 /// A graph loaded up to a ready trainer.
@@ -123,11 +130,13 @@ pub(crate) struct Loaded {
 /// A failure already worth exit code 2, rendered into text.
 pub(crate) struct Rejected(pub(crate) String);
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn load(
     path: &Path,
     text: &str,
     sets: &[String],
     strict: bool,
+    fuse: bool,
     registry: &Registry,
     color: bool,
     err: &mut dyn Write,
@@ -158,8 +167,9 @@ pub(crate) fn load(
         state: BTreeMap::new(),
         hidden: source.hidden_fields(),
     };
-    let mut trainer =
-        Trainer::new(&spec, registry, &env, BTreeMap::new()).map_err(|e| reject(&e))?;
+    let options = TrainerOptions { fuse };
+    let mut trainer = Trainer::with_options(&spec, registry, &env, BTreeMap::new(), options)
+        .map_err(|e| reject(&e))?;
     // `init: { weights: ... }` paths are relative to the graph file.
     let base = path.parent().unwrap_or(Path::new("."));
     for note in trainer
@@ -214,7 +224,9 @@ pub fn check(
     let Some(text) = read(&a.graph, color, err) else {
         return ExitCode::from(2);
     };
-    match load(&a.graph, &text, &a.set, a.strict, registry, color, err) {
+    match load(
+        &a.graph, &text, &a.set, a.strict, true, registry, color, err,
+    ) {
         Ok(mut l) => {
             // What `run` checks before its first step: every evaluated model fits the data.
             if let Err(e) = crate::eval::Evaluator::new(&l.spec, registry, l.source.as_ref()) {
@@ -321,7 +333,9 @@ pub fn plan(
     let Some(text) = read(&a.graph, color, err) else {
         return ExitCode::from(2);
     };
-    let mut l = match load(&a.graph, &text, &a.set, a.strict, registry, color, err) {
+    let mut l = match load(
+        &a.graph, &text, &a.set, a.strict, !a.no_fuse, registry, color, err,
+    ) {
         Ok(l) => l,
         Err(Rejected(text)) => {
             let _ = err.write_all(text.as_bytes());
@@ -343,9 +357,14 @@ pub fn plan(
         }
     };
     // The plan's text ends with a newline.
+    let fused = if a.no_fuse {
+        "off (--no-fuse)".to_owned()
+    } else {
+        flowseg_engine::fuse::Summary(&trainer.fusions).to_string()
+    };
     let written = write!(
         out,
-        "{}: `{}`, the training step (forward and backward)\n{p}",
+        "{}: `{}`, the training step (forward and backward)\nfused: {fused}\n{p}",
         a.graph.display(),
         l.spec.name.value
     );
@@ -473,8 +492,17 @@ fn run_inner(
         root,
         mut source,
         mut trainer,
-    } = load(&graph_path, &text, &a.set, a.strict, registry, color, err)
-        .map_err(|Rejected(t)| (2, t))?;
+    } = load(
+        &graph_path,
+        &text,
+        &a.set,
+        a.strict,
+        !a.no_fuse,
+        registry,
+        color,
+        err,
+    )
+    .map_err(|Rejected(t)| (2, t))?;
     let mut evaluator =
         crate::eval::Evaluator::new(&spec, registry, source.as_ref()).map_err(|e| {
             let shown = graph_path.display().to_string();
