@@ -21,6 +21,7 @@ const STACK: &[&str] = &[
     "open",
     "autodiff",
     "ir",
+    "fuse",
     "plan",
     "exec",
     "checkpoint",
