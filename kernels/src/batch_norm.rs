@@ -481,7 +481,7 @@ pub fn batch_norm_eval_bwd<T: Real>(
             .enumerate()
             .for_each(|(i, dxp)| {
                 let k = scale[i % s.c];
-                dxp.iter_mut().for_each(|o| *o = *o * k);
+                dxp.iter_mut().for_each(|o| *o *= k);
             });
     } else {
         dx.par_chunks_mut(p)
@@ -978,7 +978,7 @@ mod tests {
             relu_fwd(&y_bn, &mut y_relu).unwrap();
             let (y_fused, ..) = fwd(true);
             assert_eq!(bits(&y_fused), bits(&y_relu), "forward, train {train}");
-            assert!(y_relu.iter().any(|&v| v == 0.0) && y_relu.iter().any(|&v| v > 0.0));
+            assert!(y_relu.contains(&0.0) && y_relu.iter().any(|&v| v > 0.0));
             // Backward: relu_bwd on the relu output, then batch norm's; against the fused one.
             let bwd = |dy: &[f32], relu_y: Option<&[f32]>| {
                 let (mut dx, mut dg, mut db) = (vec![f32::NAN; s.len()], [0f32; 4], [0f32; 4]);

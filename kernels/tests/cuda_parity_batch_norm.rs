@@ -32,7 +32,7 @@ const SHAPES: &[Nchw] = &[
 #[test]
 fn batch_norm_matches_cpu() {
     let Some(dev) = device() else { return };
-    for (i, &s, relu) in SHAPES
+    for (i, s, relu) in SHAPES
         .iter()
         .enumerate()
         .flat_map(|(i, s)| [(i, *s, false), (i, *s, true)])
