@@ -327,6 +327,19 @@ pub mod io {
             .ok_or_else(|| format!("`{}` is required", port_name(ports, i)))
     }
 
+    /// Input spec `i`, required, an f32 scalar (`f32[]`: a loss backward's `dloss`).
+    pub fn scalar_spec<'a>(
+        ports: &[Port],
+        inputs: &[Option<&'a TensorSpec>],
+        i: usize,
+    ) -> Result<&'a TensorSpec, String> {
+        let s = spec(ports, inputs, i)?;
+        if *s != TensorSpec::scalar() {
+            return Err(format!("`{}` must be f32[], got {s}", port_name(ports, i)));
+        }
+        Ok(s)
+    }
+
     /// Input spec `i`, required, f32 of any shape.
     pub fn f32_spec<'a>(
         ports: &[Port],

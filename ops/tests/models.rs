@@ -3,8 +3,9 @@
 //! deterministic training run through `Trainer`, and a whole-model finite-difference check of a
 //! few parameters' gradients (`ir::build` → `autodiff::differentiate` → `exec::run_cpu`).
 
+mod suite;
+
 use flowseg_engine::autodiff;
-use flowseg_engine::exec::run_cpu;
 use flowseg_engine::graph::{Env, Graph, ValueRef};
 use flowseg_engine::ir;
 use flowseg_engine::kernels::testing::{rand_index, rand_vec};
@@ -14,6 +15,7 @@ use flowseg_engine::train::Trainer;
 use flowseg_engine::{Tensor, TensorSpec};
 use flowseg_ops::builtin_registry;
 use std::collections::{BTreeMap, BTreeSet};
+use suite::picked::{check_picked_gradients, Tolerance};
 
 /// A graph calling `student` (arch deeplab_lite with `model_params`) once as `s` in `mode`,
 /// followed by `nodes` (YAML flow mappings, one a line) and an optional `optim` block.
@@ -419,7 +421,6 @@ fn whole_model_gradients_match_finite_differences() {
     let grads = autodiff::differentiate(&mut backward, &[(loss.clone(), 1.0)], &wrt)
         .unwrap_or_else(|e| panic!("{e:#?}"));
     assert_eq!(grads.keys().cloned().collect::<BTreeSet<_>>(), wrt);
-    let run = run_cpu(&backward, &batch, &state, 0, 0).expect("backward runs");
     let picks: &[(&str, &[usize])] = &[
         ("classifier.bias", &[0, 1]),
         ("classifier.weight", &[0, 5]),
@@ -434,36 +435,14 @@ fn whole_model_gradients_match_finite_differences() {
         ("stem.bn.weight", &[2]),
         ("stem.conv.weight", &[0, 13]),
     ];
-    let analytic: Vec<(String, usize, f32)> = picks
+    let picks: Vec<(String, &[usize])> = picks
         .iter()
-        .flat_map(|(name, idx)| {
-            let name = format!("student.{name}");
-            let g = run.get(&grads[&name]).and_then(Tensor::f32).expect("f32");
-            idx.iter()
-                .map(move |&i| (name.clone(), i, g[i]))
-                .collect::<Vec<_>>()
-        })
+        .map(|(name, idx)| (format!("student.{name}"), *idx))
         .collect();
-    drop(run);
-    let loss_at = |state: &BTreeMap<String, Tensor>| {
-        run_cpu(&forward, &batch, state, 0, 0)
-            .expect("forward runs")
-            .scalar(&loss)
-            .expect("scalar")
+    let tol = Tolerance {
+        eps: EPS,
+        atol: ATOL,
+        rtol: RTOL,
     };
-    for (name, i, a) in analytic {
-        let x0 = state[&name].f32().expect("f32")[i];
-        let mut at = |v: f32| {
-            state.get_mut(&name).and_then(Tensor::f32_mut).expect("f32")[i] = v;
-            f64::from(loss_at(&state))
-        };
-        let (lp, lm) = (at(x0 + EPS), at(x0 - EPS));
-        at(x0);
-        let numeric = (lp - lm) / (f64::from(x0 + EPS) - f64::from(x0 - EPS));
-        let err = (f64::from(a) - numeric).abs();
-        assert!(
-            err <= ATOL + RTOL * numeric.abs(),
-            "d/d{name}[{i}]: analytic {a} numeric {numeric}"
-        );
-    }
+    check_picked_gradients(&forward, &batch, &mut state, &loss, &picks, tol);
 }

@@ -9,13 +9,14 @@
 //! Not here: the Grad-CAM identity (grad_cam.rs), the ops' own checks (their files and the
 //! gradient suite), the whole method (tests/graphs.rs trains graphs/pseudoseg.yaml).
 
-use flowseg_engine::autodiff;
-use flowseg_engine::exec::run_cpu;
+mod suite;
+
 use flowseg_engine::graph::{Env, Graph, ValueRef};
 use flowseg_engine::kernels::testing::{rand_index, rand_vec};
 use flowseg_engine::{ir, spec, Tensor, TensorSpec};
 use flowseg_ops::builtin_registry;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use suite::picked::{check_picked_gradients, Tolerance};
 
 /// K = 4 classes (3 CAMs), 2 images of 4×5 positions, 6 feature and 7 hypercolumn channels.
 const K: usize = 4;
@@ -142,44 +143,13 @@ fn check(loss_node: &str, picks: &[(&str, &[usize])]) {
         .enumerate()
         .map(|(i, (name, d))| (name.clone(), d.init.tensor(&d.spec, 3, i as u64)))
         .collect();
-    let wrt: BTreeSet<String> = picks.iter().map(|(n, _)| (*n).to_owned()).collect();
-    let mut backward = forward.clone();
-    let grads = autodiff::differentiate(&mut backward, &[(loss.clone(), 1.0)], &wrt)
-        .unwrap_or_else(|e| panic!("{e:#?}"));
-    let run = run_cpu(&backward, &batch, &state, 0, 0).expect("backward runs");
-    let analytic: Vec<(String, usize, f32)> = picks
-        .iter()
-        .flat_map(|(name, idx)| {
-            let g = run.get(&grads[*name]).and_then(Tensor::f32).expect("f32");
-            idx.iter()
-                .map(move |&i| ((*name).to_owned(), i, g[i]))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    drop(run);
-    let loss_at = |state: &BTreeMap<String, Tensor>| {
-        run_cpu(&forward, &batch, state, 0, 0)
-            .expect("forward runs")
-            .scalar(&loss)
-            .expect("scalar")
+    let picks: Vec<(String, &[usize])> = picks.iter().map(|(n, i)| ((*n).to_owned(), *i)).collect();
+    let tol = Tolerance {
+        eps: EPS,
+        atol: ATOL,
+        rtol: RTOL,
     };
-    let mut nonzero = 0;
-    for (name, i, a) in analytic {
-        let x0 = state[&name].f32().expect("f32")[i];
-        let mut at = |v: f32| {
-            state.get_mut(&name).and_then(Tensor::f32_mut).expect("f32")[i] = v;
-            f64::from(loss_at(&state))
-        };
-        let (lp, lm) = (at(x0 + EPS), at(x0 - EPS));
-        at(x0);
-        let numeric = (lp - lm) / (f64::from(x0 + EPS) - f64::from(x0 - EPS));
-        let err = (f64::from(a) - numeric).abs();
-        assert!(
-            err <= ATOL + RTOL * numeric.abs(),
-            "d {loss_node}/d{name}[{i}]: analytic {a} numeric {numeric}"
-        );
-        nonzero += usize::from(a != 0.0);
-    }
+    let nonzero = check_picked_gradients(&forward, &batch, &mut state, &loss, &picks, tol);
     assert!(nonzero > 0, "every checked gradient of {loss_node} is 0");
 }
 

@@ -119,10 +119,7 @@ impl Op for BinaryCrossEntropyBwd {
 
     fn infer(p: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         BinaryCrossEntropy::infer(p, &inputs[..inputs.len().min(2)])?;
-        let dloss = io::spec(Self::INPUTS, inputs, 2)?;
-        if *dloss != TensorSpec::scalar() {
-            return Err(format!("`dloss` must be f32[], got {dloss}"));
-        }
+        io::scalar_spec(Self::INPUTS, inputs, 2)?;
         Ok(vec![io::f32_spec(Self::INPUTS, inputs, 0)?.clone()])
     }
 

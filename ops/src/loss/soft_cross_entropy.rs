@@ -178,10 +178,7 @@ impl Op for SoftCrossEntropyBwd {
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         // The forward's checks on logits, target and weight.
         SoftCrossEntropy::infer(p, &inputs[..inputs.len().min(3)])?;
-        let dloss = io::spec(Self::INPUTS, inputs, 3)?;
-        if *dloss != TensorSpec::scalar() {
-            return Err(format!("`dloss` must be f32[], got {dloss}"));
-        }
+        io::scalar_spec(Self::INPUTS, inputs, 3)?;
         Ok(vec![TensorSpec::nchw(io::nchw_f32(
             Self::INPUTS,
             inputs,

@@ -211,10 +211,7 @@ impl Op for SquaredErrorBwd {
             denominator: p.denominator,
         };
         SquaredError::infer(&forward, &inputs[..inputs.len().min(3)])?;
-        let dloss = io::spec(Self::INPUTS, inputs, 3)?;
-        if *dloss != TensorSpec::scalar() {
-            return Err(format!("`dloss` must be f32[], got {dloss}"));
-        }
+        io::scalar_spec(Self::INPUTS, inputs, 3)?;
         let a = TensorSpec::nchw(io::nchw_f32(Self::INPUTS, inputs, 0)?);
         let part = |wanted: bool| {
             if wanted {

@@ -5,4 +5,5 @@
 #![allow(dead_code)]
 
 pub mod gradients;
+pub mod picked;
 pub mod registry;
