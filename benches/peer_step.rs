@@ -24,7 +24,7 @@
 //!   captured inputs (as `benches/engine.rs` does), median over `n` passes, summed by op name;
 //!   one JSON line per step (supervised at 64×64 and 128×128, CutMix-Seg at 64×64, batch 16),
 //!   with `Trainer::step`'s median beside the sum. `PROFILE_NODES=1` also prints every node
-//!   (median ms, op, name, input shapes) on stderr.
+//!   (median and min ms, op, name, input shapes) on stderr.
 //! * `fuse-ab <graph.yaml> <rounds> <n> [k=v]...` — the step of any graph with and without the
 //!   fusion pass, in one process, alternating per round; one JSON line (docs/BENCHMARKS.md).
 //!
@@ -388,9 +388,11 @@ fn profile(registry: &Registry, label: &str, graph: &str, size: usize, sets: &[S
                 .flatten()
                 .map(|t| format!("{:?}", t.spec().shape))
                 .collect();
+            let min = times.iter().copied().fold(f64::INFINITY, f64::min);
             eprintln!(
-                "{:>8.3} ms  {:<20} {:<28} {}",
+                "{:>8.3} ms (min {:>7.3})  {:<20} {:<28} {}",
                 median(times.clone()) * 1e3,
+                min * 1e3,
                 node.op.name(),
                 node.name.as_ref() as &str,
                 shapes.join(" ")
