@@ -1,7 +1,7 @@
 // The losses of kernels/src/loss.rs, forward and backward: the CUDA twins of cross_entropy_fwd /
 // _bwd (hard labels, fused with the softmax), soft_cross_entropy_fwd / _bwd, squared_error_fwd /
-// _bwd and kl_div_fwd / _bwd (launchers in kernels/src/cuda/loss.rs). One module, so every loss
-// finishes with the same `ce_finalize`.
+// _bwd and binary_cross_entropy_fwd / _bwd (launchers in kernels/src/cuda/loss.rs). One module,
+// so every pixel loss finishes with the same `ce_finalize`.
 //
 // Maps are [N,K,H,W]. One thread per pixel walks the K class planes (H·W apart, so neighbouring
 // threads read neighbouring words, and every class plane is read coalesced).
@@ -21,13 +21,13 @@
 // error on the device: it is counted as bad, excluded, and makes the loss NaN, so it cannot pass
 // silently (the CPU returns an error naming the pixel).
 //
-// Masked probability-space losses (soft CE, squared error, KL): the optional mask [N,H,W] is
+// Masked probability-space losses (soft CE, squared error): the optional mask [N,H,W] is
 // both validity (≠ 0) and weight. Per pixel, every quantity is formed exactly as on the CPU:
 // class sums in f64 in class order, softmax statistics (max, Σ exp) in f32 in class order,
 // gradient coefficients dloss·w/D formed in f64 and rounded once. Pixels with mask 0 are skipped
 // outright (gradient exactly 0), so NaN or ∞ there cannot leak. squared_error_bwd is the CPU's
-// exact f32/f64 arithmetic (--fmad=false) and so bit-identical given the same D; the soft-CE and
-// KL kernels use CUDA's expf/exp/log, which differ from the CPU's libm by an ulp or two.
+// exact f32/f64 arithmetic (--fmad=false) and so bit-identical given the same D; the soft-CE
+// kernels use CUDA's expf/log, which differ from the CPU's libm by an ulp or two.
 //
 // Launch sequences. Hard labels, forward: ce_fwd_partials → ce_finalize (loss[0], inv_d[0]);
 // backward: ce_stats_partials → ce_finalize (for inv_d) → ce_bwd. Masked, forward:
@@ -303,32 +303,6 @@ extern "C" __global__ void squared_error_fwd_partials(const float* __restrict__ 
     block_partials(loss, valid, wsum, partials + 4 * (unsigned long long)blockIdx.x);
 }
 
-// kl_div_fwd's partials: ℓ = Σ_k p_k·(log p_k − log q_k), p = exp(log p) in f64, p_k = 0 → 0.
-extern "C" __global__ void kl_div_fwd_partials(const float* __restrict__ log_p,  // [N,K,H,W]
-                                               const float* __restrict__ log_q,  // [N,K,H,W]
-                                               const float* __restrict__ mask,   // [N,H,W] or null
-                                               unsigned long long pixels,        // N·H·W
-                                               unsigned k,                       // K
-                                               unsigned long long plane,         // H·W
-                                               double* __restrict__ partials) {  // [gridDim.x, 4]
-    double loss = 0.0, valid = 0.0, wsum = 0.0;
-    GRID_STRIDE(p, pixels) {
-        double w = pixel_weight(mask, p);
-        valid += w != 0.0 ? 1.0 : 0.0;
-        wsum += w;
-        if (w == 0.0) continue;
-        unsigned long long n = p / plane, base = n * k * plane + (p - n * plane);
-        double kl = 0.0;
-        for (unsigned c = 0; c < k; ++c) {
-            float lp = log_p[base + c * plane], lq = log_q[base + c * plane];
-            double pv = exp((double)lp);
-            if (pv != 0.0) kl += pv * (double)(lp - lq);
-        }
-        loss += w * kl;
-    }
-    block_partials(loss, valid, wsum, partials + 4 * (unsigned long long)blockIdx.x);
-}
-
 // soft_cross_entropy_bwd: dlogits = c·(e^(x − m)·(Σq / Σe^(x − m)) − q), c = dloss·w/D; 0 where
 // c = 0. Σq and Σe^(x − m) in f32 in class order, as on the CPU.
 extern "C" __global__ void soft_ce_bwd(const float* __restrict__ logits,  // [N,K,H,W]
@@ -383,33 +357,6 @@ extern "C" __global__ void squared_error_bwd(const float* __restrict__ a,      /
         unsigned long long n = i / image, q = i - (i / plane) * plane;
         float coef = coefficient(pixel_weight(mask, n * plane + q), scale);
         grad[i] = coef == 0.0f ? 0.0f : coef * (a[i] - b[i]);
-    }
-}
-
-// kl_div_bwd, one output: wrt_p: dlog_p = c·p·(log p − log q + 1); else dlog_q = −c·p; with
-// c = dloss·w/D and p = exp(log p) in f32; 0 where c = 0 or p = 0. Element-wise over [N,K,H,W].
-extern "C" __global__ void kl_div_bwd(const float* __restrict__ log_p,   // [N,K,H,W]
-                                      const float* __restrict__ log_q,   // [N,K,H,W]
-                                      const float* __restrict__ mask,    // [N,H,W] or null
-                                      const float* __restrict__ dloss,   // [1]
-                                      const double* __restrict__ inv_d,  // [1]
-                                      int wrt_p,                         // 1: dlog_p, 0: dlog_q
-                                      unsigned long long len,            // N·K·H·W
-                                      unsigned k,                        // K ≥ 1
-                                      unsigned long long plane,          // H·W
-                                      float* __restrict__ grad) {        // [N,K,H,W]
-    double scale = (double)dloss[0] * inv_d[0];
-    unsigned long long image = (unsigned long long)k * plane;
-    GRID_STRIDE(i, len) {
-        unsigned long long n = i / image, q = i - (i / plane) * plane;
-        float coef = coefficient(pixel_weight(mask, n * plane + q), scale);
-        float lp = log_p[i];
-        float pv = expf(lp);
-        float g;
-        if (coef == 0.0f || pv == 0.0f) g = 0.0f;
-        else if (wrt_p) g = coef * pv * (lp - log_q[i] + 1.0f);
-        else g = -coef * pv;
-        grad[i] = g;
     }
 }
 

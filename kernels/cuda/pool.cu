@@ -1,30 +1,27 @@
 // 2-d pooling over each (n, c) plane of an [N,C,H,W] tensor: the CUDA twins of max_pool2d_fwd,
-// max_pool2d_bwd, avg_pool2d_fwd, avg_pool2d_bwd, global_avg_pool_fwd and global_avg_pool_bwd
-// in kernels/src/pool.rs (see its header for the window geometry and PyTorch semantics).
+// max_pool2d_bwd, global_avg_pool_fwd and global_avg_pool_bwd in kernels/src/pool.rs (see its
+// header for the window geometry and PyTorch semantics).
 // Launchers: kernels/src/cuda/pool.rs.
 //
-// Forwards: one thread per output, visiting its window in the CPU's row-major order (max: strict
-// `>` keeps the first of ties, a NaN wins; avg: f64 sum, one division, one rounding), so they are
-// bit-identical to the CPU.
+// Max forward: one thread per output, visiting its window in the CPU's row-major order (strict
+// `>` keeps the first of ties, a NaN wins), so it is bit-identical to the CPU.
 //
-// Backwards are gathers, not scatters: one thread per input cell walks the outputs whose window
-// holds it in row-major output order and adds their contributions in f32 from 0 — the order in
-// which the CPU's scatter loop adds into that cell — so they are deterministic and bit-identical.
-// max: an output contributes dy where argmax equals this cell (an argmax from max_pool2d_fwd
-// always lies in its window; the launcher rejects indices outside the plane, as the CPU does).
+// Max backward is a gather, not a scatter: one thread per input cell walks the outputs whose
+// window holds it in row-major output order and adds dy where argmax equals this cell, in f32
+// from 0 — the order in which the CPU's scatter loop adds into that cell — so it is deterministic
+// and bit-identical (an argmax from max_pool2d_fwd always lies in its window).
 //
 // Global average: one block per plane, f64 tree sum (order differs from the CPU's sequential
 // f64 sum: agrees to f32 rounding); its backward is a fill.
 //
-// Block size: POOL_THREADS, which the launcher must use. Not here: ceil_mode, dilation,
-// divisor_override, adaptive pooling to sizes other than 1×1.
+// Block size: POOL_THREADS, which the launcher must use. Not here: windowed average pooling,
+// ceil_mode, dilation, adaptive pooling to sizes other than 1×1.
 
 #define POOL_THREADS 256
 
-// Window geometry of one axis: real input cells [lo, hi) of output o, and the window clipped to
-// the padded input (the count_include_pad divisor factor). Mirrors pool.rs's `span`.
+// Window geometry of one axis: real input cells [lo, hi) of output o. Mirrors pool.rs's `span`.
 struct PoolSpan {
-    unsigned lo, hi, padded;
+    unsigned lo, hi;
 };
 
 __device__ __forceinline__ PoolSpan pool_span(unsigned o, unsigned k, unsigned s, unsigned p,
@@ -34,7 +31,6 @@ __device__ __forceinline__ PoolSpan pool_span(unsigned o, unsigned k, unsigned s
     PoolSpan r;
     r.lo = start > p ? start - p : 0;
     r.hi = min(end - p, len);
-    r.padded = end - start;
     return r;
 }
 
@@ -106,63 +102,6 @@ extern "C" __global__ void max_pool2d_bwd(const float* __restrict__ dy,         
                 unsigned long long o = base + (unsigned)oy * g.wo + (unsigned)ox;
                 if (argmax[o] == q) acc += dy[o];
             }
-        dx[i] = acc;
-    }
-}
-
-// Divisor of an average window (pool.rs's `divisor`).
-__device__ __forceinline__ double pool_divisor(PoolSpan r, PoolSpan c, int count_include_pad) {
-    // Products in f64 (exact below 2^53), as the CPU's usize product converted once.
-    return count_include_pad ? (double)r.padded * (double)c.padded
-                             : (double)(r.hi - r.lo) * (double)(c.hi - c.lo);
-}
-
-// y = (Σ window in f64) / d, rounded once. One thread per output.
-extern "C" __global__ void avg_pool2d_fwd(const float* __restrict__ x,  // [N,C,H,W]
-                                          unsigned long long outputs,   // N·C·Ho·Wo
-                                          PoolGeom g,
-                                          int count_include_pad,
-                                          float* __restrict__ y) {      // [N,C,Ho,Wo]
-    for (unsigned long long o = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-         o < outputs; o += (unsigned long long)blockDim.x * gridDim.x) {
-        unsigned long long plane = o / ((unsigned long long)g.ho * g.wo);
-        unsigned q = (unsigned)(o - plane * g.ho * g.wo);
-        unsigned oy = q / g.wo, ox = q - oy * g.wo;
-        PoolSpan r = pool_span(oy, g.kh, g.sh, g.ph, g.h);
-        PoolSpan c = pool_span(ox, g.kw, g.sw, g.pw, g.w);
-        const float* xp = x + plane * g.h * g.w;
-        double sum = 0.0;
-        for (unsigned iy = r.lo; iy < r.hi; ++iy)
-            for (unsigned ix = c.lo; ix < c.hi; ++ix) sum += (double)xp[iy * g.w + ix];
-        y[o] = (float)(sum / pool_divisor(r, c, count_include_pad));
-    }
-}
-
-// dx[i] = Σ (float)(dy[o] / d_o) over outputs o (row-major) whose window holds i. One thread
-// per input cell.
-extern "C" __global__ void avg_pool2d_bwd(const float* __restrict__ dy,  // [N,C,Ho,Wo]
-                                          unsigned long long inputs,     // N·C·H·W
-                                          PoolGeom g,
-                                          int count_include_pad,
-                                          float* __restrict__ dx) {      // [N,C,H,W]
-    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-         i < inputs; i += (unsigned long long)blockDim.x * gridDim.x) {
-        unsigned long long plane = i / ((unsigned long long)g.h * g.w);
-        unsigned q = (unsigned)(i - plane * g.h * g.w);
-        unsigned iy = q / g.w, ix = q - iy * g.w;
-        int y0, y1, x0, x1;
-        pool_covering(iy, g.kh, g.sh, g.ph, g.ho, &y0, &y1);
-        pool_covering(ix, g.kw, g.sw, g.pw, g.wo, &x0, &x1);
-        unsigned long long base = plane * g.ho * g.wo;
-        float acc = 0.0f;
-        for (int oy = y0; oy <= y1; ++oy) {
-            PoolSpan r = pool_span((unsigned)oy, g.kh, g.sh, g.ph, g.h);
-            for (int ox = x0; ox <= x1; ++ox) {
-                PoolSpan c = pool_span((unsigned)ox, g.kw, g.sw, g.pw, g.w);
-                double d = pool_divisor(r, c, count_include_pad);
-                acc += (float)((double)dy[base + (unsigned)oy * g.wo + (unsigned)ox] / d);
-            }
-        }
         dx[i] = acc;
     }
 }

@@ -1,18 +1,17 @@
-// The reductions of kernels/src/reduce.rs: the CUDA twins of sum_fwd, mean_fwd, sum_bwd,
-// mean_bwd, dot_fwd, sum_channels_fwd / _bwd, mean_channels_fwd / _bwd, and l2_normalize_fwd
-// (launchers in kernels/src/cuda/reduce.rs).
+// The reductions of kernels/src/reduce.rs: the CUDA twins of mean_fwd, mean_bwd, dot_fwd,
+// mean_channels_fwd, l2_normalize_fwd and cam_normalize_fwd (launchers in
+// kernels/src/cuda/reduce.rs).
 //
-// Sums over all elements and dot: like the CPU, accumulated in f64 (dot forms each product in
+// Mean over all elements and dot: like the CPU, accumulated in f64 (dot forms each product in
 // f64 too) and rounded to f32 once. They run in two launches so the result is deterministic (no
 // float atomics): `reduce_sum_partials` / `dot_partials` write one f64 partial per block (a
 // fixed-order tree sum), and `reduce_sum_finalize` (one block) adds them in a fixed tree order
-// and divides (by 1 for a sum, by len for a mean). The order of additions differs from the
+// and divides (by 1 for dot, by len for a mean). The order of additions differs from the
 // CPU's sequential f64 sum, so results agree to f32 rounding (the f64 sums differ by far less
-// than an f32 ulp), not always bit for bit. The backwards fill dx with dy[0] / divisor.
+// than an f32 ulp), not always bit for bit. The mean's backward fills dx with dy[0] / len.
 //
-// Channels: one thread per output pixel sums the C planes in f64 in channel order and rounds
-// (acc·scale) once — the CPU's exact operations, so bit-identical; the backward broadcasts dy (a
-// copy, or one f32 multiply by the host-rounded 1/C), also bit-identical.
+// Channel mean: one thread per output pixel sums the C planes in f64 in channel order and rounds
+// (acc·(1/C)) once — the CPU's exact operations, so bit-identical.
 //
 // Block size: REDUCE_THREADS for the tree sums (reduce_sum_partials, reduce_sum_finalize,
 // dot_partials), which the launchers use; the others are grid-stride. Not here: max over classes
@@ -48,7 +47,7 @@ extern "C" __global__ void reduce_sum_partials(const float* __restrict__ x,  // 
     if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
-// out[0] = (float)(Σ partials / divisor): divisor 1 for sum_fwd, len for mean_fwd. One block.
+// out[0] = (float)(Σ partials / divisor): divisor 1 for dot_fwd, len for mean_fwd. One block.
 extern "C" __global__ void reduce_sum_finalize(const double* __restrict__ partials,  // [count]
                                                unsigned count,
                                                double divisor,
@@ -60,7 +59,7 @@ extern "C" __global__ void reduce_sum_finalize(const double* __restrict__ partia
     if (threadIdx.x == 0) out[0] = (float)(total / divisor);
 }
 
-// dx[i] = (float)(dy[0] / divisor): sum_bwd (divisor 1) and mean_bwd (divisor len).
+// dx[i] = (float)(dy[0] / divisor): mean_bwd (divisor len).
 extern "C" __global__ void reduce_fill_bwd(const float* __restrict__ dy,  // [1]
                                            unsigned long long n,
                                            double divisor,
@@ -83,8 +82,8 @@ extern "C" __global__ void dot_partials(const float* __restrict__ a,  // [n]
     if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
-// y[n, 0, h, w] = (float)(scale·Σ_c x[n, c, h, w]), the sum in f64 in channel order: scale 1 for
-// sum_channels_fwd, 1/C for mean_channels_fwd.
+// y[n, 0, h, w] = (float)(scale·Σ_c x[n, c, h, w]), the sum in f64 in channel order: scale 1/C
+// for mean_channels_fwd.
 extern "C" __global__ void channels_fwd(const float* __restrict__ x,  // [N, C, H, W]
                                         unsigned long long pixels,    // N·H·W
                                         unsigned c,                   // C
@@ -97,23 +96,6 @@ extern "C" __global__ void channels_fwd(const float* __restrict__ x,  // [N, C, 
         double acc = 0.0;
         for (unsigned ch = 0; ch < c; ++ch) acc += (double)xp[ch * plane];
         y[p] = (float)(acc * scale);
-    }
-}
-
-// dx[n, c, h, w] = dy[n, 0, h, w] (use_scale = 0: sum_channels_bwd) or dy[n, 0, h, w]·scale
-// (mean_channels_bwd, scale = (float)(1/C)).
-extern "C" __global__ void channels_bwd(const float* __restrict__ dy,  // [N, 1, H, W]
-                                        unsigned long long len,        // N·C·H·W
-                                        unsigned c,                    // C ≥ 1
-                                        unsigned long long plane,      // H·W ≥ 1
-                                        int use_scale,
-                                        float scale,
-                                        float* __restrict__ dx) {      // [N, C, H, W]
-    unsigned long long image = (unsigned long long)c * plane;
-    GRID_STRIDE(i, len) {
-        unsigned long long n = i / image;
-        float g = dy[n * plane + (i - (i / plane) * plane)];
-        dx[i] = use_scale ? g * scale : g;
     }
 }
 

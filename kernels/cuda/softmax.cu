@@ -1,16 +1,13 @@
-// Softmax and log-softmax over the class axis of an [N,K,H,W] map, forward and backward: the
-// CUDA twins of softmax_fwd, softmax_bwd, log_softmax_fwd and log_softmax_bwd in
-// kernels/src/softmax.rs.
+// Softmax over the class axis of an [N,K,H,W] map, forward and backward, and sharpening: the
+// CUDA twins of softmax_fwd, softmax_bwd and sharpen_fwd in kernels/src/softmax.rs.
 // Launchers: kernels/src/cuda/softmax.rs.
 //
 // One thread per pixel (n, y, x) loops over the K classes, which are H·W apart, so a warp reads
 // each class plane coalesced. Per-pixel sums over K run in f32 in class order, as on the CPU:
 // * softmax_fwd: m = max (strict >, from class 0), e_k = exp(x_k − m), s = Σ e_k, y_k = e_k·(1/s);
-// * softmax_bwd: d = Σ y_k·dy_k, dx_k = y_k·(dy_k − d) — the CPU's exact operations;
-// * log_softmax_fwd: y_k = (x_k − m) − ln s;
-// * log_softmax_bwd: t = Σ dy_k, dx_k = dy_k − exp(y_k)·t.
+// * softmax_bwd: d = Σ y_k·dy_k, dx_k = y_k·(dy_k − d) — the CPU's exact operations.
 // softmax_bwd is bit-identical to the CPU (--fmad=false, IEEE division); the others call
-// CUDA's expf/logf (≤ 2 ulp), not the CPU's libm, so they agree to a few f32 ulp.
+// CUDA's expf/powf (≤ 2 ulp), not the CPU's libm, so they agree to a few f32 ulp.
 //
 // Block size: any (the launcher uses 256). Not here: softmax fused with cross entropy
 // (loss.cu), other axes, temperature, masking.
@@ -57,48 +54,6 @@ extern "C" __global__ void softmax_bwd(const float* __restrict__ y,   // [N,K,H,
         for (unsigned c = 0; c < k; ++c) {
             unsigned long long i = base + c * plane;
             dx[i] = y[i] * (dy[i] - d);
-        }
-    }
-}
-
-// y = (x − m) − ln Σ exp(x − m) at every pixel.
-extern "C" __global__ void log_softmax_fwd(const float* __restrict__ x,  // [N,K,H,W]
-                                           unsigned long long pixels,    // N·H·W
-                                           unsigned k,                   // K ≥ 1
-                                           unsigned long long plane,     // H·W
-                                           float* __restrict__ y) {      // [N,K,H,W]
-    for (unsigned long long p = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-         p < pixels; p += (unsigned long long)blockDim.x * gridDim.x) {
-        unsigned long long n = p / plane, q = p - n * plane;
-        const float* xp = x + n * k * plane + q;
-        float* yp = y + n * k * plane + q;
-        float m = xp[0];
-        for (unsigned c = 1; c < k; ++c) {
-            float v = xp[c * plane];
-            if (v > m) m = v;
-        }
-        float s = 0.0f;
-        for (unsigned c = 0; c < k; ++c) s += expf(xp[c * plane] - m);
-        float l = logf(s);
-        for (unsigned c = 0; c < k; ++c) yp[c * plane] = (xp[c * plane] - m) - l;
-    }
-}
-
-// dx = dy − exp(y)·Σ_k dy from the log-softmax output y.
-extern "C" __global__ void log_softmax_bwd(const float* __restrict__ y,   // [N,K,H,W]
-                                           const float* __restrict__ dy,  // [N,K,H,W]
-                                           unsigned long long pixels,     // N·H·W
-                                           unsigned k,                    // K
-                                           unsigned long long plane,      // H·W
-                                           float* __restrict__ dx) {      // [N,K,H,W]
-    for (unsigned long long p = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-         p < pixels; p += (unsigned long long)blockDim.x * gridDim.x) {
-        unsigned long long n = p / plane, q = p - n * plane, base = n * k * plane + q;
-        float t = 0.0f;
-        for (unsigned c = 0; c < k; ++c) t += dy[base + c * plane];
-        for (unsigned c = 0; c < k; ++c) {
-            unsigned long long i = base + c * plane;
-            dx[i] = dy[i] - expf(y[i]) * t;
         }
     }
 }

@@ -14,10 +14,6 @@
 //! * squared error between two maps a, b (Mean Teacher / CCT consistency): ℓ = Σ_k (a_k − b_k)²;
 //!   da = 2·dloss·w·(a − b)/D = −db. `F.mse_loss(a, b)` (mean over every element) is this with
 //!   no mask and `Denominator::Constant(N·K·H·W)`.
-//! * KL divergence from log-probabilities, KL(p‖q) with target log p and input log q:
-//!   ℓ = Σ_k p_k·(log p_k − log q_k); d/dlog q = −dloss·w·p/D, d/dlog p = dloss·w·p·(log p −
-//!   log q + 1)/D. `F.kl_div(log_q, log_p, log_target=True, reduction='sum')` / D, except that a
-//!   class with p_k = 0 (log p = −∞) contributes 0 here where torch gives NaN (0·∞).
 //!
 //! * binary cross entropy of logits x against targets t (multi-label classification, not a
 //!   pixel loss): ℓ = max(x, 0) − x·t + ln(1 + e^(−|x|)) per element, mean over all elements
@@ -47,8 +43,8 @@
 //! e^(x − m) once, straight into its output.
 //!
 //! Not here: per-class weights (`F.cross_entropy(weight=…)`), label smoothing, focal / dice /
-//! OHEM losses (OHEM ranks `pixel_loss` and passes a 0/1 weight), and gradients with respect to
-//! the weights, masks, labels or soft targets.
+//! OHEM losses (OHEM ranks `pixel_loss` and passes a 0/1 weight), KL divergence (no op uses it),
+//! and gradients with respect to the weights, masks, labels or soft targets.
 
 use crate::softmax::max_sumexp;
 use crate::{check_len, KernelError, Nchw, Real};
@@ -337,7 +333,9 @@ pub fn cross_entropy_fwd<T: Real>(
                 let l = if t == ignore {
                     T::zero()
                 } else {
-                    // Grouped as in log_softmax_fwd, so large logits keep their precision in f32.
+                    // ln s − (x_t − m), not (ln s + m) − x_t: with logits near 1000 the f32 sum
+                    // m + ln s would round ln s to the ulp of m, so large logits keep their
+                    // precision.
                     s[j].ln() - (xi[t as usize * plane + p] - m[j])
                 };
                 if let Some(out) = out.as_deref_mut() {
@@ -623,117 +621,6 @@ pub fn squared_error_bwd<T: Real>(
     Ok(())
 }
 
-/// KL(p‖q) from log-probabilities; returns Σ_pixels w·Σ_k p_k (log p_k − log q_k) / D with
-/// p = exp(log_p), a class with p_k = 0 contributing 0.
-/// log_p (target), log_q (input): [N,K,H,W] (`shape.c` is K); mask: [N,H,W] or `None`.
-pub fn kl_div_fwd<T: Real>(
-    log_p: &[T],
-    log_q: &[T],
-    mask: Option<&[T]>,
-    shape: Nchw,
-    denominator: Denominator,
-) -> Result<T, KernelError> {
-    const K: &str = "kl_div_fwd";
-    let inv_d = masked_prologue(
-        K,
-        ["log_p", "log_q"],
-        log_p,
-        log_q,
-        mask,
-        shape,
-        denominator,
-    )?;
-    let (plane, image) = (shape.plane(), shape.image());
-    if shape.is_empty() {
-        return Ok(T::zero());
-    }
-    let total = sum_images(shape.n, |n| {
-        let pi = &log_p[n * image..(n + 1) * image];
-        let qi = &log_q[n * image..(n + 1) * image];
-        let mut kl = vec![0f64; plane];
-        for (pk, qk) in pi.chunks_exact(plane).zip(qi.chunks_exact(plane)) {
-            for ((acc, &lp), &lq) in kl.iter_mut().zip(pk).zip(qk) {
-                let pv = lp.f64().exp();
-                // 0·log 0 = 0; without this guard log p = −∞ gives 0·∞ = NaN.
-                if pv != 0.0 {
-                    *acc += pv * (lp - lq).f64();
-                }
-            }
-        }
-        masked_image_sum(&kl, mask, n)
-    });
-    Ok(T::of(total * inv_d))
-}
-
-/// Gradients of [`kl_div_fwd`]: dlog_q = −dloss·w·p/D and dlog_p = dloss·w·p·(log p − log q +
-/// 1)/D (log p treated as a free input, not renormalised), 0 where the mask or p is 0.
-/// log_p, log_q: [N,K,H,W] (`shape.c` is K); mask: [N,H,W] or `None`; dlog_p, dlog_q:
-/// [N,K,H,W] or `None` (skip an input held constant), overwritten.
-pub fn kl_div_bwd<T: Real>(
-    log_p: &[T],
-    log_q: &[T],
-    mask: Option<&[T]>,
-    shape: Nchw,
-    denominator: Denominator,
-    dloss: T,
-    dlog_p: Option<&mut [T]>,
-    dlog_q: Option<&mut [T]>,
-) -> Result<(), KernelError> {
-    const K: &str = "kl_div_bwd";
-    let inv_d = masked_prologue(
-        K,
-        ["log_p", "log_q"],
-        log_p,
-        log_q,
-        mask,
-        shape,
-        denominator,
-    )?;
-    if let Some(g) = dlog_p.as_deref() {
-        check_len(K, "dlog_p", g, shape.len())?;
-    }
-    if let Some(g) = dlog_q.as_deref() {
-        check_len(K, "dlog_q", g, shape.len())?;
-    }
-    let (pixels, plane, image) = (shape.n * shape.plane(), shape.plane(), shape.image());
-    if shape.is_empty() {
-        return Ok(());
-    }
-    let coef = coefficients(pixels, mask, |_| false, dloss.f64() * inv_d);
-    // `wrt_p` picks the formula; both share the walk over (n, k) planes.
-    let fill = |out: &mut [T], wrt_p: bool| {
-        out.par_chunks_mut(image)
-            .zip(log_p.par_chunks(image).zip(log_q.par_chunks(image)))
-            .zip(coef.par_chunks(plane))
-            .for_each(|((gi, (pi, qi)), ci)| {
-                for ((gk, pk), qk) in gi
-                    .chunks_exact_mut(plane)
-                    .zip(pi.chunks_exact(plane))
-                    .zip(qi.chunks_exact(plane))
-                {
-                    for p in 0..plane {
-                        let c = ci[p];
-                        let pv = pk[p].exp();
-                        gk[p] = if c == T::zero() || pv == T::zero() {
-                            T::zero()
-                        } else if wrt_p {
-                            c * pv * (pk[p] - qk[p] + T::one())
-                        } else {
-                            -c * pv
-                        };
-                    }
-                }
-            });
-    };
-    if let Some(g) = dlog_p {
-        fill(g, true);
-    }
-    if let Some(g) = dlog_q {
-        fill(g, false);
-    }
-    Ok(())
-}
-
 /// Binary cross entropy with logits, the mean over every element:
 /// Σ (max(x, 0) − x·t + ln(1 + e^(−|x|))) / len, accumulated in f64; 0 for empty inputs.
 /// logits, target: any shape, equal lengths (targets need not be 0/1).
@@ -951,7 +838,7 @@ mod tests {
         let l = soft_cross_entropy_fwd(&a, &b, Some(&m0), S2, Denominator::WeightSum).unwrap();
         assert_eq!(l, 0.0);
         let mut g = vec![f64::NAN; 4];
-        kl_div_bwd(
+        squared_error_bwd(
             &a,
             &b,
             Some(&m0),
@@ -995,7 +882,7 @@ mod tests {
             "{e}"
         );
         let mut short = vec![0.0; 3];
-        let e = kl_div_bwd(
+        let e = squared_error_bwd(
             &x,
             &x,
             None,
@@ -1006,7 +893,7 @@ mod tests {
             None,
         )
         .unwrap_err();
-        assert!(e.to_string().contains("`dlog_p` has 3 elements"), "{e}");
+        assert!(e.to_string().contains("`da` has 3 elements"), "{e}");
         // A negative or non-finite constant denominator.
         for c in [-1.0, f64::NAN] {
             let e = soft_cross_entropy_fwd(&x, &x, None, S2, Denominator::Constant(c)).unwrap_err();
@@ -1087,40 +974,6 @@ mod tests {
         squared_error_bwd(&a, &b, Some(&m), S2, den, 1.0, Some(&mut da), Some(&mut db)).unwrap();
         assert_eq!(da, vec![-0.25, 0.5, 0.25, -0.5]);
         assert_eq!(db, vec![0.25, -0.5, -0.25, 0.5]);
-    }
-
-    #[test]
-    fn kl_div_by_hand() {
-        // p: pixel 0 (1/2, 1/2), pixel 1 (1/4, 3/4); q: pixel 0 (1/4, 3/4), pixel 1 = p.
-        // KL pixel 0 = ln(1/2 / 1/4)/2 + ln(1/2 / 3/4)/2 = ln(4/3)/2; pixel 1 = 0. D = 2.
-        let lp: Vec<f64> = [0.5, 0.25, 0.5, 0.75]
-            .iter()
-            .map(|v: &f64| v.ln())
-            .collect();
-        let lq: Vec<f64> = [0.25, 0.25, 0.75, 0.75]
-            .iter()
-            .map(|v: &f64| v.ln())
-            .collect();
-        let l = kl_div_fwd(&lp, &lq, None, S2, Denominator::AllPixels).unwrap();
-        assert!((l - (4.0f64 / 3.0).ln() / 4.0).abs() < 1e-15, "{l}");
-        // dlog_q = −p/2; dlog_p = p·(lp − lq + 1)/2.
-        let (mut gp, mut gq) = (vec![0.0; 4], vec![0.0; 4]);
-        let den = Denominator::AllPixels;
-        kl_div_bwd(&lp, &lq, None, S2, den, 1.0, Some(&mut gp), Some(&mut gq)).unwrap();
-        assert_close("dlog_q", &gq, &[-0.25, -0.125, -0.25, -0.375], 1e-15, 0.0);
-        let want_p = [
-            0.25 * (2f64.ln() + 1.0),
-            0.125,
-            0.25 * ((2.0f64 / 3.0).ln() + 1.0),
-            0.375,
-        ];
-        assert_close("dlog_p", &gp, &want_p, 1e-15, 0.0);
-        // p_k = 0 (log p = −∞) contributes 0, not NaN, to loss and gradients.
-        let lp0 = [0.0, 0.25f64.ln(), f64::NEG_INFINITY, 0.75f64.ln()];
-        let l = kl_div_fwd(&lp0, &lq, None, S2, den).unwrap();
-        assert!((l - 4f64.ln() / 2.0).abs() < 1e-15, "{l}");
-        kl_div_bwd(&lp0, &lq, None, S2, den, 1.0, Some(&mut gp), Some(&mut gq)).unwrap();
-        assert_eq!((gp[2], gq[2]), (0.0, 0.0));
     }
 
     /// Odd-size batch for the gradchecks.
@@ -1209,34 +1062,6 @@ mod tests {
                         let (da, db) = (Some(&mut ga[..]), Some(&mut gb[..]));
                         squared_error_bwd(&i[0], &i[1], mk, S, den, dy[0], da, db).unwrap();
                         vec![ga, gb]
-                    },
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn kl_div_gradcheck() {
-        // Log-probabilities of random distributions (log-softmax of random logits).
-        let logp = |seed| {
-            let z = rand_vec(seed, S.len(), -2.0, 2.0);
-            let mut y = vec![0.0; S.len()];
-            crate::softmax::log_softmax_fwd(&z, S, &mut y).unwrap();
-            y
-        };
-        let (lp, lq) = (logp(61), logp(62));
-        let m = mask(63);
-        for den in DENS {
-            for mk in [None, Some(&m[..])] {
-                gradcheck(
-                    &format!("kl_div {den:?} masked={}", mk.is_some()),
-                    &[lp.clone(), lq.clone()],
-                    |i| vec![kl_div_fwd(&i[0], &i[1], mk, S, den).unwrap()],
-                    |i, dy| {
-                        let (mut gp, mut gq) = (vec![0.0; S.len()], vec![0.0; S.len()]);
-                        let (dp, dq) = (Some(&mut gp[..]), Some(&mut gq[..]));
-                        kl_div_bwd(&i[0], &i[1], mk, S, den, dy[0], dp, dq).unwrap();
-                        vec![gp, gq]
                     },
                 );
             }

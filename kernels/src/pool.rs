@@ -1,27 +1,23 @@
-//! 2-d pooling over each (n, c) plane, forward and backward: max, average and global average.
-//! PyTorch equivalents: `torch.nn.functional.max_pool2d` (dilation 1, return_indices=True),
-//! `avg_pool2d` (no divisor_override), both with ceil_mode=False, and
-//! `adaptive_avg_pool2d(x, 1)` for the global average.
+//! 2-d pooling over each (n, c) plane, forward and backward: max and global average.
+//! PyTorch equivalents: `torch.nn.functional.max_pool2d` (dilation 1, return_indices=True,
+//! ceil_mode=False) and `adaptive_avg_pool2d(x, 1)` for the global average.
 //!
 //! Window geometry ([`Pool2d`]): output (oy, ox) covers input rows oy·sh − ph … oy·sh − ph + kh − 1
 //! and the columns likewise; Ho = ⌊(H + 2·ph − kh)/sh⌋ + 1, Wo alike. PyTorch's limits apply
 //! (ph ≤ kh/2, pw ≤ kw/2, Ho, Wo ≥ 1) and under them every window overlaps the real input: the
 //! first starts at −ph > −kh and the last starts at most at H + ph − kh < H. So no window is
-//! all padding, a max always has a real winner and no divisor is zero.
+//! all padding and a max always has a real winner.
 //!
 //! * max: y = max of the window with padding as −∞. `argmax` holds the winner's flat index
 //!   iy·W + ix in its input plane (PyTorch's return_indices convention). Ties keep the first in
 //!   row-major window order; a NaN wins, as in PyTorch, so it propagates. Backward: dx[argmax]
 //!   += dy, summing where windows overlap.
-//! * avg: y = Σ window / d with padding as 0. d is the window clipped to the padded input when
-//!   `count_include_pad` (PyTorch's default; kh·kw under ceil_mode=False), else the number of
-//!   real input cells in it. Backward spreads dy/d over those real cells.
 //! * global avg: y[n, c] = mean of the H·W plane; backward broadcasts dy/(H·W).
 //!
 //! Sums accumulate in f64. Planes are independent and are spread over rayon's pool.
 //!
-//! Not here: ceil_mode=True, dilation, divisor_override, 1-d and 3-d pooling, adaptive pooling to
-//! sizes other than 1×1, max_unpool.
+//! Not here: windowed average pooling (`avg_pool2d`: no op uses it), ceil_mode=True, dilation,
+//! 1-d and 3-d pooling, adaptive pooling to sizes other than 1×1, max_unpool.
 
 use crate::{check_len, KernelError, Nchw, Real};
 use rayon::prelude::*;
@@ -43,13 +39,11 @@ pub struct Pool2d {
     pub pw: usize,
 }
 
-/// One axis of one window: the real input cells [lo, hi) and the window's extent clipped to the
-/// padded input (the count_include_pad divisor factor).
+/// One axis of one window: the real input cells [lo, hi).
 #[derive(Debug, Clone, Copy)]
 struct Span {
     lo: usize,
     hi: usize,
-    padded: usize,
 }
 
 /// Span of output index `o` on an axis of input length `len`, window `k`, stride `s`, pad `p`.
@@ -61,7 +55,6 @@ fn span(o: usize, k: usize, s: usize, p: usize, len: usize) -> Span {
     Span {
         lo: start.saturating_sub(p),
         hi: (end - p).min(len),
-        padded: end - start,
     }
 }
 
@@ -257,77 +250,6 @@ pub fn max_pool2d_bwd<T: Real>(
     Ok(())
 }
 
-/// Average pooling forward: y = Σ window / d (see the module doc for d).
-///
-/// Shapes: x [N,C,H,W] (`s`); y [N,C,Ho,Wo] with (Ho, Wo) = `p.out_hw(H, W)`. Errors on bad
-/// geometry or a length mismatch.
-pub fn avg_pool2d_fwd<T: Real>(
-    x: &[T],
-    s: Nchw,
-    p: Pool2d,
-    count_include_pad: bool,
-    y: &mut [T],
-) -> Result<(), KernelError> {
-    const K: &str = "avg_pool2d_fwd";
-    let (ho, wo) = p.geometry(K, s.h, s.w)?;
-    check_len(K, "x", x, s.len())?;
-    check_len(K, "y", y, s.n * s.c * ho * wo)?;
-    x.par_chunks(s.plane())
-        .zip(y.par_chunks_mut(ho * wo))
-        .for_each(|(xp, yp)| {
-            for oy in 0..ho {
-                let r = p.rows(oy, s.h);
-                for ox in 0..wo {
-                    let c = p.cols(ox, s.w);
-                    let mut sum = 0f64;
-                    for iy in r.lo..r.hi {
-                        for v in &xp[iy * s.w + c.lo..iy * s.w + c.hi] {
-                            sum += v.f64();
-                        }
-                    }
-                    yp[oy * wo + ox] = T::of(sum / divisor(r, c, count_include_pad));
-                }
-            }
-        });
-    Ok(())
-}
-
-/// Average pooling backward: dx = 0, then each output adds dy/d to every real cell of its
-/// window. Overwrites dx.
-///
-/// Shapes: dy [N,C,Ho,Wo] as in [`avg_pool2d_fwd`]; dx [N,C,H,W] (`s`). Errors on bad geometry
-/// or a length mismatch.
-pub fn avg_pool2d_bwd<T: Real>(
-    dy: &[T],
-    s: Nchw,
-    p: Pool2d,
-    count_include_pad: bool,
-    dx: &mut [T],
-) -> Result<(), KernelError> {
-    const K: &str = "avg_pool2d_bwd";
-    let (ho, wo) = p.geometry(K, s.h, s.w)?;
-    check_len(K, "dy", dy, s.n * s.c * ho * wo)?;
-    check_len(K, "dx", dx, s.len())?;
-    dx.par_chunks_mut(s.plane())
-        .zip(dy.par_chunks(ho * wo))
-        .for_each(|(dxp, dyp)| {
-            dxp.fill(T::zero());
-            for oy in 0..ho {
-                let r = p.rows(oy, s.h);
-                for ox in 0..wo {
-                    let c = p.cols(ox, s.w);
-                    let g = T::of(dyp[oy * wo + ox].f64() / divisor(r, c, count_include_pad));
-                    for iy in r.lo..r.hi {
-                        for o in &mut dxp[iy * s.w + c.lo..iy * s.w + c.hi] {
-                            *o += g;
-                        }
-                    }
-                }
-            }
-        });
-    Ok(())
-}
-
 /// Global average pooling forward: y[n, c] = Σ plane / (H·W), summed in f64.
 ///
 /// Shapes: x [N,C,H,W] (`s`); y [N,C] (that is [N,C,1,1]). Errors on an empty plane or a length
@@ -359,15 +281,6 @@ pub fn global_avg_pool_bwd<T: Real>(dy: &[T], s: Nchw, dx: &mut [T]) -> Result<(
     Ok(())
 }
 
-/// Divisor of an average window (module doc).
-fn divisor(r: Span, c: Span, count_include_pad: bool) -> f64 {
-    if count_include_pad {
-        (r.padded * c.padded) as f64
-    } else {
-        ((r.hi - r.lo) * (c.hi - c.lo)) as f64
-    }
-}
-
 /// argmax is u32: refuse planes whose indices it cannot hold.
 fn plane_fits_u32(kernel: &'static str, s: Nchw) -> Result<(), KernelError> {
     if s.plane() > u32::MAX as usize {
@@ -392,7 +305,7 @@ fn nonempty_plane(kernel: &'static str, s: Nchw) -> Result<(), KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, gradcheck, rand_vec};
+    use crate::testing::{gradcheck, rand_vec};
 
     fn max_fwd(s: Nchw, p: Pool2d, x: &[f64]) -> (Vec<f64>, Vec<u32>) {
         let (ho, wo) = p.out_hw(s.h, s.w).unwrap();
@@ -400,13 +313,6 @@ mod tests {
         let mut a = vec![0u32; y.len()];
         max_pool2d_fwd(x, s, p, &mut y, &mut a).unwrap();
         (y, a)
-    }
-
-    fn avg_fwd(s: Nchw, p: Pool2d, inc: bool, x: &[f64]) -> Vec<f64> {
-        let (ho, wo) = p.out_hw(s.h, s.w).unwrap();
-        let mut y = vec![0.0; s.n * s.c * ho * wo];
-        avg_pool2d_fwd(x, s, p, inc, &mut y).unwrap();
-        y
     }
 
     /// 1, 2, …, n.
@@ -494,13 +400,8 @@ mod tests {
         let (y, a) = max_fwd(s, p, &x);
         assert_eq!(y, [4.0, 7.0, -1.0, 9.0]);
         assert_eq!(a, [4, 6, 8, 14]);
-        // Averages: (3+1+4+0)/4 = 2, (0+2+7+7)/4 = 4, (−1−5−2−1)/4 = −2.25, (8+6+9+6)/4 = 7.25;
-        // no padding, so the flag changes nothing.
-        for inc in [true, false] {
-            assert_eq!(avg_fwd(s, p, inc, &x), [2.0, 4.0, -2.25, 7.25]);
-        }
 
-        // Backward: max sends each dy to its argmax; avg spreads dy/4 over its window.
+        // Backward: max sends each dy to its argmax.
         let dy = [1.0, 2.0, 3.0, 4.0];
         let mut dx = vec![9.0; 16];
         max_pool2d_bwd(&dy, &a, s, p, &mut dx).unwrap();
@@ -509,14 +410,6 @@ mod tests {
             want[i as usize] = g;
         }
         assert_eq!(dx, want);
-        avg_pool2d_bwd(&dy, s, p, true, &mut dx).unwrap();
-        assert_eq!(
-            dx,
-            [
-                0.25, 0.25, 0.5, 0.5, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1.0, 1.0, 0.75, 0.75, 1.0,
-                1.0
-            ]
-        );
 
         // The f32 instance on the same case.
         let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
@@ -534,38 +427,11 @@ mod tests {
         let s = Nchw::new(1, 1, 3, 3);
         let p = Pool2d::square(3, 1, 1);
         let x = ramp(9);
-        // Including padding every divisor is 9: corner 1+2+4+5 = 12, top edge 1+…+6 = 21,
-        // centre 45, and so on.
-        let inc = avg_fwd(s, p, true, &x);
-        let sums = [12.0, 21.0, 16.0, 27.0, 45.0, 33.0, 24.0, 39.0, 28.0];
-        assert_close("avg incl pad", &inc, &sums.map(|v| v / 9.0), 1e-15, 0.0);
-        // Excluding it: corners /4, edges /6, centre /9.
-        let exc = avg_fwd(s, p, false, &x);
-        let counts = [4.0, 6.0, 4.0, 6.0, 9.0, 6.0, 4.0, 6.0, 4.0];
-        let want: Vec<f64> = sums.iter().zip(counts).map(|(a, b)| a / b).collect();
-        assert_close("avg excl pad", &exc, &want, 1e-15, 0.0);
-
         // Max with all-negative input: padding must act as −∞, not 0.
         let neg: Vec<f64> = x.iter().map(|v| -v).collect();
         let (y, a) = max_fwd(s, p, &neg);
         assert_eq!(y, [-1.0, -1.0, -2.0, -1.0, -1.0, -2.0, -4.0, -4.0, -5.0]);
         assert_eq!(a, [0, 0, 1, 0, 0, 1, 3, 3, 4]);
-
-        // Avg backward excluding padding: corner (0,0) receives dy/4 from output (0,0),
-        // dy/6 from (0,1) and (1,0), dy/9 from (1,1); with dy = 1: 1/4 + 1/3 + 1/9.
-        let mut dx = vec![0.0; 9];
-        avg_pool2d_bwd(&[1.0; 9], s, p, false, &mut dx).unwrap();
-        assert_close(
-            "avg bwd corner",
-            &dx[..1],
-            &[0.25 + 2.0 / 6.0 + 1.0 / 9.0],
-            1e-15,
-            0.0,
-        );
-        // Including padding every window divides by 9 and the centre is in all 9 windows.
-        avg_pool2d_bwd(&[1.0; 9], s, p, true, &mut dx).unwrap();
-        assert_close("avg bwd centre", &dx[4..5], &[1.0], 1e-15, 0.0);
-        assert_close("avg bwd corner", &dx[..1], &[4.0 / 9.0], 1e-15, 0.0);
     }
 
     #[test]
@@ -581,12 +447,12 @@ mod tests {
         assert_eq!(dx, want);
     }
 
-    /// Oracle for odd shapes: materializes the padded plane (fill −∞ or 0, plus a mask of real
-    /// cells) and scans full kh×kw windows, independently of `span`.
-    fn naive(s: Nchw, p: Pool2d, x: &[f64]) -> (Vec<f64>, Vec<u32>, Vec<f64>, Vec<f64>) {
+    /// Oracle for odd shapes: materializes the padded plane (a mask of real cells) and scans
+    /// full kh×kw windows, independently of `span`.
+    fn naive(s: Nchw, p: Pool2d, x: &[f64]) -> (Vec<f64>, Vec<u32>) {
         let (ho, wo) = p.out_hw(s.h, s.w).unwrap();
         let (hp, wp) = (s.h + 2 * p.ph, s.w + 2 * p.pw);
-        let (mut mx, mut am, mut inc, mut exc) = (vec![], vec![], vec![], vec![]);
+        let (mut mx, mut am) = (vec![], vec![]);
         for plane in x.chunks(s.plane()) {
             let mut padded = vec![None; hp * wp];
             for i in 0..s.h {
@@ -596,26 +462,22 @@ mod tests {
             }
             for oy in 0..ho {
                 for ox in 0..wo {
-                    let (mut best, mut at, mut sum, mut n) = (f64::NEG_INFINITY, 0, 0.0, 0.0);
+                    let (mut best, mut at) = (f64::NEG_INFINITY, 0);
                     for dy in 0..p.kh {
                         for dx in 0..p.kw {
                             if let Some((v, i)) = padded[(oy * p.sh + dy) * wp + ox * p.sw + dx] {
                                 if v > best {
                                     (best, at) = (v, i);
                                 }
-                                sum += v;
-                                n += 1.0;
                             }
                         }
                     }
                     mx.push(best);
                     am.push(at as u32);
-                    inc.push(sum / (p.kh * p.kw) as f64);
-                    exc.push(sum / n);
                 }
             }
         }
-        (mx, am, inc, exc)
+        (mx, am)
     }
 
     #[test]
@@ -634,24 +496,10 @@ mod tests {
                 pw: 1,
             },
         ] {
-            let (mx, am, inc, exc) = naive(s, p, &x);
+            let (mx, am) = naive(s, p, &x);
             let (y, a) = max_fwd(s, p, &x);
             assert_eq!(y, mx, "{p:?}");
             assert_eq!(a, am, "{p:?}");
-            assert_close(
-                &format!("incl {p:?}"),
-                &avg_fwd(s, p, true, &x),
-                &inc,
-                1e-14,
-                0.0,
-            );
-            assert_close(
-                &format!("excl {p:?}"),
-                &avg_fwd(s, p, false, &x),
-                &exc,
-                1e-14,
-                0.0,
-            );
         }
     }
 
@@ -678,26 +526,6 @@ mod tests {
                     vec![dx]
                 },
             );
-        }
-    }
-
-    #[test]
-    fn avg_pool_gradients_match_finite_differences() {
-        let s = Nchw::new(2, 3, 7, 5);
-        let x = rand_vec(41, s.len(), -2.0, 2.0);
-        for p in [Pool2d::square(3, 2, 1), Pool2d::square(2, 1, 1)] {
-            for inc in [true, false] {
-                gradcheck(
-                    &format!("avg_pool2d {p:?} count_include_pad={inc}"),
-                    std::slice::from_ref(&x),
-                    |i| avg_fwd(s, p, inc, &i[0]),
-                    |_, dy| {
-                        let mut dx = vec![0.0; s.len()];
-                        avg_pool2d_bwd(dy, s, p, inc, &mut dx).unwrap();
-                        vec![dx]
-                    },
-                );
-            }
         }
     }
 
@@ -738,16 +566,16 @@ mod tests {
         shape_err(Pool2d::square(2, 0, 0).out_hw(4, 4), "positive");
         shape_err(Pool2d::square(2, 2, 1).out_hw(0, 4), "empty input plane");
         // The kernels carry their own name.
-        let mut y = [0.0; 1];
-        let e = avg_pool2d_fwd(
+        let (mut y, mut a) = ([0.0; 1], [0u32; 1]);
+        let e = max_pool2d_fwd(
             &[0.0; 4],
             Nchw::new(1, 1, 2, 2),
             Pool2d::square(3, 1, 0),
-            true,
             &mut y,
+            &mut a,
         )
         .unwrap_err();
-        assert!(e.to_string().starts_with("avg_pool2d_fwd: "), "{e}");
+        assert!(e.to_string().starts_with("max_pool2d_fwd: "), "{e}");
         let e = global_avg_pool_fwd(&[0.0f64; 0], Nchw::new(1, 1, 0, 3), &mut y).unwrap_err();
         assert!(e.to_string().contains("empty input plane"), "{e}");
     }
@@ -765,10 +593,10 @@ mod tests {
             "{e}"
         );
         let mut dx = vec![0f32; 31];
-        let e = avg_pool2d_bwd(&y, s, p, false, &mut dx).unwrap_err();
+        let e = max_pool2d_bwd(&y, &[0u32; 8], s, p, &mut dx).unwrap_err();
         assert!(
             e.to_string()
-                .contains("avg_pool2d_bwd: `dx` has 31 elements, expected 32"),
+                .contains("max_pool2d_bwd: `dx` has 31 elements, expected 32"),
             "{e}"
         );
         let e = global_avg_pool_bwd(&[1f32; 3], s, &mut [0f32; 32]).unwrap_err();

@@ -1,16 +1,16 @@
-//! Sums and means with their backwards: over all elements (`torch.sum(x)`, `torch.mean(x)`), the
-//! inner product `torch.dot(a, b)` (Σ a·b: the gradient of a scalar factor), and over the
-//! channel axis (`torch.sum(x, dim=1, keepdim=True)`, `torch.mean(x, dim=1, keepdim=True)`).
+//! Reductions: the mean over all elements (`torch.mean(x)`) with its backward, the inner product
+//! `torch.dot(a, b)` (Σ a·b: the gradient of a scalar factor), and the mean over the channel
+//! axis (`torch.mean(x, dim=1, keepdim=True)`, forward only: feature-drop's attention map, which
+//! takes no gradient).
 //!
-//! Formulas: `sum = Σᵢ xᵢ`, `mean = sum / len`; their backwards fill `dx` with `dy` and
-//! `dy / len`. Per channel: `y[n, 0, h, w] = Σ_c x[n, c, h, w]` (mean: divided by C), and the
-//! backward broadcasts `dy[n, 0, h, w]` (or `dy / C`) over c.
+//! Formulas: `mean = Σᵢ xᵢ / len`; its backward fills `dx` with `dy / len`. Per channel:
+//! `y[n, 0, h, w] = (1/C)·Σ_c x[n, c, h, w]`.
 //!
 //! Every sum accumulates in f64 and rounds to `T` once at the end, so an f32 loss or channel
-//! sum does not drift with the element count (PyTorch's CPU sum uses cascade summation in the
-//! input type instead; results agree to f32 rounding). An empty sum is 0; a mean over zero
-//! elements (or zero channels) is an error rather than PyTorch's NaN, since it always means an
-//! upstream shape bug here.
+//! mean does not drift with the element count (PyTorch's CPU sum uses cascade summation in the
+//! input type instead; results agree to f32 rounding). An empty dot product is 0; a mean over
+//! zero elements (or zero channels) is an error rather than PyTorch's NaN, since it always means
+//! an upstream shape bug here.
 //!
 //! Also the per-row L2 normalisation [`l2_normalize_fwd`] (a reduction per row, then a scale):
 //! the unit directions of VAT.
@@ -20,8 +20,9 @@
 //! per-(image, class) label, m = max over H·W of x, y = [m > 0]·x / max(m, 1e-5)
 //! (`_div_maybe_zero`). No backward: the maps are stop-gradient seeds.
 //!
-//! Not here: per-plane spatial sums and means over H·W (that is `global_avg_pool` in
-//! `pool.rs`), arbitrary axes, keepdim variants, or max/min reductions.
+//! Not here: plain sums (`sum`, `sum_channels`) and the channel mean's backward (no op uses
+//! them), per-plane spatial means over H·W (that is `global_avg_pool` in `pool.rs`), arbitrary
+//! axes, keepdim variants, or max/min reductions.
 
 use crate::{check_len, KernelError, Nchw, Real};
 
@@ -36,21 +37,6 @@ fn empty_mean(kernel: &'static str, what: &str) -> KernelError {
         kernel,
         reason: format!("mean over zero {what} is undefined"),
     }
-}
-
-/// Sum of all elements, accumulated in f64; 0 for an empty slice.
-///
-/// * `x`: any shape, flattened.
-pub fn sum_fwd<T: Real>(x: &[T]) -> Result<T, KernelError> {
-    Ok(T::of(sum_f64(x)))
-}
-
-/// Backward of [`sum_fwd`]: every `dx[i] = dy`.
-///
-/// * `dx`: the shape of the forward's `x`.
-pub fn sum_bwd<T: Real>(dy: T, dx: &mut [T]) -> Result<(), KernelError> {
-    dx.fill(dy);
-    Ok(())
 }
 
 /// Inner product Σᵢ aᵢ·bᵢ, accumulated in f64; 0 for empty slices. Its backward needs no kernel
@@ -83,20 +69,23 @@ pub fn mean_bwd<T: Real>(dy: T, dx: &mut [T]) -> Result<(), KernelError> {
     Ok(())
 }
 
-/// Shared body of the channel reductions: `y = scale·Σ_c x`, accumulated in f64.
-fn channels_fwd<T: Real>(
-    kernel: &'static str,
-    x: &[T],
-    shape: Nchw,
-    y: &mut [T],
-    scale: f64,
-) -> Result<(), KernelError> {
+/// Mean over channels: `y[n, 0, h, w] = (1/C)·Σ_c x[n, c, h, w]`, accumulated in f64. Errors
+/// when C = 0.
+///
+/// * `x`: [N, C, H, W] (`shape`).
+/// * `y`: [N, 1, H, W].
+pub fn mean_channels_fwd<T: Real>(x: &[T], shape: Nchw, y: &mut [T]) -> Result<(), KernelError> {
+    const K: &str = "mean_channels_fwd";
+    if shape.c == 0 {
+        return Err(empty_mean(K, "channels"));
+    }
     let hw = shape.plane();
-    check_len(kernel, "x", x, shape.len())?;
-    check_len(kernel, "y", y, shape.n * hw)?;
+    check_len(K, "x", x, shape.len())?;
+    check_len(K, "y", y, shape.n * hw)?;
     if hw == 0 {
         return Ok(());
     }
+    let scale = 1.0 / shape.c as f64;
     // Walking planes contiguously into an f64 row keeps the reads sequential.
     let mut acc = vec![0f64; hw];
     for (n, out) in y.chunks_exact_mut(hw).enumerate() {
@@ -112,77 +101,6 @@ fn channels_fwd<T: Real>(
         }
     }
     Ok(())
-}
-
-/// Shared body of the channel backwards: `dx[n, c, h, w] = scale·dy[n, 0, h, w]`.
-fn channels_bwd<T: Real>(
-    kernel: &'static str,
-    dy: &[T],
-    shape: Nchw,
-    dx: &mut [T],
-    scale: Option<T>,
-) -> Result<(), KernelError> {
-    let hw = shape.plane();
-    check_len(kernel, "dy", dy, shape.n * hw)?;
-    check_len(kernel, "dx", dx, shape.len())?;
-    if hw == 0 {
-        return Ok(());
-    }
-    for (j, plane) in dx.chunks_exact_mut(hw).enumerate() {
-        let n = j / shape.c;
-        let g = &dy[n * hw..(n + 1) * hw];
-        match scale {
-            None => plane.copy_from_slice(g),
-            Some(s) => {
-                for (o, &v) in plane.iter_mut().zip(g) {
-                    *o = v * s;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Sum over channels: `y[n, 0, h, w] = Σ_c x[n, c, h, w]`, accumulated in f64 (zeros when
-/// C = 0).
-///
-/// * `x`: [N, C, H, W] (`shape`).
-/// * `y`: [N, 1, H, W].
-pub fn sum_channels_fwd<T: Real>(x: &[T], shape: Nchw, y: &mut [T]) -> Result<(), KernelError> {
-    channels_fwd("sum_channels_fwd", x, shape, y, 1.0)
-}
-
-/// Backward of [`sum_channels_fwd`]: `dx[n, c, h, w] = dy[n, 0, h, w]`.
-///
-/// * `dy`: [N, 1, H, W].
-/// * `dx`: [N, C, H, W] (`shape`, the forward's `x` shape).
-pub fn sum_channels_bwd<T: Real>(dy: &[T], shape: Nchw, dx: &mut [T]) -> Result<(), KernelError> {
-    channels_bwd("sum_channels_bwd", dy, shape, dx, None)
-}
-
-/// Mean over channels: `y[n, 0, h, w] = (1/C)·Σ_c x[n, c, h, w]`, accumulated in f64. Errors
-/// when C = 0.
-///
-/// * `x`: [N, C, H, W] (`shape`).
-/// * `y`: [N, 1, H, W].
-pub fn mean_channels_fwd<T: Real>(x: &[T], shape: Nchw, y: &mut [T]) -> Result<(), KernelError> {
-    const K: &str = "mean_channels_fwd";
-    if shape.c == 0 {
-        return Err(empty_mean(K, "channels"));
-    }
-    channels_fwd(K, x, shape, y, 1.0 / shape.c as f64)
-}
-
-/// Backward of [`mean_channels_fwd`]: `dx[n, c, h, w] = dy[n, 0, h, w] / C`. Errors when C = 0.
-///
-/// * `dy`: [N, 1, H, W].
-/// * `dx`: [N, C, H, W] (`shape`, the forward's `x` shape).
-pub fn mean_channels_bwd<T: Real>(dy: &[T], shape: Nchw, dx: &mut [T]) -> Result<(), KernelError> {
-    const K: &str = "mean_channels_bwd";
-    if shape.c == 0 {
-        return Err(empty_mean(K, "channels"));
-    }
-    channels_bwd(K, dy, shape, dx, Some(T::of(1.0 / shape.c as f64)))
 }
 
 /// Per-row L2 normalisation, `scale · x / (‖x‖₂ + eps)` over each of `rows` equal rows (one
@@ -294,13 +212,10 @@ mod tests {
 
     #[test]
     fn hand_computed_totals() {
-        // 1 + 2 + 3 + 4 + 5 − 3 = 12; mean 12/6 = 2. Backwards: dy and dy/6 = 0.5 for dy = 3.
+        // 1 + 2 + 3 + 4 + 5 − 3 = 12; mean 12/6 = 2. Backward: dy/6 = 0.5 for dy = 3.
         let x = [1.0f32, 2.0, 3.0, 4.0, 5.0, -3.0];
-        assert_eq!(sum_fwd(&x).unwrap(), 12.0);
         assert_eq!(mean_fwd(&x).unwrap(), 2.0);
         let mut dx = [0f32; 6];
-        sum_bwd(3.0, &mut dx).unwrap();
-        assert_eq!(dx, [3.0; 6]);
         mean_bwd(3.0, &mut dx).unwrap();
         assert_eq!(dx, [0.5; 6]);
         // 1·2 + 2·(−1) + 3·0.5 + 4·0 + 5·1 + (−3)·2 = 0.5.
@@ -318,12 +233,11 @@ mod tests {
     fn accumulates_in_f64() {
         // In f32, 1e8 + 1 rounds back to 1e8, so a naive f32 sum of [1e8, 1, −1e8] is 0.
         let x = [1e8f32, 1.0, -1e8];
-        assert_eq!(sum_fwd(&x).unwrap(), 1.0);
         assert_eq!(mean_fwd(&x).unwrap(), 1.0 / 3.0);
         let s = Nchw::new(1, 3, 1, 1);
         let mut y = [0f32];
-        sum_channels_fwd(&x, s, &mut y).unwrap();
-        assert_eq!(y, [1.0]);
+        mean_channels_fwd(&x, s, &mut y).unwrap();
+        assert_eq!(y, [1.0 / 3.0]);
     }
 
     #[test]
@@ -331,6 +245,7 @@ mod tests {
         // N = 2, C = 3, H = 1, W = 2; x[n, c, 0, w] = 10n + c + w/2 (so channel sums differ).
         //   n = 0: w = 0: 0 + 1 + 2 = 3;      w = 1: 0.5 + 1.5 + 2.5 = 4.5
         //   n = 1: w = 0: 10 + 11 + 12 = 33;  w = 1: 34.5
+        // Means: the sums / 3.
         let s = Nchw::new(2, 3, 1, 2);
         let x: Vec<f64> = (0..s.len())
             .map(|i| {
@@ -339,31 +254,14 @@ mod tests {
             })
             .collect();
         let mut y = [0f64; 4];
-        sum_channels_fwd(&x, s, &mut y).unwrap();
-        assert_eq!(y, [3.0, 4.5, 33.0, 34.5]);
         mean_channels_fwd(&x, s, &mut y).unwrap();
         assert_close("mean", &y, &[1.0, 1.5, 11.0, 11.5], 1e-15, 0.0);
-        // Backward broadcasts dy over the 3 channels of its image: [a b | a b | a b | c d …].
-        let dy = [1.0, 2.0, 3.0, 6.0];
-        let mut dx = vec![0f64; s.len()];
-        sum_channels_bwd(&dy, s, &mut dx).unwrap();
-        assert_eq!(
-            dx,
-            [1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 3.0, 6.0, 3.0, 6.0, 3.0, 6.0]
-        );
-        mean_channels_bwd(&dy, s, &mut dx).unwrap();
-        let third = 1.0 / 3.0;
-        let want: Vec<f64> = [1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 3.0, 6.0, 3.0, 6.0, 3.0, 6.0]
-            .iter()
-            .map(|v| v * third)
-            .collect();
-        assert_close("mean bwd", &dx, &want, 1e-15, 0.0);
     }
 
     #[test]
     fn empty_inputs() {
         let e: [f32; 0] = [];
-        assert_eq!(sum_fwd(&e).unwrap(), 0.0);
+        assert_eq!(dot_fwd(&e, &e).unwrap(), 0.0);
         let err = mean_fwd(&e).unwrap_err();
         assert!(
             err.to_string()
@@ -371,36 +269,20 @@ mod tests {
             "{err}"
         );
         let mut dx: [f32; 0] = [];
-        assert!(sum_bwd(1.0, &mut dx).is_ok());
         assert!(mean_bwd(1.0, &mut dx).is_err());
-        // C = 0: the sum is zeros, the mean an error. H·W = 0: nothing to do, but still valid.
+        // C = 0: an error. H·W = 0: nothing to do, but still valid.
         let s = Nchw::new(2, 0, 2, 2);
         let mut y = [7f32; 8];
-        sum_channels_fwd(&e, s, &mut y).unwrap();
-        assert_eq!(y, [0.0; 8]);
         let err = mean_channels_fwd(&e, s, &mut y).unwrap_err();
         assert!(err.to_string().contains("zero channels"), "{err}");
-        assert!(mean_channels_bwd(&y, s, &mut dx).is_err());
-        assert!(sum_channels_bwd(&y, s, &mut dx).is_ok());
         let s = Nchw::new(2, 3, 0, 4);
         let mut y: [f32; 0] = [];
         assert!(mean_channels_fwd(&e, s, &mut y).is_ok());
-        assert!(mean_channels_bwd(&y, s, &mut dx).is_ok());
     }
 
     #[test]
     fn gradients_match_finite_differences() {
         let x = rand_vec(1, 37, -1.0, 1.0);
-        gradcheck(
-            "sum",
-            std::slice::from_ref(&x),
-            |i| vec![sum_fwd(&i[0]).unwrap()],
-            |i, dy| {
-                let mut dx = vec![0.0; i[0].len()];
-                sum_bwd(dy[0], &mut dx).unwrap();
-                vec![dx]
-            },
-        );
         let b = rand_vec(3, 37, -1.0, 1.0);
         gradcheck(
             "dot",
@@ -421,29 +303,6 @@ mod tests {
                 vec![dx]
             },
         );
-        let s = Nchw::new(2, 3, 7, 5);
-        let x = rand_vec(2, s.len(), -1.0, 1.0);
-        type Fwd = fn(&[f64], Nchw, &mut [f64]) -> Result<(), KernelError>;
-        let cases: [(&str, Fwd, Fwd); 2] = [
-            ("sum_channels", sum_channels_fwd, sum_channels_bwd),
-            ("mean_channels", mean_channels_fwd, mean_channels_bwd),
-        ];
-        for (name, fwd, bwd) in cases {
-            gradcheck(
-                name,
-                std::slice::from_ref(&x),
-                |i| {
-                    let mut y = vec![0.0; s.n * s.plane()];
-                    fwd(&i[0], s, &mut y).unwrap();
-                    y
-                },
-                |_, dy| {
-                    let mut dx = vec![0.0; s.len()];
-                    bwd(dy, s, &mut dx).unwrap();
-                    vec![dx]
-                },
-            );
-        }
     }
 
     #[test]
@@ -452,27 +311,16 @@ mod tests {
         let x = vec![0f32; s.len()];
         let mut y = vec![0f32; 8];
         let mut short = vec![0f32; 7];
-        let e = sum_channels_fwd(&x[1..], s, &mut y).unwrap_err();
+        let e = mean_channels_fwd(&x[1..], s, &mut y).unwrap_err();
         assert!(
             e.to_string()
-                .contains("sum_channels_fwd: `x` has 23 elements, expected 24"),
+                .contains("mean_channels_fwd: `x` has 23 elements, expected 24"),
             "{e}"
         );
         let e = mean_channels_fwd(&x, s, &mut short).unwrap_err();
         assert!(
             e.to_string()
                 .contains("mean_channels_fwd: `y` has 7 elements, expected 8"),
-            "{e}"
-        );
-        let mut dx = vec![0f32; s.len()];
-        let e = sum_channels_bwd(&short, s, &mut dx).unwrap_err();
-        assert!(
-            e.to_string().contains("sum_channels_bwd: `dy` has 7"),
-            "{e}"
-        );
-        let e = mean_channels_bwd(&y, s, &mut dx[1..]).unwrap_err();
-        assert!(
-            e.to_string().contains("mean_channels_bwd: `dx` has 23"),
             "{e}"
         );
     }

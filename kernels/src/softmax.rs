@@ -1,13 +1,11 @@
-//! Softmax and log-softmax over the class axis of a [N,K,H,W] map, forward and backward.
+//! Softmax over the class axis of a [N,K,H,W] map, forward and backward.
 //!
 //! At each pixel (n, y, x), with m = max_k x_k and s = Σ_k exp(x_k − m):
 //!
 //! * softmax: y_k = exp(x_k − m) / s; backward dx_k = y_k·(dy_k − Σ_j dy_j·y_j).
-//! * log-softmax: y_k = x_k − m − ln s; backward dx_k = dy_k − exp(y_k)·Σ_j dy_j.
 //!
-//! These are `torch.softmax(x, dim=1)` and `torch.log_softmax(x, dim=1)` and their autograd
-//! backwards. Subtracting the per-pixel max keeps exp from overflowing, so logits in the
-//! thousands are fine.
+//! This is `torch.softmax(x, dim=1)` and its autograd backward. Subtracting the per-pixel max
+//! keeps exp from overflowing, so logits in the thousands are fine.
 //!
 //! Layout and speed: classes are H·W apart, so a per-pixel loop over k would stride through
 //! memory. Instead each kernel walks one (n, k) plane at a time with the inner loop over the
@@ -24,8 +22,8 @@
 //!   gives y = 0 (PseudoSeg's `tf.pow(prob, 1/T)` then `/ reduce_sum`, which would give NaN
 //!   there). No backward: the sharpened map is a pseudo-label target.
 //!
-//! Not here: softmax over any other axis, temperature of logits (scale the logits first),
-//! masking, and the fused softmax + cross-entropy (see `loss`).
+//! Not here: log-softmax (no op uses it; the cross-entropy losses in `loss` fuse it), softmax
+//! over any other axis, temperature of logits (scale the logits first), and masking.
 
 use crate::{check_len, KernelError, Nchw, Real};
 use rayon::prelude::*;
@@ -131,73 +129,6 @@ pub fn softmax_bwd<T: Real>(
     Ok(())
 }
 
-/// y = log-softmax over K at every pixel: x − max − ln Σ exp(x − max).
-/// x, y: [N,K,H,W] (`shape.c` is K).
-pub fn log_softmax_fwd<T: Real>(x: &[T], shape: Nchw, y: &mut [T]) -> Result<(), KernelError> {
-    check_len("log_softmax_fwd", "x", x, shape.len())?;
-    check_len("log_softmax_fwd", "y", y, shape.len())?;
-    if shape.is_empty() {
-        return Ok(());
-    }
-    let plane = shape.plane();
-    y.par_chunks_mut(shape.image())
-        .zip(x.par_chunks(shape.image()))
-        .for_each(|(yi, xi)| {
-            let mut m = vec![T::zero(); plane];
-            let mut s = vec![T::zero(); plane];
-            max_sumexp(xi, &mut m, &mut s);
-            for sv in s.iter_mut() {
-                *sv = sv.ln();
-            }
-            // (x − m) − ln s, not x − (m + ln s): with logits near 1000 the f32 sum m + ln s
-            // would round ln s to the ulp of m (~6e-5).
-            for (yk, xk) in yi.chunks_exact_mut(plane).zip(xi.chunks_exact(plane)) {
-                for (((o, &v), &mv), &l) in yk.iter_mut().zip(xk).zip(&m).zip(&s) {
-                    *o = (v - mv) - l;
-                }
-            }
-        });
-    Ok(())
-}
-
-/// dx = dy − softmax·Σ_k dy at every pixel, from the log-softmax *output* y (softmax = exp(y)).
-/// y, dy, dx: [N,K,H,W] (`shape.c` is K).
-pub fn log_softmax_bwd<T: Real>(
-    y: &[T],
-    dy: &[T],
-    shape: Nchw,
-    dx: &mut [T],
-) -> Result<(), KernelError> {
-    check_len("log_softmax_bwd", "y", y, shape.len())?;
-    check_len("log_softmax_bwd", "dy", dy, shape.len())?;
-    check_len("log_softmax_bwd", "dx", dx, shape.len())?;
-    if shape.is_empty() {
-        return Ok(());
-    }
-    let (plane, image) = (shape.plane(), shape.image());
-    dx.par_chunks_mut(image)
-        .zip(y.par_chunks(image))
-        .zip(dy.par_chunks(image))
-        .for_each(|((dxi, yi), dyi)| {
-            let mut sum = vec![T::zero(); plane];
-            for gk in dyi.chunks_exact(plane) {
-                for (sv, &g) in sum.iter_mut().zip(gk) {
-                    *sv += g;
-                }
-            }
-            for ((ok, yk), gk) in dxi
-                .chunks_exact_mut(plane)
-                .zip(yi.chunks_exact(plane))
-                .zip(dyi.chunks_exact(plane))
-            {
-                for (((o, &yv), &g), &sv) in ok.iter_mut().zip(yk).zip(gk).zip(&sum) {
-                    *o = g - yv.exp() * sv;
-                }
-            }
-        });
-    Ok(())
-}
-
 /// y = p^(1/T) / Σ_k p_k^(1/T) at every pixel (see the module docs: max-normalised, negative p
 /// as 0, an all-zero pixel gives 0). p, y: [N,K,H,W] (`shape.c` is K); `temperature` finite > 0.
 pub fn sharpen_fwd<T: Real>(
@@ -279,9 +210,6 @@ mod tests {
         let mut y = [0.0; 4];
         softmax_fwd(&x, s, &mut y).unwrap();
         assert_close("softmax", &y, &[0.25, 0.5, 0.75, 0.5], 1e-15, 0.0);
-        log_softmax_fwd(&x, s, &mut y).unwrap();
-        let want = [0.25f64.ln(), 0.5f64.ln(), 0.75f64.ln(), 0.5f64.ln()];
-        assert_close("log_softmax", &y, &want, 1e-15, 0.0);
 
         // softmax_bwd at pixel 0 with dy = (1, 0): Σ dy·y = 1/4, so
         // dx = (1/4·(1 − 1/4), 3/4·(0 − 1/4)) = (3/16, −3/16). Pixel 1, dy = (2, 2): dx = 0.
@@ -290,13 +218,6 @@ mod tests {
         let mut dx = [9.0; 4];
         softmax_bwd(&yv, &dy, s, &mut dx).unwrap();
         assert_close("softmax_bwd", &dx, &[0.1875, 0.0, -0.1875, 0.0], 1e-15, 0.0);
-
-        // log_softmax_bwd at pixel 0 with dy = (1, 0): Σ dy = 1, so dx = dy − p = (3/4, −3/4).
-        // Pixel 1 with dy = (2, 2): dx = (2, 2) − (1/2, 1/2)·4 = (0, 0).
-        let ly = want;
-        let mut dx = [9.0; 4];
-        log_softmax_bwd(&ly, &dy, s, &mut dx).unwrap();
-        assert_close("log_softmax_bwd", &dx, &[0.75, 0.0, -0.75, 0.0], 1e-15, 0.0);
     }
 
     #[test]
@@ -315,14 +236,6 @@ mod tests {
             1.0 / (1.0 + e),
         ];
         assert_close("softmax", &y.map(f64::from), &want, 1e-6, 0.0);
-        log_softmax_fwd(&x, s, &mut y).unwrap();
-        assert_close(
-            "log_softmax",
-            &y.map(f64::from),
-            &want.map(f64::ln),
-            1e-5,
-            0.0,
-        );
     }
 
     #[test]
@@ -333,9 +246,6 @@ mod tests {
         let mut y = vec![0.0; s.len()];
         softmax_fwd(&x, s, &mut y).unwrap();
         assert_close("softmax f64", &y, &want, 1e-14, 1e-12);
-        log_softmax_fwd(&x, s, &mut y).unwrap();
-        let log_want: Vec<f64> = want.iter().map(|v| v.ln()).collect();
-        assert_close("log_softmax f64", &y, &log_want, 1e-12, 1e-12);
 
         let mut y32 = vec![0f32; s.len()];
         softmax_fwd(&to_f32(&x), s, &mut y32).unwrap();
@@ -354,8 +264,8 @@ mod tests {
             "{e}"
         );
         let mut dx = [0f32; 4];
-        let e = log_softmax_bwd(&[0f32; 4], &[0f32; 5], s, &mut dx).unwrap_err();
-        assert!(e.to_string().contains("log_softmax_bwd: `dy` has 5"), "{e}");
+        let e = softmax_bwd(&[0f32; 4], &[0f32; 5], s, &mut dx).unwrap_err();
+        assert!(e.to_string().contains("softmax_bwd: `dy` has 5"), "{e}");
     }
 
     #[test]
@@ -364,7 +274,7 @@ mod tests {
         let x = rand_vec(7, s.len(), -3.0, 3.0);
         gradcheck(
             "softmax",
-            std::slice::from_ref(&x),
+            &[x],
             |i| {
                 let mut y = vec![0.0; s.len()];
                 softmax_fwd(&i[0], s, &mut y).unwrap();
@@ -375,22 +285,6 @@ mod tests {
                 softmax_fwd(&i[0], s, &mut y).unwrap();
                 let mut dx = vec![0.0; s.len()];
                 softmax_bwd(&y, dy, s, &mut dx).unwrap();
-                vec![dx]
-            },
-        );
-        gradcheck(
-            "log_softmax",
-            &[x],
-            |i| {
-                let mut y = vec![0.0; s.len()];
-                log_softmax_fwd(&i[0], s, &mut y).unwrap();
-                y
-            },
-            |i, dy| {
-                let mut y = vec![0.0; s.len()];
-                log_softmax_fwd(&i[0], s, &mut y).unwrap();
-                let mut dx = vec![0.0; s.len()];
-                log_softmax_bwd(&y, dy, s, &mut dx).unwrap();
                 vec![dx]
             },
         );

@@ -6,10 +6,18 @@
 //! CPU kernel's file (`elementwise::add_fwd` → `cuda/elementwise.rs`). It also checks that every
 //! launcher file under `kernels/src/cuda/` (besides the shared plumbing), every `.cu` source
 //! under `kernels/cuda/` and every parity test `tests/cuda_parity_<file>.rs` is named like a CPU
-//! kernel file, one of each per file. Source text only,
-//! so it runs without the `cuda` feature and without a GPU.
+//! kernel file, one of each per file.
 //!
-//! Not here: whether a twin computes the same thing (the `cuda_parity*` tests, on a GPU).
+//! And every CPU kernel is called: its name, as a whole word outside comments, must appear in
+//! the sources of the crates that run graphs (`ops/src`, `engine/src`, the top crate's `src`,
+//! `sources/src`), unless [`UNCALLED`] lists it with a reason. A kernel nothing calls is dead
+//! weight twice over (CPU and CUDA): wire it into an op or delete it with its twin.
+//!
+//! Source text only, so it runs without the `cuda` feature and without a GPU.
+//!
+//! Not here: whether a twin computes the same thing (the `cuda_parity*` tests, on a GPU), or
+//! whether a name found is really a call of this kernel (a same-named function elsewhere would
+//! count).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +36,15 @@ const EXTRA_KERNELS: &[(&str, &str)] = &[
 /// written on another branch. The test fails while a listed launcher already exists, so a stale
 /// entry cannot linger. Empty: every CPU kernel has its twin.
 const PENDING: &[&str] = &[];
+
+/// CPU kernels that nothing outside the kernels crate calls and that stay anyway, as
+/// (`file::name`, reason): e.g. one only a benchmark uses. The test fails while a listed kernel
+/// is called or no longer exists, so a stale entry cannot linger. Empty: every kernel is called.
+const UNCALLED: &[(&str, &str)] = &[];
+
+/// Where the kernels' callers live, relative to the kernels crate: the ops, the engine, the top
+/// crate (CLI, demo, bench) and the data sources.
+const CALLER_DIRS: &[&str] = &["../ops/src", "../engine/src", "../src", "../sources/src"];
 
 /// Files of `kernels/src/cuda/` that hold shared plumbing, not launchers.
 const PLUMBING: &[&str] = &["mod", "common", "device", "nvrtc"];
@@ -239,6 +256,81 @@ fn launcher_source_and_test_files_are_named_like_cpu_kernel_files() {
         problems.push(format!(
             "kernels/src/cuda/{f}.rs has no parity test kernels/tests/cuda_parity_{f}.rs"
         ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Appends the text of every `.rs` file under `dir` (recursively) to `out`, without comment lines
+/// (`//`, `///`, `//!`) and trailing ` // ` comments, so a name in the docs is not a call.
+fn code_text(dir: &Path, out: &mut String) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            code_text(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                out.push_str(line.split(" // ").next().unwrap_or(""));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+/// True when `word` occurs in `text` with no identifier character on either side.
+fn has_word(text: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(word).any(|(i, _)| {
+        !text[..i].chars().next_back().is_some_and(ident)
+            && !text[i + word.len()..].chars().next().is_some_and(ident)
+    })
+}
+
+#[test]
+fn the_word_search_matches_whole_words() {
+    assert!(has_word("let y = relu_fwd(&x);", "relu_fwd"));
+    assert!(has_word("use k::{relu_fwd, relu_bwd};", "relu_bwd"));
+    assert!(!has_word("leaky_relu_fwd(&x)", "relu_fwd"));
+    assert!(!has_word("relu_fwd_into(&x)", "relu_fwd"));
+    let mut code = String::new();
+    code_text(&src_dir().join("cuda"), &mut code);
+    assert!(has_word(&code, "launch"), "code_text read nothing");
+    assert!(!code.contains("//!"), "code_text kept a doc comment");
+}
+
+#[test]
+fn every_cpu_kernel_is_called_outside_the_kernels_crate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut code = String::new();
+    for dir in CALLER_DIRS {
+        let dir = root.join(dir);
+        assert!(dir.is_dir(), "{} is not a directory", dir.display());
+        code_text(&dir, &mut code);
+    }
+    let cpu = cpu_kernels();
+    let mut problems = Vec::new();
+    for k in &cpu {
+        let (_, name) = k.split_once("::").unwrap();
+        let called = has_word(&code, name);
+        let allowed = UNCALLED.iter().any(|(u, _)| u == k);
+        if !called && !allowed {
+            problems.push(format!(
+                "{k} is called nowhere in {}: wire it into an op or delete it with its CUDA twin",
+                CALLER_DIRS.join(", ")
+            ));
+        }
+        if called && allowed {
+            problems.push(format!(
+                "{k} is called now: remove it from UNCALLED in tests/cuda_coverage.rs"
+            ));
+        }
+    }
+    for (u, _) in UNCALLED {
+        if !cpu.contains(*u) {
+            problems.push(format!("UNCALLED names {u}, which is not a CPU kernel"));
+        }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -1,7 +1,7 @@
-//! Parity of the CUDA pooling (kernels/src/cuda/pool.rs: max, average and global average
-//! pooling, forward and backward) with kernels/src/pool.rs on random inputs, at odd sizes and a
-//! realistic one, and the CPU's errors for what it rejects. Max and average pooling are
-//! bit-identical; the global mean agrees to f32 rounding. Each test names its tolerance.
+//! Parity of the CUDA pooling (kernels/src/cuda/pool.rs: max and global average pooling, forward
+//! and backward) with kernels/src/pool.rs on random inputs, at odd sizes and a realistic one, and
+//! the CPU's errors for what it rejects. Max pooling is bit-identical; the global mean agrees to
+//! f32 rounding. Each test names its tolerance.
 //!
 //! Without a GPU every test prints "skipped: no CUDA device (<reason>)" and passes, unless
 //! `FLOWSEG_REQUIRE_GPU=1` (the GPU check script), which makes it fail.
@@ -37,9 +37,9 @@ const WINDOWS: &[Pool2d] = &[
     },
 ];
 
-/// Max and average pooling do the CPU's exact operations in the CPU's order (the backwards
-/// gather in the order the CPU scatters), so everything is bit-identical. Inputs are quantised
-/// to eighths so windows hold ties (first-of-ties rule), and one NaN must propagate.
+/// Max pooling does the CPU's exact operations in the CPU's order (the backward gathers in the
+/// order the CPU scatters), so everything is bit-identical. Inputs are quantised to eighths so
+/// windows hold ties (first-of-ties rule), and one NaN must propagate.
 #[test]
 fn pooling_matches_cpu_bit_for_bit() {
     let Some(dev) = device() else { return };
@@ -74,23 +74,6 @@ fn pooling_matches_cpu_bit_for_bit() {
             cuda::pool::max_pool2d_bwd(&dev, &gdy, &ga, s, p, &mut gdx).unwrap();
             pool::max_pool2d_bwd(&dy, &a, s, p, &mut dx).unwrap();
             exact(&format!("max_pool2d_bwd {tag}"), &down(&dev, &gdx), &dx);
-
-            for cip in [true, false] {
-                cuda::pool::avg_pool2d_fwd(&dev, &gx, s, p, cip, &mut gy).unwrap();
-                pool::avg_pool2d_fwd(&x, s, p, cip, &mut y).unwrap();
-                exact(
-                    &format!("avg_pool2d_fwd cip={cip} {tag}"),
-                    &down(&dev, &gy),
-                    &y,
-                );
-                cuda::pool::avg_pool2d_bwd(&dev, &gdy, s, p, cip, &mut gdx).unwrap();
-                pool::avg_pool2d_bwd(&dy, s, p, cip, &mut dx).unwrap();
-                exact(
-                    &format!("avg_pool2d_bwd cip={cip} {tag}"),
-                    &down(&dev, &gdx),
-                    &dx,
-                );
-            }
         }
     }
 }
@@ -141,7 +124,7 @@ fn pooling_rejects_what_the_cpu_rejects() {
         err.starts_with("max_pool2d_fwd: padding must be at most half"),
         "{err}"
     );
-    let err = cuda::pool::avg_pool2d_fwd(&dev, &x, s, Pool2d::square(1, 1, 0), true, &mut y)
+    let err = cuda::pool::max_pool2d_fwd(&dev, &x, s, Pool2d::square(1, 1, 0), &mut y, &mut a)
         .unwrap_err()
         .to_string();
     assert!(err.contains("`y` has 1 elements, expected 4"), "{err}");

@@ -1,8 +1,8 @@
 //! CUDA launchers of [`crate::loss`] (`kernels/cuda/loss.cu`): cross entropy on hard labels (a
 //! fused softmax + CE with ignore_index, an optional per-pixel weight and the loss denominators),
-//! and the masked probability-space losses: soft-target cross entropy, squared error and KL
-//! divergence. A forward writes its scalar to a `[1]` device buffer instead of returning it; a
-//! backward reads `dloss` from one.
+//! the masked probability-space losses: soft-target cross entropy and squared error, and binary
+//! cross entropy of logits. A forward writes its scalar to a `[1]` device buffer instead of
+//! returning it; a backward reads `dloss` from one.
 //!
 //! Every loss finishes with `ce_finalize`: one block adds the per-block f64 partials in a fixed
 //! order, resolves the denominator D and writes loss[0] and 1/D, so there is one implementation
@@ -181,7 +181,6 @@ pub fn cross_entropy_bwd(
 enum MaskedLoss {
     SoftCrossEntropy,
     SquaredError,
-    KlDiv,
 }
 
 /// The checks every masked loss shares (the CPU's `masked_prologue` without the statistics,
@@ -259,8 +258,6 @@ fn masked_fwd(
         MaskedLoss::SoftCrossEntropy => launch!(dev, LOSS, "soft_ce_fwd_partials", cfg;
             pa, pb, pm, visited64, k, plane, pp),
         MaskedLoss::SquaredError => launch!(dev, LOSS, "squared_error_fwd_partials", cfg;
-            pa, pb, pm, visited64, k, plane, pp),
-        MaskedLoss::KlDiv => launch!(dev, LOSS, "kl_div_fwd_partials", cfg;
             pa, pb, pm, visited64, k, plane, pp),
     }?;
     finalize(
@@ -435,89 +432,6 @@ pub fn squared_error_bwd(
         let Some(pg) = pg else { continue };
         launch!(dev, LOSS, "squared_error_bwd", grid(shape.len());
             pa, pb, pm, pdl, pinv, sign, len, k, plane, pg)?;
-    }
-    Ok(())
-}
-
-/// [`crate::loss::kl_div_fwd`]: loss[0] = Σ_pixels w·Σ_k p_k (log p_k − log q_k)/D, p = exp(log p),
-/// a class with p_k = 0 contributing 0.
-///
-/// log_p (target), log_q (input): [N,K,H,W] (`shape.c` is K); mask: [N,H,W] or `None`; loss: [1].
-pub fn kl_div_fwd(
-    dev: &Device,
-    log_p: &impl DeviceBuf<f32>,
-    log_q: &impl DeviceBuf<f32>,
-    mask: Option<&dyn DeviceBuf<f32>>,
-    shape: Nchw,
-    denominator: Denominator,
-    loss: &mut impl DeviceBufMut<f32>,
-) -> Result<(), CudaError> {
-    masked_fwd(
-        dev,
-        MaskedLoss::KlDiv,
-        "kl_div_fwd",
-        ["log_p", "log_q"],
-        log_p,
-        log_q,
-        mask,
-        shape,
-        denominator,
-        loss,
-    )
-}
-
-/// [`crate::loss::kl_div_bwd`]: dlog_q = −dloss·w·p/D, dlog_p = dloss·w·p·(log p − log q + 1)/D,
-/// 0 where the mask or p is 0. log_p, log_q: [N,K,H,W]; mask: [N,H,W] or `None`; dloss: [1];
-/// dlog_p, dlog_q: [N,K,H,W] or `None` (skipped).
-#[allow(clippy::too_many_arguments)]
-pub fn kl_div_bwd(
-    dev: &Device,
-    log_p: &impl DeviceBuf<f32>,
-    log_q: &impl DeviceBuf<f32>,
-    mask: Option<&dyn DeviceBuf<f32>>,
-    shape: Nchw,
-    denominator: Denominator,
-    dloss: &impl DeviceBuf<f32>,
-    dlog_p: Option<&mut dyn DeviceBufMut<f32>>,
-    dlog_q: Option<&mut dyn DeviceBufMut<f32>>,
-) -> Result<(), CudaError> {
-    const K: &str = "kl_div_bwd";
-    let code = masked_check(
-        K,
-        ["log_p", "log_q"],
-        log_p,
-        log_q,
-        mask,
-        shape,
-        denominator,
-    )?;
-    expect(K, "dloss", dloss, 1)?;
-    if let Some(g) = dlog_p.as_deref() {
-        expect(K, "dlog_p", g, shape.len())?;
-    }
-    if let Some(g) = dlog_q.as_deref() {
-        expect(K, "dlog_q", g, shape.len())?;
-    }
-    if shape.is_empty() || (dlog_p.is_none() && dlog_q.is_none()) {
-        return Ok(());
-    }
-    let inv_d = masked_inv_d(dev, mask, shape, code)?;
-    let st = dev.stream();
-    let (pp, pq, pm) = (
-        log_p.device_addr(st),
-        log_q.device_addr(st),
-        mask.map_or(0, |m| m.device_addr(st)),
-    );
-    let (pdl, pinv) = (dloss.device_addr(st), inv_d.device_addr(st));
-    let (len, k, plane) = (shape.len() as u64, shape.c as u32, shape.plane() as u64);
-    let outs = [
-        (dlog_p.map(|g| g.device_addr(st)), 1i32),
-        (dlog_q.map(|g| g.device_addr(st)), 0),
-    ];
-    for (pg, wrt_p) in outs {
-        let Some(pg) = pg else { continue };
-        launch!(dev, LOSS, "kl_div_bwd", grid(shape.len());
-            pp, pq, pm, pdl, pinv, wrt_p, len, k, plane, pg)?;
     }
     Ok(())
 }

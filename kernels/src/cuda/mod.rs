@@ -92,8 +92,6 @@
 //! | `loss::soft_cross_entropy_bwd` | `loss::soft_cross_entropy_bwd` |
 //! | `loss::squared_error_fwd` | `loss::squared_error_fwd` |
 //! | `loss::squared_error_bwd` | `loss::squared_error_bwd` |
-//! | `loss::kl_div_fwd` | `loss::kl_div_fwd` |
-//! | `loss::kl_div_bwd` | `loss::kl_div_bwd` |
 //! | `maps::error_map_fwd` | `maps::error_map_fwd` |
 //! | `maps::separable_blur_fwd` | `maps::separable_blur_fwd` |
 //! | `maps::minmax_normalize_fwd` | `maps::minmax_normalize_fwd` |
@@ -118,19 +116,12 @@
 //! | `philox::fill_normal` | `philox::fill_normal` |
 //! | `pool::max_pool2d_fwd` | `pool::max_pool2d_fwd` |
 //! | `pool::max_pool2d_bwd` | `pool::max_pool2d_bwd` |
-//! | `pool::avg_pool2d_fwd` | `pool::avg_pool2d_fwd` |
-//! | `pool::avg_pool2d_bwd` | `pool::avg_pool2d_bwd` |
 //! | `pool::global_avg_pool_fwd` | `pool::global_avg_pool_fwd` |
 //! | `pool::global_avg_pool_bwd` | `pool::global_avg_pool_bwd` |
-//! | `reduce::sum_fwd` | `reduce::sum_fwd` |
-//! | `reduce::sum_bwd` | `reduce::sum_bwd` |
 //! | `reduce::mean_fwd` | `reduce::mean_fwd` |
 //! | `reduce::mean_bwd` | `reduce::mean_bwd` |
 //! | `reduce::dot_fwd` | `reduce::dot_fwd` |
-//! | `reduce::sum_channels_fwd` | `reduce::sum_channels_fwd` |
-//! | `reduce::sum_channels_bwd` | `reduce::sum_channels_bwd` |
 //! | `reduce::mean_channels_fwd` | `reduce::mean_channels_fwd` |
-//! | `reduce::mean_channels_bwd` | `reduce::mean_channels_bwd` |
 //! | `reduce::l2_normalize_fwd` | `reduce::l2_normalize_fwd` |
 //! | `reduce::cam_normalize_fwd` | `reduce::cam_normalize_fwd` |
 //! | `resize::resize_bilinear_fwd` | `resize::resize_bilinear_fwd` |
@@ -138,8 +129,6 @@
 //! | `resize::resize_nearest_fwd` | `resize::resize_nearest_fwd` |
 //! | `softmax::softmax_fwd` | `softmax::softmax_fwd` |
 //! | `softmax::softmax_bwd` | `softmax::softmax_bwd` |
-//! | `softmax::log_softmax_fwd` | `softmax::log_softmax_fwd` |
-//! | `softmax::log_softmax_bwd` | `softmax::log_softmax_bwd` |
 //! | `softmax::sharpen_fwd` | `softmax::sharpen_fwd` |
 
 pub mod activation;

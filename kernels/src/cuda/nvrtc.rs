@@ -145,8 +145,8 @@ pub static ELEMENTWISE: CudaSource = cuda_source!(
         "slice_bwd"
     ]
 );
-/// `loss.cu`: cross entropy on hard labels (fused softmax + CE), soft cross entropy, squared
-/// error and KL divergence, all finished by `ce_finalize`.
+/// `loss.cu`: cross entropy on hard labels (fused softmax + CE), soft cross entropy and squared
+/// error, all finished by `ce_finalize`; binary cross entropy of logits.
 pub static LOSS: CudaSource = cuda_source!(
     "loss",
     [
@@ -157,10 +157,8 @@ pub static LOSS: CudaSource = cuda_source!(
         "masked_stats_partials",
         "soft_ce_fwd_partials",
         "squared_error_fwd_partials",
-        "kl_div_fwd_partials",
         "soft_ce_bwd",
         "squared_error_bwd",
-        "kl_div_bwd",
         "binary_cross_entropy_fwd",
         "binary_cross_entropy_bwd"
     ]
@@ -202,20 +200,18 @@ pub static PERTURB: CudaSource =
 /// `philox.cu`: Philox4x32-10 words, uniforms and normals.
 pub static PHILOX: CudaSource =
     cuda_source!("philox", ["philox_u32", "philox_uniform", "philox_normal"]);
-/// `pool.cu`: max / average / global average pooling, forward and backward.
+/// `pool.cu`: max and global average pooling, forward and backward.
 pub static POOL: CudaSource = cuda_source!(
     "pool",
     [
         "max_pool2d_fwd",
         "max_pool2d_bwd",
-        "avg_pool2d_fwd",
-        "avg_pool2d_bwd",
         "global_avg_pool_fwd",
         "global_avg_pool_bwd"
     ]
 );
-/// `reduce.cu`: sum / mean and their backwards, dot (finished by `reduce_sum_finalize` too),
-/// channel sums and means, per-row L2 normalisation, per-plane max normalisation (CAMs).
+/// `reduce.cu`: the mean and its backward, dot (finished by `reduce_sum_finalize` too), the
+/// channel mean, per-row L2 normalisation, per-plane max normalisation (CAMs).
 pub static REDUCE: CudaSource = cuda_source!(
     "reduce",
     [
@@ -224,7 +220,6 @@ pub static REDUCE: CudaSource = cuda_source!(
         "reduce_fill_bwd",
         "dot_partials",
         "channels_fwd",
-        "channels_bwd",
         "l2_normalize_rows",
         "cam_normalize_fwd"
     ]
@@ -238,17 +233,9 @@ pub static RESIZE: CudaSource = cuda_source!(
         "resize_nearest_fwd"
     ]
 );
-/// `softmax.cu`: softmax and log-softmax over classes, forward and backward; sharpening.
-pub static SOFTMAX: CudaSource = cuda_source!(
-    "softmax",
-    [
-        "softmax_fwd",
-        "softmax_bwd",
-        "log_softmax_fwd",
-        "log_softmax_bwd",
-        "sharpen_fwd"
-    ]
-);
+/// `softmax.cu`: softmax over classes, forward and backward; sharpening.
+pub static SOFTMAX: CudaSource =
+    cuda_source!("softmax", ["softmax_fwd", "softmax_bwd", "sharpen_fwd"]);
 
 /// Every embedded module: one per kernel family, named like the CPU kernel file.
 pub static SOURCES: &[&CudaSource] = &[

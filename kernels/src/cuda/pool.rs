@@ -1,11 +1,12 @@
-//! CUDA launchers of [`crate::pool`]: max and average 2-d pooling and global average pooling,
-//! forward and backward (`kernels/cuda/pool.cu`). The forwards visit each window in the CPU's
-//! order and the backwards are gathers in the order in which the CPU scatters, so they are
-//! bit-identical, except the global mean's f64 tree sum (agrees to f32 rounding).
+//! CUDA launchers of [`crate::pool`]: max 2-d pooling and global average pooling, forward and
+//! backward (`kernels/cuda/pool.cu`). The max forward visits each window in the CPU's order and
+//! its backward is a gather in the order in which the CPU scatters, so they are bit-identical;
+//! the global mean's f64 tree sum agrees to f32 rounding, its backward is bit-identical.
 //!
 //! Conventions (names, argument order, host-side checks, enqueue only): see [`super`].
 //!
-//! Not here: ceil_mode, dilation, adaptive pooling to sizes other than 1×1.
+//! Not here: windowed average pooling, ceil_mode, dilation, adaptive pooling to sizes other than
+//! 1×1.
 
 use super::common::{expect, grid, grid2, launch, MAX_BLOCKS};
 use super::device::{Device, DeviceBuf, DeviceBufMut};
@@ -125,61 +126,6 @@ pub fn max_pool2d_bwd(
         s.len() as u64,
     );
     launch!(dev, POOL, "max_pool2d_bwd", grid(s.len()); pdy, pa, n, g, pdx)
-}
-
-/// [`crate::pool::avg_pool2d_fwd`]: y = Σ window / d in f64 (bit-identical).
-///
-/// x: [N,C,H,W] (`s`); y: [N,C,Ho,Wo] with (Ho, Wo) = `p.out_hw(H, W)`.
-pub fn avg_pool2d_fwd(
-    dev: &Device,
-    x: &impl DeviceBuf<f32>,
-    s: Nchw,
-    p: Pool2d,
-    count_include_pad: bool,
-    y: &mut impl DeviceBufMut<f32>,
-) -> Result<(), CudaError> {
-    const K: &str = "avg_pool2d_fwd";
-    let (g, out) = pool_geom(K, s, p)?;
-    expect(K, "x", x, s.len())?;
-    expect(K, "y", y, out)?;
-    if out == 0 {
-        return Ok(());
-    }
-    let st = dev.stream();
-    let (px, py, n, cip) = (
-        x.device_addr(st),
-        y.device_addr(st),
-        out as u64,
-        i32::from(count_include_pad),
-    );
-    launch!(dev, POOL, "avg_pool2d_fwd", grid(out); px, n, g, cip, py)
-}
-
-/// [`crate::pool::avg_pool2d_bwd`]: each input cell gathers dy/d from the windows holding it
-/// (deterministic, bit-identical). dy: [N,C,Ho,Wo]; dx: [N,C,H,W] (`s`).
-pub fn avg_pool2d_bwd(
-    dev: &Device,
-    dy: &impl DeviceBuf<f32>,
-    s: Nchw,
-    p: Pool2d,
-    count_include_pad: bool,
-    dx: &mut impl DeviceBufMut<f32>,
-) -> Result<(), CudaError> {
-    const K: &str = "avg_pool2d_bwd";
-    let (g, out) = pool_geom(K, s, p)?;
-    expect(K, "dy", dy, out)?;
-    expect(K, "dx", dx, s.len())?;
-    if s.is_empty() {
-        return Ok(());
-    }
-    let st = dev.stream();
-    let (pdy, pdx, n, cip) = (
-        dy.device_addr(st),
-        dx.device_addr(st),
-        s.len() as u64,
-        i32::from(count_include_pad),
-    );
-    launch!(dev, POOL, "avg_pool2d_bwd", grid(s.len()); pdy, n, g, cip, pdx)
 }
 
 fn nonempty_plane(kernel: &'static str, s: Nchw) -> Result<(), CudaError> {

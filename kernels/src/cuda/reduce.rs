@@ -1,9 +1,9 @@
-//! CUDA launchers of [`crate::reduce`] (`kernels/cuda/reduce.cu`): sum and mean over all
-//! elements and their backwards, the dot product, the sums and means over channels, and the
-//! per-row L2 normalisation. The
-//! all-element sums and dot accumulate in f64 in two launches (per-block partials, then one block
-//! adds them in a fixed order), so they are deterministic and agree with the CPU to f32 rounding;
-//! the channel reductions and every backward are the CPU's exact operations, bit-identical.
+//! CUDA launchers of [`crate::reduce`] (`kernels/cuda/reduce.cu`): the mean over all elements and
+//! its backward, the dot product, the mean over channels, the per-row L2 normalisation and the
+//! CAM normalisation. The all-element mean and dot accumulate in f64 in two launches (per-block
+//! partials, then one block adds them in a fixed order), so they are deterministic and agree with
+//! the CPU to f32 rounding; the channel mean and the backward are the CPU's exact operations,
+//! bit-identical.
 //!
 //! Conventions (names, argument order, host-side checks, enqueue only): see [`super`].
 //!
@@ -41,16 +41,6 @@ fn reduce_sum(
     launch!(dev, REDUCE, "reduce_sum_finalize", one_block(); pp, nblocks, divisor, po)
 }
 
-/// [`crate::reduce::sum_fwd`]: out[0] = Σ x, accumulated in f64 (0 when empty). out: [1].
-pub fn sum_fwd(
-    dev: &Device,
-    x: &impl DeviceBuf<f32>,
-    out: &mut impl DeviceBufMut<f32>,
-) -> Result<(), CudaError> {
-    expect("sum_fwd", "out", out, 1)?;
-    reduce_sum(dev, x, 1.0, out)
-}
-
 /// [`crate::reduce::mean_fwd`]: out[0] = Σ x / len. Errors on an empty `x`. out: [1].
 pub fn mean_fwd(
     dev: &Device,
@@ -79,16 +69,6 @@ fn fill_bwd(
     launch!(dev, REDUCE, "reduce_fill_bwd", grid(n); pdy, n64, divisor, pdx)
 }
 
-/// [`crate::reduce::sum_bwd`]: every dx[i] = dy[0]. dy: [1] on the device.
-pub fn sum_bwd(
-    dev: &Device,
-    dy: &impl DeviceBuf<f32>,
-    dx: &mut impl DeviceBufMut<f32>,
-) -> Result<(), CudaError> {
-    expect("sum_bwd", "dy", dy, 1)?;
-    fill_bwd(dev, dy, 1.0, dx)
-}
-
 /// [`crate::reduce::mean_bwd`]: every dx[i] = dy[0] / len(dx). Errors on an empty `dx`.
 pub fn mean_bwd(
     dev: &Device,
@@ -102,7 +82,7 @@ pub fn mean_bwd(
     fill_bwd(dev, dy, dx.elems() as f64, dx)
 }
 
-// ---------------------------------------------------------------- dot and channel reductions
+// ---------------------------------------------------------------- dot and the channel mean
 
 /// [`crate::reduce::dot_fwd`]: out[0] = Σ a·b, accumulated in f64 (0 when empty). a, b: same
 /// length; out: [1].
@@ -130,82 +110,6 @@ pub fn dot_fwd(
     launch!(dev, REDUCE, "reduce_sum_finalize", one_block(); pp, nblocks, divisor, po)
 }
 
-/// `channels_fwd`: y = (float)(scale·Σ_c x) per pixel.
-fn channels_fwd(
-    dev: &Device,
-    kernel: &'static str,
-    x: &impl DeviceBuf<f32>,
-    shape: Nchw,
-    scale: f64,
-    y: &mut impl DeviceBufMut<f32>,
-) -> Result<(), CudaError> {
-    let pixels = shape.n * shape.plane();
-    expect(kernel, "x", x, shape.len())?;
-    expect(kernel, "y", y, pixels)?;
-    if pixels == 0 {
-        return Ok(());
-    }
-    let st = dev.stream();
-    let (px, py) = (x.device_addr(st), y.device_addr(st));
-    let (pixels64, c, plane) = (pixels as u64, shape.c as u32, shape.plane() as u64);
-    launch!(dev, REDUCE, "channels_fwd", grid(pixels); px, pixels64, c, plane, scale, py)
-}
-
-/// `channels_bwd`: dx[n, c] = dy[n] (scale `None`) or dy[n]·scale.
-fn channels_bwd(
-    dev: &Device,
-    kernel: &'static str,
-    dy: &impl DeviceBuf<f32>,
-    shape: Nchw,
-    scale: Option<f32>,
-    dx: &mut impl DeviceBufMut<f32>,
-) -> Result<(), CudaError> {
-    expect(kernel, "dy", dy, shape.n * shape.plane())?;
-    expect(kernel, "dx", dx, shape.len())?;
-    if shape.is_empty() {
-        return Ok(());
-    }
-    let st = dev.stream();
-    let (pdy, pdx) = (dy.device_addr(st), dx.device_addr(st));
-    let (len, c, plane) = (shape.len() as u64, shape.c as u32, shape.plane() as u64);
-    let (use_scale, s) = (i32::from(scale.is_some()), scale.unwrap_or(1.0));
-    launch!(dev, REDUCE, "channels_bwd", grid(shape.len());
-        pdy, len, c, plane, use_scale, s, pdx)
-}
-
-/// The CPU's error for a mean over zero channels.
-fn no_channels(kernel: &'static str, shape: Nchw) -> Result<(), CudaError> {
-    if shape.c == 0 {
-        // The CPU kernel on empty slices reports it with its own message.
-        match kernel {
-            "mean_channels_fwd" => reduce::mean_channels_fwd::<f32>(&[], shape, &mut [])?,
-            _ => reduce::mean_channels_bwd::<f32>(&[], shape, &mut [])?,
-        }
-    }
-    Ok(())
-}
-
-/// [`crate::reduce::sum_channels_fwd`]: y[n, 0] = Σ_c x[n, c], in f64 (zeros when C = 0);
-/// bit-identical to the CPU. x: [N, C, H, W] (`shape`); y: [N, 1, H, W].
-pub fn sum_channels_fwd(
-    dev: &Device,
-    x: &impl DeviceBuf<f32>,
-    shape: Nchw,
-    y: &mut impl DeviceBufMut<f32>,
-) -> Result<(), CudaError> {
-    channels_fwd(dev, "sum_channels_fwd", x, shape, 1.0, y)
-}
-
-/// [`crate::reduce::sum_channels_bwd`]: dx[n, c] = dy[n, 0]. dy: [N, 1, H, W]; dx: [N, C, H, W].
-pub fn sum_channels_bwd(
-    dev: &Device,
-    dy: &impl DeviceBuf<f32>,
-    shape: Nchw,
-    dx: &mut impl DeviceBufMut<f32>,
-) -> Result<(), CudaError> {
-    channels_bwd(dev, "sum_channels_bwd", dy, shape, None, dx)
-}
-
 /// [`crate::reduce::mean_channels_fwd`]: y[n, 0] = (1/C)·Σ_c x[n, c], in f64; errors when C = 0;
 /// bit-identical to the CPU. x: [N, C, H, W] (`shape`); y: [N, 1, H, W].
 pub fn mean_channels_fwd(
@@ -215,21 +119,21 @@ pub fn mean_channels_fwd(
     y: &mut impl DeviceBufMut<f32>,
 ) -> Result<(), CudaError> {
     const K: &str = "mean_channels_fwd";
-    no_channels(K, shape)?;
-    channels_fwd(dev, K, x, shape, 1.0 / shape.c as f64, y)
-}
-
-/// [`crate::reduce::mean_channels_bwd`]: dx[n, c] = dy[n, 0]·(1/C); errors when C = 0.
-/// dy: [N, 1, H, W]; dx: [N, C, H, W] (`shape`).
-pub fn mean_channels_bwd(
-    dev: &Device,
-    dy: &impl DeviceBuf<f32>,
-    shape: Nchw,
-    dx: &mut impl DeviceBufMut<f32>,
-) -> Result<(), CudaError> {
-    const K: &str = "mean_channels_bwd";
-    no_channels(K, shape)?;
-    channels_bwd(dev, K, dy, shape, Some((1.0 / shape.c as f64) as f32), dx)
+    if shape.c == 0 {
+        // The CPU kernel on empty slices reports it with its own message.
+        reduce::mean_channels_fwd::<f32>(&[], shape, &mut [])?;
+    }
+    let pixels = shape.n * shape.plane();
+    expect(K, "x", x, shape.len())?;
+    expect(K, "y", y, pixels)?;
+    if pixels == 0 {
+        return Ok(());
+    }
+    let st = dev.stream();
+    let (px, py) = (x.device_addr(st), y.device_addr(st));
+    let (pixels64, c, plane) = (pixels as u64, shape.c as u32, shape.plane() as u64);
+    let scale = 1.0 / shape.c as f64;
+    launch!(dev, REDUCE, "channels_fwd", grid(pixels); px, pixels64, c, plane, scale, py)
 }
 
 /// [`crate::reduce::l2_normalize_fwd`]: each of `rows` equal rows scaled by
