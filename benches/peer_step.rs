@@ -26,7 +26,8 @@
 //!   with `Trainer::step`'s median beside the sum. `PROFILE_NODES=1` also prints every node
 //!   (median and min ms, op, name, input shapes) on stderr.
 //! * `fuse-ab <graph.yaml> <rounds> <n> [k=v]...` — the step of any graph with and without the
-//!   fusion pass, in one process, alternating per round; one JSON line (docs/BENCHMARKS.md).
+//!   fusion pass, in one process, alternating per round, and the step's convolution FLOPs against
+//!   this machine's 2-thread gemm rate (the floor); one JSON line (docs/BENCHMARKS.md).
 //!
 //! Threads: rayon's pool, `RAYON_NUM_THREADS` (run.sh sets 2).
 
@@ -430,9 +431,77 @@ fn profile(registry: &Registry, label: &str, graph: &str, size: usize, sets: &[S
     );
 }
 
+/// Convolution FLOPs (2 per multiply-add) of one run of `graph`: every `conv2d` node's forward
+/// and every `conv2d_bwd` node's input and weight gradients (each as many FLOPs as the forward;
+/// an unwanted one, `f32[0]`, counts nothing). Everything else in a U-Net step is a few percent
+/// of this.
+fn conv_flops(graph: &Graph) -> f64 {
+    let spec = |n: &flowseg_engine::graph::IrNode, i: usize| {
+        n.inputs[i]
+            .as_ref()
+            .and_then(|v| graph.spec_of(v))
+            .map(|s| s.shape.clone())
+            .unwrap_or_default()
+    };
+    let mut total = 0.0;
+    for n in &graph.nodes {
+        // (dy or y shape [N, Co, Ho, Wo], weight [Co, Ci/g, kh, kw], passes)
+        let (out, w, passes) = match n.op.name() {
+            "conv2d" => (n.outputs[0].shape.clone(), spec(n, 1), 1),
+            "conv2d_bwd" => {
+                let wanted = n.outputs[..2].iter().filter(|o| o.len() > 0).count();
+                (spec(n, 2), spec(n, 1), wanted)
+            }
+            _ => continue,
+        };
+        if out.len() == 4 && w.len() == 4 {
+            let per = 2.0 * (out.iter().product::<usize>() * w[1] * w[2] * w[3]) as f64;
+            total += per * passes as f64;
+        }
+    }
+    total
+}
+
+/// The 2-thread (the pool's) `gemm` rate on square f32 products of side `side`, GFLOP/s: the
+/// best of `n` runs after one warm-up, through flowseg_kernels::gemm (the crate the im2col path
+/// uses).
+fn gemm_gflops(side: usize, n: usize) -> f64 {
+    use flowseg_engine::kernels::gemm::{gemm, Trans};
+    let a: Vec<f32> = (0..side * side).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..side * side).map(|i| (i % 13) as f32 * 0.01).collect();
+    let mut c = vec![0f32; side * side];
+    let threads = rayon::current_num_threads();
+    let mut run = || {
+        gemm(
+            side,
+            side,
+            side,
+            &a,
+            Trans::No,
+            &b,
+            Trans::No,
+            &mut c,
+            false,
+            threads,
+        )
+        .unwrap();
+    };
+    run();
+    let best = (0..n.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            run();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (side * side * side) as f64 / best / 1e9
+}
+
 /// The fusion pass's effect on one graph's step: a trainer with the pass and one without, in one
 /// process, timed alternately (`rounds` rounds of `n` steps each after the warm-up, median per
-/// round); one JSON line with each side's per-round medians, their minima and the ratio.
+/// round); one JSON line with each side's per-round medians, their minima and the ratio, and the
+/// floor: the step's convolution GFLOP ([`conv_flops`]) at the gemm rate measured right after
+/// ([`gemm_gflops`], 1024³), and that time over the fused step's best round.
 fn fuse_ab(registry: &Registry, graph: &str, rounds: usize, n: usize, sets: &[String]) {
     let (mut on, batch) = trainer_with(registry, graph, sets, TrainerOptions { fuse: true });
     let (mut off, _) = trainer_with(registry, graph, sets, TrainerOptions { fuse: false });
@@ -460,10 +529,15 @@ fn fuse_ab(registry: &Registry, graph: &str, rounds: usize, n: usize, sets: &[St
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // The floor: the step's convolution FLOPs at this machine's gemm rate, measured now.
+    let flops = conv_flops(&on.graph);
+    let gemm = gemm_gflops(1024, 5);
+    let floor_ms = flops / (gemm * 1e9) * 1e3;
     println!(
         "{{\"graph\": \"{graph}\", \"threads\": {}, \"nodes_fused\": {}, \"nodes_unfused\": {}, \
          \"fused_ms\": [{}], \"unfused_ms\": [{}], \"fused_min_ms\": {:.2}, \"unfused_min_ms\": {:.2}, \
-         \"ratio_of_minima\": {:.3}}}",
+         \"ratio_of_minima\": {:.3}, \"conv_gflop\": {:.3}, \"gemm_gflops\": {gemm:.1}, \
+         \"floor_ms\": {floor_ms:.2}, \"floor_over_fused_min\": {:.3}}}",
         rayon::current_num_threads(),
         on.graph.nodes.len(),
         off.graph.nodes.len(),
@@ -471,7 +545,9 @@ fn fuse_ab(registry: &Registry, graph: &str, rounds: usize, n: usize, sets: &[St
         list(&t_off),
         min(&t_on),
         min(&t_off),
-        min(&t_on) / min(&t_off)
+        min(&t_on) / min(&t_off),
+        flops / 1e9,
+        floor_ms / min(&t_on)
     );
 }
 
