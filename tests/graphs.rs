@@ -236,6 +236,11 @@ fn on_a_fixed_batch_every_graph_lowers_its_main_loss_in_30_iterations() {
 /// Runs `name` for 6 iterations straight, and again stopped after 4 and resumed (the last
 /// checkpoint at 3, so iteration 3 is redone); the two must agree bit for bit.
 fn resume_matches(name: &str) {
+    resume_matches_with(name, &[]);
+}
+
+/// [`resume_matches`] with `first_flags` on the interrupted run's command line only.
+fn resume_matches_with(name: &str, first_flags: &[&str]) {
     let g = graph(name);
     let mut sets = small(name);
     sets.extend(
@@ -269,7 +274,10 @@ fn resume_matches(name: &str) {
             parts.to_str().unwrap(),
             "--stop-at",
             "4",
-        ],
+        ]
+        .into_iter()
+        .chain(first_flags.iter().copied())
+        .collect::<Vec<_>>(),
         &sets,
     );
     assert_eq!(cli(&a).0, ExitCode::SUCCESS);
@@ -311,6 +319,13 @@ fn cutmix_seg_resumes_bit_for_bit() {
 #[test]
 fn fixmatch_resumes_bit_for_bit() {
     resume_matches("fixmatch");
+}
+
+/// The fusion pass changes no value and no state name: a run begun op by op (`--no-fuse`) and
+/// resumed with fusion ends where an uninterrupted fused run does.
+#[test]
+fn a_run_begun_without_fusion_resumes_fused_bit_for_bit() {
+    resume_matches_with("supervised", &["--no-fuse"]);
 }
 
 #[test]
