@@ -449,7 +449,7 @@ fn conv_flops(graph: &Graph) -> f64 {
         let (out, w, passes) = match n.op.name() {
             "conv2d" => (n.outputs[0].shape.clone(), spec(n, 1), 1),
             "conv2d_bwd" => {
-                let wanted = n.outputs[..2].iter().filter(|o| o.len() > 0).count();
+                let wanted = n.outputs[..2].iter().filter(|o| !o.is_empty()).count();
                 (spec(n, 2), spec(n, 1), wanted)
             }
             _ => continue,
