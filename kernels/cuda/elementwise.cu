@@ -1,4 +1,4 @@
-// Element-wise arithmetic and data movement: the CUDA twins of add_fwd, mul_fwd, mul_bwd,
+// Element-wise arithmetic and data movement: the CUDA twins of add_fwd, add_relu_fwd, mul_fwd, mul_bwd,
 // scale_fwd, affine_fwd, mul_broadcast_fwd, threshold_fwd and the concat and slice kernels (concat_channels_fwd / _bwd,
 // concat_batch_fwd / _bwd, slice_channels_fwd / _bwd, slice_batch_fwd / _bwd) in
 // kernels/src/elementwise.rs (launchers in kernels/src/cuda/elementwise.rs).
@@ -28,6 +28,17 @@ extern "C" __global__ void add_fwd(const float* __restrict__ a,  // [n]
                                    unsigned long long n,
                                    float* __restrict__ y) {      // [n]
     GRID_STRIDE(i, n) { y[i] = a[i] + b[i]; }
+}
+
+// y = max(a + b, 0), with the CPU's comparison (NaN → 0).
+extern "C" __global__ void add_relu_fwd(const float* __restrict__ a,  // [n]
+                                        const float* __restrict__ b,  // [n]
+                                        unsigned long long n,
+                                        float* __restrict__ y) {      // [n]
+    GRID_STRIDE(i, n) {
+        float t = a[i] + b[i];
+        y[i] = t > 0.0f ? t : 0.0f;
+    }
 }
 
 // y = a * b.

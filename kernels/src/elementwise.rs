@@ -1,4 +1,5 @@
-//! Element-wise arithmetic and the data-movement kernels that join and split tensors: add, mul,
+//! Element-wise arithmetic and the data-movement kernels that join and split tensors: add (and
+//! add then ReLU, fused), mul,
 //! scale, affine (α·x + β), mul_broadcast (a multiplier shared over batch or channels),
 //! threshold (a 0/1 mask); concatenation and slicing along the channel axis (skip
 //! connections, ASPP branches) and along the batch axis (labeled and unlabeled halves of a
@@ -25,6 +26,18 @@ pub fn add_fwd<T: Real>(a: &[T], b: &[T], y: &mut [T]) -> Result<(), KernelError
     check_len("add_fwd", "y", y, a.len())?;
     for ((o, &u), &v) in y.iter_mut().zip(a).zip(b) {
         *o = u + v;
+    }
+    Ok(())
+}
+
+/// y = max(a + b, 0): [`add_fwd`] then `activation::relu_fwd`'s exact comparison, in one pass
+/// (the fusion pass's `add` → `relu`, a residual block's end). a, b, y: any shape, same length.
+pub fn add_relu_fwd<T: Real>(a: &[T], b: &[T], y: &mut [T]) -> Result<(), KernelError> {
+    check_len("add_relu_fwd", "b", b, a.len())?;
+    check_len("add_relu_fwd", "y", y, a.len())?;
+    for ((o, &u), &v) in y.iter_mut().zip(a).zip(b) {
+        let t = u + v;
+        *o = if t > T::zero() { t } else { T::zero() };
     }
     Ok(())
 }
@@ -434,6 +447,19 @@ pub fn slice_batch_bwd<T: Real>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn add_relu_is_add_then_relu_bit_for_bit() {
+        let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 2.0).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.91).cos()).collect();
+        let (mut sum, mut want, mut got) = (vec![0f32; 37], vec![0f32; 37], vec![f32::NAN; 37]);
+        add_fwd(&a, &b, &mut sum).unwrap();
+        crate::activation::relu_fwd(&sum, &mut want).unwrap();
+        add_relu_fwd(&a, &b, &mut got).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
+        assert!(want.contains(&0.0) && want.iter().any(|&v| v > 0.0));
+    }
+
     use super::*;
 
     #[test]

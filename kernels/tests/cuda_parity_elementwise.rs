@@ -33,6 +33,10 @@ fn add_mul_and_scale_match_cpu_bit_for_bit() {
         elementwise::add_fwd(&a, &b, &mut cpu).unwrap();
         exact(&format!("add_fwd n={n}"), &down(&dev, &y), &cpu);
 
+        cuda::elementwise::add_relu_fwd(&dev, &da_, &db_, &mut y).unwrap();
+        elementwise::add_relu_fwd(&a, &b, &mut cpu).unwrap();
+        exact(&format!("add_relu_fwd n={n}"), &down(&dev, &y), &cpu);
+
         cuda::elementwise::mul_fwd(&dev, &da_, &db_, &mut y).unwrap();
         elementwise::mul_fwd(&a, &b, &mut cpu).unwrap();
         exact(&format!("mul_fwd n={n}"), &down(&dev, &y), &cpu);

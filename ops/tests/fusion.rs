@@ -1,5 +1,6 @@
 //! The fusion pass (engine/src/fuse.rs) with the built-in fusions (`batch_norm` + `relu`,
-//! `batch_norm_bwd` + `relu_bwd`): fused and unfused steps give the same bits.
+//! `batch_norm_bwd` + `relu_bwd`, `add` + `relu`): fused and unfused steps give the same bits.
+//! (The ResNet's residual adds: ops/tests/resnet.rs, `resnet18_deeplabv3plus_trains`.)
 //!
 //! * `batch_norm { relu: true }` written by hand is `batch_norm` then `relu`, forward and
 //!   gradients, in both modes (its VJP feeds `relu_y`); the pass turns the second into the first
@@ -113,6 +114,77 @@ fn batch_norm_with_relu_is_batch_norm_then_relu_bit_for_bit() {
     }
 }
 
+#[test]
+fn add_with_relu_is_add_then_relu_bit_for_bit() {
+    let r = registry();
+    let mut inputs = Inputs::default();
+    let a = inputs.add("a", Feed::Trainable(&[2, 3, 5, 7]));
+    let b = inputs.add("b", Feed::Trainable(&[2, 3, 5, 7]));
+    let w = inputs.add("reduce_w", Feed::Constant(&[2, 3, 5, 7]));
+    let add = |relu: bool| {
+        format!(
+            "{{ name: sum, op: add, inputs: {{ a: {a}, b: {b} }}, params: {{ relu: {relu} }} }}"
+        )
+    };
+    let fused_by_hand = build(
+        &r,
+        &[
+            add(true),
+            format!("{{ name: reduce, op: weighted_sum, inputs: {{ x: sum.y, w: {w} }} }}"),
+        ],
+        &inputs,
+    );
+    let op_by_op = build(
+        &r,
+        &[
+            add(false),
+            "{ name: act, op: relu, inputs: { x: sum.y } }".to_owned(),
+            format!("{{ name: reduce, op: weighted_sum, inputs: {{ x: act.y, w: {w} }} }}"),
+        ],
+        &inputs,
+    );
+    let wrt = inputs.trainable();
+    let loss = |g| output(&r, g, "reduce", "loss");
+    let (x, _) = gradients(&fused_by_hand, &inputs, &[loss(&fused_by_hand)], &wrt).unwrap();
+    let (y, bwd) = gradients(&op_by_op, &inputs, &[loss(&op_by_op)], &wrt).unwrap();
+    assert_eq!(x.keys().collect::<Vec<_>>(), ["a", "b"]);
+    for (name, gx) in &x {
+        let same = gx
+            .iter()
+            .zip(&y[name])
+            .all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "d/d{name} differs between relu: true and add → relu");
+    }
+    assert!(y["a"].contains(&0.0) && y["a"].iter().any(|&v| v != 0.0));
+    // The pass on the op-by-op graph: add takes the relu; the same loss and gradients.
+    let keep: Vec<ValueRef> = std::iter::once(loss(&bwd))
+        .chain(
+            bwd.nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.op.name() == "relu_bwd")
+                .map(|(node, _)| ValueRef::Node { node, port: 0 }),
+        )
+        .collect();
+    let fused = fuse::fuse(bwd.clone(), &keep);
+    let pairs: Vec<(&str, &str)> = fused
+        .fusions
+        .iter()
+        .map(|f| (f.op, f.absorbed_op))
+        .collect();
+    assert_eq!(pairs, [("add", "relu")]);
+    let before = exec::run_cpu(&bwd, &inputs.batch, &inputs.state, 0, 0).unwrap();
+    let after = exec::run_cpu(&fused.graph, &inputs.batch, &inputs.state, 0, 0).unwrap();
+    for v in &keep {
+        let moved = fused.remap(v).expect("kept values survive");
+        assert_eq!(
+            bits_of(after.get(&moved).unwrap()),
+            bits_of(before.get(v).unwrap()),
+            "{v:?}"
+        );
+    }
+}
+
 fn graphs_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../graphs")
 }
@@ -161,7 +233,7 @@ fn every_shipped_graph_trains_identically_with_and_without_fusion() {
         };
         let (mut on, mut off) = (build(true), build(false));
         assert!(off.fusions.is_empty());
-        // Every batch norm a ReLU follows, forward and (where trained) backward.
+        // Every batch norm or add a ReLU follows, forward and (where trained) backward.
         let relus_after_bn = off
             .graph
             .nodes
@@ -169,7 +241,7 @@ fn every_shipped_graph_trains_identically_with_and_without_fusion() {
             .filter(|n| n.op.name() == "relu")
             .filter(|n| {
                 matches!(&n.inputs[0], Some(ValueRef::Node { node, .. })
-                    if off.graph.nodes[*node].op.name() == "batch_norm")
+                    if ["batch_norm", "add"].contains(&off.graph.nodes[*node].op.name()))
             })
             .count();
         let forward_pairs = on

@@ -11,7 +11,7 @@ use flowseg_engine::ir;
 use flowseg_engine::kernels::testing::rand_vec;
 use flowseg_engine::model::Init;
 use flowseg_engine::spec;
-use flowseg_engine::train::Trainer;
+use flowseg_engine::train::{Trainer, TrainerOptions};
 use flowseg_engine::{Tensor, TensorSpec};
 use flowseg_ops::builtin_registry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -546,6 +546,26 @@ fn resnet18_deeplabv3plus_trains() {
         .collect();
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert!(losses[2] < losses[0], "loss did not fall: {losses:?}");
+    // The fusion pass took every residual add's ReLU (8 basic blocks) besides the batch norms'
+    // ReLUs, and changed no bit: the same run op by op ends with the same state.
+    let adds = t
+        .fusions
+        .iter()
+        .filter(|f| (f.op, f.absorbed_op) == ("add", "relu"))
+        .count();
+    assert_eq!(adds, 8, "{:?}", t.fusions);
+    let options = TrainerOptions { fuse: false };
+    let mut u = Trainer::with_options(&spec, &registry, &env(2, 32, 32), BTreeMap::new(), options)
+        .expect("trainer");
+    let unfused: Vec<f32> = (0..3)
+        .map(|it| u.step(&batch, it).expect("step")[0].1)
+        .collect();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&losses), bits(&unfused));
+    for (name, v) in &t.state {
+        let (a, b) = (v.f32().expect("f32"), u.state[name].f32().expect("f32"));
+        assert_eq!(bits(a), bits(b), "`{name}` differs with and without fusion");
+    }
     // Train-mode BN moved the running statistics of the backbone and of the pooling branch.
     for name in [
         "student.bn1.running_var",

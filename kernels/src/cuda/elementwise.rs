@@ -44,6 +44,16 @@ pub fn add_fwd(
     binary(dev, "add_fwd", a, b, y)
 }
 
+/// [`crate::elementwise::add_relu_fwd`]: y = max(a + b, 0). a, b, y: same length.
+pub fn add_relu_fwd(
+    dev: &Device,
+    a: &impl DeviceBuf<f32>,
+    b: &impl DeviceBuf<f32>,
+    y: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    binary(dev, "add_relu_fwd", a, b, y)
+}
+
 /// [`crate::elementwise::mul_fwd`]: y = a · b. a, b, y: same length.
 pub fn mul_fwd(
     dev: &Device,
@@ -76,6 +86,7 @@ fn binary(
     );
     match kernel {
         "add_fwd" => launch!(dev, ELEMENTWISE, "add_fwd", grid(n); pa, pb, n64, py),
+        "add_relu_fwd" => launch!(dev, ELEMENTWISE, "add_relu_fwd", grid(n); pa, pb, n64, py),
         _ => launch!(dev, ELEMENTWISE, "mul_fwd", grid(n); pa, pb, n64, py),
     }
 }

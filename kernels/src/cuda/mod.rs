@@ -72,6 +72,7 @@
 //! | `dropout::dropout2d_fwd` | `dropout::dropout2d_fwd` |
 //! | `dropout::dropout2d_bwd` | `dropout::dropout2d_bwd` |
 //! | `elementwise::add_fwd` | `elementwise::add_fwd` |
+//! | `elementwise::add_relu_fwd` | `elementwise::add_relu_fwd` |
 //! | `elementwise::mul_fwd` | `elementwise::mul_fwd` |
 //! | `elementwise::mul_bwd` | `elementwise::mul_bwd` |
 //! | `elementwise::scale_fwd` | `elementwise::scale_fwd` |

@@ -135,6 +135,7 @@ pub static ELEMENTWISE: CudaSource = cuda_source!(
     "elementwise",
     [
         "add_fwd",
+        "add_relu_fwd",
         "mul_fwd",
         "mul_bwd",
         "scale_fwd",

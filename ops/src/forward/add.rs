@@ -1,16 +1,33 @@
 //! `add`: y = a + b element-wise, `torch.add(a, b)`. `a`, `b` and `y`: f32, any shape, all the
 //! same spec (no broadcasting).
 //!
-//! Backward: da = db = dy, the output gradient itself, so the VJP emits no node. Its kernels'
-//! CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
+//! `relu: true`: y = max(a + b, 0) in one pass — what the fusion pass makes of an `add` whose `y`
+//! only a `relu` reads (a residual block's end, [`Op::fuse_consumer`]); bit-identical to `add`
+//! then `relu` (ops/tests/fusion.rs), and, like batch norm's fused ReLU, without a
+//! finite-difference case of its own (a central difference across the kink is meaningless).
+//!
+//! Backward: da = db = dy, the output gradient itself, so the VJP emits no node; with `relu`,
+//! one `relu_bwd` on y first. Its kernels' CUDA twins exist (kernels/src/cuda); the engine does
+//! not dispatch ops to them yet.
 
+use crate::forward::relu::{Relu, ReluBwd};
 use crate::grad;
-use flowseg_engine::op::{io, Feed, GradCase, Vjp};
-use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
-use flowseg_kernels::elementwise::add_fwd;
+use flowseg_engine::op::{self, io, Feed, GradCase, Vjp};
+use flowseg_engine::{ExecCx, NoParams, Op, OpError, OpNode, Port, Tensor, TensorSpec};
+use flowseg_kernels::elementwise::{add_fwd, add_relu_fwd};
+use serde::Deserialize;
 
-/// The `add` op (no params).
+/// The `add` op.
 pub struct Add;
+
+/// Params of `add`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Also apply a ReLU to `y` (default false; the fusion pass sets it when a `relu` follows).
+    #[serde(default)]
+    pub relu: bool,
+}
 
 impl Op for Add {
     const NAME: &'static str = "add";
@@ -28,9 +45,9 @@ impl Op for Add {
             ("b", Feed::Trainable(&[2, 3, 5, 7])),
         ],
     }];
-    type Params = NoParams;
+    type Params = Params;
 
-    fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+    fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let a = io::f32_spec(Self::INPUTS, inputs, 0)?;
         let b = io::spec(Self::INPUTS, inputs, 1)?;
         if b != a {
@@ -40,7 +57,7 @@ impl Op for Add {
     }
 
     fn cpu(
-        _: &NoParams,
+        p: &Params,
         _: &ExecCx,
         inputs: &[Option<&Tensor>],
         outputs: &mut [Tensor],
@@ -48,23 +65,40 @@ impl Op for Add {
         let a = io::f32(Self::INPUTS, inputs, 0)?;
         let b = io::f32(Self::INPUTS, inputs, 1)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
-        Ok(add_fwd(a, b, y)?)
+        if p.relu {
+            Ok(add_relu_fwd(a, b, y)?)
+        } else {
+            Ok(add_fwd(a, b, y)?)
+        }
     }
 
-    /// da = db = dy: both inputs get the gradient of `y` as it is (no node). When `a` and `b`
-    /// are the same value, autodiff's fan-in sums the two into 2·dy.
-    fn vjp(_: &NoParams, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
-        let dy = match grad::grad_output(g, Self::OUTPUTS, 0) {
-            Ok(dy) => dy,
-            Err(e) => return Some(Err(e)),
-        };
-        for i in 0..Self::INPUTS.len() {
-            if g.needs_grad(i) {
-                g.set_grad(i, dy.clone());
-            }
-        }
-        Some(Ok(()))
+    /// da = db = dy: both inputs get the gradient of `y` as it is (no node), or with `relu` the
+    /// gradient `relu_bwd` makes of it. When `a` and `b` are the same value, autodiff's fan-in
+    /// sums the two into 2·dy.
+    fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
+        Some(backward(p, g))
     }
+
+    fn fuse_consumer(p: &Params, port: usize, consumer: &dyn OpNode) -> Option<Params> {
+        (port == 0 && !p.relu && op::is::<Relu>(consumer)).then_some(Params { relu: true })
+    }
+}
+
+fn backward(p: &Params, g: &mut Vjp<'_>) -> Result<(), String> {
+    if !(g.needs_grad(0) || g.needs_grad(1)) {
+        return Ok(());
+    }
+    let mut dy = grad::grad_output(g, Add::OUTPUTS, 0)?;
+    if p.relu {
+        let y = g.output(0);
+        [dy] = grad::outputs(g.emit::<ReluBwd>(NoParams {}, vec![Some(y), Some(dy)])?)?;
+    }
+    for i in 0..Add::INPUTS.len() {
+        if g.needs_grad(i) {
+            g.set_grad(i, dy.clone());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //! heads, the decoders, the stage and dilation schedules), model params, registration, and the
 //! ops themselves (`forward/`). Crate-private: not part of the public API.
 
-use crate::forward::add::Add;
+use crate::forward::add::{self, Add};
 use crate::forward::batch_norm::{self, BatchNorm};
 use crate::forward::concat::Concat;
 use crate::forward::conv2d::{self, Conv2d};
@@ -235,7 +235,7 @@ pub(crate) fn add(
     a: ValueRef,
     b: ValueRef,
 ) -> Result<ValueRef, String> {
-    single(t.op::<Add>(name, NoParams {}, vec![Some(a), Some(b)])?)
+    single(t.op::<Add>(name, add::Params::default(), vec![Some(a), Some(b)])?)
 }
 
 /// Node `name`: `a ‖ b` along channels.

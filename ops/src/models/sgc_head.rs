@@ -21,13 +21,13 @@
 //! Not here: the padding mask (`valid`: the shipped crops have no padding), Linformer-style
 //! down-sampling, the hypercolumn itself (built in the graph from the encoder's features).
 
-use crate::forward::add::Add;
+use crate::forward::add::{self, Add};
 use crate::forward::prepend_background::{self, PrependBackground};
 use crate::forward::self_attention::{self, SelfAttention};
 use crate::models::layers::{bn, channels, conv, single, Conv};
 use flowseg_engine::graph::ValueRef;
 use flowseg_engine::model::{Model, Tracer};
-use flowseg_engine::{NoParams, Port};
+use flowseg_engine::Port;
 use serde::Deserialize;
 use std::num::NonZeroUsize;
 
@@ -115,7 +115,11 @@ fn head(
         attention,
         vec![Some(query), Some(key), Some(cam.clone()), None],
     )?)?;
-    let skipped = single(t.op::<Add>("skip", NoParams {}, vec![Some(attended), Some(cam)])?)?;
+    let skipped = single(t.op::<Add>(
+        "skip",
+        add::Params::default(),
+        vec![Some(attended), Some(cam)],
+    )?)?;
     let background = prepend_background::Params { offset: 2.0 };
     let scores =
         single(t.op::<PrependBackground>("background", background, vec![Some(skipped)])?)?;
