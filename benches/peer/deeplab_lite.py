@@ -381,7 +381,7 @@ def float_state(model):
     return [v for v in model.state_dict().values() if v.dtype.is_floating_point]
 
 
-def cutmix_step(student, opt, labeled, unlabeled_batches):
+def cutmix_step(student, opt, labeled, unlabeled_batches, wrap=lambda m: m):
     """One step of benches/peer/graphs/cutmix_seg.yaml: cross-entropy on the labeled batch; the EMA teacher
     (eval mode, no gradient) on both unlabeled batches; one box mask per sample; the images,
     validity maps and teacher logits mixed with it; the student on the mixed images; loss = CE +
@@ -396,18 +396,21 @@ def cutmix_step(student, opt, labeled, unlabeled_batches):
     teacher_state, student_state = float_state(teacher), float_state(student)
     assert [t.shape for t in teacher_state] == [s.shape for s in student_state]
     masks = torch.Generator().manual_seed(0)
+    # `wrap` (torch.compile for the compiled column) applies to the calls, not to the modules
+    # whose state the EMA and the optimizer update in place.
+    student_fn, teacher_fn = wrap(student), wrap(teacher)
 
     def step():
         mask = box_masks(n, h, w, masks).to(u0.device)
         with torch.no_grad():
-            mixed_logits = teacher(u0) * (1 - mask) + teacher(u1) * mask
+            mixed_logits = teacher_fn(u0) * (1 - mask) + teacher_fn(u1) * mask
             teacher_probs = F.softmax(mixed_logits, dim=1)
             confident_fraction = (teacher_probs.amax(dim=1) >= CONFIDENCE).float().mean()
             mixed_image = u0 * (1 - mask) + u1 * mask
             mixed_valid = v0 * (1 - mask[:, 0]) + v1 * mask[:, 0]
         opt.zero_grad(set_to_none=True)
-        sup = F.cross_entropy(student(image), label, ignore_index=IGNORE_INDEX)
-        student_probs = F.softmax(student(mixed_image), dim=1)
+        sup = F.cross_entropy(student_fn(image), label, ignore_index=IGNORE_INDEX)
+        student_probs = F.softmax(student_fn(mixed_image), dim=1)
         squared = ((student_probs - teacher_probs) ** 2).sum(dim=1)
         cons = (squared * mixed_valid).mean() * confident_fraction
         (sup + cons).backward()
@@ -452,19 +455,23 @@ def time_all(args):
     device = setup(args)
     init = load_init(args)
     classes = config_of(init)[0] if init is not None else CLASSES
-    out = {"impl": "pytorch", "threads": torch.get_num_threads(), "n": args.n,
-           "device": device.type}
+    # --compile: the same steps with every module call through torch.compile (inductor; the
+    # first warm-up step compiles, so the timed steps are the compiled code's).
+    wrap = torch.compile if args.compile else (lambda m: m)
+    out = {"impl": "pytorch-compile" if args.compile else "pytorch",
+           "threads": torch.get_num_threads(), "n": args.n, "device": device.type}
     faults = {}
     for size in (64, 128):
         model, opt = make(device, init)
-        step = train_step(model, opt, *data(size, device, classes))
+        step = train_step(wrap(model), opt, *data(size, device, classes))
         out[f"sup_b16_{size}"], faults[f"faults_per_step_{size}"] = timed_steps(
             args.n, step, device)
     counts = {"params_sup": elements(model.parameters())}
     del model, opt, step
 
     model, opt = make(device, init)
-    step, teacher = cutmix_step(model, opt, data(64, device, classes), unlabeled(64, device))
+    step, teacher = cutmix_step(model, opt, data(64, device, classes), unlabeled(64, device),
+                                wrap)
     out["cutmix_b16_64"], faults["faults_per_step_cutmix_64"] = timed_steps(args.n, step, device)
     counts["params_cutmix"] = elements(model.parameters())
     counts["teacher_state_cutmix"] = elements(float_state(teacher))
@@ -473,10 +480,11 @@ def time_all(args):
     model, _ = make(device, init)
     model.eval()
     image, _ = data(64, device, classes)
+    model_fn = wrap(model)
 
     def forward():
         with torch.inference_mode():
-            model(image)
+            model_fn(image)
     out["eval_b16_64"] = round(median_ms(args.n, forward, device), 3)
     print(json.dumps({**out, **faults, **counts}))
 
@@ -556,6 +564,9 @@ def report(args):
     for r in rows:
         by_impl.setdefault(r["impl"], []).append(r)
     fs, pt = by_impl["flowseg"], by_impl["pytorch"]
+    pc = by_impl.get("pytorch-compile", [])
+    failed = [r for r in pc if "error" in r]
+    pc = [r for r in pc if "error" not in r]
     # Same networks and objectives on both sides: the trained parameters and the teacher's
     # float state (parameters and BN buffers) have the same element counts.
     for key in ("params_sup", "params_cutmix", "teacher_state_cutmix"):
@@ -571,16 +582,25 @@ def report(args):
           f"(supervised), {fs[0]['params_cutmix']} (CutMix-Seg student), teacher float state "
           f"{fs[0]['teacher_state_cutmix']}, equal on both sides")
     print()
+    compiled = ("| torch.compile ms: median (each round) | flowseg / torch.compile |"
+                if pc else "")
     print("| measurement | flowseg ms: median (each round) | PyTorch ms: median (each round) | "
-          "flowseg / PyTorch, medians | best rounds |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+          "flowseg / PyTorch, medians | best rounds " + compiled)
+    print("| --- | ---: | ---: | ---: | ---: " + ("| ---: | ---: |" if pc else "|"))
     for key, label in names:
         a = [r[key] for r in fs]
         b = [r[key] for r in pt]
         ma, mb = statistics.median(a), statistics.median(b)
         fmt = lambda v: ", ".join(f"{x:.1f}" for x in v)
-        print(f"| {label} | **{ma:.2f}** ({fmt(a)}) | **{mb:.2f}** ({fmt(b)}) | "
-              f"**{ma / mb:.2f}×** | {min(a) / min(b):.2f}× |")
+        row = (f"| {label} | **{ma:.2f}** ({fmt(a)}) | **{mb:.2f}** ({fmt(b)}) | "
+               f"**{ma / mb:.2f}×** | {min(a) / min(b):.2f}× ")
+        if pc:
+            c = [r[key] for r in pc]
+            mc = statistics.median(c)
+            row += f"| **{mc:.2f}** ({fmt(c)}) | **{ma / mc:.2f}×** "
+        print(row + "|")
+    for r in failed:
+        print(f"\ntorch.compile failed: {r['error']}")
     faults = [f"{label}: flowseg {statistics.median(r[k] for r in fs):.0f}, "
               f"PyTorch {statistics.median(r[k] for r in pt):.0f}"
               for k, label in (("faults_per_step_64", "supervised 64×64"),
@@ -603,12 +623,22 @@ def main():
         t.add_argument("--threads", type=int, default=2)
         t.add_argument("--device", default="cpu", help="cpu, cuda or auto")
         t.add_argument("--init", help="flowseg's init.safetensors (from `peer_step export`)")
+        t.add_argument("--compile", action="store_true",
+                       help="time the steps through torch.compile (inductor)")
     r = sub.add_parser("report")
     r.add_argument("jsonl")
     args = ap.parse_args()
     if args.mode == "check":
         torch.set_num_threads(2)
         return check(args)
+    if args.mode == "time" and args.compile:
+        # A compilation failure is a result too: one JSON line saying why.
+        try:
+            return time_all(args) or 0
+        except Exception as e:  # noqa: BLE001 - any failure of the compiler stack
+            print(json.dumps({"impl": "pytorch-compile", "error": f"{type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}"[:300]}))
+            return 0
     return {"time": time_all, "profile": profile, "report": report}[args.mode](args) or 0
 
 

@@ -6,6 +6,9 @@
 #   benches/peer/run.sh                 # check + 3 alternating rounds of 20 timed steps
 #   ROUNDS=5 STEPS=30 benches/peer/run.sh
 #   PROFILE=1 benches/peer/run.sh       # also: per-op-kind time of both sides
+#   COMPILE=1 benches/peer/run.sh       # also: PyTorch through torch.compile (inductor), after
+#                                       # each eager round; its first step compiles (minutes on
+#                                       # 2 cores; later rounds reuse inductor's on-disk cache)
 #
 # 1. A Python venv OUTSIDE the repository ($FLOWSEG_PEER_VENV, default
 #    ~/.cache/flowseg-peer-venv), reused when it imports torch, safetensors and numpy; otherwise
@@ -95,6 +98,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
         else
             "$PY" "$PEER" time "$STEPS" --threads "$THREADS" --device "$TORCH_DEVICE" \
                 --init "$WORK/init.safetensors" | tee -a "$WORK/times.jsonl"
+            if [ "${COMPILE:-0}" = 1 ]; then
+                "$PY" "$PEER" time "$STEPS" --threads "$THREADS" --device "$TORCH_DEVICE" \
+                    --init "$WORK/init.safetensors" --compile | tee -a "$WORK/times.jsonl"
+            fi
         fi
     done
 done
