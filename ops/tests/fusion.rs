@@ -15,18 +15,50 @@ mod suite;
 
 use flowseg_engine::exec;
 use flowseg_engine::fuse;
-use flowseg_engine::graph::{Env, ValueRef};
+use flowseg_engine::graph::{Graph, ValueRef};
 use flowseg_engine::op::Feed;
-use flowseg_engine::open::open_graph;
 use flowseg_engine::train::{Trainer, TrainerOptions};
 use flowseg_engine::Tensor;
-use flowseg_ops::builtin_registry;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use suite::gradients::*;
+use suite::shipped::{full_registry, graph_files, open_shrunk};
 
 fn bits_of(t: &Tensor) -> Vec<u32> {
     bits(t)
+}
+
+/// Runs the fusion pass on `bwd` keeping `keep`, checks it fused exactly `pairs` (op, absorbed
+/// op) and removed one node per pair, and that every kept value has the same bits before and
+/// after.
+fn assert_fuses_to_the_same_bits(
+    bwd: &Graph,
+    inputs: &Inputs,
+    keep: &[ValueRef],
+    pairs: &[(&str, &str)],
+    what: &str,
+) {
+    let fused = fuse::fuse(bwd.clone(), keep);
+    let got: Vec<(&str, &str)> = fused
+        .fusions
+        .iter()
+        .map(|f| (f.op, f.absorbed_op))
+        .collect();
+    assert_eq!(got, pairs, "{what}");
+    assert_eq!(
+        fused.graph.nodes.len(),
+        bwd.nodes.len() - pairs.len(),
+        "{what}"
+    );
+    let before = exec::run_cpu(bwd, &inputs.batch, &inputs.state, 0, 0).unwrap();
+    let after = exec::run_cpu(&fused.graph, &inputs.batch, &inputs.state, 0, 0).unwrap();
+    for v in keep {
+        let moved = fused.remap(v).expect("kept values survive");
+        assert_eq!(
+            bits_of(after.get(&moved).unwrap()),
+            bits_of(before.get(v).unwrap()),
+            "{what}: {v:?}"
+        );
+    }
 }
 
 #[test]
@@ -89,28 +121,8 @@ fn batch_norm_with_relu_is_batch_norm_then_relu_bit_for_bit() {
                     .flat_map(|(node, _)| (0..3).map(move |port| ValueRef::Node { node, port })),
             )
             .collect();
-        let fused = fuse::fuse(bwd.clone(), &keep);
-        let pairs: Vec<(&str, &str)> = fused
-            .fusions
-            .iter()
-            .map(|f| (f.op, f.absorbed_op))
-            .collect();
-        assert_eq!(
-            pairs,
-            [("batch_norm", "relu"), ("batch_norm_bwd", "relu_bwd")],
-            "{mode}"
-        );
-        assert_eq!(fused.graph.nodes.len(), bwd.nodes.len() - 2);
-        let before = exec::run_cpu(&bwd, &inputs.batch, &inputs.state, 0, 0).unwrap();
-        let after = exec::run_cpu(&fused.graph, &inputs.batch, &inputs.state, 0, 0).unwrap();
-        for v in &keep {
-            let moved = fused.remap(v).expect("kept values survive");
-            assert_eq!(
-                bits_of(after.get(&moved).unwrap()),
-                bits_of(before.get(v).unwrap()),
-                "{mode}: {v:?}"
-            );
-        }
+        let pairs = [("batch_norm", "relu"), ("batch_norm_bwd", "relu_bwd")];
+        assert_fuses_to_the_same_bits(&bwd, &inputs, &keep, &pairs, mode);
     }
 }
 
@@ -166,61 +178,16 @@ fn add_with_relu_is_add_then_relu_bit_for_bit() {
                 .map(|(node, _)| ValueRef::Node { node, port: 0 }),
         )
         .collect();
-    let fused = fuse::fuse(bwd.clone(), &keep);
-    let pairs: Vec<(&str, &str)> = fused
-        .fusions
-        .iter()
-        .map(|f| (f.op, f.absorbed_op))
-        .collect();
-    assert_eq!(pairs, [("add", "relu")]);
-    let before = exec::run_cpu(&bwd, &inputs.batch, &inputs.state, 0, 0).unwrap();
-    let after = exec::run_cpu(&fused.graph, &inputs.batch, &inputs.state, 0, 0).unwrap();
-    for v in &keep {
-        let moved = fused.remap(v).expect("kept values survive");
-        assert_eq!(
-            bits_of(after.get(&moved).unwrap()),
-            bits_of(before.get(v).unwrap()),
-            "{v:?}"
-        );
-    }
-}
-
-fn graphs_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../graphs")
+    assert_fuses_to_the_same_bits(&bwd, &inputs, &keep, &[("add", "relu")], "add");
 }
 
 #[test]
 fn every_shipped_graph_trains_identically_with_and_without_fusion() {
-    let mut registry = builtin_registry().expect("built-in ops register");
-    flowseg_sources::register_builtin_sources(&mut registry).expect("built-in sources register");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(graphs_dir())
-        .expect("graphs/ is readable")
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 3, "{files:?}");
+    let registry = full_registry();
     let mut fused_any = 0;
-    for file in &files {
-        let text = std::fs::read_to_string(file).expect("readable graph");
-        let mut sets: Vec<String> = ["data.size=16", "data.batch=2"].map(String::from).to_vec();
-        let (plain, _) = flowseg_engine::spec::parse_graph(&text, &[]).expect("parses");
-        for (name, m) in &plain.models {
-            if m.params.as_ref().is_some_and(|p| p.get("width").is_some()) {
-                sets.push(format!("models.{}.params.width=8", name.value));
-            }
-        }
-        if text.contains("unlabeled_batch") {
-            sets.push("data.unlabeled_batch=2".into());
-        }
+    for file in &graph_files() {
         let what = file.display();
-        let (gspec, _, mut source) =
-            open_graph(&text, &sets, &registry).unwrap_or_else(|e| panic!("{what}: {e:#?}"));
-        let env = Env {
-            batch: source.specs(),
-            state: BTreeMap::new(),
-            hidden: source.hidden_fields(),
-        };
+        let (gspec, mut source, env) = open_shrunk(file, &registry);
         let build = |fuse: bool| {
             Trainer::with_options(
                 &gspec,

@@ -8,19 +8,15 @@
 //!
 //! Not here: the numbers themselves (ops/tests/gradients.rs, tests/run.rs).
 
+mod suite;
+
 use flowseg_engine::exec::{self, ExecOrder, Run, Workspace};
-use flowseg_engine::graph::{Env, ValueRef};
-use flowseg_engine::open::open_graph;
+use flowseg_engine::graph::ValueRef;
 use flowseg_engine::plan::{plan, PlanOptions};
 use flowseg_engine::train::Trainer;
 use flowseg_engine::Tensor;
-use flowseg_ops::builtin_registry;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-fn graphs_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../graphs")
-}
+use suite::shipped::{full_registry, graph_files, open_shrunk};
 
 /// Bits of each kept value, in `keep` order (`None` where the run has no such value).
 fn kept_bits(run: &Run<'_>, keep: &[ValueRef]) -> Vec<Option<Vec<u32>>> {
@@ -54,37 +50,10 @@ fn first_difference(
 
 #[test]
 fn every_shipped_graph_steps_identically_on_poisoned_and_reused_buffers() {
-    let mut registry = builtin_registry().expect("built-in ops register");
-    flowseg_sources::register_builtin_sources(&mut registry).expect("built-in sources register");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(graphs_dir())
-        .expect("graphs/ is readable")
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 3, "{files:?}");
-    for file in &files {
-        let text = std::fs::read_to_string(file).expect("readable graph");
-        let mut sets: Vec<String> = ["data.size=16", "data.batch=2"].map(String::from).to_vec();
-        // Width 8 for every model that sets a width (CPS names its two U-Nets `a` and `b`;
-        // CCT's auxiliary heads and PseudoSeg's heads have none).
-        let (plain, _) = flowseg_engine::spec::parse_graph(&text, &[]).expect("parses");
-        for (name, m) in &plain.models {
-            if m.params.as_ref().is_some_and(|p| p.get("width").is_some()) {
-                sets.push(format!("models.{}.params.width=8", name.value));
-            }
-        }
-        if text.contains("unlabeled_batch") {
-            sets.push("data.unlabeled_batch=2".into());
-        }
+    let registry = full_registry();
+    for file in &graph_files() {
         let what = file.display();
-        let (gspec, _, mut source) =
-            open_graph(&text, &sets, &registry).unwrap_or_else(|e| panic!("{what}: {e:#?}"));
-        let env = Env {
-            batch: source.specs(),
-            state: BTreeMap::new(),
-            hidden: source.hidden_fields(),
-        };
+        let (gspec, mut source, env) = open_shrunk(file, &registry);
         let trainer = Trainer::new(&gspec, &registry, &env, BTreeMap::new())
             .unwrap_or_else(|e| panic!("{what}: {e:#?}"));
         let batch = source.batch(0).expect("batch 0");

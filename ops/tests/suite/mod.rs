@@ -7,3 +7,4 @@
 pub mod gradients;
 pub mod picked;
 pub mod registry;
+pub mod shipped;
