@@ -49,13 +49,13 @@ fn assert_fuses_to_the_same_bits(
         bwd.nodes.len() - pairs.len(),
         "{what}"
     );
-    let before = exec::run_cpu(bwd, &inputs.batch, &inputs.state, 0, 0).unwrap();
-    let after = exec::run_cpu(&fused.graph, &inputs.batch, &inputs.state, 0, 0).unwrap();
+    let before = exec::run_cpu(bwd, &inputs.batch, &inputs.state, 0, 0).expect("runs");
+    let after = exec::run_cpu(&fused.graph, &inputs.batch, &inputs.state, 0, 0).expect("runs");
     for v in keep {
         let moved = fused.remap(v).expect("kept values survive");
         assert_eq!(
-            bits_of(after.get(&moved).unwrap()),
-            bits_of(before.get(v).unwrap()),
+            bits_of(after.get(&moved).expect("kept")),
+            bits_of(before.get(v).expect("kept")),
             "{what}: {v:?}"
         );
     }
