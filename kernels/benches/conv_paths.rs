@@ -2,7 +2,10 @@
 //! 64×64 input): the AVX-512 panel path (conv2d_panel.rs) against im2col + `gemm`, in one
 //! process, alternating, min of `n` runs each (default 15) — the comparison in
 //! docs/BENCHMARKS.md "CPU conv2d". Also prints the largest relative difference between the
-//! two paths' outputs. Threads: `RAYON_NUM_THREADS` (the docs use 1 and 2).
+//! two paths' outputs. Then the default path (what conv2d picks: the direct 3×3 kernels where
+//! they apply, else the panel path or `gemm`) per layer in GFLOP/s and as a share of this
+//! machine's `gemm` rate measured in the same process (square 1024³ products, best of 5): the
+//! convolutions against the bare GEMM peak. Threads: `RAYON_NUM_THREADS` (the docs use 1 and 2).
 //!
 //! `cargo bench -p flowseg-kernels --bench conv_paths [-- n]`
 
@@ -18,9 +21,44 @@ use flowseg_kernels::conv2d::{conv2d_bwd, conv2d_fwd, Conv2d};
 use flowseg_kernels::Nchw;
 use std::time::Instant;
 
-/// Switches conv2d between its paths on this thread (the choice is made when a call starts).
-fn use_panel(on: bool) {
-    flowseg_kernels::conv2d::force_panel_path(Some(on));
+/// Switches conv2d between its paths on this thread (the choice is made when a call starts):
+/// 0 = im2col + `gemm`, 1 = the panel path, 2 = the default choice.
+fn use_path(path: usize) {
+    flowseg_kernels::conv2d::force_panel_path(match path {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    });
+}
+
+/// The pool's `gemm` rate on square f32 products of side `side`, GFLOP/s, best of `n`.
+fn gemm_gflops(side: usize, n: usize) -> f64 {
+    use flowseg_kernels::gemm::{gemm, Trans};
+    let a: Vec<f32> = (0..side * side).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..side * side).map(|i| (i % 13) as f32 * 0.01).collect();
+    let mut c = vec![0f32; side * side];
+    let threads = rayon::current_num_threads();
+    let mut best = f64::MAX;
+    for i in 0..=n {
+        let t = Instant::now();
+        gemm(
+            side,
+            side,
+            side,
+            &a,
+            Trans::No,
+            &b,
+            Trans::No,
+            &mut c,
+            false,
+            threads,
+        )
+        .unwrap();
+        if i > 0 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    2.0 * (side * side * side) as f64 / best / 1e9
 }
 
 fn main() {
@@ -110,6 +148,8 @@ fn main() {
     println!("| conv (batch 16) | fwd gemm | fwd panel | bwd gemm | bwd panel | max rel diff |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     let mut total = [[0.0f64; 2]; 2];
+    // (name, forward GFLOP, default path's best fwd and bwd seconds)
+    let mut default_rows: Vec<(&str, f64, [f64; 2])> = Vec::new();
     for (name, xs, co, p) in shapes {
         let fill = |len: usize, m: usize, scale: f32| -> Vec<f32> {
             (0..len)
@@ -120,11 +160,11 @@ fn main() {
         let w = fill(p.weight_len(xs.c, co), 104_729, 0.2);
         let ys = p.out_shape(xs, co).unwrap();
         let dy = fill(ys.len(), 31, 2.0);
-        let mut best = [[f64::MAX; 2]; 2];
+        let mut best = [[f64::MAX; 2]; 3];
         let mut outs: Vec<Vec<f32>> = Vec::new();
         for round in 0..n {
             for (path, best) in best.iter_mut().enumerate() {
-                use_panel(path == 1);
+                use_path(path);
                 let (mut y, mut dx, mut dw) = (
                     vec![0f32; ys.len()],
                     vec![0f32; xs.len()],
@@ -136,7 +176,7 @@ fn main() {
                 let t = Instant::now();
                 conv2d_bwd(&x, xs, &w, co, &p, &dy, Some(&mut dx), Some(&mut dw), None).unwrap();
                 best[1] = best[1].min(t.elapsed().as_secs_f64());
-                if round == 0 {
+                if round == 0 && path < 2 {
                     outs.extend([y, dx, dw]);
                 }
             }
@@ -159,6 +199,9 @@ fn main() {
             t[0] += b[0];
             t[1] += b[1];
         }
+        // 2 FLOPs per multiply-add: N·Co·Ho·Wo outputs × Ci·kh·kw taps.
+        let gflop = 2.0 * (ys.len() * xs.c * p.kh * p.kw) as f64 / 1e9;
+        default_rows.push((name, gflop, best[2]));
     }
     println!(
         "| **total, one forward + backward of each** | **{:.2}** | **{:.2}** | **{:.2}** | **{:.2}** | |",
@@ -166,5 +209,34 @@ fn main() {
         total[1][0] * 1e3,
         total[0][1] * 1e3,
         total[1][1] * 1e3
+    );
+    use_path(2);
+    let peak = gemm_gflops(1024, 5);
+    println!(
+        "\nthe default path against `gemm` on 1024³ ({peak:.0} GFLOP/s, best of 5, same \
+         process); bwd = dX + dW, twice the forward's FLOPs\n"
+    );
+    println!("| conv (batch 16) | GFLOP fwd | fwd ms | fwd GFLOP/s | fwd / gemm | bwd ms | bwd GFLOP/s | bwd / gemm |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let (mut flop, mut tf, mut tb) = (0.0, 0.0, 0.0);
+    for (name, gflop, [f, b]) in default_rows {
+        let (rf, rb) = (gflop / f, 2.0 * gflop / b);
+        println!(
+            "| {name} | {gflop:.3} | {:.3} | {rf:.0} | {:.0} % | {:.3} | {rb:.0} | {:.0} % |",
+            f * 1e3,
+            100.0 * rf / peak,
+            b * 1e3,
+            100.0 * rb / peak
+        );
+        (flop, tf, tb) = (flop + gflop, tf + f, tb + b);
+    }
+    println!(
+        "| **all** | **{flop:.3}** | **{:.2}** | **{:.0}** | **{:.0} %** | **{:.2}** | **{:.0}** | **{:.0} %** |",
+        tf * 1e3,
+        flop / tf,
+        100.0 * flop / tf / peak,
+        tb * 1e3,
+        2.0 * flop / tb,
+        100.0 * 2.0 * flop / tb / peak
     );
 }
