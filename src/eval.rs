@@ -12,7 +12,7 @@
 
 use flowseg_engine::data::Dataset;
 use flowseg_engine::exec::{run_plan_in, ExecOrder, Workspace};
-use flowseg_engine::fuse;
+use flowseg_engine::fusion;
 use flowseg_engine::graph::{Env, Graph, ValueRef};
 use flowseg_engine::ir;
 use flowseg_engine::kernels::metrics::{confusion_add, scores, Scores};
@@ -219,7 +219,7 @@ impl<'r> Predictor<'r> {
                 .position(|n| n.name.value == "logits")
                 .ok_or("internal: the eval graph lost its logits")?;
             // The training step's fusion pass (batch norm + ReLU in one pass), same bits.
-            let fused = fuse::fuse(graph, &[ValueRef::Node { node: k, port: 0 }]);
+            let fused = fusion::fuse(graph, &[ValueRef::Node { node: k, port: 0 }]);
             let out = fused
                 .remap(&ValueRef::Node { node: k, port: 0 })
                 .ok_or("internal: fusion removed the eval graph's logits")?;

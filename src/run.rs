@@ -360,7 +360,7 @@ pub fn plan(
     let fused = if a.no_fuse {
         "off (--no-fuse)".to_owned()
     } else {
-        flowseg_engine::fuse::Summary(&trainer.fusions).to_string()
+        flowseg_engine::fusion::Summary(&trainer.fusions).to_string()
     };
     let written = write!(
         out,

@@ -13,7 +13,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod exec;
 pub mod fsutil;
-pub mod fuse;
+pub mod fusion;
 pub mod graph;
 pub mod ir;
 pub mod model;

@@ -93,7 +93,7 @@ pub trait Op: Send + Sync + 'static {
         None
     }
 
-    /// Fusion (the planner's pass, engine/src/fuse.rs; `--no-fuse` skips it): a node of this op
+    /// Fusion (the planner's pass, engine/src/fusion.rs; `--no-fuse` skips it): a node of this op
     /// can also compute `consumer`, an op whose only input is this node's output `port` and
     /// whose one output has that output's spec (an element-wise epilogue: `batch_norm` takes a
     /// following `relu`). Returns the fused node's params; its output `port` then holds what the

@@ -155,13 +155,13 @@ pub struct Trainer {
     workspace: exec::Workspace,
     /// The node pairs the fusion pass merged in `graph` (empty with [`TrainerOptions::fuse`]
     /// off).
-    pub fusions: Vec<crate::fuse::Fusion>,
+    pub fusions: Vec<crate::fusion::Fusion>,
 }
 
 /// How [`Trainer::with_options`] builds the step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrainerOptions {
-    /// Run the fusion pass ([`crate::fuse`]) on the step's graph before planning it (default
+    /// Run the fusion pass ([`crate::fusion`]) on the step's graph before planning it (default
     /// true; `--no-fuse` turns it off). The values are the same either way (bit for bit for the
     /// built-in fusions; tests/fusion.rs).
     pub fuse: bool,
@@ -464,9 +464,9 @@ impl Trainer {
             .cloned()
             .collect();
         let fused = if options.fuse {
-            crate::fuse::fuse(graph, &keep)
+            crate::fusion::fuse(graph, &keep)
         } else {
-            crate::fuse::Fused::none(graph)
+            crate::fusion::Fused::none(graph)
         };
         // The pass never removes a kept value, so every reference maps.
         let remap = |v: &mut ValueRef| -> Result<(), Vec<GraphError>> {
@@ -495,7 +495,7 @@ impl Trainer {
         let graph = fused.graph;
         let fusions = fused.fusions;
         if !fusions.is_empty() {
-            tracing::info!("fused: {}", crate::fuse::Summary(&fusions));
+            tracing::info!("fused: {}", crate::fusion::Summary(&fusions));
         }
         // The CPU runs one op at a time, so it plans one stream; `stream:` pins shape the
         // multi-stream plans of `flowseg plan --streams K` (and of the CUDA executor, later).

@@ -21,7 +21,7 @@ const STACK: &[&str] = &[
     "open",
     "autodiff",
     "ir",
-    "fuse",
+    "fusion",
     "plan",
     "exec",
     "checkpoint",

@@ -1,4 +1,4 @@
-//! The fusion pass (engine/src/fuse.rs) with the built-in fusions (`batch_norm` + `relu`,
+//! The fusion pass (engine/src/fusion.rs) with the built-in fusions (`batch_norm` + `relu`,
 //! `batch_norm_bwd` + `relu_bwd`, `add` + `relu`): fused and unfused steps give the same bits.
 //! (The ResNet's residual adds: ops/tests/resnet.rs, `resnet18_deeplabv3plus_trains`.)
 //!
@@ -14,7 +14,7 @@
 mod suite;
 
 use flowseg_engine::exec;
-use flowseg_engine::fuse;
+use flowseg_engine::fusion;
 use flowseg_engine::graph::{Graph, ValueRef};
 use flowseg_engine::op::Feed;
 use flowseg_engine::train::{Trainer, TrainerOptions};
@@ -37,7 +37,7 @@ fn assert_fuses_to_the_same_bits(
     pairs: &[(&str, &str)],
     what: &str,
 ) {
-    let fused = fuse::fuse(bwd.clone(), keep);
+    let fused = fusion::fuse(bwd.clone(), keep);
     let got: Vec<(&str, &str)> = fused
         .fusions
         .iter()

@@ -18,7 +18,8 @@
 //! fuse pairwise. Every fused node's specs are inferred again and must equal the old ones.
 //!
 //! Not here: the fused kernels (each op's file), fusing across more than two ops at once, or
-//! ops that draw random numbers in both halves (the hooks decline those).
+//! ops that draw random numbers in both halves (the hooks decline those). Nor the `fuse/` op
+//! family (ops/src/fuse/), which combines predictions into pseudo-labels: a different "fuse".
 
 use crate::graph::{Graph, IrNode, ValueRef};
 use crate::tensor::TensorSpec;
