@@ -14,14 +14,15 @@
 //! In both the fused node sits where its inputs are already computed and before every reader of
 //! its outputs, so the node order stays topological. A fused node keeps the name of the node
 //! whose op it is (its random stream: [`crate::graph::node_key`]). Nodes with `after:` edges, or
-//! pinned to different streams, are left alone. The pass repeats until no pair fuses, so chains
+//! pinned to different streams, are left alone, and so are pairs whose absorbed node reads or
+//! writes state (the planner orders state access by the nodes that declare it). The pass repeats until no pair fuses, so chains
 //! fuse pairwise. Every fused node's specs are inferred again and must equal the old ones.
 //!
 //! Not here: the fused kernels (each op's file), fusing across more than two ops at once, or
 //! ops that draw random numbers in both halves (the hooks decline those). Nor the `fuse/` op
 //! family (ops/src/fuse/), which combines predictions into pseudo-labels: a different "fuse".
 
-use crate::graph::{Graph, IrNode, ValueRef};
+use crate::graph::{Access, Graph, IrNode, ValueRef};
 use crate::tensor::TensorSpec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -226,6 +227,13 @@ fn infers(
     op.infer(&refs).is_ok_and(|o| o == outputs)
 }
 
+/// The planner orders nodes that touch state by their declared access: a pair fuses only when
+/// the absorbed node touches none and the fused op declares what the kept node did, so no
+/// access is lost or invented.
+fn keeps_access(kept: &IrNode, absorbed: &IrNode, fused: &dyn crate::graph::OpNode) -> bool {
+    absorbed.op.access() == Access::default() && fused.access() == kept.op.access()
+}
+
 fn epilogue(graph: &Graph, p: usize, k: usize, c: usize) -> Option<Pair> {
     let (producer, consumer) = (&graph.nodes[p], &graph.nodes[c]);
     if consumer.inputs.iter().flatten().count() != 1
@@ -235,6 +243,9 @@ fn epilogue(graph: &Graph, p: usize, k: usize, c: usize) -> Option<Pair> {
         return None;
     }
     let op = producer.op.fuse_consumer(k, consumer.op.as_ref())?;
+    if !keeps_access(producer, consumer, op.as_ref()) {
+        return None;
+    }
     infers(graph, op.as_ref(), &producer.inputs, &producer.outputs).then_some(Pair::Epilogue {
         keep: p,
         gone: c,
@@ -249,7 +260,7 @@ fn prologue(graph: &Graph, p: usize, c: usize, j: usize) -> Option<Pair> {
         return None;
     }
     let (op, ports) = consumer.op.fuse_producer(j, producer.op.as_ref())?;
-    if ports.len() != producer.inputs.len() {
+    if ports.len() != producer.inputs.len() || !keeps_access(consumer, producer, op.as_ref()) {
         return None;
     }
     let mut inputs = consumer.inputs.clone();
@@ -311,10 +322,13 @@ fn apply(graph: &Graph, pairs: Vec<Pair>) -> (Graph, Vec<Vec<Option<ValueRef>>>,
                 port,
                 op,
             } => {
+                // The kept node's output `port` now holds the consumer's value; its old value
+                // (the one between the pair) exists no more.
                 map[gone][0] = Some(ValueRef::Node {
                     node: index[keep],
                     port,
                 });
+                map[keep][port] = None;
                 fusions.push(fusion(graph, keep, gone));
                 let absorbed = &graph.nodes[gone];
                 let node = &mut nodes[keep];
