@@ -462,46 +462,11 @@ fn conv_flops(graph: &Graph) -> f64 {
     total
 }
 
-/// The 2-thread (the pool's) `gemm` rate on square f32 products of side `side`, GFLOP/s: the
-/// best of `n` runs after one warm-up, through flowseg_kernels::gemm (the crate the im2col path
-/// uses).
-fn gemm_gflops(side: usize, n: usize) -> f64 {
-    use flowseg_engine::kernels::gemm::{gemm, Trans};
-    let a: Vec<f32> = (0..side * side).map(|i| (i % 17) as f32 * 0.01).collect();
-    let b: Vec<f32> = (0..side * side).map(|i| (i % 13) as f32 * 0.01).collect();
-    let mut c = vec![0f32; side * side];
-    let threads = rayon::current_num_threads();
-    let mut run = || {
-        gemm(
-            side,
-            side,
-            side,
-            &a,
-            Trans::No,
-            &b,
-            Trans::No,
-            &mut c,
-            false,
-            threads,
-        )
-        .unwrap();
-    };
-    run();
-    let best = (0..n.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            run();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min);
-    2.0 * (side * side * side) as f64 / best / 1e9
-}
-
 /// The fusion pass's effect on one graph's step: a trainer with the pass and one without, in one
 /// process, timed alternately (`rounds` rounds of `n` steps each after the warm-up, median per
 /// round); one JSON line with each side's per-round medians, their minima and the ratio, and the
 /// floor: the step's convolution GFLOP ([`conv_flops`]) at the gemm rate measured right after
-/// ([`gemm_gflops`], 1024³), and that time over the fused step's best round.
+/// (`measured_gflops`, 1024³), and that time over the fused step's best round.
 fn fuse_ab(registry: &Registry, graph: &str, rounds: usize, n: usize, sets: &[String]) {
     let (mut on, batch) = trainer_with(registry, graph, sets, TrainerOptions { fuse: true });
     let (mut off, _) = trainer_with(registry, graph, sets, TrainerOptions { fuse: false });
@@ -531,7 +496,7 @@ fn fuse_ab(registry: &Registry, graph: &str, rounds: usize, n: usize, sets: &[St
     };
     // The floor: the step's convolution FLOPs at this machine's gemm rate, measured now.
     let flops = conv_flops(&on.graph);
-    let gemm = gemm_gflops(1024, 5);
+    let gemm = flowseg_engine::kernels::gemm::measured_gflops(1024, 5);
     let floor_ms = flops / (gemm * 1e9) * 1e3;
     println!(
         "{{\"graph\": \"{graph}\", \"threads\": {}, \"nodes_fused\": {}, \"nodes_unfused\": {}, \

@@ -31,36 +31,6 @@ fn use_path(path: usize) {
     });
 }
 
-/// The pool's `gemm` rate on square f32 products of side `side`, GFLOP/s, best of `n`.
-fn gemm_gflops(side: usize, n: usize) -> f64 {
-    use flowseg_kernels::gemm::{gemm, Trans};
-    let a: Vec<f32> = (0..side * side).map(|i| (i % 17) as f32 * 0.01).collect();
-    let b: Vec<f32> = (0..side * side).map(|i| (i % 13) as f32 * 0.01).collect();
-    let mut c = vec![0f32; side * side];
-    let threads = rayon::current_num_threads();
-    let mut best = f64::MAX;
-    for i in 0..=n {
-        let t = Instant::now();
-        gemm(
-            side,
-            side,
-            side,
-            &a,
-            Trans::No,
-            &b,
-            Trans::No,
-            &mut c,
-            false,
-            threads,
-        )
-        .unwrap();
-        if i > 0 {
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-    }
-    2.0 * (side * side * side) as f64 / best / 1e9
-}
-
 fn main() {
     let n: usize = std::env::args()
         .skip(1)
@@ -211,7 +181,7 @@ fn main() {
         total[1][1] * 1e3
     );
     use_path(2);
-    let peak = gemm_gflops(1024, 5);
+    let peak = flowseg_kernels::gemm::measured_gflops(1024, 5);
     println!(
         "\nthe default path against `gemm` on 1024³ ({peak:.0} GFLOP/s, best of 5, same \
          process); bwd = dX + dW, twice the forward's FLOPs\n"

@@ -91,6 +91,42 @@ pub fn gemm<T: Real>(
     Ok(())
 }
 
+/// The rate of [`gemm`] on square f32 products of side `side` over rayon's pool, in GFLOP/s
+/// (2 per multiply-add): the best of `runs` timed products after one warm-up. The benchmarks'
+/// yardstick (the "floor" of `peer_step fuse-ab`, the GEMM-peak column of `conv_paths`); not
+/// used by any kernel.
+pub fn measured_gflops(side: usize, runs: usize) -> f64 {
+    let a: Vec<f32> = (0..side * side).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..side * side).map(|i| (i % 13) as f32 * 0.01).collect();
+    let mut c = vec![0f32; side * side];
+    let threads = rayon::current_num_threads();
+    let mut best = f64::INFINITY;
+    for i in 0..=runs.max(1) {
+        let t = std::time::Instant::now();
+        // Square, matching lengths: cannot fail.
+        if gemm(
+            side,
+            side,
+            side,
+            &a,
+            Trans::No,
+            &b,
+            Trans::No,
+            &mut c,
+            false,
+            threads,
+        )
+        .is_err()
+        {
+            return f64::NAN;
+        }
+        if i > 0 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    2.0 * (side * side * side) as f64 / best / 1e9
+}
+
 /// `dst` [cols×rows] = transpose of `src` [rows×cols], both row-major. Blocked so that both
 /// sides stream through cache lines; used to hand the GEMM operands in the layout it is fast on
 /// (a strided-transposed B runs 3–5× slower in the `gemm` crate on conv weight-gradient shapes).
