@@ -1,8 +1,9 @@
 //! `cct_head`: CCT's auxiliary decoder at upscale 1 (yassouali/CCT models/decoders.py
 //! `upsample(conv_in_ch, num_classes, upscale=1)`): one 1×1 convolution from the features to the
 //! K classes, without bias, its weight Kaiming-normal over the fan-in (`nonlinearity='relu'`).
-//! CCT's decoders upsample by PixelShuffle stages when the encoder's output is strided; the
-//! benchmark's U-Net gives full-resolution features, so no stage is needed.
+//! CCT's decoders upsample by PixelShuffle stages when the encoder's output is strided; here a
+//! graph resizes the logits instead (graphs/cct.yaml: heads on the U-Net's stride-8 bottleneck,
+//! `resize_bilinear` to the main decoder's output).
 //!
 //! A graph declares one `cct_head` model and gives each auxiliary decoder its own parameter set
 //! with `forward`'s `instance:` (graphs/cct.yaml), so one optimizer trains all of them.
