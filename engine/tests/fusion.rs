@@ -44,12 +44,14 @@ impl Op for Scale {
         ins: &[Option<&Tensor>],
         outs: &mut [Tensor],
     ) -> Result<(), OpError> {
-        let x = io::f32(Self::INPUTS, ins, 0)?.to_vec();
-        for (o, v) in io::f32_out(Self::OUTPUTS, outs, 0)?.iter_mut().zip(x) {
+        map_one(ins, outs, |v| {
             let t = p.factor * v;
-            *o = if p.square { t * t } else { t };
-        }
-        Ok(())
+            if p.square {
+                t * t
+            } else {
+                t
+            }
+        })
     }
     fn fuse_consumer(p: &ScaleParams, port: usize, consumer: &dyn OpNode) -> Option<ScaleParams> {
         (port == 0 && !p.square && op::is::<Square>(consumer)).then(|| ScaleParams {
@@ -89,12 +91,23 @@ impl Op for Square {
         ins: &[Option<&Tensor>],
         outs: &mut [Tensor],
     ) -> Result<(), OpError> {
-        let x = io::f32(Self::INPUTS, ins, 0)?.to_vec();
-        for (o, v) in io::f32_out(Self::OUTPUTS, outs, 0)?.iter_mut().zip(x) {
-            *o = v * v;
-        }
-        Ok(())
+        map_one(ins, outs, |v| v * v)
     }
+}
+
+/// The element-wise body both test ops share: `y[i] = f(x[i])` over port 0.
+fn map_one(
+    ins: &[Option<&Tensor>],
+    outs: &mut [Tensor],
+    f: impl Fn(f32) -> f32,
+) -> Result<(), OpError> {
+    const X: &[Port] = &[Port::req("x", "f32")];
+    const Y: &[Port] = &[Port::req("y", "like x")];
+    let x = io::f32(X, ins, 0)?.to_vec();
+    for (o, v) in io::f32_out(Y, outs, 0)?.iter_mut().zip(x) {
+        *o = f(v);
+    }
+    Ok(())
 }
 
 fn registry() -> Registry {
