@@ -24,15 +24,39 @@ fn cli(args: &[&str]) -> (ExitCode, String, String) {
     )
 }
 
-fn scratch(name: &str) -> PathBuf {
+/// A scratch directory under the system's temp dir, removed when dropped (also when the test
+/// fails), so repeated test runs leave nothing behind.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("flowseg-eval-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
-/// A tiny supervised graph on `shapes`, trained 30 iterations; returns its run directory.
-fn trained(name: &str) -> PathBuf {
+/// A tiny supervised graph on `shapes`, trained 30 iterations; returns its scratch directory
+/// (keep it alive: dropping it removes the run) and the run directory inside it.
+fn trained(name: &str) -> (Scratch, PathBuf) {
     let root = scratch(name);
     let graph = root.join("g.yaml");
     std::fs::write(
@@ -61,12 +85,13 @@ fn trained(name: &str) -> PathBuf {
         .unwrap()
         .unwrap()
         .path();
-    std::fs::read_dir(name_dir)
+    let run = std::fs::read_dir(name_dir)
         .unwrap()
         .next()
         .unwrap()
         .unwrap()
-        .path()
+        .path();
+    (root, run)
 }
 
 /// The mIoU line of an eval table.
@@ -80,7 +105,7 @@ fn miou(table: &str) -> String {
 
 #[test]
 fn eval_reproduces_the_run_and_modes_agree_where_they_must() {
-    let run = trained("modes");
+    let (_scratch, run) = trained("modes");
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
     let recorded = results.to_string();
@@ -135,7 +160,7 @@ fn write_png(path: &Path, w: u32, h: u32) {
 
 #[test]
 fn predict_writes_masks_and_overlays_and_keeps_existing_files() {
-    let run = trained("predict");
+    let (_scratch, run) = trained("predict");
     let images = run.join("in");
     std::fs::create_dir_all(&images).unwrap();
     write_png(&images.join("a.png"), 16, 16);

@@ -25,11 +25,34 @@ fn cli(args: &[&str]) -> (ExitCode, String, String) {
     )
 }
 
-fn scratch(name: &str) -> PathBuf {
+/// A scratch directory under the system's temp dir, removed when dropped (also when the test
+/// fails), so repeated test runs leave nothing behind.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("flowseg-run-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
 /// Small and quick: the shipped graphs at toy size.
@@ -154,7 +177,6 @@ fn every_shipped_graph_checks_and_trains_a_few_iterations() {
         let resolved = std::fs::read_to_string(run.join("graph.yaml")).unwrap();
         let (spec, _) = flowseg_engine::spec::parse_graph(&resolved, &[]).unwrap();
         assert_eq!(spec.train.iterations, 3);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 
@@ -203,8 +225,6 @@ fn resume_repeats_the_uninterrupted_losses() {
     let (code, _, err) = cli(&["run", "--resume", run.to_str().unwrap()]);
     assert_eq!(code, ExitCode::SUCCESS, "{err}");
     assert_eq!(losses(&run), want);
-    std::fs::remove_dir_all(&straight).unwrap();
-    std::fs::remove_dir_all(&parts).unwrap();
 }
 
 #[test]
@@ -252,7 +272,6 @@ fn bad_graphs_exit_2_with_located_reports() {
     let (code, _, err) = cli(&["run", "--resume", dir.join("nowhere").to_str().unwrap()]);
     assert_eq!(code, ExitCode::from(2));
     assert!(err.contains("nowhere"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -326,7 +345,6 @@ fn a_bad_data_section_is_fs0113_at_its_position() {
             "{to}: {err}"
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -406,7 +424,6 @@ fn a_run_draws_its_curves_and_a_plot_failure_does_not_fail_it() {
         .filter(|n| n.contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    std::fs::remove_dir_all(&out).unwrap();
 }
 
 #[test]
@@ -649,5 +666,4 @@ fn evaluation_takes_image_models_only() {
         err.contains("FS0123") && err.contains("`fd`") && err.contains("flaw_detector"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
