@@ -619,7 +619,7 @@ fn a_schema_mistake_does_not_hide_a_misspelt_op() {
     let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
     let text = std::fs::read_to_string(&g)
         .unwrap()
-        .replace("lr: 0.002", "lr: fast")
+        .replace("lr: 0.004", "lr: fast")
         .replace("op: cross_entropy", "op: cross_entropi");
     let bad = d.join("two.yaml");
     std::fs::write(&bad, &text).unwrap();
