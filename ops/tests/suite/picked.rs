@@ -71,3 +71,69 @@ pub fn check_picked_gradients(
     }
     nonzero
 }
+
+/// The directional derivative of `loss` along a random unit direction `v` over every element of
+/// the `wrt` parameters: (analytic ∇·v, central difference (L(θ+εv) − L(θ−εv)) / 2ε) for each
+/// ε of `eps`. One number over all parameters averages out the f32 rounding and the relu /
+/// max-pool kinks that make single-element differences of a deep batch-normed model noisy, so a
+/// wrong backward for a whole part of the graph shows as a relative error that does not shrink
+/// with ε.
+#[allow(
+    dead_code,
+    reason = "used by some of the test binaries that include the suite"
+)]
+pub fn directional_gradient(
+    forward: &Graph,
+    batch: &BTreeMap<String, Tensor>,
+    state: &BTreeMap<String, Tensor>,
+    loss: &ValueRef,
+    wrt: &BTreeSet<String>,
+    seed: u64,
+    eps: &[f64],
+) -> Vec<(f64, f64, f64)> {
+    let mut backward = forward.clone();
+    let grads = autodiff::differentiate(&mut backward, &[(loss.clone(), 1.0)], wrt)
+        .unwrap_or_else(|e| panic!("{e:#?}"));
+    let run = run_cpu(&backward, batch, state, 0, 0).expect("backward runs");
+    // A direction drawn per parameter tensor from `seed`, normalised over all of them.
+    let mut dir: BTreeMap<String, Vec<f64>> = wrt
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let n = state[name].f32().expect("f32").len();
+            let v = flowseg_engine::kernels::testing::rand_vec(seed + k as u64, n, -1.0, 1.0);
+            (name.clone(), v)
+        })
+        .collect();
+    let norm = dir.values().flatten().map(|v| v * v).sum::<f64>().sqrt();
+    dir.values_mut().flatten().for_each(|v| *v /= norm);
+    let analytic: f64 = wrt
+        .iter()
+        .map(|name| {
+            let g = run.get(&grads[name]).and_then(Tensor::f32).expect("f32");
+            g.iter()
+                .zip(&dir[name])
+                .map(|(&g, &v)| f64::from(g) * v)
+                .sum::<f64>()
+        })
+        .sum();
+    drop(run);
+    let loss_at = |step: f64| {
+        let mut moved = state.clone();
+        for name in wrt {
+            let t = moved.get_mut(name).and_then(Tensor::f32_mut).expect("f32");
+            for (x, v) in t.iter_mut().zip(&dir[name]) {
+                *x = (f64::from(*x) + step * v) as f32;
+            }
+        }
+        f64::from(
+            run_cpu(forward, batch, &moved, 0, 0)
+                .expect("forward runs")
+                .scalar(loss)
+                .expect("scalar"),
+        )
+    };
+    eps.iter()
+        .map(|&e| (e, analytic, (loss_at(e) - loss_at(-e)) / (2.0 * e)))
+        .collect()
+}
