@@ -296,7 +296,7 @@ fn graphs_draw_as_dot_and_mermaid() {
 #[test]
 fn the_gct_drawing_shows_which_optimizer_updates_which_model() {
     // Three optimizers, numbered in step order, each with bold edges to the model calls it
-    // trains: l and r their task model's forward, fd both detector calls.
+    // trains: l and r both forwards of their task model, fd both detector calls.
     let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/gct.yaml");
     let (code, out, err) = cli(&["graph", g.to_str().unwrap()]);
     assert_eq!(code, ExitCode::SUCCESS, "{err}");
@@ -313,8 +313,8 @@ fn the_gct_drawing_shows_which_optimizer_updates_which_model() {
             .filter_map(|rest| rest.split_whitespace().next())
             .collect()
     };
-    assert_eq!(updates("l"), ["n_fwd_l"]);
-    assert_eq!(updates("r"), ["n_fwd_r"]);
+    assert_eq!(updates("l"), ["n_fwd_l_lab", "n_fwd_l_u"]);
+    assert_eq!(updates("r"), ["n_fwd_r_lab", "n_fwd_r_u"]);
     assert_eq!(updates("fd"), ["n_det_l", "n_det_r"]);
     let (code, out, _) = cli(&["graph", g.to_str().unwrap(), "--format", "mermaid"]);
     assert_eq!(code, ExitCode::SUCCESS);
