@@ -179,11 +179,29 @@ pub fn eval(
         }
         text.push('\n');
     }
+    // Which classes each model takes for which: the largest off-diagonal shares of a class's
+    // pixels (an IoU alone does not say whether a class is missed or given to another).
+    for (m, s) in &results {
+        let name = |c: usize| {
+            classes
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| format!("class {c}"))
+        };
+        let mixups: Vec<String> = s
+            .mixups(5, 0.02)
+            .iter()
+            .map(|&(t, p, share)| format!("{} → {} {:.1} %", name(t), name(p), 100.0 * share))
+            .collect();
+        if !mixups.is_empty() {
+            text.push_str(&format!("mix-ups {m}: {}\n", mixups.join(", ")));
+        }
+    }
     if a.json {
         for (m, s) in &results {
             let line = serde_json::json!({
                 "model": m, "miou": s.miou, "pixel_acc": s.pixel_acc,
-                "iou": s.iou, "classes": classes,
+                "iou": s.iou, "classes": classes, "confusion": s.confusion,
             });
             text.push_str(&format!("{line}\n"));
         }

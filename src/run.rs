@@ -769,6 +769,10 @@ impl RunScores {
             let ious: Vec<serde_json::Value> =
                 sc.iou.iter().map(|v| serde_json::json!(v)).collect();
             line.insert(format!("eval/{model}/iou"), serde_json::Value::Array(ious));
+            line.insert(
+                format!("eval/{model}/confusion"),
+                serde_json::json!(sc.confusion),
+            );
             let best = self
                 .best
                 .entry(model.clone())

@@ -125,6 +125,34 @@ fn eval_reproduces_the_run_and_modes_agree_where_they_must() {
         recorded.contains(&format!("{m}")),
         "eval {m} vs run {recorded}"
     );
+    // The confusion matrix: 3 × 3, every pixel of the 12 images of 16 × 16 counted once, its
+    // diagonal the pixel accuracy; each printed mix-up is an off-diagonal share of a row.
+    let c: Vec<u64> = v["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(c.len(), 9);
+    assert_eq!(c.iter().sum::<u64>(), 12 * 16 * 16);
+    let acc = (c[0] + c[4] + c[8]) as f64 / (12 * 16 * 16) as f64;
+    assert!((acc - v["pixel_acc"].as_f64().unwrap()).abs() < 1e-12);
+    // The largest share of a class's pixels given to another class leads the mix-up line.
+    let largest = (0..9)
+        .filter(|&i| i % 4 != 0 && c[i] > 0)
+        .map(|i| c[i] as f64 / c[i / 3 * 3..i / 3 * 3 + 3].iter().sum::<u64>() as f64)
+        .fold(0.0, f64::max);
+    // (30 iterations leave the toy model far from perfect, so there is one to print.)
+    assert!(largest >= 0.02, "{c:?}");
+    let mix = whole
+        .lines()
+        .find(|l| l.starts_with("mix-ups student: "))
+        .unwrap();
+    let first = mix.split(", ").next().unwrap();
+    assert!(
+        first.ends_with(&format!(" {:.1} %", 100.0 * largest)),
+        "largest off-diagonal share {largest} in {c:?}: {mix}"
+    );
     // A window or crop the size of the image is the whole image.
     for mode in ["eval.mode=sliding", "eval.mode=center_crop"] {
         let (code, t, err) = cli(&["eval", r, "--set", mode, "--set", "eval.crop=16"]);

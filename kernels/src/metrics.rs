@@ -89,6 +89,31 @@ pub struct Scores {
     pub miou: f64,
     /// Correct pixels / counted pixels.
     pub pixel_acc: f64,
+    /// The confusion matrix scored, K×K pixel counts, row = truth, column = prediction: which
+    /// classes a model mistakes for which (`flowseg eval` prints the largest mix-ups).
+    pub confusion: Vec<u64>,
+}
+
+impl Scores {
+    /// The off-diagonal cells as (truth, prediction, share of the truth class's pixels), largest
+    /// share first, at most `top` of them and none below `min_share`.
+    pub fn mixups(&self, top: usize, min_share: f64) -> Vec<(usize, usize, f64)> {
+        let k = self.iou.len();
+        let mut out: Vec<(usize, usize, f64)> = (0..k)
+            .flat_map(|t| {
+                let row = &self.confusion[t * k..(t + 1) * k];
+                let total = row.iter().sum::<u64>() as f64;
+                row.iter()
+                    .enumerate()
+                    .filter(move |&(p, &v)| p != t && v > 0 && total > 0.0)
+                    .map(move |(p, &v)| (t, p, v as f64 / total))
+            })
+            .filter(|&(_, _, share)| share >= min_share)
+            .collect();
+        out.sort_by(|a, b| b.2.total_cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+        out.truncate(top);
+        out
+    }
 }
 
 /// IoU per class, mIoU and pixel accuracy of `confusion` [K, K].
@@ -114,6 +139,9 @@ pub fn scores(confusion: &[u64], k: usize) -> Scores {
         },
         pixel_acc: if total > 0.0 { correct / total } else { 0.0 },
         iou,
+        confusion: (0..k * k)
+            .map(|i| confusion.get(i).copied().unwrap_or(0))
+            .collect(),
     }
 }
 
@@ -207,6 +235,11 @@ mod tests {
         assert_eq!(s.iou, [Some(1.0 / 3.0), Some(2.0 / 3.0), Some(0.0)]);
         assert!((s.miou - 1.0 / 3.0).abs() < 1e-12);
         assert!((s.pixel_acc - 3.0 / 5.0).abs() < 1e-12);
+        assert_eq!(s.confusion, c);
+        // Truth 2 is always called 0; half of truth 0 is called 1; truth 1 never mixed up.
+        assert_eq!(s.mixups(5, 0.0), [(2, 0, 1.0), (0, 1, 0.5)]);
+        assert_eq!(s.mixups(1, 0.0), [(2, 0, 1.0)]);
+        assert_eq!(s.mixups(5, 0.6), [(2, 0, 1.0)]);
         // Accumulates.
         confusion_add(&[2], &[2], 3, 255, &mut c).unwrap();
         assert_eq!(c[8], 1);
