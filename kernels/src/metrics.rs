@@ -101,7 +101,7 @@ impl Scores {
         let k = self.iou.len();
         let mut out: Vec<(usize, usize, f64)> = (0..k)
             .flat_map(|t| {
-                let row = &self.confusion[t * k..(t + 1) * k];
+                let row = self.confusion.get(t * k..(t + 1) * k).unwrap_or(&[]);
                 let total = row.iter().sum::<u64>() as f64;
                 row.iter()
                     .enumerate()
