@@ -9,6 +9,9 @@
     reason = "test helpers outside #[test] fns; a panic is the report"
 )]
 
+mod common;
+
+use common::Scratch;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -24,34 +27,8 @@ fn cli(args: &[&str]) -> (ExitCode, String, String) {
     )
 }
 
-/// A scratch directory under the system's temp dir, removed when dropped (also when the test
-/// fails), so repeated test runs leave nothing behind.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for Scratch {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn scratch(name: &str) -> Scratch {
-    let d = std::env::temp_dir().join(format!("flowseg-eval-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    Scratch(d)
+    common::scratch("eval", name)
 }
 
 /// A tiny supervised graph on `shapes`, trained 30 iterations; returns its scratch directory
