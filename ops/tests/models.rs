@@ -15,7 +15,7 @@ use flowseg_engine::train::Trainer;
 use flowseg_engine::{Tensor, TensorSpec};
 use flowseg_ops::builtin_registry;
 use std::collections::{BTreeMap, BTreeSet};
-use suite::picked::{check_picked_gradients, Tolerance};
+use suite::picked::{check_picked_gradients, trainable, Tolerance};
 
 /// A graph calling `student` (arch deeplab_lite with `model_params`) once as `s` in `mode`,
 /// followed by `nodes` (YAML flow mappings, one a line) and an optional `optim` block.
@@ -411,12 +411,7 @@ fn whole_model_gradients_match_finite_differences() {
             Tensor::from_i32(&[2, 8, 8], rand_index(22, 128, 2)).expect("shape"),
         ),
     ]);
-    let wrt: BTreeSet<String> = forward
-        .params
-        .iter()
-        .filter(|(_, d)| d.trainable)
-        .map(|(k, _)| k.clone())
-        .collect();
+    let wrt = trainable(&forward);
     let mut backward = forward.clone();
     let grads = autodiff::differentiate(&mut backward, &[(loss.clone(), 1.0)], &wrt)
         .unwrap_or_else(|e| panic!("{e:#?}"));

@@ -20,8 +20,8 @@ use flowseg_engine::spec;
 use flowseg_engine::train::Trainer;
 use flowseg_engine::{Tensor, TensorSpec};
 use flowseg_ops::builtin_registry;
-use std::collections::{BTreeMap, BTreeSet};
-use suite::picked::directional_gradient;
+use std::collections::BTreeMap;
+use suite::picked::{directional_gradient, trainable};
 
 fn env(n: usize, h: usize, w: usize) -> Env {
     Env {
@@ -237,12 +237,7 @@ fn unet_gradients_match_finite_differences(joint: bool) {
         // shows in the gradient.
         batch.insert("u_image".to_owned(), images(32, -0.5, 2.5));
     }
-    let wrt: BTreeSet<String> = forward
-        .params
-        .iter()
-        .filter(|(_, d)| d.trainable)
-        .map(|(k, _)| k.clone())
-        .collect();
+    let wrt = trainable(&forward);
     assert!(wrt.len() >= 40, "{} trainable tensors", wrt.len());
     // Three random directions; at ε = 1e-3 the central difference of the f32 loss (≈ 1.1)
     // carries ~7e-5 of rounding, a few % of these derivatives, so the better of 3e-3 and 1e-3

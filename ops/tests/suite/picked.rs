@@ -137,3 +137,17 @@ pub fn directional_gradient(
         .map(|&e| (e, analytic, (loss_at(e) - loss_at(-e)) / (2.0 * e)))
         .collect()
 }
+
+/// The names of `forward`'s trainable parameters: what a whole-model check differentiates.
+#[allow(
+    dead_code,
+    reason = "used by some of the test binaries that include the suite"
+)]
+pub fn trainable(forward: &Graph) -> BTreeSet<String> {
+    forward
+        .params
+        .iter()
+        .filter(|(_, d)| d.trainable)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
