@@ -5,7 +5,14 @@
 //! teacher's pseudo-labels it is the pseudo-label accuracy; with the confidence mask it is the
 //! accuracy of the pixels a loss actually trains on. Logged through a graph's `metrics:`.
 //!
-//! `skip: <class>` leaves that class's target pixels out too (`skip: 0`: objects only).
+//! `skip: <class>` leaves that class's target pixels out too (`skip: 0`: objects only);
+//! `only: <class>` counts that class's target pixels alone (`only: 0`: the background).
+//!
+//! `recall: true` keeps the pixels outside `mask` in the count, where they never agree:
+//! y = #{pred = target, mask > 0} / #{counted without the mask}, the share of the reference
+//! that the masked labels recover. With a confidence mask and `skip: 0` it says how much of the
+//! objects a thresholded loss trains on correctly; with `only: 0`, how much of the background.
+//! The two side by side show whether a threshold keeps one class and drops another.
 //!
 //! Shapes: `pred` i32[N, H, W], `target` i32[N, H, W], `mask` f32[N, H, W] (optional) → `y`
 //! f32[] — NaN when no pixel is counted (logged as null), so "no confident pixel" never reads
@@ -13,7 +20,7 @@
 //!
 //! A stop-gradient: labels carry no gradient, and the result is a diagnostic.
 //!
-//! Not here: per-class accuracy or IoU of pseudo-labels (the evaluator scores models on
+//! Not here: a whole per-class table or IoU of pseudo-labels (the evaluator scores models on
 //! held-out images).
 
 use flowseg_engine::op::{io, Feed, GradCase};
@@ -35,6 +42,13 @@ pub struct Params {
     /// a background-dominated image would read ~95 % accurate whatever the objects get.
     #[serde(default)]
     pub skip: Option<i32>,
+    /// The one class whose target pixels are counted (`only: 0`: the background); not with
+    /// `skip`.
+    #[serde(default)]
+    pub only: Option<i32>,
+    /// Count the pixels outside `mask` too, as disagreeing: the recall of the masked labels.
+    #[serde(default)]
+    pub recall: bool,
 }
 
 fn default_ignore_index() -> i32 {
@@ -74,7 +88,12 @@ impl Op for LabelAccuracy {
 
     const STOP_GRAD: bool = true;
 
-    fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+    fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
+        if let (Some(skip), Some(only)) = (p.skip, p.only) {
+            return Err(format!(
+                "`skip: {skip}` and `only: {only}` together: `only` already leaves every other class out"
+            ));
+        }
         let pred = io::spec(Self::INPUTS, inputs, 0)?;
         let target = io::spec(Self::INPUTS, inputs, 1)?;
         if pred.dtype != DType::I32 || pred.shape.len() != 3 {
@@ -103,7 +122,22 @@ impl Op for LabelAccuracy {
         let pred = io::i32(Self::INPUTS, inputs, 0)?;
         let target = io::i32(Self::INPUTS, inputs, 1)?;
         let mask = io::f32_opt(Self::INPUTS, inputs, 2)?;
-        let [agree, counted] = label_agreement_fwd(pred, target, mask, p.ignore_index, p.skip)?;
+        // `only: c` is all classes minus "all but c", so the one kernel serves both.
+        let count = |mask: Option<&[f32]>| -> Result<[u64; 2], OpError> {
+            let i = p.ignore_index;
+            Ok(match p.only {
+                None => label_agreement_fwd(pred, target, mask, i, p.skip)?,
+                Some(c) => {
+                    let [a, n] = label_agreement_fwd(pred, target, mask, i, None)?;
+                    let [a_rest, n_rest] = label_agreement_fwd(pred, target, mask, i, Some(c))?;
+                    [a - a_rest, n - n_rest]
+                }
+            })
+        };
+        let [agree, mut counted] = count(mask)?;
+        if p.recall {
+            counted = count(None)?[1];
+        }
         let y = if counted == 0 {
             f32::NAN
         } else {
@@ -141,6 +175,32 @@ mod tests {
     }
 
     #[test]
+    fn recall_counts_the_masked_out_pixels_and_only_selects_one_class() {
+        // target:  1  2  0 | 255  5  1     pred: 1 2 3 | 4 5 0     mask: 1 0 1 | 1 0 1
+        let pred = Some(i32s(&[1, 2, 3], &[1, 2, 3, 4, 5, 0]));
+        let target = Some(i32s(&[1, 2, 3], &[1, 2, 0, 255, 5, 1]));
+        let mask = Some(f32s(&[1, 2, 3], &[1.0, 0.0, 1.0, 1.0, 0.0, 1.0]));
+        let y = |params: &str| {
+            let node = format!("name: a\nop: label_accuracy\nparams: {params}\n");
+            run(&node, &[pred.clone(), target.clone(), mask.clone()])[0]
+                .f32()
+                .unwrap()[0]
+        };
+        // Counted (non-ignored) pixels 0, 1, 2, 4, 5; masked-in 0, 2, 5; agreeing there: 0.
+        assert_eq!(y("{}"), 1.0 / 3.0);
+        assert_eq!(y("{ recall: true }"), 1.0 / 5.0);
+        // Objects (target ≠ 0): pixels 0, 1, 4, 5, of which 0 agrees under the mask.
+        assert_eq!(y("{ skip: 0, recall: true }"), 1.0 / 4.0);
+        // Class 1 only: pixels 0 and 5, both masked in, 0 agrees.
+        assert_eq!(y("{ only: 1 }"), 0.5);
+        // Background only: pixel 2, masked in, disagreeing.
+        assert_eq!(y("{ only: 0, recall: true }"), 0.0);
+        // Class 5 only: pixel 4 agrees but is masked out.
+        assert!(y("{ only: 5 }").is_nan());
+        assert_eq!(y("{ only: 5, recall: true }"), 0.0);
+    }
+
+    #[test]
     fn shapes_are_checked() {
         let node = "name: a\nop: label_accuracy\n";
         let l = Some(TensorSpec::i32(&[2, 4, 4]));
@@ -150,5 +210,9 @@ mod tests {
         assert!(e.contains("`pred` must be i32[N, H, W]"), "{e}");
         let e = infer_err(node, &[l.clone(), l, Some(TensorSpec::f32(&[2, 4]))]);
         assert!(e.contains("`mask` must be"), "{e}");
+        let both = "name: a\nop: label_accuracy\nparams: { skip: 0, only: 1 }\n";
+        let l = Some(TensorSpec::i32(&[2, 4, 4]));
+        let e = infer_err(both, &[l.clone(), l, None]);
+        assert!(e.contains("`skip: 0` and `only: 1` together"), "{e}");
     }
 }
