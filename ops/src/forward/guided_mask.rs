@@ -9,11 +9,15 @@
 //!   objects whose boundary has more than `min_boundary` pixels (kernels/src/perturb.rs
 //!   `guided_cutout_boxes` says how the boxes are drawn).
 //!
-//! y = x ⊙ m, m shared by the channels. CCT derives the labels as `pred.argmax(1)` of the
-//! detached main prediction (`max_confidence`'s `label` here) and resizes the mask to the
-//! features with nearest interpolation; here the label map must already have the features' H×W.
+//! y = x ⊙ m, m shared by the channels. As CCT, the mask is made at the label map's own size —
+//! the labels are `pred.argmax(1)` of the detached main prediction (`max_confidence`'s `label`
+//! here), at the output's resolution — and then resized to the features' H×W with nearest
+//! interpolation (`F.interpolate(mask, size, mode='nearest')`), so boxes and object sizes are
+//! those of the prediction, not of a coarse feature map (at an 8×8 bottleneck no object has a
+//! boundary worth cutting). A label map of the features' size skips the resize.
 //!
-//! Shapes: `x` f32[N, C, H, W], `label` i32[N, H, W] → `y` the spec of `x`, `mask` f32[N, H, W].
+//! Shapes: `x` f32[N, C, H, W], `label` i32[N, Hl, Wl] (any Hl, Wl ≥ 1) → `y` the spec of `x`,
+//! `mask` f32[N, H, W].
 //!
 //! Randomness (cutout only): the node's Philox stream this iteration, two words per object
 //! (`guided_cutout_boxes`).
@@ -30,6 +34,8 @@ use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::elementwise::{affine_fwd, mul_broadcast_fwd, Broadcast};
 use flowseg_kernels::mix::{box_mask_fwd, Combine, MixBox};
 use flowseg_kernels::perturb::{foreground_mask_fwd, guided_cutout_boxes, GuidedCutout};
+use flowseg_kernels::resize::resize_nearest_fwd;
+use flowseg_kernels::Nchw;
 use serde::{Deserialize, Deserializer};
 
 /// The `guided_mask` op.
@@ -92,7 +98,7 @@ impl Op for GuidedMask {
         Port::req("x", "f32[N, C, H, W] features"),
         Port::req(
             "label",
-            "i32[N, H, W] predicted labels at the features' size (e.g. max_confidence.label)",
+            "i32[N, Hl, Wl] predicted labels at the prediction's size (e.g. max_confidence.label)",
         ),
     ];
     const OUTPUTS: &'static [Port] = &[
@@ -124,10 +130,15 @@ impl Op for GuidedMask {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         let want = multiplier_spec(x, Over::Channels);
         let label = io::spec(Self::INPUTS, inputs, 1)?;
-        if label.dtype != DType::I32 || label.shape != want.shape {
+        let ok = label.dtype == DType::I32
+            && label.shape.len() == 3
+            && label.shape[0] == x.n
+            && label.shape[1] > 0
+            && label.shape[2] > 0;
+        if !ok {
             return Err(format!(
-                "`label` must be {} (N, H, W of `x`), got {label}",
-                TensorSpec::i32(&want.shape)
+                "`label` must be i32[{}, Hl, Wl] (N of `x`, any positive size), got {label}",
+                x.n
             ));
         }
         Ok(vec![TensorSpec::nchw(x), want])
@@ -142,6 +153,8 @@ impl Op for GuidedMask {
         let shape = io::nchw(Self::INPUTS, inputs, 0)?;
         let x = io::f32(Self::INPUTS, inputs, 0)?;
         let label = io::i32(Self::INPUTS, inputs, 1)?;
+        let (n, h, w) = (shape.n, shape.h, shape.w);
+        let (lh, lw) = label_size(inputs)?;
         let [y, mask] = outputs else {
             return Err(OpError::Output {
                 port: "y",
@@ -151,17 +164,23 @@ impl Op for GuidedMask {
         let one = std::slice::from_mut;
         let y = io::f32_out(Self::OUTPUTS, one(y), 0)?;
         let mask = io::f32_out(&Self::OUTPUTS[1..], one(mask), 0)?;
+        let same_size = (lh, lw) == (h, w);
+        let mut at_label = if same_size {
+            Vec::new()
+        } else {
+            vec![0f32; n * lh * lw]
+        };
+        let m: &mut [f32] = if same_size { mask } else { &mut at_label };
         match p.mode {
-            Mode::Context => foreground_mask_fwd(label, p.background, true, mask)?,
-            Mode::Object => foreground_mask_fwd(label, p.background, false, mask)?,
+            Mode::Context => foreground_mask_fwd(label, p.background, true, m)?,
+            Mode::Object => foreground_mask_fwd(label, p.background, false, m)?,
             Mode::Cutout => {
                 let params = GuidedCutout {
                     background: p.background,
                     erase: p.erase,
                     min_boundary: p.min_boundary,
                 };
-                let (n, h, w) = (shape.n, shape.h, shape.w);
-                let boxes = guided_cutout_boxes(label, n, h, w, params, &cx.rng())?;
+                let boxes = guided_cutout_boxes(label, n, lh, lw, params, &cx.rng())?;
                 // A fixed number of boxes per sample: pad with empty ones.
                 let per = boxes.iter().map(Vec::len).max().unwrap_or(0);
                 let mut flat = Vec::with_capacity(n * per);
@@ -169,10 +188,14 @@ impl Op for GuidedMask {
                     flat.extend_from_slice(b);
                     flat.resize(flat.len() + per - b.len(), MixBox::default());
                 }
-                let mut erased = vec![0f32; mask.len()];
-                box_mask_fwd(&flat, n, h, w, per, Combine::Union, &mut erased)?;
-                affine_fwd(&erased, -1.0, 1.0, mask)?;
+                let mut erased = vec![0f32; m.len()];
+                box_mask_fwd(&flat, n, lh, lw, per, Combine::Union, &mut erased)?;
+                affine_fwd(&erased, -1.0, 1.0, m)?;
             }
+        }
+        if !same_size {
+            let at = Nchw::new(n, 1, lh, lw);
+            resize_nearest_fwd(&at_label, at, h, w, mask)?;
         }
         Ok(mul_broadcast_fwd(
             x,
@@ -185,6 +208,22 @@ impl Op for GuidedMask {
 
     fn vjp(_: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
         Some(perturb::backward(g, Self::OUTPUTS, 1, Over::Channels))
+    }
+}
+
+/// Hl, Wl of the `label` input (i32[N, Hl, Wl], checked by `infer`).
+fn label_size(inputs: &[Option<&Tensor>]) -> Result<(usize, usize), OpError> {
+    match inputs
+        .get(1)
+        .copied()
+        .flatten()
+        .map(|t| t.spec().shape.as_slice())
+    {
+        Some(&[_, lh, lw]) => Ok((lh, lw)),
+        other => Err(OpError::Input {
+            port: "label",
+            problem: format!("expected i32[N, Hl, Wl], got shape {other:?}"),
+        }),
     }
 }
 
@@ -258,12 +297,48 @@ mod tests {
             "name: g\nop: guided_mask\nparams: { mode: context }\n",
             &[
                 Some(TensorSpec::f32(&[2, 4, 8, 8])),
-                Some(TensorSpec::i32(&[2, 16, 16])),
+                Some(TensorSpec::i32(&[3, 16, 16])),
             ],
         );
         assert_eq!(
             e,
-            "`label` must be i32[2, 8, 8] (N, H, W of `x`), got i32[2, 16, 16]"
+            "`label` must be i32[2, Hl, Wl] (N of `x`, any positive size), got i32[3, 16, 16]"
         );
+    }
+
+    #[test]
+    fn a_larger_label_map_is_masked_at_its_size_then_sampled_nearest() {
+        // Labels 12×16 over features 3×4: the mask is made at 12×16 and nearest-sampled at
+        // rows 0, 4, 8 and columns 0, 4, 8, 12 (F.interpolate's floor(dst · scale)). Class 2 on
+        // rows 4..8, columns 3..9: sampled points (1, 1) and (1, 2) only.
+        let mut l = vec![0i32; 12 * 16];
+        for y in 4..8 {
+            for x in 3..9 {
+                l[y * 16 + x] = 2;
+            }
+        }
+        let x: Vec<f32> = (1..=12).map(|v| v as f32).collect();
+        let inputs = [Some(f32s(&[1, 1, 3, 4], &x)), Some(i32s(&[1, 12, 16], &l))];
+        let out = run(
+            "name: g\nop: guided_mask\nparams: { mode: context }\n",
+            &inputs,
+        );
+        let mut want = [0f32; 12];
+        want[5] = 1.0;
+        want[6] = 1.0;
+        assert_eq!(out[1].f32(), Some(&want[..]));
+        assert_eq!(
+            out[0].f32(),
+            Some(&[0., 0., 0., 0., 0., 6., 7., 0., 0., 0., 0., 0.][..])
+        );
+        // Cutout at 12×16: boundary 16 > 15, bb 5 × 3, erase 1: the box is rows 4..7, columns
+        // 3..8 whatever the draws, so of the sampled points it takes (1, 1) and not (1, 2).
+        let out = run(
+            "name: g\nop: guided_mask\nparams: { mode: cutout, min_boundary: 15, erase: 1.0 }\n",
+            &inputs,
+        );
+        let mut want = [1f32; 12];
+        want[5] = 0.0;
+        assert_eq!(out[1].f32(), Some(&want[..]));
     }
 }
