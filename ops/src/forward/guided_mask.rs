@@ -123,6 +123,14 @@ impl Op for GuidedMask {
                 ("label", Feed::Labels(&[2, 5, 7])),
             ],
         },
+        // The label map at twice the features' size: the mask is made there and sampled.
+        GradCase {
+            params: "{ mode: cutout, min_boundary: 0 }",
+            feeds: &[
+                ("x", Feed::Trainable(&[2, 3, 5, 7])),
+                ("label", Feed::Labels(&[2, 10, 14])),
+            ],
+        },
     ];
     type Params = Params;
 
