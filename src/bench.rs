@@ -10,6 +10,7 @@
 //!
 //! Not here: the training loop and run directories (run.rs), drawing (plot.rs).
 
+use crate::carry;
 use crate::plot::{self, Bar, Bars};
 use crate::run::RunArgs;
 use flowseg_engine::spec::{self, Node, Value};
@@ -158,6 +159,7 @@ impl GainArgs {
             graphs_dir: self.graphs_dir.clone(),
             quick: false,
             dry_run: false,
+            carry: None,
         }
     }
 }
@@ -195,6 +197,12 @@ pub struct MethodsArgs {
     /// Print the plan (what runs, what the ledger lets skip, the time it should take) and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Count the ledger's entries of this earlier code (a commit, or its first characters) as
+    /// this code's, per graph and dataset, where replaying two windows of one of its runs with
+    /// this code reproduces every logged value bit for bit (src/carry.rs); the verdicts are kept
+    /// in `<results>/carried.jsonl`.
+    #[arg(long, value_name = "CODE")]
+    pub carry: Option<String>,
 }
 
 /// Runs a `flowseg bench` command. Exit code 0, 1 when a run failed or an output could not be
@@ -691,6 +699,8 @@ struct Entry {
     time: String,
     command: String,
     machine: String,
+    /// The run's folder, as recorded (a replay of `--carry` reads it).
+    run_dir: String,
 }
 
 impl Entry {
@@ -726,6 +736,7 @@ impl Entry {
             time: s("time").unwrap_or_default(),
             command: s("command").unwrap_or_default(),
             machine: s("machine").unwrap_or_default(),
+            run_dir: s("run_dir").unwrap_or_default(),
         })
     }
 }
@@ -806,6 +817,11 @@ fn methods(
     let code = code_version();
     let ledger_path = s.results.join("ledger.jsonl");
     let (ledger, _) = read_ledger(&ledger_path)?;
+    let mut verdicts = carry::read(&s.results);
+    let carry_from = match &a.carry {
+        None => None,
+        Some(prefix) => Some(carry_source(prefix, &ledger, &code)?),
+    };
 
     // Datasets whose data is missing are skipped, saying how to make it.
     let mut datasets = Vec::new();
@@ -856,6 +872,129 @@ fn methods(
         }
     }
 
+    // `--carry`: one replay per (dataset, graph) with runs to do and an earlier run to replay.
+    if let Some(from) = &carry_from {
+        let mut pairs: Vec<(&'static Dataset, &Graph)> = Vec::new();
+        for j in jobs.iter().filter(|j| j.done.is_none()) {
+            if !pairs
+                .iter()
+                .any(|(d, g)| d.id == j.dataset.id && g.name == j.graph.name)
+            {
+                pairs.push((j.dataset, j.graph));
+            }
+        }
+        for (d, g) in pairs {
+            let judged = verdicts.iter().any(|v| {
+                &v.from == from && v.to == code.id && v.graph == g.name && v.dataset == d.id
+            });
+            // The earlier run: of the lowest seed this invocation would run.
+            let earlier = jobs
+                .iter()
+                .filter(|j| j.done.is_none() && j.dataset.id == d.id && j.graph.name == g.name)
+                .filter_map(|j| {
+                    ledger
+                        .iter()
+                        .rev()
+                        .find(|e| {
+                            &e.code == from
+                                && e.graph == g.name
+                                && e.dataset == d.id
+                                && e.seed == j.seed
+                                && e.settings == j.settings
+                        })
+                        .map(|e| (j, e))
+                })
+                .min_by_key(|(j, _)| j.seed);
+            let Some((j, e)) = earlier.filter(|_| !judged) else {
+                continue;
+            };
+            let what = format!(
+                "{} / {} / seed {} of code {}",
+                d.id,
+                g.name,
+                j.seed,
+                short(from)
+            );
+            if a.dry_run {
+                let _ = writeln!(out, "  replay {what} ({})", e.run_dir);
+                continue;
+            }
+            let _ = writeln!(out, "carry: replaying {what} with this code");
+            let scratch = s
+                .runs
+                .join("carry")
+                .join(format!("{}-to-{}", short(from), short(&code.id)))
+                .join(d.id)
+                .join(&g.name)
+                .join(format!("seed{}", j.seed));
+            // Only a failed earlier replay leaves this folder: it decided nothing.
+            let _ = fs::remove_dir_all(&scratch);
+            let r = carry::Replay {
+                original: Path::new(&e.run_dir),
+                graph: &g.path,
+                sets: &j.sets,
+                scratch,
+            };
+            match carry::replay(&r, registry, out, err) {
+                Ok((identical, detail)) => {
+                    let v = carry::Verdict {
+                        from: from.clone(),
+                        to: code.id.clone(),
+                        graph: g.name.clone(),
+                        dataset: d.id.to_owned(),
+                        seed: j.seed,
+                        settings: j.settings.clone(),
+                        identical,
+                        detail,
+                    };
+                    fs::create_dir_all(&s.results)
+                        .and_then(|()| carry::append(&s.results, &v))
+                        .map_err(|x| {
+                            (
+                                1,
+                                format!(
+                                    "error: cannot append to {}: {x}",
+                                    s.results.join(carry::FILE).display()
+                                ),
+                            )
+                        })?;
+                    let _ = writeln!(
+                        out,
+                        "carry: {what}: {} ({})",
+                        if identical {
+                            "identical, its entries count for this code"
+                        } else {
+                            "differs, its runs are rerun"
+                        },
+                        v.detail
+                    );
+                    verdicts.push(v);
+                }
+                Err(msg) => {
+                    let _ = writeln!(
+                        err,
+                        "warning: cannot replay {what}: {msg}; its runs are rerun"
+                    );
+                }
+            }
+        }
+    }
+    // Entries of earlier code a replay found identical count as this code's.
+    for j in jobs.iter_mut().filter(|j| j.done.is_none()) {
+        let from = carry::sources(&verdicts, &code.id, &j.graph.name, j.dataset.id);
+        j.done = ledger
+            .iter()
+            .rev()
+            .find(|e| {
+                from.contains(&e.code)
+                    && e.graph == j.graph.name
+                    && e.dataset == j.dataset.id
+                    && e.seed == j.seed
+                    && e.settings == j.settings
+            })
+            .cloned();
+    }
+
     // The plan.
     let todo = jobs.iter().filter(|j| j.done.is_none()).count();
     let _ = writeln!(
@@ -879,9 +1018,14 @@ fn methods(
             Some(e) => {
                 let _ = writeln!(
                     out,
-                    "  skip  {what}  (in the ledger: last mIoU {}, {})",
+                    "  skip  {what}  (in the ledger: last mIoU {}, {}{})",
                     e.last.map_or("—".into(), |v| format!("{:.1}", 100.0 * v)),
-                    e.time
+                    e.time,
+                    if e.code == code.id {
+                        String::new()
+                    } else {
+                        format!(", carried from code {}", short(&e.code))
+                    }
                 );
             }
             None => {
@@ -910,9 +1054,17 @@ fn methods(
     };
     let _ = writeln!(
         out,
-        "{todo} to run, {} skipped (already in the ledger for this code and these settings); \
+        "{todo} to run, {} skipped (already in the ledger for this code and these settings{}); \
          {estimate}",
         jobs.len() - todo,
+        match jobs
+            .iter()
+            .filter(|j| j.done.as_ref().is_some_and(|e| e.code != code.id))
+            .count()
+        {
+            0 => String::new(),
+            n => format!(", {n} of them carried from earlier code"),
+        }
     );
     if a.dry_run {
         return Ok(ExitCode::SUCCESS);
@@ -1010,6 +1162,35 @@ fn methods(
             failed.join(", ")
         );
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The one code of the ledger `prefix` names for `--carry`.
+fn carry_source(prefix: &str, ledger: &[Entry], code: &Code) -> Result<String, Failure> {
+    let prefix = prefix.trim();
+    if prefix.is_empty() {
+        return Err(usage("--carry names no code"));
+    }
+    let codes: BTreeSet<&str> = ledger
+        .iter()
+        .map(|e| e.code.as_str())
+        .filter(|c| c.starts_with(prefix))
+        .collect();
+    match codes.into_iter().collect::<Vec<_>>().as_slice() {
+        [] => Err(usage(format!(
+            "--carry {prefix}: the ledger has no entry of a code starting with `{prefix}`"
+        ))),
+        [one] if *one == code.id => Err(usage(format!(
+            "--carry {prefix}: that is this code; its entries count already"
+        ))),
+        [one] => Ok((*one).to_owned()),
+        many => Err(usage(format!(
+            "--carry {prefix}: several codes start with it: {}",
+            many.iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
     }
 }
 
@@ -1148,10 +1329,15 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
     let (ledger, bad) = read_ledger(&ledger_path).map_err(|(_, m)| m)?;
     // An entry counts when it is of this code and of the settings this invocation would use
     // for its graph, dataset and seed (the graph file as it is now, the same budget).
+    // Entries of an earlier code count too where `--carry` found that code's runs of the graph
+    // on the dataset reproduced by this code (src/carry.rs).
+    let verdicts = carry::read(&s.results);
     let mut counted: BTreeMap<(String, String), BTreeMap<u64, &Entry>> = BTreeMap::new();
     let (mut older, mut other) = (0, 0);
     for e in &ledger {
-        if e.code != code.id {
+        let carried = e.code != code.id
+            && carry::sources(&verdicts, &code.id, &e.graph, &e.dataset).contains(&e.code);
+        if e.code != code.id && !carried {
             older += 1;
             continue;
         }
@@ -1165,11 +1351,13 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
             other += 1;
             continue;
         }
-        // The latest entry of a seed wins.
-        counted
+        // The latest entry of a seed wins; one of this code over a carried one.
+        let seeds = counted
             .entry((e.dataset.clone(), e.graph.clone()))
-            .or_default()
-            .insert(e.seed, e);
+            .or_default();
+        if !(carried && seeds.get(&e.seed).is_some_and(|x| x.code == code.id)) {
+            seeds.insert(e.seed, e);
+        }
     }
     let shown: Vec<&Dataset> = DATASETS
         .iter()
@@ -1330,6 +1518,26 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
                     ""
                 }
             );
+            let mut carried: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for ((ds, g), seeds) in &counted {
+                for e in seeds.values().filter(|e| ds == d.id && e.code != code.id) {
+                    let gs = carried.entry(short(&e.code)).or_default();
+                    if !gs.contains(&g.as_str()) {
+                        gs.push(g);
+                    }
+                }
+            }
+            for (from, graphs) in &carried {
+                let _ = writeln!(
+                    md,
+                    "- carried from code `{from}` (`--carry`): {}; for each, one seed's run was \
+                     replayed with this code — its first evaluation window, and the window after \
+                     its last periodic checkpoint, resumed — and gave every logged value bit for \
+                     bit (`{}`)",
+                    graphs.join(", "),
+                    s.results.join(carry::FILE).display()
+                );
+            }
             let _ = writeln!(
                 md,
                 "- date: {} to {}\n",

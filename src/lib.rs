@@ -11,6 +11,7 @@
 //! entered through [`main_with`] or, in tests, [`run_cli`]).
 
 mod bench;
+mod carry;
 mod cli;
 mod data_cmd;
 pub mod demo;

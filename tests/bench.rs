@@ -255,3 +255,96 @@ fn bad_flags_exit_2_before_anything_runs_and_dry_runs_write_nothing() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// `--carry`: a run recorded under another code counts for this one only after a replay gives
+/// every logged value back; a changed value sends the job back to the queue.
+#[test]
+fn carry_counts_an_earlier_codes_run_only_when_a_replay_reproduces_it() {
+    let d = scratch("carry");
+    let one = ["--quick", "--graphs", "supervised"];
+    let (code, out, err) = bench(&d, &one);
+    assert_eq!(code, ExitCode::SUCCESS, "{out}\n{err}");
+    let ledger_path = d.join("results/ledger.jsonl");
+    let measured = std::fs::read_to_string(&ledger_path).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(measured.trim()).unwrap();
+    let now = entry["code"].as_str().unwrap().to_owned();
+
+    // As if an earlier code had measured it.
+    let earlier = "0123456789abcdef0123456789abcdef01234567";
+    let as_earlier = measured.replace(&now, earlier);
+    std::fs::write(&ledger_path, &as_earlier).unwrap();
+    let (_, out, _) = bench(&d, &[&one[..], &["--dry-run"]].concat());
+    assert!(out.contains("1 to run, 0 skipped"), "{out}");
+    let (code, out, err) = bench(
+        &d,
+        &[&one[..], &["--dry-run", "--carry", "0123456"]].concat(),
+    );
+    assert_eq!(code, ExitCode::SUCCESS, "{out}\n{err}");
+    assert!(
+        out.contains("replay synthetic / supervised / seed 0 of code 0123456789ab"),
+        "{out}"
+    );
+    assert!(!d.join("results/carried.jsonl").exists());
+
+    let (code, out, err) = bench(&d, &[&one[..], &["--carry", "0123456"]].concat());
+    assert_eq!(code, ExitCode::SUCCESS, "{out}\n{err}");
+    assert!(
+        out.contains("identical, its entries count for this code"),
+        "{out}"
+    );
+    assert!(
+        out.contains("0 to run, 1 skipped") && out.contains("1 of them carried"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&ledger_path).unwrap(), as_earlier);
+    let page = std::fs::read_to_string(d.join("RESULTS.md")).unwrap();
+    assert!(
+        page.contains("carried from code `0123456789ab` (`--carry`): supervised"),
+        "{page}"
+    );
+    let row = page
+        .lines()
+        .find(|l| l.starts_with("| supervised |"))
+        .unwrap();
+    assert!(row.starts_with("| supervised | 1 |"), "{row}");
+    // The verdict is kept: a plain invocation counts the entry too.
+    let (_, out, _) = bench(&d, &one);
+    assert!(out.contains("0 to run, 1 skipped"), "{out}");
+
+    // Another earlier code whose run logged a different loss: rerun.
+    let other = "fedcba9876543210fedcba9876543210fedcba98";
+    std::fs::write(&ledger_path, measured.replace(&now, other)).unwrap();
+    let metrics =
+        std::path::PathBuf::from(entry["run_dir"].as_str().unwrap()).join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let mut first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let key = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|k| k.starts_with("loss/"))
+        .unwrap()
+        .clone();
+    first[&key] = serde_json::json!(first[&key].as_f64().unwrap() + 1.0);
+    let rest: Vec<&str> = text.lines().skip(1).collect();
+    std::fs::write(&metrics, format!("{first}\n{}\n", rest.join("\n"))).unwrap();
+    let (code, out, err) = bench(&d, &[&one[..], &["--carry", "fedcba98"]].concat());
+    assert_eq!(code, ExitCode::SUCCESS, "{out}\n{err}");
+    assert!(out.contains("differs, its runs are rerun"), "{out}");
+    assert!(out.contains(&format!("iteration 0: `{key}` was")), "{out}");
+    assert!(out.contains("1 to run, 0 skipped"), "{out}");
+    let lines = std::fs::read_to_string(&ledger_path)
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(lines, 2, "the rerun appends its entry");
+
+    // Flags naming no code of the ledger.
+    let (code, _, err) = bench(&d, &[&one[..], &["--carry", "zzz"]].concat());
+    assert_eq!(code, ExitCode::from(2));
+    assert!(
+        err.contains("no entry of a code starting with `zzz`"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
