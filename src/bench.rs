@@ -883,6 +883,11 @@ fn methods(
                 pairs.push((j.dataset, j.graph));
             }
         }
+        let _ = writeln!(
+            out,
+            "carry from code {}: one replay per graph and dataset below, before the plan",
+            short(from)
+        );
         for (d, g) in pairs {
             let judged = verdicts.iter().any(|v| {
                 &v.from == from && v.to == code.id && v.graph == g.name && v.dataset == d.id
@@ -1029,6 +1034,16 @@ fn methods(
                 );
             }
             None => {
+                let replayable = a.dry_run
+                    && carry_from.as_ref().is_some_and(|from| {
+                        ledger.iter().any(|e| {
+                            &e.code == from
+                                && e.graph == j.graph.name
+                                && e.dataset == j.dataset.id
+                                && e.seed == j.seed
+                                && e.settings == j.settings
+                        })
+                    });
                 let est = match j.estimate {
                     Some((secs, n)) => {
                         known += secs;
@@ -1039,7 +1054,15 @@ fn methods(
                         "no earlier run to estimate from".into()
                     }
                 };
-                let _ = writeln!(out, "  run   {what}  ({est})");
+                let _ = writeln!(
+                    out,
+                    "  run   {what}  ({est}{})",
+                    if replayable {
+                        "; skipped if its replay is identical"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
     }

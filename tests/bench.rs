@@ -284,6 +284,11 @@ fn carry_counts_an_earlier_codes_run_only_when_a_replay_reproduces_it() {
         out.contains("replay synthetic / supervised / seed 0 of code 0123456789ab"),
         "{out}"
     );
+    assert!(
+        out.contains("carry from code 0123456789ab")
+            && out.contains("skipped if its replay is identical"),
+        "{out}"
+    );
     assert!(!d.join("results/carried.jsonl").exists());
 
     let (code, out, err) = bench(&d, &[&one[..], &["--carry", "0123456"]].concat());
