@@ -14,12 +14,14 @@
 //!   `<dir>/expected.safetensors`: after one forward + backward on that batch (`run_cpu`, no
 //!   update): `logits`, `loss`, `grad.<name>` per trained parameter and `running.<name>` per BN
 //!   buffer the train-mode forward assigns.
-//! * `time <n>` — median ms of `n` timed `Trainer::step`s (after 3 warm-up steps) of the
+//! * `time <n> [resnet]` — median ms of `n` timed `Trainer::step`s (after 3 warm-up steps) of the
 //!   supervised graph at batch 16 of 64×64 and of 128×128 and of the CutMix-Seg graph at batch 16
 //!   (labeled) + 2 × 16 (unlabeled) of 64×64, and of `n` eval-mode forwards (`mode: eval`, logits
 //!   only, through the plan executor) at batch 16 of 64×64; the minor page faults per timed step
 //!   (read from `/proc/self/stat`) and, for the peer to compare, the trained parameter count of
-//!   each graph and the float state count of the CutMix-Seg teacher; one JSON line.
+//!   each graph and the float state count of the CutMix-Seg teacher; one JSON line. With
+//!   `resnet`, also both graphs on resnet18_deeplabv3plus ([`RESNET18`]'s overrides) at batch 8
+//!   (+ 2 × 8 unlabeled) of 128×128.
 //! * `profile <n>` — where a step's time goes: every node of `trainer.graph` run on its own on
 //!   captured inputs (as `benches/engine.rs` does), median over `n` passes, summed by op name;
 //!   one JSON line per step (supervised at 64×64 and 128×128, CutMix-Seg at 64×64, batch 16),
@@ -304,17 +306,47 @@ fn time_eval(registry: &Registry, size: usize, n: usize) -> f64 {
     })
 }
 
-fn time_all(registry: &Registry, n: usize) {
+/// The overrides that turn the peer graphs' deeplab_lite into resnet18_deeplabv3plus (the
+/// PyTorch twin: benches/peer/resnet18_deeplabv3plus.py); run.sh's `export` passes the same.
+const RESNET18: &[&str] = &[
+    "models.student.arch=resnet18_deeplabv3plus",
+    "models.student.params={classes: 6}",
+];
+
+/// `sets` with the resnet18 overrides in front.
+fn resnet18(sets: Vec<String>) -> Vec<String> {
+    RESNET18.iter().map(|s| s.to_string()).chain(sets).collect()
+}
+
+fn time_all(registry: &Registry, n: usize, with_resnet: bool) {
     let s64 = time_step(registry, SUPERVISED, &sizes(16, 64), n);
     let s128 = time_step(registry, SUPERVISED, &sizes(16, 128), n);
     let cutmix = time_step(registry, CUTMIX, &semi_sizes(16, 64), n);
     let e64 = time_eval(registry, 64, n);
+    // resnet18_deeplabv3plus: supervised and CutMix-Seg steps at batch 8 (+ 2 × 8) of 128×128.
+    let r18 = if with_resnet {
+        let sup = time_step(registry, SUPERVISED, &resnet18(sizes(8, 128)), n);
+        let cut = time_step(registry, CUTMIX, &resnet18(semi_sizes(8, 128)), n);
+        format!(
+            ", \"r18_sup_b8_128\": {:.3}, \"r18_cutmix_b8_128\": {:.3}, \
+             \"faults_per_step_r18_128\": {}, \"faults_per_step_r18_cutmix_128\": {}, \
+             \"params_r18\": {}, \"teacher_state_r18_cutmix\": {}",
+            sup.secs * 1e3,
+            cut.secs * 1e3,
+            sup.faults,
+            cut.faults,
+            sup.trained,
+            cut.teacher_state
+        )
+    } else {
+        String::new()
+    };
     println!(
         "{{\"impl\": \"flowseg\", \"threads\": {}, \"n\": {n}, \"sup_b16_64\": {:.3}, \
          \"sup_b16_128\": {:.3}, \"cutmix_b16_64\": {:.3}, \"eval_b16_64\": {:.3}, \
          \"faults_per_step_64\": {}, \"faults_per_step_128\": {}, \
          \"faults_per_step_cutmix_64\": {}, \"params_sup\": {}, \"params_cutmix\": {}, \
-         \"teacher_state_cutmix\": {}}}",
+         \"teacher_state_cutmix\": {}{r18}}}",
         rayon::current_num_threads(),
         s64.secs * 1e3,
         s128.secs * 1e3,
@@ -518,7 +550,7 @@ fn fuse_ab(registry: &Registry, graph: &str, rounds: usize, n: usize, sets: &[St
 
 fn usage() -> ! {
     eprintln!(
-        "usage: peer_step export <dir> [--set k=v]... | time <n> | profile <n> | \
+        "usage: peer_step export <dir> [--set k=v]... | time <n> [resnet] | profile <n> | \
          profile-graph <graph.yaml> <n> [k=v]... | fuse-ab <graph.yaml> <rounds> <n> [k=v]..."
     );
     std::process::exit(2)
@@ -546,7 +578,15 @@ fn main() {
             }
             export(&registry, Path::new(dir), &sets);
         }
-        Some("time") => time_all(&registry, count(args.get(1))),
+        Some("time") => time_all(
+            &registry,
+            count(args.get(1)),
+            match args.get(2).map(String::as_str) {
+                None => false,
+                Some("resnet") => true,
+                Some(_) => usage(),
+            },
+        ),
         Some("profile") => {
             let n = count(args.get(1));
             profile(&registry, "supervised", SUPERVISED, 64, &sizes(16, 64), n);
@@ -566,7 +606,7 @@ fn main() {
             fuse_ab(&registry, path, rounds, n, &args[4..]);
         }
         // Plain `cargo bench` (every bench binary): a short timing, so it does something useful.
-        None => time_all(&registry, 5),
+        None => time_all(&registry, 5, false),
         Some(_) => usage(),
     }
 }

@@ -6,6 +6,7 @@
 #   benches/peer/run.sh                 # check + 3 alternating rounds of 20 timed steps
 #   ROUNDS=5 STEPS=30 benches/peer/run.sh
 #   PROFILE=1 benches/peer/run.sh       # also: per-op-kind time of both sides
+#   RESNET=0 benches/peer/run.sh        # without the resnet18_deeplabv3plus steps (minutes less)
 #   COMPILE=1 benches/peer/run.sh       # also: PyTorch through torch.compile (inductor), after
 #                                       # each eager round; its first step compiles (minutes on
 #                                       # 2 cores; later rounds reuse inductor's on-disk cache)
@@ -21,7 +22,9 @@
 # 3. Timing, alternating flowseg and PyTorch for $ROUNDS rounds (the order flips every round), each
 #    $STEPS timed steps after 3 warm-up: supervised step at batch 16 of 64×64 and 128×128,
 #    CutMix-Seg step at batch 16 labeled + 2 × 16 unlabeled of 64×64, eval forward at batch 16
-#    of 64×64; medians over rounds and the ratio flowseg / PyTorch. PyTorch starts from flowseg's
+#    of 64×64 — and, unless RESNET=0, resnet18_deeplabv3plus (torchvision names; its PyTorch twin
+#    is benches/peer/resnet18_deeplabv3plus.py, cross-checked like deeplab_lite) supervised and
+#    CutMix-Seg steps at batch 8 (+ 2 × 8) of 128×128; medians over rounds and the ratio flowseg / PyTorch. PyTorch starts from flowseg's
 #    exported initial weights (`--init`), so both build the network from one state; the report
 #    asserts equal parameter counts.
 #
@@ -43,6 +46,7 @@ ROUNDS="${ROUNDS:-3}"
 STEPS="${STEPS:-20}"
 THREADS="${THREADS:-2}"
 TORCH_DEVICE="${TORCH_DEVICE:-auto}"
+RESNET="${RESNET:-1}"
 PY="$VENV/bin/python"
 PEER="$ROOT/benches/peer/deeplab_lite.py"
 
@@ -88,19 +92,28 @@ echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)"
 say "numerical cross-check (batch 16 of 64×64, one train-mode forward + backward, CPU)"
 "$BIN" export "$WORK"
 "$PY" "$PEER" check "$WORK"
+R18=()
+if [ "$RESNET" = 1 ]; then
+    say "numerical cross-check: resnet18_deeplabv3plus, batch 8 of 128×128"
+    mkdir -p "$WORK/r18"
+    "$BIN" export "$WORK/r18" --set models.student.arch=resnet18_deeplabv3plus \
+        --set "models.student.params={classes: 6}" --set data.batch=8 --set data.size=128
+    "$PY" "$PEER" check "$WORK/r18"
+    R18=(--init-r18 "$WORK/r18/init.safetensors")
+fi
 
 say "timing: $ROUNDS alternating rounds of $STEPS steps (after 3 warm-up)"
 for ((r = 1; r <= ROUNDS; r++)); do
     if ((r % 2)); then order="flowseg pytorch"; else order="pytorch flowseg"; fi
     for side in $order; do
         if [ "$side" = flowseg ]; then
-            "$BIN" time "$STEPS" | tee -a "$WORK/times.jsonl"
+            "$BIN" time "$STEPS" ${R18:+resnet} | tee -a "$WORK/times.jsonl"
         else
             "$PY" "$PEER" time "$STEPS" --threads "$THREADS" --device "$TORCH_DEVICE" \
-                --init "$WORK/init.safetensors" | tee -a "$WORK/times.jsonl"
+                --init "$WORK/init.safetensors" "${R18[@]}" | tee -a "$WORK/times.jsonl"
             if [ "${COMPILE:-0}" = 1 ]; then
                 "$PY" "$PEER" time "$STEPS" --threads "$THREADS" --device "$TORCH_DEVICE" \
-                    --init "$WORK/init.safetensors" --compile | tee -a "$WORK/times.jsonl"
+                    --init "$WORK/init.safetensors" "${R18[@]}" --compile | tee -a "$WORK/times.jsonl"
             fi
         fi
     done
