@@ -5,6 +5,9 @@
 //! argmax is compared with the label in a confusion matrix: per-class IoU, mIoU, pixel accuracy
 //! (label 255 ignored). `flowseg predict` uses the same [`Predictor`] on image files.
 //!
+//! [`Rings`] splits the object pixels' errors by distance to their object's boundary (`flowseg
+//! eval` prints it): whether a model misses whole objects or thins their borders.
+//!
 //! Forward passes are batched: crops of consecutive images that share a shape go through one
 //! eval graph, built once per (model, batch, height, width) and cached.
 //!
@@ -591,9 +594,21 @@ impl<'r> Evaluator<'r> {
         source: &mut dyn Dataset,
         state: &BTreeMap<String, Tensor>,
     ) -> Result<Vec<(String, Scores)>, String> {
+        let scored = self.run_with_rings(source, state)?;
+        Ok(scored.into_iter().map(|(m, s, _)| (m, s)).collect())
+    }
+
+    /// [`Evaluator::run`], with each model's errors on object pixels by distance to the
+    /// boundary.
+    pub fn run_with_rings(
+        &mut self,
+        source: &mut dyn Dataset,
+        state: &BTreeMap<String, Tensor>,
+    ) -> Result<Vec<(String, Scores, Rings)>, String> {
         let n = source.eval_len();
         let mut out = Vec::new();
         for p in &mut self.models {
+            let mut rings = Rings::default();
             let mut confusion: Vec<u64> = Vec::new();
             let mut k = 0;
             let items = (0..n).map(|i| {
@@ -609,6 +624,7 @@ impl<'r> Evaluator<'r> {
                     k = classes;
                     confusion = vec![0; k * k];
                 }
+                rings.add(pred, label, h, w);
                 // Pixels without a prediction (outside a centre crop) are left out.
                 let (pred, label): (Vec<i32>, Vec<i32>) = pred
                     .iter()
@@ -619,15 +635,130 @@ impl<'r> Evaluator<'r> {
                 confusion_add(&pred, &label, k, IGNORE, &mut confusion)
                     .map_err(|e| format!("held-out `{name}`: {e}"))
             })?;
-            out.push((p.model.clone(), scores(&confusion, k)));
+            out.push((p.model.clone(), scores(&confusion, k), rings));
         }
         Ok(out)
     }
 }
 
+/// Object pixels (label neither 0, the background, nor ignored) by distance to their object's
+/// boundary: ring `r` holds the pixels removed by the `r`-th erosion (4-neighbourhood; a pixel on
+/// the image's edge counts as inside) of the object mask — ring 0 is the outermost layer of
+/// every object, ring 3 everything deeper. Per ring: the pixels with a prediction, those
+/// predicted background, those given another object class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rings {
+    /// Object pixels per ring.
+    pub pixels: [u64; RINGS],
+    /// Of those, predicted background.
+    pub to_background: [u64; RINGS],
+    /// Of those, predicted another object class.
+    pub to_other: [u64; RINGS],
+}
+
+/// Rings 0, 1, 2 and "3 or deeper".
+pub const RINGS: usize = 4;
+
+impl Rings {
+    /// Adds one image: `pred` (−1: no prediction) and `label`, both `h × w` row-major.
+    pub fn add(&mut self, pred: &[i32], label: &[i32], h: usize, w: usize) {
+        let mut inside: Vec<bool> = label.iter().map(|&l| l != 0 && l != IGNORE).collect();
+        let mut ring = vec![usize::MAX; h * w];
+        for r in 0..RINGS {
+            if !inside.iter().any(|&b| b) {
+                break;
+            }
+            let last = r + 1 == RINGS;
+            let kept: Vec<bool> = (0..h * w)
+                .map(|i| {
+                    let (y, x) = (i / w, i % w);
+                    let at = |yy: usize, xx: usize| inside[yy * w + xx];
+                    inside[i]
+                        && (last
+                            || ((y == 0 || at(y - 1, x))
+                                && (y + 1 == h || at(y + 1, x))
+                                && (x == 0 || at(y, x - 1))
+                                && (x + 1 == w || at(y, x + 1))))
+                })
+                .collect();
+            for i in 0..h * w {
+                if inside[i] && (last || !kept[i]) {
+                    ring[i] = r;
+                }
+            }
+            inside = if last { vec![false; h * w] } else { kept };
+        }
+        for ((&p, &t), &r) in pred.iter().zip(label).zip(&ring) {
+            if r == usize::MAX || p < 0 {
+                continue;
+            }
+            self.pixels[r] += 1;
+            if p == 0 {
+                self.to_background[r] += 1;
+            } else if p != t {
+                self.to_other[r] += 1;
+            }
+        }
+    }
+
+    /// `to_background` and `to_other` as percentages of each ring's pixels (None: no pixels).
+    pub fn shares(&self) -> [(Option<f64>, Option<f64>); RINGS] {
+        std::array::from_fn(|r| {
+            let n = self.pixels[r];
+            let pct = |v: u64| (n > 0).then(|| 100.0 * v as f64 / n as f64);
+            (pct(self.to_background[r]), pct(self.to_other[r]))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::starts;
+    use super::{starts, Rings};
+
+    /// A 4×4 square object (class 2) in a 6×6 image, a one-pixel border of background: 12
+    /// pixels in ring 0, 4 in ring 1. The prediction erodes the square by one pixel on its top
+    /// row (4 pixels → background) and calls one interior pixel class 3.
+    #[test]
+    fn rings_split_errors_by_distance_to_the_boundary() {
+        let (h, w) = (6, 6);
+        let mut label = vec![0; h * w];
+        for y in 1..5 {
+            for x in 1..5 {
+                label[y * w + x] = 2;
+            }
+        }
+        let mut pred = label.clone();
+        for x in 1..5 {
+            pred[w + x] = 0;
+        }
+        pred[2 * w + 2] = 3;
+        label[0] = 255; // ignored: never an object pixel
+        let mut r = Rings::default();
+        r.add(&pred, &label, h, w);
+        assert_eq!(r.pixels, [12, 4, 0, 0]);
+        assert_eq!(r.to_background, [4, 0, 0, 0]);
+        assert_eq!(r.to_other, [0, 1, 0, 0]);
+        let s = r.shares();
+        assert_eq!(s[0], (Some(100.0 * 4.0 / 12.0), Some(0.0)));
+        assert_eq!(s[1], (Some(0.0), Some(25.0)));
+        assert_eq!(s[2], (None, None));
+
+        // The image's edge is not a boundary: in a 2-pixel-wide band along the left edge of a
+        // 3×4 image, the column next to the background is ring 0 and the column on the edge
+        // ring 1.
+        let label = vec![1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0];
+        let mut r = Rings::default();
+        r.add(&label, &label, 3, 4);
+        assert_eq!(r.pixels, [3, 3, 0, 0]);
+        // Pixels without a prediction are left out; deep pixels collect in the last ring.
+        let mut r = Rings::default();
+        let label = vec![5; 81];
+        let mut pred = vec![5; 81];
+        pred[0] = -1;
+        r.add(&pred, &label, 9, 9);
+        assert_eq!(r.pixels.iter().sum::<u64>(), 80);
+        assert_eq!(r.pixels, [0, 0, 0, 80]);
+    }
 
     #[test]
     fn windows_cover_the_image_and_end_flush() {

@@ -136,7 +136,7 @@ pub fn eval(
             return ExitCode::from(2);
         }
     };
-    let results = match evaluator.run(l.source.as_mut(), &l.trainer.state) {
+    let results = match evaluator.run_with_rings(l.source.as_mut(), &l.trainer.state) {
         Ok(r) => r,
         Err(e) => {
             let _ = writeln!(err, "error: evaluation failed: {e}");
@@ -152,18 +152,18 @@ pub fn eval(
         if e.flip { " + flip" } else { "" }
     );
     text.push_str(&format!("{:<14}", "class"));
-    for (m, _) in &results {
+    for (m, _, _) in &results {
         text.push_str(&format!(" {m:>10}"));
     }
     text.push('\n');
-    let k = results.first().map_or(0, |(_, s)| s.iou.len());
+    let k = results.first().map_or(0, |(_, s, _)| s.iou.len());
     for c in 0..k {
         let name = classes
             .get(c)
             .cloned()
             .unwrap_or_else(|| format!("class {c}"));
         text.push_str(&format!("{name:<14}"));
-        for (_, s) in &results {
+        for (_, s, _) in &results {
             match s.iou[c] {
                 Some(v) => text.push_str(&format!(" {:>10.1}", 100.0 * v)),
                 None => text.push_str(&format!(" {:>10}", "-")),
@@ -173,7 +173,7 @@ pub fn eval(
     }
     for (label, pick) in [("mIoU", 0), ("pixel acc", 1)] {
         text.push_str(&format!("{label:<14}"));
-        for (_, s) in &results {
+        for (_, s, _) in &results {
             let v = if pick == 0 { s.miou } else { s.pixel_acc };
             text.push_str(&format!(" {:>10.1}", 100.0 * v));
         }
@@ -181,7 +181,7 @@ pub fn eval(
     }
     // Which classes each model takes for which: the largest off-diagonal shares of a class's
     // pixels (an IoU alone does not say whether a class is missed or given to another).
-    for (m, s) in &results {
+    for (m, s, _) in &results {
         let name = |c: usize| {
             classes
                 .get(c)
@@ -197,11 +197,43 @@ pub fn eval(
             text.push_str(&format!("mix-ups {m}: {}\n", mixups.join(", ")));
         }
     }
+    // Object pixels' errors by distance to the object's boundary (eval.rs `Rings`): thinned
+    // borders against missed objects.
+    for (m, _, r) in &results {
+        if r.pixels.iter().sum::<u64>() == 0 {
+            continue;
+        }
+        let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} %"));
+        let shares = r.shares();
+        // Column 0: → background; 1: → another object.
+        let column = |which: usize| {
+            shares
+                .iter()
+                .map(|s| cell(if which == 0 { s.0 } else { s.1 }))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        text.push_str(&format!(
+            "object pixels {m}, by distance to the boundary (1st layer / 2nd / 3rd / deeper; \
+             {} px): → background {}; → another object {}\n",
+            r.pixels
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" / "),
+            column(0),
+            column(1),
+        ));
+    }
     if a.json {
-        for (m, s) in &results {
+        for (m, s, r) in &results {
             let line = serde_json::json!({
                 "model": m, "miou": s.miou, "pixel_acc": s.pixel_acc,
                 "iou": s.iou, "classes": classes, "confusion": s.confusion,
+                "boundary": {
+                    "pixels": r.pixels, "to_background": r.to_background,
+                    "to_other": r.to_other,
+                },
             });
             text.push_str(&format!("{line}\n"));
         }

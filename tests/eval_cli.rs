@@ -130,6 +130,26 @@ fn eval_reproduces_the_run_and_modes_agree_where_they_must() {
         first.ends_with(&format!(" {:.1} %", 100.0 * largest)),
         "largest off-diagonal share {largest} in {c:?}: {mix}"
     );
+    // The boundary rings partition the object pixels (labels 1 and 2: rows 1 and 2 of the
+    // confusion matrix) and their errors: background is column 0, another object the rest.
+    let ring = |k: &str| -> Vec<u64> {
+        v["boundary"][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let (pixels, to_bg, to_other) = (ring("pixels"), ring("to_background"), ring("to_other"));
+    assert_eq!(pixels.len(), 4);
+    assert_eq!(pixels.iter().sum::<u64>(), c[3..9].iter().sum::<u64>());
+    assert_eq!(to_bg.iter().sum::<u64>(), c[3] + c[6]);
+    assert_eq!(to_other.iter().sum::<u64>(), c[5] + c[7]);
+    assert!(pixels[0] > 0, "{pixels:?}");
+    assert!(
+        whole.contains("object pixels student, by distance to the boundary"),
+        "{whole}"
+    );
     // A window or crop the size of the image is the whole image.
     for mode in ["eval.mode=sliding", "eval.mode=center_crop"] {
         let (code, t, err) = cli(&["eval", r, "--set", mode, "--set", "eval.crop=16"]);
