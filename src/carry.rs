@@ -427,14 +427,24 @@ mod tests {
     fn replays_reproduce_a_run_and_find_a_changed_value_in_either_window() {
         let base = std::env::temp_dir().join(format!("flowseg-carry-{}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
-        let registry = crate::cli::registry(&[]).expect("the built-in registry");
+        let mut registry = flowseg_ops::builtin_registry().expect("the built-in ops");
+        flowseg_sources::register_builtin_sources(&mut registry).expect("the built-in sources");
         let graph = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
-        let mut sets: Vec<String> = crate::bench::QUICK.iter().map(|s| s.to_string()).collect();
-        sets.extend(
-            ["train.iterations=6", "train.checkpoint_every=2"]
-                .iter()
-                .map(|s| s.to_string()),
-        );
+        // A tiny budget (as `bench methods --quick`), with periodic checkpoints for the late
+        // window.
+        let sets: Vec<String> = [
+            "train.iterations=6",
+            "train.eval_every=2",
+            "train.checkpoint_every=2",
+            "data.images=32",
+            "data.eval_images=8",
+            "data.size=32",
+            "data.batch=2",
+            "data.workers=0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let args = RunArgs {
             graph: Some(graph.clone()),

@@ -16,6 +16,7 @@ const STACK: &[&str] = &[
     "data_cmd",
     "run",
     "predict",
+    "carry",
     "bench",
     "cli",
 ];
