@@ -1554,9 +1554,9 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
                 let _ = writeln!(
                     md,
                     "- carried from code `{from}` (`--carry`): {}; for each, one seed's run was \
-                     replayed with this code — its first evaluation window, and the window after \
-                     its last periodic checkpoint, resumed — and gave every logged value bit for \
-                     bit (`{}`)",
+                     replayed with this code — its first evaluation window and, where it has a \
+                     periodic checkpoint, the window after the last one, resumed — and gave \
+                     every logged value bit for bit (the windows per pair: `{}`)",
                     graphs.join(", "),
                     s.results.join(carry::FILE).display()
                 );
