@@ -58,14 +58,8 @@ EMA_ALPHA = 0.99
 RELU = F.relu  # the check records every call's input; see `check`
 
 
-def bn(c):
-    return nn.BatchNorm2d(c, eps=EPS, momentum=MOMENTUM)
-
-
-def conv(ci, co, k, stride=1, dilation=1, bias=False):
-    # flowseg's "same" padding: dilation * (k - 1) / 2.
-    return nn.Conv2d(ci, co, k, stride=stride, padding=dilation * (k - 1) // 2,
-                     dilation=dilation, bias=bias)
+# BN (eps 1e-5, momentum 0.1) and conv with flowseg's "same" padding: shared with the resnet peer.
+bn, conv = r18.bn, r18.conv
 
 
 class CBR(nn.Module):
@@ -80,24 +74,9 @@ class CBR(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
-class BasicBlock(nn.Module):
-    """torchvision's BasicBlock: conv1-bn1-relu-conv2-bn2 + (x | downsample(x)), relu."""
-
-    def __init__(self, ci, planes, stride):
-        super().__init__()
-        self.conv1 = conv(ci, planes, 3, stride)
-        self.bn1 = bn(planes)
-        self.conv2 = conv(planes, planes, 3)
-        self.bn2 = bn(planes)
-        self.downsample = None
-        if stride != 1 or ci != planes:
-            self.downsample = nn.Sequential(conv(ci, planes, 1, stride), bn(planes))
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        s = x if self.downsample is None else self.downsample(x)
-        return F.relu(y + s)
+# torchvision's BasicBlock (conv1-bn1-relu-conv2-bn2 + (x | downsample(x)), relu): one class
+# for both peers, in resnet18_deeplabv3plus.py (deeplab_lite's blocks are undilated).
+BasicBlock = r18.BasicBlock
 
 
 class ASPP(nn.Module):

@@ -33,7 +33,10 @@ def conv(ci, co, k, stride=1, dilation=1, bias=False):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, ci, planes, stride, dilation):
+    """torchvision's BasicBlock: conv1-bn1-relu-conv2-bn2 + (x | downsample(x)), relu; both 3x3
+    convs at `dilation` (deeplab_lite.py uses it undilated)."""
+
+    def __init__(self, ci, planes, stride, dilation=1):
         super().__init__()
         self.conv1 = conv(ci, planes, 3, stride, dilation)
         self.bn1 = bn(planes)
