@@ -41,8 +41,6 @@ import torch.nn.functional as F
 
 import resnet18_deeplabv3plus as r18
 
-EPS = 1e-5
-MOMENTUM = 0.1
 IGNORE_INDEX = 255
 
 # benches/peer/graphs/supervised.yaml and benches/peer/graphs/cutmix_seg.yaml.
