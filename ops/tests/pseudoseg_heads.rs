@@ -3,8 +3,9 @@
 //! CAMs): the shapes of their ports, their state names and shapes (the official module paths),
 //! the error for CAMs that do not match the class count, and a whole-head finite-difference
 //! check of a few parameters of each (`ir::build` → `autodiff::differentiate` → `exec::run_cpu`):
-//! the SGC head through its attention, background, 1×1 conv and batch norm; the classifier
-//! through its pooled logits.
+//! the SGC head through its attention, background, 1×1 conv and batch norm (TF-slim's, without a
+//! learned scale, by default; PyTorch's with `bn: torch`); the classifier through its pooled
+//! logits.
 //!
 //! Not here: the Grad-CAM identity (grad_cam.rs), the ops' own checks (their files and the
 //! gradient suite), the whole method (tests/graphs.rs trains graphs/pseudoseg.yaml).
@@ -13,8 +14,10 @@ mod suite;
 
 use flowseg_engine::graph::{Env, Graph, ValueRef};
 use flowseg_engine::kernels::testing::{rand_index, rand_vec};
+use flowseg_engine::op::params_of;
 use flowseg_engine::{ir, spec, Tensor, TensorSpec};
 use flowseg_ops::builtin_registry;
+use flowseg_ops::forward::batch_norm::BatchNorm;
 use std::collections::BTreeMap;
 use suite::picked::{check_picked_gradients, Tolerance};
 
@@ -31,10 +34,15 @@ const ATOL: f64 = 3e-4;
 const RTOL: f64 = 2e-2;
 
 fn yaml(cam_channels_from: &str) -> String {
+    yaml_bn(cam_channels_from, "slim")
+}
+
+/// The test graph with the SGC head's batch norm of kind `bn` (`slim` or `torch`).
+fn yaml_bn(cam_channels_from: &str, bn: &str) -> String {
     format!(
         "name: heads\ntrain: {{ iterations: 1 }}\nmodels:\n\
          \x20 cls: {{ arch: cam_classifier, params: {{ classes: {K} }} }}\n\
-         \x20 sgc: {{ arch: sgc_head, params: {{ classes: {K}, attention_dim: 3 }} }}\n\
+         \x20 sgc: {{ arch: sgc_head, params: {{ classes: {K}, attention_dim: 3, bn: {bn} }} }}\n\
          nodes:\n\
          \x20 - {{ name: f, op: forward, inputs: {{ features: batch.feat }}, params: {{ model: cls }} }}\n\
          \x20 - {{ name: cam, op: cam_normalize, inputs: {{ scores: f.scores, labels: batch.labels }} }}\n\
@@ -96,7 +104,13 @@ fn value(g: &Graph, name: &str) -> ValueRef {
 
 #[test]
 fn ports_and_state_have_the_documented_shapes() {
-    let g = build(&yaml("cam.y")).expect("builds");
+    for bn in ["slim", "torch"] {
+        ports_and_state_of(bn);
+    }
+}
+
+fn ports_and_state_of(bn: &str) {
+    let g = build(&yaml_bn("cam.y", bn)).expect("builds");
     let spec = |name: &str| g.spec_of(&value(&g, name)).cloned().expect("spec");
     assert_eq!(spec("f.logits"), TensorSpec::f32(&[N, K - 1, 1, 1]));
     assert_eq!(spec("f.scores"), TensorSpec::f32(&[N, K - 1, H, W]));
@@ -115,7 +129,11 @@ fn ports_and_state_have_the_documented_shapes() {
             "sgc.pixel_normalization.conv.weight",
             (&[K, K, 1, 1][..], true),
         ),
-        ("sgc.pixel_normalization.bn.weight", (&[K][..], true)),
+        // TF-slim's default batch norm has no learned scale: γ is a constant buffer of ones.
+        (
+            "sgc.pixel_normalization.bn.weight",
+            (&[K][..], bn == "torch"),
+        ),
         ("sgc.pixel_normalization.bn.bias", (&[K][..], true)),
         ("sgc.pixel_normalization.bn.running_mean", (&[K][..], false)),
         ("sgc.pixel_normalization.bn.running_var", (&[K][..], false)),
@@ -132,9 +150,27 @@ fn cams_that_do_not_match_the_classes_are_refused() {
     );
 }
 
+/// The batch norm's ε in the SGC head's graph, per `bn` kind.
+#[test]
+fn the_slim_batch_norm_uses_its_epsilon() {
+    for (bn, want) in [("slim", 1e-3), ("torch", 1e-5)] {
+        let g = build(&yaml_bn("cam.y", bn)).expect("builds");
+        let eps: Vec<f64> = g
+            .nodes
+            .iter()
+            .filter_map(|n| params_of::<BatchNorm>(n.op.as_ref()).map(|p| p.eps))
+            .collect();
+        assert_eq!(eps, [want], "{bn}");
+    }
+}
+
 /// d `loss` / d each picked parameter entry, analytic against central differences.
 fn check(loss_node: &str, picks: &[(&str, &[usize])]) {
-    let forward = build(&yaml("cam.y")).expect("builds");
+    check_bn(loss_node, "slim", picks)
+}
+
+fn check_bn(loss_node: &str, bn: &str, picks: &[(&str, &[usize])]) {
+    let forward = build(&yaml_bn("cam.y", bn)).expect("builds");
     let loss = value(&forward, &format!("{loss_node}.loss"));
     let batch = batch();
     let mut state: BTreeMap<String, Tensor> = forward
@@ -160,6 +196,14 @@ fn sgc_head_gradients_match_finite_differences() {
         &[
             ("sgc.hyper_column.key.weight", &[0, 10, 20]),
             ("sgc.hyper_column.query.weight", &[1, 9, 19]),
+            ("sgc.pixel_normalization.conv.weight", &[0, 5, 15]),
+            ("sgc.pixel_normalization.bn.bias", &[1, 2]),
+        ],
+    );
+    check_bn(
+        "ce",
+        "torch",
+        &[
             ("sgc.pixel_normalization.conv.weight", &[0, 5, 15]),
             ("sgc.pixel_normalization.bn.weight", &[0, 3]),
             ("sgc.pixel_normalization.bn.bias", &[1, 2]),

@@ -182,10 +182,50 @@ pub(crate) fn conv(
 /// Module `name`: `nn.BatchNorm2d` (eps 1e-5, momentum 0.1) — γ (`weight`), β (`bias`) and the
 /// two running buffers; in train mode the buffers are assigned the op's updated statistics.
 pub(crate) fn bn(t: &mut Tracer<'_>, name: &str, x: ValueRef) -> Result<ValueRef, String> {
+    bn_with(t, name, x, BnSpec::TORCH)
+}
+
+/// How a batch-norm module is built: PyTorch's `nn.BatchNorm2d` ([`BnSpec::TORCH`]) or
+/// TF-slim's default (`scale=False`: no learned γ, ε 1e-3), which ports of TensorFlow code need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct BnSpec {
+    /// Whether γ is a trained parameter; without it γ is a constant buffer of ones, so the
+    /// layer normalises and shifts but cannot rescale.
+    pub scale: bool,
+    /// The ε under the square root.
+    pub eps: f64,
+}
+
+impl BnSpec {
+    /// `nn.BatchNorm2d`'s defaults.
+    pub const TORCH: BnSpec = BnSpec {
+        scale: true,
+        eps: 1e-5,
+    };
+    /// `tf.contrib.slim.batch_norm`'s defaults (`scale=False`, `epsilon=0.001`).
+    pub const SLIM: BnSpec = BnSpec {
+        scale: false,
+        eps: 1e-3,
+    };
+}
+
+/// Module `name`: a batch norm built as `spec` says, momentum 0.1, γ (`weight`, a buffer when
+/// `spec.scale` is false), β (`bias`) and the two running buffers.
+pub(crate) fn bn_with(
+    t: &mut Tracer<'_>,
+    name: &str,
+    x: ValueRef,
+    spec: BnSpec,
+) -> Result<ValueRef, String> {
     let c = TensorSpec::f32(&[channels(t, &x)?]);
     let [gamma, beta, mean, var] = t.scope(name, |t| {
+        let gamma = if spec.scale {
+            t.param("weight", c.clone(), Init::Ones)?
+        } else {
+            t.buffer("weight", c.clone(), Init::Ones)?
+        };
         Ok([
-            t.param("weight", c.clone(), Init::Ones)?,
+            gamma,
             t.param("bias", c.clone(), Init::Zeros)?,
             t.buffer("running_mean", c.clone(), Init::Zeros)?,
             t.buffer("running_var", c.clone(), Init::Ones)?,
@@ -193,7 +233,7 @@ pub(crate) fn bn(t: &mut Tracer<'_>, name: &str, x: ValueRef) -> Result<ValueRef
     })?;
     let train = t.train();
     let params = batch_norm::Params {
-        eps: 1e-5,
+        eps: spec.eps,
         momentum: 0.1,
         mode: if train {
             batch_norm::Mode::Train

@@ -14,8 +14,10 @@
 //! * s = att + cam (the skip connection: scores in [0, 2]);
 //! * `prepend_background` with offset 2 → K channels;
 //! * logits = BN(1×1 conv to K, no bias) (`pixel_normalization`, BN in the forward's mode).
+//!   The official BN is TF-slim's default: no learned scale, ε 1e-3 (`bn: slim`, the default);
+//!   `bn: torch` gives it `nn.BatchNorm2d`'s learned γ and ε 1e-5 instead.
 //!
-//! Params: `classes` K (the data's), `attention_dim` (default 128, the official flag's).
+//! Params: `classes` K (the data's), `attention_dim` (default 128, the official flag's), `bn`.
 //! Output `logits` f32[N, K, h, w].
 //!
 //! Not here: the padding mask (`valid`: the shipped crops have no padding), Linformer-style
@@ -24,7 +26,7 @@
 use crate::forward::add::{self, Add};
 use crate::forward::prepend_background::{self, PrependBackground};
 use crate::forward::self_attention::{self, SelfAttention};
-use crate::models::layers::{bn, channels, conv, single, Conv};
+use crate::models::layers::{bn_with, channels, conv, single, BnSpec, Conv};
 use flowseg_engine::graph::ValueRef;
 use flowseg_engine::model::{Model, Tracer};
 use flowseg_engine::Port;
@@ -44,6 +46,21 @@ pub struct Params {
     /// Channels of the keys and queries; default 128 (the official `attention_dim`).
     #[serde(default = "default_attention_dim")]
     pub attention_dim: NonZeroUsize,
+    /// The pixel normalisation's batch norm: `slim` (default, the official: no learned scale,
+    /// ε 1e-3) or `torch` (learned γ, ε 1e-5).
+    #[serde(default)]
+    pub bn: BnKind,
+}
+
+/// Which batch norm normalises the head's logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BnKind {
+    /// TF-slim's `batch_norm` defaults, as the official code builds it.
+    #[default]
+    Slim,
+    /// PyTorch's `nn.BatchNorm2d`.
+    Torch,
 }
 
 fn default_attention_dim() -> NonZeroUsize {
@@ -125,6 +142,10 @@ fn head(
         single(t.op::<PrependBackground>("background", background, vec![Some(skipped)])?)?;
     t.scope("pixel_normalization", |t| {
         let y = conv(t, "conv", scores, Conv::new(p.classes.get(), 1))?;
-        bn(t, "bn", y)
+        let spec = match p.bn {
+            BnKind::Slim => BnSpec::SLIM,
+            BnKind::Torch => BnSpec::TORCH,
+        };
+        bn_with(t, "bn", y, spec)
     })
 }
