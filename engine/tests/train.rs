@@ -1,7 +1,9 @@
 //! Autodiff, the CPU executor and the trainer, end to end on small test ops (so the engine is
 //! tested without the built-in op crate): gradients of a whole graph match finite differences,
 //! fan-out is summed, stop-gradient ops cut the backward, teachers get no backward nodes, SGD and
-//! AdamW drive a loss down deterministically, and bad objectives are reported.
+//! AdamW drive a loss down deterministically, and bad objectives are reported. Golden
+//! fingerprints pin the update step's bits (SGD, AdamW, EMA variants) and a checkpoint file of
+//! the pre-graph trainer must resume, so moving the update into the plan cannot drift.
 
 #![allow(
     clippy::unwrap_used,
@@ -1139,4 +1141,153 @@ fn hidden_batch_fields_feed_metrics_but_no_minimized_loss() {
     let yaml = format!("{yaml}metrics: {{ fit: l1.loss }}\n");
     let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
     assert!(Trainer::new(&spec, &registry(), &hidden_env, init()).is_ok());
+}
+
+/// FNV-1a over a checkpoint's tensors (names, shapes, f32 bits, in name order), its meta, and
+/// the losses' bits: a fingerprint of everything a run's update step decides.
+fn fingerprint(c: &flowseg_engine::checkpoint::Checkpoint, losses: &[f32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (name, t) in &c.tensors {
+        eat(name.as_bytes());
+        for d in &t.spec().shape {
+            eat(&d.to_le_bytes());
+        }
+        for v in t.f32().unwrap() {
+            eat(&v.to_bits().to_le_bytes());
+        }
+    }
+    for (k, v) in &c.meta {
+        eat(k.as_bytes());
+        eat(v.as_bytes());
+    }
+    for l in losses {
+        eat(&l.to_bits().to_le_bytes());
+    }
+    h
+}
+
+/// The update step's variants the golden fingerprints cover: SGD plain and with Nesterov
+/// momentum, coupled weight decay, `lr_mult` and a warmed-up poly schedule; AdamW with decoupled
+/// decay; EMA with and without its ramp and buffers; two optimizers in one step.
+fn update_variants() -> Vec<(&'static str, String)> {
+    let sgd = "kind: sgd, lr: 0.3";
+    vec![
+        ("sgd", MODEL_GRAPH.to_owned()),
+        (
+            "sgd_nesterov",
+            MODEL_GRAPH.replace(
+                sgd,
+                "kind: sgd, lr: 0.2, momentum: 0.9, nesterov: true, weight_decay: 0.0001, \
+                 lr_mult: { head: 0.5 }, schedule: { kind: poly, power: 0.9, warmup: 2 }",
+            ),
+        ),
+        (
+            "adamw",
+            MODEL_GRAPH.replace(
+                sgd,
+                "kind: adamw, lr: 0.05, weight_decay: 0.01, lr_mult: { head: 0.1 }, \
+                 schedule: { kind: poly, power: 0.9 }",
+            ),
+        ),
+        (
+            "ema_fixed_no_buffers",
+            MODEL_GRAPH.replace(
+                "teacher: { ema_of: student }",
+                "teacher: { ema_of: student, decay: 0.7, ramp: false, ema_buffers: false }",
+            ),
+        ),
+        (
+            "adamw_cosine",
+            MODEL_GRAPH.replace(
+                sgd,
+                "kind: adamw, lr: 0.01, betas: [0.8, 0.99], eps: 0.001, \
+                 schedule: { kind: cosine, min_lr: 0.001, warmup: 1 }",
+            ),
+        ),
+        ("two_optimizers", TWO_OPTIMIZERS.to_owned()),
+    ]
+}
+
+/// Golden fingerprints recorded with the trainer's own update loop (code a05d365), before the
+/// update moved into the step's graph (docs/plans/device-seam.md): whatever carries the update,
+/// these five steps must keep every bit. A deliberate numerical change updates them and says
+/// why in its commit.
+const UPDATE_GOLDEN: &[(&str, u64)] = &[
+    ("sgd", 16204917789558720974),
+    ("sgd_nesterov", 9584359393531411448),
+    ("adamw", 13958790515507357397),
+    ("ema_fixed_no_buffers", 14712306334177755162),
+    ("adamw_cosine", 16064950441803929359),
+    ("two_optimizers", 7231510487195902810),
+];
+
+#[test]
+fn the_update_step_keeps_its_bits() {
+    let batch = |it: u64| {
+        tensors(&[
+            ("x", vec_of(10 + it, 0.5, 1.5)),
+            ("t", vec_of(50 + it, 0.5, 2.0)),
+        ])
+    };
+    let mut got = Vec::new();
+    for (name, yaml) in update_variants() {
+        let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+        let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+        let losses: Vec<f32> = (0..5)
+            .flat_map(|it| t.step(&batch(it), it).unwrap().into_iter().map(|l| l.1))
+            .collect();
+        got.push((name, fingerprint(&t.checkpoint(5), &losses)));
+    }
+    let want: Vec<(&str, u64)> = UPDATE_GOLDEN.to_vec();
+    assert_eq!(got, want, "fingerprints: {got:#x?}");
+}
+
+/// A checkpoint written by the trainer's own update loop (code a05d365: the `adamw` variant of
+/// [`update_variants`] after 3 steps), kept as a file so a later trainer is held to reading it.
+/// `FLOWSEG_WRITE_FIXTURES=1` rewrites it (only for a deliberate format change).
+const PRE_GRAPH_CHECKPOINT: &str = "tests/fixtures/pre_graph_adamw.safetensors";
+
+#[test]
+fn a_checkpoint_of_the_pre_graph_update_resumes_bit_for_bit() {
+    use flowseg_engine::checkpoint;
+    let batch = |it: u64| {
+        tensors(&[
+            ("x", vec_of(10 + it, 0.5, 1.5)),
+            ("t", vec_of(50 + it, 0.5, 2.0)),
+        ])
+    };
+    let (_, yaml) = update_variants()
+        .into_iter()
+        .find(|(n, _)| *n == "adamw")
+        .unwrap();
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let new = || Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(PRE_GRAPH_CHECKPOINT);
+    if std::env::var_os("FLOWSEG_WRITE_FIXTURES").is_some() {
+        let mut t = new();
+        for it in 0..3 {
+            t.step(&batch(it), it).unwrap();
+        }
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        checkpoint::save(&path, &t.checkpoint(3)).unwrap();
+    }
+    let mut straight = new();
+    for it in 0..5 {
+        straight.step(&batch(it), it).unwrap();
+    }
+    let mut resumed = new();
+    let next = resumed.resume(&checkpoint::load(&path).unwrap()).unwrap();
+    assert_eq!(next, 3);
+    for it in next..5 {
+        resumed.step(&batch(it), it).unwrap();
+    }
+    let (a, b) = (resumed.checkpoint(5), straight.checkpoint(5));
+    assert_eq!(fingerprint(&a, &[]), fingerprint(&b, &[]));
+    assert_eq!(a.tensors, b.tensors);
 }
