@@ -21,6 +21,12 @@
 //!   (`ema.mul_(α).add_(src, alpha=1−α)`). PyTorch's batch-norm running statistics are the same
 //!   rule with `α = 1 − momentum`.
 //!
+//! AdamW and the EMA also come split in two: the per-step scalars, derived once in f64 and
+//! rounded once ([`AdamW::at`] → [`AdamWStep`], [`EmaStep::new`]), and the per-element part
+//! ([`adamw_apply`], [`ema_apply`]). The one-call kernels are exactly the two in sequence; the
+//! split is for callers that feed the scalars from a buffer (a planned update, a CUDA launch),
+//! so every device rounds the same way.
+//!
 //! Hyper-parameters are validated as PyTorch's constructors validate them (negative learning
 //! rate, momentum, weight decay or eps, β outside [0, 1), Nesterov without momentum), and NaN is
 //! rejected wherever a range is checked.
@@ -122,14 +128,76 @@ pub fn sgd_step<T: Real>(
     Ok(())
 }
 
+/// AdamW's scalars for one step, derived once on the host from the f64 hyper-parameters and
+/// rounded to `T` once each: what [`adamw_apply`] (and the CUDA kernel) read per element. A
+/// caller that feeds the update from a buffer (a captured device graph, a step planned as a
+/// graph) computes these per step and passes them, so every device rounds identically.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep<T> {
+    /// `1 − lr·wd`, the decoupled weight decay's factor.
+    pub shrink: T,
+    /// β1.
+    pub b1: T,
+    /// β2.
+    pub b2: T,
+    /// 1 − β1.
+    pub one_b1: T,
+    /// 1 − β2.
+    pub one_b2: T,
+    /// `lr / (1 − β1ᵗ)`.
+    pub step_size: T,
+    /// `√(1 − β2ᵗ)`.
+    pub bc2_sqrt: T,
+    /// ε.
+    pub eps: T,
+}
+
+impl AdamW {
+    /// The validated scalars of step `step` (1-based, PyTorch's `state["step"]` after its
+    /// increment). Errors on `step = 0` (the bias correction would divide by zero), a negative
+    /// `lr`/`eps`/`weight_decay`, or a β outside [0, 1).
+    pub fn at<T: Real>(&self, step: u64) -> Result<AdamWStep<T>, KernelError> {
+        const K: &str = "adamw_step";
+        check_hyper(K, self.lr >= 0.0, "learning rate", self.lr)?;
+        check_hyper(K, self.eps >= 0.0, "eps", self.eps)?;
+        check_hyper(K, (0.0..1.0).contains(&self.beta1), "beta1", self.beta1)?;
+        check_hyper(K, (0.0..1.0).contains(&self.beta2), "beta2", self.beta2)?;
+        check_hyper(
+            K,
+            self.weight_decay >= 0.0,
+            "weight_decay",
+            self.weight_decay,
+        )?;
+        if step == 0 {
+            return Err(KernelError::Shape {
+                kernel: K,
+                reason: "step is 1-based; 0 would divide by a zero bias correction".into(),
+            });
+        }
+        // powi takes i32; beyond that βᵗ has long underflowed to 0, so saturating is exact.
+        let t = i32::try_from(step).unwrap_or(i32::MAX);
+        let bc1 = 1.0 - self.beta1.powi(t);
+        let bc2 = 1.0 - self.beta2.powi(t);
+        Ok(AdamWStep {
+            shrink: T::of(1.0 - self.lr * self.weight_decay),
+            b1: T::of(self.beta1),
+            b2: T::of(self.beta2),
+            one_b1: T::of(1.0 - self.beta1),
+            one_b2: T::of(1.0 - self.beta2),
+            step_size: T::of(self.lr / bc1),
+            bc2_sqrt: T::of(bc2.sqrt()),
+            eps: T::of(self.eps),
+        })
+    }
+}
+
 /// One AdamW step in place (rule in the module header); `step` is the 1-based count of updates
 /// including this one (PyTorch's `state["step"]` after its increment).
 ///
 /// * `param`, `grad`, `m` (first moment), `v` (second moment): same length, any shape
 ///   flattened; `m` and `v` are zeros before the first step.
 ///
-/// Errors on a length mismatch, `step = 0` (the bias correction would divide by zero), a
-/// negative `lr`/`eps`/`weight_decay`, or a β outside [0, 1).
+/// Errors on a length mismatch or what [`AdamW::at`] refuses.
 pub fn adamw_step<T: Real>(
     param: &mut [T],
     grad: &[T],
@@ -138,46 +206,58 @@ pub fn adamw_step<T: Real>(
     cfg: &AdamW,
     step: u64,
 ) -> Result<(), KernelError> {
+    let scalars = cfg.at::<T>(step)?;
+    adamw_apply(param, grad, m, v, &scalars)
+}
+
+/// The per-element part of [`adamw_step`], from scalars derived by [`AdamW::at`].
+///
+/// * `param`, `grad`, `m`, `v`: same length, any shape flattened.
+///
+/// Errors on a length mismatch.
+pub fn adamw_apply<T: Real>(
+    param: &mut [T],
+    grad: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    s: &AdamWStep<T>,
+) -> Result<(), KernelError> {
     const K: &str = "adamw_step";
-    check_hyper(K, cfg.lr >= 0.0, "learning rate", cfg.lr)?;
-    check_hyper(K, cfg.eps >= 0.0, "eps", cfg.eps)?;
-    check_hyper(K, (0.0..1.0).contains(&cfg.beta1), "beta1", cfg.beta1)?;
-    check_hyper(K, (0.0..1.0).contains(&cfg.beta2), "beta2", cfg.beta2)?;
-    check_hyper(K, cfg.weight_decay >= 0.0, "weight_decay", cfg.weight_decay)?;
-    if step == 0 {
-        return Err(KernelError::Shape {
-            kernel: K,
-            reason: "step is 1-based; 0 would divide by a zero bias correction".into(),
-        });
-    }
     check_len(K, "grad", grad, param.len())?;
     check_len(K, "m", m, param.len())?;
     check_len(K, "v", v, param.len())?;
-
-    // powi takes i32; beyond that βᵗ has long underflowed to 0, so saturating is exact.
-    let t = i32::try_from(step).unwrap_or(i32::MAX);
-    let bc1 = 1.0 - cfg.beta1.powi(t);
-    let bc2 = 1.0 - cfg.beta2.powi(t);
-    let step_size = T::of(cfg.lr / bc1);
-    let bc2_sqrt = T::of(bc2.sqrt());
-    let shrink = T::of(1.0 - cfg.lr * cfg.weight_decay);
-    let b1 = T::of(cfg.beta1);
-    let b2 = T::of(cfg.beta2);
-    let one_b1 = T::of(1.0 - cfg.beta1);
-    let one_b2 = T::of(1.0 - cfg.beta2);
-    let eps = T::of(cfg.eps);
     for (((p, &g), m), v) in param
         .iter_mut()
         .zip(grad)
         .zip(m.iter_mut())
         .zip(v.iter_mut())
     {
-        *p *= shrink;
-        *m = b1 * *m + one_b1 * g;
-        *v = b2 * *v + one_b2 * g * g;
-        *p -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
+        *p *= s.shrink;
+        *m = s.b1 * *m + s.one_b1 * g;
+        *v = s.b2 * *v + s.one_b2 * g * g;
+        *p -= s.step_size * *m / (v.sqrt() / s.bc2_sqrt + s.eps);
     }
     Ok(())
+}
+
+/// The EMA's two factors, α and 1 − α, each rounded to `T` once from the f64 α.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EmaStep<T> {
+    /// α, the weight of the target's old value.
+    pub keep: T,
+    /// 1 − α, the weight of the source.
+    pub take: T,
+}
+
+impl<T: Real> EmaStep<T> {
+    /// The validated factors; errors on `alpha` outside [0, 1].
+    pub fn new(alpha: f64) -> Result<Self, KernelError> {
+        check_hyper("ema_update", (0.0..=1.0).contains(&alpha), "alpha", alpha)?;
+        Ok(EmaStep {
+            keep: T::of(alpha),
+            take: T::of(1.0 - alpha),
+        })
+    }
 }
 
 /// `target = α·target + (1−α)·source` in place.
@@ -186,13 +266,20 @@ pub fn adamw_step<T: Real>(
 ///
 /// Errors on a length mismatch or `alpha` outside [0, 1].
 pub fn ema_update<T: Real>(target: &mut [T], source: &[T], alpha: f64) -> Result<(), KernelError> {
-    const K: &str = "ema_update";
-    check_hyper(K, (0.0..=1.0).contains(&alpha), "alpha", alpha)?;
-    check_len(K, "source", source, target.len())?;
-    let a = T::of(alpha);
-    let b = T::of(1.0 - alpha);
+    ema_apply(target, source, &EmaStep::new(alpha)?)
+}
+
+/// [`ema_update`] from factors derived by [`EmaStep::new`].
+///
+/// * `target`, `source`: same length, any shape flattened.
+pub fn ema_apply<T: Real>(
+    target: &mut [T],
+    source: &[T],
+    f: &EmaStep<T>,
+) -> Result<(), KernelError> {
+    check_len("ema_update", "source", source, target.len())?;
     for (t, &s) in target.iter_mut().zip(source) {
-        *t = a * *t + b * s;
+        *t = f.keep * *t + f.take * s;
     }
     Ok(())
 }
@@ -515,5 +602,42 @@ mod tests {
         // Validation precedes any write (the accepted calls above had zero gradients).
         assert_eq!(p, [1.0, 2.0, 3.0]);
         assert_eq!((b, m, v), ([0.0; 3], [0.0; 3], [0.0; 3]));
+    }
+
+    /// The split a planned update uses — scalars from [`AdamW::at`] / [`EmaStep::new`], then
+    /// the per-element part — is the one-call kernel bit for bit, over several steps.
+    #[test]
+    fn split_updates_are_the_one_call_kernels_bit_for_bit() {
+        let n = 33;
+        let mut p1 = to_f32(&rand_vec(1, n, -1.0, 1.0));
+        let (mut m1, mut v1) = (vec![0.0f32; n], vec![0.0f32; n]);
+        let (mut p2, mut m2, mut v2) = (p1.clone(), m1.clone(), v1.clone());
+        for step in 1..=4 {
+            let g = to_f32(&rand_vec(10 + step, n, -2.0, 2.0));
+            let cfg = AdamW {
+                lr: 0.1 / step as f64,
+                ..ADAM
+            };
+            adamw_step(&mut p1, &g, &mut m1, &mut v1, &cfg, step).unwrap();
+            let sc = cfg.at::<f32>(step).unwrap();
+            adamw_apply(&mut p2, &g, &mut m2, &mut v2, &sc).unwrap();
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&p1), bits(&p2), "step {step}");
+            assert_eq!(
+                (bits(&m1), bits(&v1)),
+                (bits(&m2), bits(&v2)),
+                "step {step}"
+            );
+            let alpha = 0.9 + 0.01 * step as f64;
+            ema_update(&mut m1, &g, alpha).unwrap();
+            ema_apply(&mut m2, &g, &EmaStep::new(alpha).unwrap()).unwrap();
+            assert_eq!(bits(&m1), bits(&m2), "ema step {step}");
+        }
+        // The scalars are validated where they are derived.
+        assert!(ADAM.at::<f32>(0).is_err());
+        assert!(AdamW { beta1: 1.0, ..ADAM }.at::<f32>(1).is_err());
+        assert!(AdamW { lr: -1.0, ..ADAM }.at::<f32>(1).is_err());
+        assert!(EmaStep::<f32>::new(1.5).is_err());
+        assert!(EmaStep::<f32>::new(f64::NAN).is_err());
     }
 }

@@ -1,8 +1,8 @@
 //! CUDA launchers of [`crate::optim`]: SGD (momentum, Nesterov, weight decay), AdamW and the EMA
 //! update, in place over one flat parameter tensor per launch (`kernels/cuda/optim.cu`). The
-//! hyper-parameters are validated by the CPU kernel itself (called on empty slices, so the errors
-//! are the CPU's), and every derived scalar is computed on the host exactly as the CPU does, so
-//! the updates are bit-identical.
+//! hyper-parameters are validated, and every derived scalar computed, by the CPU's own code
+//! (`sgd_step` on empty slices, [`AdamW::at`], [`EmaStep::new`]), so the errors are the CPU's
+//! and the updates bit-identical.
 //!
 //! Conventions (names, argument order, host-side checks, enqueue only): see [`super`].
 //!
@@ -12,7 +12,7 @@ use super::common::{expect, grid, launch};
 use super::device::{Device, DeviceBuf, DeviceBufMut};
 use super::nvrtc::OPTIM;
 use super::CudaError;
-use crate::optim::{AdamW, Sgd};
+use crate::optim::{AdamW, EmaStep, Sgd};
 use cudarc::driver::PushKernelArg;
 
 /// [`crate::optim::sgd_step`] in place. param, grad: same length; momentum_buf: same length, or
@@ -64,7 +64,9 @@ pub fn adamw_step(
     step: u64,
 ) -> Result<(), CudaError> {
     const K: &str = "adamw_step";
-    crate::optim::adamw_step::<f32>(&mut [], &[], &mut [], &mut [], cfg, step)?;
+    // Validated and derived by the CPU's own code (f64, then rounded once), so the updates are
+    // bit-identical.
+    let sc = cfg.at::<f32>(step)?;
     let n = param.elems();
     expect(K, "grad", grad, n)?;
     expect(K, "m", m, n)?;
@@ -72,16 +74,8 @@ pub fn adamw_step(
     if n == 0 {
         return Ok(());
     }
-    // Scalars exactly as the CPU kernel derives them (f64, then rounded once).
-    let t = i32::try_from(step).unwrap_or(i32::MAX);
-    let bc1 = 1.0 - cfg.beta1.powi(t);
-    let bc2 = 1.0 - cfg.beta2.powi(t);
-    let step_size = (cfg.lr / bc1) as f32;
-    let bc2_sqrt = bc2.sqrt() as f32;
-    let shrink = (1.0 - cfg.lr * cfg.weight_decay) as f32;
-    let (b1, b2) = (cfg.beta1 as f32, cfg.beta2 as f32);
-    let (one_b1, one_b2) = ((1.0 - cfg.beta1) as f32, (1.0 - cfg.beta2) as f32);
-    let eps = cfg.eps as f32;
+    let (shrink, b1, b2, one_b1, one_b2) = (sc.shrink, sc.b1, sc.b2, sc.one_b1, sc.one_b2);
+    let (step_size, bc2_sqrt, eps) = (sc.step_size, sc.bc2_sqrt, sc.eps);
     let s = dev.stream();
     let (pp, pg, pm, pv, n64) = (
         param.device_addr(s),
@@ -101,13 +95,13 @@ pub fn ema_update(
     source: &impl DeviceBuf<f32>,
     alpha: f64,
 ) -> Result<(), CudaError> {
-    crate::optim::ema_update::<f32>(&mut [], &[], alpha)?;
+    let f = EmaStep::<f32>::new(alpha)?;
     let n = target.elems();
     expect("ema_update", "source", source, n)?;
     if n == 0 {
         return Ok(());
     }
-    let (a, b) = (alpha as f32, (1.0 - alpha) as f32);
+    let (a, b) = (f.keep, f.take);
     let s = dev.stream();
     let (pt, ps, n64) = (target.device_addr(s), source.device_addr(s), n as u64);
     launch!(dev, OPTIM, "ema_update", grid(n); ps, n64, a, b, pt)
