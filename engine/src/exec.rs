@@ -17,6 +17,11 @@
 //! [`ExecError::Poisoned`]. A missing event or an unsafe reuse then shows as that error or as
 //! different numbers; a correct plan gives bit-identical results under every interleaving.
 //!
+//! In-place updates ([`crate::Op::IN_PLACE`]: an optimizer step, an EMA) change state tensors:
+//! [`run_plan_in_place`] changes the caller's map in plan order (the plan executors refuse such a
+//! graph on a read-only map), and [`run_cpu`] changes copies that later nodes read and
+//! [`Run::updated_state`] returns, so it stays the reference the plans are compared with.
+//!
 //! Outputs are not cleared before a node runs: the [`crate::Op::cpu`] contract is that an op
 //! overwrites every element of its outputs without reading them, so in plan order a node sees
 //! whatever the buffer held last (the previous tenant, or the previous step's value). The
@@ -105,6 +110,9 @@ pub enum ExecOrder {
 pub struct Run<'a> {
     batch: &'a BTreeMap<String, Tensor>,
     state: &'a BTreeMap<String, Tensor>,
+    /// State tensors [`run_cpu`] updated in place (copies: it leaves the caller's map alone);
+    /// empty after the plan executors, which update the caller's map itself.
+    updated: BTreeMap<String, Tensor>,
     outputs: Outputs<'a>,
 }
 
@@ -121,12 +129,18 @@ impl Run<'_> {
     pub fn get(&self, s: &ValueRef) -> Option<&Tensor> {
         match (s, &self.outputs) {
             (ValueRef::Batch(f), _) => self.batch.get(f),
-            (ValueRef::State(f), _) => self.state.get(f),
+            (ValueRef::State(f), _) => self.updated.get(f).or_else(|| self.state.get(f)),
             (ValueRef::Node { node, port }, Outputs::Owned(o)) => {
                 o.get(*node)?.get(*port)?.as_ref()
             }
             (ValueRef::Node { .. }, Outputs::Workspace(ws)) => ws.get(s),
         }
+    }
+
+    /// The state tensors [`run_cpu`] updated in place ([`crate::Op::IN_PLACE`]), by name, as
+    /// they are after the run; `get` of a `state.` source sees them too.
+    pub fn updated_state(&self) -> &BTreeMap<String, Tensor> {
+        &self.updated
     }
 
     /// The f32 scalar a source names (a loss), if it is one.
@@ -182,32 +196,95 @@ pub fn run_cpu<'a>(
 ) -> Result<Run<'a>, ExecError> {
     check_inputs(graph, batch, state)?;
     let mut outputs: Vec<Vec<Option<Tensor>>> = Vec::with_capacity(graph.nodes.len());
+    // In-place updates go to copies, so a later node reads the updated value and the caller's
+    // state is untouched.
+    let mut updated: BTreeMap<String, Tensor> = BTreeMap::new();
     for node in &graph.nodes {
         let mut outs: Vec<Tensor> = node.outputs.iter().map(Tensor::zeros).collect();
-        let ins: Vec<Option<&Tensor>> = node
-            .inputs
-            .iter()
-            .map(|s| match s.as_ref()? {
+        let in_place = node.op.in_place();
+        let names = in_place_names(node, &in_place)?;
+        let mut taken: Vec<Tensor> = Vec::with_capacity(names.len());
+        for name in &names {
+            match updated.remove(name).or_else(|| state.get(name).cloned()) {
+                Some(t) => taken.push(t),
+                None => return Err(missing_state(name)),
+            }
+        }
+        let ins: Vec<Option<&Tensor>> = (node.inputs.iter().enumerate())
+            .map(|(k, s)| match s.as_ref()? {
+                _ if in_place.contains(&k) => None,
                 ValueRef::Batch(f) => batch.get(f),
-                ValueRef::State(f) => state.get(f),
+                ValueRef::State(f) => updated.get(f).or_else(|| state.get(f)),
                 ValueRef::Node { node, port } => outputs.get(*node)?.get(*port)?.as_ref(),
             })
             .collect();
         let cx = ExecCx::for_node(seed, iteration, &node.name.value);
-        node.op
-            .cpu(&cx, &ins, &mut outs)
-            .map_err(|source| ExecError::Node {
-                node: node.name.value.clone(),
-                op: node.op.name(),
-                source,
-            })?;
+        let result = if in_place.is_empty() {
+            node.op.cpu(&cx, &ins, &mut outs)
+        } else {
+            let mut refs: Vec<&mut Tensor> = taken.iter_mut().collect();
+            node.op.cpu_in_place(&cx, &ins, &mut refs, &mut outs)
+        };
+        result.map_err(|source| ExecError::Node {
+            node: node.name.value.clone(),
+            op: node.op.name(),
+            source,
+        })?;
+        updated.extend(names.into_iter().zip(taken));
         outputs.push(outs.into_iter().map(Some).collect());
     }
     Ok(Run {
         batch,
         state,
+        updated,
         outputs: Outputs::Owned(outputs),
     })
+}
+
+/// The state names a node updates in place, in the order of its [`crate::Op::IN_PLACE`] ports
+/// (`in_place`); the planner has checked that each is a `state.` input (FS0124).
+fn in_place_names(
+    node: &crate::graph::IrNode,
+    in_place: &[usize],
+) -> Result<Vec<String>, ExecError> {
+    (in_place.iter())
+        .map(|&k| match node.inputs.get(k).and_then(Option::as_ref) {
+            Some(ValueRef::State(name)) => Ok(name.clone()),
+            _ => Err(ExecError::Plan(format!(
+                "node `{}` updates its input {k} in place, which is not a `state.` tensor",
+                node.name.value
+            ))),
+        })
+        .collect()
+}
+
+fn missing_state(name: &str) -> ExecError {
+    ExecError::Input {
+        what: "state tensor",
+        name: name.to_owned(),
+        problem: "not provided".into(),
+    }
+}
+
+/// The state a plan runs against: read-only, or the caller's map that in-place nodes update.
+enum StateMap<'a> {
+    Shared(&'a BTreeMap<String, Tensor>),
+    Mut(&'a mut BTreeMap<String, Tensor>),
+}
+
+impl StateMap<'_> {
+    fn get(&self, name: &str) -> Option<&Tensor> {
+        match self {
+            StateMap::Shared(m) => m.get(name),
+            StateMap::Mut(m) => m.get(name),
+        }
+    }
+    fn map(&self) -> &BTreeMap<String, Tensor> {
+        match self {
+            StateMap::Shared(m) => m,
+            StateMap::Mut(m) => m,
+        }
+    }
 }
 
 /// Runs `plan` (made for `graph`) once on the CPU in the given order and returns the plan's
@@ -224,7 +301,8 @@ pub fn run_plan<'a>(
     order: ExecOrder,
 ) -> Result<Run<'a>, ExecError> {
     let mut ws = Workspace::default();
-    execute(&mut ws, graph, plan, batch, state, seed, iteration, order)?;
+    let states = StateMap::Shared(state);
+    execute(&mut ws, graph, plan, batch, states, seed, iteration, order)?;
     let mut outputs: Vec<Vec<Option<Tensor>>> = graph
         .nodes
         .iter()
@@ -238,6 +316,7 @@ pub fn run_plan<'a>(
     Ok(Run {
         batch,
         state,
+        updated: BTreeMap::new(),
         outputs: Outputs::Owned(outputs),
     })
 }
@@ -256,10 +335,47 @@ pub fn run_plan_in<'a>(
     iteration: u64,
     order: ExecOrder,
 ) -> Result<Run<'a>, ExecError> {
-    execute(ws, graph, plan, batch, state, seed, iteration, order)?;
+    let states = StateMap::Shared(state);
+    execute(ws, graph, plan, batch, states, seed, iteration, order)?;
     Ok(Run {
         batch,
         state,
+        updated: BTreeMap::new(),
+        outputs: Outputs::Workspace(ws),
+    })
+}
+
+/// [`run_plan_in`] for a graph with in-place updates ([`crate::Op::IN_PLACE`]: optimizer steps,
+/// EMA): they change `state` itself, in the plan's order (the planner put every reader of the
+/// old value before them and every reader of the new one after). On an error the state may be
+/// partly updated; callers that must not lose state run a guard first (a step is all or
+/// nothing by the graph's own construction). A graph without in-place nodes leaves `state` as
+/// it was.
+#[allow(clippy::too_many_arguments, reason = "run_plan_in's arguments")]
+pub fn run_plan_in_place<'a>(
+    ws: &'a mut Workspace,
+    graph: &Graph,
+    plan: &Plan,
+    batch: &'a BTreeMap<String, Tensor>,
+    state: &'a mut BTreeMap<String, Tensor>,
+    seed: u64,
+    iteration: u64,
+    order: ExecOrder,
+) -> Result<Run<'a>, ExecError> {
+    execute(
+        ws,
+        graph,
+        plan,
+        batch,
+        StateMap::Mut(&mut *state),
+        seed,
+        iteration,
+        order,
+    )?;
+    Ok(Run {
+        batch,
+        state,
+        updated: BTreeMap::new(),
         outputs: Outputs::Workspace(ws),
     })
 }
@@ -367,13 +483,22 @@ fn execute(
     graph: &Graph,
     plan: &Plan,
     batch: &BTreeMap<String, Tensor>,
-    state: &BTreeMap<String, Tensor>,
+    state: StateMap<'_>,
     seed: u64,
     iteration: u64,
     order: ExecOrder,
 ) -> Result<(), ExecError> {
-    check_inputs(graph, batch, state)?;
+    check_inputs(graph, batch, state.map())?;
     check_plan(graph, plan)?;
+    if let (StateMap::Shared(_), Some(node)) = (
+        &state,
+        (graph.nodes.iter()).find(|n| !n.op.in_place().is_empty()),
+    ) {
+        return Err(ExecError::Plan(format!(
+            "node `{}` updates state in place: run the plan with `run_plan_in_place`",
+            node.name.value
+        )));
+    }
     ws.prepare(plan);
     let poison = matches!(order, ExecOrder::Interleaved { .. });
     if poison {
@@ -446,7 +571,7 @@ struct Executor<'g, 'a, 'w> {
     graph: &'g Graph,
     plan: &'g Plan,
     batch: &'a BTreeMap<String, Tensor>,
-    state: &'a BTreeMap<String, Tensor>,
+    state: StateMap<'a>,
     seed: u64,
     iteration: u64,
     poison: bool,
@@ -550,7 +675,36 @@ impl Executor<'_, '_, '_> {
             }
             outs.push(t);
         }
-        let result = self.compute(i, &mut outs);
+        let in_place = node.op.in_place();
+        let result = if in_place.is_empty() {
+            self.compute(i, &[], &mut [], &mut outs)
+        } else {
+            // The updated tensors leave the state map while the node runs, as outputs leave
+            // their slots, so its other inputs can borrow the map.
+            let names = in_place_names(node, &in_place)?;
+            let StateMap::Mut(map) = &mut self.state else {
+                return Err(ExecError::Plan(format!(
+                    "node `{}` updates state in place on a read-only state",
+                    node.name.value
+                )));
+            };
+            let mut taken = Vec::with_capacity(names.len());
+            for name in &names {
+                match map.remove(name) {
+                    Some(t) => taken.push(t),
+                    None => {
+                        // Put back what was taken before reporting.
+                        map.extend(names.iter().cloned().zip(taken));
+                        return Err(missing_state(name));
+                    }
+                }
+            }
+            let result = self.compute(i, &in_place, &mut taken, &mut outs);
+            if let StateMap::Mut(map) = &mut self.state {
+                map.extend(names.into_iter().zip(taken));
+            }
+            result
+        };
         for (t, &b) in outs.into_iter().zip(buffers) {
             if let Some(slot) = self.ws.slots.get_mut(b) {
                 slot.current = Some(t);
@@ -559,11 +713,20 @@ impl Executor<'_, '_, '_> {
         result
     }
 
-    fn compute(&self, i: usize, outs: &mut [Tensor]) -> Result<(), ExecError> {
+    /// Runs node `i`: `in_place` are its in-place ports and `taken` their tensors (both empty
+    /// for an ordinary node).
+    fn compute(
+        &self,
+        i: usize,
+        in_place: &[usize],
+        taken: &mut [Tensor],
+        outs: &mut [Tensor],
+    ) -> Result<(), ExecError> {
         let node = &self.graph.nodes[i];
         let mut ins: Vec<Option<Cow<'_, Tensor>>> = Vec::with_capacity(node.inputs.len());
-        for s in &node.inputs {
+        for (k, s) in node.inputs.iter().enumerate() {
             ins.push(match s {
+                _ if in_place.contains(&k) => None,
                 None => None,
                 Some(ValueRef::Batch(f)) => self.batch.get(f).map(Cow::Borrowed),
                 Some(ValueRef::State(f)) => self.state.get(f).map(Cow::Borrowed),
@@ -574,13 +737,17 @@ impl Executor<'_, '_, '_> {
         }
         let refs: Vec<Option<&Tensor>> = ins.iter().map(Option::as_deref).collect();
         let cx = ExecCx::for_node(self.seed, self.iteration, &node.name.value);
-        node.op
-            .cpu(&cx, &refs, outs)
-            .map_err(|source| ExecError::Node {
-                node: node.name.value.clone(),
-                op: node.op.name(),
-                source,
-            })
+        let result = if in_place.is_empty() {
+            node.op.cpu(&cx, &refs, outs)
+        } else {
+            let mut state: Vec<&mut Tensor> = taken.iter_mut().collect();
+            node.op.cpu_in_place(&cx, &refs, &mut state, outs)
+        };
+        result.map_err(|source| ExecError::Node {
+            node: node.name.value.clone(),
+            op: node.op.name(),
+            source,
+        })
     }
 
     /// What node `reader` sees in output `port` of node `p`: the buffer's current contents,

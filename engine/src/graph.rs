@@ -147,6 +147,24 @@ pub trait OpNode: Send + Sync + fmt::Debug {
         inputs: &[Option<&Tensor>],
         outputs: &mut [Tensor],
     ) -> Result<(), OpError>;
+    /// See [`Op::IN_PLACE`]: the indices of the input ports updated in place, in that order.
+    fn in_place(&self) -> Vec<usize> {
+        Vec::new()
+    }
+    /// See [`Op::cpu_in_place`].
+    fn cpu_in_place(
+        &self,
+        cx: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        state: &mut [&mut Tensor],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        let _ = (cx, inputs, state, outputs);
+        Err(OpError::Input {
+            port: self.name(),
+            problem: "the op updates no state in place".into(),
+        })
+    }
     /// See [`Op::fuse_consumer`]: the fused node, configured.
     fn fuse_consumer(&self, port: usize, consumer: &dyn OpNode) -> Option<Arc<dyn OpNode>>;
     /// See [`Op::fuse_producer`]: the fused node, configured, and the producer's input ports'

@@ -120,6 +120,31 @@ pub trait Op: Send + Sync + 'static {
         None
     }
 
+    /// Input ports this op updates in place: each must be connected to a `state.` tensor, which
+    /// the node changes (an optimizer's parameter and moments, an EMA teacher). The planner
+    /// orders the node after every earlier reader or writer of that state and before every
+    /// later one (graph order is the meaning: a node above it sees the old value, a node below
+    /// it the new one), and the executors call [`Op::cpu_in_place`] instead of [`Op::cpu`].
+    /// Empty (the default): the op only reads its inputs.
+    const IN_PLACE: &'static [&'static str] = &[];
+
+    /// The CPU reference of an op with [`Op::IN_PLACE`] ports: `inputs` holds the other inputs
+    /// (the in-place ports are `None` there), `state` the in-place ports' tensors in the order of
+    /// `IN_PLACE`, to update; `outputs` as for [`Op::cpu`]. The default refuses: an op that
+    /// declares in-place ports implements it.
+    fn cpu_in_place(
+        _p: &Self::Params,
+        _cx: &ExecCx,
+        _inputs: &[Option<&Tensor>],
+        _state: &mut [&mut Tensor],
+        _outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        Err(OpError::Input {
+            port: Self::NAME,
+            problem: "the op updates no state in place (no `cpu_in_place`)".into(),
+        })
+    }
+
     /// The CPU reference: fill `outputs` (allocated from `infer`) from `inputs`.
     ///
     /// Contract: write every element of every output, and never read an output before writing
@@ -227,6 +252,20 @@ impl<O: Op> OpNode for Configured<O> {
         outputs: &mut [Tensor],
     ) -> Result<(), OpError> {
         O::cpu(&self.params, cx, inputs, outputs)
+    }
+    fn in_place(&self) -> Vec<usize> {
+        (O::IN_PLACE.iter())
+            .filter_map(|name| O::INPUTS.iter().position(|p| p.name == *name))
+            .collect()
+    }
+    fn cpu_in_place(
+        &self,
+        cx: &ExecCx,
+        inputs: &[Option<&Tensor>],
+        state: &mut [&mut Tensor],
+        outputs: &mut [Tensor],
+    ) -> Result<(), OpError> {
+        O::cpu_in_place(&self.params, cx, inputs, state, outputs)
     }
     fn fuse_consumer(&self, port: usize, consumer: &dyn OpNode) -> Option<Arc<dyn OpNode>> {
         let params = O::fuse_consumer(&self.params, port, consumer)?;

@@ -3,8 +3,13 @@
 //! reuses buffers whose previous value is dead. Executors (`exec.rs`) run the resulting flat
 //! [`Step`] list; nothing is decided at run time.
 //!
-//! Four passes, each over the nodes in the graph's topological order:
+//! Four passes, each over the nodes in the graph's topological order, after one that orders
+//! in-place updates:
 //!
+//! 0. **In-place updates** ([`crate::Op::IN_PLACE`]: an optimizer step, an EMA): graph order is
+//!    their meaning, so each gets implicit edges from every earlier node touching its state and
+//!    to every later one; the passes below treat them as data edges (FS0124 for an in-place
+//!    port that is not a `state.` input).
 //! 1. **State conflicts.** Two nodes where one writes persistent state (`Access::writes`) that the
 //!    other reads (declared, or as a `state.` input) or writes, with no path between them through
 //!    inputs and `after:` edges, are FS0114: the order would decide the numbers.
@@ -42,6 +47,10 @@ use std::fmt;
 
 /// FS0114: two nodes conflict on state and nothing orders them.
 pub const STATE_CONFLICT: &str = "FS0114";
+
+/// FS0124: an input an op updates in place ([`crate::Op::IN_PLACE`]) is not a `state.` tensor,
+/// or one node names the same state in two in-place ports.
+pub const BAD_IN_PLACE: &str = "FS0124";
 
 /// What to plan for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +248,7 @@ pub fn plan(graph: &Graph, opts: &PlanOptions) -> Result<Plan, Vec<GraphError>> 
             p.into_iter().collect()
         })
         .collect();
+    let preds = in_place_edges(graph, preds)?;
     let errors = state_conflicts(graph, &preds);
     if !errors.is_empty() {
         return Err(errors);
@@ -543,6 +553,111 @@ fn plan_memory(graph: &Graph, keep: &[ValueRef], clocks: &Clocks) -> Memory {
     m
 }
 
+/// Whether state names `x` and `y` overlap: equal, or one a dotted prefix of the other
+/// (`teacher` covers `teacher.conv1.weight`).
+fn state_overlaps(x: &str, y: &str) -> bool {
+    x == y
+        || (y.len() > x.len() && y.starts_with(x) && y.as_bytes()[x.len()] == b'.')
+        || (x.len() > y.len() && x.starts_with(y) && x.as_bytes()[y.len()] == b'.')
+}
+
+/// Pass 0: the order of in-place updates ([`crate::Op::IN_PLACE`]). Graph order is their meaning,
+/// so each in-place writer of a state tensor gets edges from every earlier node that reads or
+/// writes it (they see the old value) and gives edges to every later one (they see the new), and
+/// streams, events and buffer reuse then follow from `preds` as for data edges. FS0124 for an
+/// in-place port that is not a `state.` input, or a state named by two in-place ports of one
+/// node. Graphs without in-place ops pass through untouched.
+fn in_place_edges(
+    graph: &Graph,
+    mut preds: Vec<Vec<usize>>,
+) -> Result<Vec<Vec<usize>>, Vec<GraphError>> {
+    let mut writes: Vec<(usize, Vec<String>)> = Vec::new();
+    let mut errors = Vec::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let ports = node.op.in_place();
+        if ports.is_empty() {
+            continue;
+        }
+        let mut names: Vec<String> = Vec::new();
+        for &port in &ports {
+            match node.inputs.get(port).and_then(Option::as_ref) {
+                Some(ValueRef::State(name)) if !names.contains(name) => names.push(name.clone()),
+                Some(ValueRef::State(name)) => errors.push(
+                    GraphError::new(
+                        BAD_IN_PLACE,
+                        format!("`{}` updates state `{name}` in place twice", node.name.value),
+                        node.name.loc,
+                    )
+                    .in_node(&node.name.value),
+                ),
+                other => errors.push(
+                    GraphError::new(
+                        BAD_IN_PLACE,
+                        format!(
+                            "`{}` ({}) updates its input {port} in place, which must be a                              `state.` tensor, not {}",
+                            node.name.value,
+                            node.op.name(),
+                            match other {
+                                None => "unconnected".to_owned(),
+                                Some(ValueRef::Batch(f)) => format!("`batch.{f}`"),
+                                Some(_) => "a node output".to_owned(),
+                            }
+                        ),
+                        node.name.loc,
+                    )
+                    .in_node(&node.name.value),
+                ),
+            }
+        }
+        writes.push((i, names));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    if writes.is_empty() {
+        return Ok(preds);
+    }
+    // Who touches which state: `state.` inputs by exact name (the common case, indexed), and
+    // the rare declared accesses (`Access`, names that may cover others) by overlap.
+    let mut by_name: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut declared: Vec<(usize, Vec<String>)> = Vec::new();
+    for (j, node) in graph.nodes.iter().enumerate() {
+        for s in node.inputs.iter().flatten() {
+            if let ValueRef::State(x) = s {
+                by_name.entry(x.as_str()).or_default().push(j);
+            }
+        }
+        let a = node.op.access();
+        if !a.reads.is_empty() || !a.writes.is_empty() {
+            declared.push((j, a.reads.into_iter().chain(a.writes).collect()));
+        }
+    }
+    for (w, names) in &writes {
+        let mut others: BTreeSet<usize> = BTreeSet::new();
+        for name in names {
+            // Exact names, and names one covers (an input `teacher` would cover `teacher.w`).
+            for (x, nodes) in &by_name {
+                if state_overlaps(x, name) {
+                    others.extend(nodes);
+                }
+            }
+            for (j, xs) in &declared {
+                if xs.iter().any(|x| state_overlaps(x, name)) {
+                    others.insert(*j);
+                }
+            }
+        }
+        others.remove(w);
+        for j in others {
+            let (from, to) = if j < *w { (j, *w) } else { (*w, j) };
+            if let Err(at) = preds[to].binary_search(&from) {
+                preds[to].insert(at, from);
+            }
+        }
+    }
+    Ok(preds)
+}
+
 /// Pass 1: FS0114 for every pair of nodes that conflict on state with no path between them.
 /// Names conflict when equal or when one is a dotted prefix of the other (`teacher` covers
 /// `teacher.conv1.weight`).
@@ -582,14 +697,9 @@ fn state_conflicts(graph: &Graph, preds: &[Vec<usize>]) -> Vec<GraphError> {
         let (lo, hi) = (a.min(b), a.max(b));
         anc[hi * words + lo / 64] & (1 << (lo % 64)) != 0
     };
-    let overlaps = |x: &str, y: &str| {
-        x == y
-            || (y.len() > x.len() && y.starts_with(x) && y.as_bytes()[x.len()] == b'.')
-            || (x.len() > y.len() && x.starts_with(y) && x.as_bytes()[y.len()] == b'.')
-    };
     let first_overlap = |xs: &BTreeSet<String>, ys: &BTreeSet<String>| -> Option<String> {
         xs.iter()
-            .find_map(|x| ys.iter().find(|y| overlaps(x, y)).map(|_| x.clone()))
+            .find_map(|x| ys.iter().find(|y| state_overlaps(x, y)).map(|_| x.clone()))
     };
     let mut errors = Vec::new();
     for i in 0..n {
