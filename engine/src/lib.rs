@@ -24,6 +24,7 @@ pub mod registry;
 pub mod spec;
 pub mod tensor;
 pub mod train;
+pub mod update;
 
 pub use op::{Access, ExecCx, NoParams, Op, OpError, OpNode, Port};
 pub use registry::{Plugin, Registry, RegistryError};

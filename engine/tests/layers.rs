@@ -22,6 +22,7 @@ const STACK: &[&str] = &[
     "autodiff",
     "ir",
     "fusion",
+    "update",
     "plan",
     "exec",
     "checkpoint",
