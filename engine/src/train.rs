@@ -1,14 +1,18 @@
 //! train: one training step of a method graph, built once — the validated forward graph, one
 //! backward pass per optimizer (each differentiating its own weighted `minimize:` losses with
-//! respect to its model's parameters), then the optimizer updates in declared order — and the
-//! learning-rate schedules.
+//! respect to its model's parameters), then the update as graph nodes (update.rs: a guard over
+//! every loss and gradient, the optimizer steps in declared order, the assigned buffers, the
+//! EMA updates), planned and run as one step — and the learning-rate schedules, whose values the
+//! host writes into the step's scalars before each run.
 //!
 //! State naming: a model's parameters are the state tensors named `<model>.<name>`; `lr_mult`
 //! prefixes match `<name>`.
 //!
 //! State comes from two places: tensors handed in (`env.state` + their values) and tensors the
 //! models declare while tracing, initialised here from their `Init` with a Philox stream per
-//! name. Buffers the models assign (BN running statistics) are written after the updates.
+//! name. Buffers the models assign (BN running statistics) are written after the updates. The
+//! optimizer moments and the step's scalars are state of the step graph too, kept beside the
+//! model state (`aux`) so that `state` stays the models' tensors.
 //!
 //! [`Trainer::checkpoint`] / [`Trainer::resume`] capture and restore everything a run needs to
 //! continue exactly: state, optimizer buffers and step counts, the next iteration.
@@ -23,9 +27,12 @@ use crate::ir;
 use crate::registry::Registry;
 use crate::spec::{GraphError, GraphSpec, Loc, OptimKind, OptimSpec, Schedule};
 use crate::tensor::{DType, Tensor};
-use flowseg_kernels::optim::{adamw_step, sgd_step, AdamW, Sgd};
+use crate::update::{self, AdamWStepOp, Assign, EmaUpdate, FiniteAnd, SgdStep};
+use crate::{op::Configured, NoParams};
+use flowseg_kernels::optim::{sgd_step, AdamW, EmaStep, Sgd};
 use flowseg_kernels::KernelError;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// FS0111: a `minimize:` entry that names no loss, or an optimizer for a model without
 /// parameters.
@@ -120,9 +127,20 @@ struct Param {
     state: String,
     grad: ValueRef,
     lr_mult: f64,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    /// Elements of the parameter (and of each of its moments).
+    len: usize,
+    /// Its first slot in the step's scalars (see [`Trainer::write_scalars`]).
+    at: usize,
 }
+
+/// The name of a parameter's optimizer buffer `kind` (`m`, `v`): in the step's state and in
+/// checkpoints.
+fn moment_name(model: &str, param: &str, kind: &str) -> String {
+    format!("optim/{model}/{param}/{kind}")
+}
+
+/// The state tensor of the step's per-step scalars.
+const SCALARS: &str = "step/scalars";
 
 struct Optimizer {
     model: String,
@@ -151,7 +169,16 @@ pub struct Trainer {
     /// How [`Trainer::step`] runs `graph`: one stream (the CPU runs one op at a time), keeping
     /// the losses, gradients and assigned buffers. `flowseg plan` re-plans from its `keep`.
     pub plan: crate::plan::Plan,
-    /// The plan's buffers, kept across steps (see [`exec::Workspace`]).
+    /// What [`Trainer::step`] runs: `graph` followed by the update as graph nodes
+    /// (engine/src/update.rs: the finiteness guard, each parameter's optimizer step, the
+    /// assigns, the EMA updates, in that order), and its one-stream plan.
+    step_graph: Graph,
+    step_plan: crate::plan::Plan,
+    /// State the update nodes read and write besides `state`: each parameter's optimizer
+    /// moments (`optim/<model>/<param>/m`, `/v`, flat, the checkpoint's names) and the step's
+    /// scalars (`step/scalars`, written before each step).
+    aux: BTreeMap<String, Tensor>,
+    /// The step plan's buffers, kept across steps (see [`exec::Workspace`]).
     workspace: exec::Workspace,
     /// The node pairs the fusion pass merged in `graph` (empty with [`TrainerOptions::fuse`]
     /// off).
@@ -181,6 +208,8 @@ struct Ema {
     copies: Vec<(String, String)>,
     decay: f64,
     ramp: bool,
+    /// Its two slots in the step's scalars (α, 1 − α).
+    at: usize,
 }
 
 impl Trainer {
@@ -389,12 +418,8 @@ impl Trainer {
                                 state: name,
                                 grad,
                                 lr_mult,
-                                m: vec![0.0; len],
-                                v: if ospec.kind == OptimKind::Adamw {
-                                    vec![0.0; len]
-                                } else {
-                                    Vec::new()
-                                },
+                                len,
+                                at: 0,
                             }
                         })
                         .collect();
@@ -451,7 +476,7 @@ impl Trainer {
                 ),
             }
         }
-        let emas = ema_pairs(spec, &graph, &mut errors);
+        let mut emas = ema_pairs(spec, &graph, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -506,11 +531,32 @@ impl Trainer {
                  trainer runs one stream"
             );
         }
+        let mut step_graph = graph.clone();
+        let (aux, guard) = append_update(&mut step_graph, &losses, &mut optimizers, &mut emas)
+            .map_err(|e| {
+                vec![GraphError::new(
+                    BAD_OBJECTIVE,
+                    format!("internal: appending the update to the step: {e}"),
+                    Loc::NONE,
+                )]
+            })?;
+        let mut step_keep = keep.clone();
+        step_keep.extend(guard);
         let plan = crate::plan::plan(&graph, &crate::plan::PlanOptions { streams: 1, keep })?;
+        let step_plan = crate::plan::plan(
+            &step_graph,
+            &crate::plan::PlanOptions {
+                streams: 1,
+                keep: step_keep,
+            },
+        )?;
         footprint.activations = plan.stats.peak_bytes as u64;
         check_fits(&footprint, spec, limit).map_err(|e| vec![e])?;
         let mut t = Trainer {
             plan,
+            step_graph,
+            step_plan,
+            aux,
             fusions,
             workspace: exec::Workspace::default(),
             graph,
@@ -653,107 +699,127 @@ impl Trainer {
         batch: &BTreeMap<String, Tensor>,
         iteration: u64,
     ) -> Result<Vec<(String, f32)>, StepError> {
-        let (graph, plan, order) = (&self.graph, &self.plan, exec::ExecOrder::Sequential);
-        let run = exec::run_plan_in(
+        // Scalars first: a hyper-parameter the kernels refuse fails here, before any change.
+        self.write_scalars(iteration)?;
+        // The update nodes read and write the moments and scalars beside the model state: one
+        // map for the run, split again after it.
+        let aux = std::mem::take(&mut self.aux);
+        let aux_names: Vec<String> = aux.keys().cloned().collect();
+        self.state.extend(aux);
+        let (graph, plan, order) = (
+            &self.step_graph,
+            &self.step_plan,
+            exec::ExecOrder::Sequential,
+        );
+        let result = exec::run_plan_in_place(
             &mut self.workspace,
             graph,
             plan,
             batch,
-            &self.state,
+            &mut self.state,
             self.seed,
             iteration,
             order,
-        )?;
-        let mut values = Vec::with_capacity(self.losses.len());
-        for (name, src) in &self.losses {
-            let v = run.scalar(src).unwrap_or(f32::NAN);
-            if !v.is_finite() {
-                drop(run);
-                return Err(StepError::NonFinite {
-                    name: name.clone(),
-                    value: v,
-                    iteration,
-                    first: self.first_non_finite(batch, iteration),
-                });
+        );
+        // The values the host checks: losses, metrics, every gradient's finiteness. The graph's
+        // guard already let the update through exactly when all of them are finite.
+        let checked = result.map(|run| {
+            let losses: Vec<(String, f32)> = (self.losses.iter())
+                .map(|(name, src)| (name.clone(), run.scalar(src).unwrap_or(f32::NAN)))
+                .collect();
+            let metrics: Vec<(String, f32)> = (self.metrics.iter())
+                .map(|(name, src)| (name.clone(), run.scalar(src).unwrap_or(f32::NAN)))
+                .collect();
+            let bad_grad = (self.optimizers.iter())
+                .flat_map(|o| o.params.iter())
+                .find(|p| {
+                    let g = run.get(&p.grad).and_then(Tensor::f32).unwrap_or(&[]);
+                    !g.iter().all(|v| v.is_finite())
+                })
+                .map(|p| p.state.clone());
+            (losses, metrics, bad_grad)
+        });
+        for name in aux_names {
+            if let Some(t) = self.state.remove(&name) {
+                self.aux.insert(name, t);
             }
-            values.push((name.clone(), v));
         }
-        self.metric_values = (self.metrics.iter())
-            .map(|(name, src)| (name.clone(), run.scalar(src).unwrap_or(f32::NAN)))
-            .collect();
-        drop(run);
-        // The gradients and assigned buffers are read in place from the workspace, which the
-        // updates below do not touch.
-        let kept = &self.workspace;
+        let (values, metrics, bad_grad) = checked?;
+        if let Some((name, v)) = values.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(StepError::NonFinite {
+                name: name.clone(),
+                value: *v,
+                iteration,
+                first: self.first_non_finite(batch, iteration),
+            });
+        }
+        self.metric_values = metrics;
         // All or nothing: one non-finite gradient would poison its parameter (and, through the
-        // EMA and the next checkpoint, everything after it), so no update is applied.
-        for opt in &self.optimizers {
-            for p in &opt.params {
-                let g = kept.get(&p.grad).and_then(Tensor::f32).unwrap_or(&[]);
-                if !g.iter().all(|v| v.is_finite()) {
-                    return Err(StepError::NonFiniteGradient {
-                        param: p.state.clone(),
-                        iteration,
-                        first: self.first_non_finite(batch, iteration),
-                    });
-                }
-            }
+        // EMA and the next checkpoint, everything after it), so the guard applied no update.
+        if let Some(param) = bad_grad {
+            return Err(StepError::NonFiniteGradient {
+                param,
+                iteration,
+                first: self.first_non_finite(batch, iteration),
+            });
         }
         for opt in &mut self.optimizers {
             opt.steps += 1;
+        }
+        Ok(values)
+    }
+
+    /// Fills the step's scalars for `iteration` (see [`append_update`]): per parameter its SGD
+    /// learning rate (base · lr_mult, rounded to f32 once, as `sgd_step` rounds it) or AdamW's
+    /// three per-step values for step count `steps + 1` ([`AdamW::at`]), per EMA its α and
+    /// 1 − α ([`EmaStep::new`]) — derived exactly as the one-call kernels derive them, so the
+    /// planned update is theirs bit for bit. Validates what the kernels validate.
+    fn write_scalars(&mut self, iteration: u64) -> Result<(), StepError> {
+        let Some(slots) = self.aux.get_mut(SCALARS).and_then(Tensor::f32_mut) else {
+            return Ok(());
+        };
+        let mut put = |at: usize, v: &[f32]| {
+            if let Some(dst) = slots.get_mut(at..at + v.len()) {
+                dst.copy_from_slice(v);
+            }
+        };
+        for opt in &self.optimizers {
             let base = lr_at(
                 opt.spec.lr,
                 opt.spec.schedule.as_ref(),
                 iteration,
                 self.total,
             );
-            for p in &mut opt.params {
-                let g = kept.get(&p.grad).and_then(Tensor::f32).unwrap_or(&[]);
-                let Some(value) = self.state.get_mut(&p.state).and_then(Tensor::f32_mut) else {
-                    continue;
-                };
+            let fail = |source| StepError::Update {
+                model: opt.model.clone(),
+                source,
+            };
+            for p in opt.params.iter().filter(|p| p.len > 0) {
                 let lr = base * p.lr_mult;
-                let result = match opt.spec.kind {
-                    OptimKind::Sgd => sgd_step(
-                        value,
-                        g,
-                        &mut p.m,
-                        &Sgd {
+                match opt.spec.kind {
+                    OptimKind::Sgd => {
+                        let cfg = Sgd {
                             lr,
                             momentum: opt.spec.momentum,
                             nesterov: opt.spec.nesterov,
                             weight_decay: opt.spec.weight_decay,
-                        },
-                    ),
-                    OptimKind::Adamw => adamw_step(
-                        value,
-                        g,
-                        &mut p.m,
-                        &mut p.v,
-                        &AdamW {
+                        };
+                        // The kernel on empty slices validates with its own messages.
+                        sgd_step::<f32>(&mut [], &[], &mut [], &cfg).map_err(fail)?;
+                        put(p.at, &[lr as f32]);
+                    }
+                    OptimKind::Adamw => {
+                        let cfg = AdamW {
                             lr,
                             beta1: opt.spec.betas.0,
                             beta2: opt.spec.betas.1,
                             eps: opt.spec.eps,
                             weight_decay: opt.spec.weight_decay,
-                        },
-                        opt.steps,
-                    ),
-                };
-                result.map_err(|source| StepError::Update {
-                    model: opt.model.clone(),
-                    source,
-                })?;
-            }
-        }
-        for (src, name) in &self.graph.assigns {
-            let Some(t) = kept.get(src) else { continue };
-            let copied = self
-                .state
-                .get_mut(name)
-                .is_some_and(|slot| slot.copy_from(t));
-            if !copied {
-                self.state.insert(name.clone(), t.clone());
+                        };
+                        let at = cfg.at::<f32>(opt.steps + 1).map_err(fail)?;
+                        put(p.at, &update::adamw_slots(&at));
+                    }
+                }
             }
         }
         for e in &self.emas {
@@ -764,27 +830,141 @@ impl Trainer {
             } else {
                 e.decay
             };
-            for (teacher, student) in &e.pairs {
-                let Some(src) = self
-                    .state
-                    .get(student)
-                    .and_then(Tensor::f32)
-                    .map(<[f32]>::to_vec)
-                else {
-                    continue;
-                };
-                if let Some(dst) = self.state.get_mut(teacher).and_then(Tensor::f32_mut) {
-                    flowseg_kernels::optim::ema_update(dst, &src, alpha).map_err(|source| {
-                        StepError::Update {
-                            model: teacher.clone(),
-                            source,
-                        }
-                    })?;
+            let f = EmaStep::<f32>::new(alpha).map_err(|source| StepError::Update {
+                model: e.pairs.first().map_or(String::new(), |(t, _)| t.clone()),
+                source,
+            })?;
+            put(e.at, &update::ema_slots(&f));
+        }
+        Ok(())
+    }
+}
+
+/// Appends the update to the step's graph (after its forward and backward), in the order the
+/// step applies it: a guard chained over every loss and gradient (`finite_and`: 1 only if all
+/// are finite), then per optimizer in declared order each parameter's `sgd_step`/`adamw_step`,
+/// then the assigned buffers (`assign`, in the graph's order), then each EMA's updates. Every
+/// one updates `state.` tensors in place and is skipped when the guard is 0. Declares the
+/// moments and the step's scalars as state, gives each parameter and EMA its scalar slots, and
+/// returns their initial values (zeros) and the guard's value, if any.
+fn append_update(
+    graph: &mut Graph,
+    losses: &[(String, ValueRef)],
+    optimizers: &mut [Optimizer],
+    emas: &mut [Ema],
+) -> Result<(BTreeMap<String, Tensor>, Option<ValueRef>), String> {
+    let mut aux = BTreeMap::new();
+    let mut slots = 0usize;
+    for opt in optimizers.iter_mut() {
+        for p in opt.params.iter_mut().filter(|p| p.len > 0) {
+            p.at = slots;
+            slots += match opt.spec.kind {
+                OptimKind::Sgd => 1,
+                OptimKind::Adamw => 3,
+            };
+        }
+    }
+    for e in emas.iter_mut() {
+        e.at = slots;
+        slots += 2;
+    }
+    let mut declare = |graph: &mut Graph, name: String, len: usize| {
+        let spec = crate::tensor::TensorSpec::f32(&[len]);
+        aux.insert(name.clone(), Tensor::zeros(&spec));
+        graph.state.insert(name.clone(), spec);
+        ValueRef::State(name)
+    };
+    let scalars = declare(graph, SCALARS.to_owned(), slots.max(1));
+    let mut guard: Option<ValueRef> = None;
+    let sources = (losses.iter().map(|(_, s)| s)).chain(
+        optimizers
+            .iter()
+            .flat_map(|o| o.params.iter().map(|p| &p.grad)),
+    );
+    for (k, src) in sources.cloned().enumerate() {
+        let out = graph.push_node(
+            format!("step/finite/{k}"),
+            Arc::new(Configured::<FiniteAnd> {
+                params: NoParams {},
+            }),
+            vec![Some(src), guard.clone()],
+        )?;
+        guard = out.into_iter().next();
+    }
+    for opt in optimizers.iter() {
+        for p in opt.params.iter().filter(|p| p.len > 0) {
+            let name = format!("optim/{}/{}", opt.model, p.state);
+            let m = declare(graph, moment_name(&opt.model, &p.state, "m"), p.len);
+            let param = Some(ValueRef::State(p.state.clone()));
+            match opt.spec.kind {
+                OptimKind::Sgd => {
+                    let params = update::SgdParams {
+                        at: p.at,
+                        momentum: opt.spec.momentum,
+                        nesterov: opt.spec.nesterov,
+                        weight_decay: opt.spec.weight_decay,
+                    };
+                    let inputs = vec![
+                        param,
+                        Some(m),
+                        Some(p.grad.clone()),
+                        Some(scalars.clone()),
+                        guard.clone(),
+                    ];
+                    graph.push_node(name, Arc::new(Configured::<SgdStep> { params }), inputs)?;
+                }
+                OptimKind::Adamw => {
+                    let v = declare(graph, moment_name(&opt.model, &p.state, "v"), p.len);
+                    let params = update::AdamWParams {
+                        at: p.at,
+                        beta1: opt.spec.betas.0,
+                        beta2: opt.spec.betas.1,
+                        eps: opt.spec.eps,
+                    };
+                    let inputs = vec![
+                        param,
+                        Some(m),
+                        Some(v),
+                        Some(p.grad.clone()),
+                        Some(scalars.clone()),
+                        guard.clone(),
+                    ];
+                    graph.push_node(
+                        name,
+                        Arc::new(Configured::<AdamWStepOp> { params }),
+                        inputs,
+                    )?;
                 }
             }
         }
-        Ok(values)
     }
+    let assigns = graph.assigns.clone();
+    for (k, (src, name)) in assigns.into_iter().enumerate() {
+        graph.push_node(
+            format!("assign/{k}/{name}"),
+            Arc::new(Configured::<Assign> {
+                params: NoParams {},
+            }),
+            vec![Some(ValueRef::State(name)), Some(src), guard.clone()],
+        )?;
+    }
+    for e in emas.iter() {
+        for (teacher, student) in &e.pairs {
+            graph.push_node(
+                format!("ema/{teacher}"),
+                Arc::new(Configured::<EmaUpdate> {
+                    params: update::EmaParams { at: e.at },
+                }),
+                vec![
+                    Some(ValueRef::State(teacher.clone())),
+                    Some(ValueRef::State(student.clone())),
+                    Some(scalars.clone()),
+                    guard.clone(),
+                ],
+            )?;
+        }
+    }
+    Ok((aux, guard))
 }
 
 impl Trainer {
@@ -820,13 +1000,10 @@ impl Trainer {
             c.meta
                 .insert(format!("optim/{}/steps", o.model), o.steps.to_string());
             for p in &o.params {
-                for (kind, buf) in [("m", &p.m), ("v", &p.v)] {
-                    if buf.is_empty() {
-                        continue;
-                    }
-                    if let Some(t) = Tensor::from_f32(&[buf.len()], buf.clone()) {
-                        c.tensors
-                            .insert(format!("optim/{}/{}/{kind}", o.model, p.state), t);
+                for kind in ["m", "v"] {
+                    let name = moment_name(&o.model, &p.state, kind);
+                    if let Some(t) = self.aux.get(&name) {
+                        c.tensors.insert(name, t.clone());
                     }
                 }
             }
@@ -872,37 +1049,27 @@ impl Trainer {
             meta: c.meta.clone(),
         };
         checkpoint::restore(&mut state, &plain, "")?;
-        // Per optimizer: its step count and each parameter's (m, v).
-        type Buffers = Vec<(Vec<f32>, Vec<f32>)>;
-        let mut optimizers: Vec<(u64, Buffers)> = Vec::new();
+        // Per optimizer: its step count; per parameter, each moment the step holds.
+        let mut steps = Vec::new();
         for o in &self.optimizers {
-            let steps = meta_u64(&format!("optim/{}/steps", o.model))?;
-            let mut bufs = Vec::new();
-            for p in &o.params {
-                let get = |kind: &str, want: usize| -> Result<Vec<f32>, CheckpointError> {
-                    if want == 0 {
-                        return Ok(Vec::new());
-                    }
-                    let name = format!("optim/{}/{}/{kind}", o.model, p.state);
-                    match c.tensors.get(&name).and_then(Tensor::f32) {
-                        Some(v) if v.len() == want => Ok(v.to_vec()),
-                        _ => Err(invalid(format!(
-                            "optimizer buffer `{name}` missing or of the wrong size"
-                        ))),
-                    }
-                };
-                bufs.push((get("m", p.m.len())?, get("v", p.v.len())?));
+            steps.push(meta_u64(&format!("optim/{}/steps", o.model))?);
+        }
+        let mut moments = Vec::new();
+        for (name, have) in self.aux.iter().filter(|(k, _)| k.starts_with("optim/")) {
+            match c.tensors.get(name) {
+                Some(t) if t.spec() == have.spec() => moments.push((name.clone(), t.clone())),
+                _ => {
+                    return Err(invalid(format!(
+                        "optimizer buffer `{name}` missing or of the wrong size"
+                    )))
+                }
             }
-            optimizers.push((steps, bufs));
         }
         self.state = state;
-        for (o, (steps, bufs)) in self.optimizers.iter_mut().zip(optimizers) {
+        for (o, steps) in self.optimizers.iter_mut().zip(steps) {
             o.steps = steps;
-            for (p, (m, v)) in o.params.iter_mut().zip(bufs) {
-                p.m = m;
-                p.v = v;
-            }
         }
+        self.aux.extend(moments);
         Ok(next)
     }
 }
@@ -1089,6 +1256,7 @@ fn ema_pairs(spec: &GraphSpec, graph: &Graph, errors: &mut Vec<GraphError>) -> V
             copies,
             decay,
             ramp: m.ramp.unwrap_or(true),
+            at: 0,
         });
     }
     out
