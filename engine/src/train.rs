@@ -178,6 +178,9 @@ pub struct Trainer {
     /// moments (`optim/<model>/<param>/m`, `/v`, flat, the checkpoint's names) and the step's
     /// scalars (`step/scalars`, written before each step).
     aux: BTreeMap<String, Tensor>,
+    /// The guard's value in `step_graph` (1 when every loss and gradient was finite and the
+    /// update ran, else 0); `None` when the step has no loss or gradient.
+    guard: Option<ValueRef>,
     /// The step plan's buffers, kept across steps (see [`exec::Workspace`]).
     workspace: exec::Workspace,
     /// The node pairs the fusion pass merged in `graph` (empty with [`TrainerOptions::fuse`]
@@ -541,7 +544,7 @@ impl Trainer {
                 )]
             })?;
         let mut step_keep = keep.clone();
-        step_keep.extend(guard);
+        step_keep.extend(guard.clone());
         let plan = crate::plan::plan(&graph, &crate::plan::PlanOptions { streams: 1, keep })?;
         let step_plan = crate::plan::plan(
             &step_graph,
@@ -557,6 +560,7 @@ impl Trainer {
             step_graph,
             step_plan,
             aux,
+            guard,
             fusions,
             workspace: exec::Workspace::default(),
             graph,
@@ -730,8 +734,12 @@ impl Trainer {
             let metrics: Vec<(String, f32)> = (self.metrics.iter())
                 .map(|(name, src)| (name.clone(), run.scalar(src).unwrap_or(f32::NAN)))
                 .collect();
+            // The guard says whether every loss and gradient was finite; only when it was not
+            // does the host look for the gradient to name (the losses are checked below).
+            let passed = (self.guard.as_ref()).is_none_or(|g| run.scalar(g) == Some(1.0));
             let bad_grad = (self.optimizers.iter())
                 .flat_map(|o| o.params.iter())
+                .filter(|_| !passed)
                 .find(|p| {
                     let g = run.get(&p.grad).and_then(Tensor::f32).unwrap_or(&[]);
                     !g.iter().all(|v| v.is_finite())

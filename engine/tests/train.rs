@@ -695,6 +695,15 @@ fn non_finite_gradients_leave_the_state_unchanged() {
         "{e}"
     );
     assert_eq!(t.state, before);
+    // With AdamW, its moments and step count stay as they were too (the update runs inside the
+    // step's graph, behind its guard): the whole checkpoint is unchanged.
+    let yaml = yaml.replace("kind: sgd, lr: 0.3", "kind: adamw, lr: 0.05");
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
+    let mut t = Trainer::new(&spec, &model_registry(), &env(), BTreeMap::new()).unwrap();
+    let before = t.checkpoint(0);
+    assert!(t.step(&batch, 0).is_err());
+    let after = t.checkpoint(0);
+    assert_eq!((after.tensors, after.meta), (before.tensors, before.meta));
 }
 
 #[test]
