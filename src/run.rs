@@ -345,10 +345,10 @@ pub fn plan(
     let trainer = &l.trainer;
     let opts = PlanOptions {
         streams: usize::from(a.streams),
-        keep: trainer.plan.keep.clone(),
+        keep: trainer.step_plan().keep.clone(),
     };
     // State conflicts do not depend on the stream count: `load` reported them already.
-    let p = match plan::plan(&trainer.graph, &opts) {
+    let p = match plan::plan(trainer.step_graph(), &opts) {
         Ok(p) => p,
         Err(errors) => {
             let shown = a.graph.display().to_string();
@@ -364,7 +364,7 @@ pub fn plan(
     };
     let written = write!(
         out,
-        "{}: `{}`, the training step (forward and backward)\nfused: {fused}\n{p}",
+        "{}: `{}`, the training step (forward, backward and update)\nfused: {fused}\n{p}",
         a.graph.display(),
         l.spec.name.value
     );
@@ -379,7 +379,7 @@ pub fn plan(
             writeln!(
                 out,
                 "verified: {n} interleavings of this plan give the single-stream run's {kept} \
-                 kept values bit for bit"
+                 kept values and updated state tensors bit for bit"
             )
             .and_then(|()| out.flush()),
             err,
@@ -391,57 +391,59 @@ pub fn plan(
     }
 }
 
-/// Runs the trainer's single-stream plan in order, then `p` under `n` interleavings, on the
-/// first batch; returns how many kept values matched bit for bit.
+/// Named values of one run, each as bits (`None`: no such value).
+type Outcome = Vec<(String, Option<Vec<u32>>)>;
+
+/// Runs the trainer's single-stream step plan in order, then `p` under `n` interleavings, on
+/// the first batch, each from the same state; returns how many values matched bit for bit: the
+/// kept values (losses, gradients, metrics, the guard) and every state tensor after the step
+/// (parameters, moments and buffers the update changed in place).
 fn verify(l: &mut Loaded, p: &plan::Plan, n: u64) -> Result<usize, String> {
     let batch = l.source.batch(0).map_err(|e| format!("data: {e}"))?;
-    let t = &l.trainer;
     let seed = l.spec.train.seed;
-    let bits = |run: &exec::Run<'_>| -> Vec<Option<Vec<u32>>> {
-        p.keep
-            .iter()
-            .map(|s| {
-                let t = run.get(s)?;
-                match (t.f32(), t.i32()) {
-                    (Some(v), _) => Some(v.iter().map(|x| x.to_bits()).collect()),
-                    (_, Some(v)) => Some(v.iter().map(|&x| x as u32).collect()),
-                    _ => None,
-                }
-            })
-            .collect()
+    let start = l.trainer.step_state(0).map_err(|e| e.to_string())?;
+    let t = &l.trainer;
+    let graph = t.step_graph();
+    let bits_of = |t: &flowseg_engine::Tensor| -> Option<Vec<u32>> {
+        match (t.f32(), t.i32()) {
+            (Some(v), _) => Some(v.iter().map(|x| x.to_bits()).collect()),
+            (_, Some(v)) => Some(v.iter().map(|&x| x as u32).collect()),
+            _ => None,
+        }
     };
-    let reference = exec::run_plan(
-        &t.graph,
-        &t.plan,
-        &batch,
-        &t.state,
-        seed,
-        0,
-        ExecOrder::Sequential,
-    )
-    .map_err(|e| e.to_string())?;
-    let want = bits(&reference);
+    // (what, bits) of every kept value, then of every state tensor after the run.
+    let outcome = |plan: &plan::Plan, order: ExecOrder| -> Result<Outcome, String> {
+        let mut state = start.clone();
+        let mut ws = exec::Workspace::default();
+        let run = exec::run_plan_in_place(&mut ws, graph, plan, &batch, &mut state, seed, 0, order)
+            .map_err(|e| e.to_string())?;
+        let mut out: Outcome = (p.keep.iter())
+            .map(|s| {
+                let name = match s {
+                    flowseg_engine::graph::ValueRef::Node { node, port } => {
+                        format!("{}.{port}", graph.nodes[*node].name.value)
+                    }
+                    other => format!("{other:?}"),
+                };
+                (name, run.get(s).and_then(bits_of))
+            })
+            .collect();
+        drop(run);
+        out.extend(
+            state
+                .iter()
+                .map(|(k, v)| (format!("state `{k}`"), bits_of(v))),
+        );
+        Ok(out)
+    };
+    let want = outcome(t.step_plan(), ExecOrder::Sequential)?;
     for s in 0..n {
-        let run = exec::run_plan(
-            &t.graph,
-            p,
-            &batch,
-            &t.state,
-            seed,
-            0,
-            ExecOrder::Interleaved { seed: s },
-        )
-        .map_err(|e| format!("interleaving {s}: {e}"))?;
-        let got = bits(&run);
-        if let Some(k) = (0..want.len()).find(|&k| got[k] != want[k]) {
-            let name = match &p.keep[k] {
-                flowseg_engine::graph::ValueRef::Node { node, port } => {
-                    format!("{}.{port}", t.graph.nodes[*node].name.value)
-                }
-                other => format!("{other:?}"),
-            };
+        let got = outcome(p, ExecOrder::Interleaved { seed: s })
+            .map_err(|e| format!("interleaving {s}: {e}"))?;
+        if let Some(k) = (0..want.len()).find(|&k| got.get(k) != want.get(k)) {
             return Err(format!(
-                "interleaving {s}: `{name}` differs from the single-stream run"
+                "interleaving {s}: `{}` differs from the single-stream run",
+                want[k].0
             ));
         }
     }

@@ -976,6 +976,30 @@ fn append_update(
 }
 
 impl Trainer {
+    /// What [`Trainer::step`] runs: [`Trainer::graph`] followed by the update nodes (the guard,
+    /// the optimizer steps, the assigns, the EMA updates; engine/src/update.rs).
+    pub fn step_graph(&self) -> &Graph {
+        &self.step_graph
+    }
+
+    /// The one-stream plan of [`Trainer::step_graph`] that [`Trainer::step`] runs; `flowseg
+    /// plan` re-plans from its `keep`.
+    pub fn step_plan(&self) -> &crate::plan::Plan {
+        &self.step_plan
+    }
+
+    /// A copy of everything [`Trainer::step_graph`] reads as state at `iteration`: the models'
+    /// state, the optimizer moments and the step's scalars for that iteration — for tools that
+    /// run the step's plan themselves (`flowseg plan --verify`) with
+    /// [`exec::run_plan_in_place`]. Errors as [`Trainer::step`] does on a refused
+    /// hyper-parameter.
+    pub fn step_state(&mut self, iteration: u64) -> Result<BTreeMap<String, Tensor>, StepError> {
+        self.write_scalars(iteration)?;
+        let mut state = self.state.clone();
+        state.extend(self.aux.clone());
+        Ok(state)
+    }
+
     /// Each optimizer's model and its base learning rate at `iteration` (before `lr_mult`).
     pub fn learning_rates(&self, iteration: u64) -> Vec<(String, f64)> {
         (self.optimizers.iter())
