@@ -6,6 +6,9 @@
 //! equal `run_cpu`'s bit for bit. This is what lets the executor skip clearing outputs: every
 //! built-in op the shipped graphs use overwrites its outputs without reading them.
 //!
+//! And the whole step, the update nodes included: every state tensor after it, on every plan
+//! and from the trainer's own step, equals the reference executor's.
+//!
 //! Not here: the numbers themselves (ops/tests/gradients.rs, tests/run.rs).
 
 mod suite;
@@ -105,6 +108,84 @@ fn every_shipped_graph_steps_identically_on_poisoned_and_reused_buffers() {
                     panic!("{what}, {name}, {order:?}: `{diff}` differs from run_cpu's");
                 }
             }
+        }
+    }
+}
+
+/// Bits of every tensor of a state map, by name.
+fn state_bits(state: &BTreeMap<String, Tensor>) -> BTreeMap<String, Vec<u32>> {
+    (state.iter())
+        .map(|(k, t)| {
+            let bits = match (t.f32(), t.i32()) {
+                (Some(v), _) => v.iter().map(|x| x.to_bits()).collect(),
+                (_, Some(v)) => v.iter().map(|&x| x as u32).collect(),
+                _ => Vec::new(),
+            };
+            (k.clone(), bits)
+        })
+        .collect()
+}
+
+/// The whole step — forward, backward and the update nodes that change state in place (the
+/// optimizer steps, assigns and EMA updates; engine/src/update.rs) — on one, two and three
+/// streams, poisoned and in plan order, leaves every state tensor (parameters, moments, buffers,
+/// teachers) as the reference executor does, bit for bit, and so does the trainer's own step.
+#[test]
+fn every_shipped_graph_updates_its_state_identically_on_every_plan() {
+    let registry = full_registry();
+    for file in &graph_files() {
+        let what = file.display();
+        let (gspec, mut source, env) = open_shrunk(file, &registry);
+        let mut trainer = Trainer::new(&gspec, &registry, &env, BTreeMap::new())
+            .unwrap_or_else(|e| panic!("{what}: {e:#?}"));
+        let batch = source.batch(0).expect("batch 0");
+        let (seed, iteration) = (gspec.train.seed, 0);
+        let start = trainer
+            .step_state(iteration)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let graph = trainer.step_graph().clone();
+        let reference = exec::run_cpu(&graph, &batch, &start, seed, iteration)
+            .unwrap_or_else(|e| panic!("{what}: run_cpu: {e}"));
+        let mut want = start.clone();
+        want.extend(reference.updated_state().clone());
+        drop(reference);
+        assert_ne!(
+            state_bits(&want),
+            state_bits(&start),
+            "{what}: the step updated nothing"
+        );
+        let want = state_bits(&want);
+        let keep = trainer.step_plan().keep.clone();
+        let mut plans = vec![("the trainer's plan".to_owned(), trainer.step_plan().clone())];
+        for streams in [2, 3] {
+            let opts = PlanOptions {
+                streams,
+                keep: keep.clone(),
+            };
+            let p = plan(&graph, &opts).unwrap_or_else(|e| panic!("{what}: {e:#?}"));
+            plans.push((format!("{streams} streams"), p));
+        }
+        for (name, p) in &plans {
+            let mut ws = Workspace::default();
+            for order in [ExecOrder::Interleaved { seed: 0 }, ExecOrder::Sequential] {
+                let mut state = start.clone();
+                exec::run_plan_in_place(
+                    &mut ws, &graph, p, &batch, &mut state, seed, iteration, order,
+                )
+                .unwrap_or_else(|e| panic!("{what}, {name}, {order:?}: {e}"));
+                let got = state_bits(&state);
+                if let Some(k) = want.keys().find(|k| got.get(*k) != want.get(*k)) {
+                    panic!("{what}, {name}, {order:?}: state `{k}` differs from run_cpu's");
+                }
+            }
+        }
+        // The trainer's step is the same computation.
+        trainer
+            .step(&batch, iteration)
+            .unwrap_or_else(|e| panic!("{what}: step: {e}"));
+        let stepped = state_bits(&trainer.state);
+        if let Some(k) = stepped.keys().find(|k| stepped.get(*k) != want.get(*k)) {
+            panic!("{what}: the trainer's step leaves `{k}` unlike run_cpu's");
         }
     }
 }
