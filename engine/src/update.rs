@@ -57,21 +57,6 @@ fn slot(
         })
 }
 
-/// The f32 data of in-place tensor `k`.
-fn state_f32<'a>(
-    state: &'a mut [&mut Tensor],
-    k: usize,
-    port: &'static str,
-) -> Result<&'a mut [f32], OpError> {
-    state
-        .get_mut(k)
-        .and_then(|t| t.f32_mut())
-        .ok_or_else(|| OpError::Input {
-            port,
-            problem: "an f32 state tensor expected".into(),
-        })
-}
-
 /// Same shape as input 0, f32.
 fn like_first(ports: &'static [Port], ins: &[Option<&TensorSpec>]) -> Result<(), String> {
     io::f32_spec(ports, ins, 0).map(|_| ())
@@ -307,13 +292,13 @@ impl Op for Assign {
         let [target] = state else {
             return Err(in_place_only(Self::NAME));
         };
-        if target.spec() != value.spec() {
+        // In place, into the buffer's own storage: no allocation per step.
+        if !target.copy_from(value) {
             return Err(OpError::Input {
                 port: "value",
                 problem: format!("must be {}, got {}", target.spec(), value.spec()),
             });
         }
-        **target = value.clone();
         Ok(())
     }
 }
@@ -374,10 +359,14 @@ impl Op for EmaUpdate {
             take: slot(Self::INPUTS, ins, 2, p.at + 1)?,
         };
         let source = io::f32(Self::INPUTS, ins, 1)?;
-        Ok(ema_apply(state_f32(state, 0, "target")?, source, &f)?)
+        let [target] = state else {
+            return Err(in_place_only(Self::NAME));
+        };
+        Ok(ema_apply(f32_of(target, "target")?, source, &f)?)
     }
 }
 
+/// The f32 data of an in-place tensor.
 fn f32_of<'a>(t: &'a mut Tensor, port: &'static str) -> Result<&'a mut [f32], OpError> {
     t.f32_mut().ok_or_else(|| OpError::Input {
         port,
