@@ -30,80 +30,26 @@
 //! its outputs computes from NaN — either way the run differs from [`run_cpu`], whose outputs
 //! start zeroed.
 //!
+//! Both plan executors are a [`Device`] that [`crate::device::drive`] hands the plan's steps
+//! to, in either order: the same driver and the same per-node launches as any other device.
+//!
 //! Not here: threads per stream (the simulator runs one step at a time; CPU parallelism is inside
 //! kernels), the CUDA executor.
 
+pub use crate::device::{ExecError, ExecOrder};
+
+use crate::device::{drive, Device, Launch, Program, Region};
 use crate::graph::{Graph, ValueRef};
-use crate::op::{ExecCx, OpError};
-use crate::plan::{Plan, Step};
+use crate::op::ExecCx;
+use crate::plan::Plan;
 use crate::tensor::{DType, Tensor, TensorSpec};
-use flowseg_kernels::philox::Philox;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 /// Bits of the f32 poison: a quiet NaN whose payload (`0xDEAD`) no kernel produces from numbers.
 pub const POISON_F32_BITS: u32 = 0x7FC0_DEAD;
 /// The i32 poison (no label map or index holds it).
 pub const POISON_I32: i32 = i32::MIN;
-
-/// Why a run failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    /// A batch field or state tensor the graph reads was not provided, or has another spec.
-    #[error("{what} `{name}`: {problem}")]
-    Input {
-        /// `batch field` or `state tensor`.
-        what: &'static str,
-        /// Its name.
-        name: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// A node's op failed.
-    #[error("node `{node}` ({op}): {source}")]
-    Node {
-        /// Node name.
-        node: String,
-        /// Op name.
-        op: &'static str,
-        /// The failure.
-        source: OpError,
-    },
-    /// The plan does not fit the graph, or breaks its own order (waits before records, a read
-    /// before any write, a deadlock): a planner bug or a plan edited by hand.
-    #[error("plan: {0}")]
-    Plan(String),
-    /// Interleaved test mode: a node read a poisoned (freed or never written) buffer, the sign of
-    /// a missing event, an unsafe buffer reuse, or a producer that left part of its output
-    /// unwritten.
-    #[error(
-        "node `{node}` read poison in output {port} of `{producer}` (buffer b{buffer}): a missing \
-         event, an unsafe buffer reuse, or an op that left part of its output unwritten"
-    )]
-    Poisoned {
-        /// The reader.
-        node: String,
-        /// The producer of the value it meant to read.
-        producer: String,
-        /// The producer's output index.
-        port: usize,
-        /// The buffer.
-        buffer: usize,
-    },
-}
-
-/// How [`run_plan`] orders the plan's steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecOrder {
-    /// The plan's own global order; no poisoning. What training uses.
-    Sequential,
-    /// Test mode: a random order consistent with stream order and waits, decided by `seed`, over
-    /// poisoned buffers (see the module header).
-    Interleaved {
-        /// Picks the interleaving.
-        seed: u64,
-    },
-}
 
 /// The values of one run: the inputs it read and the node outputs still available (all of them
 /// after [`run_cpu`], the plan's `keep` values after [`run_plan`] and [`run_plan_in`]).
@@ -510,6 +456,7 @@ fn execute(
             }
         }
     }
+    let program = Program::new(graph, plan)?;
     let mut ex = Executor {
         graph,
         plan,
@@ -519,16 +466,8 @@ fn execute(
         iteration,
         poison,
         ws,
-        recorded: vec![false; plan.events.len()],
     };
-    match order {
-        ExecOrder::Sequential => {
-            for step in &plan.steps {
-                ex.step(*step)?;
-            }
-        }
-        ExecOrder::Interleaved { seed } => ex.interleaved(seed)?,
-    }
+    drive(&mut ex, &program, plan, order)?;
     ex.ws.complete = true;
     Ok(())
 }
@@ -577,87 +516,33 @@ struct Executor<'g, 'a, 'w> {
     poison: bool,
     /// The buffers.
     ws: &'w mut Workspace,
-    /// Per event, whether it has been recorded.
-    recorded: Vec<bool>,
+}
+
+/// The CPU as a [`Device`]: one queue (the driver's order is the run's order), each plan buffer
+/// its own storage in the workspace (the arena offsets are not used), events as bookkeeping of
+/// the driver only. A free poisons the dead value in the simulator.
+impl Device for Executor<'_, '_, '_> {
+    fn launch(&mut self, launch: &Launch) -> Result<(), ExecError> {
+        self.run(launch.node)
+    }
+    fn record(&mut self, _stream: usize, _event: usize) -> Result<(), ExecError> {
+        Ok(())
+    }
+    fn wait(&mut self, _stream: usize, _event: usize) -> Result<(), ExecError> {
+        Ok(())
+    }
+    fn free(&mut self, _stream: usize, region: Region) -> Result<(), ExecError> {
+        if self.poison {
+            let slot = self.ws.slots.get_mut(region.buffer);
+            if let Some(t) = slot.and_then(|s| s.current.as_mut()) {
+                fill_poison(t);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Executor<'_, '_, '_> {
-    /// Runs the per-stream queues in a random order: a stream may advance when its next step is
-    /// not a wait on an unrecorded event. Each interleaving mixes two policies, drawn from the
-    /// seed: how often to switch streams (every step, or rarely — so one stream can run far
-    /// ahead, the case that exposes a missing wait) and which ready stream to switch to.
-    fn interleaved(&mut self, seed: u64) -> Result<(), ExecError> {
-        let mut queues: Vec<VecDeque<Step>> = vec![VecDeque::new(); self.plan.streams];
-        for s in &self.plan.steps {
-            match queues.get_mut(s.stream()) {
-                Some(q) => q.push_back(*s),
-                None => return Err(ExecError::Plan(format!("step {s:?} names no stream"))),
-            }
-        }
-        let rng = Philox::new(seed, 0x5157_ee7e);
-        let mut draw = 0u64;
-        let mut next = || {
-            draw += 1;
-            rng.u32_at(draw)
-        };
-        // Switch probability out of 256: always, often, rarely.
-        let switch = [256, 64, 8][(next() % 3) as usize];
-        let mut current = 0usize;
-        loop {
-            let ready: Vec<usize> = (0..queues.len())
-                .filter(|&s| match queues[s].front() {
-                    None => false,
-                    Some(Step::Wait { event, .. }) => {
-                        self.recorded.get(*event).copied().unwrap_or(false)
-                    }
-                    Some(_) => true,
-                })
-                .collect();
-            if ready.is_empty() {
-                if queues.iter().all(VecDeque::is_empty) {
-                    return Ok(());
-                }
-                return Err(ExecError::Plan(
-                    "deadlock: every stream waits for an event nobody records".into(),
-                ));
-            }
-            if !ready.contains(&current) || next() % 256 < switch {
-                current = ready[next() as usize % ready.len()];
-            }
-            if let Some(step) = queues[current].pop_front() {
-                self.step(step)?;
-            }
-        }
-    }
-
-    fn step(&mut self, step: Step) -> Result<(), ExecError> {
-        match step {
-            Step::Run { node, .. } => self.run(node),
-            Step::Record { event, .. } => match self.recorded.get_mut(event) {
-                Some(r) => {
-                    *r = true;
-                    Ok(())
-                }
-                None => Err(ExecError::Plan(format!("record of unknown event e{event}"))),
-            },
-            Step::Wait { event, .. } => match self.recorded.get(event) {
-                Some(true) => Ok(()),
-                _ => Err(ExecError::Plan(format!(
-                    "wait for event e{event} before it is recorded"
-                ))),
-            },
-            Step::Free { buffer, .. } => {
-                if self.poison {
-                    let slot = self.ws.slots.get_mut(buffer);
-                    if let Some(t) = slot.and_then(|s| s.current.as_mut()) {
-                        fill_poison(t);
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-
     fn run(&mut self, i: usize) -> Result<(), ExecError> {
         let (graph, plan) = (self.graph, self.plan);
         let node = graph

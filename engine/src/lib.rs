@@ -1,16 +1,19 @@
 //! flowseg-engine: the graph engine. Stages in data-flow order: spec (YAML → located tree →
 //! typed graph spec) → ir (validated DAG, models traced) → autodiff (backward appended as nodes)
-//! → plan (streams, events, memory) → exec (CPU reference executor); `train` ties them into one
-//! training step with optimizers, EMA teachers and checkpoints. The traits that ops, models and
-//! data sources implement (`Op`, `Model`, `DataSource`) and the `Registry` that holds them live
-//! here too. docs/layout.md walks through the modules.
+//! → update (optimizer steps and EMA as in-place nodes) → plan (streams, events, memory) →
+//! device (arena offsets, per-node launches, the `Device` trait a plan's steps are handed to)
+//! → exec (the CPU executor, one such device); `train` ties them into one training step with
+//! optimizers, EMA teachers and checkpoints. The traits that ops, models and data sources
+//! implement (`Op`, `Model`, `DataSource`) and the `Registry` that holds them live here too.
+//! docs/layout.md walks through the modules.
 //!
 //! The engine never depends on `flowseg-ops`: ops reach it through the registry. Not here yet:
-//! devices (CUDA), evaluation.
+//! the CUDA executor, evaluation.
 
 pub mod autodiff;
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod exec;
 pub mod fsutil;
 pub mod fusion;

@@ -31,13 +31,13 @@
 //!    buffers that are never reused.
 //!
 //! Planning reads specs only — no tensor is allocated and no hardware touched — so it is the
-//! `null` device of the design: `flowseg plan` and CI test plans on any machine. There is no
-//! `Device` trait yet: the CPU executor runs the plan directly, and the CUDA executor will bring
-//! the trait (streams, events, an arena) when it arrives.
+//! `null` device of the design: `flowseg plan` and CI test plans on any machine. Executors
+//! reach a plan through `device.rs` (its arena offsets and per-node launches, and the
+//! [`crate::device::Device`] trait the steps are handed to).
 //!
 //! Not here: priorities by longest path to the sink (plain topological order today), FLOP-based
-//! costs, arena offsets (a buffer is an id and a size; the arena packs them later), CUDA-graph
-//! capture, the executors themselves.
+//! costs, arena offsets (`device.rs` packs the buffers), CUDA-graph capture, the executors
+//! themselves.
 
 use crate::graph::{Graph, ValueRef};
 use crate::spec::GraphError;

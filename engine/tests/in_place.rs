@@ -5,7 +5,7 @@
 //! interleavings, update the state bit for bit as the reference executor does; the reference
 //! leaves the caller's state alone; a plan executor refuses such a graph on read-only state;
 //! an in-place port that is not a `state.` input, or one state updated twice by one node, is
-//! FS0124.
+//! FS0124; the calls a device would receive keep the updates' order under the device check.
 //!
 //! Not here: the optimizer and EMA ops themselves (not yet graph nodes), the trainer.
 
@@ -14,6 +14,7 @@
     reason = "test helpers outside #[test] fns; a panic is the report"
 )]
 
+use flowseg_engine::device::{check_calls, drive, Call, Program, RecordingDevice};
 use flowseg_engine::exec::{run_cpu, run_plan_in, run_plan_in_place, ExecOrder, Workspace};
 use flowseg_engine::graph::{Graph, ValueRef};
 use flowseg_engine::ir;
@@ -252,6 +253,44 @@ fn every_plan_and_interleaving_updates_state_as_the_reference_does() {
             assert_eq!(got, want_out, "{streams} streams, {order:?}");
             drop(run);
             assert_eq!(s, want_state, "{streams} streams, {order:?}");
+        }
+    }
+}
+
+/// What a device would receive keeps the updates in graph order on every plan and
+/// interleaving; a reader moved above the update it follows in the graph fails the check.
+#[test]
+fn recorded_device_calls_keep_in_place_updates_in_graph_order() {
+    let g = build(UPDATES).unwrap();
+    let keep = outputs(&g);
+    for streams in [1, 2, 3] {
+        let opts = PlanOptions {
+            streams,
+            keep: keep.clone(),
+        };
+        let p = plan(&g, &opts).unwrap();
+        let program = Program::new(&g, &p).unwrap();
+        let orders = std::iter::once(ExecOrder::Sequential)
+            .chain((0..20).map(|seed| ExecOrder::Interleaved { seed }));
+        for order in orders {
+            let mut dev = RecordingDevice::default();
+            drive(&mut dev, &program, &p, order).unwrap();
+            check_calls(&g, &p, &program.arena, &dev.calls)
+                .unwrap_or_else(|e| panic!("{streams} streams, {order:?}: {e}"));
+            if streams > 1 || order != ExecOrder::Sequential {
+                continue;
+            }
+            let at = |name: &str| {
+                let n = g.nodes.iter().position(|n| n.name.value == name).unwrap();
+                (dev.calls.iter())
+                    .position(|c| matches!(c, Call::Launch(l) if l.node == n))
+                    .unwrap()
+            };
+            let mut broken = dev.calls.clone();
+            let reader = broken.remove(at("v_read"));
+            broken.insert(at("v_up"), reader);
+            let err = check_calls(&g, &p, &program.arena, &broken).unwrap_err();
+            assert!(err.contains("`state.net.v`"), "{err}");
         }
     }
 }

@@ -24,6 +24,7 @@ const STACK: &[&str] = &[
     "fusion",
     "update",
     "plan",
+    "device",
     "exec",
     "checkpoint",
     "train",

@@ -7,12 +7,14 @@
 //! built-in op the shipped graphs use overwrites its outputs without reading them.
 //!
 //! And the whole step, the update nodes included: every state tensor after it, on every plan
-//! and from the trainer's own step, equals the reference executor's.
+//! and from the trainer's own step, equals the reference executor's. And the calls a device
+//! receives for that step pass the device check (engine/src/device.rs `check_calls`).
 //!
 //! Not here: the numbers themselves (ops/tests/gradients.rs, tests/run.rs).
 
 mod suite;
 
+use flowseg_engine::device::{check_calls, drive, Program, RecordingDevice};
 use flowseg_engine::exec::{self, ExecOrder, Run, Workspace};
 use flowseg_engine::graph::ValueRef;
 use flowseg_engine::plan::{plan, PlanOptions};
@@ -186,6 +188,38 @@ fn every_shipped_graph_updates_its_state_identically_on_every_plan() {
         let stepped = state_bits(&trainer.state);
         if let Some(k) = stepped.keys().find(|k| stepped.get(*k) != want.get(*k)) {
             panic!("{what}: the trainer's step leaves `{k}` unlike run_cpu's");
+        }
+    }
+}
+
+/// What a device receives for every shipped graph's whole step (forward, backward, update) on
+/// one, two and three streams, in plan order and interleaved, passes the device check: every
+/// read after its write with an event between streams, no overwrite of a live value, updates in
+/// graph order (engine/src/device.rs) — the bookkeeping the CUDA executor will replay.
+#[test]
+fn every_shipped_graph_step_records_device_calls_that_pass_the_check() {
+    let registry = full_registry();
+    for file in &graph_files() {
+        let what = file.display();
+        let (gspec, _source, env) = open_shrunk(file, &registry);
+        let trainer = Trainer::new(&gspec, &registry, &env, BTreeMap::new())
+            .unwrap_or_else(|e| panic!("{what}: {e:#?}"));
+        let graph = trainer.step_graph();
+        let keep = trainer.step_plan().keep.clone();
+        for streams in [1, 2, 3] {
+            let opts = PlanOptions {
+                streams,
+                keep: keep.clone(),
+            };
+            let p = plan(graph, &opts).unwrap_or_else(|e| panic!("{what}: {e:#?}"));
+            let program = Program::new(graph, &p).unwrap_or_else(|e| panic!("{what}: {e}"));
+            for order in [ExecOrder::Sequential, ExecOrder::Interleaved { seed: 3 }] {
+                let mut dev = RecordingDevice::default();
+                drive(&mut dev, &program, &p, order)
+                    .unwrap_or_else(|e| panic!("{what}, {streams} streams, {order:?}: {e}"));
+                check_calls(graph, &p, &program.arena, &dev.calls)
+                    .unwrap_or_else(|e| panic!("{what}, {streams} streams, {order:?}: {e}"));
+            }
         }
     }
 }
