@@ -39,6 +39,9 @@ pub enum ExecError {
         /// What is wrong.
         problem: String,
     },
+    /// The device failed (no driver, an allocation, an event), or cannot run the graph.
+    #[error("device: {0}")]
+    Device(String),
     /// A node's op failed.
     #[error("node `{node}` ({op}): {source}")]
     Node {
@@ -167,6 +170,15 @@ pub struct Launch {
     pub inputs: Vec<Operand>,
     /// One per output, in the op's order.
     pub outputs: Vec<Region>,
+}
+
+/// The nodes of `graph` whose op has no CUDA twin ([`crate::Op::HAS_CUDA`]), as (node, op), in
+/// graph order: what stands between a graph and the CUDA executor.
+pub fn missing_cuda_twins(graph: &Graph) -> Vec<(String, &'static str)> {
+    (graph.nodes.iter())
+        .filter(|n| !n.op.has_cuda())
+        .map(|n| (n.name.value.clone(), n.op.name()))
+        .collect()
 }
 
 /// A plan made launchable: its arena and one [`Launch`] per node. Built once per plan.

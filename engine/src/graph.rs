@@ -80,6 +80,27 @@ pub enum OpError {
         /// What is wrong.
         problem: String,
     },
+    /// The op has no CUDA twin (`Op::HAS_CUDA` is false), or a launch failed on the device.
+    #[error("cuda: {0}")]
+    Cuda(String),
+}
+
+/// Per-node run-time context on a CUDA device (feature `cuda`): the node's [`ExecCx`] and the
+/// device, whose current stream is the node's.
+#[cfg(feature = "cuda")]
+#[derive(Debug, Clone, Copy)]
+pub struct CudaCx<'a> {
+    /// Seed, iteration and the node's random-stream key, as on the CPU.
+    pub exec: ExecCx,
+    /// The device; launchers enqueue on its current stream.
+    pub dev: &'a flowseg_kernels::cuda::Device,
+}
+
+#[cfg(feature = "cuda")]
+impl From<flowseg_kernels::cuda::CudaError> for OpError {
+    fn from(e: flowseg_kernels::cuda::CudaError) -> Self {
+        OpError::Cuda(e.to_string())
+    }
 }
 
 /// Per-node run-time context.
@@ -164,6 +185,33 @@ pub trait OpNode: Send + Sync + fmt::Debug {
             port: self.name(),
             problem: "the op updates no state in place".into(),
         })
+    }
+    /// See [`Op::HAS_CUDA`].
+    fn has_cuda(&self) -> bool {
+        false
+    }
+    /// See [`Op::cuda`].
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&crate::tensor::DeviceTensor>],
+        outputs: &mut [crate::tensor::DeviceTensor],
+    ) -> Result<(), OpError> {
+        let _ = (cx, inputs, outputs);
+        Err(OpError::Cuda(format!("`{}` has no CUDA twin", self.name())))
+    }
+    /// See [`Op::cuda_in_place`].
+    #[cfg(feature = "cuda")]
+    fn cuda_in_place(
+        &self,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&crate::tensor::DeviceTensor>],
+        state: &mut [crate::tensor::DeviceTensor],
+        outputs: &mut [crate::tensor::DeviceTensor],
+    ) -> Result<(), OpError> {
+        let _ = (cx, inputs, state, outputs);
+        Err(OpError::Cuda(format!("`{}` has no CUDA twin", self.name())))
     }
     /// See [`Op::fuse_consumer`]: the fused node, configured.
     fn fuse_consumer(&self, port: usize, consumer: &dyn OpNode) -> Option<Arc<dyn OpNode>>;

@@ -12,6 +12,8 @@
 
 pub mod autodiff;
 pub mod checkpoint;
+#[cfg(feature = "cuda")]
+pub mod cuda_exec;
 pub mod data;
 pub mod device;
 pub mod exec;

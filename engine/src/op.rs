@@ -13,11 +13,16 @@
 //! down in `graph.rs`). It also holds [`StopGradient`], the engine's own identity op that
 //! models and the `grad` composite insert.
 //!
-//! Not yet here (arriving with the CUDA work, as default methods so existing ops keep
-//! compiling): the CUDA dispatch.
+//! The CUDA dispatch sits beside the CPU reference: [`Op::HAS_CUDA`] says an op has a twin, and
+//! (feature `cuda`) [`Op::cuda`] / [`Op::cuda_in_place`] launch it on device tensors; both
+//! default to "no twin", so an op without one still compiles and runs on the CPU.
 
+#[cfg(feature = "cuda")]
+pub use crate::graph::CudaCx;
 pub use crate::graph::{Access, ExecCx, OpError, OpNode, Port, ValueRef, Vjp};
 use crate::spec::{from_node, DeError, Node, Value};
+#[cfg(feature = "cuda")]
+pub use crate::tensor::DeviceTensor;
 use crate::tensor::{Tensor, TensorSpec};
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -145,6 +150,36 @@ pub trait Op: Send + Sync + 'static {
         })
     }
 
+    /// Whether [`Op::cuda`] (or [`Op::cuda_in_place`]) is implemented: the CUDA executor refuses
+    /// a graph with a node whose op says no, naming them all before anything runs.
+    const HAS_CUDA: bool = false;
+
+    /// The CUDA twin of [`Op::cpu`] (feature `cuda`): the same contract on [`DeviceTensor`]s —
+    /// write every element of every output, read none first — enqueued on `cx.dev`'s current
+    /// stream without waiting. The same values as `cpu`, bit for bit where its kernels say so,
+    /// else within their stated tolerance.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _p: &Self::Params,
+        _cx: &CudaCx<'_>,
+        _inputs: &[Option<&DeviceTensor>],
+        _outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        Err(OpError::Cuda(format!("`{}` has no CUDA twin", Self::NAME)))
+    }
+
+    /// The CUDA twin of [`Op::cpu_in_place`]: `state` holds the in-place ports' device tensors.
+    #[cfg(feature = "cuda")]
+    fn cuda_in_place(
+        _p: &Self::Params,
+        _cx: &CudaCx<'_>,
+        _inputs: &[Option<&DeviceTensor>],
+        _state: &mut [DeviceTensor],
+        _outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        Err(OpError::Cuda(format!("`{}` has no CUDA twin", Self::NAME)))
+    }
+
     /// The CPU reference: fill `outputs` (allocated from `infer`) from `inputs`.
     ///
     /// Contract: write every element of every output, and never read an output before writing
@@ -266,6 +301,28 @@ impl<O: Op> OpNode for Configured<O> {
         outputs: &mut [Tensor],
     ) -> Result<(), OpError> {
         O::cpu_in_place(&self.params, cx, inputs, state, outputs)
+    }
+    fn has_cuda(&self) -> bool {
+        O::HAS_CUDA
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        O::cuda(&self.params, cx, inputs, outputs)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_in_place(
+        &self,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        state: &mut [DeviceTensor],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        O::cuda_in_place(&self.params, cx, inputs, state, outputs)
     }
     fn fuse_consumer(&self, port: usize, consumer: &dyn OpNode) -> Option<Arc<dyn OpNode>> {
         let params = O::fuse_consumer(&self.params, port, consumer)?;

@@ -6,7 +6,11 @@
 //! plan buffer across steps and re-views it with the spec of each value it holds
 //! ([`Tensor::reshape_in_place`]); every accessor sees exactly `spec.len()` elements.
 //!
-//! Not here: devices, arenas (plan/exec), strided layouts (every kernel takes contiguous NCHW).
+//! With feature `cuda`, [`DeviceTensor`]: the same spec at a device address (the executor owns
+//! the memory).
+//!
+//! Not here: devices, arenas (device.rs, cuda_exec.rs), strided layouts (every kernel takes
+//! contiguous NCHW).
 
 use flowseg_kernels::Nchw;
 use std::fmt;
@@ -263,5 +267,36 @@ impl Tensor {
             Data::I32(v) => Some(&mut v[..n]),
             Data::F32(_) => None,
         }
+    }
+}
+
+/// A tensor in device memory (feature `cuda`): its spec and its address. The memory belongs to
+/// the executor (a region of the plan's arena, a state tensor, an uploaded batch field); an op's
+/// [`crate::Op::cuda`] sees its inputs and outputs as these, with the same shapes and dtypes as
+/// the [`Tensor`]s its `cpu` gets.
+#[cfg(feature = "cuda")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceTensor {
+    /// Shape and dtype.
+    pub spec: TensorSpec,
+    /// Device address of element 0.
+    pub ptr: u64,
+}
+
+#[cfg(feature = "cuda")]
+impl DeviceTensor {
+    /// The tensor as `f32` device memory for a launcher; `None` for another dtype.
+    pub fn f32(&self) -> Option<flowseg_kernels::cuda::RawBuf<f32>> {
+        // SAFETY: the executor that made this tensor holds `spec.len()` elements at `ptr` for
+        // the length of the launch (`cuda_exec.rs`), and the dtype was checked here.
+        (self.spec.dtype == DType::F32)
+            .then(|| unsafe { flowseg_kernels::cuda::RawBuf::new(self.ptr, self.spec.len()) })
+    }
+
+    /// The tensor as `i32` device memory; `None` for another dtype.
+    pub fn i32(&self) -> Option<flowseg_kernels::cuda::RawBuf<i32>> {
+        // SAFETY: as for `f32`.
+        (self.spec.dtype == DType::I32)
+            .then(|| unsafe { flowseg_kernels::cuda::RawBuf::new(self.ptr, self.spec.len()) })
     }
 }

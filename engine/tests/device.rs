@@ -16,7 +16,8 @@
 
 use flowseg_engine::autodiff;
 use flowseg_engine::device::{
-    check_calls, drive, ArenaLayout, Call, Operand, Program, RecordingDevice, ARENA_ALIGN,
+    check_calls, drive, missing_cuda_twins, ArenaLayout, Call, Operand, Program, RecordingDevice,
+    ARENA_ALIGN,
 };
 use flowseg_engine::exec::{run_cpu, run_plan, ExecOrder};
 use flowseg_engine::graph::{Graph, ValueRef};
@@ -234,4 +235,19 @@ fn a_program_refuses_a_plan_made_for_another_graph() {
     other.nodes.pop();
     let err = Program::new(&other, &p).unwrap_err().to_string();
     assert!(err.contains("made for a graph of"), "{err}");
+}
+
+#[test]
+fn nodes_without_a_cuda_twin_are_listed_in_graph_order() {
+    let (g, _) = training_graph();
+    let missing = missing_cuda_twins(&g);
+    // The test ops declare no twin, so every node is listed, by name and op, in graph order.
+    assert_eq!(missing.len(), g.nodes.len());
+    for ((name, op), node) in missing.iter().zip(&g.nodes) {
+        assert_eq!(
+            (name.as_str(), *op),
+            (node.name.value.as_str(), node.op.name())
+        );
+    }
+    assert_eq!(missing[0], ("y1".to_owned(), "mul"));
 }

@@ -25,6 +25,7 @@ const STACK: &[&str] = &[
     "update",
     "plan",
     "device",
+    "cuda_exec",
     "exec",
     "checkpoint",
     "train",

@@ -1,8 +1,14 @@
-//! The CUDA device: one context, one stream, an event pool, the loaded kernel modules, and the
-//! arena allocator; plus [`DeviceBuf`], the one way launchers see device memory (cudarc slices,
-//! views, or arena buffers).
+//! The CUDA device: one context, its streams (one by default; [`Device::with_streams`] for a
+//! multi-stream plan) with one of them current, an event pool, the loaded kernel modules, and
+//! the arena allocator; plus [`DeviceBuf`], the one way launchers see device memory (cudarc
+//! slices, views, arena buffers, or a [`RawBuf`] inside memory the caller owns), and plain
+//! host ↔ device copies.
 //!
-//! Not here: more than one stream, the plan's event schedule, CUDA graphs (later work).
+//! Launchers enqueue on [`Device::stream`], the current stream; an executor selects a plan
+//! node's stream with [`Device::select`] before launching it, and orders streams with events.
+//!
+//! Not here: the plan's event schedule (the engine's `cuda_exec.rs`), pinned host memory, CUDA
+//! graphs (later work).
 
 use super::nvrtc::{self, CudaSource};
 use super::{driver_err, no_panic, CudaError};
@@ -13,6 +19,7 @@ use cudarc::driver::{
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// The oldest driver the `cuda-13000` bindings can call: older drivers lack `_v2`/`_v3` entry
@@ -22,7 +29,9 @@ const MIN_DRIVER_VERSION: i32 = 13000;
 /// A CUDA device ready to run flowseg's kernels.
 pub struct Device {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    /// At least one; launchers use `streams[current]`.
+    streams: Vec<Arc<CudaStream>>,
+    current: AtomicUsize,
     arch: String,
     name: String,
     events: EventPool,
@@ -91,7 +100,8 @@ impl Device {
         Ok(Device {
             events: EventPool::new(ctx.clone()),
             ctx,
-            stream,
+            streams: vec![stream],
+            current: AtomicUsize::new(0),
             arch: format!("sm_{major}{minor}"),
             name,
             modules: Mutex::default(),
@@ -104,9 +114,105 @@ impl Device {
         &self.ctx
     }
 
-    /// The stream every launcher enqueues on.
+    /// [`Device::cuda`] with `streams` streams (at least one), stream 0 current.
+    pub fn with_streams(ordinal: usize, streams: usize) -> Result<Device, CudaError> {
+        let mut dev = Self::cuda(ordinal)?;
+        while dev.streams.len() < streams {
+            let s = dev.ctx.new_stream().map_err(driver_err("cuStreamCreate"))?;
+            dev.streams.push(s);
+        }
+        Ok(dev)
+    }
+
+    /// The stream every launcher enqueues on: the current one.
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+        &self.streams[self.current.load(Ordering::Relaxed)]
+    }
+
+    /// Stream `i` (of [`Device::streams`]).
+    pub fn stream_at(&self, i: usize) -> Option<&Arc<CudaStream>> {
+        self.streams.get(i)
+    }
+
+    /// How many streams the device has.
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Makes stream `i` current: later launches enqueue there.
+    pub fn select(&self, i: usize) -> Result<(), CudaError> {
+        if i >= self.streams.len() {
+            return Err(CudaError::NoDevice(format!(
+                "stream {i} selected, the device has {}",
+                self.streams.len()
+            )));
+        }
+        self.current.store(i, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Copies `src` into `dst` on the current stream and waits for it (`src` is pageable host
+    /// memory that the caller may reuse at once).
+    pub fn upload_into<T: DeviceRepr>(
+        &self,
+        src: &[T],
+        dst: &mut (impl DeviceBufMut<T> + ?Sized),
+    ) -> Result<(), CudaError> {
+        if src.len() != dst.elems() {
+            return Err(CudaError::Driver {
+                call: "cuMemcpyHtoD",
+                error: format!(
+                    "{} host elements into a {}-element buffer",
+                    src.len(),
+                    dst.elems()
+                ),
+            });
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        let s = self.stream();
+        let dst = dst.device_addr(s);
+        // SAFETY: `dst` holds `src.len()` elements of `T` (checked above), and the copy
+        // completes before `src` is released (the stream is synchronised below).
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, s.cu_stream()) }
+            .map_err(driver_err("cuMemcpyHtoDAsync"))?;
+        s.synchronize().map_err(driver_err("cuStreamSynchronize"))
+    }
+
+    /// Copies `src` into `dst` on the current stream, after everything queued there, and waits.
+    pub fn download_into<T: DeviceRepr>(
+        &self,
+        src: &(impl DeviceBuf<T> + ?Sized),
+        dst: &mut [T],
+    ) -> Result<(), CudaError> {
+        if dst.len() != src.elems() {
+            return Err(CudaError::Driver {
+                call: "cuMemcpyDtoH",
+                error: format!(
+                    "a {}-element buffer into {} host elements",
+                    src.elems(),
+                    dst.len()
+                ),
+            });
+        }
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let s = self.stream();
+        let src = src.device_addr(s);
+        // SAFETY: `src` holds `dst.len()` elements of `T` (checked above); `dst` outlives the
+        // copy, which the synchronisation below completes.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, s.cu_stream()) }
+            .map_err(driver_err("cuMemcpyDtoHAsync"))?;
+        s.synchronize().map_err(driver_err("cuStreamSynchronize"))
+    }
+
+    /// `bytes` of zeroed device memory on stream 0 (an executor's arena or a state tensor).
+    pub fn alloc_bytes(&self, bytes: usize) -> Result<CudaSlice<u8>, CudaError> {
+        self.streams[0]
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(driver_err("cuMemAlloc"))
     }
 
     /// NVRTC target of this device, e.g. `sm_90`.
@@ -124,11 +230,12 @@ impl Device {
         &self.events
     }
 
-    /// Waits for all work on the stream.
+    /// Waits for all work on every stream.
     pub fn synchronize(&self) -> Result<(), CudaError> {
-        self.stream
-            .synchronize()
-            .map_err(driver_err("cuStreamSynchronize"))
+        for s in &self.streams {
+            s.synchronize().map_err(driver_err("cuStreamSynchronize"))?;
+        }
+        Ok(())
     }
 
     /// Compiles (through the CUBIN cache) and loads `sources` now, so that errors surface at
@@ -182,12 +289,9 @@ impl Device {
 
     /// A new arena of `bytes` bytes (one device allocation, zeroed).
     pub fn arena(&self, bytes: usize) -> Result<Arena, CudaError> {
-        let mem = self
-            .stream
-            .alloc_zeros::<u8>(bytes.max(1))
-            .map_err(driver_err("cuMemAlloc"))?;
+        let mem = self.alloc_bytes(bytes)?;
         let base = {
-            let (ptr, _no_sync) = mem.device_ptr(&self.stream);
+            let (ptr, _no_sync) = mem.device_ptr(&self.streams[0]);
             ptr
         };
         Ok(Arena {
@@ -341,6 +445,41 @@ impl<T> DeviceBuf<T> for CudaViewMut<'_, T> {
     }
 }
 impl<T> DeviceBufMut<T> for CudaViewMut<'_, T> {}
+
+/// `len` elements of `T` at a device address inside memory someone else owns (a region of an
+/// executor's arena). Not `Clone`; whoever makes one answers for the address.
+#[derive(Debug)]
+pub struct RawBuf<T> {
+    ptr: u64,
+    len: usize,
+    _t: PhantomData<*const T>,
+}
+
+impl<T> RawBuf<T> {
+    /// The buffer at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` must be the address of `len` elements of `T` in device memory of this context
+    /// that stays allocated while the buffer is used, and no other buffer written at the same
+    /// time may overlap it.
+    pub unsafe fn new(ptr: u64, len: usize) -> Self {
+        RawBuf {
+            ptr,
+            len,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> DeviceBuf<T> for RawBuf<T> {
+    fn elems(&self) -> usize {
+        self.len
+    }
+    fn device_addr(&self, _stream: &CudaStream) -> u64 {
+        self.ptr
+    }
+}
+impl<T> DeviceBufMut<T> for RawBuf<T> {}
 
 impl<T> DeviceBuf<T> for ArenaBuf<'_, T> {
     fn elems(&self) -> usize {

@@ -155,7 +155,7 @@ pub mod reduce;
 pub mod resize;
 pub mod softmax;
 
-pub use device::{Arena, ArenaBuf, Device, DeviceBuf, DeviceBufMut, EventPool};
+pub use device::{Arena, ArenaBuf, Device, DeviceBuf, DeviceBufMut, EventPool, RawBuf};
 
 /// Re-export of the cudarc driver API the launchers and tests use (slices, views, streams).
 pub use cudarc::driver as cudarc_driver;
