@@ -17,6 +17,8 @@
 //! checkpointing.
 
 use crate::graph::{ExecCx, Graph, OpError, Port, ValueRef, Vjp};
+#[cfg(feature = "cuda")]
+use crate::op::{dev_io, CudaCx, DeviceTensor};
 use crate::op::{io, Configured, NoParams, Op};
 use crate::spec::{GraphError, Loc, LossWeight};
 use crate::tensor::{DType, Tensor, TensorSpec};
@@ -270,6 +272,10 @@ impl Op for GradSeed {
     const OUTPUTS: &'static [Port] = &[Port::req("w", "f32[]")];
     const EXAMPLE: &'static str = "";
     type Params = LossWeight;
+
+    fn has_cuda(_: &LossWeight) -> bool {
+        true
+    }
     fn infer(_: &LossWeight, _: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         Ok(vec![TensorSpec::scalar()])
     }
@@ -281,6 +287,20 @@ impl Op for GradSeed {
     ) -> Result<(), OpError> {
         io::f32_out(Self::OUTPUTS, out, 0)?.fill(w.at(cx.iteration) as f32);
         Ok(())
+    }
+
+    /// The weight of this iteration, written into every element (no upload: a memset of its
+    /// bits).
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        w: &LossWeight,
+        cx: &CudaCx<'_>,
+        _: &[Option<&DeviceTensor>],
+        out: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let mut y = dev_io::f32_out(Self::OUTPUTS, out, 0)?;
+        let bits = (w.at(cx.exec.iteration) as f32).to_bits();
+        Ok(cx.dev.fill32::<f32>(&mut y, bits)?)
     }
 }
 
@@ -294,6 +314,10 @@ impl Op for GradAdd {
     const OUTPUTS: &'static [Port] = &[Port::req("y", "like a")];
     const EXAMPLE: &'static str = "";
     type Params = NoParams;
+
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
     fn infer(_: &NoParams, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let a = io::f32_spec(Self::INPUTS, ins, 0)?;
         let b = io::f32_spec(Self::INPUTS, ins, 1)?;
@@ -312,5 +336,20 @@ impl Op for GradAdd {
         let b = io::f32(Self::INPUTS, ins, 1)?;
         let y = io::f32_out(Self::OUTPUTS, out, 0)?;
         Ok(flowseg_kernels::elementwise::add_fwd(a, b, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        ins: &[Option<&DeviceTensor>],
+        out: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let a = dev_io::f32(Self::INPUTS, ins, 0)?;
+        let b = dev_io::f32(Self::INPUTS, ins, 1)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, out, 0)?;
+        Ok(flowseg_kernels::cuda::elementwise::add_fwd(
+            cx.dev, &a, &b, &mut y,
+        )?)
     }
 }

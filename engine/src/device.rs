@@ -172,7 +172,7 @@ pub struct Launch {
     pub outputs: Vec<Region>,
 }
 
-/// The nodes of `graph` whose op has no CUDA twin ([`crate::Op::HAS_CUDA`]), as (node, op), in
+/// The nodes of `graph` whose op has no CUDA twin ([`crate::Op::has_cuda`]), as (node, op), in
 /// graph order: what stands between a graph and the CUDA executor.
 pub fn missing_cuda_twins(graph: &Graph) -> Vec<(String, &'static str)> {
     (graph.nodes.iter())

@@ -80,7 +80,7 @@ pub enum OpError {
         /// What is wrong.
         problem: String,
     },
-    /// The op has no CUDA twin (`Op::HAS_CUDA` is false), or a launch failed on the device.
+    /// The op has no CUDA twin (`Op::has_cuda` is false), or a launch failed on the device.
     #[error("cuda: {0}")]
     Cuda(String),
 }
@@ -186,7 +186,7 @@ pub trait OpNode: Send + Sync + fmt::Debug {
             problem: "the op updates no state in place".into(),
         })
     }
-    /// See [`Op::HAS_CUDA`].
+    /// See [`Op::has_cuda`].
     fn has_cuda(&self) -> bool {
         false
     }

@@ -13,7 +13,7 @@
 //! down in `graph.rs`). It also holds [`StopGradient`], the engine's own identity op that
 //! models and the `grad` composite insert.
 //!
-//! The CUDA dispatch sits beside the CPU reference: [`Op::HAS_CUDA`] says an op has a twin, and
+//! The CUDA dispatch sits beside the CPU reference: [`Op::has_cuda`] says an op has a twin, and
 //! (feature `cuda`) [`Op::cuda`] / [`Op::cuda_in_place`] launch it on device tensors; both
 //! default to "no twin", so an op without one still compiles and runs on the CPU.
 
@@ -150,9 +150,12 @@ pub trait Op: Send + Sync + 'static {
         })
     }
 
-    /// Whether [`Op::cuda`] (or [`Op::cuda_in_place`]) is implemented: the CUDA executor refuses
-    /// a graph with a node whose op says no, naming them all before anything runs.
-    const HAS_CUDA: bool = false;
+    /// Whether [`Op::cuda`] (or [`Op::cuda_in_place`]) is implemented for these params: the
+    /// CUDA executor refuses a graph with a node whose op says no, naming them all before
+    /// anything runs. Params matter where one mode has a twin and another not yet.
+    fn has_cuda(_p: &Self::Params) -> bool {
+        false
+    }
 
     /// The CUDA twin of [`Op::cpu`] (feature `cuda`): the same contract on [`DeviceTensor`]s —
     /// write every element of every output, read none first — enqueued on `cx.dev`'s current
@@ -303,7 +306,7 @@ impl<O: Op> OpNode for Configured<O> {
         O::cpu_in_place(&self.params, cx, inputs, state, outputs)
     }
     fn has_cuda(&self) -> bool {
-        O::HAS_CUDA
+        O::has_cuda(&self.params)
     }
     #[cfg(feature = "cuda")]
     fn cuda(
@@ -396,6 +399,20 @@ impl Op for StopGradient {
         let x = io::f32(Self::INPUTS, ins, 0)?;
         io::f32_out(Self::OUTPUTS, out, 0)?.copy_from_slice(x);
         Ok(())
+    }
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        ins: &[Option<&DeviceTensor>],
+        out: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let x = dev_io::f32(Self::INPUTS, ins, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, out, 0)?;
+        Ok(cx.dev.copy(&x, &mut y)?)
     }
 }
 
@@ -547,6 +564,112 @@ pub mod io {
         outputs
             .get_mut(i)
             .and_then(Tensor::i32_mut)
+            .ok_or(OpError::Output {
+                port: port_name(ports, i),
+                problem: "missing or not i32".into(),
+            })
+    }
+}
+
+/// [`io`]'s twins for [`Op::cuda`] (feature `cuda`): an input or output device tensor by
+/// position, checked, as the launchers take it ([`flowseg_kernels::cuda::RawBuf`]).
+#[cfg(feature = "cuda")]
+pub mod dev_io {
+    use super::{OpError, Port};
+    use crate::tensor::DeviceTensor;
+    use flowseg_kernels::cuda::RawBuf;
+    use flowseg_kernels::Nchw;
+
+    fn port_name(ports: &[Port], i: usize) -> &'static str {
+        ports.get(i).map_or("?", |p| p.name)
+    }
+
+    fn tensor<'a>(
+        ports: &[Port],
+        inputs: &[Option<&'a DeviceTensor>],
+        i: usize,
+    ) -> Result<&'a DeviceTensor, OpError> {
+        inputs.get(i).copied().flatten().ok_or(OpError::Input {
+            port: port_name(ports, i),
+            problem: "not connected".into(),
+        })
+    }
+
+    /// The NCHW shape of input `i`.
+    pub fn nchw(
+        ports: &[Port],
+        inputs: &[Option<&DeviceTensor>],
+        i: usize,
+    ) -> Result<Nchw, OpError> {
+        let t = tensor(ports, inputs, i)?;
+        t.spec.as_nchw().ok_or_else(|| OpError::Input {
+            port: port_name(ports, i),
+            problem: format!("expected rank 4 [N, C, H, W], got {}", t.spec),
+        })
+    }
+
+    /// Input `i` as f32 device memory.
+    pub fn f32(
+        ports: &[Port],
+        inputs: &[Option<&DeviceTensor>],
+        i: usize,
+    ) -> Result<RawBuf<f32>, OpError> {
+        let t = tensor(ports, inputs, i)?;
+        t.f32().ok_or(OpError::Input {
+            port: port_name(ports, i),
+            problem: format!("expected f32, got {}", t.spec),
+        })
+    }
+
+    /// Optional input `i` as f32 device memory, `None` when unconnected.
+    pub fn f32_opt(
+        ports: &[Port],
+        inputs: &[Option<&DeviceTensor>],
+        i: usize,
+    ) -> Result<Option<RawBuf<f32>>, OpError> {
+        match inputs.get(i).copied().flatten() {
+            Some(_) => f32(ports, inputs, i).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Input `i` as i32 device memory.
+    pub fn i32(
+        ports: &[Port],
+        inputs: &[Option<&DeviceTensor>],
+        i: usize,
+    ) -> Result<RawBuf<i32>, OpError> {
+        let t = tensor(ports, inputs, i)?;
+        t.i32().ok_or(OpError::Input {
+            port: port_name(ports, i),
+            problem: format!("expected i32, got {}", t.spec),
+        })
+    }
+
+    /// Output `i` as f32 device memory to write.
+    pub fn f32_out(
+        ports: &[Port],
+        outputs: &[DeviceTensor],
+        i: usize,
+    ) -> Result<RawBuf<f32>, OpError> {
+        outputs
+            .get(i)
+            .and_then(DeviceTensor::f32)
+            .ok_or(OpError::Output {
+                port: port_name(ports, i),
+                problem: "missing or not f32".into(),
+            })
+    }
+
+    /// Output `i` as i32 device memory to write.
+    pub fn i32_out(
+        ports: &[Port],
+        outputs: &[DeviceTensor],
+        i: usize,
+    ) -> Result<RawBuf<i32>, OpError> {
+        outputs
+            .get(i)
+            .and_then(DeviceTensor::i32)
             .ok_or(OpError::Output {
                 port: port_name(ports, i),
                 problem: "missing or not i32".into(),

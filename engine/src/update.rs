@@ -17,12 +17,19 @@
 //! trainer would then need them by name from the registry, so they stay here until the CUDA
 //! executor brings per-device dispatch for every op.
 //!
+//! Each has its CUDA twin beside its CPU code (`cuda` / `cuda_in_place`: the guarded kernels of
+//! kernels/cuda/optim.cu, which read the scalars and the guard on the device).
+//!
 //! Not here: appending the nodes to a step's graph and writing `scalars` (the trainer), gradient
-//! clipping, the CUDA twins' dispatch.
+//! clipping.
 
+#[cfg(feature = "cuda")]
+use crate::op::{dev_io, CudaCx, DeviceTensor};
 use crate::op::{io, ExecCx, Op, OpError};
 use crate::tensor::{Tensor, TensorSpec};
 use crate::{NoParams, Port};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::optim::{adamw_apply, ema_apply, sgd_step, AdamWStep, EmaStep, Sgd};
 use flowseg_kernels::Real;
 use serde::Deserialize;
@@ -77,6 +84,10 @@ impl Op for FiniteAnd {
     const EXAMPLE: &'static str = "";
     const STOP_GRAD: bool = true;
     type Params = NoParams;
+
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
     fn infer(_: &NoParams, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         like_first(Self::INPUTS, ins)?;
         Ok(vec![TensorSpec::scalar()])
@@ -91,6 +102,20 @@ impl Op for FiniteAnd {
             && io::f32(Self::INPUTS, ins, 0)?.iter().all(|v| v.is_finite());
         io::f32_out(Self::OUTPUTS, out, 0)?.fill(if ok { 1.0 } else { 0.0 });
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        ins: &[Option<&DeviceTensor>],
+        out: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let x = dev_io::f32(Self::INPUTS, ins, 0)?;
+        let ok = dev_io::f32_opt(Self::INPUTS, ins, 1)?;
+        let ok = ok.as_ref().map(|o| o as &dyn cuda::DeviceBuf<f32>);
+        let mut y = dev_io::f32_out(Self::OUTPUTS, out, 0)?;
+        Ok(cuda::optim::finite_and(cx.dev, &x, ok, &mut y)?)
     }
 }
 
@@ -125,6 +150,10 @@ impl Op for SgdStep {
     const EXAMPLE: &'static str = "";
     const IN_PLACE: &'static [&'static str] = &["param", "m"];
     type Params = SgdParams;
+
+    fn has_cuda(_: &SgdParams) -> bool {
+        true
+    }
     fn infer(_: &SgdParams, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         like_first(Self::INPUTS, ins)?;
         Ok(Vec::new())
@@ -159,6 +188,34 @@ impl Op for SgdStep {
         };
         let (param, m) = (f32_of(param, "param")?, f32_of(m, "m")?);
         Ok(sgd_step(param, grad, m, &cfg)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_in_place(
+        p: &SgdParams,
+        cx: &CudaCx<'_>,
+        ins: &[Option<&DeviceTensor>],
+        state: &mut [DeviceTensor],
+        _: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let grad = dev_io::f32(Self::INPUTS, ins, 2)?;
+        let scalars = dev_io::f32(Self::INPUTS, ins, 3)?;
+        let ok = dev_io::f32_opt(Self::INPUTS, ins, 4)?;
+        let ok = ok.as_ref().map(|o| o as &dyn cuda::DeviceBuf<f32>);
+        let [param, m] = state else {
+            return Err(in_place_only(Self::NAME));
+        };
+        let (mut param, mut m) = (dev_f32(param, "param")?, dev_f32(m, "m")?);
+        let cfg = Sgd {
+            lr: 0.0,
+            momentum: p.momentum,
+            nesterov: p.nesterov,
+            weight_decay: p.weight_decay,
+        };
+        let d = cx.dev;
+        Ok(cuda::optim::sgd_step_guarded(
+            d, &mut param, &grad, &mut m, &scalars, p.at, &cfg, ok,
+        )?)
     }
 }
 
@@ -199,6 +256,10 @@ impl Op for AdamWStepOp {
     const EXAMPLE: &'static str = "";
     const IN_PLACE: &'static [&'static str] = &["param", "m", "v"];
     type Params = AdamWParams;
+
+    fn has_cuda(_: &AdamWParams) -> bool {
+        true
+    }
     fn infer(_: &AdamWParams, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         like_first(Self::INPUTS, ins)?;
         Ok(Vec::new())
@@ -240,6 +301,37 @@ impl Op for AdamWStepOp {
         let (param, m, v) = (f32_of(param, "param")?, f32_of(m, "m")?, f32_of(v, "v")?);
         Ok(adamw_apply(param, grad, m, v, &scalars)?)
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_in_place(
+        p: &AdamWParams,
+        cx: &CudaCx<'_>,
+        ins: &[Option<&DeviceTensor>],
+        state: &mut [DeviceTensor],
+        _: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let grad = dev_io::f32(Self::INPUTS, ins, 3)?;
+        let scalars = dev_io::f32(Self::INPUTS, ins, 4)?;
+        let ok = dev_io::f32_opt(Self::INPUTS, ins, 5)?;
+        let ok = ok.as_ref().map(|o| o as &dyn cuda::DeviceBuf<f32>);
+        let [param, m, v] = state else {
+            return Err(in_place_only(Self::NAME));
+        };
+        let (mut param, mut m, mut v) =
+            (dev_f32(param, "param")?, dev_f32(m, "m")?, dev_f32(v, "v")?);
+        Ok(cuda::optim::adamw_step_guarded(
+            cx.dev,
+            &mut param,
+            &grad,
+            &mut m,
+            &mut v,
+            &scalars,
+            p.at,
+            (p.beta1, p.beta2),
+            p.eps,
+            ok,
+        )?)
+    }
 }
 
 /// `target ← value` (a batch-norm running statistic taking the step's new value), in place.
@@ -257,6 +349,10 @@ impl Op for Assign {
     const EXAMPLE: &'static str = "";
     const IN_PLACE: &'static [&'static str] = &["target"];
     type Params = NoParams;
+
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
     fn infer(_: &NoParams, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         match (
             ins.first().copied().flatten(),
@@ -301,6 +397,39 @@ impl Op for Assign {
         }
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_in_place(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        ins: &[Option<&DeviceTensor>],
+        state: &mut [DeviceTensor],
+        _: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let value = ins.get(1).copied().flatten().ok_or(OpError::Input {
+            port: "value",
+            problem: "missing".into(),
+        })?;
+        let ok = dev_io::f32_opt(Self::INPUTS, ins, 2)?;
+        let ok = ok.as_ref().map(|o| o as &dyn cuda::DeviceBuf<f32>);
+        let [target] = state else {
+            return Err(in_place_only(Self::NAME));
+        };
+        if target.spec != value.spec {
+            return Err(OpError::Input {
+                port: "value",
+                problem: format!("must be {}, got {}", target.spec, value.spec),
+            });
+        }
+        // Word for word: f32 and i32 state alike.
+        if let (Some(mut t), Some(v)) = (target.f32(), value.f32()) {
+            return Ok(cuda::optim::assign_guarded(cx.dev, &mut t, &v, ok)?);
+        }
+        match (target.i32(), value.i32()) {
+            (Some(mut t), Some(v)) => Ok(cuda::optim::assign_guarded(cx.dev, &mut t, &v, ok)?),
+            _ => Err(in_place_only(Self::NAME)),
+        }
+    }
 }
 
 /// `ema_update`'s params: the slot of α (then 1 − α).
@@ -332,6 +461,10 @@ impl Op for EmaUpdate {
     const EXAMPLE: &'static str = "";
     const IN_PLACE: &'static [&'static str] = &["target"];
     type Params = EmaParams;
+
+    fn has_cuda(_: &EmaParams) -> bool {
+        true
+    }
     fn infer(_: &EmaParams, ins: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         like_first(Self::INPUTS, ins)?;
         Ok(Vec::new())
@@ -364,11 +497,46 @@ impl Op for EmaUpdate {
         };
         Ok(ema_apply(f32_of(target, "target")?, source, &f)?)
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_in_place(
+        p: &EmaParams,
+        cx: &CudaCx<'_>,
+        ins: &[Option<&DeviceTensor>],
+        state: &mut [DeviceTensor],
+        _: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let source = dev_io::f32(Self::INPUTS, ins, 1)?;
+        let scalars = dev_io::f32(Self::INPUTS, ins, 2)?;
+        let ok = dev_io::f32_opt(Self::INPUTS, ins, 3)?;
+        let ok = ok.as_ref().map(|o| o as &dyn cuda::DeviceBuf<f32>);
+        let [target] = state else {
+            return Err(in_place_only(Self::NAME));
+        };
+        let mut target = dev_f32(target, "target")?;
+        let d = cx.dev;
+        Ok(cuda::optim::ema_update_guarded(
+            d,
+            &mut target,
+            &source,
+            &scalars,
+            p.at,
+            ok,
+        )?)
+    }
 }
 
 /// The f32 data of an in-place tensor.
 fn f32_of<'a>(t: &'a mut Tensor, port: &'static str) -> Result<&'a mut [f32], OpError> {
     t.f32_mut().ok_or_else(|| OpError::Input {
+        port,
+        problem: "an f32 state tensor expected".into(),
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn dev_f32(t: &DeviceTensor, port: &'static str) -> Result<cuda::RawBuf<f32>, OpError> {
+    t.f32().ok_or_else(|| OpError::Input {
         port,
         problem: "an f32 state tensor expected".into(),
     })

@@ -74,3 +74,109 @@ extern "C" __global__ void ema_update(const float* __restrict__ source,  // [n]
                                       float* __restrict__ target) {      // [n] in-out
     GRID_STRIDE(i, n) { target[i] = alpha * target[i] + one_minus_alpha * source[i]; }
 }
+
+// ---- Guarded updates with per-step scalars in device memory (the step's update nodes) --------
+// The same per-element operations as above, but the per-step scalars are read from `scalars`
+// (f32[S], written by the host before each step: a captured CUDA graph stays valid) at slot
+// `at`, and nothing is written when the step's guard `ok` (an f32[] flag, or null: always) is
+// 0 — a step with a non-finite loss or gradient changes nothing, decided on the device.
+// CPU reference: engine/src/update.rs (`sgd_step`, `adamw_step`, `assign`, `ema_update`,
+// `finite_and` ops), which call the CPU kernels of kernels/src/optim.rs.
+
+__device__ __forceinline__ bool guard_allows(const float* ok) { return ok == 0 || *ok != 0.0f; }
+
+// sgd_step with lr = scalars[at].
+extern "C" __global__ void sgd_step_guarded(const float* __restrict__ grad,  // [n]
+                                            unsigned long long n,
+                                            const float* __restrict__ scalars,  // [S]
+                                            unsigned long long at,
+                                            float momentum,
+                                            float weight_decay,
+                                            int decay,
+                                            int use_buf,
+                                            int nesterov,
+                                            const float* __restrict__ ok,  // [] or null
+                                            float* __restrict__ param,     // [n] in-out
+                                            float* __restrict__ momentum_buf) {  // [n] or null
+    if (!guard_allows(ok)) return;
+    float lr = scalars[at];
+    GRID_STRIDE(i, n) {
+        float p = param[i];
+        float g = decay ? grad[i] + weight_decay * p : grad[i];
+        if (use_buf) {
+            float b = momentum * momentum_buf[i] + g;
+            momentum_buf[i] = b;
+            float step = nesterov ? g + momentum * b : b;
+            param[i] = p - lr * step;
+        } else {
+            param[i] = p - lr * g;
+        }
+    }
+}
+
+// adamw_step with step_size, shrink, bc2_sqrt = scalars[at], scalars[at + 1], scalars[at + 2].
+extern "C" __global__ void adamw_step_guarded(const float* __restrict__ grad,  // [n]
+                                              unsigned long long n,
+                                              const float* __restrict__ scalars,  // [S]
+                                              unsigned long long at,
+                                              float beta1,
+                                              float beta2,
+                                              float one_minus_beta1,
+                                              float one_minus_beta2,
+                                              float eps,
+                                              const float* __restrict__ ok,  // [] or null
+                                              float* __restrict__ param,  // [n] in-out
+                                              float* __restrict__ m,      // [n] in-out
+                                              float* __restrict__ v) {    // [n] in-out
+    if (!guard_allows(ok)) return;
+    float step_size = scalars[at];
+    float shrink = scalars[at + 1];
+    float bc2_sqrt = scalars[at + 2];
+    GRID_STRIDE(i, n) {
+        float g = grad[i];
+        float p = param[i] * shrink;
+        float mi = beta1 * m[i] + one_minus_beta1 * g;
+        float vi = beta2 * v[i] + one_minus_beta2 * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        param[i] = p - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    }
+}
+
+// ema_update with α, 1 − α = scalars[at], scalars[at + 1].
+extern "C" __global__ void ema_update_guarded(const float* __restrict__ source,  // [n]
+                                              unsigned long long n,
+                                              const float* __restrict__ scalars,  // [S]
+                                              unsigned long long at,
+                                              const float* __restrict__ ok,  // [] or null
+                                              float* __restrict__ target) {  // [n] in-out
+    if (!guard_allows(ok)) return;
+    float alpha = scalars[at];
+    float one_minus_alpha = scalars[at + 1];
+    GRID_STRIDE(i, n) { target[i] = alpha * target[i] + one_minus_alpha * source[i]; }
+}
+
+// target = value, word for word (f32 or i32 alike), unless the guard is 0.
+extern "C" __global__ void assign_guarded(const unsigned int* __restrict__ value,  // [n]
+                                          unsigned long long n,
+                                          const float* __restrict__ ok,  // [] or null
+                                          unsigned int* __restrict__ target) {  // [n]
+    if (!guard_allows(ok)) return;
+    GRID_STRIDE(i, n) { target[i] = value[i]; }
+}
+
+// finite_and, first launch (one thread): ok_out = 1 unless the incoming guard is 0.
+extern "C" __global__ void finite_and_init(const float* __restrict__ ok_in,  // [] or null
+                                           float* __restrict__ ok_out) {     // []
+    if (blockIdx.x == 0 && threadIdx.x == 0) *ok_out = guard_allows(ok_in) ? 1.0f : 0.0f;
+}
+
+// finite_and, second launch (after the first, same stream): any non-finite x clears ok_out.
+// Racing writers all write 0, so the result does not depend on the order.
+extern "C" __global__ void finite_and_scan(const float* __restrict__ x,  // [n]
+                                           unsigned long long n,
+                                           float* __restrict__ ok_out) {  // []
+    GRID_STRIDE(i, n) {
+        if (!isfinite(x[i])) *ok_out = 0.0f;
+    }
+}

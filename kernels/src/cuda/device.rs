@@ -208,6 +208,61 @@ impl Device {
         s.synchronize().map_err(driver_err("cuStreamSynchronize"))
     }
 
+    /// Copies `src` into `dst` (same length) on the current stream, without waiting.
+    pub fn copy<T: DeviceRepr>(
+        &self,
+        src: &(impl DeviceBuf<T> + ?Sized),
+        dst: &mut (impl DeviceBufMut<T> + ?Sized),
+    ) -> Result<(), CudaError> {
+        if src.elems() != dst.elems() {
+            return Err(CudaError::Driver {
+                call: "cuMemcpyDtoD",
+                error: format!("{} elements into {}", src.elems(), dst.elems()),
+            });
+        }
+        if src.elems() == 0 {
+            return Ok(());
+        }
+        let s = self.stream();
+        let bytes = src.elems() * std::mem::size_of::<T>();
+        let (from, to) = (src.device_addr(s), dst.device_addr(s));
+        // SAFETY: both hold `elems` elements of `T` (checked above); the copy is ordered on the
+        // current stream after the work that wrote `src`.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(to, from, bytes, s.cu_stream()) }
+            .map_err(driver_err("cuMemcpyDtoDAsync"))
+    }
+
+    /// Sets every element of `dst` (4-byte words: f32 or i32) to `bits` on the current stream.
+    pub fn fill32<T: DeviceRepr>(
+        &self,
+        dst: &mut (impl DeviceBufMut<T> + ?Sized),
+        bits: u32,
+    ) -> Result<(), CudaError> {
+        if std::mem::size_of::<T>() != 4 {
+            return Err(CudaError::Driver {
+                call: "cuMemsetD32Async",
+                error: format!("{}-byte elements", std::mem::size_of::<T>()),
+            });
+        }
+        if dst.elems() == 0 {
+            return Ok(());
+        }
+        let s = self.stream();
+        let to = dst.device_addr(s);
+        // SAFETY: `dst` holds `elems` 4-byte words; the memset is ordered on the current stream.
+        unsafe { cudarc::driver::sys::cuMemsetD32Async(to, bits, dst.elems(), s.cu_stream()) }
+            .result()
+            .map_err(driver_err("cuMemsetD32Async"))
+    }
+
+    /// Sets every element of `dst` to zero (0.0 for f32, 0 for i32) on the current stream.
+    pub fn zero<T: DeviceRepr>(
+        &self,
+        dst: &mut (impl DeviceBufMut<T> + ?Sized),
+    ) -> Result<(), CudaError> {
+        self.fill32(dst, 0)
+    }
+
     /// `bytes` of zeroed device memory on stream 0 (an executor's arena or a state tensor).
     pub fn alloc_bytes(&self, bytes: usize) -> Result<CudaSlice<u8>, CudaError> {
         self.streams[0]

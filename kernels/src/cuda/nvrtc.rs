@@ -194,7 +194,20 @@ pub static MIX: CudaSource = cuda_source!(
     ]
 );
 /// `optim.cu`: sgd, adamw, ema.
-pub static OPTIM: CudaSource = cuda_source!("optim", ["sgd_step", "adamw_step", "ema_update"]);
+pub static OPTIM: CudaSource = cuda_source!(
+    "optim",
+    [
+        "sgd_step",
+        "adamw_step",
+        "ema_update",
+        "sgd_step_guarded",
+        "adamw_step_guarded",
+        "ema_update_guarded",
+        "assign_guarded",
+        "finite_and_init",
+        "finite_and_scan"
+    ]
+);
 /// `perturb.cu`: the masks of CCT's feature perturbations (salient drop, foreground).
 pub static PERTURB: CudaSource =
     cuda_source!("perturb", ["salient_drop_mask_fwd", "foreground_mask_fwd"]);

@@ -36,11 +36,15 @@
 use crate::forward::relu::{Relu, ReluBwd};
 use crate::grad;
 use flowseg_engine::op::{self, io, Feed, GradCase, Vjp};
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::{ExecCx, Op, OpError, OpNode, Port, Tensor, TensorSpec};
 use flowseg_kernels::batch_norm::{
     batch_norm_eval_bwd, batch_norm_eval_fwd, batch_norm_train_bwd, batch_norm_train_fwd,
     BatchNormParams,
 };
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::Nchw;
 use serde::{Deserialize, Deserializer};
 
@@ -200,6 +204,11 @@ impl Op for BatchNorm {
     ];
     type Params = Params;
 
+    /// Train mode only so far: eval mode's `save_invstd` needs a device kernel of its own.
+    fn has_cuda(p: &Params) -> bool {
+        p.mode == Mode::Train
+    }
+
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = check_inputs(Self::INPUTS, inputs)?;
         let m = x.n * x.plane();
@@ -279,6 +288,46 @@ impl Op for BatchNorm {
             }
         }
         Ok(())
+    }
+
+    /// Train mode: the running statistics are copied to `new_mean`/`new_var` on the device and
+    /// moved there by the kernel, as on the CPU.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        if p.mode != Mode::Train {
+            return Err(OpError::Cuda(
+                "eval-mode batch_norm has no CUDA twin yet".into(),
+            ));
+        }
+        let s = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let gamma = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let beta = dev_io::f32(Self::INPUTS, inputs, 2)?;
+        let running_mean = dev_io::f32(Self::INPUTS, inputs, 3)?;
+        let running_var = dev_io::f32(Self::INPUTS, inputs, 4)?;
+        let out = |k| dev_io::f32_out(Self::OUTPUTS, outputs, k);
+        let (mut y, mut new_mean, mut new_var) = (out(0)?, out(1)?, out(2)?);
+        let (mut save_mean, mut save_invstd) = (out(3)?, out(4)?);
+        cx.dev.copy(&running_mean, &mut new_mean)?;
+        cx.dev.copy(&running_var, &mut new_var)?;
+        Ok(cuda::batch_norm::batch_norm_train_fwd(
+            cx.dev,
+            &x,
+            &gamma,
+            &beta,
+            s,
+            p.kernel(),
+            &mut new_mean,
+            &mut new_var,
+            &mut y,
+            &mut save_mean,
+            &mut save_invstd,
+        )?)
     }
 
     fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -416,6 +465,10 @@ impl Op for BatchNormBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         // x, gamma and the two statistics are checked as the forward checks its five inputs.
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
@@ -496,6 +549,77 @@ impl Op for BatchNormBwd {
                 batch_norm_eval_bwd(x, gamma, a, b, dy, relu_y, s, kp, dx, dgamma, dbeta)?;
             }
         }
+        Ok(())
+    }
+
+    /// An unwanted gradient goes to device scratch allocated for the call (rare: a frozen `x`).
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let s = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let gamma = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let a = dev_io::f32(Self::INPUTS, inputs, 2)?;
+        let b = dev_io::f32(Self::INPUTS, inputs, 3)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 4)?;
+        let relu_y = dev_io::f32_opt(Self::INPUTS, inputs, 5)?;
+        let relu_y = relu_y.as_ref().map(|r| r as &dyn cuda::DeviceBuf<f32>);
+        let mut scratch = Vec::new();
+        let mut pick = |wanted: bool, k: usize, len: usize| -> Result<cuda::RawBuf<f32>, OpError> {
+            if wanted {
+                return dev_io::f32_out(Self::OUTPUTS, outputs, k);
+            }
+            let mem = cx.dev.alloc_bytes(4 * len)?;
+            let at = cuda::DeviceBuf::<u8>::device_addr(&mem, cx.dev.stream());
+            scratch.push(mem);
+            // SAFETY: `mem` holds 4·len bytes and lives in `scratch` until the launch is queued;
+            // the allocation is stream-ordered, so its release after the launch is too.
+            Ok(unsafe { cuda::RawBuf::new(at, len) })
+        };
+        let mut dx = pick(p.want.dx, 0, s.len())?;
+        let mut dgamma = pick(p.want.dgamma, 1, s.c)?;
+        let mut dbeta = pick(p.want.dbeta, 2, s.c)?;
+        match p.mode {
+            Mode::Train => cuda::batch_norm::batch_norm_train_bwd(
+                cx.dev,
+                &x,
+                &gamma,
+                &a,
+                &b,
+                &dy,
+                relu_y,
+                s,
+                &mut dx,
+                &mut dgamma,
+                &mut dbeta,
+            )?,
+            Mode::Eval => {
+                let kp = BatchNormParams {
+                    eps: p.eps,
+                    momentum: 0.0,
+                    relu: false,
+                };
+                cuda::batch_norm::batch_norm_eval_bwd(
+                    cx.dev,
+                    &x,
+                    &gamma,
+                    &a,
+                    &b,
+                    &dy,
+                    relu_y,
+                    s,
+                    kp,
+                    &mut dx,
+                    &mut dgamma,
+                    &mut dbeta,
+                )?
+            }
+        }
+        drop(scratch);
         Ok(())
     }
 

@@ -27,8 +27,12 @@
 //! dtypes (labels are concatenated by no graph yet), the H and W axes.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::elementwise::{
     concat_batch_bwd, concat_batch_fwd, concat_channels_bwd, concat_channels_fwd, slice_batch_bwd,
     slice_batch_fwd, slice_channels_bwd, slice_channels_fwd,
@@ -215,6 +219,10 @@ impl Op for Concat {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let a = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         let b = io::nchw_f32(Self::INPUTS, inputs, 1)?;
@@ -249,6 +257,30 @@ impl Op for Concat {
         let ax = p.axis;
         let ys = ax.with_len(sa, ax.len(sa) + ax.len(sb));
         Ok(ax.concat_fwd(&[(a, sa), (b, sb)], y, ys)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let (sa, sb) = (
+            dev_io::nchw(Self::INPUTS, inputs, 0)?,
+            dev_io::nchw(Self::INPUTS, inputs, 1)?,
+        );
+        let a = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let b = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let ax = p.axis;
+        let ys = ax.with_len(sa, ax.len(sa) + ax.len(sb));
+        let parts: [(&dyn cuda::DeviceBuf<f32>, Nchw); 2] = [(&a, sa), (&b, sb)];
+        match ax {
+            Axis::Channels => cuda::elementwise::concat_channels_fwd(cx.dev, &parts, &mut y, ys)?,
+            Axis::Batch => cuda::elementwise::concat_batch_fwd(cx.dev, &parts, &mut y, ys)?,
+        }
+        Ok(())
     }
 
     fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -315,6 +347,10 @@ impl Op for ConcatBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let dy = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         let ax = p.axis;
@@ -376,6 +412,43 @@ impl Op for ConcatBwd {
                 let db = io::f32_out(&Self::OUTPUTS[1..], one(db), 0)?;
                 ax.slice_fwd(dy, s, ka, whole, db)?;
             }
+            (false, false) => {}
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let s = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let ax = p.axis;
+        let (whole, ka) = (ax.len(s), p.split);
+        let kb = whole.saturating_sub(ka);
+        let dev = cx.dev;
+        let slice = |start: usize, end: usize, y: &mut cuda::RawBuf<f32>| match ax {
+            Axis::Channels => cuda::elementwise::slice_channels_fwd(dev, &dy, s, start, end, y),
+            Axis::Batch => cuda::elementwise::slice_batch_fwd(dev, &dy, s, start, end, y),
+        };
+        match (p.want_a, p.want_b) {
+            (true, true) => {
+                let mut da = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+                let mut db = dev_io::f32_out(Self::OUTPUTS, outputs, 1)?;
+                let mut parts: [(&mut dyn cuda::DeviceBufMut<f32>, Nchw); 2] =
+                    [(&mut da, ax.with_len(s, ka)), (&mut db, ax.with_len(s, kb))];
+                match ax {
+                    Axis::Channels => {
+                        cuda::elementwise::concat_channels_bwd(dev, &dy, s, &mut parts)?
+                    }
+                    Axis::Batch => cuda::elementwise::concat_batch_bwd(dev, &dy, s, &mut parts)?,
+                }
+            }
+            (true, false) => slice(0, ka, &mut dev_io::f32_out(Self::OUTPUTS, outputs, 0)?)?,
+            (false, true) => slice(ka, whole, &mut dev_io::f32_out(Self::OUTPUTS, outputs, 1)?)?,
             (false, false) => {}
         }
         Ok(())

@@ -14,9 +14,13 @@
 //! dispatch ops to them yet.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::conv2d::{conv2d_bwd, conv2d_fwd, Conv2d as Geometry};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::KernelError;
 use serde::Deserialize;
 use std::num::NonZeroUsize;
@@ -99,6 +103,10 @@ impl Op for Conv2d {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         let w_spec = io::spec(Self::INPUTS, inputs, 1)?;
@@ -170,6 +178,26 @@ impl Op for Conv2d {
             ws.n,
             &p.geometry(ws.h, ws.w),
             y,
+        )?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let xs = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let ws = dev_io::nchw(Self::INPUTS, inputs, 1)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let w = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let bias = dev_io::f32_opt(Self::INPUTS, inputs, 2)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let bias = bias.as_ref().map(|b| b as &dyn cuda::DeviceBuf<f32>);
+        let geometry = p.geometry(ws.h, ws.w);
+        Ok(cuda::conv2d::conv2d_fwd(
+            cx.dev, &x, xs, &w, bias, ws.n, &geometry, &mut y,
         )?)
     }
 
@@ -259,6 +287,10 @@ impl Op for Conv2dBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         // The forward's checks on x and weight, and the y they give, which dy must match.
         let y = Conv2d::infer(&p.conv, &inputs[..inputs.len().min(2)])?;
@@ -317,6 +349,47 @@ impl Op for Conv2dBwd {
             db,
         )?)
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let xs = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let ws = dev_io::nchw(Self::INPUTS, inputs, 1)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let w = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 2)?;
+        let out = |wanted: bool, k: usize| match wanted {
+            true => dev_io::f32_out(Self::OUTPUTS, outputs, k).map(Some),
+            false => Ok(None),
+        };
+        let (mut dx, mut dw, mut db) = (
+            out(p.want.dx, 0)?,
+            out(p.want.dweight, 1)?,
+            out(p.want.dbias, 2)?,
+        );
+        Ok(cuda::conv2d::conv2d_bwd(
+            cx.dev,
+            &x,
+            xs,
+            &w,
+            ws.n,
+            &p.conv.geometry(ws.h, ws.w),
+            &dy,
+            as_dyn(&mut dx),
+            as_dyn(&mut dw),
+            as_dyn(&mut db),
+        )?)
+    }
+}
+
+/// A wanted gradient's device buffer as the launcher takes it.
+#[cfg(feature = "cuda")]
+fn as_dyn(b: &mut Option<cuda::RawBuf<f32>>) -> Option<&mut dyn cuda::DeviceBufMut<f32>> {
+    b.as_mut().map(|b| b as &mut dyn cuda::DeviceBufMut<f32>)
 }
 
 /// `conv2d_bwd`'s output `k` as an f32 slice if it is wanted, else `None` (the kernel then

@@ -21,8 +21,12 @@
 //! for them yet), max_unpool.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::pool::{max_pool2d_bwd, max_pool2d_fwd, Pool2d};
 use flowseg_kernels::{KernelError, Nchw};
 use serde::Deserialize;
@@ -96,6 +100,10 @@ impl Op for MaxPool2d {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         let y = p.out_shape(x).map_err(|reason| {
@@ -137,6 +145,33 @@ impl Op for MaxPool2d {
             })?;
         }
         Ok(())
+    }
+
+    /// The kernel's u32 winners are written straight into the i32 `argmax` (every index is
+    /// below 2^31: `infer` checked the plane size).
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let argmax = dev_io::i32_out(Self::OUTPUTS, outputs, 1)?;
+        let at = cuda::DeviceBuf::<i32>::device_addr(&argmax, cx.dev.stream());
+        // SAFETY: the i32 output's memory viewed as u32, element for element.
+        let mut winners =
+            unsafe { cuda::RawBuf::<u32>::new(at, cuda::DeviceBuf::<i32>::elems(&argmax)) };
+        Ok(cuda::pool::max_pool2d_fwd(
+            cx.dev,
+            &x,
+            shape,
+            p.window(),
+            &mut y,
+            &mut winners,
+        )?)
     }
 
     fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -189,6 +224,10 @@ impl Op for MaxPool2dBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let dy = io::nchw_f32(Self::INPUTS, inputs, 1)?;
         let [h, w] = p.in_size;
@@ -229,6 +268,33 @@ impl Op for MaxPool2dBwd {
             Nchw::new(dys.n, dys.c, h, w),
             p.pool.window(),
             dx,
+        )?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let dys = dev_io::nchw(Self::INPUTS, inputs, 1)?;
+        let argmax = dev_io::i32(Self::INPUTS, inputs, 0)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let mut dx = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let at = cuda::DeviceBuf::<i32>::device_addr(&argmax, cx.dev.stream());
+        // SAFETY: the i32 input's memory viewed as u32, element for element.
+        let winners =
+            unsafe { cuda::RawBuf::<u32>::new(at, cuda::DeviceBuf::<i32>::elems(&argmax)) };
+        let [h, w] = p.in_size;
+        let shape = Nchw::new(dys.n, dys.c, h, w);
+        Ok(cuda::pool::max_pool2d_bwd(
+            cx.dev,
+            &dy,
+            &winners,
+            shape,
+            p.pool.window(),
+            &mut dx,
         )?)
     }
 }

@@ -8,9 +8,13 @@
 //! does not dispatch ops to them yet.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::activation::{relu_bwd, relu_fwd};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 
 /// The `relu` op (no params).
 pub struct Relu;
@@ -27,6 +31,10 @@ impl Op for Relu {
     }];
     type Params = NoParams;
 
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
+
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         Ok(vec![io::f32_spec(Self::INPUTS, inputs, 0)?.clone()])
     }
@@ -40,6 +48,18 @@ impl Op for Relu {
         let x = io::f32(Self::INPUTS, inputs, 0)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(relu_fwd(x, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::activation::relu_fwd(cx.dev, &x, &mut y)?)
     }
 
     fn vjp(_: &NoParams, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -76,6 +96,10 @@ impl Op for ReluBwd {
     const EXAMPLE: &'static str = "";
     type Params = NoParams;
 
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
+
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let y = io::f32_spec(Self::INPUTS, inputs, 0)?;
         let dy = io::spec(Self::INPUTS, inputs, 1)?;
@@ -95,6 +119,19 @@ impl Op for ReluBwd {
         let dy = io::f32(Self::INPUTS, inputs, 1)?;
         let dx = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(relu_bwd(y, dy, dx)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let y = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let mut dx = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::activation::relu_bwd(cx.dev, &y, &dy, &mut dx)?)
     }
 }
 

@@ -16,8 +16,12 @@
 //! not dispatch ops to them yet.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, NoParams, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::resize::{resize_bilinear_bwd, resize_bilinear_fwd};
 use flowseg_kernels::Nchw;
 use serde::Deserialize;
@@ -78,6 +82,10 @@ impl Op for ResizeBilinear {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         if x.h == 0 || x.w == 0 {
@@ -105,6 +113,32 @@ impl Op for ResizeBilinear {
         })?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(resize_bilinear_fwd(x, shape, h, w, p.align_corners, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let like = inputs.get(1).copied().flatten().map(|t| &t.spec);
+        let [h, w] = out_size(p, like).map_err(|problem| OpError::Input {
+            port: "like",
+            problem,
+        })?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::resize::resize_bilinear_fwd(
+            cx.dev,
+            &x,
+            shape,
+            h,
+            w,
+            p.align_corners,
+            &mut y,
+        )?)
     }
 
     fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -171,6 +205,10 @@ impl Op for ZeroGradLike {
     const EXAMPLE: &'static str = "";
     type Params = NoParams;
 
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
+
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         Ok(vec![io::f32_spec(Self::INPUTS, inputs, 0)?.clone()])
     }
@@ -183,6 +221,17 @@ impl Op for ZeroGradLike {
     ) -> Result<(), OpError> {
         io::f32_out(Self::OUTPUTS, outputs, 0)?.fill(0.0);
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        _: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cx.dev.zero::<f32>(&mut y)?)
     }
 }
 
@@ -210,6 +259,10 @@ impl Op for ResizeBilinearBwd {
     const OUTPUTS: &'static [Port] = &[Port::req("dx", "f32[N, C, H, W] with [H, W] = `in_size`")];
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
+
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
 
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let dy = io::nchw_f32(Self::INPUTS, inputs, 0)?;
@@ -241,6 +294,29 @@ impl Op for ResizeBilinearBwd {
             dys.w,
             p.align_corners,
             dx,
+        )?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let dys = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut dx = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let [h, w] = p.in_size;
+        let shape = Nchw::new(dys.n, dys.c, h, w);
+        Ok(cuda::resize::resize_bilinear_bwd(
+            cx.dev,
+            &dy,
+            shape,
+            dys.h,
+            dys.w,
+            p.align_corners,
+            &mut dx,
         )?)
     }
 }

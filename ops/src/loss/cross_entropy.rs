@@ -16,8 +16,12 @@
 //! to them yet.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::loss::{self, cross_entropy_bwd, cross_entropy_fwd, CrossEntropyParams};
 use serde::{Deserialize, Deserializer};
 
@@ -130,6 +134,10 @@ impl Op for CrossEntropy {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let l = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         if l.c == 0 {
@@ -178,6 +186,31 @@ impl Op for CrossEntropy {
                 problem: format!("expected a scalar output, got {} elements", other.len()),
             }),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let logits = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let target = dev_io::i32(Self::INPUTS, inputs, 1)?;
+        let weight = dev_io::f32_opt(Self::INPUTS, inputs, 2)?;
+        let weight = weight.as_ref().map(|w| w as &dyn cuda::DeviceBuf<f32>);
+        let mut loss = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::loss::cross_entropy_fwd(
+            cx.dev,
+            &logits,
+            &target,
+            weight,
+            shape,
+            p.kernel(),
+            None,
+            &mut loss,
+        )?)
     }
 
     fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -231,6 +264,10 @@ impl Op for CrossEntropyBwd {
     const EXAMPLE: &'static str = "";
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         // The forward's checks on logits, target and weight.
         CrossEntropy::infer(p, &inputs[..inputs.len().min(3)])?;
@@ -270,6 +307,32 @@ impl Op for CrossEntropyBwd {
             p.kernel(),
             dloss,
             dlogits,
+        )?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let logits = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let target = dev_io::i32(Self::INPUTS, inputs, 1)?;
+        let weight = dev_io::f32_opt(Self::INPUTS, inputs, 2)?;
+        let weight = weight.as_ref().map(|w| w as &dyn cuda::DeviceBuf<f32>);
+        let dloss = dev_io::f32(Self::INPUTS, inputs, 3)?;
+        let mut dlogits = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::loss::cross_entropy_bwd(
+            cx.dev,
+            &logits,
+            &target,
+            weight,
+            shape,
+            p.kernel(),
+            &dloss,
+            &mut dlogits,
         )?)
     }
 }
