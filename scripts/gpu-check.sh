@@ -10,9 +10,10 @@
 # Needs on the GPU machine: a CUDA 13 driver (580+) and libnvrtc.so.13 (the CUDA toolkit's
 # lib64, or the nvidia-cuda-nvrtc wheel); run.sh looks in the usual places, and for
 # libcublas.so.13 too (optional: without it the benchmark's cuBLAS column says n/a).
-# Also packs `flowseg` built with `--features cuda`: run.sh checks that `flowseg run --device cuda`
-# opens the GPU and then says that graphs run on the CPU executor only so far (exit 2, no run
-# directory) — the CUDA plan executor is later work in issue 5.
+# Then the engine's CUDA executor: ops/tests/cuda_step.rs (the supervised step on the GPU against
+# the CPU, one stream against three), and `flowseg` built with `--features cuda`: run.sh trains
+# graphs/supervised.yaml 40 iterations with `--device cuda` and with `--device cpu` and prints
+# both runs' last losses and mIoU side by side (both must finish).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.gpu/cuda-check
@@ -39,6 +40,21 @@ for line in sys.stdin:
   cp "$exe" "$out/$name"
   strip "$out/$name" 2>/dev/null || true
 done
+
+json=$(cargo test --release -p flowseg-ops --features cuda --no-run --message-format=json \
+  --test cuda_step)
+exe=$(printf '%s\n' "$json" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])
+' | tail -1)
+cp "$exe" "$out/cuda_step"
+strip "$out/cuda_step" 2>/dev/null || true
 
 cargo build --release --features cuda --bin flowseg
 cp target/release/flowseg "$out/flowseg"
@@ -77,16 +93,19 @@ fi
 for t in ./cuda_parity*; do
   "$t" --nocapture --test-threads=1 || status=1
 done
-# The CLI: --device cuda must find the GPU (and say the executor is CPU-only so far).
-msg=$(./flowseg run supervised.yaml --device cuda --out "${TMPDIR:-/tmp}/flowseg-device-check" 2>&1)
-code=$?
-echo "$msg"
-if [ "$code" = 2 ] && grep -q "^error: --device cuda: found " <<<"$msg"; then
-  echo "flowseg --device cuda: opened the GPU"
-else
-  echo "flowseg --device cuda: expected exit 2 with 'found <GPU>', got exit $code"
-  status=1
-fi
+# The engine's CUDA executor on a whole training step.
+./cuda_step --nocapture --test-threads=1 || status=1
+# The CLI: the supervised graph trains on the GPU and on the CPU; both must finish.
+runs="${TMPDIR:-/tmp}/flowseg-device-check"
+rm -rf "$runs"
+for dev in cuda cpu; do
+  if ./flowseg run supervised.yaml --device "$dev" --set train.iterations=40 \
+      --set train.eval_every=20 --out "$runs/$dev" >"$runs.$dev.log" 2>&1; then
+    echo "flowseg run --device $dev: $(grep -E 'eval after 40|done in' "$runs.$dev.log" | tr '\n' ' ')"
+  else
+    echo "flowseg run --device $dev FAILED:"; tail -5 "$runs.$dev.log"; status=1
+  fi
+done
 # After the checks: the benchmark table (it checks each kernel against the CPU before timing).
 ./cuda_kernels || status=1
 echo "cuda checks: $([ $status = 0 ] && echo PASSED || echo FAILED)"

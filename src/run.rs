@@ -68,8 +68,9 @@ pub struct RunArgs {
     /// jobs; `--resume` continues from the last periodic checkpoint).
     #[arg(long, value_name = "ITER")]
     pub stop_at: Option<u64>,
-    /// Where to execute: `cpu` (the default) or `cuda` (reports what is missing: graphs run on
-    /// the CPU executor only so far).
+    /// Where to execute: `cpu` (the default) or `cuda` (a build with `--features cuda`: the
+    /// training step runs on GPU 0 when every op of the step has a CUDA twin — the supervised
+    /// graphs so far — else the missing op kinds are named; evaluation stays on the CPU).
     #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
     pub device: crate::device::DeviceArg,
     /// Run the training step op by op: skip the fusion pass (batch norm + ReLU in one pass,
@@ -513,6 +514,8 @@ fn run_inner(
         })?;
     let resumed = resume.is_some();
     let (dir, start) = run_dir(a, &spec, resume, &mut trainer)?;
+    // After a resume restored the host state: the device takes it from there.
+    crate::device::start(a.device, &mut trainer).map_err(|msg| (2, msg))?;
     if resumed {
         keep_the_graph(a, &dir, &root, start)?;
     }
@@ -557,11 +560,13 @@ fn run_inner(
             && done.is_multiple_of(spec.train.checkpoint_every)
             && done < total
         {
+            sync(&mut trainer, done)?;
             save_checkpoints(&spec, &dir, &trainer, done)?;
         }
         let eval_now = spec.train.eval_every > 0 && done.is_multiple_of(spec.train.eval_every)
             || done == total;
         if let (Some(ev), true) = (&mut evaluator, eval_now) {
+            sync(&mut trainer, done)?;
             let results = ev
                 .run(source.as_mut(), &trainer.state)
                 .map_err(|e| (1, format!("error: evaluation after iteration {done}: {e}")))?;
@@ -585,6 +590,7 @@ fn run_inner(
         );
         return Ok(());
     }
+    sync(&mut trainer, total)?;
     save_checkpoints(&spec, &dir, &trainer, total)?;
     scores.write_results(&dir)?;
     let _ = writeln!(
@@ -695,6 +701,16 @@ fn write_run_files(
         }
     }
     Ok(())
+}
+
+/// The host's copy of the state made current (a no-op unless the step runs on a GPU).
+fn sync(trainer: &mut Trainer, done: u64) -> Result<(), Failure> {
+    trainer.sync_state().map_err(|e| {
+        (
+            1,
+            format!("error: after iteration {done}: copying the state back: {e}"),
+        )
+    })
 }
 
 /// checkpoints/last.safetensors, and iter-<next> when `checkpoint_every` divides `next`.

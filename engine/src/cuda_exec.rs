@@ -13,8 +13,9 @@
 //! * **Ops.** A node runs through its op's [`crate::Op::cuda`] (or `cuda_in_place`); a graph
 //!   with a node whose op has no twin is refused before anything runs, naming them all
 //!   ([`crate::device::missing_cuda_twins`]).
-//! * **Results.** After the run every stream is synchronised and the plan's kept values
-//!   (losses, gradients, metrics) are copied back as host [`Tensor`]s.
+//! * **Results.** After the run every stream is synchronised; the plan's kept values (losses,
+//!   metrics, the guard; gradients) stay in their never-reused buffers, and a caller copies
+//!   back the ones it reads ([`CudaExecutor::fetch`]).
 //!
 //! Unverified: no GPU has run this file yet (docs/plans/device-seam.md lists what a GPU session
 //! must check first). Not here yet: pinned host memory and the next batch's upload on its own
@@ -92,9 +93,9 @@ impl CudaExecutor {
         download(&self.gpu, &owned.spec, at.unwrap_or(0))
     }
 
-    /// Runs `plan` (made for `graph`, launchable as `program`) once on the device: `batch` is
-    /// uploaded, the state uploaded earlier is read and updated in place, and the plan's kept
-    /// node outputs come back as host tensors. `seed` and `iteration` key the random streams as
+    /// Runs `plan` (made for `graph`, launchable as `program`) once on the device and waits for
+    /// it: `batch` is uploaded, the state uploaded earlier is read and updated in place, and the
+    /// plan's kept node outputs stay on the device for [`CudaExecutor::fetch`]. `seed` and `iteration` key the random streams as
     /// on the CPU. `order` is the host's submission order (the plan's, or an interleaving: any
     /// valid one gives the same numbers).
     #[allow(clippy::too_many_arguments, reason = "the CPU executor's arguments")]
@@ -107,7 +108,7 @@ impl CudaExecutor {
         seed: u64,
         iteration: u64,
         order: ExecOrder,
-    ) -> Result<BTreeMap<ValueRef, Tensor>, ExecError> {
+    ) -> Result<(), ExecError> {
         let missing = missing_cuda_twins(graph);
         if !missing.is_empty() {
             let list: Vec<String> = missing
@@ -202,26 +203,36 @@ impl CudaExecutor {
         drive(&mut launcher, program, plan, order)?;
         self.gpu.synchronize().map_err(device_err("synchronize"))?;
         self.gpu.select(0).map_err(device_err("select"))?;
-        let mut kept = BTreeMap::new();
-        for v in &plan.keep {
-            let ValueRef::Node { node, port } = v else {
-                continue;
-            };
-            let (Some(region), Some(spec)) = (
-                program
-                    .launches
-                    .get(*node)
-                    .and_then(|l| l.outputs.get(*port)),
-                graph.spec_of(v),
-            ) else {
-                continue;
-            };
-            kept.insert(
-                v.clone(),
-                download(&self.gpu, spec, base + region.offset as u64)?,
-            );
-        }
-        Ok(kept)
+        Ok(())
+    }
+
+    /// A node output of the last [`CudaExecutor::run`] of `program`, copied to the host: valid
+    /// for the plan's kept values (their buffers are never reused), until the next run.
+    pub fn fetch(
+        &self,
+        graph: &Graph,
+        program: &Program,
+        value: &ValueRef,
+    ) -> Result<Tensor, ExecError> {
+        let ValueRef::Node { node, port } = value else {
+            return Err(ExecError::Plan(format!("{value:?} is not a node output")));
+        };
+        let (Some(region), Some(spec)) = (
+            program
+                .launches
+                .get(*node)
+                .and_then(|l| l.outputs.get(*port)),
+            graph.spec_of(value),
+        ) else {
+            return Err(ExecError::Plan(format!(
+                "no value {node}.{port} in the plan"
+            )));
+        };
+        let base = match (&self.arena, self.gpu.stream_at(0)) {
+            (Some((_, mem)), Some(s)) => mem.device_addr(s),
+            _ => return Err(ExecError::Device("nothing has run yet".into())),
+        };
+        download(&self.gpu, spec, base + region.offset as u64)
     }
 }
 

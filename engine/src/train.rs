@@ -186,6 +186,11 @@ pub struct Trainer {
     /// The node pairs the fusion pass merged in `graph` (empty with [`TrainerOptions::fuse`]
     /// off).
     pub fusions: Vec<crate::fusion::Fusion>,
+    /// With [`Trainer::use_cuda`]: the GPU that runs the step and holds the state, and the step
+    /// plan made launchable. `state` and the moments on the host are then stale until
+    /// [`Trainer::sync_state`].
+    #[cfg(feature = "cuda")]
+    cuda: Option<(crate::cuda_exec::CudaExecutor, crate::device::Program)>,
 }
 
 /// How [`Trainer::with_options`] builds the step.
@@ -562,6 +567,8 @@ impl Trainer {
             aux,
             guard,
             fusions,
+            #[cfg(feature = "cuda")]
+            cuda: None,
             workspace: exec::Workspace::default(),
             graph,
             losses,
@@ -705,6 +712,10 @@ impl Trainer {
     ) -> Result<Vec<(String, f32)>, StepError> {
         // Scalars first: a hyper-parameter the kernels refuse fails here, before any change.
         self.write_scalars(iteration)?;
+        #[cfg(feature = "cuda")]
+        if self.cuda.is_some() {
+            return self.step_cuda(batch, iteration);
+        }
         // The update nodes read and write the moments and scalars beside the model state: one
         // map for the run, split again after it.
         let aux = std::mem::take(&mut self.aux);
@@ -769,6 +780,105 @@ impl Trainer {
                 param,
                 iteration,
                 first: self.first_non_finite(batch, iteration),
+            });
+        }
+        for opt in &mut self.optimizers {
+            opt.steps += 1;
+        }
+        Ok(values)
+    }
+
+    /// Moves the step to GPU `ordinal` (feature `cuda`): refuses, naming the op kinds, when a
+    /// node of the step has no CUDA twin; otherwise uploads the state and the optimizer moments,
+    /// and every later [`Trainer::step`] runs there. The host's `state` is stale from then on:
+    /// call [`Trainer::sync_state`] before reading it (evaluation, checkpoints).
+    #[cfg(feature = "cuda")]
+    pub fn use_cuda(&mut self, ordinal: usize) -> Result<(), StepError> {
+        let missing = crate::device::missing_cuda_twins(&self.step_graph);
+        if !missing.is_empty() {
+            let kinds: std::collections::BTreeSet<&str> =
+                missing.iter().map(|(_, op)| *op).collect();
+            let kinds: Vec<&str> = kinds.into_iter().collect();
+            return Err(ExecError::Device(format!(
+                "{} of the step's {} nodes have no CUDA twin yet (ops: {})",
+                missing.len(),
+                self.step_graph.nodes.len(),
+                kinds.join(", ")
+            ))
+            .into());
+        }
+        let mut exec = crate::cuda_exec::CudaExecutor::new(ordinal, self.step_plan.streams)?;
+        exec.upload_state(&self.state)?;
+        exec.upload_state(&self.aux)?;
+        let program = crate::device::Program::new(&self.step_graph, &self.step_plan)?;
+        self.cuda = Some((exec, program));
+        Ok(())
+    }
+
+    /// Copies the device's state and optimizer moments back into `state` (a no-op on the CPU,
+    /// where `state` is always current).
+    pub fn sync_state(&mut self) -> Result<(), StepError> {
+        #[cfg(feature = "cuda")]
+        if let Some((exec, _)) = &self.cuda {
+            for (name, t) in self.state.iter_mut().chain(self.aux.iter_mut()) {
+                *t = exec.download_state(name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Trainer::step`] on the GPU: the scalars go up, the step runs there, the losses,
+    /// metrics, gradients (read only when the guard tripped) and the guard come back.
+    #[cfg(feature = "cuda")]
+    fn step_cuda(
+        &mut self,
+        batch: &BTreeMap<String, Tensor>,
+        iteration: u64,
+    ) -> Result<Vec<(String, f32)>, StepError> {
+        let Some((exec, program)) = self.cuda.as_mut() else {
+            return Err(ExecError::Device("no CUDA executor".into()).into());
+        };
+        if let Some(s) = self.aux.get(SCALARS) {
+            exec.upload_state(&BTreeMap::from([(SCALARS.to_owned(), s.clone())]))?;
+        }
+        let (graph, plan) = (&self.step_graph, &self.step_plan);
+        let order = exec::ExecOrder::Sequential;
+        exec.run(graph, plan, program, batch, self.seed, iteration, order)?;
+        let (exec, program) = (&*exec, &*program);
+        let fetch = |v: &ValueRef| exec.fetch(graph, program, v);
+        let scalar = |v: &ValueRef| fetch(v).ok().and_then(|t| t.f32()?.first().copied());
+        let values: Vec<(String, f32)> = (self.losses.iter())
+            .map(|(name, src)| (name.clone(), scalar(src).unwrap_or(f32::NAN)))
+            .collect();
+        let metrics: Vec<(String, f32)> = (self.metrics.iter())
+            .map(|(name, src)| (name.clone(), scalar(src).unwrap_or(f32::NAN)))
+            .collect();
+        let passed = (self.guard.as_ref()).is_none_or(|g| scalar(g) == Some(1.0));
+        if let Some((name, v)) = values.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(StepError::NonFinite {
+                name: name.clone(),
+                value: *v,
+                iteration,
+                first: None,
+            });
+        }
+        self.metric_values = metrics;
+        if !passed {
+            let param = (self.optimizers.iter())
+                .flat_map(|o| o.params.iter())
+                .find(|p| {
+                    let g = fetch(&p.grad).ok();
+                    !g.as_ref()
+                        .and_then(Tensor::f32)
+                        .unwrap_or(&[])
+                        .iter()
+                        .all(|v| v.is_finite())
+                })
+                .map_or_else(String::new, |p| p.state.clone());
+            return Err(StepError::NonFiniteGradient {
+                param,
+                iteration,
+                first: None,
             });
         }
         for opt in &mut self.optimizers {

@@ -228,7 +228,10 @@ fn every_shipped_graph_step_records_device_calls_that_pass_the_check() {
 /// `Op::has_cuda`): the supervised graphs can, and stay so; for the others the missing op
 /// kinds are printed (`--nocapture`), the CUDA work still to do.
 #[test]
-#[allow(clippy::print_stdout, reason = "the missing kinds are the test's report")]
+#[allow(
+    clippy::print_stdout,
+    reason = "the missing kinds are the test's report"
+)]
 fn the_supervised_steps_have_a_cuda_twin_for_every_node() {
     let registry = full_registry();
     for file in &graph_files() {
