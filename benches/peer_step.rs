@@ -500,8 +500,24 @@ fn conv_flops(graph: &Graph) -> f64 {
 /// floor: the step's convolution GFLOP ([`conv_flops`]) at the gemm rate measured right after
 /// (`measured_gflops`, 1024³), and that time over the fused step's best round.
 fn fuse_ab(registry: &Registry, graph: &str, rounds: usize, n: usize, sets: &[String]) {
-    let (mut on, batch) = trainer_with(registry, graph, sets, TrainerOptions { fuse: true });
-    let (mut off, _) = trainer_with(registry, graph, sets, TrainerOptions { fuse: false });
+    let (mut on, batch) = trainer_with(
+        registry,
+        graph,
+        sets,
+        TrainerOptions {
+            fuse: true,
+            ..TrainerOptions::default()
+        },
+    );
+    let (mut off, _) = trainer_with(
+        registry,
+        graph,
+        sets,
+        TrainerOptions {
+            fuse: false,
+            ..TrainerOptions::default()
+        },
+    );
     let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
     let mut it = 0u64;
     for round in 0..rounds.max(1) {

@@ -1257,6 +1257,7 @@ fn run_one(
         stop_at: None,
         device: crate::device::DeviceArg::Cpu,
         no_fuse: false,
+        streams: 1,
     };
     let started = Instant::now();
     let code = crate::run::run(&args, registry, out, err, color);

@@ -242,6 +242,7 @@ pub(crate) fn replay(
         stop_at: Some(e + 1),
         device: crate::device::DeviceArg::Cpu,
         no_fuse: false,
+        streams: 1,
     };
     if crate::run::run(&args, registry, out, err, false) != ExitCode::SUCCESS {
         return Err("the early replay failed (its messages are above)".into());
@@ -295,6 +296,7 @@ pub(crate) fn replay(
                 stop_at: Some(e2 + 1),
                 device: crate::device::DeviceArg::Cpu,
                 no_fuse: false,
+                streams: 1,
             };
             if crate::run::run(&args, registry, out, err, false) != ExitCode::SUCCESS {
                 return Err("the late replay failed (its messages are above)".into());
@@ -456,6 +458,7 @@ mod tests {
             stop_at: None,
             device: crate::device::DeviceArg::Cpu,
             no_fuse: false,
+            streams: 1,
         };
         let code = crate::run::run(&args, &registry, &mut out, &mut err, false);
         assert_eq!(code, ExitCode::SUCCESS, "{}", String::from_utf8_lossy(&err));

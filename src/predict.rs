@@ -87,7 +87,8 @@ fn load_trained(
         (t.run.clone(), c.clone())
     };
     let text = read(&graph, color, err).ok_or(ExitCode::from(2))?;
-    let mut l = load(&graph, &text, &t.set, false, true, registry, color, err).map_err(
+    let options = flowseg_engine::train::TrainerOptions::default();
+    let mut l = load(&graph, &text, &t.set, false, options, registry, color, err).map_err(
         |Rejected(text)| {
             let _ = err.write_all(text.as_bytes());
             ExitCode::from(2)

@@ -77,6 +77,11 @@ pub struct RunArgs {
     /// forward and backward). The results are the same bit for bit; for timing and debugging.
     #[arg(long)]
     pub no_fuse: bool,
+    /// Streams of the training step's plan (default 1). On the CPU the numbers and the time are
+    /// the same at any count (one op at a time); with `--device cuda` independent branches
+    /// (a teacher's forward beside the student's) run concurrently.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(usize))]
+    pub streams: usize,
 }
 
 /// Flags of `flowseg check`.
@@ -137,7 +142,7 @@ pub(crate) fn load(
     text: &str,
     sets: &[String],
     strict: bool,
-    fuse: bool,
+    options: TrainerOptions,
     registry: &Registry,
     color: bool,
     err: &mut dyn Write,
@@ -168,7 +173,6 @@ pub(crate) fn load(
         state: BTreeMap::new(),
         hidden: source.hidden_fields(),
     };
-    let options = TrainerOptions { fuse };
     let mut trainer = Trainer::with_options(&spec, registry, &env, BTreeMap::new(), options)
         .map_err(|e| reject(&e))?;
     // `init: { weights: ... }` paths are relative to the graph file.
@@ -226,7 +230,14 @@ pub fn check(
         return ExitCode::from(2);
     };
     match load(
-        &a.graph, &text, &a.set, a.strict, true, registry, color, err,
+        &a.graph,
+        &text,
+        &a.set,
+        a.strict,
+        TrainerOptions::default(),
+        registry,
+        color,
+        err,
     ) {
         Ok(mut l) => {
             // What `run` checks before its first step: every evaluated model fits the data.
@@ -335,7 +346,17 @@ pub fn plan(
         return ExitCode::from(2);
     };
     let mut l = match load(
-        &a.graph, &text, &a.set, a.strict, !a.no_fuse, registry, color, err,
+        &a.graph,
+        &text,
+        &a.set,
+        a.strict,
+        TrainerOptions {
+            fuse: !a.no_fuse,
+            ..TrainerOptions::default()
+        },
+        registry,
+        color,
+        err,
     ) {
         Ok(l) => l,
         Err(Rejected(text)) => {
@@ -500,7 +521,10 @@ fn run_inner(
         &text,
         &a.set,
         a.strict,
-        !a.no_fuse,
+        TrainerOptions {
+            fuse: !a.no_fuse,
+            streams: a.streams,
+        },
         registry,
         color,
         err,

@@ -328,6 +328,14 @@ fn a_run_begun_without_fusion_resumes_fused_bit_for_bit() {
     resume_matches_with("supervised", &["--no-fuse"]);
 }
 
+/// The step's stream count changes no value: a run begun on a three-stream plan (`--streams 3`,
+/// teacher and student branches apart) and resumed on one stream ends where an uninterrupted
+/// one-stream run does.
+#[test]
+fn a_run_begun_on_three_streams_resumes_on_one_bit_for_bit() {
+    resume_matches_with("cutmix_seg", &["--streams", "3"]);
+}
+
 #[test]
 fn cct_resumes_bit_for_bit() {
     resume_matches("cct");

@@ -200,11 +200,17 @@ pub struct TrainerOptions {
     /// true; `--no-fuse` turns it off). The values are the same either way (bit for bit for the
     /// built-in fusions; tests/fusion.rs).
     pub fuse: bool,
+    /// Streams of the step's plan (default 1). The CPU runs any plan one op at a time, with the
+    /// same numbers; the CUDA executor runs independent branches concurrently (`--streams`).
+    pub streams: usize,
 }
 
 impl Default for TrainerOptions {
     fn default() -> Self {
-        TrainerOptions { fuse: true }
+        TrainerOptions {
+            fuse: true,
+            streams: 1,
+        }
     }
 }
 
@@ -554,7 +560,7 @@ impl Trainer {
         let step_plan = crate::plan::plan(
             &step_graph,
             &crate::plan::PlanOptions {
-                streams: 1,
+                streams: options.streams.max(1),
                 keep: step_keep,
             },
         )?;
