@@ -194,7 +194,10 @@ fn every_shipped_graph_trains_identically_with_and_without_fusion() {
                 &registry,
                 &env,
                 BTreeMap::new(),
-                TrainerOptions { fuse },
+                TrainerOptions {
+                    fuse,
+                    ..TrainerOptions::default()
+                },
             )
             .unwrap_or_else(|e| panic!("{what}: {e:#?}"))
         };
