@@ -554,7 +554,10 @@ fn resnet18_deeplabv3plus_trains() {
         .filter(|f| (f.op, f.absorbed_op) == ("add", "relu"))
         .count();
     assert_eq!(adds, 8, "{:?}", t.fusions);
-    let options = TrainerOptions { fuse: false };
+    let options = TrainerOptions {
+        fuse: false,
+        ..TrainerOptions::default()
+    };
     let mut u = Trainer::with_options(&spec, &registry, &env(2, 32, 32), BTreeMap::new(), options)
         .expect("trainer");
     let unfused: Vec<f32> = (0..3)
