@@ -94,7 +94,7 @@ for t in ./cuda_parity*; do
   "$t" --nocapture --test-threads=1 || status=1
 done
 # The engine's CUDA executor on a whole training step.
-./cuda_step --nocapture --test-threads=1 || status=1
+FLOWSEG_GRAPHS="$PWD/../../graphs" ./cuda_step --nocapture --test-threads=1 || status=1
 # The CLI: the supervised graph trains on the GPU and on the CPU; both must finish.
 runs="${TMPDIR:-/tmp}/flowseg-device-check"
 rm -rf "$runs"

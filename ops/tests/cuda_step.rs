@@ -29,8 +29,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use suite::shipped::{full_registry, open_shrunk};
 
+/// `graphs/<name>.yaml`: under `$FLOWSEG_GRAPHS` when set (the GPU machine runs this binary
+/// away from the build's checkout), else beside the crate.
 fn graph(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../graphs/{name}.yaml"))
+    let dir = std::env::var_os("FLOWSEG_GRAPHS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../graphs"),
+        PathBuf::from,
+    );
+    dir.join(format!("{name}.yaml"))
 }
 
 /// A GPU, or the reason there is none (printed by the caller as its skip); with
