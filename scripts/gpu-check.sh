@@ -10,7 +10,8 @@
 # Needs on the GPU machine: a CUDA 13 driver (580+) and libnvrtc.so.13 (the CUDA toolkit's
 # lib64, or the nvidia-cuda-nvrtc wheel); run.sh looks in the usual places, and for
 # libcublas.so.13 too (optional: without it the benchmark's cuBLAS column says n/a).
-# Then the engine's CUDA executor: ops/tests/cuda_step.rs (the supervised step on the GPU against
+# Then the engine's CUDA executor: ops/tests/cuda_ops.rs (every op's twin against its CPU code,
+# op alone, and a loss's backward) and ops/tests/cuda_step.rs (the supervised step on the GPU against
 # the CPU, one stream against three), and `flowseg` built with `--features cuda`: run.sh trains
 # graphs/supervised.yaml 40 iterations with `--device cuda` and with `--device cpu` and prints
 # both runs' last losses and mIoU side by side (both must finish).
@@ -42,8 +43,8 @@ for line in sys.stdin:
 done
 
 json=$(cargo test --release -p flowseg-ops --features cuda --no-run --message-format=json \
-  --test cuda_step)
-exe=$(printf '%s\n' "$json" | python3 -c '
+  --test cuda_step --test cuda_ops)
+printf '%s\n' "$json" | python3 -c '
 import json, sys
 for line in sys.stdin:
     try:
@@ -51,10 +52,11 @@ for line in sys.stdin:
     except ValueError:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["executable"])
-' | tail -1)
-cp "$exe" "$out/cuda_step"
-strip "$out/cuda_step" 2>/dev/null || true
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do
+  cp "$exe" "$out/$name"
+  strip "$out/$name" 2>/dev/null || true
+done
 
 cargo build --release --features cuda --bin flowseg
 cp target/release/flowseg "$out/flowseg"
@@ -94,6 +96,7 @@ for t in ./cuda_parity*; do
   "$t" --nocapture --test-threads=1 || status=1
 done
 # The engine's CUDA executor on a whole training step.
+./cuda_ops --nocapture --test-threads=1 || status=1
 FLOWSEG_GRAPHS="$PWD/../../graphs" ./cuda_step --nocapture --test-threads=1 || status=1
 # The CLI: the supervised graph trains on the GPU and on the CPU; both must finish.
 runs="${TMPDIR:-/tmp}/flowseg-device-check"
