@@ -577,7 +577,7 @@ pub mod io {
 pub mod dev_io {
     use super::{OpError, Port};
     use crate::tensor::DeviceTensor;
-    use flowseg_kernels::cuda::RawBuf;
+    use flowseg_kernels::cuda::{DeviceBufMut, RawBuf};
     use flowseg_kernels::Nchw;
 
     fn port_name(ports: &[Port], i: usize) -> &'static str {
@@ -659,6 +659,12 @@ pub mod dev_io {
                 port: port_name(ports, i),
                 problem: "missing or not f32".into(),
             })
+    }
+
+    /// An optional device output as a launcher takes it (`Option<&mut dyn DeviceBufMut>`): a
+    /// gradient a backward op was asked for, or `None`.
+    pub fn opt_out(b: &mut Option<RawBuf<f32>>) -> Option<&mut dyn DeviceBufMut<f32>> {
+        b.as_mut().map(|b| b as &mut dyn DeviceBufMut<f32>)
     }
 
     /// Output `i` as i32 device memory to write.

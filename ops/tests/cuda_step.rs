@@ -1,7 +1,8 @@
 //! The training step on a GPU (feature `cuda`; every test prints why it skips where there is
 //! no driver or no GPU, and `scripts/gpu-check.sh` runs them where there is):
 //!
-//! * the supervised graph's whole step (forward, backward, AdamW, BN statistics) through
+//! * the whole step (forward, backward, AdamW, BN statistics) of the supervised graph and of
+//!   CPS (two networks, CutMix boxes drawn on the host, pseudo-labels, instruments) through
 //!   `Trainer::use_cuda` against the CPU trainer: losses and every state tensor after five
 //!   steps within float tolerance (reductions run in another order on the GPU);
 //! * the same step planned on one stream and on three, run by the CUDA executor: identical bits
@@ -60,12 +61,21 @@ fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn the_supervised_step_on_the_gpu_matches_the_cpu() {
+    step_matches("supervised");
+}
+
+#[test]
+fn the_cps_step_on_the_gpu_matches_the_cpu() {
+    step_matches("cps");
+}
+
+fn step_matches(name: &str) {
     if let Err(why) = gpu() {
         eprintln!("skipped: {why}");
         return;
     }
     let registry = full_registry();
-    let (gspec, mut source, env) = open_shrunk(&graph("supervised"), &registry);
+    let (gspec, mut source, env) = open_shrunk(&graph(name), &registry);
     let mut cpu = Trainer::new(&gspec, &registry, &env, BTreeMap::new()).unwrap();
     let mut gpu = Trainer::new(&gspec, &registry, &env, BTreeMap::new()).unwrap();
     gpu.use_cuda(0).unwrap();
@@ -73,9 +83,9 @@ fn the_supervised_step_on_the_gpu_matches_the_cpu() {
         let batch = source.batch(it).unwrap();
         let a = cpu.step(&batch, it).unwrap();
         let b = gpu.step(&batch, it).unwrap();
-        for ((name, x), (_, y)) in a.iter().zip(&b) {
+        for ((loss, x), (_, y)) in a.iter().zip(&b) {
             let rel = f64::from((x - y).abs()) / f64::from(x.abs().max(1e-3));
-            assert!(rel < 1e-4, "iteration {it}: loss {name}: cpu {x}, gpu {y}");
+            assert!(rel < 1e-4, "iteration {it}: loss {loss}: cpu {x}, gpu {y}");
         }
     }
     gpu.sync_state().unwrap();

@@ -379,17 +379,11 @@ impl Op for Conv2dBwd {
             ws.n,
             &p.conv.geometry(ws.h, ws.w),
             &dy,
-            as_dyn(&mut dx),
-            as_dyn(&mut dw),
-            as_dyn(&mut db),
+            dev_io::opt_out(&mut dx),
+            dev_io::opt_out(&mut dw),
+            dev_io::opt_out(&mut db),
         )?)
     }
-}
-
-/// A wanted gradient's device buffer as the launcher takes it.
-#[cfg(feature = "cuda")]
-fn as_dyn(b: &mut Option<cuda::RawBuf<f32>>) -> Option<&mut dyn cuda::DeviceBufMut<f32>> {
-    b.as_mut().map(|b| b as &mut dyn cuda::DeviceBufMut<f32>)
 }
 
 /// `conv2d_bwd`'s output `k` as an f32 slice if it is wanted, else `None` (the kernel then

@@ -23,8 +23,12 @@
 //! Not here: a whole per-class table or IoU of pseudo-labels (the evaluator scores models on
 //! held-out images).
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::metrics::label_agreement_fwd;
 use serde::Deserialize;
 
@@ -86,6 +90,10 @@ impl Op for LabelAccuracy {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     const STOP_GRAD: bool = true;
 
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
@@ -144,6 +152,57 @@ impl Op for LabelAccuracy {
             (agree as f64 / counted as f64) as f32
         };
         io::f32_out(Self::OUTPUTS, outputs, 0)?.fill(y);
+        Ok(())
+    }
+
+    /// The counts are made on the device and read back (an instrument: one small synchronous
+    /// copy per node), the ratio written as on the CPU.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let pred = dev_io::i32(Self::INPUTS, inputs, 0)?;
+        let target = dev_io::i32(Self::INPUTS, inputs, 1)?;
+        let mask = dev_io::f32_opt(Self::INPUTS, inputs, 2)?;
+        let dev = cx.dev;
+        let scratch = dev.alloc_bytes(16)?;
+        let count = |mask: Option<&cuda::RawBuf<f32>>,
+                     skip: Option<i32>|
+         -> Result<[u64; 2], OpError> {
+            let mask = mask.map(|m| m as &dyn cuda::DeviceBuf<f32>);
+            let at = cuda::DeviceBuf::<u8>::device_addr(&scratch, dev.stream());
+            // SAFETY: `scratch` holds 16 bytes, two u64, and outlives the launch and the copy.
+            let mut counts = unsafe { cuda::RawBuf::<u64>::new(at, 2) };
+            let i = p.ignore_index;
+            cuda::metrics::label_agreement_fwd(dev, &pred, &target, mask, i, skip, &mut counts)?;
+            let mut host = [0u64; 2];
+            dev.download_into(&counts, &mut host)?;
+            Ok(host)
+        };
+        let both = |mask: Option<&cuda::RawBuf<f32>>| -> Result<[u64; 2], OpError> {
+            Ok(match p.only {
+                None => count(mask, p.skip)?,
+                Some(c) => {
+                    let [a, n] = count(mask, None)?;
+                    let [a_rest, n_rest] = count(mask, Some(c))?;
+                    [a - a_rest, n - n_rest]
+                }
+            })
+        };
+        let [agree, mut counted] = both(mask.as_ref())?;
+        if p.recall {
+            counted = both(None)?[1];
+        }
+        let y = if counted == 0 {
+            f32::NAN
+        } else {
+            (agree as f64 / counted as f64) as f32
+        };
+        let mut out = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        dev.fill32::<f32>(&mut out, y.to_bits())?;
         Ok(())
     }
 }

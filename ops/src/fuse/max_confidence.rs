@@ -8,9 +8,13 @@
 //! A stop-gradient (`Op::STOP_GRAD`): neither output carries a gradient back to `probs`. Its
 //! kernels' CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::argmax::max_fwd;
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 
 /// The `max_confidence` op (no params).
 pub struct MaxConfidence;
@@ -34,6 +38,10 @@ impl Op for MaxConfidence {
         feeds: &[("probs", Feed::Trainable(&[2, 3, 5, 7]))],
     }];
     type Params = NoParams;
+
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
 
     /// The pseudo-label primitive: its label and confidence are targets and weights for another
     /// branch's loss, constants by definition (FixMatch, UniMatch and kin detach them), so
@@ -66,6 +74,22 @@ impl Op for MaxConfidence {
         let conf = io::f32_out(&Self::OUTPUTS[..1], conf, 0)?;
         let label = io::i32_out(&Self::OUTPUTS[1..], label, 0)?;
         Ok(max_fwd(probs, shape, conf, label)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let probs = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut conf = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let mut label = dev_io::i32_out(Self::OUTPUTS, outputs, 1)?;
+        Ok(cuda::argmax::max_fwd(
+            cx.dev, &probs, shape, &mut conf, &mut label,
+        )?)
     }
 }
 

@@ -26,8 +26,12 @@
 //! kernels' CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 //! The draws are counter-based, so the twin reproduces these masks exactly.
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::mix::{self as kernel, box_mask_fwd, draw_boxes, draw_partners, BoxParams};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -296,6 +300,10 @@ impl Op for BoxMask {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     /// The mask and partner are drawn, not computed from `like`: constants for autodiff.
     const STOP_GRAD: bool = true;
 
@@ -332,6 +340,37 @@ impl Op for BoxMask {
         };
         box_mask_fwd(&boxes, n, h, w, p.boxes, combine, mask)?;
         Ok(draw_partners(&rng, p.partner.into(), partner)?)
+    }
+
+    /// The boxes and partners are drawn on the host from the node's random stream, exactly as
+    /// on the CPU; the mask is filled on the device and the partners copied there.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let like = inputs.first().copied().flatten().ok_or(OpError::Input {
+            port: "like",
+            problem: "not connected".into(),
+        })?;
+        let (n, h, w) = batch_plane(&like.spec).ok_or_else(|| OpError::Input {
+            port: "like",
+            problem: format!("expected [N, C, H, W] or [N, H, W], got {}", like.spec),
+        })?;
+        let rng = cx.exec.rng();
+        let boxes = draw_boxes(&rng, n, h, w, &p.kernel())?;
+        let combine = match p.combine {
+            Combine::Union => kernel::Combine::Union,
+            Combine::Xor => kernel::Combine::Xor,
+        };
+        let mut mask = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        cuda::mix::box_mask_fwd(cx.dev, &boxes, n, h, w, p.boxes, combine, &mut mask)?;
+        let mut partner = dev_io::i32_out(Self::OUTPUTS, outputs, 1)?;
+        let mut host = vec![0i32; cuda::DeviceBuf::<i32>::elems(&partner)];
+        draw_partners(&rng, p.partner.into(), &mut host)?;
+        Ok(cx.dev.upload_into(&host, &mut partner)?)
     }
 }
 

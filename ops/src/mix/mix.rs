@@ -19,8 +19,12 @@
 //! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{DType, ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::mix::{mix_bwd, mix_fwd, mix_labels_fwd, MixSource};
 use flowseg_kernels::Nchw;
 use serde::Deserialize;
@@ -29,6 +33,14 @@ use serde::Deserialize;
 pub struct Mix;
 
 /// [N, C, H, W] of a rank-4 or rank-3 spec (C = 1 for [N, H, W]).
+/// A node's partner indices, copied to the host (the mix launchers take them there).
+#[cfg(feature = "cuda")]
+fn host_partners(cx: &CudaCx<'_>, partner: cuda::RawBuf<i32>) -> Result<Vec<i32>, OpError> {
+    let mut host = vec![0i32; cuda::DeviceBuf::<i32>::elems(&partner)];
+    cx.dev.download_into(&partner, &mut host)?;
+    Ok(host)
+}
+
 fn as_nchw(s: &TensorSpec) -> Option<Nchw> {
     match s.shape[..] {
         [n, c, h, w] => Some(Nchw::new(n, c, h, w)),
@@ -113,6 +125,10 @@ impl Op for Mix {
     ];
     type Params = NoParams;
 
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
+
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let (n, h, w) = check_mask(Self::INPUTS, inputs)?;
         let a = io::spec(Self::INPUTS, inputs, 2)?;
@@ -173,6 +189,47 @@ impl Op for Mix {
                 };
                 let out = io::i32_out(Self::OUTPUTS, outputs, 0)?;
                 Ok(mix_labels_fwd(a, src, mask, partner, shape, out)?)
+            }
+        }
+    }
+
+    /// The partner indices are read back to the host first (the launchers take them there):
+    /// one small synchronous copy per node.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let mask = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let partner = host_partners(cx, dev_io::i32(Self::INPUTS, inputs, 1)?)?;
+        let a = inputs.get(2).copied().flatten().ok_or(OpError::Input {
+            port: "a",
+            problem: "not connected".into(),
+        })?;
+        let shape = as_nchw(&a.spec).ok_or_else(|| OpError::Input {
+            port: "a",
+            problem: format!("expected [N, C, H, W] or [N, H, W], got {}", a.spec),
+        })?;
+        let has_b = inputs.get(3).copied().flatten().is_some();
+        let src = if has_b { 3 } else { 2 };
+        match a.spec.dtype {
+            DType::F32 => {
+                let a = dev_io::f32(Self::INPUTS, inputs, 2)?;
+                let src = dev_io::f32(Self::INPUTS, inputs, src)?;
+                let mut out = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+                Ok(cuda::mix::mix_fwd(
+                    cx.dev, &a, &src, &mask, &partner, shape, &mut out,
+                )?)
+            }
+            DType::I32 => {
+                let a = dev_io::i32(Self::INPUTS, inputs, 2)?;
+                let src = dev_io::i32(Self::INPUTS, inputs, src)?;
+                let mut out = dev_io::i32_out(Self::OUTPUTS, outputs, 0)?;
+                Ok(cuda::mix::mix_labels_fwd(
+                    cx.dev, &a, &src, &mask, &partner, shape, &mut out,
+                )?)
             }
         }
     }
@@ -244,6 +301,10 @@ impl Op for MixBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let (n, h, w) = check_mask(Self::INPUTS, inputs)?;
         let dout = io::f32_spec(Self::INPUTS, inputs, 2)?;
@@ -297,6 +358,37 @@ impl Op for MixBwd {
         };
         let source = if p.has_b { MixSource::B } else { MixSource::A };
         Ok(mix_bwd(dout, mask, partner, shape, source, da, db)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let mask = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let partner = host_partners(cx, dev_io::i32(Self::INPUTS, inputs, 1)?)?;
+        let dout = dev_io::f32(Self::INPUTS, inputs, 2)?;
+        let shape = (inputs.get(2).copied().flatten())
+            .and_then(|t| as_nchw(&t.spec))
+            .ok_or(OpError::Input {
+                port: "dout",
+                problem: "expected [N, C, H, W] or [N, H, W]".into(),
+            })?;
+        let mut da = match p.want_a {
+            true => Some(dev_io::f32_out(Self::OUTPUTS, outputs, 0)?),
+            false => None,
+        };
+        let mut db = match p.want_b {
+            true => Some(dev_io::f32_out(Self::OUTPUTS, outputs, 1)?),
+            false => None,
+        };
+        let source = if p.has_b { MixSource::B } else { MixSource::A };
+        let (da, db) = (dev_io::opt_out(&mut da), dev_io::opt_out(&mut db));
+        Ok(cuda::mix::mix_bwd(
+            cx.dev, &dout, &mask, &partner, shape, source, da, db,
+        )?)
     }
 }
 
