@@ -160,7 +160,7 @@ fn a_step_without_every_twin_is_refused_by_name() {
     let mut trainer = Trainer::new(&gspec, &registry, &env, BTreeMap::new()).unwrap();
     let e = trainer.use_cuda(0).unwrap_err().to_string();
     assert!(
-        e.contains("no CUDA twin yet") && e.contains("box_mask"),
+        e.contains("no CUDA twin yet") && e.contains("softmax"),
         "{e}"
     );
 }
