@@ -13,8 +13,12 @@
 //! CUDA twins exist (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::reduce::{mean_bwd, mean_fwd};
 use serde::Deserialize;
 
@@ -52,6 +56,10 @@ impl Op for Mean {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::f32_spec(Self::INPUTS, inputs, 0)?;
         if x.is_empty() {
@@ -81,6 +89,18 @@ impl Op for Mean {
                 problem: format!("expected a scalar output, got {} elements", other.len()),
             }),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::reduce::mean_fwd(cx.dev, &x, &mut y)?)
     }
 
     fn vjp(_: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -121,6 +141,10 @@ impl Op for MeanBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let dy = io::spec(Self::INPUTS, inputs, 0)?;
         if *dy != TensorSpec::scalar() {
@@ -149,6 +173,18 @@ impl Op for MeanBwd {
             }
         };
         Ok(mean_bwd(dy, io::f32_out(Self::OUTPUTS, outputs, 0)?)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let dy = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut dx = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::reduce::mean_bwd(cx.dev, &dy, &mut dx)?)
     }
 }
 

@@ -11,8 +11,12 @@
 //! not dispatch ops to them yet.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::elementwise::{mul_bwd, mul_fwd, scale_fwd};
 use flowseg_kernels::reduce::dot_fwd;
 use serde::Deserialize;
@@ -70,6 +74,10 @@ impl Op for Mul {
     ];
     type Params = NoParams;
 
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
+
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let a = io::f32_spec(Self::INPUTS, inputs, 0)?;
         let b = io::spec(Self::INPUTS, inputs, 1)?;
@@ -96,6 +104,30 @@ impl Op for Mul {
             [s] if a.len() != 1 => Ok(scale_fwd(a, *s, y)?),
             _ => Ok(mul_fwd(a, b, y)?),
         }
+    }
+
+    /// A scalar `b` broadcast over `a` is read back to the host first (the scale launcher
+    /// takes it there): one four-byte copy.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let a = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let b = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let (na, nb) = (
+            cuda::DeviceBuf::<f32>::elems(&a),
+            cuda::DeviceBuf::<f32>::elems(&b),
+        );
+        if nb == 1 && na != 1 {
+            let mut s = [0f32];
+            cx.dev.download_into(&b, &mut s)?;
+            return Ok(cuda::elementwise::scale_fwd(cx.dev, &a, s[0], &mut y)?);
+        }
+        Ok(cuda::elementwise::mul_fwd(cx.dev, &a, &b, &mut y)?)
     }
 
     fn vjp(_: &NoParams, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -181,6 +213,10 @@ impl Op for MulBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let dy = io::f32_spec(Self::INPUTS, inputs, 2)?;
         let b_spec = p.b_spec(dy);
@@ -248,6 +284,48 @@ impl Op for MulBwd {
                     match p.scalar_b {
                         false => mul_fwd(dy, a()?, db)?,
                         true => scalar_grad(dy, a()?, db)?,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let dev = cx.dev;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 2)?;
+        let out = |want: bool, k: usize| match want {
+            true => dev_io::f32_out(Self::OUTPUTS, outputs, k).map(Some),
+            false => Ok(None),
+        };
+        let (da, db) = (out(p.want_a, 0)?, out(p.want_b, 1)?);
+        let a = || dev_io::f32(Self::INPUTS, inputs, 0);
+        let b = || dev_io::f32(Self::INPUTS, inputs, 1);
+        match (da, db) {
+            (Some(mut da), Some(mut db)) if !p.scalar_b => {
+                cuda::elementwise::mul_bwd(dev, &a()?, &b()?, &dy, &mut da, &mut db)?
+            }
+            (da, db) => {
+                if let Some(mut da) = da {
+                    if p.scalar_b {
+                        let mut s = [0f32];
+                        dev.download_into(&b()?, &mut s)?;
+                        cuda::elementwise::scale_fwd(dev, &dy, s[0], &mut da)?;
+                    } else {
+                        cuda::elementwise::mul_fwd(dev, &dy, &b()?, &mut da)?;
+                    }
+                }
+                if let Some(mut db) = db {
+                    if p.scalar_b {
+                        cuda::reduce::dot_fwd(dev, &dy, &a()?, &mut db)?;
+                    } else {
+                        cuda::elementwise::mul_fwd(dev, &dy, &a()?, &mut db)?;
                     }
                 }
             }

@@ -6,8 +6,12 @@
 //! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::softmax::{softmax_bwd, softmax_fwd};
 
 /// The `softmax` op (no params).
@@ -28,6 +32,10 @@ impl Op for Softmax {
     }];
     type Params = NoParams;
 
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
+
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         Ok(vec![TensorSpec::nchw(x)])
@@ -43,6 +51,19 @@ impl Op for Softmax {
         let x = io::f32(Self::INPUTS, inputs, 0)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(softmax_fwd(x, shape, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::softmax::softmax_fwd(cx.dev, &x, shape, &mut y)?)
     }
 
     fn vjp(_: &NoParams, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -77,6 +98,10 @@ impl Op for SoftmaxBwd {
     const EXAMPLE: &'static str = "";
     type Params = NoParams;
 
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
+
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let y = TensorSpec::nchw(io::nchw_f32(Self::INPUTS, inputs, 0)?);
         let dy = io::spec(Self::INPUTS, inputs, 1)?;
@@ -97,6 +122,20 @@ impl Op for SoftmaxBwd {
         let dy = io::f32(Self::INPUTS, inputs, 1)?;
         let dx = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(softmax_bwd(y, dy, shape, dx)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let y = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let mut dx = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::softmax::softmax_bwd(cx.dev, &y, &dy, shape, &mut dx)?)
     }
 }
 

@@ -9,8 +9,12 @@
 //! almost everywhere, and the methods use it as a constant weight. Not here: soft (sigmoid)
 //! thresholds, per-class thresholds (FlexMatch-style), and the CUDA launcher.
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::elementwise::threshold_fwd;
 use serde::Deserialize;
 
@@ -43,6 +47,10 @@ impl Op for Threshold {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     /// A mask is a constant of the loss it weights (FixMatch's confidence mask), not something
     /// to train through.
     const STOP_GRAD: bool = true;
@@ -60,6 +68,20 @@ impl Op for Threshold {
         let x = io::f32(Self::INPUTS, inputs, 0)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(threshold_fwd(x, p.at, p.below, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::elementwise::threshold_fwd(
+            cx.dev, &x, p.at, p.below, &mut y,
+        )?)
     }
 }
 

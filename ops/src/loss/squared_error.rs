@@ -22,8 +22,12 @@
 
 use crate::grad;
 use crate::loss::cross_entropy::Denominator;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::loss::{squared_error_bwd, squared_error_fwd};
 use serde::Deserialize;
 
@@ -87,6 +91,10 @@ impl Op for SquaredError {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let a = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         let a_spec = TensorSpec::nchw(a);
@@ -127,6 +135,25 @@ impl Op for SquaredError {
                 problem: format!("expected a scalar output, got {} elements", other.len()),
             }),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let a = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let b = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let weight = dev_io::f32_opt(Self::INPUTS, inputs, 2)?;
+        let weight = weight.as_ref().map(|w| w as &dyn cuda::DeviceBuf<f32>);
+        let mut loss = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let den = p.denominator.into();
+        Ok(cuda::loss::squared_error_fwd(
+            cx.dev, &a, &b, weight, shape, den, &mut loss,
+        )?)
     }
 
     fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -205,6 +232,10 @@ impl Op for SquaredErrorBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         // The forward's checks on a, b and weight.
         let forward = Params {
@@ -260,6 +291,31 @@ impl Op for SquaredErrorBwd {
         };
         let den = p.denominator.into();
         Ok(squared_error_bwd(a, b, weight, shape, den, dloss, da, db)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let a = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let b = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let weight = dev_io::f32_opt(Self::INPUTS, inputs, 2)?;
+        let weight = weight.as_ref().map(|w| w as &dyn cuda::DeviceBuf<f32>);
+        let dloss = dev_io::f32(Self::INPUTS, inputs, 3)?;
+        let out = |want: bool, k: usize| match want {
+            true => dev_io::f32_out(Self::OUTPUTS, outputs, k).map(Some),
+            false => Ok(None),
+        };
+        let (mut da, mut db) = (out(p.want_a, 0)?, out(p.want_b, 1)?);
+        let (da, db) = (dev_io::opt_out(&mut da), dev_io::opt_out(&mut db));
+        let den = p.denominator.into();
+        Ok(cuda::loss::squared_error_bwd(
+            cx.dev, &a, &b, weight, shape, den, &dloss, da, db,
+        )?)
     }
 }
 
