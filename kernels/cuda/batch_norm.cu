@@ -258,3 +258,18 @@ extern "C" __global__ void bn_bwd_dx(const float* __restrict__ x,       // [N,C,
         dx[i] = eval ? g * k5[2] : k5[2] * (g - k5[3] - (x[i] - k5[0]) * k5[1] * k5[4]);
     }
 }
+
+// batch_norm_eval_stats_fwd: save_mean = running_mean, save_invstd = 1/√(running_var + eps) in
+// f64, rounded once (IEEE double '/' and sqrt: the CPU's bits).
+extern "C" __global__ void bn_eval_stats(const float* __restrict__ running_mean,  // [C]
+                                         const float* __restrict__ running_var,   // [C]
+                                         unsigned long long c,
+                                         double eps,
+                                         float* __restrict__ save_mean,      // [C]
+                                         float* __restrict__ save_invstd) {  // [C]
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < c;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        save_mean[i] = running_mean[i];
+        save_invstd[i] = (float)(1.0 / sqrt((double)running_var[i] + eps));
+    }
+}

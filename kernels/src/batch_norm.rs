@@ -309,6 +309,29 @@ pub fn batch_norm_train_fwd<T: Real>(
     Ok(())
 }
 
+/// What an eval-mode forward used, for a backward or a reader: `save_mean = running_mean` and
+/// `save_invstd = 1/√(running_var + eps)`, computed in f64 and rounded once.
+///
+/// Shapes: running_mean, running_var, save_mean, save_invstd [C].
+pub fn batch_norm_eval_stats_fwd<T: Real>(
+    running_mean: &[T],
+    running_var: &[T],
+    eps: f64,
+    save_mean: &mut [T],
+    save_invstd: &mut [T],
+) -> Result<(), KernelError> {
+    const K: &str = "batch_norm_eval_stats_fwd";
+    let c = running_mean.len();
+    check_len(K, "running_var", running_var, c)?;
+    check_len(K, "save_mean", save_mean, c)?;
+    check_len(K, "save_invstd", save_invstd, c)?;
+    save_mean.copy_from_slice(running_mean);
+    for (o, &v) in save_invstd.iter_mut().zip(running_var) {
+        *o = T::of(1.0 / (v.f64() + eps).sqrt());
+    }
+    Ok(())
+}
+
 /// Eval-mode (and frozen-mode) forward: y = (x − running_mean)/√(running_var + eps)·gamma + beta.
 /// Reads the running statistics only; `p.momentum` is unused.
 ///

@@ -247,3 +247,22 @@ fn batch_norm_rejects_what_the_cpu_rejects() {
         "{err}"
     );
 }
+
+/// The eval-mode statistics a reader sees: bit for bit (one f64 division and square root per
+/// channel, rounded once, on both sides).
+#[test]
+fn eval_stats_match_cpu_bit_for_bit() {
+    let Some(dev) = device() else { return };
+    for c in [1usize, 3, 257] {
+        let mean = uniform(60, c, -1.0, 1.0);
+        let var = uniform(61, c, 0.0, 2.0);
+        let (mut sm, mut si) = (vec![0f32; c], vec![0f32; c]);
+        batch_norm::batch_norm_eval_stats_fwd(&mean, &var, 1e-5, &mut sm, &mut si).unwrap();
+        let (dm, dv) = (up(&dev, &mean), up(&dev, &var));
+        let (mut dsm, mut dsi) = (up(&dev, &vec![7f32; c]), up(&dev, &vec![7f32; c]));
+        cuda::batch_norm::batch_norm_eval_stats_fwd(&dev, &dm, &dv, 1e-5, &mut dsm, &mut dsi)
+            .unwrap();
+        exact(&format!("save_mean C={c}"), &down(&dev, &dsm), &sm);
+        exact(&format!("save_invstd C={c}"), &down(&dev, &dsi), &si);
+    }
+}

@@ -1,12 +1,14 @@
 //! The training step on a GPU (feature `cuda`; every test prints why it skips where there is
 //! no driver or no GPU, and `scripts/gpu-check.sh` runs them where there is):
 //!
-//! * the whole step (forward, backward, AdamW, BN statistics) of the supervised graph and of
-//!   CPS (two networks, CutMix boxes drawn on the host, pseudo-labels, instruments) through
+//! * the whole step (forward, backward, AdamW, BN statistics, EMA) of the supervised graph, of
+//!   CPS (two networks, CutMix boxes drawn on the host, pseudo-labels, instruments) and of
+//!   CutMix-Seg (an EMA teacher in eval-mode batch norm) through
 //!   `Trainer::use_cuda` against the CPU trainer: losses and every state tensor after five
 //!   steps within float tolerance (reductions run in another order on the GPU);
 //! * the same step planned on one stream and on three, run by the CUDA executor: identical bits
-//!   (the plan's events order everything that matters);
+//!   (the plan's events order everything that matters), for CutMix-Seg (teacher and student
+//!   branches) and the supervised graph;
 //! * a graph whose step lacks twins is refused, naming the op kinds, before anything runs.
 //!
 //! Not here: the op-level CPU-vs-CUDA parity (kernels/tests/cuda_parity_*.rs), graph replay.
@@ -69,6 +71,11 @@ fn the_cps_step_on_the_gpu_matches_the_cpu() {
     step_matches("cps");
 }
 
+#[test]
+fn the_cutmix_seg_step_on_the_gpu_matches_the_cpu() {
+    step_matches("cutmix_seg");
+}
+
 fn step_matches(name: &str) {
     if let Err(why) = gpu() {
         eprintln!("skipped: {why}");
@@ -100,12 +107,18 @@ fn step_matches(name: &str) {
 
 #[test]
 fn one_stream_and_three_streams_give_the_same_bits_on_the_gpu() {
+    // CutMix-Seg: the teacher's forward and the student's are independent branches.
+    streams_agree("cutmix_seg");
+    streams_agree("supervised");
+}
+
+fn streams_agree(name: &str) {
     if let Err(why) = gpu() {
         eprintln!("skipped: {why}");
         return;
     }
     let registry = full_registry();
-    let (gspec, mut source, env) = open_shrunk(&graph("supervised"), &registry);
+    let (gspec, mut source, env) = open_shrunk(&graph(name), &registry);
     let mut trainer = Trainer::new(&gspec, &registry, &env, BTreeMap::new()).unwrap();
     let batch = source.batch(0).unwrap();
     let state = trainer.step_state(0).unwrap();
@@ -150,17 +163,20 @@ fn one_stream_and_three_streams_give_the_same_bits_on_the_gpu() {
             .collect();
         results.push((kept, after));
     }
-    assert!(results[0] == results[1], "3 streams differ from 1 stream");
+    assert!(
+        results[0] == results[1],
+        "{name}: 3 streams differ from 1 stream"
+    );
 }
 
 #[test]
 fn a_step_without_every_twin_is_refused_by_name() {
     let registry = full_registry();
-    let (gspec, _, env) = open_shrunk(&graph("cutmix_seg"), &registry);
+    let (gspec, _, env) = open_shrunk(&graph("fixmatch"), &registry);
     let mut trainer = Trainer::new(&gspec, &registry, &env, BTreeMap::new()).unwrap();
     let e = trainer.use_cuda(0).unwrap_err().to_string();
     assert!(
-        e.contains("no CUDA twin yet") && e.contains("softmax"),
+        e.contains("no CUDA twin yet") && e.contains("color_jitter"),
         "{e}"
     );
 }

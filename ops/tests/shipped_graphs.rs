@@ -225,14 +225,14 @@ fn every_shipped_graph_step_records_device_calls_that_pass_the_check() {
 }
 
 /// Which shipped graphs the CUDA executor can run (every node of the whole step has a twin,
-/// `Op::has_cuda`): the supervised graphs and CPS can, and stay so; for the others the missing
+/// `Op::has_cuda`): the supervised graphs, CPS and CutMix-Seg can, and stay so; for the others the missing
 /// op kinds are printed (`--nocapture`), the CUDA work still to do.
 #[test]
 #[allow(
     clippy::print_stdout,
     reason = "the missing kinds are the test's report"
 )]
-fn the_supervised_and_cps_steps_have_a_cuda_twin_for_every_node() {
+fn the_supervised_cps_and_cutmix_steps_have_a_cuda_twin_for_every_node() {
     let registry = full_registry();
     for file in &graph_files() {
         let what = file.display();
@@ -247,7 +247,7 @@ fn the_supervised_and_cps_steps_have_a_cuda_twin_for_every_node() {
             trainer.step_graph().nodes.len()
         );
         let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        if name.starts_with("supervised") || name == "cps" {
+        if name.starts_with("supervised") || name == "cps" || name == "cutmix_seg" {
             assert!(missing.is_empty(), "{what}: no CUDA twin for {kinds:?}");
         }
     }

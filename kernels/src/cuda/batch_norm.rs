@@ -304,3 +304,31 @@ pub fn batch_norm_eval_bwd(
         dbeta,
     )
 }
+
+/// [`crate::batch_norm::batch_norm_eval_stats_fwd`]: save_mean = running_mean, save_invstd =
+/// 1/√(running_var + eps) in f64, rounded once. All four: [C].
+pub fn batch_norm_eval_stats_fwd(
+    dev: &Device,
+    running_mean: &impl DeviceBuf<f32>,
+    running_var: &impl DeviceBuf<f32>,
+    eps: f64,
+    save_mean: &mut impl DeviceBufMut<f32>,
+    save_invstd: &mut impl DeviceBufMut<f32>,
+) -> Result<(), CudaError> {
+    const K: &str = "batch_norm_eval_stats_fwd";
+    let c = running_mean.elems();
+    expect(K, "running_var", running_var, c)?;
+    expect(K, "save_mean", save_mean, c)?;
+    expect(K, "save_invstd", save_invstd, c)?;
+    if c == 0 {
+        return Ok(());
+    }
+    let s = dev.stream();
+    let (pm, pv, c64) = (
+        running_mean.device_addr(s),
+        running_var.device_addr(s),
+        c as u64,
+    );
+    let (psm, psi) = (save_mean.device_addr(s), save_invstd.device_addr(s));
+    launch!(dev, BATCH_NORM, "bn_eval_stats", grid(c); pm, pv, c64, eps, psm, psi)
+}

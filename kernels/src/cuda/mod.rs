@@ -65,6 +65,7 @@
 //! | `batch_norm::batch_norm_eval_fwd` | `batch_norm::batch_norm_eval_fwd` |
 //! | `batch_norm::batch_norm_train_bwd` | `batch_norm::batch_norm_train_bwd` |
 //! | `batch_norm::batch_norm_eval_bwd` | `batch_norm::batch_norm_eval_bwd` |
+//! | `batch_norm::batch_norm_eval_stats_fwd` | `batch_norm::batch_norm_eval_stats_fwd` |
 //! | `conv2d::conv2d_fwd` | `conv2d::conv2d_fwd` |
 //! | `conv2d::conv2d_bwd` | `conv2d::conv2d_bwd` |
 //! | `dropout::dropout_fwd` | `dropout::dropout_fwd` |

@@ -91,7 +91,8 @@ pub static BATCH_NORM: CudaSource = cuda_source!(
         "bn_bwd_stats",
         "bn_dy_partials",
         "bn_bwd_finalize",
-        "bn_bwd_dx"
+        "bn_bwd_dx",
+        "bn_eval_stats"
     ]
 );
 /// `conv2d.cu`: convolution forward, dX, dW (implicit GEMM, four tile heights each), the

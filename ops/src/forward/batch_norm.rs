@@ -40,8 +40,8 @@ use flowseg_engine::op::{self, io, Feed, GradCase, Vjp};
 use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::{ExecCx, Op, OpError, OpNode, Port, Tensor, TensorSpec};
 use flowseg_kernels::batch_norm::{
-    batch_norm_eval_bwd, batch_norm_eval_fwd, batch_norm_train_bwd, batch_norm_train_fwd,
-    BatchNormParams,
+    batch_norm_eval_bwd, batch_norm_eval_fwd, batch_norm_eval_stats_fwd, batch_norm_train_bwd,
+    batch_norm_train_fwd, BatchNormParams,
 };
 #[cfg(feature = "cuda")]
 use flowseg_kernels::cuda;
@@ -204,9 +204,8 @@ impl Op for BatchNorm {
     ];
     type Params = Params;
 
-    /// Train mode only so far: eval mode's `save_invstd` needs a device kernel of its own.
-    fn has_cuda(p: &Params) -> bool {
-        p.mode == Mode::Train
+    fn has_cuda(_: &Params) -> bool {
+        true
     }
 
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
@@ -280,18 +279,21 @@ impl Op for BatchNorm {
             )?,
             Mode::Eval => {
                 batch_norm_eval_fwd(x, gamma, beta, running_mean, running_var, s, p.kernel(), y)?;
-                save_mean.copy_from_slice(running_mean);
                 // The kernel's own invstd, in f64 then rounded, so a reader sees what it used.
-                for (o, &v) in save_invstd.iter_mut().zip(running_var) {
-                    *o = (1.0 / (f64::from(v) + p.eps).sqrt()) as f32;
-                }
+                batch_norm_eval_stats_fwd(
+                    running_mean,
+                    running_var,
+                    p.eps,
+                    save_mean,
+                    save_invstd,
+                )?;
             }
         }
         Ok(())
     }
 
-    /// Train mode: the running statistics are copied to `new_mean`/`new_var` on the device and
-    /// moved there by the kernel, as on the CPU.
+    /// The running statistics are copied to `new_mean`/`new_var` on the device (train mode then
+    /// moves them there, eval mode returns them as they are), as on the CPU.
     #[cfg(feature = "cuda")]
     fn cuda(
         p: &Params,
@@ -315,6 +317,27 @@ impl Op for BatchNorm {
         let (mut save_mean, mut save_invstd) = (out(3)?, out(4)?);
         cx.dev.copy(&running_mean, &mut new_mean)?;
         cx.dev.copy(&running_var, &mut new_var)?;
+        if p.mode == Mode::Eval {
+            cuda::batch_norm::batch_norm_eval_fwd(
+                cx.dev,
+                &x,
+                &gamma,
+                &beta,
+                &running_mean,
+                &running_var,
+                s,
+                p.kernel(),
+                &mut y,
+            )?;
+            return Ok(cuda::batch_norm::batch_norm_eval_stats_fwd(
+                cx.dev,
+                &running_mean,
+                &running_var,
+                p.eps,
+                &mut save_mean,
+                &mut save_invstd,
+            )?);
+        }
         Ok(cuda::batch_norm::batch_norm_train_fwd(
             cx.dev,
             &x,
