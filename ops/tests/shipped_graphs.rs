@@ -224,15 +224,28 @@ fn every_shipped_graph_step_records_device_calls_that_pass_the_check() {
     }
 }
 
+/// The shipped graphs whose whole step has a CUDA twin for every node (`Op::has_cuda`): the
+/// CUDA executor can run them, and they must stay so.
+const CUDA_READY: &[&str] = &[
+    "classmix",
+    "cps",
+    "cutmix_seg",
+    "fixmatch",
+    "mean_teacher",
+    "supervised",
+    "supervised_full",
+    "unimatch",
+];
+
 /// Which shipped graphs the CUDA executor can run (every node of the whole step has a twin,
-/// `Op::has_cuda`): the supervised graphs, CPS and CutMix-Seg can, and stay so; for the others the missing
-/// op kinds are printed (`--nocapture`), the CUDA work still to do.
+/// `Op::has_cuda`): those of [`CUDA_READY`] can, and stay so; for the others the missing op
+/// kinds are printed (`--nocapture`), the CUDA work still to do.
 #[test]
 #[allow(
     clippy::print_stdout,
     reason = "the missing kinds are the test's report"
 )]
-fn the_supervised_cps_and_cutmix_steps_have_a_cuda_twin_for_every_node() {
+fn the_cuda_ready_graphs_have_a_twin_for_every_node_of_their_step() {
     let registry = full_registry();
     for file in &graph_files() {
         let what = file.display();
@@ -247,7 +260,7 @@ fn the_supervised_cps_and_cutmix_steps_have_a_cuda_twin_for_every_node() {
             trainer.step_graph().nodes.len()
         );
         let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        if name.starts_with("supervised") || name == "cps" || name == "cutmix_seg" {
+        if CUDA_READY.contains(&name) {
             assert!(missing.is_empty(), "{what}: no CUDA twin for {kinds:?}");
         }
     }

@@ -15,9 +15,13 @@
 //! uint8 rounding between steps, TensorFlow's additive brightness.
 
 use super::common::{image_spec, probability};
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::augment::{color_jitter_fwd, draw_color_jitter, ColorJitterParams};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use serde::{Deserialize, Deserializer};
 
 /// The `color_jitter` op.
@@ -104,6 +108,10 @@ impl Op for ColorJitter {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     /// Augmentations transform data; no gradient flows back to the images.
     const STOP_GRAD: bool = true;
 
@@ -127,6 +135,23 @@ impl Op for ColorJitter {
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         let draws = draw_color_jitter(&cx.rng(), shape.n, &p.kernel())?;
         Ok(color_jitter_fwd(x, shape, &draws, y)?)
+    }
+
+    /// The per-sample draws are made on the host from the node's random stream, as on the CPU.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let draws = draw_color_jitter(&cx.exec.rng(), shape.n, &p.kernel())?;
+        Ok(cuda::augment::color_jitter_fwd(
+            cx.dev, &x, shape, &draws, &mut y,
+        )?)
     }
 }
 

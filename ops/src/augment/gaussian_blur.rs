@@ -16,11 +16,15 @@
 //! Not here: anisotropic kernels (σx ≠ σy), other padding modes.
 
 use super::common::{image_spec, probability};
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::augment::{
     default_blur_kernel, draw_gaussian_blur, gaussian_blur_fwd, BlurParams,
 };
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use serde::{Deserialize, Deserializer};
 
 /// The `gaussian_blur` op.
@@ -94,6 +98,10 @@ impl Op for GaussianBlur {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     /// Augmentations transform data; no gradient flows back to the images.
     const STOP_GRAD: bool = true;
 
@@ -122,6 +130,29 @@ impl Op for GaussianBlur {
         };
         let draws = draw_gaussian_blur(&cx.rng(), shape.n, &params)?;
         Ok(gaussian_blur_fwd(x, shape, &draws, p.kernel_size(), y)?)
+    }
+
+    /// The per-sample draws are made on the host from the node's random stream, as on the CPU.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let params = BlurParams {
+            p: p.p,
+            sigma_min: p.sigma[0],
+            sigma_max: p.sigma[1],
+        };
+        let draws = draw_gaussian_blur(&cx.exec.rng(), shape.n, &params)?;
+        let k = p.kernel_size();
+        Ok(cuda::augment::gaussian_blur_fwd(
+            cx.dev, &x, shape, &draws, k, &mut y,
+        )?)
     }
 }
 

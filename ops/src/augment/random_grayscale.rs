@@ -13,9 +13,13 @@
 //! Not here: a 1-channel output (use the first channel of `image_out`).
 
 use super::common::{image_spec, probability};
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::augment::{draw_grayscale, grayscale_fwd};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use serde::Deserialize;
 
 /// The `random_grayscale` op.
@@ -47,6 +51,10 @@ impl Op for RandomGrayscale {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     /// Augmentations transform data; no gradient flows back to the images.
     const STOP_GRAD: bool = true;
 
@@ -70,6 +78,23 @@ impl Op for RandomGrayscale {
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         let apply = draw_grayscale(&cx.rng(), shape.n, p.p)?;
         Ok(grayscale_fwd(x, shape, &apply, y)?)
+    }
+
+    /// The per-sample draws are made on the host from the node's random stream, as on the CPU.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let apply = draw_grayscale(&cx.exec.rng(), shape.n, p.p)?;
+        Ok(cuda::augment::grayscale_fwd(
+            cx.dev, &x, shape, &apply, &mut y,
+        )?)
     }
 }
 

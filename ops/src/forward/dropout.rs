@@ -18,8 +18,12 @@
 //! Not here: alpha dropout, dropout in eval mode, drop-path.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::dropout::{dropout2d_bwd, dropout2d_fwd, dropout_bwd, dropout_fwd};
 use flowseg_kernels::Nchw;
 use serde::{Deserialize, Deserializer};
@@ -87,6 +91,10 @@ impl Op for Dropout {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::f32_spec(Self::INPUTS, inputs, 0)?;
         let mask = if p.channels {
@@ -127,6 +135,37 @@ impl Op for Dropout {
                 problem: "`channels: true` needs f32[N, C, H, W]".into(),
             }),
             (false, _) => Ok(dropout_fwd(x, p.p, &rng, 0, y, mask)?),
+        }
+    }
+
+    /// The mask comes from the node's Philox stream on the device: the CPU's draws.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = inputs
+            .first()
+            .copied()
+            .flatten()
+            .and_then(|t| t.spec.as_nchw());
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let mut mask = dev_io::f32_out(Self::OUTPUTS, outputs, 1)?;
+        let rng = cx.exec.rng();
+        match (p.channels, shape) {
+            (true, Some(s)) => Ok(cuda::dropout::dropout2d_fwd(
+                cx.dev, &x, s, p.p, &rng, 0, &mut y, &mut mask,
+            )?),
+            (true, None) => Err(OpError::Output {
+                port: "x",
+                problem: "`channels: true` needs f32[N, C, H, W]".into(),
+            }),
+            (false, _) => Ok(cuda::dropout::dropout_fwd(
+                cx.dev, &x, p.p, &rng, 0, &mut y, &mut mask,
+            )?),
         }
     }
 
@@ -171,6 +210,10 @@ impl Op for DropoutBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let mask = io::f32_spec(Self::INPUTS, inputs, 0)?;
         let dy = io::f32_spec(Self::INPUTS, inputs, 1)?;
@@ -207,6 +250,33 @@ impl Op for DropoutBwd {
                 problem: "`channels: true` needs f32[N, C, H, W]".into(),
             }),
             (false, _) => Ok(dropout_bwd(dy, mask, dx)?),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = inputs
+            .get(1)
+            .copied()
+            .flatten()
+            .and_then(|t| t.spec.as_nchw());
+        let mask = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let mut dx = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        match (p.channels, shape) {
+            (true, Some(s)) => Ok(cuda::dropout::dropout2d_bwd(
+                cx.dev, &dy, &mask, s, &mut dx,
+            )?),
+            (true, None) => Err(OpError::Output {
+                port: "dx",
+                problem: "`channels: true` needs f32[N, C, H, W]".into(),
+            }),
+            (false, _) => Ok(cuda::dropout::dropout_bwd(cx.dev, &dy, &mask, &mut dx)?),
         }
     }
 }

@@ -24,8 +24,12 @@
 //! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use super::box_mask::{batch_plane, check_extent, Partner};
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::mix::{class_mask_fwd, draw_classes, draw_partners, ClassCount};
 use serde::Deserialize;
 
@@ -84,6 +88,10 @@ impl Op for ClassMask {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     /// The mask is a function of (integer) labels: a constant for autodiff.
     const STOP_GRAD: bool = true;
 
@@ -128,6 +136,47 @@ impl Op for ClassMask {
         };
         let chosen = draw_classes(label, partner, n, h, w, p.ignore, count, &rng)?;
         Ok(class_mask_fwd(label, partner, &chosen, n, h, w, mask)?)
+    }
+
+    /// The classes are drawn on the host, which reads the labels back first (one copy of the
+    /// pseudo-label map per node); the partners are drawn there too and copied to the device.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let label = dev_io::i32(Self::INPUTS, inputs, 0)?;
+        let spec = inputs
+            .first()
+            .copied()
+            .flatten()
+            .map(|t| &t.spec)
+            .and_then(batch_plane);
+        let Some((n, h, w)) = spec else {
+            return Err(OpError::Input {
+                port: "label",
+                problem: "expected i32[N, H, W]".into(),
+            });
+        };
+        let mut host_label = vec![0i32; cuda::DeviceBuf::<i32>::elems(&label)];
+        cx.dev.download_into(&label, &mut host_label)?;
+        let rng = cx.exec.rng();
+        let mut partner_dev = dev_io::i32_out(Self::OUTPUTS, outputs, 1)?;
+        let mut partner = vec![0i32; cuda::DeviceBuf::<i32>::elems(&partner_dev)];
+        draw_partners(&rng, p.partner.into(), &mut partner)?;
+        let count = match p.count {
+            Count::HalfDown => ClassCount::HalfDown,
+            Count::HalfUp => ClassCount::HalfUp,
+        };
+        let chosen = draw_classes(&host_label, &partner, n, h, w, p.ignore, count, &rng)?;
+        cx.dev.upload_into(&partner, &mut partner_dev)?;
+        let mut mask = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let (dev, chosen) = (cx.dev, &chosen);
+        Ok(cuda::mix::class_mask_fwd(
+            dev, &label, &partner, chosen, n, h, w, &mut mask,
+        )?)
     }
 }
 
