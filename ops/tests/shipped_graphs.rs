@@ -231,6 +231,7 @@ const CUDA_READY: &[&str] = &[
     "cps",
     "cutmix_seg",
     "fixmatch",
+    "gct",
     "mean_teacher",
     "supervised",
     "supervised_full",

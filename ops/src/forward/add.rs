@@ -13,7 +13,11 @@
 use crate::forward::relu::{Relu, ReluBwd};
 use crate::grad;
 use flowseg_engine::op::{self, io, Feed, GradCase, Vjp};
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, OpNode, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::elementwise::{add_fwd, add_relu_fwd};
 use serde::Deserialize;
 
@@ -47,6 +51,10 @@ impl Op for Add {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let a = io::f32_spec(Self::INPUTS, inputs, 0)?;
         let b = io::spec(Self::INPUTS, inputs, 1)?;
@@ -69,6 +77,23 @@ impl Op for Add {
             Ok(add_relu_fwd(a, b, y)?)
         } else {
             Ok(add_fwd(a, b, y)?)
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let a = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let b = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        if p.relu {
+            Ok(cuda::elementwise::add_relu_fwd(cx.dev, &a, &b, &mut y)?)
+        } else {
+            Ok(cuda::elementwise::add_fwd(cx.dev, &a, &b, &mut y)?)
         }
     }
 

@@ -130,6 +130,55 @@ impl Axis {
         }
     }
 
+    /// [`Axis::slice_fwd`] on the device.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda_slice_fwd(
+        self,
+        dev: &cuda::Device,
+        x: &cuda::RawBuf<f32>,
+        shape: Nchw,
+        start: usize,
+        end: usize,
+        y: &mut cuda::RawBuf<f32>,
+    ) -> Result<(), cuda::CudaError> {
+        match self {
+            Axis::Channels => cuda::elementwise::slice_channels_fwd(dev, x, shape, start, end, y),
+            Axis::Batch => cuda::elementwise::slice_batch_fwd(dev, x, shape, start, end, y),
+        }
+    }
+
+    /// [`Axis::slice_bwd`] on the device.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda_slice_bwd(
+        self,
+        dev: &cuda::Device,
+        dy: &cuda::RawBuf<f32>,
+        shape: Nchw,
+        start: usize,
+        end: usize,
+        dx: &mut cuda::RawBuf<f32>,
+    ) -> Result<(), cuda::CudaError> {
+        match self {
+            Axis::Channels => cuda::elementwise::slice_channels_bwd(dev, dy, shape, start, end, dx),
+            Axis::Batch => cuda::elementwise::slice_batch_bwd(dev, dy, shape, start, end, dx),
+        }
+    }
+
+    /// [`Axis::concat_fwd`] on the device.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda_concat_fwd(
+        self,
+        dev: &cuda::Device,
+        inputs: &[(&dyn cuda::DeviceBuf<f32>, Nchw)],
+        y: &mut cuda::RawBuf<f32>,
+        y_shape: Nchw,
+    ) -> Result<(), cuda::CudaError> {
+        match self {
+            Axis::Channels => cuda::elementwise::concat_channels_fwd(dev, inputs, y, y_shape),
+            Axis::Batch => cuda::elementwise::concat_batch_fwd(dev, inputs, y, y_shape),
+        }
+    }
+
     /// `slice_channels_fwd` or `slice_batch_fwd`: y = x[start..end] along the axis.
     pub(crate) fn slice_fwd(
         self,

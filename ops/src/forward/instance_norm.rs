@@ -13,9 +13,13 @@
 //! running statistics.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::batch_norm::{batch_norm_train_bwd, batch_norm_train_fwd, BatchNormParams};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::{KernelError, Nchw};
 use serde::Deserialize;
 
@@ -38,6 +42,74 @@ fn default_eps() -> f64 {
 /// The [N, C, H, W] shape as one batch of N·C planes.
 fn planes(s: Nchw) -> Nchw {
     Nchw::new(1, s.n * s.c, s.h, s.w)
+}
+
+/// Per-call device scratch of f32 vectors (feature `cuda`): the allocations live as long as
+/// this value, and the stream-ordered frees follow the launches that use them.
+#[cfg(feature = "cuda")]
+struct Scratch(Vec<cuda::cudarc_driver::CudaSlice<u8>>);
+
+#[cfg(feature = "cuda")]
+impl Scratch {
+    /// A new `len`-element f32 vector with every element `value`.
+    fn filled(
+        &mut self,
+        dev: &cuda::Device,
+        len: usize,
+        value: f32,
+    ) -> Result<cuda::RawBuf<f32>, OpError> {
+        let mem = dev.alloc_bytes(4 * len)?;
+        let at = cuda::DeviceBuf::<u8>::device_addr(&mem, dev.stream());
+        self.0.push(mem);
+        // SAFETY: `mem` holds 4·len bytes and stays in `self` while the buffer is used.
+        let mut b = unsafe { cuda::RawBuf::new(at, len) };
+        dev.fill32::<f32>(&mut b, value.to_bits())?;
+        Ok(b)
+    }
+}
+
+/// [`normalise`] on the device: y, and the planes' mean and 1/σ in `scratch`.
+#[cfg(feature = "cuda")]
+fn cuda_normalise(
+    dev: &cuda::Device,
+    scratch: &mut Scratch,
+    x: &cuda::RawBuf<f32>,
+    s: Nchw,
+    eps: f64,
+    y: &mut cuda::RawBuf<f32>,
+) -> Result<(cuda::RawBuf<f32>, cuda::RawBuf<f32>), OpError> {
+    let v = planes(s);
+    let (ones, zeros) = (
+        scratch.filled(dev, v.c, 1.0)?,
+        scratch.filled(dev, v.c, 0.0)?,
+    );
+    let (mut rm, mut rv) = (
+        scratch.filled(dev, v.c, 0.0)?,
+        scratch.filled(dev, v.c, 1.0)?,
+    );
+    let (mut mean, mut invstd) = (
+        scratch.filled(dev, v.c, 0.0)?,
+        scratch.filled(dev, v.c, 0.0)?,
+    );
+    let p = BatchNormParams {
+        eps,
+        momentum: 0.0,
+        relu: false,
+    };
+    cuda::batch_norm::batch_norm_train_fwd(
+        dev,
+        x,
+        &ones,
+        &zeros,
+        v,
+        p,
+        &mut rm,
+        &mut rv,
+        y,
+        &mut mean,
+        &mut invstd,
+    )?;
+    Ok((mean, invstd))
 }
 
 /// Runs the batch-norm training forward on the planes view: y, and the planes' mean and 1/σ.
@@ -85,6 +157,10 @@ impl Op for InstanceNorm {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         if x.plane() < 2 && x.n * x.c > 0 {
@@ -109,6 +185,24 @@ impl Op for InstanceNorm {
             return Ok(());
         }
         normalise(x, s, p.eps, y)?;
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let s = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        if s.is_empty() {
+            return Ok(());
+        }
+        let mut scratch = Scratch(Vec::new());
+        cuda_normalise(cx.dev, &mut scratch, &x, s, p.eps, &mut y)?;
         Ok(())
     }
 
@@ -142,6 +236,10 @@ impl Op for InstanceNormBwd {
     const OUTPUTS: &'static [Port] = &[Port::req("dx", "like x")];
     const EXAMPLE: &'static str = "";
     type Params = Params;
+
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
 
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
@@ -183,6 +281,47 @@ impl Op for InstanceNormBwd {
             None,
             v,
             dx,
+            &mut dgamma,
+            &mut dbeta,
+        )?;
+        Ok(())
+    }
+
+    /// As on the CPU: the forward recomputed into `dx` for its statistics, then batch norm's
+    /// training backward on the planes view.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let s = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let mut dx = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        if s.is_empty() {
+            return Ok(());
+        }
+        let dev = cx.dev;
+        let mut scratch = Scratch(Vec::new());
+        let (mean, invstd) = cuda_normalise(dev, &mut scratch, &x, s, p.eps, &mut dx)?;
+        let v = planes(s);
+        let ones = scratch.filled(dev, v.c, 1.0)?;
+        let (mut dgamma, mut dbeta) = (
+            scratch.filled(dev, v.c, 0.0)?,
+            scratch.filled(dev, v.c, 0.0)?,
+        );
+        cuda::batch_norm::batch_norm_train_bwd(
+            dev,
+            &x,
+            &ones,
+            &mean,
+            &invstd,
+            &dy,
+            None,
+            v,
+            &mut dx,
             &mut dgamma,
             &mut dbeta,
         )?;

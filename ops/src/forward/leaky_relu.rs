@@ -6,9 +6,13 @@
 //! (kernels/src/cuda); the engine does not dispatch ops to them yet.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::activation::{leaky_relu_bwd, leaky_relu_fwd};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use serde::Deserialize;
 
 /// The `leaky_relu` op.
@@ -40,6 +44,10 @@ impl Op for LeakyRelu {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         Ok(vec![io::f32_spec(Self::INPUTS, inputs, 0)?.clone()])
     }
@@ -53,6 +61,20 @@ impl Op for LeakyRelu {
         let x = io::f32(Self::INPUTS, inputs, 0)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(leaky_relu_fwd(x, p.slope, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::activation::leaky_relu_fwd(
+            cx.dev, &x, p.slope, &mut y,
+        )?)
     }
 
     fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -90,6 +112,10 @@ impl Op for LeakyReluBwd {
     const EXAMPLE: &'static str = "";
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::f32_spec(Self::INPUTS, inputs, 0)?;
         let dy = io::spec(Self::INPUTS, inputs, 1)?;
@@ -109,6 +135,21 @@ impl Op for LeakyReluBwd {
         let dy = io::f32(Self::INPUTS, inputs, 1)?;
         let dx = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(leaky_relu_bwd(x, p.slope, dy, dx)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let mut dx = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::activation::leaky_relu_bwd(
+            cx.dev, &x, p.slope, &dy, &mut dx,
+        )?)
     }
 }
 

@@ -23,8 +23,12 @@
 
 use crate::forward::concat::Axis;
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::Nchw;
 use serde::Deserialize;
 
@@ -128,6 +132,10 @@ impl Op for Split {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         let k = head_len(p, x, inputs)?;
@@ -171,6 +179,29 @@ impl Op for Split {
             ax.len(s),
             io::f32_out(&Self::OUTPUTS[1..], one(tail), 0)?,
         )?;
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let s = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let ax = p.axis;
+        let k = (outputs.first())
+            .and_then(|t| t.spec.shape.get(ax.dim()).copied())
+            .ok_or(OpError::Output {
+                port: "head",
+                problem: "missing".into(),
+            })?;
+        let mut head = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let mut tail = dev_io::f32_out(Self::OUTPUTS, outputs, 1)?;
+        ax.cuda_slice_fwd(cx.dev, &x, s, 0, k, &mut head)?;
+        ax.cuda_slice_fwd(cx.dev, &x, s, k, ax.len(s), &mut tail)?;
         Ok(())
     }
 
@@ -243,6 +274,10 @@ impl Op for SplitBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let part = |i: usize| match inputs.get(i).copied().flatten() {
             Some(_) => io::nchw_f32(Self::INPUTS, inputs, i).map(Some),
@@ -283,6 +318,41 @@ impl Op for SplitBwd {
             (Some(dh), None) => ax.slice_bwd(dh, s, 0, p.head, dx)?,
             (None, Some(dt)) => ax.slice_bwd(dt, s, p.head, ax.len(s), dx)?,
             (None, None) => dx.fill(0.0),
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let dh = dev_io::f32_opt(Self::INPUTS, inputs, 0)?;
+        let dt = dev_io::f32_opt(Self::INPUTS, inputs, 1)?;
+        let shape_of = |i: usize| {
+            inputs
+                .get(i)
+                .copied()
+                .flatten()
+                .and_then(|t| t.spec.as_nchw())
+        };
+        let s = Self::dx_shape(p, shape_of(0), shape_of(1)).ok_or(OpError::Input {
+            port: "dhead",
+            problem: "neither gradient is connected".into(),
+        })?;
+        let mut dx = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let (ax, dev) = (p.axis, cx.dev);
+        match (dh, dt) {
+            (Some(dh), Some(dt)) => {
+                let parts: [(&dyn cuda::DeviceBuf<f32>, Nchw); 2] =
+                    [(&dh, ax.with_len(s, p.head)), (&dt, ax.with_len(s, p.tail))];
+                ax.cuda_concat_fwd(dev, &parts, &mut dx, s)?
+            }
+            (Some(dh), None) => ax.cuda_slice_bwd(dev, &dh, s, 0, p.head, &mut dx)?,
+            (None, Some(dt)) => ax.cuda_slice_bwd(dev, &dt, s, p.head, ax.len(s), &mut dx)?,
+            (None, None) => dev.zero::<f32>(&mut dx)?,
         }
         Ok(())
     }

@@ -7,6 +7,8 @@
 //! squeezing another axis, or several.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::Nchw;
@@ -25,6 +27,10 @@ impl Op for Squeeze {
         feeds: &[("x", Feed::Trainable(&[2, 1, 3, 5]))],
     }];
     type Params = NoParams;
+
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
@@ -46,6 +52,18 @@ impl Op for Squeeze {
         let x = io::f32(Self::INPUTS, inputs, 0)?;
         io::f32_out(Self::OUTPUTS, outputs, 0)?.copy_from_slice(x);
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cx.dev.copy(&x, &mut y)?)
     }
 
     fn vjp(_: &NoParams, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -75,6 +93,10 @@ impl Op for SqueezeBwd {
     const EXAMPLE: &'static str = "";
     type Params = NoParams;
 
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
+
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let dy = io::f32_spec(Self::INPUTS, inputs, 0)?;
         match dy.shape[..] {
@@ -92,6 +114,18 @@ impl Op for SqueezeBwd {
         let dy = io::f32(Self::INPUTS, inputs, 0)?;
         io::f32_out(Self::OUTPUTS, outputs, 0)?.copy_from_slice(dy);
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let dy = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cx.dev.copy(&dy, &mut y)?)
     }
 }
 

@@ -18,9 +18,13 @@
 //! Shapes: `x` f32[N, C, H, W] → `y` like x. A stop-gradient (`Op::STOP_GRAD`): GCT blurs only
 //! targets and detached maps. Not here: a differentiable blur.
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::augment::gaussian_weights;
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::maps::{opencv_sigma, scipy_gaussian_taps, separable_blur_fwd};
 use flowseg_kernels::Nchw;
 use serde::Deserialize;
@@ -101,6 +105,10 @@ impl Op for BlurMap {
     const STOP_GRAD: bool = true;
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         p.taps(x.h)?;
@@ -120,6 +128,24 @@ impl Op for BlurMap {
             .map_err(|problem| OpError::Input { port: "x", problem })?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(separable_blur_fwd(x, s, &taps, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let s = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let taps = p
+            .taps(s.h)
+            .map_err(|problem| OpError::Input { port: "x", problem })?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::maps::separable_blur_fwd(
+            cx.dev, &x, s, &taps, &mut y,
+        )?)
     }
 }
 

@@ -10,6 +10,8 @@
 //!
 //! Not here: the CUDA launcher (a device copy, or an alias once the memory plan allows it).
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
 
@@ -27,6 +29,10 @@ impl Op for Detach {
         feeds: &[("x", Feed::Trainable(&[2, 3, 5, 7]))],
     }];
     type Params = NoParams;
+
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
 
     /// The whole point of the op: its output carries no gradient.
     const STOP_GRAD: bool = true;
@@ -51,6 +57,18 @@ impl Op for Detach {
         }
         y.copy_from_slice(x);
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cx.dev.copy(&x, &mut y)?)
     }
 }
 

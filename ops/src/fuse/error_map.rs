@@ -10,8 +10,12 @@
 //! official code. Not here: the blurs and the dilation that follow (`blur_map`, `max_pool2d`),
 //! the CUDA launcher (`cuda::maps::error_map_fwd` exists; the engine does not dispatch yet).
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::maps::error_map_fwd;
 use flowseg_kernels::Nchw;
 use serde::Deserialize;
@@ -64,6 +68,10 @@ impl Op for ErrorMap {
     const STOP_GRAD: bool = true;
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let p = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         let l = io::spec(Self::INPUTS, inputs, 1)?;
@@ -87,6 +95,29 @@ impl Op for ErrorMap {
         let label = io::i32(Self::INPUTS, inputs, 1)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(error_map_fwd(probs, s, label, p.mu, p.ignore_index, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let s = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let probs = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let label = dev_io::i32(Self::INPUTS, inputs, 1)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let dev = cx.dev;
+        Ok(cuda::maps::error_map_fwd(
+            dev,
+            &probs,
+            s,
+            &label,
+            p.mu,
+            p.ignore_index,
+            &mut y,
+        )?)
     }
 }
 

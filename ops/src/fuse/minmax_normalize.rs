@@ -10,8 +10,12 @@
 //! A stop-gradient (`Op::STOP_GRAD`): both uses are targets computed without a graph
 //! (`torch.no_grad()`, `.data`). Not here: normalisation per channel.
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::maps::minmax_normalize_fwd;
 use serde::Deserialize;
 
@@ -50,6 +54,10 @@ impl Op for MinmaxNormalize {
     const STOP_GRAD: bool = true;
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::f32_spec(Self::INPUTS, inputs, 0)?;
         if x.shape.is_empty() {
@@ -69,6 +77,22 @@ impl Op for MinmaxNormalize {
             .map_or(0, |t| t.spec().shape.first().copied().unwrap_or(0));
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(minmax_normalize_fwd(x, n, p.min_peak, p.eps, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let n = (inputs.first().copied().flatten())
+            .map_or(0, |t| t.spec.shape.first().copied().unwrap_or(0));
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::maps::minmax_normalize_fwd(
+            cx.dev, &x, n, p.min_peak, p.eps, &mut y,
+        )?)
     }
 }
 

@@ -10,8 +10,12 @@
 //! A stop-gradient (`Op::STOP_GRAD`): a target built from detached predictions. Not here: soft
 //! (weighted) mixing of the two.
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::maps::select_by_key_fwd;
 use flowseg_kernels::Nchw;
 
@@ -45,6 +49,10 @@ impl Op for SelectByKey {
     }];
     const STOP_GRAD: bool = true;
     type Params = NoParams;
+
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let a = io::nchw_f32(Self::INPUTS, inputs, 0)?;
@@ -93,6 +101,26 @@ impl Op for SelectByKey {
         let y = io::f32_out(Self::OUTPUTS, one(y), 0)?;
         let mask = io::f32_out(&Self::OUTPUTS[1..], one(mask), 0)?;
         Ok(select_by_key_fwd(a, b, ka, kb, s, y, mask)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let s = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let a = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let b = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let ka = dev_io::f32(Self::INPUTS, inputs, 2)?;
+        let kb = dev_io::f32(Self::INPUTS, inputs, 3)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let mut mask = dev_io::f32_out(Self::OUTPUTS, outputs, 1)?;
+        let dev = cx.dev;
+        Ok(cuda::maps::select_by_key_fwd(
+            dev, &a, &b, &ka, &kb, s, &mut y, &mut mask,
+        )?)
     }
 }
 
