@@ -667,6 +667,15 @@ pub mod dev_io {
         b.as_mut().map(|b| b as &mut dyn DeviceBufMut<f32>)
     }
 
+    /// A second view of `b`'s memory, for a launcher that reads and writes the same elements
+    /// (an element-wise op in place).
+    pub fn alias(b: &RawBuf<f32>) -> RawBuf<f32> {
+        let (ptr, len) = (b.addr(), b.len());
+        // SAFETY: the same memory `b` already views, read by element-wise kernels that write
+        // each element only after reading it.
+        unsafe { RawBuf::new(ptr, len) }
+    }
+
     /// Output `i` as i32 device memory to write.
     pub fn i32_out(
         ports: &[Port],

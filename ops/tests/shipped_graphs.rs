@@ -227,6 +227,7 @@ fn every_shipped_graph_step_records_device_calls_that_pass_the_check() {
 /// The shipped graphs whose whole step has a CUDA twin for every node (`Op::has_cuda`): the
 /// CUDA executor can run them, and they must stay so.
 const CUDA_READY: &[&str] = &[
+    "cct",
     "classmix",
     "cps",
     "cutmix_seg",

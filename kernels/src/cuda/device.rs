@@ -526,6 +526,23 @@ impl<T> RawBuf<T> {
     }
 }
 
+impl<T> RawBuf<T> {
+    /// The device address.
+    pub fn addr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// The element count.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 impl<T> DeviceBuf<T> for RawBuf<T> {
     fn elems(&self) -> usize {
         self.len

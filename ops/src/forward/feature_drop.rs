@@ -15,8 +15,12 @@
 //! Not here: a per-sample γ.
 
 use crate::forward::perturb::{self, multiplier_spec, Over};
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::elementwise::{mul_broadcast_fwd, Broadcast};
 use flowseg_kernels::perturb::salient_drop_mask_fwd;
 use flowseg_kernels::reduce::mean_channels_fwd;
@@ -71,6 +75,10 @@ impl Op for FeatureDrop {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         if x.c == 0 {
@@ -114,6 +122,34 @@ impl Op for FeatureDrop {
             shape,
             Broadcast::OverChannels,
             y,
+        )?)
+    }
+
+    /// γ is drawn on the host from the node's stream (one number, the CPU's); the attention is
+    /// kept in a copy while the mask is written (the CPU copies it too).
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let mut mask = dev_io::f32_out(Self::OUTPUTS, outputs, 1)?;
+        let dev = cx.dev;
+        let copy = dev.alloc_bytes(4 * mask.len())?;
+        let at = cuda::DeviceBuf::<u8>::device_addr(&copy, dev.stream());
+        // SAFETY: `copy` holds `mask.len()` f32 and lives to the end of this call.
+        let mut attention = unsafe { cuda::RawBuf::<f32>::new(at, mask.len()) };
+        cuda::reduce::mean_channels_fwd(dev, &x, shape, &mut attention)?;
+        let [lo, hi] = p.gamma;
+        let gamma = lo + (hi - lo) * cx.exec.rng().uniform_at(0);
+        cuda::perturb::salient_drop_mask_fwd(dev, &attention, shape.n, gamma, &mut mask)?;
+        let over = flowseg_kernels::elementwise::Broadcast::OverChannels;
+        Ok(cuda::elementwise::mul_broadcast_fwd(
+            dev, &x, &mask, shape, over, &mut y,
         )?)
     }
 

@@ -15,8 +15,12 @@
 //! Not here: Gaussian noise, per-sample noise.
 
 use crate::forward::perturb::{self, multiplier_spec, Over};
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::elementwise::{affine_fwd, mul_broadcast_fwd, Broadcast};
 use serde::{Deserialize, Deserializer};
 
@@ -64,6 +68,10 @@ impl Op for FeatureNoise {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         Ok(vec![TensorSpec::nchw(x), multiplier_spec(x, Over::Batch)])
@@ -92,6 +100,29 @@ impl Op for FeatureNoise {
         let draws = noise.to_vec();
         affine_fwd(&draws, 2.0 * r, 1.0 - r, noise)?;
         Ok(mul_broadcast_fwd(x, noise, shape, Broadcast::OverBatch, y)?)
+    }
+
+    /// The noise comes from the node's Philox stream on the device (the CPU's values).
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let mut noise = dev_io::f32_out(Self::OUTPUTS, outputs, 1)?;
+        let dev = cx.dev;
+        let (seed, stream) = (cx.exec.seed, cx.exec.node_key ^ cx.exec.iteration);
+        cuda::philox::fill_uniform(dev, seed, stream, 0, &mut noise)?;
+        let r = p.range;
+        cuda::elementwise::affine_fwd(dev, &dev_io::alias(&noise), 2.0 * r, 1.0 - r, &mut noise)?;
+        let over = flowseg_kernels::elementwise::Broadcast::OverBatch;
+        Ok(cuda::elementwise::mul_broadcast_fwd(
+            dev, &x, &noise, shape, over, &mut y,
+        )?)
     }
 
     fn vjp(_: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {

@@ -29,8 +29,12 @@
 //! 320-pixel crop) becomes a boundary-pixel count with its own threshold.
 
 use crate::forward::perturb::{self, multiplier_spec, Over};
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::elementwise::{affine_fwd, mul_broadcast_fwd, Broadcast};
 use flowseg_kernels::mix::{box_mask_fwd, Combine, MixBox};
 use flowseg_kernels::perturb::{foreground_mask_fwd, guided_cutout_boxes, GuidedCutout};
@@ -134,6 +138,10 @@ impl Op for GuidedMask {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         let want = multiplier_spec(x, Over::Channels);
@@ -211,6 +219,95 @@ impl Op for GuidedMask {
             shape,
             Broadcast::OverChannels,
             y,
+        )?)
+    }
+
+    /// Context and object masks are made on the device; the cutout's boxes are drawn on the
+    /// host from the label map, read back first (one copy per node), with the node's stream.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let label = dev_io::i32(Self::INPUTS, inputs, 1)?;
+        let (n, h, w) = (shape.n, shape.h, shape.w);
+        let (lh, lw) = match inputs
+            .get(1)
+            .copied()
+            .flatten()
+            .map(|t| t.spec.shape.as_slice())
+        {
+            Some(&[_, lh, lw]) => (lh, lw),
+            other => {
+                return Err(OpError::Input {
+                    port: "label",
+                    problem: format!("expected i32[N, Hl, Wl], got shape {other:?}"),
+                })
+            }
+        };
+        let dev = cx.dev;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let mask = dev_io::f32_out(Self::OUTPUTS, outputs, 1)?;
+        let same_size = (lh, lw) == (h, w);
+        let mut scratch = Vec::new();
+        let mut buffer = |len: usize| -> Result<cuda::RawBuf<f32>, OpError> {
+            let mem = dev.alloc_bytes(4 * len)?;
+            let at = cuda::DeviceBuf::<u8>::device_addr(&mem, dev.stream());
+            scratch.push(mem);
+            // SAFETY: `mem` holds `len` f32 and stays in `scratch` to the end of this call.
+            Ok(unsafe { cuda::RawBuf::new(at, len) })
+        };
+        let mut m = if same_size {
+            dev_io::alias(&mask)
+        } else {
+            buffer(n * lh * lw)?
+        };
+        match p.mode {
+            Mode::Context => {
+                cuda::perturb::foreground_mask_fwd(dev, &label, p.background, true, &mut m)?
+            }
+            Mode::Object => {
+                cuda::perturb::foreground_mask_fwd(dev, &label, p.background, false, &mut m)?
+            }
+            Mode::Cutout => {
+                let mut host = vec![0i32; label.len()];
+                dev.download_into(&label, &mut host)?;
+                let params = GuidedCutout {
+                    background: p.background,
+                    erase: p.erase,
+                    min_boundary: p.min_boundary,
+                };
+                let boxes = guided_cutout_boxes(&host, n, lh, lw, params, &cx.exec.rng())?;
+                let per = boxes.iter().map(Vec::len).max().unwrap_or(0);
+                let mut flat = Vec::with_capacity(n * per);
+                for b in &boxes {
+                    flat.extend_from_slice(b);
+                    flat.resize(flat.len() + per - b.len(), MixBox::default());
+                }
+                let mut erased = buffer(m.len())?;
+                cuda::mix::box_mask_fwd(dev, &flat, n, lh, lw, per, Combine::Union, &mut erased)?;
+                cuda::elementwise::affine_fwd(dev, &erased, -1.0, 1.0, &mut m)?;
+            }
+        }
+        if !same_size {
+            // Nearest resampling copies words: the f32 mask viewed as i32 on both sides.
+            // SAFETY: the same memory as `m` and `mask`, element for element.
+            let (from, mut to) = unsafe {
+                (
+                    cuda::RawBuf::<i32>::new(m.addr(), m.len()),
+                    cuda::RawBuf::<i32>::new(mask.addr(), mask.len()),
+                )
+            };
+            let at = Nchw::new(n, 1, lh, lw);
+            cuda::resize::resize_nearest_fwd(dev, &from, at, h, w, &mut to)?;
+        }
+        let over = Broadcast::OverChannels;
+        Ok(cuda::elementwise::mul_broadcast_fwd(
+            dev, &x, &mask, shape, over, &mut y,
         )?)
     }
 

@@ -7,8 +7,12 @@
 //! backward).
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::elementwise::{mul_broadcast_fwd, Broadcast};
 use serde::Deserialize;
 
@@ -86,6 +90,10 @@ impl Op for MaskedBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let dy = io::nchw_f32(Self::INPUTS, inputs, 1)?;
         let want = multiplier_spec(dy, p.over);
@@ -107,5 +115,22 @@ impl Op for MaskedBwd {
         let dy = io::f32(Self::INPUTS, inputs, 1)?;
         let dx = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(mul_broadcast_fwd(dy, mask, shape, p.over.into(), dx)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 1)?;
+        let mask = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let mut dx = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let over = p.over.into();
+        Ok(cuda::elementwise::mul_broadcast_fwd(
+            cx.dev, &dy, &mask, shape, over, &mut dx,
+        )?)
     }
 }

@@ -9,8 +9,12 @@
 //!
 //! Not here: normalisation over other axes (per pixel, per channel).
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::reduce::l2_normalize_fwd;
 use serde::Deserialize;
 
@@ -52,6 +56,10 @@ impl Op for L2Normalize {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     /// Used on constants (gradients) only; see the file header.
     const STOP_GRAD: bool = true;
 
@@ -78,6 +86,23 @@ impl Op for L2Normalize {
             .unwrap_or(0);
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(l2_normalize_fwd(x, rows, p.scale, p.eps, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let rows = (inputs.first().copied().flatten())
+            .and_then(|t| t.spec.shape.first().copied())
+            .unwrap_or(0);
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::reduce::l2_normalize_fwd(
+            cx.dev, &x, rows, p.scale, p.eps, &mut y,
+        )?)
     }
 }
 

@@ -12,8 +12,12 @@
 //!
 //! Not here: the power iteration (a `grad` node and `l2_normalize`, written in the graph).
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::elementwise::affine_fwd;
 use flowseg_kernels::reduce::l2_normalize_fwd;
 use serde::{Deserialize, Deserializer};
@@ -79,6 +83,10 @@ impl Op for RandomDirection {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     /// The direction is drawn, not computed from `like`.
     const STOP_GRAD: bool = true;
 
@@ -111,6 +119,34 @@ impl Op for RandomDirection {
         affine_fwd(&draws, hi - lo, lo, y)?;
         let u = y.to_vec();
         Ok(l2_normalize_fwd(&u, rows, p.scale, p.eps, y)?)
+    }
+
+    /// The draws come from the node's Philox stream on the device (the CPU's values), mapped
+    /// in place, then normalised from a copy (a row's reduction must not read its own output).
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let rows = (inputs.first().copied().flatten())
+            .and_then(|t| t.spec.shape.first().copied())
+            .unwrap_or(0);
+        let dev = cx.dev;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let (seed, stream) = (cx.exec.seed, cx.exec.node_key ^ cx.exec.iteration);
+        cuda::philox::fill_uniform(dev, seed, stream, 0, &mut y)?;
+        let [lo, hi] = p.range;
+        cuda::elementwise::affine_fwd(dev, &dev_io::alias(&y), hi - lo, lo, &mut y)?;
+        let copy = dev.alloc_bytes(4 * y.len())?;
+        let at = cuda::DeviceBuf::<u8>::device_addr(&copy, dev.stream());
+        // SAFETY: `copy` holds `y.len()` f32 and lives to the end of this call.
+        let mut u = unsafe { cuda::RawBuf::<f32>::new(at, y.len()) };
+        dev.copy(&y, &mut u)?;
+        Ok(cuda::reduce::l2_normalize_fwd(
+            dev, &u, rows, p.scale, p.eps, &mut y,
+        )?)
     }
 }
 

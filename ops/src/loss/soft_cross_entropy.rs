@@ -26,8 +26,12 @@
 
 use crate::grad;
 use crate::loss::cross_entropy::Denominator;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::loss::{soft_cross_entropy_bwd, soft_cross_entropy_fwd};
 use serde::Deserialize;
 
@@ -84,6 +88,10 @@ impl Op for SoftCrossEntropy {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let l = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         let l_spec = TensorSpec::nchw(l);
@@ -126,6 +134,26 @@ impl Op for SoftCrossEntropy {
                 problem: format!("expected a scalar output, got {} elements", other.len()),
             }),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let logits = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let target = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let weight = dev_io::f32_opt(Self::INPUTS, inputs, 2)?;
+        let weight = weight.as_ref().map(|w| w as &dyn cuda::DeviceBuf<f32>);
+        let mut loss = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let den = p.denominator.into();
+        let dev = cx.dev;
+        Ok(cuda::loss::soft_cross_entropy_fwd(
+            dev, &logits, &target, weight, shape, den, &mut loss,
+        )?)
     }
 
     fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -175,6 +203,10 @@ impl Op for SoftCrossEntropyBwd {
     const EXAMPLE: &'static str = "";
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         // The forward's checks on logits, target and weight.
         SoftCrossEntropy::infer(p, &inputs[..inputs.len().min(3)])?;
@@ -209,6 +241,33 @@ impl Op for SoftCrossEntropyBwd {
         let den = p.denominator.into();
         Ok(soft_cross_entropy_bwd(
             logits, target, weight, shape, den, dloss, dlogits,
+        )?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let logits = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let target = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let weight = dev_io::f32_opt(Self::INPUTS, inputs, 2)?;
+        let weight = weight.as_ref().map(|w| w as &dyn cuda::DeviceBuf<f32>);
+        let dloss = dev_io::f32(Self::INPUTS, inputs, 3)?;
+        let mut dlogits = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let den = p.denominator.into();
+        Ok(cuda::loss::soft_cross_entropy_bwd(
+            cx.dev,
+            &logits,
+            &target,
+            weight,
+            shape,
+            den,
+            &dloss,
+            &mut dlogits,
         )?)
     }
 }
