@@ -172,11 +172,11 @@ fn streams_agree(name: &str) {
 #[test]
 fn a_step_without_every_twin_is_refused_by_name() {
     let registry = full_registry();
-    let (gspec, _, env) = open_shrunk(&graph("cct"), &registry);
+    let (gspec, _, env) = open_shrunk(&graph("pseudoseg"), &registry);
     let mut trainer = Trainer::new(&gspec, &registry, &env, BTreeMap::new()).unwrap();
     let e = trainer.use_cuda(0).unwrap_err().to_string();
     assert!(
-        e.contains("no CUDA twin yet") && e.contains("soft_cross_entropy"),
+        e.contains("no CUDA twin yet") && e.contains("self_attention"),
         "{e}"
     );
 }
