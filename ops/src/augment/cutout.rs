@@ -22,9 +22,13 @@
 //! mix family), pasting another image into the box (CutMix).
 
 use super::common::{image_spec, probability};
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::augment::{cutout_fwd, draw_cutout, CutoutSize};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use serde::{Deserialize, Deserializer};
 
 /// The `cutout` op.
@@ -181,6 +185,10 @@ impl Op for Cutout {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     /// Augmentations transform data; no gradient flows back to the images.
     const STOP_GRAD: bool = true;
 
@@ -240,6 +248,59 @@ impl Op for Cutout {
             image_out,
             label_out,
             Some(valid_out),
+        )?)
+    }
+
+    /// The boxes are drawn on the host from the node's stream, as on the CPU.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let image = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let label = match inputs.get(1).copied().flatten() {
+            Some(_) => Some(dev_io::i32(Self::INPUTS, inputs, 1)?),
+            None => None,
+        };
+        let valid = dev_io::f32_opt(Self::INPUTS, inputs, 2)?;
+        let fill = p.fill.per_channel(shape.c).ok_or(OpError::Input {
+            port: "image",
+            problem: format!("{} channels but `fill` has another count", shape.c),
+        })?;
+        let draws = draw_cutout(
+            &cx.exec.rng(),
+            shape.n,
+            shape.h,
+            shape.w,
+            p.p,
+            p.size.into(),
+        )?;
+        let mut image_out = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let mut label_out = match label {
+            Some(_) => Some(dev_io::i32_out(Self::OUTPUTS, outputs, 1)?),
+            None => None,
+        };
+        let mut valid_out = dev_io::f32_out(Self::OUTPUTS, outputs, 2)?;
+        let label = label.as_ref().map(|l| l as &dyn cuda::DeviceBuf<i32>);
+        let valid = valid.as_ref().map(|v| v as &dyn cuda::DeviceBuf<f32>);
+        let label_out = label_out
+            .as_mut()
+            .map(|l| l as &mut dyn cuda::DeviceBufMut<i32>);
+        Ok(cuda::augment::cutout_fwd(
+            cx.dev,
+            &image,
+            label,
+            valid,
+            shape,
+            &draws,
+            &fill,
+            p.ignore_index,
+            &mut image_out,
+            label_out,
+            Some(&mut valid_out),
         )?)
     }
 }

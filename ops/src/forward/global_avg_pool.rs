@@ -10,8 +10,12 @@
 //! engine does not dispatch ops to them yet.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, NoParams, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::pool::{global_avg_pool_bwd, global_avg_pool_fwd};
 use flowseg_kernels::Nchw;
 use serde::Deserialize;
@@ -30,6 +34,10 @@ impl Op for GlobalAvgPool {
         feeds: &[("x", Feed::Trainable(&[2, 3, 5, 7]))],
     }];
     type Params = NoParams;
+
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
@@ -52,6 +60,19 @@ impl Op for GlobalAvgPool {
         let x = io::f32(Self::INPUTS, inputs, 0)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(global_avg_pool_fwd(x, shape, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::pool::global_avg_pool_fwd(cx.dev, &x, shape, &mut y)?)
     }
 
     fn vjp(_: &NoParams, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -101,6 +122,10 @@ impl Op for GlobalAvgPoolBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let dy = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         let [h, w] = p.in_size;
@@ -124,6 +149,21 @@ impl Op for GlobalAvgPoolBwd {
         let dx = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         let [h, w] = p.in_size;
         Ok(global_avg_pool_bwd(dy, Nchw::new(dys.n, dys.c, h, w), dx)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let dys = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut dx = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let [h, w] = p.in_size;
+        let s = Nchw::new(dys.n, dys.c, h, w);
+        Ok(cuda::pool::global_avg_pool_bwd(cx.dev, &dy, s, &mut dx)?)
     }
 }
 

@@ -17,8 +17,12 @@
 //! A stop-gradient (`Op::STOP_GRAD`), as in the official code. Not here: the background map
 //! (`prepend_background` builds one), Grad-CAM of other classifiers (a `grad` node per class).
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, NoParams};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::reduce::cam_normalize_fwd;
 
 /// The `cam_normalize` op.
@@ -50,6 +54,10 @@ impl Op for CamNormalize {
     }];
     type Params = NoParams;
 
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
+
     /// Seeds for the self-attention head, constant as in the official code.
     const STOP_GRAD: bool = true;
 
@@ -76,6 +84,22 @@ impl Op for CamNormalize {
         let labels = io::f32(Self::INPUTS, inputs, 1)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(cam_normalize_fwd(scores, labels, shape, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let scores = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let labels = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::reduce::cam_normalize_fwd(
+            cx.dev, &scores, &labels, shape, &mut y,
+        )?)
     }
 }
 

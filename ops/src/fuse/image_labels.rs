@@ -16,8 +16,12 @@
 //! A stop-gradient (`Op::STOP_GRAD`): labels are data. Not here: label smoothing, a minimum
 //! pixel count per class.
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::metrics::image_labels_fwd;
 use serde::Deserialize;
 
@@ -62,6 +66,10 @@ impl Op for ImageLabels {
         ],
     }];
     type Params = Params;
+
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
 
     /// Labels are data.
     const STOP_GRAD: bool = true;
@@ -109,6 +117,30 @@ impl Op for ImageLabels {
             background,
             p.ignore_index,
             y,
+        )?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let label = dev_io::i32(Self::INPUTS, inputs, 0)?;
+        let like = dev_io::nchw(Self::INPUTS, inputs, 1)?;
+        let plane = label.len().checked_div(like.n).unwrap_or(0);
+        let background = i32::try_from(p.background).unwrap_or(i32::MAX);
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::metrics::image_labels_fwd(
+            cx.dev,
+            &label,
+            like.n,
+            plane,
+            like.c,
+            background,
+            p.ignore_index,
+            &mut y,
         )?)
     }
 }

@@ -12,8 +12,12 @@
 //! it feeds (the official code wraps the pseudo-label in `tf.stop_gradient`). Not here: a
 //! differentiable sharpening (MixMatch-style targets through which gradients flow).
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::softmax::sharpen_fwd;
 use serde::{Deserialize, Deserializer};
 
@@ -62,6 +66,10 @@ impl Op for Sharpen {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     /// A pseudo-label target: constant for the loss that reads it.
     const STOP_GRAD: bool = true;
 
@@ -83,6 +91,25 @@ impl Op for Sharpen {
         let probs = io::f32(Self::INPUTS, inputs, 0)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(sharpen_fwd(probs, shape, p.temperature, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let probs = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::softmax::sharpen_fwd(
+            cx.dev,
+            &probs,
+            shape,
+            p.temperature,
+            &mut y,
+        )?)
     }
 }
 

@@ -14,8 +14,12 @@
 //! Not here: per-element weights, `pos_weight`, a sum or other denominators.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, NoParams, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::loss::{binary_cross_entropy_bwd, binary_cross_entropy_fwd};
 
 /// The `binary_cross_entropy` op.
@@ -43,6 +47,10 @@ impl Op for BinaryCrossEntropy {
         ],
     }];
     type Params = NoParams;
+
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
 
     fn infer(_: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let logits = io::f32_spec(Self::INPUTS, inputs, 0)?;
@@ -74,6 +82,21 @@ impl Op for BinaryCrossEntropy {
                 problem: format!("expected a scalar output, got {} elements", other.len()),
             }),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let logits = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let target = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let mut loss = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::loss::binary_cross_entropy_fwd(
+            cx.dev, &logits, &target, &mut loss,
+        )?)
     }
 
     fn vjp(_: &NoParams, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -117,6 +140,10 @@ impl Op for BinaryCrossEntropyBwd {
     const EXAMPLE: &'static str = "";
     type Params = NoParams;
 
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
+
     fn infer(p: &NoParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         BinaryCrossEntropy::infer(p, &inputs[..inputs.len().min(2)])?;
         io::scalar_spec(Self::INPUTS, inputs, 2)?;
@@ -142,6 +169,27 @@ impl Op for BinaryCrossEntropyBwd {
         };
         let dlogits = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(binary_cross_entropy_bwd(logits, target, dloss, dlogits)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let logits = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let target = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let dloss = dev_io::f32(Self::INPUTS, inputs, 2)?;
+        let mut dlogits = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let dev = cx.dev;
+        Ok(cuda::loss::binary_cross_entropy_bwd(
+            dev,
+            &logits,
+            &target,
+            &dloss,
+            &mut dlogits,
+        )?)
     }
 }
 
