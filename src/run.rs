@@ -69,8 +69,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "ITER")]
     pub stop_at: Option<u64>,
     /// Where to execute: `cpu` (the default) or `cuda` (a build with `--features cuda`: the
-    /// training step runs on GPU 0 when every op of the step has a CUDA twin — the supervised
-    /// graphs so far — else the missing op kinds are named; evaluation stays on the CPU).
+    /// training step runs on GPU 0 when every op of the step has a CUDA twin — every shipped
+    /// graph's does — else the missing op kinds are named; evaluation stays on the CPU).
     #[arg(long, value_enum, default_value_t = crate::device::DeviceArg::Cpu)]
     pub device: crate::device::DeviceArg,
     /// Run the training step op by op: skip the fusion pass (batch norm + ReLU in one pass,

@@ -577,7 +577,7 @@ pub mod io {
 pub mod dev_io {
     use super::{OpError, Port};
     use crate::tensor::DeviceTensor;
-    use flowseg_kernels::cuda::{DeviceBufMut, RawBuf};
+    use flowseg_kernels::cuda::{DeviceBuf, DeviceBufMut, RawBuf};
     use flowseg_kernels::Nchw;
 
     fn port_name(ports: &[Port], i: usize) -> &'static str {
@@ -665,6 +665,43 @@ pub mod dev_io {
     /// gradient a backward op was asked for, or `None`.
     pub fn opt_out(b: &mut Option<RawBuf<f32>>) -> Option<&mut dyn DeviceBufMut<f32>> {
         b.as_mut().map(|b| b as &mut dyn DeviceBufMut<f32>)
+    }
+
+    /// Device scratch for one launch sequence (a node's intermediates): zeroed allocations
+    /// that live as long as this value; their stream-ordered frees follow the launches that
+    /// use them.
+    pub struct Scratch<'d> {
+        dev: &'d flowseg_kernels::cuda::Device,
+        mem: Vec<flowseg_kernels::cuda::cudarc_driver::CudaSlice<u8>>,
+    }
+
+    impl<'d> Scratch<'d> {
+        /// Scratch on `dev`'s current stream.
+        pub fn new(dev: &'d flowseg_kernels::cuda::Device) -> Self {
+            Scratch {
+                dev,
+                mem: Vec::new(),
+            }
+        }
+
+        fn words<T>(&mut self, len: usize) -> Result<RawBuf<T>, OpError> {
+            let mem = self.dev.alloc_bytes(4 * len)?;
+            let at = DeviceBuf::<u8>::device_addr(&mem, self.dev.stream());
+            self.mem.push(mem);
+            // SAFETY: `mem` holds `len` four-byte words and stays in `self` while the buffer
+            // is used (a `RawBuf` does not outlive the scratch in the ops that use it).
+            Ok(unsafe { RawBuf::new(at, len) })
+        }
+
+        /// `len` zeroed f32.
+        pub fn f32(&mut self, len: usize) -> Result<RawBuf<f32>, OpError> {
+            self.words(len)
+        }
+
+        /// `len` zeroed i32.
+        pub fn i32(&mut self, len: usize) -> Result<RawBuf<i32>, OpError> {
+            self.words(len)
+        }
     }
 
     /// A second view of `b`'s memory, for a launcher that reads and writes the same elements

@@ -591,17 +591,12 @@ impl Op for BatchNormBwd {
         let dy = dev_io::f32(Self::INPUTS, inputs, 4)?;
         let relu_y = dev_io::f32_opt(Self::INPUTS, inputs, 5)?;
         let relu_y = relu_y.as_ref().map(|r| r as &dyn cuda::DeviceBuf<f32>);
-        let mut scratch = Vec::new();
+        let mut scratch = dev_io::Scratch::new(cx.dev);
         let mut pick = |wanted: bool, k: usize, len: usize| -> Result<cuda::RawBuf<f32>, OpError> {
-            if wanted {
-                return dev_io::f32_out(Self::OUTPUTS, outputs, k);
+            match wanted {
+                true => dev_io::f32_out(Self::OUTPUTS, outputs, k),
+                false => scratch.f32(len),
             }
-            let mem = cx.dev.alloc_bytes(4 * len)?;
-            let at = cuda::DeviceBuf::<u8>::device_addr(&mem, cx.dev.stream());
-            scratch.push(mem);
-            // SAFETY: `mem` holds 4·len bytes and lives in `scratch` until the launch is queued;
-            // the allocation is stream-ordered, so its release after the launch is too.
-            Ok(unsafe { cuda::RawBuf::new(at, len) })
         };
         let mut dx = pick(p.want.dx, 0, s.len())?;
         let mut dgamma = pick(p.want.dgamma, 1, s.c)?;

@@ -139,10 +139,8 @@ impl Op for FeatureDrop {
         let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
         let mut mask = dev_io::f32_out(Self::OUTPUTS, outputs, 1)?;
         let dev = cx.dev;
-        let copy = dev.alloc_bytes(4 * mask.len())?;
-        let at = cuda::DeviceBuf::<u8>::device_addr(&copy, dev.stream());
-        // SAFETY: `copy` holds `mask.len()` f32 and lives to the end of this call.
-        let mut attention = unsafe { cuda::RawBuf::<f32>::new(at, mask.len()) };
+        let mut scratch = dev_io::Scratch::new(dev);
+        let mut attention = scratch.f32(mask.len())?;
         cuda::reduce::mean_channels_fwd(dev, &x, shape, &mut attention)?;
         let [lo, hi] = p.gamma;
         let gamma = lo + (hi - lo) * cx.exec.rng().uniform_at(0);

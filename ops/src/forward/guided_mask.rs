@@ -253,18 +253,11 @@ impl Op for GuidedMask {
         let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
         let mask = dev_io::f32_out(Self::OUTPUTS, outputs, 1)?;
         let same_size = (lh, lw) == (h, w);
-        let mut scratch = Vec::new();
-        let mut buffer = |len: usize| -> Result<cuda::RawBuf<f32>, OpError> {
-            let mem = dev.alloc_bytes(4 * len)?;
-            let at = cuda::DeviceBuf::<u8>::device_addr(&mem, dev.stream());
-            scratch.push(mem);
-            // SAFETY: `mem` holds `len` f32 and stays in `scratch` to the end of this call.
-            Ok(unsafe { cuda::RawBuf::new(at, len) })
-        };
+        let mut scratch = dev_io::Scratch::new(dev);
         let mut m = if same_size {
             dev_io::alias(&mask)
         } else {
-            buffer(n * lh * lw)?
+            scratch.f32(n * lh * lw)?
         };
         match p.mode {
             Mode::Context => {
@@ -288,7 +281,7 @@ impl Op for GuidedMask {
                     flat.extend_from_slice(b);
                     flat.resize(flat.len() + per - b.len(), MixBox::default());
                 }
-                let mut erased = buffer(m.len())?;
+                let mut erased = scratch.f32(m.len())?;
                 cuda::mix::box_mask_fwd(dev, &flat, n, lh, lw, per, Combine::Union, &mut erased)?;
                 cuda::elementwise::affine_fwd(dev, &erased, -1.0, 1.0, &mut m)?;
             }

@@ -44,53 +44,33 @@ fn planes(s: Nchw) -> Nchw {
     Nchw::new(1, s.n * s.c, s.h, s.w)
 }
 
-/// Per-call device scratch of f32 vectors (feature `cuda`): the allocations live as long as
-/// this value, and the stream-ordered frees follow the launches that use them.
+/// `len` f32 of device scratch, every element `value`.
 #[cfg(feature = "cuda")]
-struct Scratch(Vec<cuda::cudarc_driver::CudaSlice<u8>>);
-
-#[cfg(feature = "cuda")]
-impl Scratch {
-    /// A new `len`-element f32 vector with every element `value`.
-    fn filled(
-        &mut self,
-        dev: &cuda::Device,
-        len: usize,
-        value: f32,
-    ) -> Result<cuda::RawBuf<f32>, OpError> {
-        let mem = dev.alloc_bytes(4 * len)?;
-        let at = cuda::DeviceBuf::<u8>::device_addr(&mem, dev.stream());
-        self.0.push(mem);
-        // SAFETY: `mem` holds 4·len bytes and stays in `self` while the buffer is used.
-        let mut b = unsafe { cuda::RawBuf::new(at, len) };
-        dev.fill32::<f32>(&mut b, value.to_bits())?;
-        Ok(b)
-    }
+fn filled(
+    dev: &cuda::Device,
+    scratch: &mut dev_io::Scratch<'_>,
+    len: usize,
+    value: f32,
+) -> Result<cuda::RawBuf<f32>, OpError> {
+    let mut b = scratch.f32(len)?;
+    dev.fill32::<f32>(&mut b, value.to_bits())?;
+    Ok(b)
 }
 
 /// [`normalise`] on the device: y, and the planes' mean and 1/σ in `scratch`.
 #[cfg(feature = "cuda")]
 fn cuda_normalise(
     dev: &cuda::Device,
-    scratch: &mut Scratch,
+    scratch: &mut dev_io::Scratch<'_>,
     x: &cuda::RawBuf<f32>,
     s: Nchw,
     eps: f64,
     y: &mut cuda::RawBuf<f32>,
 ) -> Result<(cuda::RawBuf<f32>, cuda::RawBuf<f32>), OpError> {
     let v = planes(s);
-    let (ones, zeros) = (
-        scratch.filled(dev, v.c, 1.0)?,
-        scratch.filled(dev, v.c, 0.0)?,
-    );
-    let (mut rm, mut rv) = (
-        scratch.filled(dev, v.c, 0.0)?,
-        scratch.filled(dev, v.c, 1.0)?,
-    );
-    let (mut mean, mut invstd) = (
-        scratch.filled(dev, v.c, 0.0)?,
-        scratch.filled(dev, v.c, 0.0)?,
-    );
+    let (ones, zeros) = (filled(dev, scratch, v.c, 1.0)?, scratch.f32(v.c)?);
+    let (mut rm, mut rv) = (scratch.f32(v.c)?, filled(dev, scratch, v.c, 1.0)?);
+    let (mut mean, mut invstd) = (scratch.f32(v.c)?, scratch.f32(v.c)?);
     let p = BatchNormParams {
         eps,
         momentum: 0.0,
@@ -201,7 +181,7 @@ impl Op for InstanceNorm {
         if s.is_empty() {
             return Ok(());
         }
-        let mut scratch = Scratch(Vec::new());
+        let mut scratch = dev_io::Scratch::new(cx.dev);
         cuda_normalise(cx.dev, &mut scratch, &x, s, p.eps, &mut y)?;
         Ok(())
     }
@@ -304,14 +284,11 @@ impl Op for InstanceNormBwd {
             return Ok(());
         }
         let dev = cx.dev;
-        let mut scratch = Scratch(Vec::new());
+        let mut scratch = dev_io::Scratch::new(dev);
         let (mean, invstd) = cuda_normalise(dev, &mut scratch, &x, s, p.eps, &mut dx)?;
         let v = planes(s);
-        let ones = scratch.filled(dev, v.c, 1.0)?;
-        let (mut dgamma, mut dbeta) = (
-            scratch.filled(dev, v.c, 0.0)?,
-            scratch.filled(dev, v.c, 0.0)?,
-        );
+        let ones = filled(dev, &mut scratch, v.c, 1.0)?;
+        let (mut dgamma, mut dbeta) = (scratch.f32(v.c)?, scratch.f32(v.c)?);
         cuda::batch_norm::batch_norm_train_bwd(
             dev,
             &x,

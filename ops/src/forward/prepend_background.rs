@@ -16,9 +16,13 @@
 //! Not here: a background from anything but the maximum (e.g. 1 − Σ).
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::argmax::{max_bwd, max_fwd};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::elementwise::{
     add_fwd, affine_fwd, concat_channels_fwd, scale_fwd, slice_channels_fwd,
 };
@@ -59,6 +63,10 @@ impl Op for PrependBackground {
     }];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(_: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let x = io::nchw_f32(Self::INPUTS, inputs, 0)?;
         if x.c == 0 {
@@ -87,6 +95,33 @@ impl Op for PrependBackground {
         let bg_shape = Nchw::new(s.n, 1, s.h, s.w);
         let y_shape = Nchw::new(s.n, s.c + 1, s.h, s.w);
         Ok(concat_channels_fwd(&[(&bg, bg_shape), (x, s)], y, y_shape)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let s = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let (dev, pixels) = (cx.dev, s.n * s.plane());
+        let mut scratch = dev_io::Scratch::new(dev);
+        let (mut top, mut idx, mut bg) = (
+            scratch.f32(pixels)?,
+            scratch.i32(pixels)?,
+            scratch.f32(pixels)?,
+        );
+        cuda::argmax::max_fwd(dev, &x, s, &mut top, &mut idx)?;
+        cuda::elementwise::affine_fwd(dev, &top, -1.0, p.offset, &mut bg)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let bg_shape = Nchw::new(s.n, 1, s.h, s.w);
+        let y_shape = Nchw::new(s.n, s.c + 1, s.h, s.w);
+        let parts: [(&dyn cuda::DeviceBuf<f32>, Nchw); 2] = [(&bg, bg_shape), (&x, s)];
+        Ok(cuda::elementwise::concat_channels_fwd(
+            dev, &parts, &mut y, y_shape,
+        )?)
     }
 
     fn vjp(_: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -125,6 +160,10 @@ impl Op for PrependBackgroundBwd {
     const EXAMPLE: &'static str = "";
     type Params = flowseg_engine::NoParams;
 
+    fn has_cuda(_: &flowseg_engine::NoParams) -> bool {
+        true
+    }
+
     fn infer(
         _: &flowseg_engine::NoParams,
         inputs: &[Option<&TensorSpec>],
@@ -162,6 +201,32 @@ impl Op for PrependBackgroundBwd {
         slice_channels_fwd(dy, dy_shape, 1, s.c + 1, &mut direct)?;
         let dx = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(add_fwd(&direct, &negated, dx)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &flowseg_engine::NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let s = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let x = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let dy = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let dy_shape = Nchw::new(s.n, s.c + 1, s.h, s.w);
+        let (dev, pixels) = (cx.dev, s.n * s.plane());
+        let mut scratch = dev_io::Scratch::new(dev);
+        let (mut top, mut idx) = (scratch.f32(pixels)?, scratch.i32(pixels)?);
+        cuda::argmax::max_fwd(dev, &x, s, &mut top, &mut idx)?;
+        let mut dbg = scratch.f32(pixels)?;
+        cuda::elementwise::slice_channels_fwd(dev, &dy, dy_shape, 0, 1, &mut dbg)?;
+        let (mut routed, mut negated) = (scratch.f32(s.len())?, scratch.f32(s.len())?);
+        cuda::argmax::max_bwd(dev, &dbg, &idx, s, &mut routed)?;
+        cuda::elementwise::scale_fwd(dev, &routed, -1.0, &mut negated)?;
+        let mut direct = scratch.f32(s.len())?;
+        cuda::elementwise::slice_channels_fwd(dev, &dy, dy_shape, 1, s.c + 1, &mut direct)?;
+        let mut dx = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        Ok(cuda::elementwise::add_fwd(dev, &direct, &negated, &mut dx)?)
     }
 }
 

@@ -16,9 +16,13 @@
 //! Not here: multiple heads, Linformer-style down-sampled keys and values.
 
 use crate::grad;
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, Vjp};
 use flowseg_engine::{DType, ExecCx, Op, OpError, Port, Tensor, TensorSpec};
 use flowseg_kernels::attention::{attention_bwd, attention_fwd, AttentionShape};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use serde::Deserialize;
 
 /// The `self_attention` op.
@@ -81,6 +85,12 @@ fn specs<'a>(inputs: &[Option<&'a Tensor>]) -> Vec<Option<&'a TensorSpec>> {
     inputs.iter().map(|t| t.map(Tensor::spec)).collect()
 }
 
+/// [`specs`] of device inputs.
+#[cfg(feature = "cuda")]
+fn dev_specs<'a>(inputs: &[Option<&'a DeviceTensor>]) -> Vec<Option<&'a TensorSpec>> {
+    inputs.iter().map(|t| t.map(|t| &t.spec)).collect()
+}
+
 impl Op for SelfAttention {
     const NAME: &'static str = "self_attention";
     const SUMMARY: &'static str =
@@ -119,6 +129,10 @@ impl Op for SelfAttention {
     ];
     type Params = Params;
 
+    fn has_cuda(_: &Params) -> bool {
+        true
+    }
+
     fn infer(p: &Params, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         extents(p, inputs)?;
         Ok(vec![TensorSpec::nchw(io::nchw_f32(
@@ -142,6 +156,27 @@ impl Op for SelfAttention {
         let valid = io::f32_opt(Self::INPUTS, inputs, 3)?;
         let y = io::f32_out(Self::OUTPUTS, outputs, 0)?;
         Ok(attention_fwd(q, k, v, valid, shape, scale, y)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &Params,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let (shape, scale) = extents(p, &dev_specs(inputs))
+            .map_err(|problem| OpError::Input { port: "q", problem })?;
+        let q = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let k = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let v = dev_io::f32(Self::INPUTS, inputs, 2)?;
+        let valid = dev_io::f32_opt(Self::INPUTS, inputs, 3)?;
+        let valid = valid.as_ref().map(|m| m as &dyn cuda::DeviceBuf<f32>);
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        let dev = cx.dev;
+        Ok(cuda::attention::attention_fwd(
+            dev, &q, &k, &v, valid, shape, scale, &mut y,
+        )?)
     }
 
     fn vjp(p: &Params, g: &mut Vjp<'_>) -> Option<Result<(), String>> {
@@ -207,6 +242,10 @@ impl Op for SelfAttentionBwd {
     const EXAMPLE: &'static str = "";
     type Params = BwdParams;
 
+    fn has_cuda(_: &BwdParams) -> bool {
+        true
+    }
+
     fn infer(p: &BwdParams, inputs: &[Option<&TensorSpec>]) -> Result<Vec<TensorSpec>, String> {
         let forward = Params { scale: p.scale };
         extents(&forward, &inputs[..inputs.len().min(4)])?;
@@ -262,6 +301,42 @@ impl Op for SelfAttentionBwd {
             false => None,
         };
         Ok(attention_bwd(q, k, v, valid, shape, scale, dy, dq, dk, dv)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        p: &BwdParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let forward = Params { scale: p.scale };
+        let (shape, scale) = extents(&forward, &dev_specs(&inputs[..inputs.len().min(4)]))
+            .map_err(|problem| OpError::Input { port: "q", problem })?;
+        let q = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let k = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let v = dev_io::f32(Self::INPUTS, inputs, 2)?;
+        let valid = dev_io::f32_opt(Self::INPUTS, inputs, 3)?;
+        let valid = valid.as_ref().map(|m| m as &dyn cuda::DeviceBuf<f32>);
+        let dy = dev_io::f32(Self::INPUTS, inputs, 4)?;
+        let out = |want: bool, k: usize| match want {
+            true => dev_io::f32_out(Self::OUTPUTS, outputs, k).map(Some),
+            false => Ok(None),
+        };
+        let (mut dq, mut dk, mut dv) = (out(p.want[0], 0)?, out(p.want[1], 1)?, out(p.want[2], 2)?);
+        Ok(cuda::attention::attention_bwd(
+            cx.dev,
+            &q,
+            &k,
+            &v,
+            valid,
+            shape,
+            scale,
+            &dy,
+            dev_io::opt_out(&mut dq),
+            dev_io::opt_out(&mut dk),
+            dev_io::opt_out(&mut dv),
+        )?)
     }
 }
 

@@ -18,8 +18,12 @@
 //! code wraps in `tf.stop_gradient`. Not here: `pseudo_src att` (use the head's softmax alone),
 //! the sharpening (`sharpen`).
 
+#[cfg(feature = "cuda")]
+use flowseg_engine::op::{dev_io, CudaCx, DeviceTensor};
 use flowseg_engine::op::{io, Feed, GradCase, NoParams};
 use flowseg_engine::{ExecCx, Op, OpError, Port, Tensor, TensorSpec};
+#[cfg(feature = "cuda")]
+use flowseg_kernels::cuda;
 use flowseg_kernels::elementwise::{add_fwd, scale_fwd};
 use flowseg_kernels::reduce::dot_fwd;
 use flowseg_kernels::softmax::softmax_fwd;
@@ -55,6 +59,10 @@ impl Op for CalibratedFusion {
         ],
     }];
     type Params = NoParams;
+
+    fn has_cuda(_: &NoParams) -> bool {
+        true
+    }
 
     /// A pseudo-label source, constant as in the official code.
     const STOP_GRAD: bool = true;
@@ -103,6 +111,47 @@ impl Op for CalibratedFusion {
                 problem: format!("expected a scalar output, got {} elements", other.len()),
             }),
         }
+    }
+
+    /// The common scale needs the two sums of squares on the host (read back: one small copy
+    /// per node), then everything else runs on the device with the CPU's f32 steps.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        _: &NoParams,
+        cx: &CudaCx<'_>,
+        inputs: &[Option<&DeviceTensor>],
+        outputs: &mut [DeviceTensor],
+    ) -> Result<(), OpError> {
+        let shape = dev_io::nchw(Self::INPUTS, inputs, 0)?;
+        let a = dev_io::f32(Self::INPUTS, inputs, 0)?;
+        let b = dev_io::f32(Self::INPUTS, inputs, 1)?;
+        let (dev, len) = (cx.dev, a.len());
+        let mut scratch = dev_io::Scratch::new(dev);
+        let (mut aa, mut bb) = (scratch.f32(1)?, scratch.f32(1)?);
+        cuda::reduce::dot_fwd(dev, &a, &a, &mut aa)?;
+        cuda::reduce::dot_fwd(dev, &b, &b, &mut bb)?;
+        let (mut ha, mut hb) = ([0f32], [0f32]);
+        dev.download_into(&aa, &mut ha)?;
+        dev.download_into(&bb, &mut hb)?;
+        let squares = f64::from(ha[0]) + f64::from(hb[0]);
+        let mean_square = if len == 0 {
+            0.0
+        } else {
+            squares / (2 * len) as f64
+        };
+        let s = (mean_square + EPS).sqrt();
+        let inv = (1.0 / s) as f32;
+        let (mut scaled, mut pa, mut pb) =
+            (scratch.f32(len)?, scratch.f32(len)?, scratch.f32(len)?);
+        cuda::elementwise::scale_fwd(dev, &a, inv, &mut scaled)?;
+        cuda::softmax::softmax_fwd(dev, &scaled, shape, &mut pa)?;
+        cuda::elementwise::scale_fwd(dev, &b, inv, &mut scaled)?;
+        cuda::softmax::softmax_fwd(dev, &scaled, shape, &mut pb)?;
+        cuda::elementwise::add_fwd(dev, &pa, &pb, &mut scaled)?;
+        let mut y = dev_io::f32_out(Self::OUTPUTS, outputs, 0)?;
+        cuda::elementwise::scale_fwd(dev, &scaled, 0.5, &mut y)?;
+        let mut scale = dev_io::f32_out(Self::OUTPUTS, outputs, 1)?;
+        Ok(dev.fill32::<f32>(&mut scale, (s as f32).to_bits())?)
     }
 }
 

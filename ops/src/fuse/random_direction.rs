@@ -139,10 +139,8 @@ impl Op for RandomDirection {
         cuda::philox::fill_uniform(dev, seed, stream, 0, &mut y)?;
         let [lo, hi] = p.range;
         cuda::elementwise::affine_fwd(dev, &dev_io::alias(&y), hi - lo, lo, &mut y)?;
-        let copy = dev.alloc_bytes(4 * y.len())?;
-        let at = cuda::DeviceBuf::<u8>::device_addr(&copy, dev.stream());
-        // SAFETY: `copy` holds `y.len()` f32 and lives to the end of this call.
-        let mut u = unsafe { cuda::RawBuf::<f32>::new(at, y.len()) };
+        let mut scratch = dev_io::Scratch::new(dev);
+        let mut u = scratch.f32(y.len())?;
         dev.copy(&y, &mut u)?;
         Ok(cuda::reduce::l2_normalize_fwd(
             dev, &u, rows, p.scale, p.eps, &mut y,
