@@ -80,7 +80,7 @@ pub struct RunArgs {
     /// Streams of the training step's plan (default 1). On the CPU the numbers and the time are
     /// the same at any count (one op at a time); with `--device cuda` independent branches
     /// (a teacher's forward beside the student's) run concurrently.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(usize))]
+    #[arg(long, default_value_t = 1, value_parser = parse_streams)]
     pub streams: usize,
 }
 
@@ -725,6 +725,16 @@ fn write_run_files(
         }
     }
     Ok(())
+}
+
+/// `--streams`: 1 to 64.
+fn parse_streams(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(k @ 1..=64) => Ok(k),
+        _ => Err(format!(
+            "`{s}`: the step's stream count must be a whole number from 1 to 64"
+        )),
+    }
 }
 
 /// The host's copy of the state made current (a no-op unless the step runs on a GPU).

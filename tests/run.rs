@@ -349,6 +349,19 @@ fn device_cuda_says_what_is_missing_and_writes_nothing() {
     assert!(err.contains("possible values: cpu, cuda"), "{err}");
 }
 
+#[test]
+fn a_stream_count_outside_1_to_64_is_refused_by_name() {
+    let graph = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    for bad in ["0", "65", "two"] {
+        let (code, _, err) = cli(&["run", graph.to_str().unwrap(), "--streams", bad]);
+        assert_eq!(code, ExitCode::from(2), "{bad}: {err}");
+        assert!(
+            err.contains("--streams") && err.contains("from 1 to 64"),
+            "{bad}: {err}"
+        );
+    }
+}
+
 /// The width and height in a PNG's IHDR chunk, after checking the signature.
 fn png_size(bytes: &[u8]) -> (u32, u32) {
     assert!(bytes.len() > 24, "{} bytes", bytes.len());

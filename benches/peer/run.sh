@@ -30,7 +30,8 @@
 #
 # Threads: RAYON_NUM_THREADS (flowseg) = torch.set_num_threads (PyTorch) = $THREADS (default 2),
 # OMP/MKL likewise. On a machine with a GPU, TORCH_DEVICE=auto (the default) times PyTorch on
-# CUDA — flowseg has no CUDA executor yet, so that ratio is flowseg-CPU against PyTorch-GPU;
+# CUDA — this benchmark times flowseg's CPU executor only (its CUDA executor is not timed here
+# yet), so that ratio is flowseg-CPU against PyTorch-GPU;
 # TORCH_DEVICE=cpu keeps both on the CPU. The cross-check always runs on the CPU.
 #
 # Both sides allocate their activations afresh every step, and glibc's malloc hands large freed

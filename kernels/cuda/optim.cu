@@ -14,6 +14,38 @@
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;  \
          i < (n); i += (unsigned long long)blockDim.x * gridDim.x)
 
+// One element of each update, shared by the plain kernels and the guarded ones below, so the
+// two can never round differently.
+__device__ __forceinline__ void sgd_element(unsigned long long i, const float* grad, float lr,
+                                            float momentum, float weight_decay, int decay,
+                                            int use_buf, int nesterov, float* param,
+                                            float* momentum_buf) {
+    float p = param[i];
+    float g = decay ? grad[i] + weight_decay * p : grad[i];
+    if (use_buf) {
+        float b = momentum * momentum_buf[i] + g;
+        momentum_buf[i] = b;
+        float step = nesterov ? g + momentum * b : b;
+        param[i] = p - lr * step;
+    } else {
+        param[i] = p - lr * g;
+    }
+}
+
+__device__ __forceinline__ void adamw_element(unsigned long long i, const float* grad,
+                                              float shrink, float beta1, float beta2,
+                                              float one_minus_beta1, float one_minus_beta2,
+                                              float step_size, float bc2_sqrt, float eps,
+                                              float* param, float* m, float* v) {
+    float g = grad[i];
+    float p = param[i] * shrink;
+    float mi = beta1 * m[i] + one_minus_beta1 * g;
+    float vi = beta2 * v[i] + one_minus_beta2 * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    param[i] = p - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+}
+
 // sgd_step: g = grad + wd·p (when decay); with momentum buf = μ·buf + g and the step is
 // g + μ·buf (nesterov) or buf; p = p − lr·step. `momentum_buf` is untouched when !use_buf.
 extern "C" __global__ void sgd_step(const float* __restrict__ grad,  // [n]
@@ -27,16 +59,8 @@ extern "C" __global__ void sgd_step(const float* __restrict__ grad,  // [n]
                                     float* __restrict__ param,       // [n] in-out
                                     float* __restrict__ momentum_buf) {  // [n] in-out, or null
     GRID_STRIDE(i, n) {
-        float p = param[i];
-        float g = decay ? grad[i] + weight_decay * p : grad[i];
-        if (use_buf) {
-            float b = momentum * momentum_buf[i] + g;
-            momentum_buf[i] = b;
-            float step = nesterov ? g + momentum * b : b;
-            param[i] = p - lr * step;
-        } else {
-            param[i] = p - lr * g;
-        }
+        sgd_element(i, grad, lr, momentum, weight_decay, decay, use_buf, nesterov, param,
+                    momentum_buf);
     }
 }
 
@@ -56,13 +80,8 @@ extern "C" __global__ void adamw_step(const float* __restrict__ grad,  // [n]
                                       float* __restrict__ m,      // [n] in-out
                                       float* __restrict__ v) {    // [n] in-out
     GRID_STRIDE(i, n) {
-        float g = grad[i];
-        float p = param[i] * shrink;
-        float mi = beta1 * m[i] + one_minus_beta1 * g;
-        float vi = beta2 * v[i] + one_minus_beta2 * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        param[i] = p - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+        adamw_element(i, grad, shrink, beta1, beta2, one_minus_beta1, one_minus_beta2, step_size,
+                      bc2_sqrt, eps, param, m, v);
     }
 }
 
@@ -101,16 +120,8 @@ extern "C" __global__ void sgd_step_guarded(const float* __restrict__ grad,  // 
     if (!guard_allows(ok)) return;
     float lr = scalars[at];
     GRID_STRIDE(i, n) {
-        float p = param[i];
-        float g = decay ? grad[i] + weight_decay * p : grad[i];
-        if (use_buf) {
-            float b = momentum * momentum_buf[i] + g;
-            momentum_buf[i] = b;
-            float step = nesterov ? g + momentum * b : b;
-            param[i] = p - lr * step;
-        } else {
-            param[i] = p - lr * g;
-        }
+        sgd_element(i, grad, lr, momentum, weight_decay, decay, use_buf, nesterov, param,
+                    momentum_buf);
     }
 }
 
@@ -133,13 +144,8 @@ extern "C" __global__ void adamw_step_guarded(const float* __restrict__ grad,  /
     float shrink = scalars[at + 1];
     float bc2_sqrt = scalars[at + 2];
     GRID_STRIDE(i, n) {
-        float g = grad[i];
-        float p = param[i] * shrink;
-        float mi = beta1 * m[i] + one_minus_beta1 * g;
-        float vi = beta2 * v[i] + one_minus_beta2 * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        param[i] = p - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+        adamw_element(i, grad, shrink, beta1, beta2, one_minus_beta1, one_minus_beta2, step_size,
+                      bc2_sqrt, eps, param, m, v);
     }
 }
 

@@ -15,8 +15,8 @@
 //!
 //! What it does not hold: tensors, graphs, the engine's device abstraction, autodiff or
 //! scheduling (`flowseg-engine`), ops and their params as users write them (`flowseg-ops`). The
-//! engine does not dispatch ops to the CUDA twins yet: it runs every op on the CPU kernels (a
-//! later issue).
+//! engine's CUDA executor reaches the twins through each op's `cuda` (engine/src/cuda_exec.rs;
+//! not yet run on a GPU).
 //!
 //! Shape letters, used in every doc comment: N batch, C channels (Ci in, Co out), K classes,
 //! H and W height and width (Ho, Wo after an op), kh and kw kernel extent. Layout is always

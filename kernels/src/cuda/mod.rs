@@ -32,8 +32,8 @@
 //! off before the first allocation — the plan, not cudarc, will own cross-stream ordering
 //! (DESIGN.md §4).
 //!
-//! Not here: the engine dispatching ops to these launchers (the engine runs every op on the CPU
-//! for now; a later issue), the engine's `Device` trait, multi-stream scheduling, CUDA graphs,
+//! Not here: the engine dispatching ops to these launchers (each op's `cuda` in flowseg-ops,
+//! run by engine/src/cuda_exec.rs, which also owns the plan's streams and events), CUDA graphs,
 //! cuBLAS (only the benchmark `benches/cuda_kernels.rs` calls it, as the yardstick).
 //!
 //! # CPU kernel → CUDA launcher
