@@ -1,7 +1,8 @@
 //! Checks every registered built-in op's metadata the same way (`suite/registry.rs`), so adding
 //! an op needs no edit here: its EXAMPLE is a valid graph node naming the op, wiring only ports
 //! it has (and every required input), with params that configure; its SUMMARY and ports are
-//! documented; and a misspelt param key is rejected at its line:column.
+//! documented; a misspelt param key is rejected at its line:column; and it has a CUDA twin for
+//! its example's params and every gradient case's (`Op::has_cuda`).
 
 mod suite;
 
@@ -70,5 +71,30 @@ fn every_op_is_documented_and_has_an_output() {
 fn a_misspelt_param_is_rejected_at_its_location() {
     for op in registry().iter() {
         suite::registry::check_misspelt_param(op);
+    }
+}
+
+/// Every registered op runs on the CUDA executor with the params of its example and of each of
+/// its gradient cases: an op added without a twin (`Op::has_cuda` false) fails here by name.
+#[test]
+fn every_op_has_a_cuda_twin() {
+    use flowseg_engine::spec::parse_yaml;
+    for op in registry().iter() {
+        let name = op.name();
+        let example = suite::registry::example_node(op.example(), name);
+        let mut params = vec![example.params.clone()];
+        for case in op.grad_cases() {
+            let tree = parse_yaml(case.params).unwrap_or_else(|e| panic!("`{name}`: {e}"));
+            params.push(Some(tree));
+        }
+        for p in &params {
+            let node = op
+                .configure(p.as_ref())
+                .unwrap_or_else(|e| panic!("`{name}`: params do not configure: {e}"));
+            assert!(
+                node.has_cuda(),
+                "`{name}` has no CUDA twin for params {p:?}"
+            );
+        }
     }
 }
