@@ -14,7 +14,6 @@
     reason = "test helpers outside #[test] fns; a panic is the report"
 )]
 
-use flowseg_engine::autodiff;
 use flowseg_engine::device::{
     check_calls, drive, missing_cuda_twins, ArenaLayout, Call, Operand, Program, RecordingDevice,
     ARENA_ALIGN,
@@ -24,7 +23,7 @@ use flowseg_engine::graph::{Graph, ValueRef};
 use flowseg_engine::ir;
 use flowseg_engine::plan::{plan, Plan, PlanOptions};
 use flowseg_engine::{spec, Registry};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 mod common;
 use common::*;
@@ -35,37 +34,12 @@ fn registry() -> Registry {
     r
 }
 
-/// A student with two losses and a teacher branch: with its backward, enough nodes for two or
-/// three streams, events and buffer reuse.
-const TRAIN: &str = "\
-name: train
-nodes:
-  - { name: y1, op: mul, inputs: { a: batch.x, b: state.net.w } }
-  - { name: y2, op: mul, inputs: { a: y1.y, b: state.net.v } }
-  - { name: y3, op: mul, inputs: { a: y1.y, b: state.net.w } }
-  - { name: tw, op: mul, inputs: { a: batch.x, b: state.teacher.w } }
-  - { name: tw2, op: mul, inputs: { a: tw.y, b: tw.y } }
-  - { name: mix, op: mul, inputs: { a: y3.y, b: tw2.y } }
-  - { name: l1, op: mse, inputs: { x: y2.y, t: batch.t } }
-  - { name: l2, op: mse, inputs: { x: mix.y, t: tw.y } }
-train: { iterations: 1 }
-";
-
+/// [`TRAIN`] built, with its backward; keeps the losses and the gradients.
 fn training_graph() -> (Graph, Vec<ValueRef>) {
-    let (spec, _) = spec::parse_graph(TRAIN, &[]).unwrap();
+    let yaml = format!("{TRAIN}train: {{ iterations: 1 }}\n");
+    let (spec, _) = spec::parse_graph(&yaml, &[]).unwrap();
     let mut g = ir::build(&spec, &registry(), &env()).unwrap();
-    let at = |g: &Graph, name: &str| ValueRef::Node {
-        node: g.nodes.iter().position(|n| n.name.value == name).unwrap(),
-        port: 0,
-    };
-    let losses = vec![(at(&g, "l1"), 1.0f32), (at(&g, "l2"), 0.5)];
-    let wrt: BTreeSet<String> = ["net.w".into(), "net.v".into()].into();
-    let grads = autodiff::differentiate(&mut g, &losses, &wrt).unwrap();
-    let keep = losses
-        .into_iter()
-        .map(|(s, _)| s)
-        .chain(grads.into_values())
-        .collect();
+    let keep = differentiate_train(&mut g);
     (g, keep)
 }
 

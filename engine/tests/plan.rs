@@ -14,7 +14,6 @@
     reason = "test helpers outside #[test] fns; a panic is the report"
 )]
 
-use flowseg_engine::autodiff::{self};
 use flowseg_engine::exec::{run_cpu, run_plan, run_plan_in, ExecError, ExecOrder, Workspace};
 use flowseg_engine::graph::{Graph, ValueRef};
 use flowseg_engine::ir;
@@ -22,7 +21,7 @@ use flowseg_engine::op::io;
 use flowseg_engine::plan::{pin_stream, plan, Plan, PlanOptions, Step};
 use flowseg_engine::spec;
 use flowseg_engine::{Access, ExecCx, Op, OpError, Port, Registry, Tensor, TensorSpec};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 mod common;
 use common::*;
@@ -397,31 +396,10 @@ buffers (value spec: step of its producer – step of its last reader):
 peak memory: 116 B in 5 buffers with reuse, 144 B in 6 outputs without; 4 B kept after the step; 2 reuses refused for lack of ordering
 ";
 
-/// Forward + backward of a graph with a student (two parameters, fan-out) and an independent
-/// teacher branch; keeps the losses and the gradients.
-const TRAIN: &str = "\
-name: train
-nodes:
-  - { name: y1, op: mul, inputs: { a: batch.x, b: state.net.w } }
-  - { name: y2, op: mul, inputs: { a: y1.y, b: state.net.v } }
-  - { name: y3, op: mul, inputs: { a: y1.y, b: state.net.w } }
-  - { name: tw, op: mul, inputs: { a: batch.x, b: state.teacher.w } }
-  - { name: tw2, op: mul, inputs: { a: tw.y, b: tw.y } }
-  - { name: mix, op: mul, inputs: { a: y3.y, b: tw2.y } }
-  - { name: l1, op: mse, inputs: { x: y2.y, t: batch.t } }
-  - { name: l2, op: mse, inputs: { x: mix.y, t: tw.y } }
-";
-
+/// [`TRAIN`] with its backward; keeps the losses and the gradients.
 fn training_graph() -> (Graph, Vec<ValueRef>) {
     let mut g = build(TRAIN);
-    let losses = vec![(out(&g, "l1"), 1.0f32), (out(&g, "l2"), 0.5)];
-    let wrt: BTreeSet<String> = ["net.w".into(), "net.v".into()].into();
-    let grads = autodiff::differentiate(&mut g, &losses, &wrt).unwrap();
-    let keep = losses
-        .into_iter()
-        .map(|(s, _)| s)
-        .chain(grads.into_values())
-        .collect();
+    let keep = differentiate_train(&mut g);
     (g, keep)
 }
 

@@ -1,6 +1,8 @@
 //! Test ops and fixtures shared by the engine's integration tests (each test file includes this
 //! module): `mul` with its VJP, `mse` with its backward, `detach`, `mul_nograd` (no VJP), the
-//! 7-element environment and deterministic inputs. The engine is tested without flowseg-ops.
+//! 7-element environment and deterministic inputs, and the small training graph the planner and
+//! device tests share ([`TRAIN`], [`differentiate_train`]). The engine is tested without
+//! flowseg-ops.
 
 #![allow(
     dead_code,
@@ -202,5 +204,42 @@ pub fn tensors(entries: &[(&str, Vec<f32>)]) -> BTreeMap<String, Tensor> {
     entries
         .iter()
         .map(|(k, v)| (k.to_string(), Tensor::from_f32(&[N], v.clone()).unwrap()))
+        .collect()
+}
+
+/// Forward of a graph with a student (two parameters, fan-out) and an independent teacher
+/// branch, two `mse` losses `l1` and `l2` (no `train:` section: callers add it). With its
+/// backward ([`differentiate_train`]) it has enough nodes for two or three streams, events and
+/// buffer reuse.
+pub const TRAIN: &str = "\
+name: train
+nodes:
+  - { name: y1, op: mul, inputs: { a: batch.x, b: state.net.w } }
+  - { name: y2, op: mul, inputs: { a: y1.y, b: state.net.v } }
+  - { name: y3, op: mul, inputs: { a: y1.y, b: state.net.w } }
+  - { name: tw, op: mul, inputs: { a: batch.x, b: state.teacher.w } }
+  - { name: tw2, op: mul, inputs: { a: tw.y, b: tw.y } }
+  - { name: mix, op: mul, inputs: { a: y3.y, b: tw2.y } }
+  - { name: l1, op: mse, inputs: { x: y2.y, t: batch.t } }
+  - { name: l2, op: mse, inputs: { x: mix.y, t: tw.y } }
+";
+
+/// Appends [`TRAIN`]'s backward (loss `l1` + 0.5·`l2` w.r.t. `net.w` and `net.v`) to `g`, built
+/// from it; returns what a plan keeps: the losses, then the gradients.
+pub fn differentiate_train(
+    g: &mut flowseg_engine::graph::Graph,
+) -> Vec<flowseg_engine::graph::ValueRef> {
+    use flowseg_engine::graph::ValueRef;
+    let at = |g: &flowseg_engine::graph::Graph, name: &str| ValueRef::Node {
+        node: g.nodes.iter().position(|n| n.name.value == name).unwrap(),
+        port: 0,
+    };
+    let losses = vec![(at(g, "l1"), 1.0f32), (at(g, "l2"), 0.5)];
+    let wrt: std::collections::BTreeSet<String> = ["net.w".into(), "net.v".into()].into();
+    let grads = flowseg_engine::autodiff::differentiate(g, &losses, &wrt).unwrap();
+    losses
+        .into_iter()
+        .map(|(s, _)| s)
+        .chain(grads.into_values())
         .collect()
 }
