@@ -1,11 +1,14 @@
-//! conv2d on the U-Net of the benchmark regime (`unet`, width 16, 64×64 input, batch 8): per
-//! layer the forward, the input gradient alone and the weight gradient alone, min of `n` runs
-//! (default 11), with each one's GFLOP/s — where a training step's convolution time goes.
+//! conv2d on the U-Net of the benchmark regime (`unet`, width 16, 64×64 input, batch 8) or, with
+//! the word `resnet18`, on the peer benchmark's resnet18_deeplabv3plus (batch 8 of 128×128,
+//! output stride 16): per distinct layer the forward, the input gradient alone and the weight
+//! gradient alone, min of `n` runs (default 11), with each one's GFLOP/s and how many times the
+//! network has that layer — where a training step's convolution time goes.
 //!
-//! `cargo bench -p flowseg-kernels --bench conv_unet [-- n] [gemm|panel|direct] [layer]`;
-//! threads: `RAYON_NUM_THREADS`. A path name forces conv2d's f32 path for every call (`panel`:
-//! the panel gathers without the direct 3×3 kernels; `direct`: the default choice); without one
-//! the default runs. Any other word keeps only the layers whose name contains it.
+//! `cargo bench -p flowseg-kernels --bench conv_unet [-- n] [resnet18] [gemm|panel|direct]
+//! [layer]`; threads: `RAYON_NUM_THREADS`. A path name forces conv2d's f32 path for every call
+//! (`panel`: the panel gathers without the direct 3×3 kernels; `direct`: the default choice);
+//! without one the default runs. Any other word keeps only the layers whose name contains it.
+//! The sums weigh each layer by its count.
 
 #![allow(
     clippy::print_stdout,
@@ -40,39 +43,34 @@ fn main() {
         .filter(|a| a.parse::<usize>().is_err() && a != "--bench")
         .collect();
     let mut only = None;
+    let mut resnet = false;
     for w in &words {
         match w.as_str() {
+            "resnet18" => resnet = true,
             "gemm" => flowseg_kernels::conv2d::force_panel_path(Some(false)),
             "panel" => flowseg_kernels::conv2d::force_direct_path(Some(false)),
             "direct" => flowseg_kernels::conv2d::force_direct_path(Some(true)),
             other => only = Some(other.to_string()),
         }
     }
-    let b = 8;
-    // (name, input, output channels): every 3×3 conv of the U-Net, stride 1, padding 1.
-    let layers: Vec<(&str, Nchw, usize)> = vec![
-        ("down0.conv1 3→16 @64", Nchw::new(b, 3, 64, 64), 16),
-        ("down0.conv2 16→16 @64", Nchw::new(b, 16, 64, 64), 16),
-        ("down1.conv1 16→32 @32", Nchw::new(b, 16, 32, 32), 32),
-        ("down1.conv2 32→32 @32", Nchw::new(b, 32, 32, 32), 32),
-        ("down2.conv1 32→64 @16", Nchw::new(b, 32, 16, 16), 64),
-        ("down2.conv2 64→64 @16", Nchw::new(b, 64, 16, 16), 64),
-        ("down3.conv1 64→128 @8", Nchw::new(b, 64, 8, 8), 128),
-        ("down3.conv2 128→128 @8", Nchw::new(b, 128, 8, 8), 128),
-        ("up2.conv1 192→64 @16", Nchw::new(b, 192, 16, 16), 64),
-        ("up2.conv2 64→64 @16", Nchw::new(b, 64, 16, 16), 64),
-        ("up1.conv1 96→32 @32", Nchw::new(b, 96, 32, 32), 32),
-        ("up1.conv2 32→32 @32", Nchw::new(b, 32, 32, 32), 32),
-        ("up0.conv1 48→16 @64", Nchw::new(b, 48, 64, 64), 16),
-        ("up0.conv2 16→16 @64", Nchw::new(b, 16, 64, 64), 16),
-    ];
-    let p = Conv2d::square(3, 1, 1, 1);
+    let layers = if resnet {
+        resnet18_layers()
+    } else {
+        unet_layers()
+    };
     println!(
-        "{:<24} {:>8} {:>8} {:>8}   GFLOP/s fwd / dx / dw",
-        "layer", "fwd ms", "dx ms", "dw ms"
+        "{:<34} {:>3} {:>8} {:>8} {:>8}   GFLOP/s fwd / dx / dw",
+        "layer", "×", "fwd ms", "dx ms", "dw ms"
     );
     let (mut tf, mut tx, mut tw) = (0.0, 0.0, 0.0);
-    for (name, xs, co) in layers {
+    for Layer {
+        name,
+        x: xs,
+        co,
+        p,
+        count,
+    } in layers
+    {
         if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
             continue;
         }
@@ -97,14 +95,218 @@ fn main() {
         let dwt = min_ms(n, || {
             conv2d_bwd(&x, xs, &w, co, &p, &dy, None, Some(&mut dw), None).unwrap()
         });
-        let gflop = 2.0 * (ys.len() * xs.c * 9) as f64 * 1e-9;
+        let gflop = 2.0 * (ys.len() * xs.c / p.groups * p.kh * p.kw) as f64 * 1e-9;
         println!(
-            "{name:<24} {fwd:>8.3} {dxt:>8.3} {dwt:>8.3}   {:>5.0} / {:>5.0} / {:>5.0}",
+            "{name:<34} {count:>3} {fwd:>8.3} {dxt:>8.3} {dwt:>8.3}   {:>5.0} / {:>5.0} / {:>5.0}",
             gflop / fwd * 1e3,
             gflop / dxt * 1e3,
             gflop / dwt * 1e3
         );
-        (tf, tx, tw) = (tf + fwd, tx + dxt, tw + dwt);
+        let k = count as f64;
+        (tf, tx, tw) = (tf + k * fwd, tx + k * dxt, tw + k * dwt);
     }
-    println!("{:<24} {tf:>8.3} {tx:>8.3} {tw:>8.3}", "sum");
+    println!(
+        "{:<38} {tf:>8.3} {tx:>8.3} {tw:>8.3}",
+        "sum (weighted by count)"
+    );
+}
+
+/// One distinct convolution of a network and how many times the network has it.
+struct Layer {
+    name: &'static str,
+    x: Nchw,
+    co: usize,
+    p: Conv2d,
+    count: usize,
+}
+
+fn layer(name: &'static str, x: Nchw, co: usize, p: Conv2d, count: usize) -> Layer {
+    Layer {
+        name,
+        x,
+        co,
+        p,
+        count,
+    }
+}
+
+/// Every 3×3 conv of the U-Net, stride 1, padding 1, batch 8 of 64×64.
+fn unet_layers() -> Vec<Layer> {
+    let b = 8;
+    let p = Conv2d::square(3, 1, 1, 1);
+    [
+        ("down0.conv1 3→16 @64", Nchw::new(b, 3, 64, 64), 16),
+        ("down0.conv2 16→16 @64", Nchw::new(b, 16, 64, 64), 16),
+        ("down1.conv1 16→32 @32", Nchw::new(b, 16, 32, 32), 32),
+        ("down1.conv2 32→32 @32", Nchw::new(b, 32, 32, 32), 32),
+        ("down2.conv1 32→64 @16", Nchw::new(b, 32, 16, 16), 64),
+        ("down2.conv2 64→64 @16", Nchw::new(b, 64, 16, 16), 64),
+        ("down3.conv1 64→128 @8", Nchw::new(b, 64, 8, 8), 128),
+        ("down3.conv2 128→128 @8", Nchw::new(b, 128, 8, 8), 128),
+        ("up2.conv1 192→64 @16", Nchw::new(b, 192, 16, 16), 64),
+        ("up2.conv2 64→64 @16", Nchw::new(b, 64, 16, 16), 64),
+        ("up1.conv1 96→32 @32", Nchw::new(b, 96, 32, 32), 32),
+        ("up1.conv2 32→32 @32", Nchw::new(b, 32, 32, 32), 32),
+        ("up0.conv1 48→16 @64", Nchw::new(b, 48, 64, 64), 16),
+        ("up0.conv2 16→16 @64", Nchw::new(b, 16, 64, 64), 16),
+    ]
+    .into_iter()
+    .map(|(name, x, co)| layer(name, x, co, p, 1))
+    .collect()
+}
+
+/// resnet18_deeplabv3plus at output stride 16 (ops/src/models/resnet.rs): batch 8 of 128×128,
+/// layer4's first block at dilation 1 and its second at 2 (torchvision's rule), ASPP rates 6/12/18 on the 8×8 map.
+fn resnet18_layers() -> Vec<Layer> {
+    let b = 8;
+    let sq = Conv2d::square;
+    vec![
+        layer(
+            "conv1 7×7 s2 3→64 @128",
+            Nchw::new(b, 3, 128, 128),
+            64,
+            sq(7, 2, 3, 1),
+            1,
+        ),
+        layer(
+            "layer1 64→64 @32",
+            Nchw::new(b, 64, 32, 32),
+            64,
+            sq(3, 1, 1, 1),
+            4,
+        ),
+        layer(
+            "layer2.0.conv1 s2 64→128 @32",
+            Nchw::new(b, 64, 32, 32),
+            128,
+            sq(3, 2, 1, 1),
+            1,
+        ),
+        layer(
+            "layer2 128→128 @16",
+            Nchw::new(b, 128, 16, 16),
+            128,
+            sq(3, 1, 1, 1),
+            3,
+        ),
+        layer(
+            "layer2 down 1×1 s2 64→128",
+            Nchw::new(b, 64, 32, 32),
+            128,
+            sq(1, 2, 0, 1),
+            1,
+        ),
+        layer(
+            "layer3.0.conv1 s2 128→256 @16",
+            Nchw::new(b, 128, 16, 16),
+            256,
+            sq(3, 2, 1, 1),
+            1,
+        ),
+        layer(
+            "layer3 256→256 @8",
+            Nchw::new(b, 256, 8, 8),
+            256,
+            sq(3, 1, 1, 1),
+            3,
+        ),
+        layer(
+            "layer3 down 1×1 s2 128→256",
+            Nchw::new(b, 128, 16, 16),
+            256,
+            sq(1, 2, 0, 1),
+            1,
+        ),
+        layer(
+            "layer4.0.conv1 256→512 @8",
+            Nchw::new(b, 256, 8, 8),
+            512,
+            sq(3, 1, 1, 1),
+            1,
+        ),
+        layer(
+            "layer4.0.conv2 512→512 @8",
+            Nchw::new(b, 512, 8, 8),
+            512,
+            sq(3, 1, 1, 1),
+            1,
+        ),
+        layer(
+            "layer4.1 d2 512→512 @8",
+            Nchw::new(b, 512, 8, 8),
+            512,
+            sq(3, 1, 2, 2),
+            2,
+        ),
+        layer(
+            "layer4 down 1×1 256→512 @8",
+            Nchw::new(b, 256, 8, 8),
+            512,
+            sq(1, 1, 0, 1),
+            1,
+        ),
+        layer(
+            "aspp 1×1 512→256 @8",
+            Nchw::new(b, 512, 8, 8),
+            256,
+            sq(1, 1, 0, 1),
+            1,
+        ),
+        layer(
+            "aspp d6 512→256 @8",
+            Nchw::new(b, 512, 8, 8),
+            256,
+            sq(3, 1, 6, 6),
+            1,
+        ),
+        layer(
+            "aspp d12 512→256 @8",
+            Nchw::new(b, 512, 8, 8),
+            256,
+            sq(3, 1, 12, 12),
+            1,
+        ),
+        layer(
+            "aspp d18 512→256 @8",
+            Nchw::new(b, 512, 8, 8),
+            256,
+            sq(3, 1, 18, 18),
+            1,
+        ),
+        layer(
+            "aspp project 1×1 1280→256 @8",
+            Nchw::new(b, 1280, 8, 8),
+            256,
+            sq(1, 1, 0, 1),
+            1,
+        ),
+        layer(
+            "low-level 1×1 64→48 @32",
+            Nchw::new(b, 64, 32, 32),
+            48,
+            sq(1, 1, 0, 1),
+            1,
+        ),
+        layer(
+            "fuse.0 304→256 @32",
+            Nchw::new(b, 304, 32, 32),
+            256,
+            sq(3, 1, 1, 1),
+            1,
+        ),
+        layer(
+            "fuse.3 256→256 @32",
+            Nchw::new(b, 256, 32, 32),
+            256,
+            sq(3, 1, 1, 1),
+            1,
+        ),
+        layer(
+            "classifier 1×1 256→6 @32",
+            Nchw::new(b, 256, 32, 32),
+            6,
+            sq(1, 1, 0, 1),
+            1,
+        ),
+    ]
 }
