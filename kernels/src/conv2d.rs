@@ -160,6 +160,13 @@ struct Geom {
     /// `gemm`, the same bits for any thread count (U-Net dW −49 %, its 8×8 128-channel layers
     /// −45 %). Off with `direct`'s switches or the panel path's.
     direct_dw: bool,
+    /// The forward (and the stride-1 dX through `dx_as_forward`) on the AVX2 twin of the direct
+    /// 3×3 tile (conv2d_direct.rs), where the CPU has AVX2 + FMA but not AVX-512F: the same
+    /// geometries as `direct`, at any channel count, the same bits (`direct_dw` takes the AVX2
+    /// twin of its tile there too). Without them such a CPU ran every convolution on im2col +
+    /// `gemm` (the U-Net step of the benchmark regime: ~30 % slower, docs/BENCHMARKS.md). The
+    /// panel path has no AVX2 twin: other geometries still take `gemm` there.
+    direct_avx2: bool,
 }
 
 thread_local! {
@@ -218,6 +225,7 @@ impl Geom {
                 && allowed(&PANEL_OVERRIDE, "FLOWSEG_CONV_PANEL"),
             direct: false,
             direct_dw: false,
+            direct_avx2: false,
         };
         let on = !depthwise
             && !pointwise
@@ -225,6 +233,7 @@ impl Geom {
             && allowed(&DIRECT_OVERRIDE, "FLOWSEG_CONV_DIRECT");
         geom.direct = on && direct::applies(&geom.panel());
         geom.direct_dw = on && direct::applies_dw(&geom.panel());
+        geom.direct_avx2 = on && direct::applies_avx2(&geom.panel());
         Ok(geom)
     }
 
@@ -317,7 +326,7 @@ pub fn conv2d_fwd<T: Real>(
     if g.y.is_empty() {
         return Ok(());
     }
-    if g.use_panel() {
+    if g.use_panel() || g.direct_avx2 {
         if let (Some(x), Some(w), Some(y)) = (T::as_f32(x), T::as_f32(w), T::as_f32_mut(y)) {
             return fwd_panel(&g, x, w, bias.and_then(T::as_f32), y);
         }
@@ -349,7 +358,7 @@ fn fwd_panel(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
-    if g.direct {
+    if g.direct || g.direct_avx2 {
         return fwd_direct(g, x, w, bias, y);
     }
     let pg = g.panel();
@@ -494,6 +503,10 @@ fn dx_as_forward(
         Ok(_) => return None,
         Err(e) => return Some(Err(e)),
     };
+    // Without AVX-512F only the direct tile's AVX2 twin can run the forward of dY.
+    if !panel::available() && !gt.direct_avx2 {
+        return None;
+    }
     // W [G][Cog, Cig, kh, kw] → W' [G][Cig, Cog, kh, kw] with both taps reversed.
     let (kk, cig, cog) = (p.kh * p.kw, g.cig, g.cog);
     let mut wt = vec![0.0f32; w.len()];
@@ -745,7 +758,7 @@ pub fn conv2d_bwd<T: Real>(
     }
     // Stride-1 input gradients on the panel path are a forward convolution of dY.
     let dx = match dx {
-        Some(d) if g.use_panel() && !g.y.is_empty() => {
+        Some(d) if (g.use_panel() || g.direct_avx2) && !g.y.is_empty() => {
             let as_f32 = (T::as_f32(w), T::as_f32(dy));
             match as_f32 {
                 (Some(w32), Some(dy32)) => {
@@ -1214,9 +1227,121 @@ mod tests {
         force_direct_path(None);
     }
 
+    /// The direct 3×3 forward (the AVX-512 tile, or its AVX2 twin on a CPU without AVX-512F)
+    /// computes every output as one f32 FMA chain over (c, kj, ki) from the bias, input taps
+    /// outside the image read as zeros: bit for bit a scalar `mul_add` chain in that order, so
+    /// the two tiles give the same bits. Edges: Wo of 16, 17, 33 and 40 (a half-empty and a
+    /// one-column last 8-lane half), Ho of 1, 4 and 5, padding 0, 1 and 2, Co of 3, 8, 13 (a
+    /// partial block of rows). On a CPU with neither, says so and checks nothing.
+    #[test]
+    fn direct_forward_is_one_fma_chain_in_c_kj_ki_order() {
+        let cases = [
+            (Nchw::new(2, 5, 9, 33), 13, 1),
+            (Nchw::new(1, 3, 1, 16), 8, 1),
+            (Nchw::new(2, 4, 6, 19), 9, 0),
+            (Nchw::new(1, 2, 4, 17), 3, 1),
+            (Nchw::new(1, 2, 3, 36), 5, 2),
+        ];
+        for (xs, co, pad) in cases {
+            let p = Conv2d::square(3, 1, pad, 1);
+            let g = Geom::new(xs, co, &p).unwrap();
+            if !(g.use_panel() && g.direct || g.direct_avx2) {
+                crate::testing::skip(&format!(
+                    "{xs:?}: this CPU has neither AVX-512F nor AVX2 + FMA"
+                ));
+                continue;
+            }
+            let x = crate::testing::to_f32(&rand_vec(31, xs.len(), -1.0, 1.0));
+            let w = crate::testing::to_f32(&rand_vec(32, p.weight_len(xs.c, co), -1.0, 1.0));
+            let b = crate::testing::to_f32(&rand_vec(33, co, -1.0, 1.0));
+            let ys = p.out_shape(xs, co).unwrap();
+            let mut y = vec![0f32; ys.len()];
+            conv2d_fwd(&x, xs, &w, Some(&b), co, &p, &mut y).unwrap();
+            let inside = |i: usize, k: usize, n: usize| (i + k).checked_sub(pad).filter(|&v| v < n);
+            for (i, &got) in y.iter().enumerate() {
+                let (ox, oy) = (i % ys.w, i / ys.w % ys.h);
+                let (o, n) = (i / ys.plane() % co, i / ys.image());
+                let mut acc = b[o];
+                for c in 0..xs.c {
+                    for kj in 0..3 {
+                        for ki in 0..3 {
+                            let xv = match (inside(oy, ki, xs.h), inside(ox, kj, xs.w)) {
+                                (Some(iy), Some(ix)) => x[((n * xs.c + c) * xs.h + iy) * xs.w + ix],
+                                _ => 0.0,
+                            };
+                            acc = w[((o * xs.c + c) * 3 + ki) * 3 + kj].mul_add(xv, acc);
+                        }
+                    }
+                }
+                assert_eq!(got.to_bits(), acc.to_bits(), "{xs:?} pad {pad}: output {i}");
+            }
+        }
+    }
+
+    /// The direct 3×3 weight gradient (the AVX-512 tile, or its AVX2 twin) sums each dW entry
+    /// per image as one f32 FMA chain over the output pixels in order (oy, then ox) from zero,
+    /// and adds the images' sums in image order: bit for bit that scalar computation, so the
+    /// two tiles agree. Shapes with the batch not split in halves, read in place (padding 1)
+    /// and from padded copies (padding 0 and 2); one thread. On a CPU with neither tile, says
+    /// so and checks nothing.
+    #[test]
+    fn direct_weight_gradient_is_one_fma_chain_per_image_in_pixel_order() {
+        for (xs, co, pad) in [
+            (Nchw::new(2, 8, 4, 16), 16, 1),
+            (Nchw::new(2, 8, 6, 18), 16, 0),
+            (Nchw::new(3, 5, 2, 3), 7, 2),
+        ] {
+            let p = Conv2d::square(3, 1, pad, 1);
+            let g = Geom::new(xs, co, &p).unwrap();
+            if !g.direct_dw {
+                crate::testing::skip(&format!(
+                    "{xs:?}: this CPU has neither AVX-512F nor AVX2 + FMA"
+                ));
+                continue;
+            }
+            let x = crate::testing::to_f32(&rand_vec(41, xs.len(), -1.0, 1.0));
+            let w = crate::testing::to_f32(&rand_vec(42, p.weight_len(xs.c, co), -1.0, 1.0));
+            let ys = p.out_shape(xs, co).unwrap();
+            let dy = crate::testing::to_f32(&rand_vec(43, ys.len(), -1.0, 1.0));
+            let mut dw = vec![0f32; w.len()];
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap()
+                .install(|| {
+                    conv2d_bwd(&x, xs, &w, co, &p, &dy, None, Some(&mut dw), None).unwrap()
+                });
+            let inside = |i: usize, k: usize, n: usize| (i + k).checked_sub(pad).filter(|&v| v < n);
+            for (i, &got) in dw.iter().enumerate() {
+                let (kj, ki, c, o) = (i % 3, i / 3 % 3, i / 9 % xs.c, i / (9 * xs.c));
+                let mut total = 0f32;
+                for n in 0..xs.n {
+                    let mut acc = 0f32;
+                    for oy in 0..ys.h {
+                        for ox in 0..ys.w {
+                            let xv = match (inside(oy, ki, xs.h), inside(ox, kj, xs.w)) {
+                                (Some(iy), Some(ix)) => x[((n * xs.c + c) * xs.h + iy) * xs.w + ix],
+                                _ => 0.0,
+                            };
+                            let d = dy[((n * co + o) * ys.h + oy) * ys.w + ox];
+                            acc = xv.mul_add(d, acc);
+                        }
+                    }
+                    total = if n == 0 { acc } else { total + acc };
+                }
+                assert_eq!(
+                    got.to_bits(),
+                    total.to_bits(),
+                    "{xs:?} pad {pad}: dW entry {i}"
+                );
+            }
+        }
+    }
+
     /// The direct 3×3 kernels give the same bits on 1 and 3 threads (dW included: each dW
     /// entry is one task's sum, whatever the split — its channel ranges (the last shape) or
-    /// its two fixed halves of the batch added in order (the first two)).
+    /// its two fixed halves of the batch added in order (the first two)), with AVX-512F or with
+    /// the AVX2 twins; on a CPU with neither, nothing is checked (said so).
     #[test]
     fn direct_path_results_do_not_depend_on_threads() {
         let shapes = [
@@ -1244,7 +1369,13 @@ mod tests {
                     .unwrap()
                     .install(run)
             };
-            assert_eq!(on(1), on(3), "{xs:?}");
+            let g = Geom::new(xs, co, &p).unwrap();
+            let (one, three) = (on(1), on(3));
+            if g.direct_dw {
+                assert_eq!(one, three, "{xs:?}");
+            } else {
+                crate::testing::skip(&format!("{xs:?}: no direct 3×3 path on this CPU"));
+            }
         }
     }
 

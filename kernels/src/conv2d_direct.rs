@@ -1,4 +1,6 @@
-//! The direct AVX-512 path of [`crate::conv2d`] for f32 3×3 convolutions with stride 1 and
+//! The direct AVX-512 path of [`crate::conv2d`] (and its AVX2 + FMA twins, for CPUs without
+//! AVX-512F: [`fwd_tile_avx2`], [`dw_tile_avx2`], the same FMA chains and so the same bits) for
+//! f32 3×3 convolutions with stride 1 and
 //! dilation 1 (any padding): the forward on maps at least 16 columns wide (and, through
 //! conv2d.rs's `dx_as_forward`, the input gradient) and the weight gradient at any width,
 //! reading the input where it lies — no panel copy, no `col` buffer, no `gemm`.
@@ -34,8 +36,8 @@
 //! Not here: other kernel sizes, strides or dilations; the forward on maps narrower than 16
 //! columns (half-empty vectors: the panel path packs several rows per panel there; a variant
 //! with 16 row-major pixels per vector and per-lane masks only matched `gemm` on the 8×8
-//! 128-channel layers and was slower for their dX); f64; CPUs without AVX-512F — conv2d.rs's
-//! `Geom` sends all of those elsewhere. dW takes any width.
+//! 128-channel layers and was slower for their dX); f64; CPUs without AVX-512F or AVX2 + FMA —
+//! conv2d.rs's `Geom` sends all of those elsewhere. dW takes any width.
 
 use crate::conv2d_panel::{available, lane_mask, PanelGeom, MR};
 #[cfg(target_arch = "x86_64")]
@@ -48,15 +50,39 @@ const L: usize = 16;
 const NV: usize = 3;
 
 /// Whether a convolution of this geometry (stride, dilation and kernel as given) takes the
-/// direct path on this CPU.
+/// direct path's AVX-512 forward on this CPU.
 pub(crate) fn applies(g: &PanelGeom) -> bool {
-    applies_dw(g) && g.wo >= L
+    is_3x3_stride1(g) && g.wo >= L && available()
+}
+
+/// Whether the forward takes the AVX2 twin of the direct path ([`fwd_tile_avx2`]): the same
+/// geometries as [`applies`], on a CPU with AVX2 and FMA but without AVX-512F, where conv2d.rs
+/// would otherwise fall back to im2col + `gemm` for every layer.
+pub(crate) fn applies_avx2(g: &PanelGeom) -> bool {
+    is_3x3_stride1(g) && g.wo >= L && !available() && avx2_available()
 }
 
 /// Whether [`dw_batch`] takes a convolution of this geometry on this CPU: as [`applies`], at
-/// any width (its vectors run over output channels, not pixels).
+/// any width (its vectors run over output channels, not pixels), with AVX-512F or with AVX2 +
+/// FMA ([`dw_tile_avx2`]).
 pub(crate) fn applies_dw(g: &PanelGeom) -> bool {
-    g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && available()
+    is_3x3_stride1(g) && (available() || avx2_available())
+}
+
+fn is_3x3_stride1(g: &PanelGeom) -> bool {
+    g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1
+}
+
+/// Whether this CPU has AVX2 and FMA (checked per call; `std` caches the CPUID).
+fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Output height of a geometry [`applies`] accepts: H + 2·ph − 2.
@@ -101,7 +127,8 @@ pub(crate) fn fwd_image(
     let (ho, wo, plane) = (out_h(g), g.wo, g.h * g.w);
     let opix = ho * wo;
     let kp = g.cig * 9;
-    assert!(applies(g) && cog > 0);
+    let avx512 = applies(g);
+    assert!((avx512 || applies_avx2(g)) && cog > 0);
     assert!(xg.len() >= g.cig * plane && yg.len() >= cog * opix);
     assert!(pack.len() >= cog.div_ceil(MR) * kp * MR);
     assert!(bias.is_none_or(|b| b.len() >= cog));
@@ -159,6 +186,17 @@ pub(crate) fn fwd_image(
                     let x = xg.as_ptr().wrapping_offset(xoff);
                     let a = pack.as_ptr().add(b * kp * MR);
                     let y = yg.as_mut_ptr().add(r0 * opix + oy0 * wo + ox0);
+                    if !avx512 {
+                        // AVX2 and FMA were checked by `applies_avx2`; the same lanes as below.
+                        match (nv, need) {
+                            (3, 0) => fwd_tile_avx2::<3, 0, 2>(&t, x, a, y),
+                            (3, _) => fwd_tile_avx2::<3, 7, 2>(&t, x, a, y),
+                            (2, 0) => fwd_tile_avx2::<2, 0, 4>(&t, x, a, y),
+                            (2, _) => fwd_tile_avx2::<2, 7, 4>(&t, x, a, y),
+                            _ => fwd_tile_avx2::<1, 7, 4>(&t, x, a, y),
+                        }
+                        continue;
+                    }
                     match (nv, need) {
                         (3, 0) => fwd_tile::<3, 0>(&t, x, a, y),
                         (3, 1) => fwd_tile::<3, 1>(&t, x, a, y),
@@ -254,6 +292,93 @@ unsafe fn fwd_tile<const V: usize, const M: u8>(
     unreachable!("the direct path needs AVX-512F (`applies` is false here)")
 }
 
+/// [`fwd_tile`] on AVX2 + FMA: the same outputs, each the same FMA chain over (c, kj, ki), so
+/// the same bits as the AVX-512 tile. Eight lanes per ymm and 16 registers: the 16 columns are
+/// two 8-lane halves and the MR rows blocks of `CB`, each (half, block) its own pass over the
+/// input with CB × V accumulators and V + 2 input rows in registers. Loads of kernel column kj
+/// are masked where bit kj of `M` is set, as in [`fwd_tile`] (an AVX `maskload` never faults
+/// on a masked-off lane).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fwd_tile_avx2<const V: usize, const M: u8, const CB: usize>(
+    t: &FwdTile<'_>,
+    x: *const f32,
+    a: *const f32,
+    y: *mut f32,
+) {
+    // SAFETY: as `fwd_tile`: lanes are read only under `masks`, written only under `out`.
+    unsafe {
+        let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        for half in 0..2 {
+            let out8 = ((t.out >> (8 * half)) & 0xff) as i32;
+            if out8 == 0 {
+                continue;
+            }
+            let lanes =
+                |b: i32| _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(b), bits), bits);
+            let out_mask = lanes(out8);
+            let mut masks = [[_mm256_setzero_si256(); 3]; NV + 2];
+            if M != 0 {
+                for (r, row) in masks.iter_mut().enumerate().take(V + 2) {
+                    for (kj, m) in row.iter_mut().enumerate() {
+                        *m = lanes(((t.masks[r][kj] >> (8 * half)) & 0xff) as i32);
+                    }
+                }
+            }
+            let xh = x.wrapping_add(8 * half);
+            for m0 in (0..t.rows).step_by(CB) {
+                let mut acc = [[_mm256_setzero_ps(); V]; CB];
+                for (m, row) in acc.iter_mut().enumerate() {
+                    *row = [_mm256_set1_ps(t.init[(m0 + m) % MR]); V];
+                }
+                for c in 0..t.cig {
+                    let xc = xh.wrapping_add(c * t.plane);
+                    let ac = a.add(c * 9 * MR + m0);
+                    for kj in 0..3 {
+                        let mut xv = [_mm256_setzero_ps(); NV + 2];
+                        for (r, v) in xv.iter_mut().enumerate().take(V + 2) {
+                            let p = xc.wrapping_add(r * t.w + kj);
+                            *v = if M & (1 << kj) != 0 {
+                                _mm256_maskload_ps(p, masks[r][kj])
+                            } else {
+                                _mm256_loadu_ps(p)
+                            };
+                        }
+                        for ki in 0..3 {
+                            for (m, row) in acc.iter_mut().enumerate() {
+                                let av = _mm256_set1_ps(*ac.add((ki * 3 + kj) * MR + m));
+                                for (v, r) in row.iter_mut().enumerate() {
+                                    *r = _mm256_fmadd_ps(av, xv[v + ki], *r);
+                                }
+                            }
+                        }
+                    }
+                }
+                for (m, row) in acc.iter().enumerate().take(t.rows - m0) {
+                    for (v, &r) in row.iter().enumerate() {
+                        let p = y.add((m0 + m) * t.ys + v * t.wo + 8 * half);
+                        if out8 == 0xff {
+                            _mm256_storeu_ps(p, r);
+                        } else {
+                            _mm256_maskstore_ps(p, out_mask, r);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn fwd_tile_avx2<const V: usize, const M: u8, const CB: usize>(
+    _: &FwdTile<'_>,
+    _: *const f32,
+    _: *const f32,
+    _: *mut f32,
+) {
+    unreachable!("the AVX2 direct path needs x86-64 (`applies_avx2` is false here)")
+}
+
 /// The weight gradient of one group over a batch: `dwg` [Cog, Cg, 3, 3] (overwritten) = Σ over
 /// images n and output pixels of dY[n, co, oy, ox] · x[n, c, oy + ki − ph, ox + kj − pw].
 ///
@@ -290,6 +415,7 @@ pub(crate) fn dw_batch(
     assert!(dwg.len() == cog * g.cig * 9);
     let cop = cog.next_multiple_of(L);
     let nvec = cop / L;
+    let avx512 = available();
     let (hp, wp) = (ho + 2, wo + 2);
     // Padding 1 on both sides (W = Wo, H = Ho): the tiles read x where it lies, a row above or
     // below the image from a row of zeros and the column left or right of it as an explicit
@@ -391,6 +517,12 @@ pub(crate) fn dw_batch(
                                 let d = dyt.as_ptr().add(v0 * L);
                                 let o = out.as_mut_ptr().add((c - c0) * 9 * cop + v0 * L);
                                 let first = img == n0;
+                                if !avx512 {
+                                    // AVX2 + FMA were checked by `applies_dw`; the same reads
+                                    // and writes.
+                                    dw_tile_avx2(&t, nc, nv, xc, z, d, o, first);
+                                    continue;
+                                }
                                 match (nc, nv) {
                                     (3, _) => dw_tile::<3, 1>(&t, xc, z, d, o, first),
                                     (2, _) => dw_tile::<2, 1>(&t, xc, z, d, o, first),
@@ -688,6 +820,105 @@ unsafe fn dw_tile<const NC: usize, const V: usize>(
             }
         }
     }
+}
+
+/// [`dw_tile`] on AVX2 + FMA for `nc` channels and `nv` vectors of 16 output channels: the
+/// same sums, each dW entry the same FMA chain over (oy, ox) added to the running one the same
+/// way, so the same bits. One pass per (channel, 16-lane vector, 8-lane half): nine
+/// accumulators, one dY vector and one broadcast in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "dw_tile's operands with its two counts"
+)]
+unsafe fn dw_tile_avx2(
+    t: &DwTile,
+    nc: usize,
+    nv: usize,
+    x: *const f32,
+    zeros: *const f32,
+    dyt: *const f32,
+    out: *mut f32,
+    first: bool,
+) {
+    // SAFETY: as `dw_tile`: the same planes, rows and columns are read and written.
+    unsafe {
+        for c in 0..nc {
+            for lane0 in (0..nv * L).step_by(8) {
+                let mut acc = [_mm256_setzero_ps(); 9];
+                macro_rules! pixel {
+                    ($rows:expr, $drow:expr, $ox:expr, $edge:expr) => {{
+                        let ox: usize = $ox;
+                        let d = _mm256_load_ps($drow.add(ox * t.cop + lane0));
+                        for ki in 0..3 {
+                            for kj in 0..3 {
+                                let a = if ($edge as u8) & (1 << kj) != 0 {
+                                    _mm256_setzero_ps()
+                                } else {
+                                    _mm256_set1_ps(*$rows[ki].wrapping_add(ox + kj))
+                                };
+                                acc[ki * 3 + kj] = _mm256_fmadd_ps(a, d, acc[ki * 3 + kj]);
+                            }
+                        }
+                    }};
+                }
+                for oy in 0..t.ho {
+                    let mut rows = [x; 3];
+                    for (ki, row) in rows.iter_mut().enumerate() {
+                        *row = if !t.in_place {
+                            x.add(c * t.xs + (oy + ki) * t.wp)
+                        } else if (1..=t.ho).contains(&(oy + ki)) {
+                            x.add(c * t.xs + (oy + ki - 1) * t.wp).wrapping_sub(1)
+                        } else {
+                            zeros
+                        };
+                    }
+                    let drow = dyt.add(oy * t.wo * t.cop);
+                    if !t.in_place {
+                        for ox in 0..t.wo {
+                            pixel!(rows, drow, ox, 0);
+                        }
+                    } else if t.wo == 1 {
+                        pixel!(rows, drow, 0, 5);
+                    } else {
+                        pixel!(rows, drow, 0, 1);
+                        for ox in 1..t.wo - 1 {
+                            pixel!(rows, drow, ox, 0);
+                        }
+                        pixel!(rows, drow, t.wo - 1, 4);
+                    }
+                }
+                for (tap, &a) in acc.iter().enumerate() {
+                    let o = out.add((c * 9 + tap) * t.cop + lane0);
+                    let sum = if first {
+                        a
+                    } else {
+                        _mm256_add_ps(_mm256_load_ps(o), a)
+                    };
+                    _mm256_store_ps(o, sum);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "dw_tile's operands with its two counts"
+)]
+unsafe fn dw_tile_avx2(
+    _: &DwTile,
+    _: usize,
+    _: usize,
+    _: *const f32,
+    _: *const f32,
+    _: *const f32,
+    _: *mut f32,
+    _: bool,
+) {
+    unreachable!("the AVX2 direct path needs x86-64 (`applies_dw` is false here)")
 }
 
 #[cfg(not(target_arch = "x86_64"))]

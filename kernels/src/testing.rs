@@ -24,6 +24,12 @@ pub fn rand_index(seed: u64, n: usize, k: usize) -> Vec<i32> {
         .collect()
 }
 
+/// Says on stderr that a test checked nothing (or less) here, and why: a skipped check must be
+/// visible in the test output, never silent.
+pub fn skip(why: &str) {
+    eprintln!("SKIPPED: {why}");
+}
+
 /// Converts a slice to f32 (for running the f32 instance of a kernel on f64 test data).
 pub fn to_f32(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
