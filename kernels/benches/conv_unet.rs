@@ -7,8 +7,10 @@
 //! `cargo bench -p flowseg-kernels --bench conv_unet [-- n] [resnet18] [gemm|panel|direct]
 //! [layer]`; threads: `RAYON_NUM_THREADS`. A path name forces conv2d's f32 path for every call
 //! (`panel`: the panel gathers without the direct 3×3 kernels; `direct`: the default choice);
-//! without one the default runs. Any other word keeps only the layers whose name contains it.
-//! The sums weigh each layer by its count.
+//! without one the default runs. With `ab`, each layer runs the default path and im2col +
+//! `gemm` alternately, round by round in one process (min of `n` rounds each), so that the
+//! machine's drift weighs on both alike. Any other word keeps only the layers whose name
+//! contains it. The sums weigh each layer by its count.
 
 #![allow(
     clippy::print_stdout,
@@ -44,9 +46,11 @@ fn main() {
         .collect();
     let mut only = None;
     let mut resnet = false;
+    let mut ab = false;
     for w in &words {
         match w.as_str() {
             "resnet18" => resnet = true,
+            "ab" => ab = true,
             "gemm" => flowseg_kernels::conv2d::force_panel_path(Some(false)),
             "panel" => flowseg_kernels::conv2d::force_direct_path(Some(false)),
             "direct" => flowseg_kernels::conv2d::force_direct_path(Some(true)),
@@ -88,20 +92,46 @@ fn main() {
         let mut y = vec![0f32; ys.len()];
         let mut dx = vec![0f32; xs.len()];
         let mut dw = vec![0f32; wl];
-        let fwd = min_ms(n, || conv2d_fwd(&x, xs, &w, None, co, &p, &mut y).unwrap());
-        let dxt = min_ms(n, || {
-            conv2d_bwd(&x, xs, &w, co, &p, &dy, Some(&mut dx), None, None).unwrap()
-        });
-        let dwt = min_ms(n, || {
-            conv2d_bwd(&x, xs, &w, co, &p, &dy, None, Some(&mut dw), None).unwrap()
-        });
+        let mut time3 = |rounds: usize| {
+            let fwd = min_ms(rounds, || {
+                conv2d_fwd(&x, xs, &w, None, co, &p, &mut y).unwrap()
+            });
+            let dxt = min_ms(rounds, || {
+                conv2d_bwd(&x, xs, &w, co, &p, &dy, Some(&mut dx), None, None).unwrap()
+            });
+            let dwt = min_ms(rounds, || {
+                conv2d_bwd(&x, xs, &w, co, &p, &dy, None, Some(&mut dw), None).unwrap()
+            });
+            [fwd, dxt, dwt]
+        };
         let gflop = 2.0 * (ys.len() * xs.c / p.groups * p.kh * p.kw) as f64 * 1e-9;
-        println!(
-            "{name:<34} {count:>3} {fwd:>8.3} {dxt:>8.3} {dwt:>8.3}   {:>5.0} / {:>5.0} / {:>5.0}",
-            gflop / fwd * 1e3,
-            gflop / dxt * 1e3,
-            gflop / dwt * 1e3
-        );
+        let row = |label: &str, [fwd, dxt, dwt]: [f64; 3]| {
+            println!(
+                "{label:<34} {count:>3} {fwd:>8.3} {dxt:>8.3} {dwt:>8.3}   {:>5.0} / {:>5.0} / {:>5.0}",
+                gflop / fwd * 1e3,
+                gflop / dxt * 1e3,
+                gflop / dwt * 1e3
+            );
+        };
+        let [fwd, dxt, dwt] = if ab {
+            let (mut best, mut gemm) = ([f64::INFINITY; 3], [f64::INFINITY; 3]);
+            for _ in 0..n {
+                for (path, acc) in [(None, &mut best), (Some(false), &mut gemm)] {
+                    flowseg_kernels::conv2d::force_panel_path(path);
+                    for (a, t) in acc.iter_mut().zip(time3(1)) {
+                        *a = a.min(t);
+                    }
+                }
+            }
+            flowseg_kernels::conv2d::force_panel_path(None);
+            row(name, best);
+            row("  the same on im2col + gemm", gemm);
+            best
+        } else {
+            let t = time3(n);
+            row(name, t);
+            t
+        };
         let k = count as f64;
         (tf, tx, tw) = (tf + k * fwd, tx + k * dxt, tw + k * dwt);
     }

@@ -162,12 +162,18 @@ struct Geom {
     direct_dw: bool,
     /// The forward (and the stride-1 dX through `dx_as_forward`) on the AVX2 twin of the direct
     /// 3×3 tile (conv2d_direct.rs), where the CPU has AVX2 + FMA but not AVX-512F: the same
-    /// geometries as `direct`, at any channel count, the same bits (`direct_dw` takes the AVX2
-    /// twin of its tile there too). Without them such a CPU ran every convolution on im2col +
+    /// geometries as `direct`, taken where the AVX-512 path would take them
+    /// (`avx2_forward`), the same bits (`direct_dw` takes the AVX2 twin of its tile there too). Without them such a CPU ran every convolution on im2col +
     /// `gemm` (the U-Net step of the benchmark regime: ~30 % slower, docs/BENCHMARKS.md). The
     /// panel path has no AVX2 twin: other geometries still take `gemm` there.
     direct_avx2: bool,
 }
+
+/// The widest output-channel group the panel path (and, without AVX-512F, the direct forward's
+/// AVX2 twin) takes; wider ones run on `gemm`.
+const PANEL_MAX_COG: usize = 64;
+/// The widest output-channel group the direct weight gradient's AVX2 twin takes.
+const DW_AVX2_MAX_COG: usize = 128;
 
 thread_local! {
     static PANEL_OVERRIDE: Cell<Option<bool>> = const { Cell::new(None) };
@@ -220,7 +226,7 @@ impl Geom {
             pointwise,
             panel: !depthwise
                 && !pointwise
-                && co / g <= 64
+                && co / g <= PANEL_MAX_COG
                 && panel::available()
                 && allowed(&PANEL_OVERRIDE, "FLOWSEG_CONV_PANEL"),
             direct: false,
@@ -232,7 +238,13 @@ impl Geom {
             && allowed(&PANEL_OVERRIDE, "FLOWSEG_CONV_PANEL")
             && allowed(&DIRECT_OVERRIDE, "FLOWSEG_CONV_DIRECT");
         geom.direct = on && direct::applies(&geom.panel());
-        geom.direct_dw = on && direct::applies_dw(&geom.panel());
+        // Without AVX-512F the direct tiles' AVX2 twins take the layers the AVX-512 path takes
+        // (the same set, so the same bits on either CPU) where they beat `gemm` there: the
+        // forward and dX up to 64 output channels, as the panel gate; dW up to 128 (at 256 and
+        // 512 channels its AVX2 tile was 5–20 % slower than `gemm`, docs/BENCHMARKS.md).
+        let avx512 = panel::available();
+        geom.direct_dw =
+            on && direct::applies_dw(&geom.panel()) && (avx512 || geom.cog <= DW_AVX2_MAX_COG);
         geom.direct_avx2 = on && direct::applies_avx2(&geom.panel());
         Ok(geom)
     }
@@ -259,6 +271,12 @@ impl Geom {
     /// Whether this call takes the panel path (decided in [`Geom::new`], on the calling thread).
     fn use_panel(&self) -> bool {
         self.panel
+    }
+
+    /// Whether, without AVX-512F, this call's forward (or its dX as a forward of dY) takes the
+    /// direct tile's AVX2 twin: the layers the panel gate would send to the direct path.
+    fn avx2_forward(&self) -> bool {
+        self.direct_avx2 && self.cog <= PANEL_MAX_COG
     }
 
     fn col_len(&self) -> usize {
@@ -326,7 +344,7 @@ pub fn conv2d_fwd<T: Real>(
     if g.y.is_empty() {
         return Ok(());
     }
-    if g.use_panel() || g.direct_avx2 {
+    if g.use_panel() || g.avx2_forward() {
         if let (Some(x), Some(w), Some(y)) = (T::as_f32(x), T::as_f32(w), T::as_f32_mut(y)) {
             return fwd_panel(&g, x, w, bias.and_then(T::as_f32), y);
         }
@@ -758,7 +776,7 @@ pub fn conv2d_bwd<T: Real>(
     }
     // Stride-1 input gradients on the panel path are a forward convolution of dY.
     let dx = match dx {
-        Some(d) if (g.use_panel() || g.direct_avx2) && !g.y.is_empty() => {
+        Some(d) if (g.use_panel() || g.avx2_forward()) && !g.y.is_empty() => {
             let as_f32 = (T::as_f32(w), T::as_f32(dy));
             match as_f32 {
                 (Some(w32), Some(dy32)) => {
@@ -1245,7 +1263,7 @@ mod tests {
         for (xs, co, pad) in cases {
             let p = Conv2d::square(3, 1, pad, 1);
             let g = Geom::new(xs, co, &p).unwrap();
-            if !(g.use_panel() && g.direct || g.direct_avx2) {
+            if !(g.use_panel() && g.direct || g.avx2_forward()) {
                 crate::testing::skip(&format!(
                     "{xs:?}: this CPU has neither AVX-512F nor AVX2 + FMA"
                 ));
