@@ -273,11 +273,12 @@ fn graphs_draw_as_dot_and_mermaid() {
 #[test]
 fn the_gct_drawing_shows_which_optimizer_updates_which_model() {
     // Three optimizers, numbered in step order, each with bold edges to the model calls it
-    // trains: l and r both forwards of their task model, fd both detector calls.
+    // trains: student (GCT's T_l) and r both forwards of their task model, fd both detector
+    // calls.
     let g = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/gct.yaml");
     let (code, out, err) = cli(&["graph", g.to_str().unwrap()]);
     assert_eq!(code, ExitCode::SUCCESS, "{err}");
-    for (step, model) in [(1, "l"), (2, "r"), (3, "fd")] {
+    for (step, model) in [(1, "student"), (2, "r"), (3, "fd")] {
         assert!(
             out.contains(&format!("opt_{model} [label=\"{step}. optimize {model}\\n")),
             "{out}"
@@ -290,7 +291,7 @@ fn the_gct_drawing_shows_which_optimizer_updates_which_model() {
             .filter_map(|rest| rest.split_whitespace().next())
             .collect()
     };
-    assert_eq!(updates("l"), ["n_fwd_l_lab", "n_fwd_l_u"]);
+    assert_eq!(updates("student"), ["n_fwd_l_lab", "n_fwd_l_u"]);
     assert_eq!(updates("r"), ["n_fwd_r_lab", "n_fwd_r_u"]);
     assert_eq!(updates("fd"), ["n_det_l", "n_det_r"]);
     let (code, out, _) = cli(&["graph", g.to_str().unwrap(), "--format", "mermaid"]);
