@@ -638,7 +638,7 @@ fn evaluation_takes_image_models_only() {
     let text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/gct.yaml"))
             .unwrap();
-    let without = text.replace("eval: { models: [l, r], batch: 32 }\n", "");
+    let without = text.replace("eval: { models: [student, r], batch: 32 }\n", "");
     assert_ne!(without, text, "graphs/gct.yaml names its evaluated models");
     let g = dir.join("gct-default-eval.yaml");
     std::fs::write(&g, without).unwrap();
@@ -650,7 +650,7 @@ fn evaluation_takes_image_models_only() {
         "--set",
         "data.size=16",
         "--set",
-        "eval.models=[l, fd]",
+        "eval.models=[student, fd]",
     ]);
     assert_ne!(code, ExitCode::SUCCESS);
     assert!(
