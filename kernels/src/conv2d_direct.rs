@@ -710,6 +710,59 @@ impl Al {
     }
 }
 
+/// Every output pixel of one row for the dW tiles: `$pixel!(rows, drow, ox, edge)` with EDGE
+/// bit 0 / bit 2 set where kernel column 0 / 2 reads outside the image (in place only). A macro,
+/// so the tiles' per-pixel bodies stay inside their `target_feature` functions.
+macro_rules! each_pixel {
+    ($t:expr, $pixel:ident, $rows:expr, $drow:expr) => {
+        if !$t.in_place {
+            for ox in 0..$t.wo {
+                $pixel!($rows, $drow, ox, 0);
+            }
+        } else if $t.wo == 1 {
+            $pixel!($rows, $drow, 0, 5);
+        } else {
+            $pixel!($rows, $drow, 0, 1);
+            for ox in 1..$t.wo - 1 {
+                $pixel!($rows, $drow, ox, 0);
+            }
+            $pixel!($rows, $drow, $t.wo - 1, 4);
+        }
+    };
+}
+
+impl DwTile {
+    /// Row pointers of input channel `c`'s three kernel rows for output row `oy` (element
+    /// ox + kj of row ki is tap (ki, kj) of output column ox): rows of the padded planes, or in
+    /// place rows of x starting one column left of the image, `zeros` above and below it.
+    ///
+    /// # Safety
+    /// `x` holds the tile's planes as [`dw_tile`] requires.
+    #[inline(always)]
+    unsafe fn kernel_rows(
+        &self,
+        x: *const f32,
+        zeros: *const f32,
+        c: usize,
+        oy: usize,
+    ) -> [*const f32; 3] {
+        let mut rows = [zeros; 3];
+        for (ki, row) in rows.iter_mut().enumerate() {
+            // SAFETY: the caller's planes hold these rows (see `dw_tile`).
+            *row = unsafe {
+                if !self.in_place {
+                    x.add(c * self.xs + (oy + ki) * self.wp)
+                } else if (1..=self.ho).contains(&(oy + ki)) {
+                    x.add(c * self.xs + (oy + ki - 1) * self.wp).wrapping_sub(1)
+                } else {
+                    zeros
+                }
+            };
+        }
+        rows
+    }
+}
+
 /// The scalar operands of one weight-gradient tile.
 struct DwTile {
     ho: usize,
@@ -777,34 +830,12 @@ unsafe fn dw_tile<const NC: usize, const V: usize>(
             }};
         }
         for oy in 0..t.ho {
-            // Row pointers of the three kernel rows of each channel (element ox + kj is tap
-            // (ki, kj) of output column ox).
             let mut rows = [[x; 3]; NC];
-            for c in 0..NC {
-                for ki in 0..3 {
-                    rows[c][ki] = if !t.in_place {
-                        x.add(c * t.xs + (oy + ki) * t.wp)
-                    } else if (1..=t.ho).contains(&(oy + ki)) {
-                        x.add(c * t.xs + (oy + ki - 1) * t.wp).wrapping_sub(1)
-                    } else {
-                        zeros
-                    };
-                }
+            for (c, r) in rows.iter_mut().enumerate() {
+                *r = t.kernel_rows(x, zeros, c, oy);
             }
             let drow = dyt.add(oy * t.wo * t.cop);
-            if !t.in_place {
-                for ox in 0..t.wo {
-                    pixel!(rows, drow, ox, 0);
-                }
-            } else if t.wo == 1 {
-                pixel!(rows, drow, 0, 5);
-            } else {
-                pixel!(rows, drow, 0, 1);
-                for ox in 1..t.wo - 1 {
-                    pixel!(rows, drow, ox, 0);
-                }
-                pixel!(rows, drow, t.wo - 1, 4);
-            }
+            each_pixel!(t, pixel, rows, drow);
         }
         for c in 0..NC {
             for tap in 0..9 {
@@ -864,30 +895,9 @@ unsafe fn dw_tile_avx2(
                     }};
                 }
                 for oy in 0..t.ho {
-                    let mut rows = [x; 3];
-                    for (ki, row) in rows.iter_mut().enumerate() {
-                        *row = if !t.in_place {
-                            x.add(c * t.xs + (oy + ki) * t.wp)
-                        } else if (1..=t.ho).contains(&(oy + ki)) {
-                            x.add(c * t.xs + (oy + ki - 1) * t.wp).wrapping_sub(1)
-                        } else {
-                            zeros
-                        };
-                    }
+                    let rows = t.kernel_rows(x, zeros, c, oy);
                     let drow = dyt.add(oy * t.wo * t.cop);
-                    if !t.in_place {
-                        for ox in 0..t.wo {
-                            pixel!(rows, drow, ox, 0);
-                        }
-                    } else if t.wo == 1 {
-                        pixel!(rows, drow, 0, 5);
-                    } else {
-                        pixel!(rows, drow, 0, 1);
-                        for ox in 1..t.wo - 1 {
-                            pixel!(rows, drow, ox, 0);
-                        }
-                        pixel!(rows, drow, t.wo - 1, 4);
-                    }
+                    each_pixel!(t, pixel, rows, drow);
                 }
                 for (tap, &a) in acc.iter().enumerate() {
                     let o = out.add((c * 9 + tap) * t.cop + lane0);
