@@ -224,10 +224,7 @@ impl Op for Cutout {
             None => None,
         };
         let valid = io::f32_opt(Self::INPUTS, inputs, 2)?;
-        let fill = p.fill.per_channel(shape.c).ok_or(OpError::Input {
-            port: "image",
-            problem: format!("{} channels but `fill` has another count", shape.c),
-        })?;
+        let fill = fill_for(p, shape.c)?;
         let draws = draw_cutout(&cx.rng(), shape.n, shape.h, shape.w, p.p, p.size.into())?;
         let (image_out, rest) = outputs.split_at_mut(1);
         let (label_out, valid_out) = rest.split_at_mut(1);
@@ -266,10 +263,7 @@ impl Op for Cutout {
             None => None,
         };
         let valid = dev_io::f32_opt(Self::INPUTS, inputs, 2)?;
-        let fill = p.fill.per_channel(shape.c).ok_or(OpError::Input {
-            port: "image",
-            problem: format!("{} channels but `fill` has another count", shape.c),
-        })?;
+        let fill = fill_for(p, shape.c)?;
         let draws = draw_cutout(
             &cx.exec.rng(),
             shape.n,
@@ -303,6 +297,15 @@ impl Op for Cutout {
             Some(&mut valid_out),
         )?)
     }
+}
+
+/// `fill` per channel for an image of `c` channels, or the error naming the mismatch (the CPU
+/// and CUDA paths check it alike).
+fn fill_for(p: &Params, c: usize) -> Result<Vec<f32>, OpError> {
+    p.fill.per_channel(c).ok_or(OpError::Input {
+        port: "image",
+        problem: format!("{c} channels but `fill` has another count"),
+    })
 }
 
 #[cfg(test)]
