@@ -12,8 +12,9 @@
 //!   named without `student.` — PyTorch's `state_dict` names;
 //!   `<dir>/batch.safetensors`: batch 0 (`image` f32[N, 3, S, S], `label` i32[N, S, S]);
 //!   `<dir>/expected.safetensors`: after one forward + backward on that batch (`run_cpu`, no
-//!   update): `logits`, `loss`, `grad.<name>` per trained parameter and `running.<name>` per BN
-//!   buffer the train-mode forward assigns.
+//!   update): `logits`, `loss`, `grad.<name>` per trained parameter, `running.<name>` per BN
+//!   buffer the train-mode forward assigns, and `relu_in.<k>` the input of the k-th `relu` node
+//!   in graph order.
 //! * `time <n> [resnet]` — median ms of `n` timed `Trainer::step`s (after 3 warm-up steps) of the
 //!   supervised graph at batch 16 of 64×64 and of 128×128 and of the CutMix-Seg graph at batch 16
 //!   (labeled) + 2 × 16 (unlabeled) of 64×64, and of `n` eval-mode forwards (`mode: eval`, logits
@@ -211,6 +212,29 @@ fn export(registry: &Registry, dir: &Path, extra: &[String]) {
             run.get(src).unwrap().clone(),
         );
     }
+    // Every ReLU's input in graph order, which is the forward's call order: the checker follows
+    // flowseg's side of 0 at each near-zero pre-activation in an f64 replay, so a pre-activation
+    // that float32 rounding may put on either side does not pass for a wrong gradient. The
+    // fusion pass folds each ReLU into its batch norm, so they come from the unfused graph,
+    // which computes the same bits (tests/fusion.rs; checked on the loss here).
+    let options = TrainerOptions {
+        fuse: false,
+        ..TrainerOptions::default()
+    };
+    let (unfused, _) = trainer_with(registry, SUPERVISED, &sets, options);
+    let plain = run_cpu(&unfused.graph, &batch, &unfused.state, 0, 0).unwrap();
+    let (_, plain_loss) = unfused.losses.first().expect("a loss").clone();
+    assert_eq!(
+        plain.scalar(&plain_loss).unwrap().to_bits(),
+        run.scalar(&loss).unwrap().to_bits(),
+        "the unfused graph's loss differs from the fused one's"
+    );
+    let relus = (unfused.graph.nodes.iter()).filter(|n| n.op.name() == "relu");
+    for (k, node) in relus.enumerate() {
+        let src = node.inputs[0].as_ref().expect("relu's input is connected");
+        expected.insert(format!("relu_in.{k:04}"), plain.get(src).unwrap().clone());
+    }
+    drop(plain);
     println!(
         "loss {:.6}, {} gradients, {} assigned buffers, {} state tensors",
         run.scalar(&loss).unwrap(),

@@ -16,9 +16,10 @@
 #    `pip install torch safetensors numpy` from PyPI (the CUDA build, ~3 GB; it runs on the CPU).
 # 2. `cargo bench --bench peer_step --no-run` (release), then the numerical cross-check:
 #    flowseg exports its initial weights, one batch and the logits, loss, gradients and updated
-#    BN statistics of one train-mode forward+backward; benches/peer/deeplab_lite.py loads the
-#    weights, repeats the step and compares (logits and loss 1e-4 relative, gradients 1e-3, or
-#    PyTorch's own f32-vs-f64 error where a ReLU input lies within float32 rounding of 0).
+#    BN statistics of one train-mode forward+backward, and every ReLU's input;
+#    benches/peer/deeplab_lite.py loads the weights, repeats the step and compares flowseg with
+#    an f64 replay that takes flowseg's side of 0 at every ReLU (logits and loss 1e-4 relative,
+#    gradients 1e-3): a ReLU input within float32 rounding of 0 may land on either side.
 # 3. Timing, alternating flowseg and PyTorch for $ROUNDS rounds (the order flips every round), each
 #    $STEPS timed steps after 3 warm-up: supervised step at batch 16 of 64×64 and 128×128,
 #    CutMix-Seg step at batch 16 labeled + 2 × 16 unlabeled of 64×64, eval forward at batch 16
