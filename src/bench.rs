@@ -173,7 +173,7 @@ pub struct MethodsArgs {
     /// Datasets (synthetic, m2nist); default: all (with --quick: synthetic).
     #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
     pub datasets: Option<Vec<String>>,
-    /// Training seeds; default 0,1,2 (with --quick: the first one given, else 0).
+    /// Training seeds; default 0,1,2 (with --quick: 0).
     #[arg(long, value_delimiter = ',', value_name = "0,1,...")]
     pub seeds: Option<Vec<u64>>,
     /// Where run folders go: `<runs>/<dataset>/<graph>/seed<seed>/` [default: runs/bench;
@@ -325,16 +325,14 @@ fn setup(a: &MethodsArgs, warnings: &mut Vec<String>) -> Result<Setup, Failure> 
     }
 
     // Seeds.
-    let mut seeds = a.seeds.clone().unwrap_or_else(|| vec![0, 1, 2]);
+    let default = if quick { vec![0] } else { vec![0, 1, 2] };
+    let seeds = a.seeds.clone().unwrap_or(default);
     if seeds.is_empty() {
         return Err(usage("--seeds names no seed"));
     }
     let mut seen = BTreeSet::new();
     if let Some(dup) = seeds.iter().find(|s| !seen.insert(**s)) {
         return Err(usage(format!("seed {dup} is given twice in --seeds")));
-    }
-    if quick {
-        seeds.truncate(1);
     }
 
     // Graphs.
@@ -589,7 +587,12 @@ struct Code {
 
 /// The code paths: what decides a result, beside the graph file. The crates' `tests/` folders
 /// are left out: a new or changed test does not change what a run computes, and counting it
-/// would invalidate a table being filled over several sittings.
+/// would invalidate a table being filled over several sittings. So are the files of `src/` that
+/// a run does not execute: this harness and its carry check (they start each run through
+/// `run::run` with the graph and overrides the settings hash covers), the plots, the graph
+/// drawing, the ops page, error rendering, `eval`/`predict` of a finished checkpoint and the
+/// demo. `src/run.rs`, `src/eval.rs` (the evaluation a run logs), `src/cli.rs`,
+/// `src/data_cmd.rs` (it makes the m2nist data) and the rest stay in.
 const CODE_PATHS: &[&str] = &[
     ":/kernels",
     ":/engine",
@@ -599,6 +602,15 @@ const CODE_PATHS: &[&str] = &[
     ":/Cargo.toml",
     ":/Cargo.lock",
     ":(top,exclude,glob)*/tests/**",
+    ":(top,exclude)src/bench.rs",
+    ":(top,exclude)src/carry.rs",
+    ":(top,exclude)src/plot.rs",
+    ":(top,exclude)src/plot",
+    ":(top,exclude)src/graph_fmt.rs",
+    ":(top,exclude)src/ops_doc.rs",
+    ":(top,exclude)src/report.rs",
+    ":(top,exclude)src/predict.rs",
+    ":(top,exclude)src/demo.rs",
 ];
 
 fn git(args: &[&str]) -> Option<Vec<u8>> {
@@ -701,6 +713,8 @@ struct Entry {
     machine: String,
     /// The run's folder, as recorded (a replay of `--carry` reads it).
     run_dir: String,
+    /// Last and best mIoU of every evaluated model, as recorded (`--carry` compares a rerun's).
+    models: serde_json::Value,
 }
 
 impl Entry {
@@ -737,6 +751,7 @@ impl Entry {
             command: s("command").unwrap_or_default(),
             machine: s("machine").unwrap_or_default(),
             run_dir: s("run_dir").unwrap_or_default(),
+            models: v.get("models").cloned().unwrap_or(serde_json::Value::Null),
         })
     }
 }
@@ -773,6 +788,58 @@ struct Job<'a> {
     done: Option<Entry>,
     /// Seconds, from earlier runs of the same graph and dataset, and how many.
     estimate: Option<(f64, usize)>,
+}
+
+/// A carry check by a full run: `seed` of (`dataset`, `graph`) runs with this code, and the
+/// entries of `from` (and of codes carried into it) count for this code if every model's last and
+/// best mIoU equal `earlier`'s.
+struct Rerun {
+    dataset: &'static str,
+    graph: String,
+    seed: u64,
+    from: String,
+    earlier: Entry,
+}
+
+impl Rerun {
+    fn find<'r>(reruns: &'r [Rerun], j: &Job<'_>) -> Option<&'r Rerun> {
+        (reruns.iter())
+            .find(|r| r.dataset == j.dataset.id && r.graph == j.graph.name && r.seed == j.seed)
+    }
+}
+
+/// Every model's last and best mIoU in `earlier` and `now` (ledger `models` objects) equal bit
+/// for bit, over the same models: the number of models, or the first difference.
+fn same_scores(earlier: &serde_json::Value, now: &serde_json::Value) -> Result<usize, String> {
+    let (Some(a), Some(b)) = (earlier.as_object(), now.as_object()) else {
+        return Err("no per-model results to compare".into());
+    };
+    let names = |m: &serde_json::Map<String, serde_json::Value>| -> Vec<String> {
+        m.keys().cloned().collect()
+    };
+    if names(a) != names(b) {
+        return Err(format!(
+            "the earlier run evaluated {:?}, this one {:?}",
+            names(a),
+            names(b)
+        ));
+    }
+    for (model, x) in a {
+        for k in ["last", "best"] {
+            let bits = |m: &serde_json::Value| m.get(k).and_then(serde_json::Value::as_f64);
+            match (bits(x), b.get(model).and_then(bits)) {
+                (Some(p), Some(q)) if p.to_bits() == q.to_bits() => {}
+                (p, q) => {
+                    return Err(format!(
+                        "`{model}` {k} mIoU was {}, now {}",
+                        p.map_or("missing".into(), |v| v.to_string()),
+                        q.map_or("missing".into(), |v| v.to_string())
+                    ))
+                }
+            }
+        }
+    }
+    Ok(a.len())
 }
 
 fn estimate(
@@ -872,7 +939,10 @@ fn methods(
         }
     }
 
-    // `--carry`: one replay per (dataset, graph) with runs to do and an earlier run to replay.
+    // `--carry`: one check per (dataset, graph) with runs to do and an earlier run to check — a
+    // replay of two windows of the earlier run, or, where its folder is gone (another machine),
+    // a full run of its seed with this code, whose result must be the earlier one's.
+    let mut reruns: Vec<Rerun> = Vec::new();
     if let Some(from) = &carry_from {
         let mut pairs: Vec<(&'static Dataset, &Graph)> = Vec::new();
         for j in jobs.iter().filter(|j| j.done.is_none()) {
@@ -892,6 +962,9 @@ fn methods(
             let judged = verdicts.iter().any(|v| {
                 &v.from == from && v.to == code.id && v.graph == g.name && v.dataset == d.id
             });
+            // `from`'s entries, and those of the codes carried into it for this pair.
+            let mut froms = carry::sources(&verdicts, from, &g.name, d.id);
+            froms.insert(from.clone());
             // The earlier run: of the lowest seed this invocation would run.
             let earlier = jobs
                 .iter()
@@ -901,7 +974,7 @@ fn methods(
                         .iter()
                         .rev()
                         .find(|e| {
-                            &e.code == from
+                            froms.contains(&e.code)
                                 && e.graph == g.name
                                 && e.dataset == d.id
                                 && e.seed == j.seed
@@ -918,8 +991,24 @@ fn methods(
                 d.id,
                 g.name,
                 j.seed,
-                short(from)
+                short(&e.code)
             );
+            if !Path::new(&e.run_dir).join("metrics.jsonl").is_file() {
+                let _ = writeln!(
+                    out,
+                    "  {what}: its folder {} is gone; seed {} runs first, in full, and the others \
+                     are carried if every model's last and best mIoU come back bit for bit",
+                    e.run_dir, j.seed
+                );
+                reruns.push(Rerun {
+                    dataset: d.id,
+                    graph: g.name.clone(),
+                    seed: j.seed,
+                    from: from.clone(),
+                    earlier: e.clone(),
+                });
+                continue;
+            }
             if a.dry_run {
                 let _ = writeln!(out, "  replay {what} ({})", e.run_dir);
                 continue;
@@ -1000,6 +1089,20 @@ fn methods(
             .cloned();
     }
 
+    // A rerun goes before the other seeds of its graph and dataset, which it may carry.
+    let pair_of = |j: &Job<'_>| {
+        (jobs.iter())
+            .position(|k| k.dataset.id == j.dataset.id && k.graph.name == j.graph.name)
+            .unwrap_or(0)
+    };
+    let keys: Vec<(usize, bool)> = (jobs.iter())
+        .map(|j| (pair_of(j), Rerun::find(&reruns, j).is_none()))
+        .collect();
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| keys[i]);
+    let mut slots: Vec<Option<Job<'_>>> = jobs.into_iter().map(Some).collect();
+    let jobs: Vec<Job<'_>> = order.iter().filter_map(|&i| slots[i].take()).collect();
+
     // The plan.
     let todo = jobs.iter().filter(|j| j.done.is_none()).count();
     let _ = writeln!(
@@ -1036,14 +1139,22 @@ fn methods(
             None => {
                 let replayable = a.dry_run
                     && carry_from.as_ref().is_some_and(|from| {
+                        let mut froms =
+                            carry::sources(&verdicts, from, &j.graph.name, j.dataset.id);
+                        froms.insert(from.clone());
                         ledger.iter().any(|e| {
-                            &e.code == from
+                            froms.contains(&e.code)
                                 && e.graph == j.graph.name
                                 && e.dataset == j.dataset.id
                                 && e.seed == j.seed
                                 && e.settings == j.settings
                         })
                     });
+                let rerun = Rerun::find(&reruns, j).map(|r| r.seed);
+                let decides = (reruns.iter())
+                    .find(|r| r.dataset == j.dataset.id && r.graph == j.graph.name)
+                    .filter(|r| r.seed != j.seed)
+                    .map(|r| r.seed);
                 let est = match j.estimate {
                     Some((secs, n)) => {
                         known += secs;
@@ -1054,15 +1165,13 @@ fn methods(
                         "no earlier run to estimate from".into()
                     }
                 };
-                let _ = writeln!(
-                    out,
-                    "  run   {what}  ({est}{})",
-                    if replayable {
-                        "; skipped if its replay is identical"
-                    } else {
-                        ""
-                    }
-                );
+                let why = match (rerun, decides) {
+                    (Some(_), _) => "; the carry check: its result must be the earlier run's",
+                    (None, Some(_)) => "; skipped if the carry check's rerun reproduces its seed",
+                    _ if replayable => "; skipped if its replay is identical",
+                    _ => "",
+                };
+                let _ = writeln!(out, "  run   {what}  ({est}{why})");
             }
         }
     }
@@ -1104,6 +1213,27 @@ fn methods(
     let mut n = 0;
     for j in jobs.iter().filter(|j| j.done.is_none()) {
         n += 1;
+        // A carry check's rerun earlier in this loop may have carried this seed's entry.
+        let from = carry::sources(&verdicts, &code.id, &j.graph.name, j.dataset.id);
+        let carried = ledger.iter().rev().find(|e| {
+            from.contains(&e.code)
+                && e.graph == j.graph.name
+                && e.dataset == j.dataset.id
+                && e.seed == j.seed
+                && e.settings == j.settings
+        });
+        if let Some(e) = carried {
+            let _ = writeln!(
+                out,
+                "[{n}/{todo}] skip {} / {} / seed {}: carried from code {} (last mIoU {})",
+                j.dataset.id,
+                j.graph.name,
+                j.seed,
+                short(&e.code),
+                e.last.map_or("—".into(), |v| format!("{:.1}", 100.0 * v)),
+            );
+            continue;
+        }
         let dir = s
             .runs
             .join(j.dataset.id)
@@ -1144,6 +1274,52 @@ fn methods(
                         format!("error: cannot append to {}: {e}", ledger_path.display()),
                     )
                 })?;
+                if let Some(r) = Rerun::find(&reruns, j) {
+                    let (identical, detail) = match same_scores(&r.earlier.models, &models) {
+                        Ok(n) => (
+                            true,
+                            format!(
+                                "seed {} rerun in full with this code: the last and best mIoU of \
+                                 its {n} evaluated model(s) equal code {}'s bit for bit",
+                                j.seed,
+                                short(&r.earlier.code)
+                            ),
+                        ),
+                        Err(d) => (false, format!("seed {} rerun in full: {d}", j.seed)),
+                    };
+                    let v = carry::Verdict {
+                        from: r.from.clone(),
+                        to: code.id.clone(),
+                        graph: r.graph.clone(),
+                        dataset: r.dataset.to_owned(),
+                        seed: j.seed,
+                        settings: j.settings.clone(),
+                        identical,
+                        detail,
+                    };
+                    carry::append(&s.results, &v).map_err(|x| {
+                        (
+                            1,
+                            format!(
+                                "error: cannot append to {}: {x}",
+                                s.results.join(carry::FILE).display()
+                            ),
+                        )
+                    })?;
+                    let _ = writeln!(
+                        out,
+                        "carry: {} / {}: {} ({})",
+                        r.dataset,
+                        r.graph,
+                        if identical {
+                            "reproduced, the earlier code's other seeds count for this code"
+                        } else {
+                            "differs, its other seeds are rerun"
+                        },
+                        v.detail
+                    );
+                    verdicts.push(v);
+                }
             }
             Err(msg) => {
                 let _ = writeln!(
@@ -1555,9 +1731,11 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
                 let _ = writeln!(
                     md,
                     "- carried from code `{from}` (`--carry`): {}; for each, one seed's run was \
-                     replayed with this code — its first evaluation window and, where it has a \
-                     periodic checkpoint, the window after the last one, resumed — and gave \
-                     every logged value bit for bit (the windows per pair: `{}`)",
+                     checked with this code — replayed (its first evaluation window and, where it \
+                     has a periodic checkpoint, the window after the last one, resumed) and gave \
+                     every logged value bit for bit, or, where its folder was gone, rerun in full \
+                     and gave every model's last and best mIoU bit for bit (the check per pair: \
+                     `{}`)",
                     graphs.join(", "),
                     s.results.join(carry::FILE).display()
                 );

@@ -19,6 +19,11 @@
 //! outside both windows, or for another seed only, would not — RESULTS.md names the carried pairs
 //! and the check so a reader can weigh that.
 //!
+//! Where the earlier run's folder is gone (it was on another sitting's machine), the check is a
+//! full run of that seed with this code, made as one of the table's runs (bench.rs `Rerun`): its
+//! last and best mIoU of every evaluated model must equal the earlier entry's bit for bit. That
+//! costs one run in three instead of a few hundred iterations, and sees the whole run.
+//!
 //! The verdicts are appended to `<results>/carried.jsonl` (one JSON line each) and read by every
 //! later invocation, so each pair is checked once per (earlier code, this code).
 //!
@@ -102,18 +107,28 @@ pub(crate) fn append(results: &Path, v: &Verdict) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// The earlier codes whose entries count as `to` for (graph, dataset).
+/// The earlier codes whose entries count as `to` for (graph, dataset): those a verdict carried
+/// into `to`, and, transitively, those carried into them (a table carried from d70c07d to
+/// 866e453 and then to a later code keeps d70c07d's entries).
 pub(crate) fn sources(
     verdicts: &[Verdict],
     to: &str,
     graph: &str,
     dataset: &str,
 ) -> BTreeSet<String> {
-    verdicts
-        .iter()
-        .filter(|v| v.identical && v.to == to && v.graph == graph && v.dataset == dataset)
-        .map(|v| v.from.clone())
-        .collect()
+    let mut found: BTreeSet<String> = BTreeSet::new();
+    let mut frontier = vec![to.to_owned()];
+    while let Some(code) = frontier.pop() {
+        for v in verdicts
+            .iter()
+            .filter(|v| v.identical && v.to == code && v.graph == graph && v.dataset == dataset)
+        {
+            if v.from != to && found.insert(v.from.clone()) {
+                frontier.push(v.from.clone());
+            }
+        }
+    }
+    found
 }
 
 /// One metrics.jsonl line: its iteration and its object.

@@ -353,3 +353,103 @@ fn carry_counts_an_earlier_codes_run_only_when_a_replay_reproduces_it() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// `--carry` where the earlier run's folder is gone (another sitting's machine): the lowest seed
+/// runs first in full, and the other seeds' earlier entries count only if its last and best mIoU
+/// come back bit for bit; a verdict chain carries entries through several codes.
+#[test]
+fn carry_reruns_one_seed_in_full_when_the_earlier_folder_is_gone() {
+    let d = scratch("carry-rerun");
+    let two = ["--quick", "--graphs", "supervised", "--seeds", "0,1"];
+    let (code, out, err) = bench(&d, &two);
+    assert_eq!(code, ExitCode::SUCCESS, "{out}\n{err}");
+    let ledger_path = d.join("results/ledger.jsonl");
+    let measured = std::fs::read_to_string(&ledger_path).unwrap();
+    let first: serde_json::Value = serde_json::from_str(measured.lines().next().unwrap()).unwrap();
+    let now = first["code"].as_str().unwrap().to_owned();
+    std::fs::remove_dir_all(d.join("runs")).unwrap();
+
+    // As if an earlier code had measured both seeds on a machine whose folders are gone.
+    let earlier = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::write(&ledger_path, measured.replace(&now, earlier)).unwrap();
+    let carry = [&two[..], &["--carry", "0123456"]].concat();
+    let (code, out, err) = bench(&d, &[&carry[..], &["--dry-run"]].concat());
+    assert_eq!(code, ExitCode::SUCCESS, "{out}\n{err}");
+    assert!(
+        out.contains("its folder") && out.contains("is gone"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the carry check: its result must be the earlier run's")
+            && out.contains("skipped if the carry check's rerun reproduces its seed"),
+        "{out}"
+    );
+    let (code, out, err) = bench(&d, &carry);
+    assert_eq!(code, ExitCode::SUCCESS, "{out}\n{err}");
+    assert!(
+        out.contains("reproduced, the earlier code's other seeds count"),
+        "{out}"
+    );
+    assert!(
+        out.contains("skip synthetic / supervised / seed 1: carried from code 0123456789ab"),
+        "{out}"
+    );
+    let lines = std::fs::read_to_string(&ledger_path).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        3,
+        "seed 0's rerun appends its entry, seed 1 none"
+    );
+    let page = std::fs::read_to_string(d.join("RESULTS.md")).unwrap();
+    let row = page
+        .lines()
+        .find(|l| l.starts_with("| supervised |"))
+        .unwrap();
+    assert!(row.starts_with("| supervised | 2 |"), "{row}");
+    assert!(page.contains("rerun in full"), "{page}");
+
+    // A chain: entries of an older code carried into `earlier` count for this code too.
+    let older = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let verdicts = std::fs::read_to_string(d.join("results/carried.jsonl")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(verdicts.trim()).unwrap();
+    v["from"] = older.into();
+    v["to"] = earlier.into();
+    std::fs::write(d.join("results/carried.jsonl"), format!("{verdicts}{v}\n")).unwrap();
+    let seed1 = measured.lines().nth(1).unwrap().replace(&now, older);
+    std::fs::write(
+        &ledger_path,
+        format!("{}\n{seed1}\n", lines.lines().nth(2).unwrap()),
+    )
+    .unwrap();
+    let (_, out, _) = bench(&d, &[&two[..], &["--dry-run"]].concat());
+    assert!(
+        out.contains("0 to run, 2 skipped") && out.contains("carried from code aaaaaaaaaaaa"),
+        "{out}"
+    );
+
+    // An earlier result that the rerun does not reproduce: the other seed runs again.
+    let d2 = scratch("carry-rerun-differs");
+    let mut e0 = first.clone();
+    e0["code"] = earlier.into();
+    let reported = e0["reported_model"].as_str().unwrap().to_owned();
+    let last = e0["models"][&reported]["last"].as_f64().unwrap();
+    e0["models"][&reported]["last"] = serde_json::json!(last + 1e-9);
+    e0["run_dir"] = "/nonexistent/flowseg-run".into();
+    let e1 = measured.lines().nth(1).unwrap().replace(&now, earlier);
+    std::fs::create_dir_all(d2.join("results")).unwrap();
+    std::fs::write(d2.join("results/ledger.jsonl"), format!("{e0}\n{e1}\n")).unwrap();
+    let (code, out, err) = bench(&d2, &carry);
+    assert_eq!(code, ExitCode::SUCCESS, "{out}\n{err}");
+    assert!(out.contains("differs, its other seeds are rerun"), "{out}");
+    assert!(
+        out.contains(&format!("`{reported}` last mIoU was")),
+        "{out}"
+    );
+    let n = std::fs::read_to_string(d2.join("results/ledger.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(n, 4, "both seeds rerun");
+    std::fs::remove_dir_all(&d).unwrap();
+    std::fs::remove_dir_all(&d2).unwrap();
+}
