@@ -1474,6 +1474,25 @@ fn run_one(
     ))
 }
 
+/// The method's last mIoU minus the baseline's, seed by seed over the seeds both have (a seed
+/// fixes the data order and the labeled batches, and the initial weights of models with the
+/// same name — every graph whose reported model is `student` or its EMA teacher), as
+/// "mean ± std (k/n > 0)": how many of the n paired seeds gained.
+fn paired_gain(method: &BTreeMap<u64, &Entry>, base: &BTreeMap<u64, &Entry>) -> String {
+    let diffs: Vec<f64> = (method.iter())
+        .filter_map(|(seed, m)| Some(100.0 * (m.last? - base.get(seed)?.last?)))
+        .collect();
+    match mean_std(&diffs) {
+        None => "—".into(),
+        Some((m, sd)) => format!(
+            "{m:+.1}{} ({}/{} > 0)",
+            sd.map_or(String::new(), |sd| format!(" ± {sd:.1}")),
+            diffs.iter().filter(|d| **d > 0.0).count(),
+            diffs.len()
+        ),
+    }
+}
+
 /// Mean and sample standard deviation (None below two values).
 fn mean_std(v: &[f64]) -> Option<(f64, Option<f64>)> {
     if v.is_empty() {
@@ -1612,12 +1631,13 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
         let _ = writeln!(summary, "{}:", d.id);
         let _ = writeln!(
             md,
-            "| method | runs | last mIoU | best mIoU | gain over {BASELINE} (last) | gap closed | wall / run (s) | beats {BASELINE} by > 2σ |"
+            "| method | runs | last mIoU | best mIoU | gain over {BASELINE} (last) | gain per seed (paired) | gap closed | wall / run (s) | beats {BASELINE} by > 2σ |"
         );
         let _ = writeln!(
             md,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"
         );
+        let by_seed = |name: &str| counted.get(&(d.id.to_owned(), name.to_owned()));
         for (name, c) in &cells {
             let reference = name == BASELINE;
             let gain = match (c.last, base.last) {
@@ -1630,6 +1650,10 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
                 {
                     format!("{:.0}%", 100.0 * (m - b) / (f - b))
                 }
+                _ => "—".into(),
+            };
+            let paired = match (by_seed(name), by_seed(BASELINE)) {
+                (Some(m), Some(b)) if !reference => paired_gain(m, b),
                 _ => "—".into(),
             };
             let check: &str = match (c.last, base.last) {
@@ -1657,7 +1681,7 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
             }
             let _ = writeln!(
                 md,
-                "| {name} | {} | {} | {} | {gain} | {gap} | {} | {check} |",
+                "| {name} | {} | {} | {} | {gain} | {paired} | {gap} | {} | {check} |",
                 c.runs,
                 pm(c.last),
                 pm(c.best),
@@ -1695,8 +1719,12 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
             let _ = writeln!(
                 md,
                 "mIoU in % of each graph's reported model (the first of `eval.models`, else its \
-                 first model), held-out set; ± is the standard deviation over seeds; gap closed = \
-                 (method − {BASELINE}) / ({CEILING} − {BASELINE}), last mIoU.\n"
+                 first model), held-out set; ± is the standard deviation over seeds; gain per \
+                 seed (paired) = the method's last mIoU minus {BASELINE}'s of the same seed (the \
+                 same data order and labeled batches, and the same initial weights where the \
+                 reported model is `student` or its EMA teacher), mean ± std, and how many seeds \
+                 gained; gap closed = (method − {BASELINE}) / ({CEILING} − {BASELINE}), last \
+                 mIoU.\n"
             );
             let _ = writeln!(
                 md,

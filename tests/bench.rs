@@ -140,7 +140,7 @@ fn quick_bench_writes_the_table_and_figure_then_reuses_the_ledger() {
         .find(|l| l.starts_with("| method |"))
         .unwrap_or_else(|| panic!("no table header in {page}"));
     let columns: Vec<&str> = header.split('|').map(str::trim).collect();
-    assert_eq!(columns.len(), 10, "{header}");
+    assert_eq!(columns.len(), 11, "{header}");
     let col = |name: &str| {
         columns
             .iter()
@@ -149,6 +149,7 @@ fn quick_bench_writes_the_table_and_figure_then_reuses_the_ledger() {
     };
     let (c_runs, c_last, c_best, c_wall) =
         (col("runs"), col("last mIoU"), col("best mIoU"), col("wall"));
+    let (c_gain, c_paired) = (col("gain over"), col("gain per seed"));
     let rows: Vec<Vec<&str>> = page
         .lines()
         .skip_while(|l| !l.starts_with("| method |"))
@@ -169,6 +170,22 @@ fn quick_bench_writes_the_table_and_figure_then_reuses_the_ledger() {
         assert!(best >= last - 1e-9, "{r:?}");
         let wall: f64 = r[c_wall].parse().unwrap();
         assert!(wall >= 0.0);
+        // One seed each: the paired gain is the gain, and says whether that seed gained.
+        if r[1] == "supervised" {
+            assert_eq!((r[c_gain], r[c_paired]), ("—", "—"), "{r:?}");
+        } else {
+            let (paired, count) = r[c_paired].split_once(" (").unwrap();
+            assert_eq!(paired, r[c_gain], "{r:?}");
+            let gained = if paired.starts_with('+') && paired != "+0.0" {
+                "1"
+            } else {
+                "0"
+            };
+            assert!(
+                count == format!("{gained}/1 > 0)") || paired.ends_with("0.0"),
+                "{r:?}"
+            );
+        }
     }
     assert!(
         page.contains("![") && page.contains("results/methods.png"),
