@@ -250,6 +250,9 @@ struct Graph {
     reported: String,
     /// Whether `data:` has unlabeled batches (for the `--quick` budget).
     unlabeled: bool,
+    /// Earlier versions of the file (from git) that differ from `bytes` only in whole-line
+    /// comments and blank lines: runs of those count as runs of this one ([`settings_hashes`]).
+    same_as: Vec<Vec<u8>>,
 }
 
 /// The settings of one invocation, resolved from the flags.
@@ -481,9 +484,11 @@ fn read_graphs(dir: &Path) -> Result<(Vec<Graph>, Broken), Failure> {
             .get("data")
             .and_then(|d| d.get("unlabeled_batch"))
             .is_some_and(|v| !matches!(v.value, Value::Int(0) | Value::Null));
+        let same_as = comment_only_versions(&path, &bytes);
         graphs.push(Graph {
             name,
             path,
+            same_as,
             bytes,
             root,
             reported,
@@ -569,9 +574,70 @@ fn fnv(parts: &[&[u8]]) -> u64 {
 
 /// The settings hash of a run: the graph file's bytes and the overrides.
 fn settings_hash(g: &Graph, sets: &[String]) -> String {
-    let mut parts: Vec<&[u8]> = vec![&g.bytes];
+    hash_of(&g.bytes, sets)
+}
+
+fn hash_of(bytes: &[u8], sets: &[String]) -> String {
+    let mut parts: Vec<&[u8]> = vec![bytes];
     parts.extend(sets.iter().map(|s| s.as_bytes()));
     format!("{:016x}", fnv(&parts))
+}
+
+/// The settings hashes that count as this graph's with `sets`: its own, then those of its
+/// earlier versions that differ only in whole-line comments (a header that now says what the
+/// graph deviates in does not change what it computes, and should not throw its runs away).
+fn settings_hashes(g: &Graph, sets: &[String]) -> Vec<String> {
+    std::iter::once(settings_hash(g, sets))
+        .chain(g.same_as.iter().map(|b| hash_of(b, sets)))
+        .collect()
+}
+
+/// The file without its whole-line comments and blank lines: what a run of it depends on.
+/// Conservative: a comment after a value stays, so editing it counts as a change.
+fn without_comments(bytes: &[u8]) -> Vec<&[u8]> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| {
+            let t = l.trim_ascii();
+            !t.is_empty() && !t.starts_with(b"#")
+        })
+        .collect()
+}
+
+/// Earlier committed versions of the file at `path` that equal `bytes` but for whole-line
+/// comments and blank lines (none outside a git checkout).
+fn comment_only_versions(path: &Path, bytes: &[u8]) -> Vec<Vec<u8>> {
+    let Some(dir) = path.parent() else {
+        return Vec::new();
+    };
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Vec::new();
+    };
+    let dir_arg = dir.display().to_string();
+    let dir_arg = if dir_arg.is_empty() {
+        ".".to_owned()
+    } else {
+        dir_arg
+    };
+    let in_dir = |args: &[&str]| -> Option<Vec<u8>> {
+        let mut full = vec!["-C", dir_arg.as_str()];
+        full.extend_from_slice(args);
+        git(&full)
+    };
+    let Some(log) = in_dir(&["log", "--format=%H", "--", &name]) else {
+        return Vec::new();
+    };
+    let now = without_comments(bytes);
+    let mut found: Vec<Vec<u8>> = Vec::new();
+    for commit in String::from_utf8_lossy(&log).lines() {
+        let Some(old) = in_dir(&["show", &format!("{commit}:./{name}")]) else {
+            continue;
+        };
+        if old != bytes && without_comments(&old) == now && !found.contains(&old) {
+            found.push(old);
+        }
+    }
+    found
 }
 
 /// The code the runs are measured with.
@@ -784,6 +850,9 @@ struct Job<'a> {
     seed: u64,
     sets: Vec<String>,
     settings: String,
+    /// The settings hashes whose entries count as this job's: `settings` first, then those of
+    /// earlier versions of the graph file that differ only in comments.
+    accepts: Vec<String>,
     /// The ledger entry that lets it be skipped.
     done: Option<Entry>,
     /// Seconds, from earlier runs of the same graph and dataset, and how many.
@@ -846,7 +915,7 @@ fn estimate(
     ledger: &[Entry],
     g: &str,
     d: &str,
-    settings: &str,
+    settings: &[String],
     quick: bool,
 ) -> Option<(f64, usize)> {
     let mean =
@@ -854,7 +923,7 @@ fn estimate(
     mean(
         ledger
             .iter()
-            .filter(|e| e.settings == settings)
+            .filter(|e| settings.contains(&e.settings))
             .map(|e| e.wall_s)
             .collect(),
     )
@@ -913,7 +982,8 @@ fn methods(
             };
             for &seed in &s.seeds {
                 let sets = overrides(g, d, s.quick, seed);
-                let settings = settings_hash(g, &sets);
+                let accepts = settings_hashes(g, &sets);
+                let settings = accepts[0].clone();
                 let done = ledger
                     .iter()
                     .rev()
@@ -922,16 +992,17 @@ fn methods(
                             && e.dataset == d.id
                             && e.seed == seed
                             && e.code == code.id
-                            && e.settings == settings
+                            && accepts.contains(&e.settings)
                     })
                     .cloned();
-                let estimate = estimate(&ledger, &g.name, d.id, &settings, s.quick);
+                let estimate = estimate(&ledger, &g.name, d.id, &accepts, s.quick);
                 jobs.push(Job {
                     graph: g,
                     dataset: d,
                     seed,
                     sets,
                     settings,
+                    accepts,
                     done,
                     estimate,
                 });
@@ -978,7 +1049,7 @@ fn methods(
                                 && e.graph == g.name
                                 && e.dataset == d.id
                                 && e.seed == j.seed
-                                && e.settings == j.settings
+                                && j.accepts.contains(&e.settings)
                         })
                         .map(|e| (j, e))
                 })
@@ -1084,7 +1155,7 @@ fn methods(
                     && e.graph == j.graph.name
                     && e.dataset == j.dataset.id
                     && e.seed == j.seed
-                    && e.settings == j.settings
+                    && j.accepts.contains(&e.settings)
             })
             .cloned();
     }
@@ -1147,7 +1218,7 @@ fn methods(
                                 && e.graph == j.graph.name
                                 && e.dataset == j.dataset.id
                                 && e.seed == j.seed
-                                && e.settings == j.settings
+                                && j.accepts.contains(&e.settings)
                         })
                     });
                 let rerun = Rerun::find(&reruns, j).map(|r| r.seed);
@@ -1220,7 +1291,7 @@ fn methods(
                 && e.graph == j.graph.name
                 && e.dataset == j.dataset.id
                 && e.seed == j.seed
-                && e.settings == j.settings
+                && j.accepts.contains(&e.settings)
         });
         if let Some(e) = carried {
             let _ = writeln!(
@@ -1563,7 +1634,9 @@ fn write_report(s: &Setup, code: &Code, requested: &[&'static Dataset]) -> Resul
         let g = s.all_graphs.iter().find(|g| g.name == e.graph);
         let d = DATASETS.iter().find(|d| d.id == e.dataset);
         let same = match (g, d) {
-            (Some(g), Some(d)) => settings_hash(g, &overrides(g, d, s.quick, e.seed)) == e.settings,
+            (Some(g), Some(d)) => {
+                settings_hashes(g, &overrides(g, d, s.quick, e.seed)).contains(&e.settings)
+            }
             _ => false,
         };
         if !same {

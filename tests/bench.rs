@@ -470,3 +470,60 @@ fn carry_reruns_one_seed_in_full_when_the_earlier_folder_is_gone() {
     std::fs::remove_dir_all(&d).unwrap();
     std::fs::remove_dir_all(&d2).unwrap();
 }
+
+/// A graph file whose whole-line comments changed keeps its runs (the runs of a committed
+/// version that differs only there count); a changed value, even with a comment beside it, does
+/// not.
+#[test]
+fn editing_a_graphs_comments_keeps_its_runs() {
+    let d = scratch("comments");
+    let repo = d.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let graph = repo.join("supervised.yaml");
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml"),
+    )
+    .unwrap();
+    std::fs::write(&graph, &shipped).unwrap();
+    let git = |args: &[&str]| {
+        let ok = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    git(&["add", "supervised.yaml"]);
+    git(&["commit", "-q", "-m", "v1"]);
+    let flags = ["--quick", "--graphs-dir", repo.to_str().unwrap()];
+    let (code, out, err) = bench(&d, &flags);
+    assert_eq!(code, ExitCode::SUCCESS, "{out}\n{err}");
+    let dry = [&flags[..], &["--dry-run"]].concat();
+
+    // A new header line and a reworded comment, not committed: the run still counts.
+    let commented = format!(
+        "# what differs from the official code, and why\n{}",
+        shipped
+    )
+    .replacen("\n#", "\n# (reworded)", 1);
+    std::fs::write(&graph, &commented).unwrap();
+    let (_, out, _) = bench(&d, &dry);
+    assert!(out.contains("0 to run, 1 skipped"), "{out}");
+
+    // A value changed: its runs no longer count.
+    assert!(
+        shipped.contains("iterations: 1500"),
+        "the test edits this value"
+    );
+    let changed = commented.replacen("iterations: 1500", "iterations: 1501", 1);
+    std::fs::write(&graph, &changed).unwrap();
+    let (_, out, _) = bench(&d, &dry);
+    assert!(out.contains("1 to run, 0 skipped"), "{out}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
