@@ -1350,13 +1350,21 @@ fn methods(
                         Ok(n) => (
                             true,
                             format!(
-                                "seed {} rerun in full with this code: the last and best mIoU of \
-                                 its {n} evaluated model(s) equal code {}'s bit for bit",
+                                "seed {} rerun in full with this code on {machine}: the last and \
+                                 best mIoU of its {n} evaluated model(s) equal code {}'s (run on \
+                                 {}) bit for bit",
                                 j.seed,
-                                short(&r.earlier.code)
+                                short(&r.earlier.code),
+                                r.earlier.machine
                             ),
                         ),
-                        Err(d) => (false, format!("seed {} rerun in full: {d}", j.seed)),
+                        Err(d) => (
+                            false,
+                            format!(
+                                "seed {} rerun in full on {machine} (the earlier run: {}): {d}",
+                                j.seed, r.earlier.machine
+                            ),
+                        ),
                     };
                     let v = carry::Verdict {
                         from: r.from.clone(),
