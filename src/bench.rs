@@ -859,6 +859,21 @@ struct Job<'a> {
     estimate: Option<(f64, usize)>,
 }
 
+/// Appends a carry verdict to the results folder (made if missing).
+fn record_verdict(results: &Path, v: &carry::Verdict) -> Result<(), Failure> {
+    fs::create_dir_all(results)
+        .and_then(|()| carry::append(results, v))
+        .map_err(|x| {
+            (
+                1,
+                format!(
+                    "error: cannot append to {}: {x}",
+                    results.join(carry::FILE).display()
+                ),
+            )
+        })
+}
+
 /// A carry check by a full run: `seed` of (`dataset`, `graph`) runs with this code, and the
 /// entries of `from` (and of codes carried into it) count for this code if every model's last and
 /// best mIoU equal `earlier`'s.
@@ -1112,17 +1127,7 @@ fn methods(
                         identical,
                         detail,
                     };
-                    fs::create_dir_all(&s.results)
-                        .and_then(|()| carry::append(&s.results, &v))
-                        .map_err(|x| {
-                            (
-                                1,
-                                format!(
-                                    "error: cannot append to {}: {x}",
-                                    s.results.join(carry::FILE).display()
-                                ),
-                            )
-                        })?;
+                    record_verdict(&s.results, &v)?;
                     let _ = writeln!(
                         out,
                         "carry: {what}: {} ({})",
@@ -1376,15 +1381,7 @@ fn methods(
                         identical,
                         detail,
                     };
-                    carry::append(&s.results, &v).map_err(|x| {
-                        (
-                            1,
-                            format!(
-                                "error: cannot append to {}: {x}",
-                                s.results.join(carry::FILE).display()
-                            ),
-                        )
-                    })?;
+                    record_verdict(&s.results, &v)?;
                     let _ = writeln!(
                         out,
                         "carry: {} / {}: {} ({})",
