@@ -604,6 +604,20 @@ fn without_comments(bytes: &[u8]) -> Vec<&[u8]> {
         .collect()
 }
 
+/// Whether the file at `path` differs from its committed version or is not committed (false
+/// outside a git checkout, where nothing can be committed).
+fn uncommitted(path: &Path) -> bool {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return false;
+    };
+    let dir = match dir.display().to_string() {
+        d if d.is_empty() => ".".to_owned(),
+        d => d,
+    };
+    let name = name.to_string_lossy();
+    git(&["-C", &dir, "status", "--porcelain", "--", &name]).is_some_and(|o| !o.is_empty())
+}
+
 /// Earlier committed versions of the file at `path` that equal `bytes` but for whole-line
 /// comments and blank lines (none outside a git checkout).
 fn comment_only_versions(path: &Path, bytes: &[u8]) -> Vec<Vec<u8>> {
@@ -1274,6 +1288,23 @@ fn methods(
             n => format!(", {n} of them carried from earlier code"),
         }
     );
+    // A run is recorded under its graph file's bytes, and counts later only while the file keeps
+    // them or once a committed version equals it but for whole-line comments: a file not
+    // committed as it runs, whose header is then edited, loses its runs until that exact version
+    // is committed. Say so before the runs, not after.
+    let mut warned: Vec<&Path> = Vec::new();
+    for j in jobs.iter().filter(|j| j.done.is_none()) {
+        let path = j.graph.path.as_path();
+        if !warned.contains(&path) && uncommitted(path) {
+            warned.push(path);
+            let _ = writeln!(
+                out,
+                "warning: {} has uncommitted changes; its runs count while the file keeps these \
+                 bytes, so commit it before editing it (even a comment) while they run",
+                path.display()
+            );
+        }
+    }
     if a.dry_run {
         return Ok(ExitCode::SUCCESS);
     }

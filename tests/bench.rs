@@ -515,6 +515,8 @@ fn editing_a_graphs_comments_keeps_its_runs() {
     std::fs::write(&graph, &commented).unwrap();
     let (_, out, _) = bench(&d, &dry);
     assert!(out.contains("0 to run, 1 skipped"), "{out}");
+    // Nothing to run: no warning about the uncommitted file.
+    assert!(!out.contains("uncommitted"), "{out}");
 
     // A value changed: its runs no longer count.
     assert!(
@@ -525,5 +527,14 @@ fn editing_a_graphs_comments_keeps_its_runs() {
     std::fs::write(&graph, &changed).unwrap();
     let (_, out, _) = bench(&d, &dry);
     assert!(out.contains("1 to run, 0 skipped"), "{out}");
+    // The file about to run is not committed as it is: the harness says so before the run.
+    assert!(
+        out.contains("supervised.yaml has uncommitted changes"),
+        "{out}"
+    );
+    git(&["commit", "-q", "-am", "v2"]);
+    let (_, out, _) = bench(&d, &dry);
+    assert!(out.contains("1 to run, 0 skipped"), "{out}");
+    assert!(!out.contains("uncommitted"), "{out}");
     std::fs::remove_dir_all(&d).unwrap();
 }
