@@ -607,31 +607,24 @@ fn without_comments(bytes: &[u8]) -> Vec<&[u8]> {
 /// Whether the file at `path` differs from its committed version or is not committed (false
 /// outside a git checkout, where nothing can be committed).
 fn uncommitted(path: &Path) -> bool {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    let Some((dir, name)) = dir_and_name(path) else {
         return false;
     };
-    let dir = match dir.display().to_string() {
-        d if d.is_empty() => ".".to_owned(),
-        d => d,
-    };
-    let name = name.to_string_lossy();
     git(&["-C", &dir, "status", "--porcelain", "--", &name]).is_some_and(|o| !o.is_empty())
+}
+
+/// The folder to run git in for the file at `path` (`.` for a bare name) and the file's name.
+fn dir_and_name(path: &Path) -> Option<(String, String)> {
+    let dir = path.parent()?.display().to_string();
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    Some((if dir.is_empty() { ".".to_owned() } else { dir }, name))
 }
 
 /// Earlier committed versions of the file at `path` that equal `bytes` but for whole-line
 /// comments and blank lines (none outside a git checkout).
 fn comment_only_versions(path: &Path, bytes: &[u8]) -> Vec<Vec<u8>> {
-    let Some(dir) = path.parent() else {
+    let Some((dir_arg, name)) = dir_and_name(path) else {
         return Vec::new();
-    };
-    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-        return Vec::new();
-    };
-    let dir_arg = dir.display().to_string();
-    let dir_arg = if dir_arg.is_empty() {
-        ".".to_owned()
-    } else {
-        dir_arg
     };
     let in_dir = |args: &[&str]| -> Option<Vec<u8>> {
         let mut full = vec!["-C", dir_arg.as_str()];
