@@ -19,9 +19,9 @@ use flowseg_ops::builtin_registry;
 use std::collections::{BTreeMap, BTreeSet};
 use suite::picked::{check_picked_gradients, directional_gradient, Tolerance};
 
-/// Batch, classes, side: 32 px leaves the `stages: 1` detector a 3×3 map before its resize.
+/// Batch and side (3 classes, in the YAML): 32 px leaves the `stages: 1` detector a 3×3 map
+/// before its resize.
 const N: usize = 2;
-const K: usize = 3;
 const S: usize = 32;
 
 /// The task model is a bias-free 1×1 convolution of the image (`cct_head`), so the test stays
@@ -91,7 +91,7 @@ fn flaw_correction_gradients_match_finite_differences() {
     let forward = build();
     let mut state = initial_state(&forward);
     let picks: &[(&str, &[usize])] = &[
-        // [K, 3, 1, 1]: every weight of the task model.
+        // [3 classes, 3, 1, 1]: every weight of the task model.
         ("task.conv.weight", &[0, 1, 2, 3, 4, 5, 6, 7, 8]),
         ("fd.conv1.weight", &[0, 37, 90]),
         ("fd.conv1.bias", &[1, 3]),
