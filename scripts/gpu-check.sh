@@ -62,6 +62,7 @@ cargo build --release --features cuda --bin flowseg
 cp target/release/flowseg "$out/flowseg"
 strip "$out/flowseg" 2>/dev/null || true
 cp graphs/supervised.yaml "$out/supervised.yaml"
+cp graphs/cutmix_seg.yaml "$out/cutmix_seg.yaml"
 
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -109,6 +110,16 @@ for dev in cuda cpu; do
     echo "flowseg run --device $dev FAILED:"; tail -5 "$runs.$dev.log"; status=1
   fi
 done
+# The debug switches on the real device: CutMix-Seg (an EMA teacher, box masks drawn on the
+# host) for 3 iterations, each op synchronised and shadowed on the CPU; the first node outside
+# tolerance is named.
+if ./flowseg run cutmix_seg.yaml --device cuda --sync-each-op --validate-cpu \
+    --set train.iterations=3 --set train.eval_every=3 --out "$runs/validate" \
+    >"$runs.validate.log" 2>&1; then
+  echo "flowseg run --validate-cpu: every node of 3 CutMix-Seg steps within tolerance"
+else
+  echo "flowseg run --validate-cpu FAILED:"; tail -5 "$runs.validate.log"; status=1
+fi
 # After the checks: the benchmark table (it checks each kernel against the CPU before timing).
 ./cuda_kernels || status=1
 echo "cuda checks: $([ $status = 0 ] && echo PASSED || echo FAILED)"

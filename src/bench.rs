@@ -1534,6 +1534,8 @@ fn run_one(
         device: crate::device::DeviceArg::Cpu,
         no_fuse: false,
         streams: 1,
+        sync_each_op: false,
+        validate_cpu: false,
     };
     let started = Instant::now();
     let code = crate::run::run(&args, registry, out, err, color);

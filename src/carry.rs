@@ -258,6 +258,8 @@ pub(crate) fn replay(
         device: crate::device::DeviceArg::Cpu,
         no_fuse: false,
         streams: 1,
+        sync_each_op: false,
+        validate_cpu: false,
     };
     if crate::run::run(&args, registry, out, err, false) != ExitCode::SUCCESS {
         return Err("the early replay failed (its messages are above)".into());
@@ -312,6 +314,8 @@ pub(crate) fn replay(
                 device: crate::device::DeviceArg::Cpu,
                 no_fuse: false,
                 streams: 1,
+                sync_each_op: false,
+                validate_cpu: false,
             };
             if crate::run::run(&args, registry, out, err, false) != ExitCode::SUCCESS {
                 return Err("the late replay failed (its messages are above)".into());
@@ -474,6 +478,8 @@ mod tests {
             device: crate::device::DeviceArg::Cpu,
             no_fuse: false,
             streams: 1,
+            sync_each_op: false,
+            validate_cpu: false,
         };
         let code = crate::run::run(&args, &registry, &mut out, &mut err, false);
         assert_eq!(code, ExitCode::SUCCESS, "{}", String::from_utf8_lossy(&err));

@@ -8,6 +8,8 @@
 //! Not here: the CUDA executor (engine/src/cuda_exec.rs), the kernels (flowseg-kernels `cuda`
 //! module, checked on a GPU by `scripts/gpu-check.sh`).
 
+use flowseg_engine::shadow::{DebugChecks, Tolerance};
+
 /// The `--device` values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceArg {
@@ -33,19 +35,50 @@ pub fn require(device: DeviceArg) -> Result<(), String> {
     }
 }
 
-/// Moves `trainer`'s step to `device` (nothing to do for the CPU); the message to print (exit
-/// code 2) when the GPU cannot take it.
+/// The debug switches of a GPU step from `--sync-each-op` and `--validate-cpu`
+/// (engine/src/shadow.rs; `--validate-cpu` at the default tolerance, 1e-4 + 1e-3·|CPU|); the
+/// message to print (exit code 2) when they are given without `--device cuda`, where there is
+/// nothing to synchronise or to compare.
+pub fn debug_checks(
+    device: DeviceArg,
+    sync_each_op: bool,
+    validate_cpu: bool,
+) -> Result<DebugChecks, String> {
+    let checks = DebugChecks {
+        sync_each_op,
+        validate: validate_cpu.then(Tolerance::default),
+    };
+    if checks.any() && device != DeviceArg::Cuda {
+        let flag = if validate_cpu {
+            "--validate-cpu"
+        } else {
+            "--sync-each-op"
+        };
+        return Err(format!(
+            "error: {flag} checks a GPU run against the CPU; it needs --device cuda\n\
+             help: on the CPU every op already runs to completion, in order, as the reference"
+        ));
+    }
+    Ok(checks)
+}
+
+/// Moves `trainer`'s step to `device` (nothing to do for the CPU) with the debug `checks`; the
+/// message to print (exit code 2) when the GPU cannot take it.
 pub fn start(
     device: DeviceArg,
+    checks: DebugChecks,
     trainer: &mut flowseg_engine::train::Trainer,
 ) -> Result<(), String> {
     match device {
         DeviceArg::Cpu => Ok(()),
         #[cfg(feature = "cuda")]
-        DeviceArg::Cuda => trainer.use_cuda(0).map_err(|e| refused(&e.to_string())),
+        DeviceArg::Cuda => {
+            trainer.set_debug_checks(checks);
+            trainer.use_cuda(0).map_err(|e| refused(&e.to_string()))
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceArg::Cuda => {
-            let _ = trainer;
+            let _ = (trainer, checks);
             require(device)
         }
     }
@@ -71,5 +104,27 @@ mod tests {
         }
         #[cfg(feature = "cuda")]
         assert_eq!(require(DeviceArg::Cuda), Ok(()));
+    }
+
+    #[test]
+    fn the_debug_switches_need_a_gpu_run() {
+        assert_eq!(
+            debug_checks(DeviceArg::Cpu, false, false),
+            Ok(DebugChecks::default())
+        );
+        let e = debug_checks(DeviceArg::Cpu, true, false).unwrap_err();
+        assert!(
+            e.starts_with("error: --sync-each-op checks a GPU run"),
+            "{e}"
+        );
+        let e = debug_checks(DeviceArg::Cpu, true, true).unwrap_err();
+        assert!(
+            e.starts_with("error: --validate-cpu checks a GPU run"),
+            "{e}"
+        );
+        assert!(e.contains("--device cuda"), "{e}");
+        let on = debug_checks(DeviceArg::Cuda, true, true).unwrap();
+        assert!(on.sync_each_op);
+        assert_eq!(on.validate, Some(Tolerance::default()));
     }
 }

@@ -82,6 +82,15 @@ pub struct RunArgs {
     /// (a teacher's forward beside the student's) run concurrently.
     #[arg(long, default_value_t = 1, value_parser = parse_streams)]
     pub streams: usize,
+    /// With `--device cuda`: wait for every op of the step to finish before launching the next,
+    /// so an asynchronous GPU fault is reported at the node that caused it (slow; debugging).
+    #[arg(long)]
+    pub sync_each_op: bool,
+    /// With `--device cuda`: run every op of the step on the CPU as well, from the GPU's own
+    /// inputs, and stop at the first node whose GPU output is not within 1e-4 + 1e-3·|CPU| of
+    /// its CPU reference, naming the node, the output and the element (very slow; debugging).
+    #[arg(long)]
+    pub validate_cpu: bool,
 }
 
 /// Flags of `flowseg check`.
@@ -508,6 +517,8 @@ fn run_inner(
     color: bool,
 ) -> Result<(), Failure> {
     crate::device::require(a.device).map_err(|msg| (2, msg))?;
+    let checks = crate::device::debug_checks(a.device, a.sync_each_op, a.validate_cpu)
+        .map_err(|msg| (2, msg))?;
     let (graph_path, resume) = which_graph(a)?;
     // Reported by `read`; the empty message adds nothing.
     let text = read(&graph_path, color, err).ok_or((2, String::new()))?;
@@ -539,7 +550,7 @@ fn run_inner(
     let resumed = resume.is_some();
     let (dir, start) = run_dir(a, &spec, resume, &mut trainer)?;
     // After a resume restored the host state: the device takes it from there.
-    crate::device::start(a.device, &mut trainer).map_err(|msg| (2, msg))?;
+    crate::device::start(a.device, checks, &mut trainer).map_err(|msg| (2, msg))?;
     if resumed {
         keep_the_graph(a, &dir, &root, start)?;
     }

@@ -351,6 +351,32 @@ fn device_cuda_says_what_is_missing_and_writes_nothing() {
 }
 
 #[test]
+fn the_gpu_debug_switches_without_a_gpu_run_are_refused_and_write_nothing() {
+    let out = scratch("debug-switches");
+    let graph = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
+    for flag in ["--validate-cpu", "--sync-each-op"] {
+        let (code, _, err) = cli(&[
+            "run",
+            graph.to_str().unwrap(),
+            flag,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, ExitCode::from(2), "{flag}: {err}");
+        assert!(
+            err.starts_with(&format!("error: {flag} checks a GPU run against the CPU")),
+            "{flag}: {err}"
+        );
+        assert!(err.contains("--device cuda"), "{flag}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&out).map_or(0, |d| d.count()),
+        0,
+        "no run directory"
+    );
+}
+
+#[test]
 fn a_stream_count_outside_1_to_64_is_refused_by_name() {
     let graph = Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs/supervised.yaml");
     for bad in ["0", "65", "two"] {

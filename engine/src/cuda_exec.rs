@@ -17,6 +17,11 @@
 //!   metrics, the guard; gradients) stay in their never-reused buffers, and a caller copies
 //!   back the ones it reads ([`CudaExecutor::fetch`]).
 //!
+//! * **Debug switches.** With [`DebugChecks`] the launches go through [`Checked`]: a
+//!   synchronisation after each (`--sync-each-op`), or each node shadowed on the CPU from the
+//!   device's own inputs and compared (`--validate-cpu`), reading values back through
+//!   [`Device::read_back`].
+//!
 //! Unverified: no GPU has run this file yet (docs/plans/device-seam.md lists what a GPU session
 //! must check first). Not here yet: pinned host memory and the next batch's upload on its own
 //! stream (uploads are synchronous), CUDA-graph capture, kernel scratch from the arena (the
@@ -27,6 +32,7 @@ use crate::device::{
 };
 use crate::graph::{CudaCx, ExecCx, Graph, ValueRef};
 use crate::plan::Plan;
+use crate::shadow::{Checked, DebugChecks};
 use crate::tensor::{DType, DeviceTensor, Tensor, TensorSpec};
 use flowseg_kernels::cuda::cudarc_driver::{CudaEvent, CudaSlice};
 use flowseg_kernels::cuda::{CudaError, Device as Gpu, DeviceBuf, RawBuf};
@@ -97,7 +103,8 @@ impl CudaExecutor {
     /// it: `batch` is uploaded, the state uploaded earlier is read and updated in place, and the
     /// plan's kept node outputs stay on the device for [`CudaExecutor::fetch`]. `seed` and `iteration` key the random streams as
     /// on the CPU. `order` is the host's submission order (the plan's, or an interleaving: any
-    /// valid one gives the same numbers).
+    /// valid one gives the same numbers). `checks` are the debug switches (`--sync-each-op`,
+    /// `--validate-cpu`: [`crate::shadow`]).
     #[allow(clippy::too_many_arguments, reason = "the CPU executor's arguments")]
     pub fn run(
         &mut self,
@@ -108,6 +115,7 @@ impl CudaExecutor {
         seed: u64,
         iteration: u64,
         order: ExecOrder,
+        checks: DebugChecks,
     ) -> Result<(), ExecError> {
         let missing = missing_cuda_twins(graph);
         if !missing.is_empty() {
@@ -200,7 +208,12 @@ impl CudaExecutor {
             seed,
             iteration,
         };
-        drive(&mut launcher, program, plan, order)?;
+        if checks.any() {
+            let mut checked = Checked::new(&mut launcher, graph, seed, iteration, checks);
+            drive(&mut checked, program, plan, order)?;
+        } else {
+            drive(&mut launcher, program, plan, order)?;
+        }
         self.gpu.synchronize().map_err(device_err("synchronize"))?;
         self.gpu.select(0).map_err(device_err("select"))?;
         Ok(())
@@ -405,5 +418,25 @@ impl Device for Launcher<'_> {
 
     fn free(&mut self, _stream: usize, _region: Region) -> Result<(), ExecError> {
         Ok(())
+    }
+
+    /// Waits for every stream, then copies the operand's device memory to the host (`--validate-cpu`).
+    fn read_back(&mut self, operand: &Operand, spec: &TensorSpec) -> Result<Tensor, ExecError> {
+        self.synchronize()?;
+        let at = match operand {
+            Operand::Absent => None,
+            Operand::Batch(f) => self.batch.get(f.as_str()).map(|(_, p)| *p),
+            Operand::State(f) | Operand::StateInPlace(f) => {
+                self.state.get(f.as_str()).map(|(_, p)| *p)
+            }
+            Operand::Value { region, .. } => Some(self.at(spec, region).ptr),
+        };
+        let at =
+            at.ok_or_else(|| ExecError::Plan(format!("nothing to read back for {operand:?}")))?;
+        download(self.gpu, spec, at)
+    }
+
+    fn synchronize(&mut self) -> Result<(), ExecError> {
+        self.gpu.synchronize().map_err(device_err("synchronize"))
     }
 }

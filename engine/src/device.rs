@@ -18,11 +18,13 @@
 //! write may land in a region another live value still needs, and in-place state updates keep
 //! graph order. That is the CUDA executor's bookkeeping, tested on machines without a GPU.
 //!
-//! Not here: device tensors and uploads, per-op device kernels, CUDA-graph capture.
+//! Not here: device tensors and uploads, per-op device kernels, CUDA-graph capture, the debug
+//! switches that wrap a device (`shadow.rs`).
 
 use crate::graph::{Graph, ValueRef};
 use crate::op::OpError;
 use crate::plan::{Plan, Step};
+use crate::tensor::{Tensor, TensorSpec};
 use flowseg_kernels::philox::Philox;
 use std::collections::VecDeque;
 
@@ -56,6 +58,22 @@ pub enum ExecError {
     /// before any write, a deadlock): a planner bug or a plan edited by hand.
     #[error("plan: {0}")]
     Plan(String),
+    /// `--validate-cpu`: a node's output (or a state tensor it updates in place) on the device
+    /// is not what its CPU reference computes from the same inputs ([`crate::shadow`]).
+    #[error(
+        "node `{node}` ({op}): the device's {what} differs from the CPU reference on the same \
+         inputs: {detail}"
+    )]
+    Diverged {
+        /// The node.
+        node: String,
+        /// Its op.
+        op: &'static str,
+        /// `output <port> (<spec>)` or `state <name>`.
+        what: String,
+        /// Where and by how much.
+        detail: String,
+    },
     /// Interleaved test mode: a node read a poisoned (freed or never written) buffer, the sign of
     /// a missing event, an unsafe buffer reuse, or a producer that left part of its output
     /// unwritten.
@@ -263,6 +281,22 @@ pub trait Device {
     /// The value in `region` is dead from this point of `stream` on (the simulator poisons it;
     /// a GPU does nothing).
     fn free(&mut self, stream: usize, region: Region) -> Result<(), ExecError>;
+    /// A host copy of `operand` as it is on the device now, after everything queued before this
+    /// call (`spec` is the value's): what `--validate-cpu` compares ([`crate::shadow`]). An
+    /// output is read as the `Operand::Value` of its own node and port. A device that cannot
+    /// read its values back says so, which is the default.
+    fn read_back(&mut self, operand: &Operand, spec: &TensorSpec) -> Result<Tensor, ExecError> {
+        let _ = (operand, spec);
+        Err(ExecError::Device(
+            "this device cannot read its values back".into(),
+        ))
+    }
+    /// Blocks until everything queued on every stream has finished and reports an asynchronous
+    /// failure of that work (`--sync-each-op`). Nothing to wait for by default (the CPU runs
+    /// each launch before returning).
+    fn synchronize(&mut self) -> Result<(), ExecError> {
+        Ok(())
+    }
 }
 
 /// Hands `plan`'s steps to `device` in `order`: the plan's own order, or (the interleaving

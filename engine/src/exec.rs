@@ -38,10 +38,11 @@
 
 pub use crate::device::{ExecError, ExecOrder};
 
-use crate::device::{drive, Device, Launch, Program, Region};
+use crate::device::{drive, Device, Launch, Operand, Program, Region};
 use crate::graph::{Graph, ValueRef};
 use crate::op::ExecCx;
 use crate::plan::Plan;
+use crate::shadow::{Checked, DebugChecks};
 use crate::tensor::{DType, Tensor, TensorSpec};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -248,7 +249,17 @@ pub fn run_plan<'a>(
 ) -> Result<Run<'a>, ExecError> {
     let mut ws = Workspace::default();
     let states = StateMap::Shared(state);
-    execute(&mut ws, graph, plan, batch, states, seed, iteration, order)?;
+    execute(
+        &mut ws,
+        graph,
+        plan,
+        batch,
+        states,
+        seed,
+        iteration,
+        order,
+        DebugChecks::default(),
+    )?;
     let mut outputs: Vec<Vec<Option<Tensor>>> = graph
         .nodes
         .iter()
@@ -282,7 +293,17 @@ pub fn run_plan_in<'a>(
     order: ExecOrder,
 ) -> Result<Run<'a>, ExecError> {
     let states = StateMap::Shared(state);
-    execute(ws, graph, plan, batch, states, seed, iteration, order)?;
+    execute(
+        ws,
+        graph,
+        plan,
+        batch,
+        states,
+        seed,
+        iteration,
+        order,
+        DebugChecks::default(),
+    )?;
     Ok(Run {
         batch,
         state,
@@ -308,6 +329,31 @@ pub fn run_plan_in_place<'a>(
     iteration: u64,
     order: ExecOrder,
 ) -> Result<Run<'a>, ExecError> {
+    let checks = DebugChecks::default();
+    run_plan_in_place_checked(
+        ws, graph, plan, batch, state, seed, iteration, order, checks,
+    )
+}
+
+/// [`run_plan_in_place`] with debug `checks` around the CPU device ([`crate::shadow`]): what the
+/// CUDA executor does with `--sync-each-op` / `--validate-cpu`, on the reference device, so the
+/// switches' own logic is tested without a GPU (on the CPU they find nothing to report: the
+/// shadow runs the same code).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "run_plan_in's arguments and the checks"
+)]
+pub fn run_plan_in_place_checked<'a>(
+    ws: &'a mut Workspace,
+    graph: &Graph,
+    plan: &Plan,
+    batch: &'a BTreeMap<String, Tensor>,
+    state: &'a mut BTreeMap<String, Tensor>,
+    seed: u64,
+    iteration: u64,
+    order: ExecOrder,
+    checks: DebugChecks,
+) -> Result<Run<'a>, ExecError> {
     execute(
         ws,
         graph,
@@ -317,6 +363,7 @@ pub fn run_plan_in_place<'a>(
         seed,
         iteration,
         order,
+        checks,
     )?;
     Ok(Run {
         batch,
@@ -424,6 +471,10 @@ impl Workspace {
 }
 
 /// Runs `plan` in `ws`: see [`run_plan`] and [`run_plan_in`].
+#[allow(
+    clippy::too_many_arguments,
+    reason = "run_plan_in's arguments and the checks"
+)]
 fn execute(
     ws: &mut Workspace,
     graph: &Graph,
@@ -433,6 +484,7 @@ fn execute(
     seed: u64,
     iteration: u64,
     order: ExecOrder,
+    checks: DebugChecks,
 ) -> Result<(), ExecError> {
     check_inputs(graph, batch, state.map())?;
     check_plan(graph, plan)?;
@@ -467,7 +519,12 @@ fn execute(
         poison,
         ws,
     };
-    drive(&mut ex, &program, plan, order)?;
+    if checks.any() {
+        let mut checked = Checked::new(&mut ex, graph, seed, iteration, checks);
+        drive(&mut checked, &program, plan, order)?;
+    } else {
+        drive(&mut ex, &program, plan, order)?;
+    }
     ex.ws.complete = true;
     Ok(())
 }
@@ -530,6 +587,17 @@ impl Device for Executor<'_, '_, '_> {
     }
     fn wait(&mut self, _stream: usize, _event: usize) -> Result<(), ExecError> {
         Ok(())
+    }
+    fn read_back(&mut self, operand: &Operand, spec: &TensorSpec) -> Result<Tensor, ExecError> {
+        let found = match operand {
+            Operand::Absent => None,
+            Operand::Batch(f) => self.batch.get(f).cloned(),
+            Operand::State(f) | Operand::StateInPlace(f) => self.state.get(f).cloned(),
+            Operand::Value { node, port, .. } => {
+                Some(self.read(*node, *node, *port, Some(spec))?.into_owned())
+            }
+        };
+        found.ok_or_else(|| ExecError::Plan(format!("nothing to read back for {operand:?}")))
     }
     fn free(&mut self, _stream: usize, region: Region) -> Result<(), ExecError> {
         if self.poison {

@@ -2,7 +2,7 @@
 //! typed graph spec) → ir (validated DAG, models traced) → autodiff (backward appended as nodes)
 //! → update (optimizer steps and EMA as in-place nodes) → plan (streams, events, memory) →
 //! device (arena offsets, per-node launches, the `Device` trait a plan's steps are handed to)
-//! → exec (the CPU executor, one such device); `train` ties them into one training step with
+//! → shadow (debug switches wrapping a device) → exec (the CPU executor, one such device); `train` ties them into one training step with
 //! optimizers, EMA teachers and checkpoints. The traits that ops, models and data sources
 //! implement (`Op`, `Model`, `DataSource`) and the `Registry` that holds them live here too.
 //! docs/layout.md walks through the modules.
@@ -26,6 +26,7 @@ pub mod op;
 pub mod open;
 pub mod plan;
 pub mod registry;
+pub mod shadow;
 pub mod spec;
 pub mod tensor;
 pub mod train;

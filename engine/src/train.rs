@@ -191,6 +191,9 @@ pub struct Trainer {
     /// [`Trainer::sync_state`].
     #[cfg(feature = "cuda")]
     cuda: Option<(crate::cuda_exec::CudaExecutor, crate::device::Program)>,
+    /// The debug switches of the GPU step ([`Trainer::set_debug_checks`]).
+    #[cfg(feature = "cuda")]
+    debug: crate::shadow::DebugChecks,
 }
 
 /// How [`Trainer::with_options`] builds the step.
@@ -575,6 +578,8 @@ impl Trainer {
             fusions,
             #[cfg(feature = "cuda")]
             cuda: None,
+            #[cfg(feature = "cuda")]
+            debug: crate::shadow::DebugChecks::default(),
             workspace: exec::Workspace::default(),
             graph,
             losses,
@@ -821,6 +826,13 @@ impl Trainer {
         Ok(())
     }
 
+    /// The debug switches of every later GPU step (`--sync-each-op`, `--validate-cpu`:
+    /// [`crate::shadow`]); none by default.
+    #[cfg(feature = "cuda")]
+    pub fn set_debug_checks(&mut self, checks: crate::shadow::DebugChecks) {
+        self.debug = checks;
+    }
+
     /// Copies the device's state and optimizer moments back into `state` (a no-op on the CPU,
     /// where `state` is always current).
     pub fn sync_state(&mut self) -> Result<(), StepError> {
@@ -849,7 +861,9 @@ impl Trainer {
         }
         let (graph, plan) = (&self.step_graph, &self.step_plan);
         let order = exec::ExecOrder::Sequential;
-        exec.run(graph, plan, program, batch, self.seed, iteration, order)?;
+        exec.run(
+            graph, plan, program, batch, self.seed, iteration, order, self.debug,
+        )?;
         let (exec, program) = (&*exec, &*program);
         let fetch = |v: &ValueRef| exec.fetch(graph, program, v);
         let scalar = |v: &ValueRef| fetch(v).ok().and_then(|t| t.f32()?.first().copied());

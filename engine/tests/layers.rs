@@ -25,6 +25,7 @@ const STACK: &[&str] = &[
     "update",
     "plan",
     "device",
+    "shadow",
     "cuda_exec",
     "exec",
     "checkpoint",

@@ -47,8 +47,17 @@ fn compare(what: &str, g: &Graph, inputs: &Inputs) {
     let program = Program::new(g, &p).unwrap();
     let mut exec = CudaExecutor::new(0, 1).unwrap();
     exec.upload_state(&inputs.state).unwrap();
-    exec.run(g, &p, &program, &inputs.batch, 0, 0, ExecOrder::Sequential)
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    exec.run(
+        g,
+        &p,
+        &program,
+        &inputs.batch,
+        0,
+        0,
+        ExecOrder::Sequential,
+        flowseg_engine::shadow::DebugChecks::default(),
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
     for v in &keep {
         let (want, got) = (cpu.get(v).unwrap(), exec.fetch(g, &program, v).unwrap());
         let name = match v {

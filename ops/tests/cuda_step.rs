@@ -10,6 +10,10 @@
 //!   (the plan's events order everything that matters), for CutMix-Seg (teacher and student
 //!   branches) and the supervised graph;
 //!
+//! * `--validate-cpu` over the whole CutMix-Seg and CPS steps: every node's device output against
+//!   its CPU reference on the device's own inputs (engine/src/shadow.rs), the first divergence
+//!   named;
+//!
 //! Not here: the op-level CPU-vs-CUDA parity (kernels/tests/cuda_parity_*.rs), graph replay.
 #![cfg(feature = "cuda")]
 #![allow(
@@ -25,6 +29,7 @@ use flowseg_engine::device::Program;
 use flowseg_engine::exec::ExecOrder;
 use flowseg_engine::graph::ValueRef;
 use flowseg_engine::plan::{plan, PlanOptions};
+use flowseg_engine::shadow::{DebugChecks, Tolerance};
 use flowseg_engine::train::Trainer;
 use flowseg_engine::Tensor;
 use std::collections::BTreeMap;
@@ -144,6 +149,7 @@ fn streams_agree(name: &str) {
             gspec.train.seed,
             0,
             ExecOrder::Sequential,
+            DebugChecks::default(),
         )
         .unwrap();
         let kept: Vec<Vec<u32>> = (keep.iter())
@@ -166,4 +172,32 @@ fn streams_agree(name: &str) {
         results[0] == results[1],
         "{name}: 3 streams differ from 1 stream"
     );
+}
+
+#[test]
+fn every_node_of_the_cutmix_seg_and_cps_steps_validates_against_the_cpu() {
+    validates("cutmix_seg");
+    validates("cps");
+}
+
+/// Two steps of `name` on the GPU with `--validate-cpu`'s checks (and a sync after each op):
+/// every node within the default tolerance of its CPU reference, or the first that is not.
+fn validates(name: &str) {
+    if let Err(why) = gpu() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let registry = full_registry();
+    let (gspec, mut source, env) = open_shrunk(&graph(name), &registry);
+    let mut gpu = Trainer::new(&gspec, &registry, &env, BTreeMap::new()).unwrap();
+    gpu.use_cuda(0).unwrap();
+    gpu.set_debug_checks(DebugChecks {
+        sync_each_op: true,
+        validate: Some(Tolerance::default()),
+    });
+    for it in 0..2 {
+        let batch = source.batch(it).unwrap();
+        gpu.step(&batch, it)
+            .unwrap_or_else(|e| panic!("{name}, iteration {it}: {e}"));
+    }
 }
