@@ -32,6 +32,10 @@
 //!   fusion pass, in one process, alternating per round, and the step's convolution FLOPs against
 //!   this machine's 2-thread gemm rate (the floor); one JSON line (docs/BENCHMARKS.md).
 //!
+//! * `gpu <n>` (a `--features cuda` build; scripts/gpu-check.sh) — the step on GPU 0: CutMix-Seg
+//!   at batch 16 (+ 2 × 16) of 256×256 on one stream and on three, resnet50_deeplabv3plus's
+//!   supervised step at batch 8 of 512×512; one JSON line (see [`time_gpu`]).
+//!
 //! Threads: rayon's pool, `RAYON_NUM_THREADS` (run.sh sets 2).
 
 #![allow(
@@ -385,6 +389,57 @@ fn time_all(registry: &Registry, n: usize, with_resnet: bool) {
     );
 }
 
+/// `gpu <n>` (feature `cuda`): the training step on GPU 0, the issue's step benchmark — the peer
+/// CutMix-Seg graph (deeplab_lite) at batch 16 (+ 2 × 16) of 256×256 planned on one stream and on
+/// three (the teacher's forward beside the student's), and the peer supervised graph on
+/// resnet50_deeplabv3plus at batch 8 of 512×512 on one stream; median ms of `n` steps after 3
+/// warm-up ones (a GPU `Trainer::step` ends by synchronising, so each step is timed whole). No
+/// CUDA-graph replay column: replay is not built. One JSON line.
+#[cfg(feature = "cuda")]
+fn time_gpu(registry: &Registry, n: usize) {
+    let step_ms = |graph: &str, sets: &[String], streams: usize| -> f64 {
+        let options = TrainerOptions {
+            streams,
+            ..TrainerOptions::default()
+        };
+        let (mut trainer, batch) = trainer_with(registry, graph, sets, options);
+        trainer
+            .use_cuda(0)
+            .unwrap_or_else(|e| panic!("{graph} on the GPU: {e}"));
+        let mut it = 0;
+        1e3 * time(n, || {
+            trainer.step(&batch, it).unwrap();
+            it += 1;
+        })
+    };
+    // On the GPU machine the build's checkout is elsewhere: $FLOWSEG_PEER_GRAPHS names the
+    // folder holding the two peer graphs (scripts/gpu-check.sh copies them beside the binary).
+    let graph = |builtin: &str| match std::env::var_os("FLOWSEG_PEER_GRAPHS") {
+        Some(dir) => {
+            let file = Path::new(builtin).file_name().unwrap();
+            Path::new(&dir).join(file).to_string_lossy().into_owned()
+        }
+        None => builtin.to_owned(),
+    };
+    let (cutmix, supervised) = (graph(CUTMIX), graph(SUPERVISED));
+    let cut = semi_sizes(16, 256);
+    let r50: Vec<String> = [
+        "models.student.arch=resnet50_deeplabv3plus",
+        "models.student.params={classes: 6}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(sizes(8, 512))
+    .collect();
+    let one = step_ms(&cutmix, &cut, 1);
+    let three = step_ms(&cutmix, &cut, 3);
+    let r50_one = step_ms(&supervised, &r50, 1);
+    println!(
+        "{{\"impl\": \"flowseg-cuda\", \"n\": {n}, \"cutmix_b16_256_1stream\": {one:.3}, \
+         \"cutmix_b16_256_3streams\": {three:.3}, \"r50_sup_b8_512_1stream\": {r50_one:.3}}}"
+    );
+}
+
 /// Minor page faults of this process so far (field 10 of `/proc/self/stat`; 0 elsewhere).
 fn minor_faults() -> u64 {
     std::fs::read_to_string("/proc/self/stat")
@@ -591,7 +646,8 @@ fn fuse_ab(registry: &Registry, graph: &str, rounds: usize, n: usize, sets: &[St
 fn usage() -> ! {
     eprintln!(
         "usage: peer_step export <dir> [--set k=v]... | time <n> [resnet] | profile <n> | \
-         profile-graph <graph.yaml> <n> [k=v]... | fuse-ab <graph.yaml> <rounds> <n> [k=v]..."
+         profile-graph <graph.yaml> <n> [k=v]... | fuse-ab <graph.yaml> <rounds> <n> [k=v]... | \
+         gpu <n> (feature cuda)"
     );
     std::process::exit(2)
 }
@@ -645,6 +701,8 @@ fn main() {
             let n = count(args.get(3));
             fuse_ab(&registry, path, rounds, n, &args[4..]);
         }
+        #[cfg(feature = "cuda")]
+        Some("gpu") => time_gpu(&registry, count(args.get(1))),
         // Plain `cargo bench` (every bench binary): a short timing, so it does something useful.
         None => time_all(&registry, 5, false),
         Some(_) => usage(),

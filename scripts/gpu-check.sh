@@ -14,7 +14,9 @@
 # op alone, and a loss's backward) and ops/tests/cuda_step.rs (the supervised step on the GPU against
 # the CPU, one stream against three), and `flowseg` built with `--features cuda`: run.sh trains
 # graphs/supervised.yaml 40 iterations with `--device cuda` and with `--device cpu` and prints
-# both runs' last losses and mIoU side by side (both must finish).
+# both runs' last losses and mIoU side by side (both must finish), then 3 CutMix-Seg iterations
+# with `--sync-each-op --validate-cpu`, and the step benchmark (`peer_step gpu`, PyTorch's
+# `deeplab_lite.py time-gpu` beside it when torch sees the GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.gpu/cuda-check
@@ -63,6 +65,23 @@ cp target/release/flowseg "$out/flowseg"
 strip "$out/flowseg" 2>/dev/null || true
 cp graphs/supervised.yaml "$out/supervised.yaml"
 cp graphs/cutmix_seg.yaml "$out/cutmix_seg.yaml"
+# The step benchmark: flowseg's side (peer_step gpu) and PyTorch's (deeplab_lite.py time-gpu).
+json=$(cargo bench --features cuda --bench peer_step --no-run --message-format=json)
+exe=$(printf '%s\n' "$json" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") \
+            and m["target"]["name"] == "peer_step":
+        print(m["executable"])
+')
+cp "$exe" "$out/peer_step"
+strip "$out/peer_step" 2>/dev/null || true
+mkdir -p "$out/peer"
+cp benches/peer/graphs/*.yaml benches/peer/*.py "$out/peer/"
 
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -119,6 +138,16 @@ if ./flowseg run cutmix_seg.yaml --device cuda --sync-each-op --validate-cpu \
   echo "flowseg run --validate-cpu: every node of 3 CutMix-Seg steps within tolerance"
 else
   echo "flowseg run --validate-cpu FAILED:"; tail -5 "$runs.validate.log"; status=1
+fi
+# The step benchmark (issue 15's table): flowseg's CutMix-Seg step at batch 16 (+ 2 x 16) of
+# 256x256 on 1 and 3 streams and resnet50_deeplabv3plus's supervised step at batch 8 of 512x512,
+# then PyTorch eager on the same card (random weights: timing only). CUDA-graph replay is not
+# built, so there is no replay column.
+FLOWSEG_PEER_GRAPHS="$PWD/peer" ./peer_step gpu 20 || status=1
+if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+  (cd peer && python3 deeplab_lite.py time-gpu 20) || status=1
+else
+  echo "PyTorch peer: no torch with CUDA here; its column is missing"
 fi
 # After the checks: the benchmark table (it checks each kernel against the CPU before timing).
 ./cuda_kernels || status=1

@@ -16,6 +16,10 @@ Modes (driven by benches/peer/run.sh; see docs/BENCHMARKS.md, "Peer: PyTorch, sa
                        (benches/peer/graphs/cutmix_seg.yaml, `cutmix_step`) at 64x64, the eval forward;
                        with --init-r18 also both steps of resnet18_deeplabv3plus
                        (resnet18_deeplabv3plus.py) at batch 8 of 128x128
+  time-gpu <n>         the GPU step benchmark (as `peer_step gpu <n>`, scripts/gpu-check.sh): the
+                       CutMix-Seg step at batch 16 (+ 2 x 16) of 256x256 and resnet50_deeplabv3plus's
+                       supervised step (resnet50_deeplabv3plus.py) at batch 8 of 512x512, eager,
+                       on the GPU (torch's own initial weights: timing only)
   profile <n>          torch.profiler self-time by aten op of one supervised training step
   report <jsonl>       medians over rounds and the flowseg/PyTorch ratios, as a Markdown table
 
@@ -40,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import resnet18_deeplabv3plus as r18
+import resnet50_deeplabv3plus as r50
 
 IGNORE_INDEX = 255
 
@@ -654,6 +659,25 @@ def report(args):
         print("\nminor page faults per training step (median): " + "; ".join(faults))
 
 
+def time_gpu(args):
+    """`time-gpu <n>`: see the module docstring; one JSON line with the keys of `peer_step gpu`."""
+    device = setup(args)
+    out = {"impl": "pytorch", "n": args.n, "device": device.type,
+           "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None}
+    model, opt = make(device)
+    step, teacher = cutmix_step(model, opt, data(256, device, CLASSES),
+                                unlabeled(256, device))
+    out["cutmix_b16_256_1stream"], _ = timed_steps(args.n, step, device)
+    del model, opt, step, teacher
+    torch.manual_seed(0)
+    model = r50.ResNet50DeepLabV3Plus(CLASSES).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    step = train_step(model, opt, *data(512, device, CLASSES, batch=8))
+    out["r50_sup_b8_512_1stream"], _ = timed_steps(args.n, step, device)
+    out["params_r50"] = elements(model.parameters())
+    print(json.dumps(out))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -670,6 +694,10 @@ def main():
                        "(from `peer_step export` with the resnet overrides): also time its steps")
         t.add_argument("--compile", action="store_true",
                        help="time the steps through torch.compile (inductor)")
+    g = sub.add_parser("time-gpu")
+    g.add_argument("n", type=int)
+    g.add_argument("--threads", type=int, default=2)
+    g.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     r = sub.add_parser("report")
     r.add_argument("jsonl")
     args = ap.parse_args()
@@ -684,7 +712,8 @@ def main():
             print(json.dumps({"impl": "pytorch-compile", "error": f"{type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}"[:300]}))
             return 0
-    return {"time": time_all, "profile": profile, "report": report}[args.mode](args) or 0
+    return {"time": time_all, "time-gpu": time_gpu, "profile": profile,
+            "report": report}[args.mode](args) or 0
 
 
 if __name__ == "__main__":
