@@ -22,23 +22,10 @@ use flowseg_engine::train::Trainer;
 use flowseg_engine::{Tensor, TensorSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use suite::shipped::{full_registry, open_shrunk};
+use suite::shipped::{full_registry, open_shrunk, state_bits};
 
 fn graph_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../graphs/{name}.yaml"))
-}
-
-fn bits(state: &BTreeMap<String, Tensor>) -> BTreeMap<String, Vec<u32>> {
-    (state.iter())
-        .map(|(k, t)| {
-            let v = match (t.f32(), t.i32()) {
-                (Some(v), _) => v.iter().map(|x| x.to_bits()).collect(),
-                (_, Some(v)) => v.iter().map(|&x| x as u32).collect(),
-                _ => Vec::new(),
-            };
-            (k.clone(), v)
-        })
-        .collect()
 }
 
 /// Exact: the shadow runs the same CPU code on the same inputs.
@@ -76,8 +63,8 @@ fn the_checks_find_nothing_on_the_cpu_and_change_no_bit() {
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_ne!(
-            bits(&plain),
-            bits(&start),
+            state_bits(&plain),
+            state_bits(&start),
             "{name}: the step updated nothing"
         );
         for order in [ExecOrder::Sequential, ExecOrder::Interleaved { seed: 1 }] {
@@ -95,7 +82,7 @@ fn the_checks_find_nothing_on_the_cpu_and_change_no_bit() {
             )
             .unwrap_or_else(|e| panic!("{name}, {order:?}: {e}"));
             assert!(
-                bits(&checked) == bits(&plain),
+                state_bits(&checked) == state_bits(&plain),
                 "{name}, {order:?}: the checked run changed the state"
             );
         }

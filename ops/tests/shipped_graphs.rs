@@ -21,7 +21,7 @@ use flowseg_engine::plan::{plan, PlanOptions};
 use flowseg_engine::train::Trainer;
 use flowseg_engine::Tensor;
 use std::collections::BTreeMap;
-use suite::shipped::{full_registry, graph_files, open_shrunk};
+use suite::shipped::{full_registry, graph_files, open_shrunk, state_bits};
 
 /// Bits of each kept value, in `keep` order (`None` where the run has no such value).
 fn kept_bits(run: &Run<'_>, keep: &[ValueRef]) -> Vec<Option<Vec<u32>>> {
@@ -112,20 +112,6 @@ fn every_shipped_graph_steps_identically_on_poisoned_and_reused_buffers() {
             }
         }
     }
-}
-
-/// Bits of every tensor of a state map, by name.
-fn state_bits(state: &BTreeMap<String, Tensor>) -> BTreeMap<String, Vec<u32>> {
-    (state.iter())
-        .map(|(k, t)| {
-            let bits = match (t.f32(), t.i32()) {
-                (Some(v), _) => v.iter().map(|x| x.to_bits()).collect(),
-                (_, Some(v)) => v.iter().map(|&x| x as u32).collect(),
-                _ => Vec::new(),
-            };
-            (k.clone(), bits)
-        })
-        .collect()
 }
 
 /// The whole step — forward, backward and the update nodes that change state in place (the

@@ -2,13 +2,14 @@
 //! unlabeled), width 8 for every model that sets a width (CPS names its two U-Nets `a` and `b`;
 //! CCT's auxiliary heads and PseudoSeg's heads have none), opened on their own data.
 //!
-//! Not here: what a test does with them (shipped_graphs.rs, fusion.rs).
+//! Not here: what a test does with them (shipped_graphs.rs, fusion.rs, debug_checks.rs).
+//! `state_bits` is the one comparison they share.
 
 use flowseg_engine::data::Dataset;
 use flowseg_engine::graph::Env;
 use flowseg_engine::open::open_graph;
 use flowseg_engine::spec::GraphSpec;
-use flowseg_engine::Registry;
+use flowseg_engine::{Registry, Tensor};
 use flowseg_ops::builtin_registry;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -56,4 +57,22 @@ pub fn open_shrunk(file: &PathBuf, registry: &Registry) -> (GraphSpec, Box<dyn D
         hidden: source.hidden_fields(),
     };
     (gspec, source, env)
+}
+
+/// Bits of every tensor of a state map, by name: what "the same state" means in the step tests.
+#[allow(
+    dead_code,
+    reason = "used by some of the test binaries that include the suite"
+)]
+pub fn state_bits(state: &BTreeMap<String, Tensor>) -> BTreeMap<String, Vec<u32>> {
+    (state.iter())
+        .map(|(k, t)| {
+            let bits = match (t.f32(), t.i32()) {
+                (Some(v), _) => v.iter().map(|x| x.to_bits()).collect(),
+                (_, Some(v)) => v.iter().map(|&x| x as u32).collect(),
+                _ => Vec::new(),
+            };
+            (k.clone(), bits)
+        })
+        .collect()
 }
