@@ -666,6 +666,16 @@ struct Code {
 /// drawing, the ops page, error rendering, `eval`/`predict` of a finished checkpoint and the
 /// demo. `src/run.rs`, `src/eval.rs` (the evaluation a run logs), `src/cli.rs`,
 /// `src/data_cmd.rs` (it makes the m2nist data) and the rest stay in.
+///
+/// So are the files compiled only with the `cuda` feature — the kernels' CUDA sources and
+/// launchers (`kernels/cuda/`, `kernels/src/cuda/`, reached only through `#[cfg(feature =
+/// "cuda")] pub mod cuda`) and the CUDA executor (`engine/src/cuda_exec.rs`, the same): the
+/// harness trains on the CPU (`DeviceArg::Cpu` in [`run_one`]), so nothing in them can change a
+/// run's numbers, and work on the GPU path no longer invalidates the table. Code inside shared
+/// files under `#[cfg(feature = "cuda")]` (an op's `cuda` twin, the trainer's `use_cuda`) stays
+/// counted: the paths are whole files. `cuda_only_paths_are_feature_gated` (below) checks that
+/// each left-out path is still reached only through those gated modules; if the harness ever
+/// trains on a GPU, these lines go and the device joins the settings.
 const CODE_PATHS: &[&str] = &[
     ":/kernels",
     ":/engine",
@@ -684,6 +694,9 @@ const CODE_PATHS: &[&str] = &[
     ":(top,exclude)src/report.rs",
     ":(top,exclude)src/predict.rs",
     ":(top,exclude)src/demo.rs",
+    ":(top,exclude)kernels/cuda",
+    ":(top,exclude)kernels/src/cuda",
+    ":(top,exclude)engine/src/cuda_exec.rs",
 ];
 
 fn git(args: &[&str]) -> Option<Vec<u8>> {
@@ -1988,6 +2001,55 @@ fn relative_link(target: &Path, from: &Path) -> String {
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    /// The code id leaves out `kernels/cuda`, `kernels/src/cuda` and `engine/src/cuda_exec.rs`
+    /// because a CPU build does not compile them. That holds while each is reached only through
+    /// its `#[cfg(feature = "cuda")]` module and no other file pulls them in by path.
+    #[test]
+    fn cuda_only_paths_are_feature_gated() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+        for (lib, module) in [
+            ("kernels/src/lib.rs", "pub mod cuda;"),
+            ("engine/src/lib.rs", "pub mod cuda_exec;"),
+        ] {
+            let text = read(lib);
+            let lines: Vec<&str> = text.lines().map(str::trim).collect();
+            let at: Vec<usize> = (0..lines.len()).filter(|&i| lines[i] == module).collect();
+            assert_eq!(at.len(), 1, "{lib} declares `{module}` once");
+            assert!(
+                at[0] > 0 && lines[at[0] - 1] == "#[cfg(feature = \"cuda\")]",
+                "{lib}: `{module}` must stay behind #[cfg(feature = \"cuda\")] while CODE_PATHS leaves it out"
+            );
+        }
+        let mut stack: Vec<PathBuf> = ["kernels/src", "engine/src", "ops/src", "sources", "src"]
+            .iter()
+            .map(|d| root.join(d))
+            .collect();
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    if !path.ends_with("kernels/src/cuda") {
+                        stack.push(path);
+                    }
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for line in text.lines() {
+                        let pulls = line.contains("include_str!")
+                            || line.contains("include_bytes!")
+                            || line.contains("#[path");
+                        assert!(
+                            !(pulls && line.contains("cuda")),
+                            "{}: `{}` pulls a CUDA-only file into the CPU build",
+                            path.display(),
+                            line.trim()
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn splice_replaces_only_between_the_markers() {
