@@ -319,6 +319,89 @@ fn valid_range(off: isize, s: usize, n: usize, out: usize) -> (usize, usize, isi
     (lo, (hi.max(0) as usize).max(lo), off)
 }
 
+/// A convolution whose kernel has a border of taps that read only zero padding, as the same
+/// convolution over the taps inside the border: DeepLab's ASPP at dilation 12 and 18 on an 8×8
+/// map sees the map through its centre tap alone, so its 3×3 is a 1×1 with no padding, and
+/// computing the eight dead taps spent 8/9 of the layer on products with zeros. Dead taps add
+/// exact zeros to y and dX and have a zero dW, so the trimmed convolution is the same function
+/// (its sums may run in another order: not the same bits as the untrimmed paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Trimmed {
+    /// The convolution over the live taps: kernel and padding shrunk, the rest as given.
+    p: Conv2d,
+    /// The live kernel rows and columns of the original kernel: `k0..k1`.
+    rows: (usize, usize),
+    cols: (usize, usize),
+}
+
+/// The live taps' convolution, where some border rows or columns of the kernel are dead (no
+/// output pixel reads the image through them) and they cut the kernel symmetrically, so the
+/// padding stays symmetric (what [`Conv2d`] can express); `None` otherwise, or when every tap
+/// is dead, or when `FLOWSEG_CONV_TRIM=0`. Only dilated axes are trimmed: with dilation 1 a dead
+/// border needs a map no wider than the padding (a 3×3 on a 1-pixel row), a layer too small to
+/// matter, and leaving those alone keeps the direct 3×3 tiles (dilation 1) on every shape they
+/// take, with their bits.
+fn trim_dead_taps(xs: Nchw, p: &Conv2d) -> Option<Trimmed> {
+    let (ho, wo) = p.out_hw(xs.h, xs.w).ok()?;
+    // Live range of one kernel axis: every tap k with an output o for which o·s + k·d − pad is
+    // inside [0, n).
+    let live = |k: usize, s: usize, pad: usize, d: usize, n: usize, out: usize| {
+        if d == 1 {
+            return Some((0, k));
+        }
+        let alive = |t: usize| {
+            let (lo, hi, _) = valid_range((t * d) as isize - pad as isize, s, n, out);
+            lo < hi
+        };
+        let k0 = (0..k).find(|&t| alive(t))?;
+        let k1 = (0..k).rev().find(|&t| alive(t))? + 1;
+        let symmetric = k0 == k - k1 && pad >= k0 * d && (k0..k1).all(alive);
+        symmetric.then_some((k0, k1))
+    };
+    let rows = live(p.kh, p.sh, p.ph, p.dh, xs.h, ho)?;
+    let cols = live(p.kw, p.sw, p.pw, p.dw, xs.w, wo)?;
+    if rows == (0, p.kh) && cols == (0, p.kw) {
+        return None;
+    }
+    if std::env::var_os("FLOWSEG_CONV_TRIM").is_some_and(|v| v == "0") {
+        return None;
+    }
+    let q = Conv2d {
+        kh: rows.1 - rows.0,
+        kw: cols.1 - cols.0,
+        ph: p.ph - rows.0 * p.dh,
+        pw: p.pw - cols.0 * p.dw,
+        ..*p
+    };
+    (q.out_hw(xs.h, xs.w).ok()? == (ho, wo)).then_some(Trimmed { p: q, rows, cols })
+}
+
+impl Trimmed {
+    /// The live taps of `w` [Co, Cg, kh, kw] as [Co, Cg, kh', kw'].
+    fn weights<T: Real>(&self, w: &[T], kh: usize, kw: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(w.len() / (kh * kw) * self.p.kh * self.p.kw);
+        for filter in w.chunks_exact(kh * kw) {
+            for ki in self.rows.0..self.rows.1 {
+                out.extend_from_slice(&filter[ki * kw + self.cols.0..ki * kw + self.cols.1]);
+            }
+        }
+        out
+    }
+
+    /// Scatters the live taps' gradient `dw_live` [Co, Cg, kh', kw'] into `dw` [Co, Cg, kh, kw],
+    /// zero at the dead taps.
+    fn scatter<T: Real>(&self, dw_live: &[T], dw: &mut [T], kh: usize, kw: usize) {
+        let live = self.p.kh * self.p.kw;
+        for (filter, part) in dw.chunks_exact_mut(kh * kw).zip(dw_live.chunks_exact(live)) {
+            filter.fill(T::zero());
+            for (r, ki) in (self.rows.0..self.rows.1).enumerate() {
+                let row = &part[r * self.p.kw..(r + 1) * self.p.kw];
+                filter[ki * kw + self.cols.0..ki * kw + self.cols.1].copy_from_slice(row);
+            }
+        }
+    }
+}
+
 /// Forward convolution.
 ///
 /// * `x`: [N, Ci, H, W] with shape `xs`.
@@ -343,6 +426,10 @@ pub fn conv2d_fwd<T: Real>(
     check_len("conv2d_fwd", "y", y, g.y.len())?;
     if g.y.is_empty() {
         return Ok(());
+    }
+    if let Some(t) = trim_dead_taps(xs, p) {
+        let live = t.weights(w, p.kh, p.kw);
+        return conv2d_fwd(x, xs, &live, bias, co, &t.p, y);
     }
     if g.use_panel() || g.avx2_forward() {
         if let (Some(x), Some(w), Some(y)) = (T::as_f32(x), T::as_f32(w), T::as_f32_mut(y)) {
@@ -765,6 +852,15 @@ pub fn conv2d_bwd<T: Real>(
     if let Some(d) = dw.as_deref() {
         check_len("conv2d_bwd", "dw", d, w.len())?;
     }
+    if let Some(t) = trim_dead_taps(xs, p).filter(|_| !g.y.is_empty()) {
+        let live = t.weights(w, p.kh, p.kw);
+        let mut dw_live = dw.as_ref().map(|_| vec![T::zero(); live.len()]);
+        conv2d_bwd(x, xs, &live, co, &t.p, dy, dx, dw_live.as_deref_mut(), db)?;
+        if let (Some(d), Some(part)) = (dw, dw_live) {
+            t.scatter(&part, d, p.kh, p.kw);
+        }
+        return Ok(());
+    }
     if let Some(d) = db {
         check_len("conv2d_bwd", "db", d, co)?;
         d.fill(T::zero());
@@ -1153,7 +1249,93 @@ mod tests {
                 3,
                 Conv2d::square(3, 1, 5, 5),
             ),
+            // Dead tap borders, trimmed (`trim_dead_taps`): ASPP's dilation 12 on 8×8 (the
+            // centre tap alone), a 5×5 whose outer ring is dead (a 3×3 remains), stride 2, rows
+            // only, and a grouped one.
+            (
+                "aspp dilation 12 on 8x8",
+                Nchw::new(2, 3, 8, 8),
+                4,
+                Conv2d::square(3, 1, 12, 12),
+            ),
+            (
+                "5x5 dilation 4 on 6x6",
+                Nchw::new(1, 2, 6, 6),
+                3,
+                Conv2d::square(5, 1, 8, 4),
+            ),
+            (
+                "dilation 6 stride 2 on 5x5",
+                Nchw::new(2, 2, 5, 5),
+                2,
+                Conv2d::square(3, 2, 6, 6),
+            ),
+            (
+                "rows dead 3x1 d8 on 4x5",
+                Nchw::new(1, 2, 4, 5),
+                2,
+                Conv2d {
+                    kh: 3,
+                    kw: 1,
+                    sh: 1,
+                    sw: 1,
+                    ph: 8,
+                    pw: 0,
+                    dh: 8,
+                    dw: 1,
+                    groups: 1,
+                },
+            ),
+            (
+                "groups 2 dilation 9 on 4x4",
+                Nchw::new(1, 4, 4, 4),
+                6,
+                Conv2d::square(3, 1, 9, 9).with_groups(2),
+            ),
         ]
+    }
+
+    /// Which kernels lose their dead border, and to what.
+    #[test]
+    fn dead_tap_borders_are_trimmed_symmetrically() {
+        let t = trim_dead_taps(Nchw::new(2, 3, 8, 8), &Conv2d::square(3, 1, 12, 12)).unwrap();
+        assert_eq!(
+            (t.p, t.rows, t.cols),
+            (Conv2d::square(1, 1, 0, 12), (1, 2), (1, 2))
+        );
+        let t = trim_dead_taps(Nchw::new(1, 2, 6, 6), &Conv2d::square(5, 1, 8, 4)).unwrap();
+        assert_eq!(
+            (t.p, t.rows, t.cols),
+            (Conv2d::square(3, 1, 4, 4), (1, 4), (1, 4))
+        );
+        // Every tap reads the map somewhere: nothing to trim (the U-Net's 3×3s, ASPP's
+        // dilation 6 on 8×8, whose outer taps reach rows 6–7 and 0–1).
+        for (xs, p) in [
+            (Nchw::new(8, 16, 8, 8), Conv2d::square(3, 1, 1, 1)),
+            (Nchw::new(8, 64, 8, 8), Conv2d::square(3, 1, 6, 6)),
+            (Nchw::new(1, 1, 1, 1), Conv2d::square(1, 1, 0, 1)),
+        ] {
+            assert_eq!(trim_dead_taps(xs, &p), None, "{p:?}");
+        }
+        // A dead border on one side only would need asymmetric padding: left alone. (A 2×1
+        // kernel, dilation 2, padding 2, stride 3 on a 1-row map: tap 0 reads row −2, tap 1 row 0.)
+        let one_sided = Conv2d {
+            kh: 2,
+            kw: 1,
+            sh: 3,
+            sw: 1,
+            ph: 2,
+            pw: 0,
+            dh: 2,
+            dw: 1,
+            groups: 1,
+        };
+        assert_eq!(trim_dead_taps(Nchw::new(1, 1, 1, 4), &one_sided), None);
+        // Dilation 1 keeps its border (a 3×3 on a 1-row map), for the direct tiles' sake.
+        assert_eq!(
+            trim_dead_taps(Nchw::new(1, 3, 1, 16), &Conv2d::square(3, 1, 1, 1)),
+            None
+        );
     }
 
     #[test]
