@@ -49,9 +49,11 @@ pub fn salient_drop_mask_fwd<T: Real>(
         .chunks_exact(plane)
         .zip(mask.chunks_exact_mut(plane))
     {
-        // torch.max propagates NaN; so does this fold.
+        // torch.max propagates NaN; so does this fold (a NaN, once met, stays).
         let max = a.iter().copied().fold(T::of(f64::NEG_INFINITY), |acc, v| {
-            if v.f64().is_nan() || acc.f64().is_nan() || v > acc {
+            if acc.f64().is_nan() {
+                acc
+            } else if v.f64().is_nan() || v > acc {
                 v
             } else {
                 acc
@@ -235,6 +237,10 @@ mod tests {
         let a = [1.0f32, f32::NAN, 0.5, 0.2];
         salient_drop_mask_fwd(&a, 2, 0.5, &mut m[..4]).unwrap();
         assert_eq!(&m[..4], &[0.0, 0.0, 0.0, 1.0]);
+        // The NaN before other pixels still makes the maximum NaN: nothing is kept (the fold
+        // once let the next pixel replace it, keeping 0.1 below half of 1.0).
+        salient_drop_mask_fwd(&[f32::NAN, 1.0, 0.1], 1, 0.5, &mut m[..3]).unwrap();
+        assert_eq!(&m[..3], &[0.0, 0.0, 0.0]);
     }
 
     #[test]
