@@ -178,6 +178,10 @@ impl CudaExecutor {
         if self.arena.as_ref().is_none_or(|(bytes, _)| *bytes < need) {
             self.arena = None; // free the old one before allocating the new
             let mem = self.gpu.alloc_bytes(need).map_err(device_err("arena"))?;
+            // `alloc_bytes` is stream-ordered on stream 0 (cuMemAllocAsync, then an async
+            // memset to zero): a node on another stream that writes the arena before any wait on
+            // stream 0 would race the allocation and could have its output zeroed after it.
+            self.gpu.synchronize().map_err(device_err("arena"))?;
             self.arena = Some((need, mem));
         }
         while self.events.len() < plan.events.len() {

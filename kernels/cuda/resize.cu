@@ -10,10 +10,11 @@
 // Bilinear backward as a gather, not a scatter with float atomics (which would make the result
 // depend on scheduling): one thread per input pixel finds the output rows and columns whose taps
 // can reach it — the source index i0(dst) never decreases as dst grows, so they form one range
-// per axis, {dst : i0(dst) ∈ [i − 1, i]}, found by binary search — and adds their
-// contributions in row-major output order, each output's four taps in the CPU's order. That is
-// exactly the order in which the CPU's scatter adds into this input pixel, so the backward is
-// deterministic and bit-identical too.
+// per axis, {dst : i0(dst) ∈ [i − 1, i]}, found by binary search — and sums their
+// contributions grouped as resize.rs's transposed backward does: per output column, the
+// λʰ-weighted column sum of dy over rows (its first pass, `down`), then those sums times λʷ
+// over columns (its second pass), each in ascending order with the taps in the CPU's order.
+// The backward is therefore deterministic and bit-identical too.
 //
 // Block size: any (the launcher uses 256). Not here: scale_factor, antialias, bicubic,
 // 'nearest-exact', a nearest backward.
@@ -85,8 +86,8 @@ extern "C" __global__ void resize_bilinear_fwd(const float* __restrict__ x,  // 
     }
 }
 
-// dx[n,c,iy,ix] = Σ over outputs (row-major) and their taps (CPU order) that land on (iy, ix) of
-// λʰ·λʷ·dy. One thread per input pixel.
+// dx[n,c,iy,ix] = Σ_ox λʷ·(Σ_oy λʰ·dy[oy,ox]) over the taps that land on (iy, ix), grouped and
+// ordered as the CPU's two passes. One thread per input pixel.
 extern "C" __global__ void resize_bilinear_bwd(const float* __restrict__ dy,  // [N,C,Ho,Wo]
                                                unsigned long long inputs,     // N·C·H·W
                                                unsigned h, unsigned w,        // input extents
@@ -103,20 +104,24 @@ extern "C" __global__ void resize_bilinear_bwd(const float* __restrict__ dy,  //
         unsigned x0 = resize_first_at_least(w, wo, align_corners, ix > 0 ? ix - 1 : 0);
         unsigned x1 = resize_first_at_least(w, wo, align_corners, ix + 1);
         const float* gp = dy + plane * ho * wo;
+        // The CPU's two passes, in its grouping: down[iy, ox] = Σ_oy (λ0ʰ·dy if i0 = iy, then
+        // λ1ʰ·dy if i1 = iy), oy ascending from 0; then dx = Σ_ox (λ0ʷ·down if j0 = ix, then
+        // λ1ʷ·down if j1 = ix), ox ascending from 0. (A per-output λʰ·λʷ·dy would round
+        // differently from resize.rs's transposed backward.)
         float acc = 0.0f;
-        for (unsigned oy = y0; oy < y1; ++oy) {
-            ResizeTap r = resize_tap(h, ho, align_corners, oy);
-            bool top = r.i0 == iy, bottom = r.i1 == iy;
-            if (!top && !bottom) continue;
-            for (unsigned ox = x0; ox < x1; ++ox) {
-                ResizeTap c = resize_tap(w, wo, align_corners, ox);
-                bool left = c.i0 == ix, right = c.i1 == ix;
+        for (unsigned ox = x0; ox < x1; ++ox) {
+            ResizeTap c = resize_tap(w, wo, align_corners, ox);
+            bool left = c.i0 == ix, right = c.i1 == ix;
+            if (!left && !right) continue;
+            float down = 0.0f;
+            for (unsigned oy = y0; oy < y1; ++oy) {
+                ResizeTap r = resize_tap(h, ho, align_corners, oy);
                 float g = gp[(unsigned long long)oy * wo + ox];
-                if (top && left) acc += r.l0 * c.l0 * g;
-                if (top && right) acc += r.l0 * c.l1 * g;
-                if (bottom && left) acc += r.l1 * c.l0 * g;
-                if (bottom && right) acc += r.l1 * c.l1 * g;
+                if (r.i0 == iy) down += r.l0 * g;
+                if (r.i1 == iy) down += r.l1 * g;
             }
+            if (left) acc += c.l0 * down;
+            if (right) acc += c.l1 * down;
         }
         dx[i] = acc;
     }

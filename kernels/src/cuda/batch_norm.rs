@@ -10,7 +10,7 @@
 //!
 //! Not here: sync-BN across devices, f64 tensors.
 
-use super::common::{expect, grid, grid2, launch, scratch, THREADS};
+use super::common::{expect, grid, grid2, launch, scratch, shape_err, THREADS};
 use super::device::{Device, DeviceBuf, DeviceBufMut};
 use super::nvrtc::BATCH_NORM;
 use super::CudaError;
@@ -69,6 +69,7 @@ pub fn batch_norm_train_fwd(
     if s.c == 0 {
         return Ok(());
     }
+    channels_fit_grid(K, s.c)?;
     let nb = bn_blocks(m);
     let partials = scratch::<f64>(dev, s.c * nb as usize)?;
     let mean = scratch::<f64>(dev, s.c)?;
@@ -102,6 +103,21 @@ pub fn batch_norm_train_fwd(
     launch!(dev, BATCH_NORM, "bn_train_finalize", grid2(c32, 1);
         pp, nb, mf, pmean, pg, pb, eps, momentum, prm, prv, psm, psi, pcoef)?;
     launch!(dev, BATCH_NORM, "bn_affine", grid(s.len()); px, pcoef, len, ch, plane, relu, py)
+}
+
+/// The partial-sum kernels put channels on grid.y, which CUDA caps at 65 535 (instance norm
+/// passes N·C as C): a clear error instead of the driver's launch failure.
+fn channels_fit_grid(kernel: &'static str, c: usize) -> Result<(), CudaError> {
+    const GRID_Y_MAX: usize = 65_535;
+    if c > GRID_Y_MAX {
+        return Err(shape_err(
+            kernel,
+            format!(
+                "{c} channels (N·C for instance norm) exceed CUDA's grid.y limit of {GRID_Y_MAX}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// [`crate::batch_norm::batch_norm_eval_fwd`]: y = (x − running_mean)·γ/√(running_var + eps) + β.
@@ -166,6 +182,7 @@ fn bn_bwd(
     if s.c == 0 {
         return Ok(());
     }
+    channels_fit_grid("batch_norm_bwd", s.c)?;
     let nb = bn_blocks(m);
     let stats = scratch::<f64>(dev, 2 * s.c)?;
     let partials = scratch::<f64>(dev, 2 * s.c * nb as usize)?;

@@ -168,10 +168,12 @@ impl Op for LabelAccuracy {
         let target = dev_io::i32(Self::INPUTS, inputs, 1)?;
         let mask = dev_io::f32_opt(Self::INPUTS, inputs, 2)?;
         let dev = cx.dev;
-        let scratch = dev.alloc_bytes(16)?;
         let count = |mask: Option<&cuda::RawBuf<f32>>,
                      skip: Option<i32>|
          -> Result<[u64; 2], OpError> {
+            // Fresh (zeroed) counts per call: the kernel adds to them, and `only` and `recall`
+            // count up to four times.
+            let scratch = dev.alloc_bytes(16)?;
             let mask = mask.map(|m| m as &dyn cuda::DeviceBuf<f32>);
             let at = cuda::DeviceBuf::<u8>::device_addr(&scratch, dev.stream());
             // SAFETY: `scratch` holds 16 bytes, two u64, and outlives the launch and the copy.
