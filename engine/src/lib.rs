@@ -7,8 +7,11 @@
 //! implement (`Op`, `Model`, `DataSource`) and the `Registry` that holds them live here too.
 //! docs/layout.md walks through the modules.
 //!
-//! The engine never depends on `flowseg-ops`: ops reach it through the registry. Not here yet:
-//! the CUDA executor, evaluation.
+//! With the `cuda` feature, `cuda_exec` is the CUDA executor: another `Device` for the same
+//! driver and plans (unrun on a GPU so far, docs/plans/device-seam.md).
+//!
+//! The engine never depends on `flowseg-ops`: ops reach it through the registry. Not here:
+//! evaluation (the binary's src/eval.rs, on the CPU).
 
 pub mod autodiff;
 pub mod checkpoint;

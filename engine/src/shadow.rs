@@ -100,6 +100,15 @@ impl<D: Device + ?Sized> Device for Checked<'_, D> {
             )),
             other => other,
         };
+        // A failure surfacing at the sync before this node's launch came from an earlier one.
+        let before_node = |e: ExecError| match e {
+            ExecError::Device(m) => ExecError::Device(format!(
+                "before node `{}` ({}), from an earlier launch: {m}",
+                node.name.value,
+                node.op.name()
+            )),
+            other => other,
+        };
         let Some(tol) = self.checks.validate else {
             self.inner.launch(l)?;
             if self.checks.sync_each_op {
@@ -109,7 +118,7 @@ impl<D: Device + ?Sized> Device for Checked<'_, D> {
         };
         // The node's inputs, and the state it updates in place, as they are before it runs (an
         // output may take the buffer of an input that dies at this node).
-        self.inner.synchronize().map_err(at_node)?;
+        self.inner.synchronize().map_err(before_node)?;
         let mut inputs: Vec<Option<Tensor>> = Vec::with_capacity(l.inputs.len());
         let mut before: Vec<(String, Tensor)> = Vec::new();
         for (k, op) in l.inputs.iter().enumerate() {
