@@ -6,7 +6,10 @@
 //!   the first run and kept while later plans fit); a value lives at its buffer's offset. State
 //!   tensors (parameters, buffers, optimizer moments, per-step scalars) are persistent device
 //!   tensors, uploaded once ([`CudaExecutor::upload_state`]) and updated in place by the step's
-//!   update nodes; batch fields are uploaded into per-field buffers before each run.
+//!   update nodes. Batch fields go through page-locked (pinned) host buffers kept per field:
+//!   each run writes the batch into them and queues every copy on stream 0 without waiting
+//!   (one asynchronous DMA per field, no host synchronisation), then records one event that
+//!   the other streams wait on before their first launch.
 //! * **Streams and events.** The device has the plan's K streams; each launch goes to its
 //!   node's stream, and each plan event is a CUDA event recorded and waited exactly where the
 //!   plan's steps say ([`crate::device::check_calls`] verifies that bookkeeping without a GPU).
@@ -23,9 +26,11 @@
 //!   [`Device::read_back`].
 //!
 //! Unverified: no GPU has run this file yet (docs/plans/device-seam.md lists what a GPU session
-//! must check first). Not here yet: pinned host memory and the next batch's upload on its own
-//! stream (uploads are synchronous), CUDA-graph capture, kernel scratch from the arena (the
-//! launchers allocate their reduction scratch per call, stream-ordered).
+//! must check first). Not here yet: the next batch's upload on its own stream while the current
+//! step runs (the staging buffers are written when `run` starts, after the previous run's final
+//! synchronisation, so one set suffices; overlap needs a second set and the trainer handing the
+//! next batch over early), CUDA-graph capture, kernel scratch from the arena (the launchers
+//! allocate their reduction scratch per call, stream-ordered).
 
 use crate::device::{
     drive, missing_cuda_twins, Device, ExecError, ExecOrder, Launch, Operand, Program, Region,
@@ -34,7 +39,7 @@ use crate::graph::{CudaCx, ExecCx, Graph, ValueRef};
 use crate::plan::Plan;
 use crate::shadow::{Checked, DebugChecks};
 use crate::tensor::{DType, DeviceTensor, Tensor, TensorSpec};
-use flowseg_kernels::cuda::cudarc_driver::{CudaEvent, CudaSlice};
+use flowseg_kernels::cuda::cudarc_driver::{CudaEvent, CudaSlice, DriverError, PinnedHostSlice};
 use flowseg_kernels::cuda::{CudaError, Device as Gpu, DeviceBuf, RawBuf};
 use std::collections::BTreeMap;
 
@@ -43,10 +48,18 @@ fn device_err(what: &str) -> impl Fn(CudaError) -> ExecError + '_ {
     move |e| ExecError::Device(format!("{what}: {e}"))
 }
 
-/// One device tensor the executor owns (a state tensor or a batch field).
+/// One device tensor the executor owns (a state tensor).
 struct Owned {
     spec: TensorSpec,
     mem: CudaSlice<u8>,
+}
+
+/// A batch field on the device and its page-locked host staging buffer, both of the field's
+/// length in 4-byte words (f32 and i32 bit patterns alike).
+struct Staged {
+    spec: TensorSpec,
+    mem: CudaSlice<u32>,
+    host: PinnedHostSlice<u32>,
 }
 
 /// A GPU with a plan's memory: see the module header.
@@ -55,9 +68,11 @@ pub struct CudaExecutor {
     /// The arena: its size in bytes and the allocation.
     arena: Option<(usize, CudaSlice<u8>)>,
     state: BTreeMap<String, Owned>,
-    batch: BTreeMap<String, Owned>,
+    batch: BTreeMap<String, Staged>,
     /// One CUDA event per plan event, grown on demand.
     events: Vec<CudaEvent>,
+    /// Recorded on stream 0 after a run's batch copies; the other streams wait on it.
+    uploaded: Option<CudaEvent>,
 }
 
 impl CudaExecutor {
@@ -71,6 +86,7 @@ impl CudaExecutor {
             state: BTreeMap::new(),
             batch: BTreeMap::new(),
             events: Vec::new(),
+            uploaded: None,
         })
     }
 
@@ -157,7 +173,7 @@ impl CudaExecutor {
         }
         for (name, spec) in &graph.batch {
             match batch.get(name) {
-                Some(t) if t.spec() == spec => put(&self.gpu, &mut self.batch, name, t)?,
+                Some(t) if t.spec() == spec => stage(&self.gpu, &mut self.batch, name, t)?,
                 Some(t) => {
                     return Err(ExecError::Input {
                         what: "batch field",
@@ -184,6 +200,24 @@ impl CudaExecutor {
             self.gpu.synchronize().map_err(device_err("arena"))?;
             self.arena = Some((need, mem));
         }
+        // Streams other than 0 read batch fields only after stream 0's copies.
+        if plan.streams > 1 {
+            if self.uploaded.is_none() {
+                let e = self.gpu.events().take().map_err(device_err("event"))?;
+                self.uploaded = Some(e);
+            }
+            if let (Some(e), Some(s0)) = (&self.uploaded, self.gpu.stream_at(0)) {
+                e.record(s0)
+                    .map_err(|e| ExecError::Device(format!("record the upload event: {e}")))?;
+                for k in 1..plan.streams {
+                    if let Some(s) = self.gpu.stream_at(k) {
+                        s.wait(e).map_err(|e| {
+                            ExecError::Device(format!("stream {k} waits for the upload: {e}"))
+                        })?;
+                    }
+                }
+            }
+        }
         while self.events.len() < plan.events.len() {
             let e = self.gpu.events().take().map_err(device_err("event"))?;
             self.events.push(e);
@@ -200,7 +234,10 @@ impl CudaExecutor {
             .filter_map(|(n, o)| Some((n.as_str(), (o.spec.clone(), addr(&self.state, n)?))))
             .collect();
         let batch_at: BTreeMap<&str, (TensorSpec, u64)> = (self.batch.iter())
-            .filter_map(|(n, o)| Some((n.as_str(), (o.spec.clone(), addr(&self.batch, n)?))))
+            .filter_map(|(n, o)| {
+                let at = o.mem.device_addr(self.gpu.stream_at(0)?);
+                Some((n.as_str(), (o.spec.clone(), at)))
+            })
             .collect();
         let mut launcher = Launcher {
             gpu: &self.gpu,
@@ -286,6 +323,45 @@ fn put(
         _ => return Err(ExecError::Device(format!("`{name}` has no data"))),
     }
     .map_err(device_err(&what))
+}
+
+/// Queues host batch field `t` for `m[name]` on stream 0: written into the field's pinned
+/// staging buffer, then one asynchronous copy to the device (allocating both when missing or of
+/// another spec). Nothing waits here: stream 0's later work is ordered after the copy, the
+/// other streams through the run's upload event, and the host writes the staging buffer again
+/// only in the next run, after this one's final synchronisation.
+fn stage(
+    gpu: &Gpu,
+    m: &mut BTreeMap<String, Staged>,
+    name: &str,
+    t: &Tensor,
+) -> Result<(), ExecError> {
+    let what = format!("stage `{name}`");
+    let err = |e: DriverError| ExecError::Device(format!("{what}: {e}"));
+    let spec = t.spec().clone();
+    let words = spec.len().max(1);
+    let s0 = gpu
+        .stream_at(0)
+        .ok_or_else(|| ExecError::Device("no stream".into()))?;
+    if m.get(name).is_none_or(|o| o.spec != spec) {
+        m.remove(name);
+        let mem = s0.alloc_zeros::<u32>(words).map_err(err)?;
+        // SAFETY: page-locked memory starts uninitialised; every word is written below before
+        // the first copy reads it (the zero-length case writes its one padding word too).
+        let host = unsafe { gpu.context().alloc_pinned::<u32>(words) }.map_err(err)?;
+        m.insert(name.to_owned(), Staged { spec, mem, host });
+    }
+    let Some(o) = m.get_mut(name) else {
+        return Err(ExecError::Device(format!("`{name}` vanished")));
+    };
+    let host = o.host.as_mut_slice().map_err(err)?;
+    host[o.spec.len()..].fill(0);
+    match (t.f32(), t.i32()) {
+        (Some(v), _) => host.iter_mut().zip(v).for_each(|(h, x)| *h = x.to_bits()),
+        (_, Some(v)) => host.iter_mut().zip(v).for_each(|(h, x)| *h = *x as u32),
+        _ => return Err(ExecError::Device(format!("`{name}` has no data"))),
+    }
+    s0.memcpy_htod(&o.host, &mut o.mem).map_err(err)
 }
 
 /// A host copy of the `spec` value at device address `at`.
