@@ -171,6 +171,10 @@ impl CudaExecutor {
                 }
             }
         }
+        // The staging buffers are rewritten below. A run that completed synchronised at its
+        // end, so this waits for nothing; one that failed half-way may have left a copy from
+        // them in flight.
+        self.gpu.synchronize().map_err(device_err("synchronize"))?;
         for (name, spec) in &graph.batch {
             match batch.get(name) {
                 Some(t) if t.spec() == spec => stage(&self.gpu, &mut self.batch, name, t)?,
