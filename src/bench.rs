@@ -991,7 +991,7 @@ fn methods(
     let mut verdicts = carry::read(&s.results);
     let carry_from = match &a.carry {
         None => None,
-        Some(prefix) => Some(carry_source(prefix, &ledger, &code)?),
+        Some(prefix) => Some(carry_source(prefix, &ledger, &verdicts, &code)?),
     };
 
     // Datasets whose data is missing are skipped, saying how to make it.
@@ -1477,20 +1477,31 @@ fn methods(
     }
 }
 
-/// The one code of the ledger `prefix` names for `--carry`.
-fn carry_source(prefix: &str, ledger: &[Entry], code: &Code) -> Result<String, Failure> {
+/// The one code `prefix` names for `--carry`: a code of the ledger's entries, or one a table
+/// was carried to (an identical verdict into it: RESULTS.md then names that code, and its
+/// entries are those carried into it).
+fn carry_source(
+    prefix: &str,
+    ledger: &[Entry],
+    verdicts: &[carry::Verdict],
+    code: &Code,
+) -> Result<String, Failure> {
     let prefix = prefix.trim();
     if prefix.is_empty() {
         return Err(usage("--carry names no code"));
     }
-    let codes: BTreeSet<&str> = ledger
+    let carried_to = verdicts
         .iter()
-        .map(|e| e.code.as_str())
+        .filter(|v| v.identical)
+        .map(|v| v.to.as_str());
+    let codes: BTreeSet<&str> = (ledger.iter().map(|e| e.code.as_str()))
+        .chain(carried_to)
         .filter(|c| c.starts_with(prefix))
         .collect();
     match codes.into_iter().collect::<Vec<_>>().as_slice() {
         [] => Err(usage(format!(
-            "--carry {prefix}: the ledger has no entry of a code starting with `{prefix}`"
+            "--carry {prefix}: neither the ledger nor a carry verdict has a code starting with \
+             `{prefix}`"
         ))),
         [one] if *one == code.id => Err(usage(format!(
             "--carry {prefix}: that is this code; its entries count already"
@@ -2001,6 +2012,51 @@ fn relative_link(target: &Path, from: &Path) -> String {
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    /// `--carry` takes a code of the ledger or one a table was carried to, by a unique prefix.
+    #[test]
+    fn carry_source_names_ledger_codes_and_carried_ones() {
+        let entry = |code: &str| {
+            Entry::from_json(&serde_json::json!({
+                "graph": "supervised", "dataset": "synthetic", "seed": 0, "code": code,
+                "settings": "s", "quick": false, "wall_s": 1.0, "time": "t", "command": "c",
+                "machine": "m", "run_dir": "r", "models": {},
+                "reported_model": "student",
+            }))
+            .expect("a ledger line")
+        };
+        let ledger = [entry("aaa111"), entry("bbb222")];
+        let verdict = |to: &str, identical: bool| carry::Verdict {
+            from: "aaa111".into(),
+            to: to.into(),
+            graph: "supervised".into(),
+            dataset: "synthetic".into(),
+            seed: 0,
+            settings: "s".into(),
+            identical,
+            detail: String::new(),
+        };
+        let verdicts = [verdict("ccc333", true), verdict("ddd444", false)];
+        let code = Code {
+            commit: "eee555".into(),
+            dirty: false,
+            id: "eee555".into(),
+        };
+        let pick = |p: &str| carry_source(p, &ledger, &verdicts, &code).map_err(|_| ());
+        assert_eq!(pick("aaa"), Ok("aaa111".to_owned()));
+        assert_eq!(
+            pick("ccc"),
+            Ok("ccc333".to_owned()),
+            "a code the table was carried to"
+        );
+        assert_eq!(
+            pick("ddd"),
+            Err(()),
+            "a verdict that differed carries nothing"
+        );
+        assert_eq!(pick("zzz"), Err(()));
+        assert_eq!(pick("eee"), Err(()), "this code itself");
+    }
 
     /// The code id leaves out `kernels/cuda`, `kernels/src/cuda` and `engine/src/cuda_exec.rs`
     /// because a CPU build does not compile them. That holds while each is reached only through
