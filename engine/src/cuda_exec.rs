@@ -98,6 +98,8 @@ impl CudaExecutor {
     /// Copies every tensor of `state` to the device, allocating those not there yet (or there
     /// with another spec); tensors the device holds under other names stay.
     pub fn upload_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), ExecError> {
+        // A run that failed half-way may still have kernels reading the state on other streams.
+        self.gpu.synchronize().map_err(device_err("synchronize"))?;
         for (name, t) in state {
             put(&self.gpu, &mut self.state, name, t)?;
         }
@@ -106,6 +108,8 @@ impl CudaExecutor {
 
     /// The device's copy of state tensor `name`, as a host tensor.
     pub fn download_state(&self, name: &str) -> Result<Tensor, ExecError> {
+        // Every stream, not only the copy's: a failed run's kernels may still be writing.
+        self.gpu.synchronize().map_err(device_err("synchronize"))?;
         let owned = self.state.get(name).ok_or_else(|| ExecError::Input {
             what: "state tensor",
             name: name.to_owned(),
@@ -290,7 +294,16 @@ impl CudaExecutor {
             (Some((_, mem)), Some(s)) => mem.device_addr(s),
             _ => return Err(ExecError::Device("nothing has run yet".into())),
         };
+        self.gpu.synchronize().map_err(device_err("synchronize"))?;
         download(&self.gpu, spec, base + region.offset as u64)
+    }
+}
+
+impl Drop for CudaExecutor {
+    /// Frees nothing under a running copy or kernel: after a failed run the streams may still
+    /// read the pinned staging buffers and the arena.
+    fn drop(&mut self) {
+        let _ = self.gpu.synchronize();
     }
 }
 
@@ -332,8 +345,9 @@ fn put(
 /// Queues host batch field `t` for `m[name]` on stream 0: written into the field's pinned
 /// staging buffer, then one asynchronous copy to the device (allocating both when missing or of
 /// another spec). Nothing waits here: stream 0's later work is ordered after the copy, the
-/// other streams through the run's upload event, and the host writes the staging buffer again
-/// only in the next run, after this one's final synchronisation.
+/// other streams through the run's upload event. The staging buffers are safe to rewrite (or
+/// free) because `run` synchronises every stream before it stages; cudarc's own guard on
+/// them is off with event tracking (`Gpu::cuda`), so it protects nothing.
 fn stage(
     gpu: &Gpu,
     m: &mut BTreeMap<String, Staged>,
