@@ -365,7 +365,7 @@ fn carry_counts_an_earlier_codes_run_only_when_a_replay_reproduces_it() {
     let (code, _, err) = bench(&d, &[&one[..], &["--carry", "zzz"]].concat());
     assert_eq!(code, ExitCode::from(2));
     assert!(
-        err.contains("no entry of a code starting with `zzz`"),
+        err.contains("nor a carry verdict has a code starting with `zzz`"),
         "{err}"
     );
     std::fs::remove_dir_all(&d).unwrap();
